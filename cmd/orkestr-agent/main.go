@@ -1,0 +1,28 @@
+// Command orkestr-agent runs as PID 1 inside every sandbox and serves the
+// host's exec and file requests over the per-sandbox socket.
+package main
+
+import (
+	"context"
+	"flag"
+	"log/slog"
+	"os"
+
+	"github.com/orkestr-eu/orkestr/internal/agent"
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+)
+
+func main() {
+	dir := flag.String("dir", wire.AgentDir, "directory holding the host socket and token")
+	verbose := flag.Bool("v", false, "log debug messages to stderr")
+	flag.Parse()
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if os.Getenv("GVISOR_SAVE_RESTORE_AUTO_EXEC_MODE") != "" {
+		return // checkpoint hooks need nothing from us: the agent redials by itself
+	}
+	_ = agent.New(*dir, log).Run(context.Background())
+}

@@ -1,0 +1,219 @@
+// Package agent is orkestr-agent, PID 1 of every sandbox: it dials the host
+// over the per-sandbox socket and serves exec and file requests on it.
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+)
+
+// Agent serves the host. One Agent lives for the life of the sandbox; its
+// connection to the host is re-established whenever it breaks (host restart,
+// checkpoint/restore).
+type Agent struct {
+	Dir string // the per-sandbox directory holding the socket and token
+	Log *slog.Logger
+
+	mu      sync.RWMutex
+	baseEnv map[string]string
+
+	reaper *reaper
+}
+
+// New returns an agent that talks to the host through dir.
+func New(dir string, log *slog.Logger) *Agent {
+	return &Agent{Dir: dir, Log: log, reaper: startReaper()}
+}
+
+// Run dials the host and serves until ctx ends, redialing after every
+// disconnect.
+func (a *Agent) Run(ctx context.Context) error {
+	backoff := 2 * time.Millisecond
+	for ctx.Err() == nil {
+		err := a.serveOnce(ctx)
+		if err != nil && ctx.Err() == nil {
+			a.Log.Debug("host connection ended", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		if backoff < 100*time.Millisecond {
+			backoff *= 2
+		}
+		if err == nil {
+			backoff = 2 * time.Millisecond
+		}
+	}
+	return ctx.Err()
+}
+
+func (a *Agent) serveOnce(ctx context.Context) error {
+	// The token is read afresh on every dial and never held open: after a
+	// restore the directory behind the mount may be a different one.
+	token, err := os.ReadFile(filepath.Join(a.Dir, wire.TokenName))
+	if err != nil {
+		return fmt.Errorf("read token: %w", err)
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", filepath.Join(a.Dir, wire.SocketName))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	hello, _ := json.Marshal(wire.Hello{Version: wire.Version, Token: strings.TrimSpace(string(token)), PID: os.Getpid()})
+	if _, err := conn.Write(append(hello, '\n')); err != nil {
+		return err
+	}
+	br := bufio.NewReader(conn)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	if line != "ok\n" {
+		return fmt.Errorf("handshake refused: %q", strings.TrimSpace(line))
+	}
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	cfg.EnableKeepAlive = true
+	cfg.KeepAliveInterval = time.Second
+	cfg.ConnectionWriteTimeout = 5 * time.Second
+	cfg.StreamOpenTimeout = 0
+	sess, err := yamux.Server(&bufferedConn{Conn: conn, r: br}, cfg)
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	go func() {
+		select {
+		case <-ctx.Done():
+			sess.Close()
+		case <-sess.CloseChan():
+		}
+	}()
+	for {
+		st, err := sess.Accept()
+		if err != nil {
+			return err
+		}
+		go a.serveStream(st)
+	}
+}
+
+// bufferedConn lets yamux read bytes the handshake reader already buffered.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (a *Agent) serveStream(st net.Conn) {
+	defer st.Close()
+	r := wire.NewReader(st)
+	w := wire.NewWriter(st)
+	var req wire.Request
+	if err := r.ExpectJSON(&req); err != nil {
+		_ = w.Err(wire.CodeBadRequest, "malformed request: "+err.Error())
+		return
+	}
+	switch req.Op {
+	case wire.OpPing:
+		_ = w.JSON(wire.KindJSON, map[string]int{"pid": os.Getpid()})
+	case wire.OpConfigure:
+		a.configure(req.Configure, w)
+	case wire.OpExec:
+		if req.Exec == nil {
+			_ = w.Err(wire.CodeBadRequest, "exec request without exec")
+			return
+		}
+		a.exec(req.Exec, r, w)
+	case wire.OpRead:
+		readFile(req.Path, w)
+	case wire.OpWrite:
+		writeFile(req.Path, req.Mode, r, w)
+	case wire.OpList:
+		listDir(req.Path, w)
+	case wire.OpStat:
+		statPath(req.Path, w)
+	case wire.OpRemove:
+		removePath(req.Path, req.Recursive, w)
+	case wire.OpMkdir:
+		mkdirPath(req.Path, req.Mode, w)
+	default:
+		_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("unknown op %q", req.Op))
+	}
+}
+
+func (a *Agent) configure(c *wire.Configure, w *wire.Writer) {
+	if c == nil {
+		_ = w.Err(wire.CodeBadRequest, "configure request without configure")
+		return
+	}
+	for k := range c.Env {
+		if err := validEnvKey(k); err != nil {
+			_ = w.Err(wire.CodeBadRequest, err.Error())
+			return
+		}
+	}
+	a.mu.Lock()
+	a.baseEnv = c.Env
+	a.mu.Unlock()
+	if c.Hostname != "" {
+		_ = os.WriteFile("/etc/hostname", []byte(c.Hostname+"\n"), 0o644)
+	}
+	_ = w.JSON(wire.KindJSON, struct{}{})
+}
+
+// defaultEnv is what every command starts with before the sandbox's and the
+// call's own variables.
+var defaultEnv = map[string]string{
+	"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"HOME": "/root",
+	"LANG": "C.UTF-8",
+	"TERM": "xterm",
+}
+
+func (a *Agent) environ(call map[string]string) []string {
+	merged := make(map[string]string, len(defaultEnv)+len(call))
+	for k, v := range defaultEnv {
+		merged[k] = v
+	}
+	a.mu.RLock()
+	for k, v := range a.baseEnv {
+		merged[k] = v
+	}
+	a.mu.RUnlock()
+	for k, v := range call {
+		merged[k] = v
+	}
+	out := make([]string, 0, len(merged))
+	for k, v := range merged {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func validEnvKey(k string) error {
+	if k == "" || strings.ContainsAny(k, "=\x00") {
+		return errors.New("environment variable names must be non-empty and contain neither '=' nor NUL")
+	}
+	return nil
+}

@@ -1,0 +1,326 @@
+// Package client is the host's side of the agent channel: it listens on one
+// sandbox's socket, admits only an agent that presents that sandbox's token,
+// and turns exec and file calls into streams on the agent's session.
+package client
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+)
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("agent channel closed")
+
+// ErrDisconnected is returned when the agent connection broke during a call.
+var ErrDisconnected = errors.New("agent disconnected")
+
+// Channel is the host end of one sandbox's agent connection. It survives the
+// agent going away and coming back (host restart, checkpoint/restore): calls
+// made meanwhile wait for the agent to reconnect or for their context to end.
+type Channel struct {
+	dir string
+	ln  *net.UnixListener
+	log *slog.Logger
+
+	mu      sync.Mutex
+	token   string
+	sess    *yamux.Session
+	ready   chan struct{} // closed while sess is usable
+	closed  bool
+	agentPI int
+	failErr error
+}
+
+// Listen creates dir's token and socket (replacing stale ones from a crashed
+// host) and starts admitting the agent.
+func Listen(dir string, log *slog.Logger) (*Channel, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	c := &Channel{dir: dir, log: log, ready: make(chan struct{})}
+	if err := c.RotateToken(); err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, wire.SocketName)
+	_ = os.Remove(sock)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on agent socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(sock, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	c.ln = ln
+	go c.acceptLoop()
+	return c, nil
+}
+
+// RotateToken writes a fresh token; only an agent presenting it is admitted.
+// The restored copy of a sandbox reads the token of its new directory, so a
+// clone can never be admitted as its original.
+func (c *Channel) RotateToken() error {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	tok := hex.EncodeToString(b)
+	tmp := filepath.Join(c.dir, wire.TokenName+".tmp")
+	if err := os.WriteFile(tmp, []byte(tok), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(c.dir, wire.TokenName)); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.token = tok
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *Channel) acceptLoop() {
+	for {
+		conn, err := c.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		go c.admit(conn)
+	}
+}
+
+func (c *Channel) admit(conn *net.UnixConn) {
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReaderSize(conn, 4096)
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		conn.Close()
+		return
+	}
+	var h wire.Hello
+	if err := json.Unmarshal(line, &h); err != nil || h.Version != wire.Version {
+		_, _ = conn.Write([]byte("bad hello\n"))
+		conn.Close()
+		return
+	}
+	c.mu.Lock()
+	tok := c.token
+	c.mu.Unlock()
+	if subtle.ConstantTimeCompare([]byte(h.Token), []byte(tok)) != 1 {
+		c.log.Warn("agent presented a wrong token; refused", "dir", c.dir)
+		_, _ = conn.Write([]byte("bad token\n"))
+		conn.Close()
+		return
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	if _, err := conn.Write([]byte("ok\n")); err != nil {
+		conn.Close()
+		return
+	}
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	cfg.EnableKeepAlive = true
+	cfg.KeepAliveInterval = time.Second
+	cfg.ConnectionWriteTimeout = 5 * time.Second
+	cfg.MaxStreamWindowSize = 1 << 20
+	sess, err := yamux.Client(&bufferedConn{UnixConn: conn, r: br}, cfg)
+	if err != nil {
+		conn.Close()
+		return
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		sess.Close()
+		return
+	}
+	old := c.sess
+	c.sess = sess
+	c.agentPI = h.PID
+	select {
+	case <-c.ready:
+	default:
+		close(c.ready)
+	}
+	c.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	<-sess.CloseChan()
+	c.mu.Lock()
+	if c.sess == sess {
+		c.sess = nil
+		c.ready = make(chan struct{})
+	}
+	c.mu.Unlock()
+}
+
+type bufferedConn struct {
+	*net.UnixConn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// Connected reports whether an agent session is up now.
+func (c *Channel) Connected() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sess != nil
+}
+
+// Disconnect drops the current session, e.g. before a checkpoint, so the
+// next call waits for the restored agent.
+func (c *Channel) Disconnect() {
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	if s != nil {
+		s.Close()
+	}
+}
+
+// WaitReady blocks until an agent is connected.
+func (c *Channel) WaitReady(ctx context.Context) error {
+	_, err := c.session(ctx)
+	return err
+}
+
+func (c *Channel) session(ctx context.Context) (*yamux.Session, error) {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			err := c.failErr
+			c.mu.Unlock()
+			if err == nil {
+				err = ErrClosed
+			}
+			return nil, err
+		}
+		s, ready := c.sess, c.ready
+		c.mu.Unlock()
+		if s != nil && !s.IsClosed() {
+			return s, nil
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the sandbox agent: %w", ctx.Err())
+		}
+	}
+}
+
+// Close stops listening and drops the session. The socket and token files
+// are removed.
+func (c *Channel) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	s := c.sess
+	c.sess = nil
+	select {
+	case <-c.ready:
+	default:
+		close(c.ready)
+	}
+	c.mu.Unlock()
+	if s != nil {
+		s.Close()
+	}
+	err := c.ln.Close()
+	_ = os.Remove(filepath.Join(c.dir, wire.SocketName))
+	return err
+}
+
+// stream opens a stream and sends req on it. The stream is closed when ctx
+// ends, which the agent takes as the caller going away.
+func (c *Channel) stream(ctx context.Context, req *wire.Request) (net.Conn, *wire.Reader, *wire.Writer, func(), error) {
+	s, err := c.session(ctx)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	st, err := s.OpenStream()
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("%w: %v", ErrDisconnected, err)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	done := func() { stop(); st.Close() }
+	w := wire.NewWriter(st)
+	if err := w.JSON(wire.KindJSON, req); err != nil {
+		done()
+		return nil, nil, nil, nil, c.wrap(ctx, err)
+	}
+	return st, wire.NewReader(st), w, done, nil
+}
+
+// wrap turns transport errors into ErrDisconnected or the context's error.
+func (c *Channel) wrap(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w: %v", ErrDisconnected, err)
+}
+
+// call runs a request with one JSON reply.
+func (c *Channel) call(ctx context.Context, req *wire.Request, reply any) error {
+	_, r, _, done, err := c.stream(ctx, req)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return c.wrap(ctx, r.ExpectJSON(reply))
+}
+
+// Ping round-trips an empty request.
+func (c *Channel) Ping(ctx context.Context) error {
+	var out map[string]int
+	return c.call(ctx, &wire.Request{Op: wire.OpPing}, &out)
+}
+
+// Configure hands the agent the sandbox's environment at claim time.
+func (c *Channel) Configure(ctx context.Context, cfg wire.Configure) error {
+	var out struct{}
+	return c.call(ctx, &wire.Request{Op: wire.OpConfigure, Configure: &cfg}, &out)
+}
+
+// IsAgentError reports whether err came from the agent with the given code.
+func IsAgentError(err error, code string) bool {
+	var we *wire.Error
+	return errors.As(err, &we) && we.Code == code
+}
+
+// Fail closes the channel for good and makes every waiting and future call
+// return err (e.g. "the sandbox was killed because it ran out of memory").
+func (c *Channel) Fail(err error) {
+	c.mu.Lock()
+	c.failErr = err
+	c.mu.Unlock()
+	_ = c.Close()
+}

@@ -1,0 +1,287 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"syscall"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+)
+
+// ExecIO carries a command's streams. Nil readers and writers are allowed.
+// Writes to Stdout and Stderr happen as output is produced, from one
+// goroutine, so the caller can forward them live.
+type ExecIO struct {
+	Stdin   io.Reader
+	Stdout  io.Writer
+	Stderr  io.Writer
+	Signals <-chan syscall.Signal
+}
+
+// Exec runs one command and returns its exit status. A wire.Error means the
+// command never started (e.g. a missing working directory).
+func (c *Channel) Exec(ctx context.Context, e wire.Exec, io_ ExecIO) (wire.ExitStatus, error) {
+	e.Stdin = io_.Stdin != nil
+	_, r, w, done, err := c.stream(ctx, &wire.Request{Op: wire.OpExec, Exec: &e})
+	if err != nil {
+		return wire.ExitStatus{}, err
+	}
+	defer done()
+	var started wire.Started
+	if err := r.ExpectJSON(&started); err != nil {
+		return wire.ExitStatus{}, c.wrap(ctx, err)
+	}
+
+	// Stdin and signals are sent by one goroutine that owns the writer.
+	finished := make(chan struct{})
+	defer close(finished)
+	go func() {
+		if io_.Stdin != nil {
+			chunks := make(chan []byte)
+			go func() {
+				defer close(chunks)
+				for {
+					buf := make([]byte, 32<<10)
+					n, err := io_.Stdin.Read(buf)
+					if n > 0 {
+						select {
+						case chunks <- buf[:n]:
+						case <-finished:
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+			for chunks != nil {
+				select {
+				case b, ok := <-chunks:
+					if !ok {
+						_ = w.Frame(wire.KindEOF, nil)
+						chunks = nil
+						continue
+					}
+					if w.Frame(wire.KindStdin, b) != nil {
+						return
+					}
+				case sig, ok := <-io_.Signals:
+					if !ok {
+						io_.Signals = nil
+						continue
+					}
+					if w.Frame(wire.KindSignal, []byte{byte(sig)}) != nil {
+						return
+					}
+				case <-finished:
+					return
+				}
+			}
+		}
+		for {
+			select {
+			case sig, ok := <-io_.Signals:
+				if !ok {
+					return
+				}
+				if w.Frame(wire.KindSignal, []byte{byte(sig)}) != nil {
+					return
+				}
+			case <-finished:
+				return
+			}
+		}
+	}()
+
+	for {
+		k, b, err := r.Next()
+		if err != nil {
+			return wire.ExitStatus{}, c.wrap(ctx, err)
+		}
+		switch k {
+		case wire.KindStdout:
+			if io_.Stdout != nil {
+				if _, err := io_.Stdout.Write(b); err != nil {
+					return wire.ExitStatus{}, fmt.Errorf("writing stdout: %w", err)
+				}
+			}
+		case wire.KindStderr:
+			if io_.Stderr != nil {
+				if _, err := io_.Stderr.Write(b); err != nil {
+					return wire.ExitStatus{}, fmt.Errorf("writing stderr: %w", err)
+				}
+			}
+		case wire.KindExit:
+			var es wire.ExitStatus
+			if err := jsonUnmarshal(b, &es); err != nil {
+				return wire.ExitStatus{}, err
+			}
+			return es, nil
+		case wire.KindError:
+			return wire.ExitStatus{}, wire.DecodeError(b)
+		}
+	}
+}
+
+// ReadFile streams a file from the sandbox into dst and returns its info.
+// Nothing is written to dst if the file cannot be opened.
+func (c *Channel) ReadFile(ctx context.Context, path string, dst io.Writer) (wire.FileInfo, error) {
+	_, r, _, done, err := c.stream(ctx, &wire.Request{Op: wire.OpRead, Path: path})
+	if err != nil {
+		return wire.FileInfo{}, err
+	}
+	defer done()
+	var fi wire.FileInfo
+	if err := r.ExpectJSON(&fi); err != nil {
+		return fi, c.wrap(ctx, err)
+	}
+	for {
+		k, b, err := r.Next()
+		if err != nil {
+			return fi, c.wrap(ctx, err)
+		}
+		switch k {
+		case wire.KindData:
+			if _, err := dst.Write(b); err != nil {
+				return fi, err
+			}
+		case wire.KindEOF:
+			return fi, nil
+		case wire.KindError:
+			return fi, wire.DecodeError(b)
+		default:
+			return fi, fmt.Errorf("agent sent unexpected frame %q", k)
+		}
+	}
+}
+
+// OpenFile starts streaming a file and returns its info and a reader; the
+// reader must be closed.
+func (c *Channel) OpenFile(ctx context.Context, path string) (wire.FileInfo, io.ReadCloser, error) {
+	_, r, _, done, err := c.stream(ctx, &wire.Request{Op: wire.OpRead, Path: path})
+	if err != nil {
+		return wire.FileInfo{}, nil, err
+	}
+	var fi wire.FileInfo
+	if err := r.ExpectJSON(&fi); err != nil {
+		done()
+		return fi, nil, c.wrap(ctx, err)
+	}
+	return fi, &fileReader{c: c, ctx: ctx, r: r, done: done}, nil
+}
+
+type fileReader struct {
+	c    *Channel
+	ctx  context.Context
+	r    *wire.Reader
+	done func()
+	buf  []byte
+	err  error
+}
+
+func (f *fileReader) Read(p []byte) (int, error) {
+	for len(f.buf) == 0 {
+		if f.err != nil {
+			return 0, f.err
+		}
+		k, b, err := f.r.Next()
+		switch {
+		case err != nil:
+			f.err = f.c.wrap(f.ctx, err)
+		case k == wire.KindData:
+			f.buf = append(f.buf[:0], b...)
+		case k == wire.KindEOF:
+			f.err = io.EOF
+		case k == wire.KindError:
+			f.err = wire.DecodeError(b)
+		default:
+			f.err = fmt.Errorf("agent sent unexpected frame %q", k)
+		}
+	}
+	n := copy(p, f.buf)
+	f.buf = f.buf[n:]
+	return n, nil
+}
+
+func (f *fileReader) Close() error { f.done(); return nil }
+
+// WriteFile streams src into path (parents created, replaced atomically) and
+// returns the bytes written. mode 0 means 0644.
+func (c *Channel) WriteFile(ctx context.Context, path string, mode uint32, src io.Reader) (int64, error) {
+	_, r, w, done, err := c.stream(ctx, &wire.Request{Op: wire.OpWrite, Path: path, Mode: mode})
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	var ack struct{}
+	if err := r.ExpectJSON(&ack); err != nil {
+		return 0, c.wrap(ctx, err)
+	}
+	buf := make([]byte, wire.ChunkSize)
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if err := w.Frame(wire.KindData, buf[:n]); err != nil {
+				// The agent may have failed (e.g. disk full) and said why.
+				var out wire.Written
+				if e := r.ExpectJSON(&out); e != nil {
+					if IsWireError(e) {
+						return 0, e
+					}
+				}
+				return 0, c.wrap(ctx, err)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return 0, fmt.Errorf("reading upload: %w", rerr)
+		}
+	}
+	if err := w.Frame(wire.KindEOF, nil); err != nil {
+		return 0, c.wrap(ctx, err)
+	}
+	var out wire.Written
+	if err := r.ExpectJSON(&out); err != nil {
+		return 0, c.wrap(ctx, err)
+	}
+	return out.Size, nil
+}
+
+// List lists a directory.
+func (c *Channel) List(ctx context.Context, path string) ([]wire.FileInfo, error) {
+	var out wire.List
+	err := c.call(ctx, &wire.Request{Op: wire.OpList, Path: path}, &out)
+	return out.Entries, err
+}
+
+// Stat describes one path without following a final symlink.
+func (c *Channel) Stat(ctx context.Context, path string) (wire.FileInfo, error) {
+	var out wire.FileInfo
+	err := c.call(ctx, &wire.Request{Op: wire.OpStat, Path: path}, &out)
+	return out, err
+}
+
+// Remove deletes a file, or a directory tree when recursive.
+func (c *Channel) Remove(ctx context.Context, path string, recursive bool) error {
+	var out struct{}
+	return c.call(ctx, &wire.Request{Op: wire.OpRemove, Path: path, Recursive: recursive}, &out)
+}
+
+// MkdirAll creates a directory and its parents.
+func (c *Channel) MkdirAll(ctx context.Context, path string, mode uint32) error {
+	var out struct{}
+	return c.call(ctx, &wire.Request{Op: wire.OpMkdir, Path: path, Mode: mode}, &out)
+}
+
+// IsWireError reports whether err is an error reported by the agent.
+func IsWireError(err error) bool {
+	_, ok := err.(*wire.Error)
+	return ok
+}
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -1,0 +1,319 @@
+package agent
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+)
+
+// outputGrace is how long output is still collected after the command's own
+// process exits, for children that inherited its pipes. Background processes
+// that keep the pipes open longer do not hold the exec open.
+const outputGrace = 50 * time.Millisecond
+
+func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) {
+	for k, v := range e.Env {
+		if err := validEnvKey(k); err != nil {
+			_ = w.Err(wire.CodeBadRequest, err.Error())
+			return
+		}
+		if strings.ContainsRune(v, 0) {
+			_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("environment variable %s contains NUL", k))
+			return
+		}
+	}
+	if strings.ContainsRune(e.Command, 0) {
+		_ = w.Err(wire.CodeBadRequest, "command contains NUL")
+		return
+	}
+	cwd := e.Cwd
+	if cwd == "" {
+		cwd = "/workspace"
+	}
+	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
+		_ = w.Err(wire.CodeNotFound, fmt.Sprintf("working directory %s does not exist or is not a directory", cwd))
+		return
+	}
+
+	var stdinR, stdinW *os.File
+	var err error
+	if e.Stdin {
+		stdinR, stdinW, err = os.Pipe()
+	} else {
+		stdinR, err = os.Open(os.DevNull)
+	}
+	if err != nil {
+		_ = w.Err(wire.CodeInternal, "stdin: "+err.Error())
+		return
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		_ = w.Err(wire.CodeInternal, "stdout pipe: "+err.Error())
+		return
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		_ = w.Err(wire.CodeInternal, "stderr pipe: "+err.Error())
+		return
+	}
+
+	start := time.Now()
+	pid, exited, err := a.reaper.start("/bin/sh", []string{"/bin/sh", "-c", e.Command}, &os.ProcAttr{
+		Dir:   cwd,
+		Env:   a.environ(e.Env),
+		Files: []*os.File{stdinR, outW, errW},
+		Sys:   &syscall.SysProcAttr{Setpgid: true},
+	})
+	stdinR.Close()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		if stdinW != nil {
+			stdinW.Close()
+		}
+		_ = w.Err(wire.CodeInternal, "start /bin/sh: "+err.Error())
+		return
+	}
+
+	var wmu sync.Mutex // frames from several goroutines share one stream
+	send := func(k wire.Kind, b []byte) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		return w.Frame(k, b)
+	}
+	wmu.Lock()
+	_ = w.JSON(wire.KindJSON, wire.Started{PID: pid})
+	wmu.Unlock()
+
+	var pumps sync.WaitGroup
+	pump := func(f *os.File, k wire.Kind) {
+		defer pumps.Done()
+		defer f.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := f.Read(buf)
+			if n > 0 {
+				if send(k, buf[:n]) != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	pumps.Add(2)
+	go pump(outR, wire.KindStdout)
+	go pump(errR, wire.KindStderr)
+
+	// Frames from the host: stdin, signals, or the stream breaking because
+	// the caller went away, which kills the command.
+	hostGone := make(chan struct{})
+	go func() {
+		defer close(hostGone)
+		defer func() {
+			if stdinW != nil {
+				stdinW.Close()
+			}
+		}()
+		for {
+			k, b, err := r.Next()
+			if err != nil {
+				return
+			}
+			switch k {
+			case wire.KindStdin:
+				if stdinW != nil {
+					if _, err := stdinW.Write(b); err != nil {
+						stdinW.Close()
+						stdinW = nil
+					}
+				}
+			case wire.KindEOF:
+				if stdinW != nil {
+					stdinW.Close()
+					stdinW = nil
+				}
+			case wire.KindSignal:
+				if len(b) == 1 {
+					_ = unix.Kill(-pid, unix.Signal(b[0]))
+				}
+			}
+		}
+	}()
+
+	var timeout <-chan time.Time
+	if e.TimeoutMS > 0 {
+		t := time.NewTimer(time.Duration(e.TimeoutMS) * time.Millisecond)
+		defer t.Stop()
+		timeout = t.C
+	}
+	var ws unix.WaitStatus
+	timedOut := false
+	select {
+	case ws = <-exited:
+	case <-timeout:
+		timedOut = true
+		killTree(pid)
+		ws = <-exited
+	case <-hostGone:
+		killTree(pid)
+		ws = <-exited
+	}
+	dur := time.Since(start)
+	deadline := time.Now().Add(outputGrace)
+	_ = outR.SetReadDeadline(deadline)
+	_ = errR.SetReadDeadline(deadline)
+	pumps.Wait()
+
+	st := wire.ExitStatus{DurationMS: dur.Milliseconds(), TimedOut: timedOut}
+	switch {
+	case ws.Exited():
+		st.ExitCode = ws.ExitStatus()
+	case ws.Signaled():
+		st.Signal = int(ws.Signal())
+		st.ExitCode = 128 + int(ws.Signal())
+	default:
+		st.ExitCode = -1
+	}
+	wmu.Lock()
+	_ = w.JSON(wire.KindExit, st)
+	wmu.Unlock()
+}
+
+// killTree kills pid, its process group and every descendant, including ones
+// that moved to a group or session of their own. The tree is stopped first so
+// nothing forks or reparents while it is collected.
+func killTree(pid int) {
+	_ = unix.Kill(-pid, unix.SIGSTOP)
+	seen := map[int]bool{}
+	for round := 0; round < 5; round++ {
+		found := false
+		for _, p := range descendants(pid) {
+			if !seen[p] {
+				seen[p] = true
+				found = true
+				_ = unix.Kill(p, unix.SIGSTOP)
+			}
+		}
+		if !found {
+			break
+		}
+	}
+	_ = unix.Kill(-pid, unix.SIGKILL)
+	_ = unix.Kill(pid, unix.SIGKILL)
+	for p := range seen {
+		_ = unix.Kill(p, unix.SIGKILL)
+	}
+}
+
+// descendants lists every process below root according to /proc.
+func descendants(root int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := map[int][]int{}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if pp := parentOf(p); pp > 0 {
+			children[pp] = append(children[pp], p)
+		}
+	}
+	var out []int
+	queue := []int{root}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range children[p] {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+func parentOf(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name may contain spaces and parentheses; fields resume
+	// after the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	pp, _ := strconv.Atoi(f[1])
+	return pp
+}
+
+// reaper collects every child of PID 1: the commands it starts, whose status
+// it hands back, and orphans that reparent to it, which it only reaps.
+type reaper struct {
+	mu      sync.Mutex
+	waiters map[int]chan unix.WaitStatus
+}
+
+func startReaper() *reaper {
+	rp := &reaper{waiters: map[int]chan unix.WaitStatus{}}
+	sig := make(chan os.Signal, 16)
+	signal.Notify(sig, unix.SIGCHLD)
+	go func() {
+		for range sig {
+			rp.reap()
+		}
+	}()
+	return rp
+}
+
+func (rp *reaper) reap() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return
+		}
+		// start holds mu from fork until the waiter is registered, so a
+		// child that dies at once is still matched to its exec.
+		rp.mu.Lock()
+		if ch, ok := rp.waiters[pid]; ok {
+			delete(rp.waiters, pid)
+			ch <- ws
+		}
+		rp.mu.Unlock()
+	}
+}
+
+func (rp *reaper) start(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	p, err := os.StartProcess(path, argv, attr)
+	if err != nil {
+		return 0, nil, err
+	}
+	pid := p.Pid
+	_ = p.Release()
+	ch := make(chan unix.WaitStatus, 1)
+	rp.waiters[pid] = ch
+	return pid, ch, nil
+}

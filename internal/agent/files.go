@@ -1,0 +1,291 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+)
+
+// MaxPathLen bounds every path the agent accepts.
+const MaxPathLen = 4096
+
+// CheckPath enforces the files API's path rules: absolute, no NUL, no ".."
+// element, at most MaxPathLen bytes. The host checks the same rules before a
+// request ever reaches a sandbox; the agent checks again because it must not
+// trust its peer's validation.
+func CheckPath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("path is empty")
+	case len(p) > MaxPathLen:
+		return fmt.Errorf("path is longer than %d bytes", MaxPathLen)
+	case strings.ContainsRune(p, 0):
+		return errors.New("path contains a NUL byte")
+	case !strings.HasPrefix(p, "/"):
+		return errors.New("path must be absolute (start with /)")
+	}
+	for _, el := range strings.Split(p, "/") {
+		if el == ".." {
+			return errors.New("path must not contain '..' elements")
+		}
+	}
+	return nil
+}
+
+func sendErr(w *wire.Writer, err error) {
+	_ = w.Err(errCode(err), err.Error())
+}
+
+func errCode(err error) string {
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return wire.CodeNotFound
+	case errors.As(err, &errno) && errno == syscall.ENOTDIR:
+		return wire.CodeNotDir
+	case errors.As(err, &errno) && errno == syscall.EISDIR:
+		return wire.CodeIsDir
+	case errors.As(err, &errno) && errno == syscall.ENOTEMPTY:
+		return wire.CodeNotEmpty
+	case errors.As(err, &errno) && errno == syscall.ENOSPC:
+		return wire.CodeNoSpace
+	case errors.As(err, &errno) && errno == syscall.ENAMETOOLONG:
+		return wire.CodeInvalidPath
+	case errors.Is(err, fs.ErrExist):
+		return wire.CodeExists
+	case errors.Is(err, fs.ErrPermission):
+		return wire.CodePermission
+	}
+	return wire.CodeInternal
+}
+
+func info(path string, fi fs.FileInfo) wire.FileInfo {
+	return wire.FileInfo{
+		Name:       fi.Name(),
+		Path:       path,
+		IsDir:      fi.IsDir(),
+		Size:       fi.Size(),
+		Mode:       uint32(fi.Mode().Perm()),
+		ModifiedNS: fi.ModTime().UnixNano(),
+		Symlink:    fi.Mode()&fs.ModeSymlink != 0,
+	}
+}
+
+func readFile(path string, w *wire.Writer) {
+	if err := CheckPath(path); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	if fi.IsDir() {
+		_ = w.Err(wire.CodeIsDir, path+" is a directory")
+		return
+	}
+	if !fi.Mode().IsRegular() {
+		_ = w.Err(wire.CodeBadRequest, path+" is not a regular file")
+		return
+	}
+	if err := w.JSON(wire.KindJSON, info(path, fi)); err != nil {
+		return
+	}
+	buf := make([]byte, wire.ChunkSize)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			if w.Frame(wire.KindData, buf[:n]) != nil {
+				return
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				sendErr(w, err)
+				return
+			}
+			break
+		}
+	}
+	_ = w.Frame(wire.KindEOF, nil)
+}
+
+// writeFile streams the host's data into a temporary file beside path and
+// renames it into place, so a reader never sees a half-written file and a
+// broken upload leaves the old contents untouched.
+func writeFile(path string, mode uint32, r *wire.Reader, w *wire.Writer) {
+	if err := CheckPath(path); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	path = filepath.Clean(path)
+	if path == "/" {
+		_ = w.Err(wire.CodeIsDir, "/ is a directory")
+		return
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		_ = w.Err(wire.CodeIsDir, path+" is a directory")
+		return
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		sendErr(w, err)
+		return
+	}
+	perm := fs.FileMode(mode).Perm()
+	if perm == 0 {
+		perm = 0o644
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".orkestr-*")
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := w.JSON(wire.KindJSON, struct{}{}); err != nil {
+		return
+	}
+	var size int64
+	for {
+		k, b, err := r.Next()
+		if err != nil {
+			return // the host went away: nothing is replaced
+		}
+		if k == wire.KindEOF {
+			break
+		}
+		if k != wire.KindData {
+			_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("unexpected frame %q in upload", k))
+			return
+		}
+		if _, err := tmp.Write(b); err != nil {
+			sendErr(w, err)
+			return
+		}
+		size += int64(len(b))
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		sendErr(w, err)
+		return
+	}
+	if err := tmp.Close(); err != nil {
+		sendErr(w, err)
+		return
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		sendErr(w, err)
+		return
+	}
+	ok = true
+	_ = w.JSON(wire.KindJSON, wire.Written{Size: size})
+}
+
+func listDir(path string, w *wire.Writer) {
+	if err := CheckPath(path); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	path = filepath.Clean(path)
+	fi, err := os.Stat(path)
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	if !fi.IsDir() {
+		_ = w.Err(wire.CodeNotDir, path+" is not a directory")
+		return
+	}
+	ents, err := os.ReadDir(path)
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	out := wire.List{Entries: make([]wire.FileInfo, 0, len(ents))}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			continue // removed while listing
+		}
+		out.Entries = append(out.Entries, info(filepath.Join(path, e.Name()), fi))
+	}
+	sort.Slice(out.Entries, func(i, j int) bool { return out.Entries[i].Name < out.Entries[j].Name })
+	_ = w.JSON(wire.KindJSON, out)
+}
+
+func statPath(path string, w *wire.Writer) {
+	if err := CheckPath(path); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	path = filepath.Clean(path)
+	fi, err := os.Lstat(path)
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	_ = w.JSON(wire.KindJSON, info(path, fi))
+}
+
+func removePath(path string, recursive bool, w *wire.Writer) {
+	if err := CheckPath(path); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	path = filepath.Clean(path)
+	if path == "/" {
+		_ = w.Err(wire.CodeInvalidPath, "refusing to remove /")
+		return
+	}
+	if _, err := os.Lstat(path); err != nil {
+		sendErr(w, err)
+		return
+	}
+	var err error
+	if recursive {
+		err = os.RemoveAll(path)
+	} else {
+		err = os.Remove(path)
+	}
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	_ = w.JSON(wire.KindJSON, struct{}{})
+}
+
+func mkdirPath(path string, mode uint32, w *wire.Writer) {
+	if err := CheckPath(path); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	perm := fs.FileMode(mode).Perm()
+	if perm == 0 {
+		perm = 0o755
+	}
+	if err := os.MkdirAll(filepath.Clean(path), perm); err != nil {
+		sendErr(w, err)
+		return
+	}
+	_ = w.JSON(wire.KindJSON, struct{}{})
+}

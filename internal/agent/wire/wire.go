@@ -1,0 +1,246 @@
+// Package wire defines the framing and messages spoken between the host and
+// orkestr-agent over one multiplexed stream per request.
+//
+// Every stream starts with a JSON request frame from the host. After that the
+// two sides exchange typed frames: a one-byte kind, a four-byte big-endian
+// payload length, then the payload. Bulk data (stdout, file contents) travels
+// in bounded chunks so neither side ever holds a whole file in memory.
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Version is bumped whenever a message changes incompatibly.
+const Version = 1
+
+// SocketName is the file name of the host-side listening socket inside the
+// per-sandbox agent directory, which is mounted at AgentDir in the sandbox.
+const (
+	SocketName = "agent.sock"
+	TokenName  = "token"
+	AgentDir   = "/run/agent"
+)
+
+// ChunkSize bounds the payload of one data frame.
+const ChunkSize = 64 << 10
+
+// MaxFrame bounds any frame a peer will accept.
+const MaxFrame = 1 << 20
+
+// Kind identifies a frame.
+type Kind byte
+
+const (
+	KindJSON   Kind = 'J' // a JSON message (request, reply, exit status)
+	KindError  Kind = 'R' // a JSON Error; ends the operation
+	KindStdout Kind = 'O'
+	KindStderr Kind = 'E'
+	KindStdin  Kind = 'I'
+	KindEOF    Kind = 'C' // end of stdin or of file data
+	KindSignal Kind = 'S' // payload: one byte, the signal number
+	KindData   Kind = 'D' // file contents
+	KindExit   Kind = 'X' // a JSON ExitStatus; ends an exec
+)
+
+// Ops understood by the agent.
+const (
+	OpPing      = "ping"
+	OpConfigure = "configure"
+	OpExec      = "exec"
+	OpRead      = "read"
+	OpWrite     = "write"
+	OpList      = "list"
+	OpStat      = "stat"
+	OpRemove    = "remove"
+	OpMkdir     = "mkdir"
+)
+
+// Hello is the first line an agent writes after dialing the host socket.
+type Hello struct {
+	Version int    `json:"version"`
+	Token   string `json:"token"`
+	PID     int    `json:"pid"`
+}
+
+// Request opens every stream.
+type Request struct {
+	Op        string     `json:"op"`
+	Exec      *Exec      `json:"exec,omitempty"`
+	Path      string     `json:"path,omitempty"`
+	Mode      uint32     `json:"mode,omitempty"`
+	Recursive bool       `json:"recursive,omitempty"`
+	Configure *Configure `json:"configure,omitempty"`
+}
+
+// Configure binds a pooled sandbox to its owner at claim time.
+type Configure struct {
+	Env      map[string]string `json:"env"`
+	Hostname string            `json:"hostname,omitempty"`
+}
+
+// Exec describes one command.
+type Exec struct {
+	Command   string            `json:"command"`
+	Env       map[string]string `json:"env,omitempty"`
+	Cwd       string            `json:"cwd,omitempty"`
+	TimeoutMS int64             `json:"timeout_ms,omitempty"`
+	Stdin     bool              `json:"stdin,omitempty"`
+}
+
+// Started acknowledges an exec whose process is running.
+type Started struct {
+	PID int `json:"pid"`
+}
+
+// ExitStatus ends an exec.
+type ExitStatus struct {
+	ExitCode   int   `json:"exit_code"`
+	Signal     int   `json:"signal,omitempty"`
+	DurationMS int64 `json:"duration_ms"`
+	TimedOut   bool  `json:"timed_out,omitempty"`
+}
+
+// FileInfo describes one file or directory.
+type FileInfo struct {
+	Name       string `json:"name"`
+	Path       string `json:"path"`
+	IsDir      bool   `json:"is_dir"`
+	Size       int64  `json:"size"`
+	Mode       uint32 `json:"mode"`
+	ModifiedNS int64  `json:"modified_ns"`
+	Symlink    bool   `json:"symlink,omitempty"`
+}
+
+// List is the reply to OpList.
+type List struct {
+	Entries []FileInfo `json:"entries"`
+}
+
+// Written is the reply to a finished OpWrite.
+type Written struct {
+	Size int64 `json:"size"`
+}
+
+// Error codes an agent reports.
+const (
+	CodeNotFound    = "not_found"
+	CodeInvalidPath = "invalid_path"
+	CodeIsDir       = "is_dir"
+	CodeNotDir      = "not_dir"
+	CodeExists      = "exists"
+	CodeNotEmpty    = "not_empty"
+	CodePermission  = "permission_denied"
+	CodeBadRequest  = "bad_request"
+	CodeNoSpace     = "no_space"
+	CodeInternal    = "internal"
+)
+
+// Error is a failure reported by the agent.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Writer writes frames. It is not safe for concurrent use.
+type Writer struct {
+	w   io.Writer
+	hdr [5]byte
+}
+
+func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
+
+// Frame writes one frame.
+func (w *Writer) Frame(k Kind, payload []byte) error {
+	if len(payload) > MaxFrame {
+		return fmt.Errorf("wire: frame of %d bytes exceeds %d", len(payload), MaxFrame)
+	}
+	w.hdr[0] = byte(k)
+	binary.BigEndian.PutUint32(w.hdr[1:], uint32(len(payload)))
+	if _, err := w.w.Write(w.hdr[:]); err != nil {
+		return err
+	}
+	if len(payload) == 0 {
+		return nil
+	}
+	_, err := w.w.Write(payload)
+	return err
+}
+
+// JSON writes v as a frame of kind k.
+func (w *Writer) JSON(k Kind, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return w.Frame(k, b)
+}
+
+// Err writes an error frame.
+func (w *Writer) Err(code, msg string) error {
+	return w.JSON(KindError, &Error{Code: code, Message: msg})
+}
+
+// Reader reads frames. It is not safe for concurrent use.
+type Reader struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReaderSize(r, 32<<10)} }
+
+// Next reads one frame. The payload is valid until the next call.
+func (r *Reader) Next() (Kind, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r.r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n > MaxFrame {
+		return 0, nil, fmt.Errorf("wire: frame of %d bytes exceeds %d", n, MaxFrame)
+	}
+	if cap(r.buf) < int(n) {
+		r.buf = make([]byte, n)
+	}
+	b := r.buf[:n]
+	if _, err := io.ReadFull(r.r, b); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return Kind(hdr[0]), b, nil
+}
+
+// ExpectJSON reads one frame and decodes it into v. An error frame is returned
+// as *Error.
+func (r *Reader) ExpectJSON(v any) error {
+	k, b, err := r.Next()
+	if err != nil {
+		return err
+	}
+	switch k {
+	case KindJSON, KindExit:
+		return json.Unmarshal(b, v)
+	case KindError:
+		return DecodeError(b)
+	default:
+		return fmt.Errorf("wire: unexpected frame %q", k)
+	}
+}
+
+// DecodeError turns an error frame's payload into *Error.
+func DecodeError(b []byte) error {
+	var e Error
+	if err := json.Unmarshal(b, &e); err != nil {
+		return fmt.Errorf("wire: malformed error frame: %w", err)
+	}
+	return &e
+}

@@ -1,0 +1,247 @@
+// Package cgroupv1 reads and writes the cgroup v1 controllers a sandbox is
+// limited and measured by: cpu, cpuacct, memory and pids, each its own
+// hierarchy on the hosts we run on.
+package cgroupv1
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Root is where the v1 hierarchies are mounted.
+var Root = "/sys/fs/cgroup"
+
+// Controllers a sandbox's group exists in.
+var Controllers = []string{"cpu", "cpuacct", "memory", "pids"}
+
+// CPUPeriodMicros is the CFS period used for every quota.
+const CPUPeriodMicros = 100000
+
+// Group is one cgroup path (e.g. "/orkestr/o01h...") across the controllers.
+type Group string
+
+func (g Group) file(ctrl, name string) string {
+	return filepath.Join(Root, ctrl, string(g), name)
+}
+
+// Limits to write.
+type Limits struct {
+	CPU         float64
+	MemoryBytes int64
+	PIDs        int64
+}
+
+// QuotaMicros turns vCPUs into a CFS quota per CPUPeriodMicros.
+func QuotaMicros(cpu float64) int64 {
+	if cpu <= 0 {
+		return -1
+	}
+	return int64(math.Round(cpu * CPUPeriodMicros))
+}
+
+// Apply writes limits into an existing group. Lowering memory below current
+// usage is accepted by the kernel, which then reclaims or kills.
+func (g Group) Apply(l Limits) error {
+	var errs []error
+	if l.CPU > 0 {
+		errs = append(errs,
+			write(g.file("cpu", "cpu.cfs_period_us"), strconv.Itoa(CPUPeriodMicros)),
+			write(g.file("cpu", "cpu.cfs_quota_us"), strconv.FormatInt(QuotaMicros(l.CPU), 10)))
+	}
+	if l.MemoryBytes > 0 {
+		errs = append(errs, write(g.file("memory", "memory.limit_in_bytes"), strconv.FormatInt(l.MemoryBytes, 10)))
+	}
+	if l.PIDs > 0 {
+		errs = append(errs, write(g.file("pids", "pids.max"), strconv.FormatInt(l.PIDs, 10)))
+	}
+	return errors.Join(errs...)
+}
+
+// Stats is one reading.
+type Stats struct {
+	CPUNanos         uint64
+	MemoryUsage      uint64
+	MemoryWorkingSet uint64
+	MemoryLimit      uint64
+	MemoryFailcnt    uint64
+	OOMKills         uint64
+	UnderOOM         bool
+	PIDs             uint64
+	PIDsLimit        uint64
+	CPUQuotaMicros   int64
+	CPUPeriodMicros  uint64
+	ReadAt           time.Time
+}
+
+// Read reads the group's usage. The working set is usage minus inactive file
+// cache, the figure the kernel would not give back under pressure (as
+// kubelet and cAdvisor compute it).
+func (g Group) Read() (Stats, error) {
+	s := Stats{ReadAt: time.Now()}
+	var err error
+	if s.CPUNanos, err = readUint(g.file("cpuacct", "cpuacct.usage")); err != nil {
+		return s, err
+	}
+	if s.MemoryUsage, err = readUint(g.file("memory", "memory.usage_in_bytes")); err != nil {
+		return s, err
+	}
+	s.MemoryLimit, _ = readUint(g.file("memory", "memory.limit_in_bytes"))
+	s.MemoryFailcnt, _ = readUint(g.file("memory", "memory.failcnt"))
+	kv, _ := readKV(g.file("memory", "memory.stat"))
+	inactive := kv["total_inactive_file"]
+	if inactive < s.MemoryUsage {
+		s.MemoryWorkingSet = s.MemoryUsage - inactive
+	}
+	oom, _ := readKV(g.file("memory", "memory.oom_control"))
+	s.OOMKills = oom["oom_kill"]
+	s.UnderOOM = oom["under_oom"] == 1
+	s.PIDs, _ = readUint(g.file("pids", "pids.current"))
+	if v, err := os.ReadFile(g.file("pids", "pids.max")); err == nil {
+		s.PIDsLimit, _ = strconv.ParseUint(strings.TrimSpace(string(v)), 10, 64)
+	}
+	if v, err := os.ReadFile(g.file("cpu", "cpu.cfs_quota_us")); err == nil {
+		s.CPUQuotaMicros, _ = strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64)
+	}
+	s.CPUPeriodMicros, _ = readUint(g.file("cpu", "cpu.cfs_period_us"))
+	return s, nil
+}
+
+// Exists reports whether the group exists in any controller.
+func (g Group) Exists() bool {
+	for _, c := range Controllers {
+		if _, err := os.Stat(filepath.Join(Root, c, string(g))); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Tasks lists the host thread ids in the group's pids controller.
+func (g Group) Tasks() []int {
+	var out []int
+	for _, c := range Controllers {
+		b, err := os.ReadFile(g.file(c, "tasks"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+		if len(out) > 0 {
+			return out
+		}
+	}
+	return out
+}
+
+// Remove kills whatever is left in the group and removes it, children first,
+// in every controller. A group that does not exist is not an error.
+func (g Group) Remove() error {
+	var errs []error
+	for _, c := range Controllers {
+		dir := filepath.Join(Root, c, string(g))
+		if err := removeTree(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func removeTree(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			if err := removeTree(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	var last error
+	for i := 0; i < 50; i++ {
+		if b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs")); err == nil {
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		last = os.Remove(dir)
+		if last == nil || errors.Is(last, fs.ErrNotExist) {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", dir, last)
+}
+
+// Children lists the direct child groups of g that exist in any controller.
+func (g Group) Children() []Group {
+	seen := map[string]bool{}
+	var out []Group
+	for _, c := range Controllers {
+		ents, err := os.ReadDir(filepath.Join(Root, c, string(g)))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if e.IsDir() && !seen[e.Name()] {
+				seen[e.Name()] = true
+				out = append(out, Group(filepath.Join(string(g), e.Name())))
+			}
+		}
+	}
+	return out
+}
+
+func write(path, v string) error {
+	if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+		return fmt.Errorf("cgroup write %s=%s: %w", path, v, err)
+	}
+	return nil
+}
+
+func readUint(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+}
+
+func readKV(path string) (map[string]uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := map[string]uint64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		if err == nil {
+			out[k] = n
+		}
+	}
+	return out, sc.Err()
+}

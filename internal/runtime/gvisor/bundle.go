@@ -1,0 +1,92 @@
+package gvisor
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
+)
+
+// AgentPath is where the agent binary appears inside every sandbox.
+const AgentPath = "/agent/orkestr-agent"
+
+// MountPoints must exist in every template's rootfs: runsc would otherwise
+// create them inside the shared template directory.
+var MountPoints = []string{"/agent", "/run/agent", "/workspace", "/tmp", "/proc", "/sys", "/dev"}
+
+// defaultCaps is the capability set of a Docker container: inside gVisor they
+// act on the sandbox's own kernel, never the host's.
+var defaultCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// bundleSpec builds the OCI runtime spec of one sandbox: the template as a
+// copy-on-write root, the agent read-only at /agent, the per-sandbox channel
+// directory at /run/agent, and cgroup limits from the size.
+func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Resources) *specs.Spec {
+	quota := cgroupv1.QuotaMicros(res.CPU)
+	period := uint64(cgroupv1.CPUPeriodMicros)
+	mem := res.MemoryBytes
+	r := &specs.LinuxResources{
+		Memory: &specs.LinuxMemory{Limit: &mem},
+		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+	}
+	if res.PIDs > 0 {
+		r.Pids = &specs.LinuxPids{Limit: res.PIDs}
+	}
+	return &specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			Args: []string{AgentPath},
+			Env:  []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+			Cwd:  "/",
+			User: specs.User{UID: 0, GID: 0},
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding: defaultCaps, Effective: defaultCaps, Permitted: defaultCaps,
+			},
+			Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},
+		},
+		Root:     &specs.Root{Path: rootfs, Readonly: false},
+		Hostname: "sandbox",
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
+			{Destination: "/agent", Type: "bind", Source: agentDir, Options: []string{"rbind", "ro"}},
+			{Destination: wire.AgentDir, Type: "bind", Source: channelDir, Options: []string{"rbind", "rw"}},
+		},
+		Linux: &specs.Linux{
+			CgroupsPath: cgroupPath,
+			Resources:   r,
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
+				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
+			},
+		},
+	}
+}
+
+func writeBundle(dir string, spec *specs.Spec) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600)
+}
+
+func cgroupLimits(r runtime.Resources) cgroupv1.Limits {
+	return cgroupv1.Limits{CPU: r.CPU, MemoryBytes: r.MemoryBytes, PIDs: r.PIDs}
+}

@@ -1,0 +1,497 @@
+// Package gvisor runs sandboxes in gVisor (runsc, systrap platform): each
+// sandbox is a runsc container whose PID 1 is orkestr-agent, rooted on a
+// shared read-only template with a private copy-on-write layer, limited by
+// cgroup v1, with no network, and reached over a per-sandbox Unix socket.
+package gvisor
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/client"
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
+)
+
+// Config configures a Driver.
+type Config struct {
+	Runsc        string // path of the runsc binary
+	AgentBinary  string // path of the static orkestr-agent binary
+	StateDir     string // runtime state: runsc root, per-sandbox directories
+	CgroupParent string // parent of every sandbox's cgroup, e.g. "/orkestr"
+	Platform     string // runsc platform; "systrap" unless set
+	Debug        bool   // keep runsc debug logs in each sandbox directory
+	ReadyTimeout time.Duration
+	Log          *slog.Logger
+}
+
+// Driver is the gVisor runtime.Driver.
+type Driver struct {
+	cfg      Config
+	rs       *runsc
+	agentDir string // content-addressed copy of the agent binary
+	log      *slog.Logger
+
+	mu        sync.Mutex
+	sandboxes map[string]*sandbox
+}
+
+var _ runtime.Driver = (*Driver)(nil)
+
+// New prepares the state directory. It starts nothing; call Reconcile once
+// before creating sandboxes so leftovers of a previous process are handled.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Platform == "" {
+		cfg.Platform = "systrap"
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = "/orkestr"
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 15 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if !filepath.IsAbs(cfg.StateDir) {
+		return nil, fmt.Errorf("gvisor: state dir %q must be an absolute path", cfg.StateDir)
+	}
+	if _, err := os.Stat(cfg.Runsc); err != nil {
+		return nil, fmt.Errorf("gvisor: runsc not found at %s (run `make setup`): %w", cfg.Runsc, err)
+	}
+	for _, d := range []string{"runsc", "sandboxes", "agent"} {
+		if err := os.MkdirAll(filepath.Join(cfg.StateDir, d), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	agentDir, err := installAgent(cfg.AgentBinary, filepath.Join(cfg.StateDir, "agent"))
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{
+		cfg:       cfg,
+		rs:        &runsc{bin: cfg.Runsc, root: filepath.Join(cfg.StateDir, "runsc"), platform: cfg.Platform},
+		agentDir:  agentDir,
+		log:       cfg.Log,
+		sandboxes: map[string]*sandbox{},
+	}
+	return d, nil
+}
+
+// installAgent copies the agent binary into a directory named by its hash, so
+// a running or checkpointed sandbox keeps the exact binary it started with
+// even after the host's agent is upgraded.
+func installAgent(src, base string) (string, error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("gvisor: agent binary: %w (run `make build`)", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(base, hex.EncodeToString(h.Sum(nil))[:16])
+	dst := filepath.Join(dir, "orkestr-agent")
+	if _, err := os.Stat(dst); err == nil {
+		return dir, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if _, err := f.Seek(0, 0); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, ".agent-*")
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(tmp, f); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return "", err
+	}
+	tmp.Close()
+	if err := os.Chmod(tmp.Name(), 0o755); err != nil {
+		return "", err
+	}
+	return dir, os.Rename(tmp.Name(), dst)
+}
+
+// Name implements runtime.Driver.
+func (d *Driver) Name() string { return "gvisor" }
+
+// newID returns a fixed-length runsc container id: runsc matches ids by
+// prefix, so no id may be a prefix of another.
+func newID() string {
+	return "o" + strings.ToLower(ulid.MustNew(ulid.Now(), rand.Reader).String())
+}
+
+func validID(id string) bool {
+	if len(id) != 27 || id[0] != 'o' {
+		return false
+	}
+	for _, c := range id[1:] {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z') {
+			return false
+		}
+	}
+	return true
+}
+
+// meta is the on-disk record of a sandbox, enough to adopt or clean it up
+// after the owning process died.
+type meta struct {
+	ID        string            `json:"id"`
+	Template  string            `json:"template"`
+	Rootfs    string            `json:"rootfs"`
+	AgentDir  string            `json:"agent_dir"`
+	Resources runtime.Resources `json:"resources"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Pooled    bool              `json:"pooled"`
+	CreatedAt time.Time         `json:"created_at"`
+}
+
+func (d *Driver) sandboxDir(id string) string { return filepath.Join(d.cfg.StateDir, "sandboxes", id) }
+
+func (d *Driver) cgroup(id string) cgroupv1.Group {
+	return cgroupv1.Group(filepath.Join(d.cfg.CgroupParent, id))
+}
+
+// Create implements runtime.Driver.
+func (d *Driver) Create(ctx context.Context, s runtime.Spec) (runtime.Sandbox, error) {
+	if !filepath.IsAbs(s.Rootfs) {
+		return nil, fmt.Errorf("gvisor: rootfs %q must be absolute", s.Rootfs)
+	}
+	if _, err := os.Stat(filepath.Join(s.Rootfs, "bin/sh")); err != nil {
+		return nil, fmt.Errorf("gvisor: template %q has no /bin/sh at %s: %w", s.Template, s.Rootfs, err)
+	}
+	m := meta{
+		ID: newID(), Template: s.Template, Rootfs: s.Rootfs, AgentDir: d.agentDir,
+		Resources: s.Resources, Labels: copyLabels(s.Labels), Pooled: s.Labels["pool"] != "", CreatedAt: time.Now().UTC(),
+	}
+	return d.start(ctx, m, "")
+}
+
+// Restore implements runtime.Driver.
+func (d *Driver) Restore(ctx context.Context, dir, rootfs string, labels map[string]string) (runtime.Sandbox, error) {
+	snap, err := readSnapshot(dir)
+	if err != nil {
+		return nil, err
+	}
+	if rootfs == "" {
+		rootfs = snap.Rootfs
+	}
+	agentDir := snap.AgentDir
+	if _, err := os.Stat(filepath.Join(agentDir, "orkestr-agent")); err != nil {
+		return nil, fmt.Errorf("gvisor: snapshot needs agent %s, which this host does not have", agentDir)
+	}
+	if labels == nil {
+		labels = snap.Labels
+	}
+	m := meta{
+		ID: newID(), Template: snap.Template, Rootfs: rootfs, AgentDir: agentDir,
+		Resources: snap.Resources, Labels: copyLabels(labels), CreatedAt: time.Now().UTC(),
+	}
+	return d.start(ctx, m, filepath.Join(dir, "image"))
+}
+
+// start creates (or, with image set, restores) the runsc container for m and
+// waits for its agent. On any failure everything made so far is undone.
+func (d *Driver) start(ctx context.Context, m meta, image string) (_ runtime.Sandbox, err error) {
+	dir := d.sandboxDir(m.ID)
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = os.RemoveAll(dir) })
+	for _, sub := range []string{"channel", "overlay"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	if err := writeJSON(filepath.Join(dir, "meta.json"), m); err != nil {
+		return nil, err
+	}
+	ch, err := client.Listen(filepath.Join(dir, "channel"), d.log)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = ch.Close() })
+	spec := bundleSpec(m.Rootfs, m.AgentDir, filepath.Join(dir, "channel"), string(d.cgroup(m.ID)), m.Resources)
+	if err := writeBundle(filepath.Join(dir, "bundle"), spec); err != nil {
+		return nil, err
+	}
+	console, err := os.OpenFile(filepath.Join(dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer console.Close()
+
+	undo = append(undo, func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = d.rs.delete(cctx, m.ID)
+		d.cleanupMounts(m.ID)
+		_ = d.cgroup(m.ID).Remove()
+	})
+	args := []string{"run", "--detach", "--bundle", filepath.Join(dir, "bundle"), m.ID}
+	if image != "" {
+		args = []string{"restore", "--detach", "--image-path", image, "--bundle", filepath.Join(dir, "bundle"), m.ID}
+	}
+	// runsc must not die with ctx while the container is half made: the
+	// undo step deletes it instead.
+	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), args...)
+	cmd.Stdout = console
+	cmd.Stderr = console
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("gvisor: runsc %s: %w: %s", args[0], err, tail(filepath.Join(dir, "console.log")))
+	}
+	st, err := d.rs.state(ctx, m.ID)
+	if err != nil {
+		return nil, err
+	}
+	sb := newSandbox(d, m, ch, st.PID)
+	rctx, cancel := context.WithTimeout(ctx, d.cfg.ReadyTimeout)
+	defer cancel()
+	if err := sb.waitReady(rctx); err != nil {
+		return nil, fmt.Errorf("gvisor: sandbox agent did not come up: %w (console: %s)", err, tail(filepath.Join(dir, "console.log")))
+	}
+	d.mu.Lock()
+	d.sandboxes[m.ID] = sb
+	d.mu.Unlock()
+	return sb, nil
+}
+
+// Get implements runtime.Driver.
+func (d *Driver) Get(id string) (runtime.Sandbox, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	sb, ok := d.sandboxes[id]
+	if !ok {
+		return nil, false
+	}
+	return sb, true
+}
+
+// List implements runtime.Driver: the sandboxes this driver runs now.
+func (d *Driver) List(ctx context.Context) ([]runtime.Info, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]runtime.Info, 0, len(d.sandboxes))
+	for _, sb := range d.sandboxes {
+		out = append(out, sb.Info())
+	}
+	return out, nil
+}
+
+func (d *Driver) forget(id string) {
+	d.mu.Lock()
+	delete(d.sandboxes, id)
+	d.mu.Unlock()
+}
+
+// destroy removes every host resource of sandbox id, whether or not this
+// process knows it.
+func (d *Driver) destroy(ctx context.Context, id string) error {
+	var errs []error
+	if err := d.rs.delete(ctx, id); err != nil {
+		errs = append(errs, err)
+	}
+	d.cleanupMounts(id)
+	if err := d.cgroup(id).Remove(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(d.sandboxDir(id)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupMounts detaches mounts runsc may leave under its root for id (an
+// nsfs mount of the sandbox's network namespace).
+func (d *Driver) cleanupMounts(id string) {
+	for _, mp := range mountsUnder(d.rs.root) {
+		if strings.Contains(mp, id) {
+			_ = unmount(mp)
+		}
+	}
+}
+
+// Close implements runtime.Driver.
+func (d *Driver) Close(ctx context.Context, destroy bool) error {
+	d.mu.Lock()
+	all := make([]*sandbox, 0, len(d.sandboxes))
+	for _, sb := range d.sandboxes {
+		all = append(all, sb)
+	}
+	d.mu.Unlock()
+	var errs []error
+	for _, sb := range all {
+		if destroy {
+			errs = append(errs, sb.Destroy(ctx))
+		} else {
+			sb.detach()
+		}
+	}
+	if destroy {
+		// runsc keeps one empty network namespace mounted under its root
+		// for all --network=none sandboxes; with none left it goes too.
+		for _, mp := range mountsUnder(d.rs.root) {
+			if err := unmount(mp); err != nil {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Reconcile implements runtime.Driver.
+func (d *Driver) Reconcile(ctx context.Context, keep func(runtime.Info) bool) (runtime.ReconcileReport, error) {
+	var rep runtime.ReconcileReport
+	var errs []error
+	containers, err := d.rs.list(ctx)
+	if err != nil {
+		return rep, err
+	}
+	state := map[string]containerState{}
+	for _, c := range containers {
+		state[c.ID] = c
+	}
+	seen := map[string]bool{}
+	ents, err := os.ReadDir(filepath.Join(d.cfg.StateDir, "sandboxes"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return rep, err
+	}
+	for _, e := range ents {
+		id := e.Name()
+		seen[id] = true
+		if _, known := d.Get(id); known {
+			continue
+		}
+		var m meta
+		merr := readJSON(filepath.Join(d.sandboxDir(id), "meta.json"), &m)
+		st, exists := state[id]
+		alive := exists && st.Status == "running" && processAlive(st.PID)
+		if merr == nil && validID(id) && alive && !m.Pooled && keep != nil && keep(metaInfo(m, runtime.StateRunning)) {
+			if err := d.adopt(ctx, m, st.PID); err == nil {
+				rep.Adopted = append(rep.Adopted, id)
+				continue
+			} else {
+				d.log.Warn("could not re-adopt sandbox; destroying it", "sandbox", id, "err", err)
+			}
+		}
+		if err := d.destroy(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+		rep.Destroyed = append(rep.Destroyed, id)
+	}
+	for id := range state {
+		if !seen[id] {
+			if err := d.destroy(ctx, id); err != nil {
+				errs = append(errs, err)
+			}
+			rep.Removed = append(rep.Removed, "runsc:"+id)
+		}
+	}
+	for _, g := range cgroupv1.Group(d.cfg.CgroupParent).Children() {
+		id := filepath.Base(string(g))
+		if _, known := d.Get(id); known || seen[id] {
+			continue
+		}
+		if err := g.Remove(); err != nil {
+			errs = append(errs, err)
+		}
+		rep.Removed = append(rep.Removed, "cgroup:"+string(g))
+	}
+	return rep, errors.Join(errs...)
+}
+
+// adopt takes over a running sandbox left by a previous process: it listens
+// on the sandbox's socket again and waits for the agent to redial.
+func (d *Driver) adopt(ctx context.Context, m meta, pid int) error {
+	ch, err := client.Listen(filepath.Join(d.sandboxDir(m.ID), "channel"), d.log)
+	if err != nil {
+		return err
+	}
+	sb := newSandbox(d, m, ch, pid)
+	rctx, cancel := context.WithTimeout(ctx, d.cfg.ReadyTimeout)
+	defer cancel()
+	if err := sb.waitReady(rctx); err != nil {
+		_ = ch.Close()
+		return err
+	}
+	d.mu.Lock()
+	d.sandboxes[m.ID] = sb
+	d.mu.Unlock()
+	return nil
+}
+
+func metaInfo(m meta, st runtime.State) runtime.Info {
+	return runtime.Info{
+		ID: m.ID, Template: m.Template, Resources: m.Resources, Labels: copyLabels(m.Labels),
+		State: st, CreatedAt: m.CreatedAt, Pooled: m.Pooled,
+	}
+}
+
+func copyLabels(l map[string]string) map[string]string {
+	if l == nil {
+		return nil
+	}
+	out := make(map[string]string, len(l))
+	for k, v := range l {
+		out[k] = v
+	}
+	return out
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// tail returns the end of a log file for error messages.
+func tail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return lastLines(string(b), 5)
+}

@@ -1,0 +1,413 @@
+package gvisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/client"
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+)
+
+// sandbox is one runsc container and the channel to its agent.
+type sandbox struct {
+	d   *Driver
+	ch  *client.Channel
+	pid int // the runsc sandbox process on the host
+
+	mu       sync.Mutex
+	m        meta
+	inflight int
+	idle     *sync.Cond // signalled when inflight drops
+	pausing  bool
+	stopErr  error // set once the sandbox stopped
+	done     chan struct{}
+	unwatch  func()
+	destroyO sync.Once
+}
+
+var _ runtime.Sandbox = (*sandbox)(nil)
+
+func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
+	sb := &sandbox{d: d, ch: ch, pid: pid, m: m, done: make(chan struct{})}
+	sb.idle = sync.NewCond(&sb.mu)
+	unwatch, err := watcher.watch(pid, sb.exited)
+	if err != nil {
+		d.log.Warn("cannot watch sandbox process; exits are noticed on next use", "sandbox", m.ID, "err", err)
+		unwatch = func() {}
+	}
+	sb.unwatch = unwatch
+	return sb
+}
+
+// exited runs when the sandbox process ends by itself: the out-of-memory
+// killer, a crash, or the agent exiting.
+func (sb *sandbox) exited() {
+	reason := runtime.ErrStopped
+	if st, err := sb.d.cgroup(sb.m.ID).Read(); err == nil && (st.OOMKills > 0 || st.UnderOOM) {
+		reason = fmt.Errorf("%w (limit %d MiB)", runtime.ErrOutOfMemory, sb.m.Resources.MemoryBytes>>20)
+	}
+	sb.stop(reason)
+	sb.d.log.Warn("sandbox stopped on its own", "sandbox", sb.m.ID, "reason", reason)
+}
+
+func (sb *sandbox) stop(reason error) {
+	sb.mu.Lock()
+	first := sb.stopErr == nil
+	if first {
+		sb.stopErr = reason
+		sb.idle.Broadcast()
+	}
+	sb.mu.Unlock()
+	if first {
+		sb.ch.Fail(reason)
+		close(sb.done)
+	}
+}
+
+func (sb *sandbox) ID() string { return sb.m.ID }
+
+func (sb *sandbox) Info() runtime.Info {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	st := runtime.StateRunning
+	if sb.stopErr != nil {
+		st = runtime.StateStopped
+	}
+	return metaInfo(sb.m, st)
+}
+
+func (sb *sandbox) Done() <-chan struct{} { return sb.done }
+
+func (sb *sandbox) waitReady(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- sb.ch.WaitReady(ctx) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-sb.done:
+		return sb.stopped()
+	}
+}
+
+func (sb *sandbox) stopped() error {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.stopErr
+}
+
+// begin admits an operation unless the sandbox is stopped or being paused.
+func (sb *sandbox) begin() error {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if sb.stopErr != nil {
+		return sb.stopErr
+	}
+	if sb.pausing {
+		return fmt.Errorf("%w: it is being paused", runtime.ErrBusy)
+	}
+	sb.inflight++
+	return nil
+}
+
+func (sb *sandbox) end() {
+	sb.mu.Lock()
+	sb.inflight--
+	if sb.inflight == 0 {
+		sb.idle.Broadcast()
+	}
+	sb.mu.Unlock()
+}
+
+// mapErr turns channel and agent errors into runtime errors.
+func (sb *sandbox) mapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var we *wire.Error
+	if errors.As(err, &we) {
+		var base error
+		switch we.Code {
+		case wire.CodeNotFound:
+			base = runtime.ErrFileNotFound
+		case wire.CodeInvalidPath:
+			base = runtime.ErrInvalidPath
+		case wire.CodeIsDir:
+			base = runtime.ErrIsDir
+		case wire.CodeNotDir:
+			base = runtime.ErrNotDir
+		case wire.CodeNotEmpty:
+			base = runtime.ErrNotEmpty
+		case wire.CodeNoSpace:
+			base = runtime.ErrNoSpace
+		case wire.CodePermission:
+			base = runtime.ErrPermission
+		case wire.CodeBadRequest:
+			base = runtime.ErrInvalidRequest
+		default:
+			base = runtime.ErrAgent
+		}
+		return fmt.Errorf("%w: %s", base, we.Message)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	// The connection broke: if the sandbox died, say why.
+	select {
+	case <-sb.done:
+		return sb.stopped()
+	case <-time.After(500 * time.Millisecond):
+	}
+	if errors.Is(err, runtime.ErrOutOfMemory) || errors.Is(err, runtime.ErrStopped) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", runtime.ErrAgent, err)
+}
+
+func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
+	if err := sb.begin(); err != nil {
+		return err
+	}
+	defer sb.end()
+	if c.Resources != (runtime.Resources{}) {
+		if err := sb.SetResources(c.Resources); err != nil {
+			return err
+		}
+	}
+	if err := sb.ch.Configure(ctx, wire.Configure{Env: c.Env, Hostname: c.Hostname}); err != nil {
+		return sb.mapErr(err)
+	}
+	sb.mu.Lock()
+	sb.m.Pooled = false
+	if sb.m.Labels == nil {
+		sb.m.Labels = map[string]string{}
+	}
+	delete(sb.m.Labels, "pool")
+	for k, v := range c.Labels {
+		sb.m.Labels[k] = v
+	}
+	m := sb.m
+	sb.mu.Unlock()
+	return writeJSON(filepath.Join(sb.d.sandboxDir(m.ID), "meta.json"), m)
+}
+
+func (sb *sandbox) Exec(ctx context.Context, r runtime.ExecRequest) (runtime.ExecResult, error) {
+	if err := sb.begin(); err != nil {
+		return runtime.ExecResult{}, err
+	}
+	defer sb.end()
+	e := wire.Exec{Command: r.Command, Env: r.Env, Cwd: r.Cwd, TimeoutMS: r.Timeout.Milliseconds()}
+	st, err := sb.ch.Exec(ctx, e, client.ExecIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Signals: r.Signals})
+	if err != nil {
+		return runtime.ExecResult{}, sb.mapErr(err)
+	}
+	return runtime.ExecResult{
+		ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut,
+		Duration: time.Duration(st.DurationMS) * time.Millisecond,
+	}, nil
+}
+
+func fileInfo(fi wire.FileInfo) runtime.FileInfo {
+	return runtime.FileInfo{
+		Name: fi.Name, Path: fi.Path, IsDir: fi.IsDir, Size: fi.Size, Mode: fi.Mode,
+		Modified: time.Unix(0, fi.ModifiedNS).UTC(), Symlink: fi.Symlink,
+	}
+}
+
+func (sb *sandbox) ReadFile(ctx context.Context, path string, w io.Writer) (runtime.FileInfo, error) {
+	if err := sb.begin(); err != nil {
+		return runtime.FileInfo{}, err
+	}
+	defer sb.end()
+	fi, err := sb.ch.ReadFile(ctx, path, w)
+	return fileInfo(fi), sb.mapErr(err)
+}
+
+func (sb *sandbox) WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) (int64, error) {
+	if err := sb.begin(); err != nil {
+		return 0, err
+	}
+	defer sb.end()
+	n, err := sb.ch.WriteFile(ctx, path, mode, r)
+	return n, sb.mapErr(err)
+}
+
+func (sb *sandbox) List(ctx context.Context, path string) ([]runtime.FileInfo, error) {
+	if err := sb.begin(); err != nil {
+		return nil, err
+	}
+	defer sb.end()
+	ents, err := sb.ch.List(ctx, path)
+	if err != nil {
+		return nil, sb.mapErr(err)
+	}
+	out := make([]runtime.FileInfo, len(ents))
+	for i, e := range ents {
+		out[i] = fileInfo(e)
+	}
+	return out, nil
+}
+
+func (sb *sandbox) Stat(ctx context.Context, path string) (runtime.FileInfo, error) {
+	if err := sb.begin(); err != nil {
+		return runtime.FileInfo{}, err
+	}
+	defer sb.end()
+	fi, err := sb.ch.Stat(ctx, path)
+	return fileInfo(fi), sb.mapErr(err)
+}
+
+func (sb *sandbox) Remove(ctx context.Context, path string, recursive bool) error {
+	if err := sb.begin(); err != nil {
+		return err
+	}
+	defer sb.end()
+	return sb.mapErr(sb.ch.Remove(ctx, path, recursive))
+}
+
+func (sb *sandbox) MkdirAll(ctx context.Context, path string, mode uint32) error {
+	if err := sb.begin(); err != nil {
+		return err
+	}
+	defer sb.end()
+	return sb.mapErr(sb.ch.MkdirAll(ctx, path, mode))
+}
+
+func (sb *sandbox) Stats(ctx context.Context) (runtime.Stats, error) {
+	st, err := sb.d.cgroup(sb.m.ID).Read()
+	if err != nil {
+		if e := sb.stopped(); e != nil {
+			return runtime.Stats{}, e
+		}
+		return runtime.Stats{}, fmt.Errorf("read cgroup of %s: %w", sb.m.ID, err)
+	}
+	return runtime.Stats{
+		CPUNanos: st.CPUNanos, MemoryBytes: st.MemoryWorkingSet, MemoryLimitBytes: st.MemoryLimit,
+		MemoryFailures: st.MemoryFailcnt, OOMKills: st.OOMKills, PIDs: st.PIDs, PIDsLimit: st.PIDsLimit,
+		CPUQuotaMicros: st.CPUQuotaMicros, CPUPeriodMicros: st.CPUPeriodMicros, ReadAt: st.ReadAt,
+	}, nil
+}
+
+func (sb *sandbox) SetResources(r runtime.Resources) error {
+	if err := sb.d.cgroup(sb.m.ID).Apply(cgroupLimits(r)); err != nil {
+		return err
+	}
+	sb.mu.Lock()
+	sb.m.Resources = r
+	sb.mu.Unlock()
+	return nil
+}
+
+// snapshotMeta is written beside the runsc image.
+type snapshotMeta struct {
+	Template  string            `json:"template"`
+	Rootfs    string            `json:"rootfs"`
+	AgentDir  string            `json:"agent_dir"`
+	Resources runtime.Resources `json:"resources"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
+}
+
+func readSnapshot(dir string) (snapshotMeta, error) {
+	var s snapshotMeta
+	if err := readJSON(filepath.Join(dir, "snapshot.json"), &s); err != nil {
+		return s, fmt.Errorf("gvisor: %s is not a snapshot: %w", dir, err)
+	}
+	return s, nil
+}
+
+// drainTimeout bounds how long a checkpoint waits for calls in flight; calls
+// still running after it are cut off (their commands are killed by the
+// agent) so that a long stream cannot hold a pause forever.
+const drainTimeout = 5 * time.Second
+
+func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot, error) {
+	sb.mu.Lock()
+	if sb.stopErr != nil {
+		err := sb.stopErr
+		sb.mu.Unlock()
+		return runtime.Snapshot{}, err
+	}
+	if sb.pausing {
+		sb.mu.Unlock()
+		return runtime.Snapshot{}, fmt.Errorf("%w: already being paused", runtime.ErrBusy)
+	}
+	sb.pausing = true
+	deadline := time.AfterFunc(drainTimeout, func() { sb.ch.Disconnect() })
+	for sb.inflight > 0 && sb.stopErr == nil {
+		sb.idle.Wait()
+	}
+	deadline.Stop()
+	m := sb.m
+	sb.mu.Unlock()
+	undoPause := func() {
+		sb.mu.Lock()
+		sb.pausing = false
+		sb.mu.Unlock()
+	}
+
+	image := filepath.Join(dir, "image")
+	if err := os.MkdirAll(image, 0o700); err != nil {
+		undoPause()
+		return runtime.Snapshot{}, err
+	}
+	if _, err := sb.d.rs.run(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), "checkpoint", "--image-path", image, m.ID); err != nil {
+		undoPause()
+		if e := sb.stopped(); e != nil {
+			return runtime.Snapshot{}, e
+		}
+		return runtime.Snapshot{}, fmt.Errorf("gvisor: checkpoint: %w", err)
+	}
+	snap := snapshotMeta{Template: m.Template, Rootfs: m.Rootfs, AgentDir: m.AgentDir, Resources: m.Resources, Labels: copyLabels(m.Labels), CreatedAt: time.Now().UTC()}
+	if err := writeJSON(filepath.Join(dir, "snapshot.json"), snap); err != nil {
+		return runtime.Snapshot{}, err
+	}
+	size, _ := dirSize(dir)
+	// The checkpoint stopped the container; what remains is host state.
+	if err := sb.Destroy(context.WithoutCancel(ctx)); err != nil {
+		sb.d.log.Warn("cleanup after checkpoint failed", "sandbox", m.ID, "err", err)
+	}
+	return runtime.Snapshot{Dir: dir, Bytes: size, Template: m.Template, Resources: m.Resources, Labels: snap.Labels, CreatedAt: snap.CreatedAt}, nil
+}
+
+func dirSize(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n, err
+}
+
+func (sb *sandbox) Destroy(ctx context.Context) error {
+	var err error
+	sb.destroyO.Do(func() {
+		sb.unwatch()
+		sb.stop(runtime.ErrStopped)
+		err = sb.d.destroy(ctx, sb.m.ID)
+		sb.d.forget(sb.m.ID)
+	})
+	return err
+}
+
+// detach lets go of a sandbox without stopping it, for the next process to
+// adopt.
+func (sb *sandbox) detach() {
+	sb.unwatch()
+	_ = sb.ch.Close()
+	sb.d.forget(sb.m.ID)
+}

@@ -1,0 +1,193 @@
+// Package runtime defines the seam between orkestr and the isolation
+// technology that runs sandboxes: a Driver creates, restores, lists and
+// reconciles sandboxes on one host, and a Sandbox runs commands and moves
+// files through the agent inside it.
+//
+// gVisor (package gvisor) is the implementation today; a micro-VM driver for
+// hosts with hardware KVM belongs behind the same interfaces and must pass
+// the same test suite.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"syscall"
+	"time"
+)
+
+// Resources are the limits a sandbox's size maps to.
+type Resources struct {
+	CPU         float64 // vCPUs; becomes a CFS quota of CPU × period
+	MemoryBytes int64
+	PIDs        int64 // host tasks (threads and processes) the sandbox may hold
+}
+
+func (r Resources) String() string {
+	return fmt.Sprintf("%.2g vCPU, %d MiB, %d pids", r.CPU, r.MemoryBytes>>20, r.PIDs)
+}
+
+// Spec describes a sandbox to create.
+type Spec struct {
+	Template  string // catalog name, recorded for restore and listing
+	Rootfs    string // absolute path of the template's read-only root filesystem
+	Resources Resources
+	Labels    map[string]string // recorded with the sandbox; survive a host restart
+}
+
+// Claim binds a started sandbox to its owner. Nothing in it is known before
+// the claim, so pooled sandboxes never carry another owner's data.
+type Claim struct {
+	Env       map[string]string
+	Hostname  string
+	Resources Resources
+	Labels    map[string]string
+}
+
+// ExecRequest is one command for /bin/sh -c.
+type ExecRequest struct {
+	Command string
+	Env     map[string]string // added to the sandbox's env for this call
+	Cwd     string            // default /workspace
+	Timeout time.Duration     // 0: none; at the deadline the whole process tree is killed
+	Stdin   io.Reader
+	Stdout  io.Writer // written as output is produced
+	Stderr  io.Writer
+	Signals <-chan syscall.Signal
+}
+
+// ExecResult is how a command ended.
+type ExecResult struct {
+	ExitCode int
+	Signal   int
+	Duration time.Duration
+	TimedOut bool
+}
+
+// FileInfo describes a file inside a sandbox.
+type FileInfo struct {
+	Name     string
+	Path     string
+	IsDir    bool
+	Size     int64
+	Mode     uint32
+	Modified time.Time
+	Symlink  bool
+}
+
+// Stats is a reading of a sandbox's cgroups.
+type Stats struct {
+	CPUNanos         uint64 // cumulative CPU time
+	MemoryBytes      uint64 // working set: usage minus reclaimable (inactive file) cache
+	MemoryLimitBytes uint64
+	MemoryFailures   uint64 // times the limit was hit
+	OOMKills         uint64
+	PIDs             uint64
+	PIDsLimit        uint64
+	CPUQuotaMicros   int64
+	CPUPeriodMicros  uint64
+	ReadAt           time.Time
+}
+
+// State of a sandbox as the driver sees it.
+type State string
+
+const (
+	StateRunning State = "running"
+	StateStopped State = "stopped" // exited or killed (e.g. out of memory)
+	StateUnknown State = "unknown"
+)
+
+// Info describes a sandbox known to a driver.
+type Info struct {
+	ID        string
+	Template  string
+	Resources Resources
+	Labels    map[string]string
+	State     State
+	CreatedAt time.Time
+	Pooled    bool // started for the warm pool and not yet claimed
+}
+
+// Snapshot describes a checkpoint written to a directory.
+type Snapshot struct {
+	Dir       string
+	Bytes     int64
+	Template  string
+	Resources Resources
+	Labels    map[string]string
+	CreatedAt time.Time
+}
+
+// Sandbox is one running sandbox.
+type Sandbox interface {
+	ID() string
+	Info() Info
+	// Configure applies a claim: env and hostname to the agent, limits to
+	// the cgroups, labels to the record.
+	Configure(ctx context.Context, c Claim) error
+	Exec(ctx context.Context, r ExecRequest) (ExecResult, error)
+	// ReadFile streams a file into w; w receives nothing if it cannot be opened.
+	ReadFile(ctx context.Context, path string, w io.Writer) (FileInfo, error)
+	// WriteFile streams r into path, creating parents, replacing atomically.
+	WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) (int64, error)
+	List(ctx context.Context, path string) ([]FileInfo, error)
+	Stat(ctx context.Context, path string) (FileInfo, error)
+	Remove(ctx context.Context, path string, recursive bool) error
+	MkdirAll(ctx context.Context, path string, mode uint32) error
+	Stats(ctx context.Context) (Stats, error)
+	SetResources(r Resources) error
+	// Checkpoint writes the sandbox's memory, processes and files to dir and
+	// stops it; the Sandbox is destroyed afterwards. Restore brings it back.
+	Checkpoint(ctx context.Context, dir string) (Snapshot, error)
+	// Destroy stops the sandbox and removes every host resource it held.
+	// It is idempotent.
+	Destroy(ctx context.Context) error
+	// Done is closed when the sandbox stops for any reason.
+	Done() <-chan struct{}
+}
+
+// Driver runs sandboxes on one host.
+type Driver interface {
+	Name() string
+	Create(ctx context.Context, s Spec) (Sandbox, error)
+	// Restore starts a new sandbox from a checkpoint written by Checkpoint,
+	// on this host or another. rootfs must hold the same template.
+	Restore(ctx context.Context, dir, rootfs string, labels map[string]string) (Sandbox, error)
+	Get(id string) (Sandbox, bool)
+	List(ctx context.Context) ([]Info, error)
+	// Reconcile runs once at start, after a crash or a clean stop: it
+	// re-adopts every leftover sandbox for which keep returns true and
+	// destroys every other leftover resource (processes, cgroups, mounts,
+	// sockets, directories).
+	Reconcile(ctx context.Context, keep func(Info) bool) (ReconcileReport, error)
+	// Close releases the driver's own resources. With destroy set every
+	// sandbox is destroyed as well; otherwise they keep running for the
+	// next process to adopt.
+	Close(ctx context.Context, destroy bool) error
+}
+
+// ReconcileReport says what Reconcile found.
+type ReconcileReport struct {
+	Adopted   []string
+	Destroyed []string
+	Removed   []string // stray resources with no sandbox (cgroups, runtime state)
+}
+
+// Errors drivers return; callers test them with errors.Is.
+var (
+	ErrNotFound       = errors.New("sandbox not found")
+	ErrStopped        = errors.New("sandbox is not running")
+	ErrOutOfMemory    = errors.New("sandbox was killed because it exceeded its memory limit")
+	ErrFileNotFound   = errors.New("file not found")
+	ErrInvalidPath    = errors.New("invalid path")
+	ErrIsDir          = errors.New("is a directory")
+	ErrNotDir         = errors.New("not a directory")
+	ErrNotEmpty       = errors.New("directory not empty")
+	ErrNoSpace        = errors.New("no space left in the sandbox")
+	ErrInvalidRequest = errors.New("invalid request")
+	ErrPermission     = errors.New("permission denied")
+	ErrAgent          = errors.New("sandbox agent unavailable")
+	ErrBusy           = errors.New("sandbox is busy")
+)

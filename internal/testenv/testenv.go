@@ -1,0 +1,220 @@
+// Package testenv gives tests real runtimes: it finds runsc and a template,
+// builds the agent, makes a gVisor driver in a private state directory and
+// cgroup parent, and fails the test if anything is left behind afterwards.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
+	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
+	"github.com/orkestr-eu/orkestr/internal/template"
+)
+
+// RepoRoot is the module's root directory.
+func RepoRoot() string {
+	_, file, _, _ := goruntime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// RequireRoot fails the test unless it runs as root: sandboxes need it.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test starts real gVisor sandboxes and must run as root (use `make test`)")
+	}
+}
+
+// Runsc returns the runsc binary: $ORKESTR_RUNSC or bin/runsc.
+func Runsc(t testing.TB) string {
+	t.Helper()
+	p := os.Getenv("ORKESTR_RUNSC")
+	if p == "" {
+		p = filepath.Join(RepoRoot(), "bin", "runsc")
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("runsc not found at %s: run `make setup`", p)
+	}
+	return p
+}
+
+var (
+	agentOnce sync.Once
+	agentPath string
+	agentErr  error
+)
+
+// AgentBinary builds orkestr-agent from this checkout once per test binary,
+// so tests never run a stale agent.
+func AgentBinary(t testing.TB) string {
+	t.Helper()
+	agentOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "orkestr-agent-build-")
+		if err != nil {
+			agentErr = err
+			return
+		}
+		agentPath = filepath.Join(dir, "orkestr-agent")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agentPath, "./cmd/orkestr-agent")
+		cmd.Dir = RepoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			agentErr = err
+			agentPath = string(out)
+		}
+	})
+	if agentErr != nil {
+		t.Fatalf("build agent: %v: %s", agentErr, agentPath)
+	}
+	return agentPath
+}
+
+// TemplateDir is $ORKESTR_TEMPLATE_DIR or the default.
+func TemplateDir() string { return template.DirFromEnv() }
+
+// Rootfs returns a built template's rootfs or fails.
+func Rootfs(t testing.TB, name string) string {
+	t.Helper()
+	p, err := template.Store{Dir: TemplateDir()}.Rootfs(name)
+	if err != nil {
+		t.Fatalf("%v (run `make setup`)", err)
+	}
+	return p
+}
+
+// Small is the resources of the default small size.
+var Small = runtime.Resources{CPU: 0.5, MemoryBytes: 512 << 20, PIDs: 512}
+
+// Env is one test's private runtime.
+type Env struct {
+	Driver       *gvisor.Driver
+	StateDir     string
+	CgroupParent string
+	Config       gvisor.Config
+}
+
+// NewDriver returns a reconciled gVisor driver that is closed (destroying
+// its sandboxes) and checked for leaks when the test ends.
+func NewDriver(t testing.TB) *Env {
+	t.Helper()
+	RequireRoot(t)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	// Short: runsc and Unix sockets put limits on path lengths.
+	state, err := os.MkdirTemp("/run", "orkt-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := gvisor.Config{
+		Runsc:        Runsc(t),
+		AgentBinary:  AgentBinary(t),
+		StateDir:     state,
+		CgroupParent: "/orkestr-test-" + hex.EncodeToString(b),
+		Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	d, err := gvisor.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Reconcile(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{Driver: d, StateDir: state, CgroupParent: cfg.CgroupParent, Config: cfg}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := d.Close(ctx, true); err != nil {
+			t.Errorf("close driver: %v", err)
+		}
+		e.AssertClean(t)
+		_ = cgroupv1.Group(cfg.CgroupParent).Remove()
+		_ = os.RemoveAll(state)
+	})
+	return e
+}
+
+// Reopen makes a second driver on the same state, as a restarted server
+// would.
+func (e *Env) Reopen(t testing.TB) *gvisor.Driver {
+	t.Helper()
+	d, err := gvisor.New(e.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// AssertClean fails the test if any sandbox resource of this env remains:
+// runsc processes, cgroups, mounts, sandbox directories.
+func (e *Env) AssertClean(t testing.TB) {
+	t.Helper()
+	if procs := ProcessesMentioning(e.StateDir); len(procs) > 0 {
+		t.Errorf("leaked processes: %v", procs)
+	}
+	if kids := cgroupv1.Group(e.CgroupParent).Children(); len(kids) > 0 {
+		t.Errorf("leaked cgroups: %v", kids)
+	}
+	if mounts := MountsUnder(e.StateDir); len(mounts) > 0 {
+		t.Errorf("leaked mounts: %v", mounts)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.StateDir, "sandboxes")); len(ents) > 0 {
+		t.Errorf("leaked sandbox directories: %d", len(ents))
+	}
+}
+
+// ProcessesMentioning lists processes whose command line contains s.
+func ProcessesMentioning(s string) []string {
+	ents, _ := os.ReadDir("/proc")
+	var out []string
+	self := os.Getpid()
+	for _, e := range ents {
+		pid := e.Name()
+		if pid == "self" || pid[0] < '0' || pid[0] > '9' || pid == itoa(self) {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + pid + "/cmdline")
+		if err != nil {
+			continue
+		}
+		cmd := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(cmd, s) {
+			out = append(out, pid+": "+trim(cmd, 120))
+		}
+	}
+	return out
+}
+
+// MountsUnder lists mount points below dir.
+func MountsUnder(dir string) []string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func trim(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
