@@ -364,6 +364,9 @@ func (d *Driver) Close(ctx context.Context, destroy bool) error {
 				errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
 			}
 		}
+		if len(cgroupv1.Group(d.cfg.CgroupParent).Children()) == 0 {
+			_ = cgroupv1.Group(d.cfg.CgroupParent).Remove()
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,73 @@
+// Command orkestrd is the orkestr server: `serve` runs everything on this
+// host; `admin` holds the operator's commands.
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+var version = "dev"
+
+const usage = `orkestrd — self-hosted sandboxes for AI agents
+
+Usage:
+  orkestrd serve [flags]                   run the server on this host
+  orkestrd admin template build NAME       build an offline template (e.g. debian-12)
+  orkestrd admin template ls               list built templates
+  orkestrd admin selftest [flags]          start a sandbox, run a command, pause and
+                                           resume it, and report timings
+  orkestrd version
+
+Run "orkestrd COMMAND -h" for a command's flags.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch args := os.Args[2:]; os.Args[1] {
+	case "serve":
+		err = serve(args)
+	case "admin":
+		err = admin(args)
+	case "version", "--version":
+		fmt.Println("orkestrd", version)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "orkestrd: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "orkestrd:", err)
+		os.Exit(1)
+	}
+}
+
+func admin(args []string) error {
+	if len(args) >= 1 && args[0] == "selftest" {
+		return selftest(args[1:])
+	}
+	if len(args) >= 2 && args[0] == "template" {
+		switch args[1] {
+		case "build":
+			return templateBuild(args[2:])
+		case "ls", "list":
+			return templateList(args[2:])
+		}
+	}
+	return fmt.Errorf("unknown admin command %q\n\n%s", strings.Join(args, " "), usage)
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}

@@ -1,0 +1,152 @@
+// Package node runs sandboxes on this host: it owns the runtime driver, the
+// warm pools and the reconciliation of leftovers at start. The API server
+// talks to a Node in-process today and over HTTP when hosts are split.
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/orkestr-eu/orkestr/internal/pool"
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
+	"github.com/orkestr-eu/orkestr/internal/template"
+)
+
+// Sizes are the sandbox sizes and the resources each maps to.
+var Sizes = map[string]runtime.Resources{
+	"small":  {CPU: 0.5, MemoryBytes: 512 << 20, PIDs: 512},
+	"medium": {CPU: 2, MemoryBytes: 4096 << 20, PIDs: 2048},
+	"large":  {CPU: 4, MemoryBytes: 8192 << 20, PIDs: 4096},
+}
+
+// Config configures a Node.
+type Config struct {
+	DataDir     string // the server's data directory; names this node's runtime state
+	StateDir    string // runtime state; default /run/orkestr/<hash of DataDir>
+	TemplateDir string // host-wide templates
+	Runsc       string
+	AgentBinary string
+	PoolSize    int // warm sandboxes per built template at size small; 0 disables
+	Log         *slog.Logger
+}
+
+// instance names one data directory's runtime state on this host, so that
+// several servers (or test runs) never touch each other's sandboxes.
+func instance(dataDir string) string {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		abs = dataDir
+	}
+	h := sha256.Sum256([]byte(abs))
+	return hex.EncodeToString(h[:])[:12]
+}
+
+// Node is one host's sandbox runner.
+type Node struct {
+	cfg       Config
+	Driver    runtime.Driver
+	Pool      *pool.Pool
+	Templates template.Store
+}
+
+// Open makes the driver; Start reconciles and fills the pools.
+func Open(cfg Config) (*Node, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	id := instance(cfg.DataDir)
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join("/run/orkestr", id)
+	}
+	d, err := gvisor.New(gvisor.Config{
+		Runsc: cfg.Runsc, AgentBinary: cfg.AgentBinary, StateDir: cfg.StateDir,
+		CgroupParent: "/orkestr/" + id, Log: cfg.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Node{cfg: cfg, Driver: d, Pool: pool.New(d, cfg.Log), Templates: template.Store{Dir: cfg.TemplateDir}}, nil
+}
+
+// Start reconciles what a previous process left (keeping the sandboxes keep
+// wants) and starts the warm pools.
+func (n *Node) Start(ctx context.Context, keep func(runtime.Info) bool) (runtime.ReconcileReport, error) {
+	rep, err := n.Driver.Reconcile(ctx, keep)
+	if err != nil {
+		return rep, fmt.Errorf("reconcile: %w", err)
+	}
+	if n.cfg.PoolSize > 0 {
+		built, err := n.Templates.List()
+		if err != nil {
+			return rep, err
+		}
+		for _, t := range built {
+			spec, err := n.Spec(t.Name, "small")
+			if err != nil {
+				return rep, err
+			}
+			n.Pool.SetTarget(pool.Key{Template: t.Name, Size: "small"}, spec, n.cfg.PoolSize)
+		}
+	}
+	return rep, nil
+}
+
+// ErrUnknownSize is returned for a size not in Sizes.
+var ErrUnknownSize = errors.New("unknown size")
+
+// Spec resolves a template and size into a runtime spec.
+func (n *Node) Spec(tmpl, size string) (runtime.Spec, error) {
+	res, ok := Sizes[size]
+	if !ok {
+		return runtime.Spec{}, fmt.Errorf("%w %q (one of %v)", ErrUnknownSize, size, SizeNames())
+	}
+	rootfs, err := n.Templates.Rootfs(tmpl)
+	if err != nil {
+		return runtime.Spec{}, err
+	}
+	return runtime.Spec{Template: tmpl, Rootfs: rootfs, Resources: res}, nil
+}
+
+// Create claims a warm sandbox (or starts one) for template and size.
+func (n *Node) Create(ctx context.Context, tmpl, size string, claim runtime.Claim) (runtime.Sandbox, bool, error) {
+	spec, err := n.Spec(tmpl, size)
+	if err != nil {
+		return nil, false, err
+	}
+	claim.Resources = spec.Resources
+	return n.Pool.Claim(ctx, pool.Key{Template: tmpl, Size: size}, spec, claim)
+}
+
+// Close empties the pools; with destroy set every sandbox goes too,
+// otherwise claimed sandboxes keep running for the next start to adopt.
+func (n *Node) Close(ctx context.Context, destroy bool) error {
+	return errors.Join(n.Pool.Close(ctx), n.Driver.Close(ctx, destroy))
+}
+
+// SizeNames lists the sizes, smallest first.
+func SizeNames() []string {
+	out := make([]string, 0, len(Sizes))
+	for k := range Sizes {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return Sizes[out[i]].MemoryBytes < Sizes[out[j]].MemoryBytes })
+	return out
+}
+
+// ExecutableDir is the directory of the running binary, where `make build`
+// puts runsc and orkestr-agent beside orkestrd.
+func ExecutableDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "."
+	}
+	return filepath.Dir(exe)
+}

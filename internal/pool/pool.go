@@ -1,0 +1,272 @@
+// Package pool keeps started sandboxes waiting per (template, size), so that
+// creating a sandbox is a claim of one that already runs instead of a cold
+// start. Nothing about the owner is known to a pooled sandbox: env, limits
+// and labels are applied when it is claimed, and each one is handed out once.
+package pool
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+)
+
+// Key names one pool.
+type Key struct {
+	Template string
+	Size     string
+}
+
+// Pool is a set of warm pools over one driver.
+type Pool struct {
+	driver runtime.Driver
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	pools  map[Key]*bucket
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type bucket struct {
+	key     Key
+	spec    runtime.Spec
+	target  int
+	ready   []runtime.Sandbox
+	filling int // starts in progress
+	kick    chan struct{}
+	stop    chan struct{}
+	fails   int
+}
+
+// New returns an empty pool set; SetTarget starts filling.
+func New(d runtime.Driver, log *slog.Logger) *Pool {
+	return &Pool{driver: d, log: log, pools: map[Key]*bucket{}}
+}
+
+// SetTarget sets how many started sandboxes of spec to keep for key. Zero
+// disables the pool and destroys what it holds.
+func (p *Pool) SetTarget(key Key, spec runtime.Spec, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	b, ok := p.pools[key]
+	if !ok {
+		b = &bucket{key: key, kick: make(chan struct{}, 1), stop: make(chan struct{})}
+		p.pools[key] = b
+		p.wg.Add(1)
+		go p.fill(b)
+	}
+	spec.Labels = map[string]string{"pool": key.Template + "/" + key.Size}
+	b.spec = spec
+	b.target = n
+	var extra []runtime.Sandbox
+	for len(b.ready) > n {
+		extra = append(extra, b.ready[len(b.ready)-1])
+		b.ready = b.ready[:len(b.ready)-1]
+	}
+	go destroyAll(extra)
+	b.poke()
+}
+
+func (b *bucket) poke() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+func destroyAll(sbs []runtime.Sandbox) {
+	for _, sb := range sbs {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_ = sb.Destroy(ctx)
+		cancel()
+	}
+}
+
+// fill keeps b at its target, one start at a time: starts compete with
+// claimed sandboxes for CPU, and a 2-core host is better off not starting
+// many at once.
+func (p *Pool) fill(b *bucket) {
+	defer p.wg.Done()
+	for {
+		p.mu.Lock()
+		need := b.target - len(b.ready) - b.filling
+		spec := b.spec
+		if need > 0 {
+			b.filling++
+		}
+		p.mu.Unlock()
+		if need <= 0 {
+			select {
+			case <-b.kick:
+				continue
+			case <-b.stop:
+				return
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		sb, err := p.driver.Create(ctx, spec)
+		cancel()
+		p.mu.Lock()
+		b.filling--
+		if err != nil {
+			b.fails++
+			fails := b.fails
+			p.mu.Unlock()
+			p.log.Warn("warm pool start failed", "template", b.key.Template, "size", b.key.Size, "err", err)
+			// Back off so a broken template does not spin the CPU.
+			delay := time.Duration(min(fails, 6)) * 500 * time.Millisecond
+			select {
+			case <-time.After(delay):
+			case <-b.stop:
+				return
+			}
+			continue
+		}
+		b.fails = 0
+		if p.closed || len(b.ready) >= b.target {
+			p.mu.Unlock()
+			destroyAll([]runtime.Sandbox{sb})
+			continue
+		}
+		b.ready = append(b.ready, sb)
+		p.mu.Unlock()
+		go p.evictOnStop(b, sb)
+	}
+}
+
+// evictOnStop drops a pooled sandbox that dies while waiting.
+func (p *Pool) evictOnStop(b *bucket, sb runtime.Sandbox) {
+	<-sb.Done()
+	p.mu.Lock()
+	for i, r := range b.ready {
+		if r == sb {
+			b.ready = append(b.ready[:i], b.ready[i+1:]...)
+			b.poke()
+			break
+		}
+	}
+	p.mu.Unlock()
+}
+
+// take removes one ready sandbox from key's pool, if any.
+func (p *Pool) take(key Key) runtime.Sandbox {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, ok := p.pools[key]
+	if !ok || len(b.ready) == 0 {
+		return nil
+	}
+	// Oldest first: its start is the longest settled.
+	sb := b.ready[0]
+	b.ready = b.ready[1:]
+	b.poke()
+	return sb
+}
+
+// ErrClosed is returned by Claim after Close.
+var ErrClosed = errors.New("pool closed")
+
+// Claim returns a running sandbox configured with claim: a warm one from
+// key's pool when there is one, otherwise a cold start of spec. warm says
+// which it was.
+func (p *Pool) Claim(ctx context.Context, key Key, spec runtime.Spec, claim runtime.Claim) (sb runtime.Sandbox, warm bool, err error) {
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return nil, false, ErrClosed
+	}
+	for {
+		sb = p.take(key)
+		if sb == nil {
+			break
+		}
+		if err := sb.Configure(ctx, claim); err != nil {
+			// A pooled sandbox that cannot be configured is never reused.
+			p.log.Warn("pooled sandbox failed its claim; destroying it", "sandbox", sb.ID(), "err", err)
+			go destroyAll([]runtime.Sandbox{sb})
+			if ctx.Err() != nil {
+				return nil, false, ctx.Err()
+			}
+			continue
+		}
+		return sb, true, nil
+	}
+	spec.Labels = nil
+	sb, err = p.driver.Create(ctx, spec)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := sb.Configure(ctx, claim); err != nil {
+		_ = sb.Destroy(context.WithoutCancel(ctx))
+		return nil, false, err
+	}
+	return sb, false, nil
+}
+
+// Ready reports how many sandboxes wait in key's pool.
+func (p *Pool) Ready(key Key) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b, ok := p.pools[key]; ok {
+		return len(b.ready)
+	}
+	return 0
+}
+
+// WaitFull blocks until every pool holds its target or ctx ends.
+func (p *Pool) WaitFull(ctx context.Context) error {
+	for {
+		p.mu.Lock()
+		full := true
+		for _, b := range p.pools {
+			if len(b.ready) < b.target {
+				full = false
+			}
+		}
+		p.mu.Unlock()
+		if full {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops filling and destroys every unclaimed sandbox. Claimed ones are
+// the caller's.
+func (p *Pool) Close(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	for _, b := range p.pools {
+		close(b.stop)
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	p.mu.Lock()
+	var all []runtime.Sandbox
+	for _, b := range p.pools {
+		all = append(all, b.ready...)
+		b.ready = nil
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, sb := range all {
+		errs = append(errs, sb.Destroy(ctx))
+	}
+	return errors.Join(errs...)
+}
