@@ -96,6 +96,10 @@ func (p *Pool) fill(b *bucket) {
 	defer p.wg.Done()
 	for {
 		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return
+		}
 		need := b.target - len(b.ready) - b.filling
 		spec := b.spec
 		if need > 0 {
