@@ -8,37 +8,18 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"syscall"
 
 	"github.com/orkestr-eu/orkestr/internal/agent/wire"
 )
 
 // MaxPathLen bounds every path the agent accepts.
-const MaxPathLen = 4096
+const MaxPathLen = wire.MaxPathLen
 
-// CheckPath enforces the files API's path rules: absolute, no NUL, no ".."
-// element, at most MaxPathLen bytes. The host checks the same rules before a
-// request ever reaches a sandbox; the agent checks again because it must not
-// trust its peer's validation.
-func CheckPath(p string) error {
-	switch {
-	case p == "":
-		return errors.New("path is empty")
-	case len(p) > MaxPathLen:
-		return fmt.Errorf("path is longer than %d bytes", MaxPathLen)
-	case strings.ContainsRune(p, 0):
-		return errors.New("path contains a NUL byte")
-	case !strings.HasPrefix(p, "/"):
-		return errors.New("path must be absolute (start with /)")
-	}
-	for _, el := range strings.Split(p, "/") {
-		if el == ".." {
-			return errors.New("path must not contain '..' elements")
-		}
-	}
-	return nil
-}
+// CheckPath enforces the files API's path rules (see wire.CheckPath). The
+// host checks the same rules before a request ever reaches a sandbox; the
+// agent checks again because it must not trust its peer's validation.
+func CheckPath(p string) error { return wire.CheckPath(p) }
 
 func sendErr(w *wire.Writer, err error) {
 	_ = w.Err(errCode(err), err.Error())

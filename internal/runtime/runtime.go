@@ -146,6 +146,9 @@ type Sandbox interface {
 	Destroy(ctx context.Context) error
 	// Done is closed when the sandbox stops for any reason.
 	Done() <-chan struct{}
+	// Err says why the sandbox stopped (e.g. ErrOutOfMemory); nil while
+	// it runs.
+	Err() error
 }
 
 // Driver runs sandboxes on one host.

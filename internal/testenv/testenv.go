@@ -62,18 +62,25 @@ var (
 func AgentBinary(t testing.TB) string {
 	t.Helper()
 	agentOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "orkestr-agent-build-")
-		if err != nil {
+		// One fixed place, replaced atomically: test binaries of several
+		// packages build it at once, and nothing piles up in /tmp.
+		dir := filepath.Join(os.TempDir(), "orkestr-test-agent")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			agentErr = err
 			return
 		}
+		tmp := filepath.Join(dir, "orkestr-agent."+strconv.Itoa(os.Getpid()))
 		agentPath = filepath.Join(dir, "orkestr-agent")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agentPath, "./cmd/orkestr-agent")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", tmp, "./cmd/orkestr-agent")
 		cmd.Dir = RepoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			agentErr = err
 			agentPath = string(out)
+			return
+		}
+		if err := os.Rename(tmp, agentPath); err != nil {
+			agentErr = err
 		}
 	})
 	if agentErr != nil {

@@ -263,11 +263,22 @@ func (c *Channel) stream(ctx context.Context, req *wire.Request) (net.Conn, *wir
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("%w: %v", ErrDisconnected, err)
 	}
-	stop := context.AfterFunc(ctx, func() { st.Close() })
+	stop := context.AfterFunc(ctx, func() {
+		// Close only half-closes a yamux stream: the agent sees EOF, but a
+		// caller blocked reading the reply (or writing) would stay blocked
+		// until the agent finished. The deadline wakes it at once.
+		_ = st.SetDeadline(time.Now())
+		st.Close()
+	})
 	done := func() { stop(); st.Close() }
 	w := wire.NewWriter(st)
 	if err := w.JSON(wire.KindJSON, req); err != nil {
 		done()
+		if errors.Is(err, wire.ErrFrameTooLarge) {
+			// Nothing was sent: the request itself is at fault, not the
+			// connection.
+			return nil, nil, nil, nil, &wire.Error{Code: wire.CodeBadRequest, Message: "request too large: " + err.Error()}
+		}
 		return nil, nil, nil, nil, c.wrap(ctx, err)
 	}
 	return st, wire.NewReader(st), w, done, nil

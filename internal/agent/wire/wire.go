@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Version is bumped whenever a message changes incompatibly.
@@ -27,11 +28,40 @@ const (
 	AgentDir   = "/run/agent"
 )
 
+// MaxPathLen bounds every path in a files request.
+const MaxPathLen = 4096
+
+// CheckPath enforces the files API's path rules: absolute, no NUL, no ".."
+// element, at most MaxPathLen bytes. Both ends check them: the host before
+// sending a request, the agent again on receiving it.
+func CheckPath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("path is empty")
+	case len(p) > MaxPathLen:
+		return fmt.Errorf("path is longer than %d bytes", MaxPathLen)
+	case strings.ContainsRune(p, 0):
+		return errors.New("path contains a NUL byte")
+	case !strings.HasPrefix(p, "/"):
+		return errors.New("path must be absolute (start with /)")
+	}
+	for _, el := range strings.Split(p, "/") {
+		if el == ".." {
+			return errors.New("path must not contain '..' elements")
+		}
+	}
+	return nil
+}
+
 // ChunkSize bounds the payload of one data frame.
 const ChunkSize = 64 << 10
 
 // MaxFrame bounds any frame a peer will accept.
 const MaxFrame = 1 << 20
+
+// ErrFrameTooLarge is returned by Writer.Frame for a payload over MaxFrame;
+// nothing is written then.
+var ErrFrameTooLarge = errors.New("wire: frame too large")
 
 // Kind identifies a frame.
 type Kind byte
@@ -160,7 +190,7 @@ func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
 // Frame writes one frame.
 func (w *Writer) Frame(k Kind, payload []byte) error {
 	if len(payload) > MaxFrame {
-		return fmt.Errorf("wire: frame of %d bytes exceeds %d", len(payload), MaxFrame)
+		return fmt.Errorf("%w: %d bytes exceeds %d", ErrFrameTooLarge, len(payload), MaxFrame)
 	}
 	w.hdr[0] = byte(k)
 	binary.BigEndian.PutUint32(w.hdr[1:], uint32(len(payload)))

@@ -77,6 +77,7 @@ type Stats struct {
 	UnderOOM         bool
 	PIDs             uint64
 	PIDsLimit        uint64
+	PIDsLimitHits    uint64 // forks refused because the group was at its limit
 	CPUQuotaMicros   int64
 	CPUPeriodMicros  uint64
 	ReadAt           time.Time
@@ -105,6 +106,9 @@ func (g Group) Read() (Stats, error) {
 	s.OOMKills = oom["oom_kill"]
 	s.UnderOOM = oom["under_oom"] == 1
 	s.PIDs, _ = readUint(g.file("pids", "pids.current"))
+	if ev, err := readKV(g.file("pids", "pids.events")); err == nil {
+		s.PIDsLimitHits = ev["max"]
+	}
 	if v, err := os.ReadFile(g.file("pids", "pids.max")); err == nil {
 		s.PIDsLimit, _ = strconv.ParseUint(strings.TrimSpace(string(v)), 10, 64)
 	}

@@ -83,9 +83,16 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
+	debugDir := ""
+	if cfg.Debug {
+		debugDir = filepath.Join(cfg.StateDir, "debug")
+		if err := os.MkdirAll(debugDir, 0o700); err != nil {
+			return nil, err
+		}
+	}
 	d := &Driver{
 		cfg:       cfg,
-		rs:        &runsc{bin: cfg.Runsc, root: filepath.Join(cfg.StateDir, "runsc"), platform: cfg.Platform},
+		rs:        &runsc{bin: cfg.Runsc, root: filepath.Join(cfg.StateDir, "runsc"), platform: cfg.Platform, debugDir: debugDir},
 		agentDir:  agentDir,
 		log:       cfg.Log,
 		sandboxes: map[string]*sandbox{},
@@ -356,7 +363,12 @@ func (d *Driver) Close(ctx context.Context, destroy bool) error {
 			sb.detach()
 		}
 	}
-	if destroy {
+	left := 0
+	if !destroy {
+		ents, _ := os.ReadDir(filepath.Join(d.cfg.StateDir, "sandboxes"))
+		left = len(ents)
+	}
+	if left == 0 {
 		// runsc keeps one empty network namespace mounted under its root
 		// for all --network=none sandboxes; with none left it goes too.
 		for _, mp := range mountsUnder(d.rs.root) {

@@ -1,6 +1,14 @@
 package gvisor
 
-import "context"
+import (
+	"context"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/client"
+)
 
 // PingForTest round-trips the agent channel without running a process.
 func PingForTest(ctx context.Context, sb any) error { return sb.(*sandbox).ch.Ping(ctx) }
+
+// ChannelForTest returns a sandbox's raw agent channel, which skips the
+// driver's own checks, so tests can reach the agent's.
+func ChannelForTest(sb any) *client.Channel { return sb.(*sandbox).ch }

@@ -51,8 +51,16 @@ func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
 // killer, a crash, or the agent exiting.
 func (sb *sandbox) exited() {
 	reason := runtime.ErrStopped
-	if st, err := sb.d.cgroup(sb.m.ID).Read(); err == nil && (st.OOMKills > 0 || st.UnderOOM) {
-		reason = fmt.Errorf("%w (limit %d MiB)", runtime.ErrOutOfMemory, sb.m.Resources.MemoryBytes>>20)
+	if st, err := sb.d.cgroup(sb.m.ID).Read(); err == nil {
+		switch {
+		case st.OOMKills > 0 || st.UnderOOM:
+			reason = fmt.Errorf("%w (limit %d MiB)", runtime.ErrOutOfMemory, sb.m.Resources.MemoryBytes>>20)
+		case st.PIDsLimitHits > 0:
+			// gVisor's sentry dies when the host refuses it a task (it
+			// needs host processes and threads for the sandbox's
+			// processes), so a fork bomb ends the whole sandbox.
+			reason = fmt.Errorf("%w: it reached its limit of %d tasks (processes and threads)", runtime.ErrStopped, st.PIDsLimit)
+		}
 	}
 	sb.stop(reason)
 	sb.d.log.Warn("sandbox stopped on its own", "sandbox", sb.m.ID, "reason", reason)
@@ -85,6 +93,8 @@ func (sb *sandbox) Info() runtime.Info {
 }
 
 func (sb *sandbox) Done() <-chan struct{} { return sb.done }
+
+func (sb *sandbox) Err() error { return sb.stopped() }
 
 func (sb *sandbox) waitReady(ctx context.Context) error {
 	errc := make(chan error, 1)
@@ -126,6 +136,15 @@ func (sb *sandbox) end() {
 	sb.mu.Unlock()
 }
 
+// checkPath applies the files API's path rules on the host, so a bad path is
+// refused before it is sent (and a huge one cannot break the request frame).
+func checkPath(p string) error {
+	if err := wire.CheckPath(p); err != nil {
+		return fmt.Errorf("%w: %v", runtime.ErrInvalidPath, err)
+	}
+	return nil
+}
+
 // mapErr turns channel and agent errors into runtime errors.
 func (sb *sandbox) mapErr(err error) error {
 	if err == nil {
@@ -141,7 +160,10 @@ func (sb *sandbox) mapErr(err error) error {
 			base = runtime.ErrInvalidPath
 		case wire.CodeIsDir:
 			base = runtime.ErrIsDir
-		case wire.CodeNotDir:
+		case wire.CodeNotDir, wire.CodeExists:
+			// The agent reports "exists" only when a parent to create is
+			// taken by something that is not a directory (a dangling
+			// symlink): for the caller that is a non-directory in the path.
 			base = runtime.ErrNotDir
 		case wire.CodeNotEmpty:
 			base = runtime.ErrNotEmpty
@@ -222,6 +244,9 @@ func fileInfo(fi wire.FileInfo) runtime.FileInfo {
 }
 
 func (sb *sandbox) ReadFile(ctx context.Context, path string, w io.Writer) (runtime.FileInfo, error) {
+	if err := checkPath(path); err != nil {
+		return runtime.FileInfo{}, err
+	}
 	if err := sb.begin(); err != nil {
 		return runtime.FileInfo{}, err
 	}
@@ -231,6 +256,9 @@ func (sb *sandbox) ReadFile(ctx context.Context, path string, w io.Writer) (runt
 }
 
 func (sb *sandbox) WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) (int64, error) {
+	if err := checkPath(path); err != nil {
+		return 0, err
+	}
 	if err := sb.begin(); err != nil {
 		return 0, err
 	}
@@ -240,6 +268,9 @@ func (sb *sandbox) WriteFile(ctx context.Context, path string, mode uint32, r io
 }
 
 func (sb *sandbox) List(ctx context.Context, path string) ([]runtime.FileInfo, error) {
+	if err := checkPath(path); err != nil {
+		return nil, err
+	}
 	if err := sb.begin(); err != nil {
 		return nil, err
 	}
@@ -256,6 +287,9 @@ func (sb *sandbox) List(ctx context.Context, path string) ([]runtime.FileInfo, e
 }
 
 func (sb *sandbox) Stat(ctx context.Context, path string) (runtime.FileInfo, error) {
+	if err := checkPath(path); err != nil {
+		return runtime.FileInfo{}, err
+	}
 	if err := sb.begin(); err != nil {
 		return runtime.FileInfo{}, err
 	}
@@ -265,6 +299,9 @@ func (sb *sandbox) Stat(ctx context.Context, path string) (runtime.FileInfo, err
 }
 
 func (sb *sandbox) Remove(ctx context.Context, path string, recursive bool) error {
+	if err := checkPath(path); err != nil {
+		return err
+	}
 	if err := sb.begin(); err != nil {
 		return err
 	}
@@ -273,6 +310,9 @@ func (sb *sandbox) Remove(ctx context.Context, path string, recursive bool) erro
 }
 
 func (sb *sandbox) MkdirAll(ctx context.Context, path string, mode uint32) error {
+	if err := checkPath(path); err != nil {
+		return err
+	}
 	if err := sb.begin(); err != nil {
 		return err
 	}

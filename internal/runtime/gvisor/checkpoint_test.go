@@ -1,0 +1,222 @@
+package gvisor_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/testenv"
+)
+
+// counterLoop counts into /workspace/count, ten times a second, in the
+// background of the exec that starts it.
+const counterLoop = `i=0; while true; do i=$((i+1)); echo $i > /workspace/count; sleep 0.1; done &`
+
+func readCount(t *testing.T, sb runtime.Sandbox) int {
+	t.Helper()
+	s := strings.TrimSpace(sh(t, sb, "cat /workspace/count"))
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatalf("count %q: %v", s, err)
+	}
+	return n
+}
+
+// waitCountAbove waits until the counter passes n and returns it.
+func waitCountAbove(t *testing.T, sb runtime.Sandbox, n int) int {
+	t.Helper()
+	var c int
+	if !eventually(10*time.Second, func() bool { c = readCount(t, sb); return c > n }) {
+		t.Fatalf("counter stuck at %d, want > %d", c, n)
+	}
+	return c
+}
+
+// checkpointed makes a sandbox with env, a running counter and files in
+// /workspace and /tmp, and checkpoints it. It returns the snapshot and the
+// counter's value just before the checkpoint.
+func checkpointed(t *testing.T, env *testenv.Env) (runtime.Snapshot, int) {
+	t.Helper()
+	ctx := testCtx(t, time.Minute)
+	sb := newSandbox(t, env)
+	if err := sb.Configure(ctx, runtime.Claim{Env: map[string]string{"CLAIM_SECRET": "s3cr3t"}, Labels: map[string]string{"owner": "acct-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if out := run(t, sb, runtime.ExecRequest{Command: counterLoop}); out.ExitCode != 0 {
+		t.Fatalf("start counter: %+v", out)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("a command that leaves a background loop took %v to return", d)
+	}
+	writeString(t, sb, "/workspace/ws.txt", "in workspace")
+	writeString(t, sb, "/tmp/tmp.txt", "in tmpfs")
+	sh(t, sb, "echo 'on the root overlay' > /etc/orkestr-note")
+	before := waitCountAbove(t, sb, 5)
+
+	dir := t.TempDir()
+	id := sb.ID()
+	snap, err := sb.Checkpoint(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Bytes <= 0 || snap.Dir != dir || snap.Template != "debian-12" || snap.Resources != testenv.Small || snap.Labels["owner"] != "acct-1" {
+		t.Fatalf("snapshot: %+v", snap)
+	}
+	// The checkpointed sandbox is gone.
+	if _, ok := env.Driver.Get(id); ok {
+		t.Fatal("driver still has the checkpointed sandbox")
+	}
+	select {
+	case <-sb.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after checkpoint")
+	}
+	if _, err := sb.Exec(ctx, runtime.ExecRequest{Command: "true"}); !errors.Is(err, runtime.ErrStopped) {
+		t.Fatalf("exec on a checkpointed sandbox: got %v, want ErrStopped", err)
+	}
+	if list, _ := env.Driver.List(ctx); len(list) != 0 {
+		t.Fatalf("driver lists %d sandboxes after the checkpoint", len(list))
+	}
+	return snap, before
+}
+
+func restore(t *testing.T, env *testenv.Env, dir string, labels map[string]string) runtime.Sandbox {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sb, err := env.Driver.Restore(ctx, dir, testenv.Rootfs(t, "debian-12"), labels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+	return sb
+}
+
+func TestCheckpointRestore(t *testing.T) {
+	env := testenv.NewDriver(t)
+	snap, before := checkpointed(t, env)
+
+	start := time.Now()
+	sb := restore(t, env, snap.Dir, map[string]string{"restored": "yes"})
+	t.Logf("restore took %v (snapshot %d KiB)", time.Since(start), snap.Bytes>>10)
+	if got, ok := env.Driver.Get(sb.ID()); !ok || got.ID() != sb.ID() {
+		t.Fatal("restored sandbox is not known to the driver")
+	}
+	if info := sb.Info(); info.State != runtime.StateRunning || info.Labels["restored"] != "yes" || info.Template != "debian-12" {
+		t.Fatalf("restored info: %+v", info)
+	}
+
+	// Files on every layer survived.
+	if got := readString(t, sb, "/workspace/ws.txt"); got != "in workspace" {
+		t.Fatalf("/workspace file: %q", got)
+	}
+	if got := readString(t, sb, "/tmp/tmp.txt"); got != "in tmpfs" {
+		t.Fatalf("/tmp file: %q", got)
+	}
+	if got := readString(t, sb, "/etc/orkestr-note"); got != "on the root overlay\n" {
+		t.Fatalf("root overlay file: %q", got)
+	}
+	// The claim's env survived.
+	if out := sh(t, sb, `echo "$CLAIM_SECRET"`); out != "s3cr3t\n" {
+		t.Fatalf("env after restore: %q", out)
+	}
+	// The counter picks up where it was and keeps going.
+	c := readCount(t, sb)
+	if c < before {
+		t.Fatalf("counter went back from %d to %d: the loop was restarted", before, c)
+	}
+	if c > before+50 {
+		t.Fatalf("counter jumped from %d to %d", before, c)
+	}
+	later := waitCountAbove(t, sb, c+3)
+	t.Logf("counter: %d before checkpoint, %d after restore, then %d", before, c, later)
+	// One loop, not two.
+	if loops := procsNamed(listProcs(t, sb), "sh"); len(loops) != 2 { // the loop and the listing shell
+		t.Fatalf("shells after restore: %v", loops)
+	}
+	// The restored sandbox is fully usable: files, exec, stats.
+	writeString(t, sb, "/workspace/after.txt", "after")
+	if out := sh(t, sb, "cat /workspace/after.txt"); out != "after" {
+		t.Fatalf("after restore: %q", out)
+	}
+	if st, err := sb.Stats(testCtx(t, 10*time.Second)); err != nil || st.MemoryLimitBytes != uint64(testenv.Small.MemoryBytes) || st.PIDsLimit != uint64(testenv.Small.PIDs) {
+		t.Fatalf("stats after restore: %+v %v", st, err)
+	}
+}
+
+func TestRestoreTwiceGivesIndependentClones(t *testing.T) {
+	env := testenv.NewDriver(t)
+	snap, before := checkpointed(t, env)
+
+	// Both at once, from the same image.
+	var clones [2]runtime.Sandbox
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i := range clones {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			clones[i], errs[i] = env.Driver.Restore(testCtx(t, 30*time.Second), snap.Dir, testenv.Rootfs(t, "debian-12"), nil)
+		}()
+	}
+	wg.Wait()
+	for _, sb := range clones {
+		if sb != nil {
+			t.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+		}
+	}
+	if err := errors.Join(errs[:]...); err != nil {
+		t.Fatal(err)
+	}
+	a, b := clones[0], clones[1]
+	if a.ID() == b.ID() {
+		t.Fatal("two restores share an id")
+	}
+	// Labels default to the snapshot's.
+	if a.Info().Labels["owner"] != "acct-1" {
+		t.Fatalf("labels of a restore without labels: %v", a.Info().Labels)
+	}
+	for _, sb := range []runtime.Sandbox{a, b} {
+		if got := readString(t, sb, "/workspace/ws.txt"); got != "in workspace" {
+			t.Fatalf("%s: %q", sb.ID(), got)
+		}
+		if c := readCount(t, sb); c < before {
+			t.Fatalf("%s: counter %d < %d", sb.ID(), c, before)
+		}
+	}
+	// Writes in one are not seen by the other, on any layer.
+	writeString(t, a, "/workspace/only-a", "a")
+	writeString(t, a, "/tmp/only-a", "a")
+	sh(t, a, "echo a >> /etc/orkestr-note; rm /workspace/ws.txt")
+	writeString(t, b, "/workspace/only-b", "b")
+	if out := sh(t, b, "ls /workspace; cat /etc/orkestr-note; test -e /tmp/only-a && echo leak; :"); out != "count\nonly-b\nws.txt\non the root overlay\n" {
+		t.Fatalf("clone b sees: %q", out)
+	}
+	if out := sh(t, a, "ls /workspace"); out != "count\nonly-a\n" {
+		t.Fatalf("clone a sees: %q", out)
+	}
+	// Each clone runs its own counter: stopping it in one leaves the
+	// other counting.
+	sh(t, a, `for d in /proc/[0-9]*; do read -r l < $d/stat; case "$l" in *"(sh)"*) [ "${d#/proc/}" != "$$" ] && kill ${d#/proc/};; esac; done; :`)
+	time.Sleep(300 * time.Millisecond)
+	ca := readCount(t, a)
+	cb := readCount(t, b)
+	time.Sleep(500 * time.Millisecond)
+	if got := readCount(t, a); got != ca {
+		t.Fatalf("clone a's counter still runs after it was killed: %d -> %d", ca, got)
+	}
+	waitCountAbove(t, b, cb+2)
+	// Destroying one leaves the other running.
+	if err := a.Destroy(testCtx(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if out := sh(t, b, "cat /workspace/only-b"); out != "b" {
+		t.Fatalf("clone b after a was destroyed: %q", out)
+	}
+}
