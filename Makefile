@@ -13,10 +13,10 @@ BIN          := $(CURDIR)/bin
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
 OFFLINE_TEMPLATES := debian-12
-DEB_PACKAGES := debootstrap iproute2 runc ca-certificates
+DEB_PACKAGES := debootstrap iproute2 runc ca-certificates postgresql
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: setup deps build runsc templates run test lint bench clean
+.PHONY: setup deps build runsc templates run test lint bench clean postgres
 
 setup: deps build runsc templates
 
@@ -53,9 +53,20 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(GO) vet ./...
 
-test: setup lint
+# The store's tests run against PostgreSQL as well as SQLite: start Debian's
+# cluster and make a role for them.
+TEST_DATABASE_URL ?= postgres://orkestr:orkestr@127.0.0.1:5432/postgres?sslmode=disable
+postgres: deps
+	@ver=$$(ls /etc/postgresql | sort -n | tail -1); \
+	pg_ctlcluster $$ver main status >/dev/null 2>&1 || pg_ctlcluster $$ver main start; \
+	for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 && break; sleep 0.5; done; \
+	su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='orkestr'\"" | grep -q 1 || \
+		su postgres -c "psql -qc \"CREATE ROLE orkestr LOGIN SUPERUSER PASSWORD 'orkestr'\""
+
+test: setup lint postgres
 	@if [ "$$(id -u)" != 0 ]; then echo "make test starts real gVisor sandboxes and must run as root"; exit 1; fi
-	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc $(GO) test $(TEST_FLAGS) ./...
+	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
+		$(GO) test $(TEST_FLAGS) ./...
 
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh

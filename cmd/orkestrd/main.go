@@ -15,6 +15,11 @@ const usage = `orkestrd — self-hosted sandboxes for AI agents
 
 Usage:
   orkestrd serve [flags]                   run the server on this host
+  orkestrd admin account create NAME --plan free|pro|team
+  orkestrd admin account ls
+  orkestrd admin key create --account NAME --scopes sandboxes:write [--expires 30d]
+  orkestrd admin key list --account NAME
+  orkestrd admin key revoke --account NAME KEY_ID_OR_PREFIX
   orkestrd admin template build NAME       build an offline template (e.g. debian-12)
   orkestrd admin template ls               list built templates
   orkestrd admin selftest [flags]          start a sandbox, run a command, pause and
@@ -52,6 +57,24 @@ func main() {
 func admin(args []string) error {
 	if len(args) >= 1 && args[0] == "selftest" {
 		return selftest(args[1:])
+	}
+	if len(args) >= 2 && args[0] == "account" {
+		switch args[1] {
+		case "create":
+			return accountCreate(args[2:])
+		case "ls", "list":
+			return accountList(args[2:])
+		}
+	}
+	if len(args) >= 2 && args[0] == "key" {
+		switch args[1] {
+		case "create":
+			return keyCreate(args[2:])
+		case "ls", "list":
+			return keyList(args[2:])
+		case "revoke":
+			return keyRevoke(args[2:])
+		}
 	}
 	if len(args) >= 2 && args[0] == "template" {
 		switch args[1] {

@@ -5,49 +5,79 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/api"
+	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	var nf nodeFlags
-	nf.register(fs, 2)
+	nf.register(fs, -1)
 	listen := fs.String("listen", envOr("ORKESTR_LISTEN", "127.0.0.1:7777"), "address to listen on (env ORKESTR_LISTEN)")
+	databaseURL := fs.String("database-url", os.Getenv("ORKESTR_DATABASE_URL"), "postgres://… to use PostgreSQL instead of SQLite in the data dir (env ORKESTR_DATABASE_URL)")
+	configFile := fs.String("config", os.Getenv("ORKESTR_CONFIG"), "YAML config file (env ORKESTR_CONFIG)")
 	_ = fs.Parse(args)
-	cfg := nf.config()
-	log := cfg.Log
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	cfg, err := config.Load(*configFile)
+	if err != nil {
+		return err
+	}
+	if nf.poolSize < 0 {
+		nf.poolSize = cfg.PoolSize
+	}
+	ncfg := nf.config()
+	log := ncfg.Log
+	ncfg.Sizes = map[string]runtime.Resources{}
+	for name, sz := range cfg.Sizes {
+		pids := sz.PIDs
+		if pids == 0 {
+			pids = 512
+		}
+		ncfg.Sizes[name] = runtime.Resources{CPU: sz.CPU, MemoryBytes: int64(sz.MemoryMB) << 20, PIDs: pids}
+	}
+	if err := os.MkdirAll(filepath.Join(ncfg.DataDir, "snapshots"), 0o700); err != nil {
 		return err
 	}
 
-	n, err := node.Open(cfg)
-	if err != nil {
-		return err
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	// No sandbox is owned by anyone yet at this stage of the server, so
-	// every leftover of a previous run is destroyed.
-	rep, err := n.Start(ctx, func(runtime.Info) bool { return false })
+	sf := storeFlags{dataDir: ncfg.DataDir, databaseURL: *databaseURL}
+	st, err := sf.open(ctx)
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer st.Close()
+	if err := bootstrap(ctx, st); err != nil {
+		return err
+	}
+	n, err := node.Open(ncfg)
 	if err != nil {
 		return err
 	}
-	log.Info("reconciled runtime state", "adopted", len(rep.Adopted), "destroyed", len(rep.Destroyed), "removed", len(rep.Removed))
+	srvAPI := api.New(api.Options{Store: st, Node: n, Config: cfg, Log: log, DataDir: absPath(ncfg.DataDir)})
+	if err := srvAPI.Start(ctx); err != nil {
+		_ = n.Close(context.Background(), false)
+		return err
+	}
 	templates, _ := n.Templates.List()
 	if len(templates) == 0 {
-		log.Warn("no templates are built; run `make setup` or `orkestrd admin template build debian-12`", "template_dir", cfg.TemplateDir)
+		log.Warn("no templates are built; run `make setup` or `orkestrd admin template build debian-12`", "template_dir", ncfg.TemplateDir)
 	}
 
 	mux := http.NewServeMux()
+	mux.Handle("/", srvAPI.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		type poolState struct {
 			Template string `json:"template"`
@@ -57,7 +87,7 @@ func serve(args []string) error {
 		}
 		var pools []poolState
 		for _, t := range templates {
-			pools = append(pools, poolState{t.Name, "small", n.Pool.Ready(pool.Key{Template: t.Name, Size: "small"}), cfg.PoolSize})
+			pools = append(pools, poolState{t.Name, "small", n.Pool.Ready(pool.Key{Template: t.Name, Size: "small"}), ncfg.PoolSize})
 		}
 		running, _ := n.Driver.List(r.Context())
 		w.Header().Set("Content-Type", "application/json")
@@ -67,11 +97,11 @@ func serve(args []string) error {
 	})
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
-		_ = n.Close(context.Background(), true)
+		_ = n.Close(context.Background(), false)
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	log.Info("orkestrd listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "template_dir", cfg.TemplateDir, "pool_size", cfg.PoolSize)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	log.Info("orkestrd listening", "addr", ln.Addr().String(), "data_dir", ncfg.DataDir, "template_dir", ncfg.TemplateDir, "pool_size", ncfg.PoolSize, "region", cfg.Region)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -82,11 +112,35 @@ func serve(args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
-	if cerr := n.Close(sctx, true); cerr != nil {
+	// Claimed sandboxes keep running and are adopted by the next start;
+	// warm-pool sandboxes are destroyed.
+	if cerr := n.Close(sctx, false); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
 	return err
+}
+
+// bootstrap creates a default account and prints one key for it, once, when
+// the store has no accounts at all.
+func bootstrap(ctx context.Context, st store.Store) error {
+	accts, err := st.ListAccounts(ctx)
+	if err != nil || len(accts) > 0 {
+		return err
+	}
+	a := store.Account{ID: newID("acc_"), Name: "default", Plan: "team", CreatedAt: time.Now().UTC()}
+	if err := st.CreateAccount(ctx, a); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil // another process bootstrapped at the same moment
+		}
+		return err
+	}
+	key, k, err := mintKey(ctx, st, a.ID, []string{store.ScopeSandboxesWrite}, 0)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stdout, "Created account \"default\" (plan team) and its bootstrap API key %s with scope sandboxes:write.\nIt is shown only this once; store it now:\n%s\n", k.Prefix, key)
+	return nil
 }

@@ -33,7 +33,8 @@ type Agent struct {
 	mu      sync.RWMutex
 	baseEnv map[string]string
 
-	reaper *reaper
+	reaper  *reaper
+	zygotes zygotes
 }
 
 // New returns an agent that talks to the host through dir.
@@ -44,6 +45,7 @@ func New(dir string, log *slog.Logger) *Agent {
 // Run dials the host and serves until ctx ends, redialing after every
 // disconnect.
 func (a *Agent) Run(ctx context.Context) error {
+	a.refillZygote()
 	backoff := 2 * time.Millisecond
 	for ctx.Err() == nil {
 		err := a.serveOnce(ctx)
@@ -175,6 +177,7 @@ func (a *Agent) configure(c *wire.Configure, w *wire.Writer) {
 	a.mu.Lock()
 	a.baseEnv = c.Env
 	a.mu.Unlock()
+	a.envChanged()
 	if c.Hostname != "" {
 		_ = os.WriteFile("/etc/hostname", []byte(c.Hostname+"\n"), 0o644)
 	}

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,46 +43,15 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) {
 		return
 	}
 
-	var stdinR, stdinW *os.File
-	var err error
-	if e.Stdin {
-		stdinR, stdinW, err = os.Pipe()
-	} else {
-		stdinR, err = os.Open(os.DevNull)
-	}
+	p, start, err := a.startCommand(e, cwd)
 	if err != nil {
-		_ = w.Err(wire.CodeInternal, "stdin: "+err.Error())
+		_ = w.Err(wire.CodeInternal, err.Error())
 		return
 	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		_ = w.Err(wire.CodeInternal, "stdout pipe: "+err.Error())
-		return
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		_ = w.Err(wire.CodeInternal, "stderr pipe: "+err.Error())
-		return
-	}
-
-	start := time.Now()
-	pid, exited, err := a.reaper.start("/bin/sh", []string{"/bin/sh", "-c", e.Command}, &os.ProcAttr{
-		Dir:   cwd,
-		Env:   a.environ(e.Env),
-		Files: []*os.File{stdinR, outW, errW},
-		Sys:   &syscall.SysProcAttr{Setpgid: true},
-	})
-	stdinR.Close()
-	outW.Close()
-	errW.Close()
-	if err != nil {
-		outR.Close()
-		errR.Close()
-		if stdinW != nil {
-			stdinW.Close()
-		}
-		_ = w.Err(wire.CodeInternal, "start /bin/sh: "+err.Error())
-		return
+	pid, exited, stdinW, outR, errR := p.pid, p.exited, p.stdinW, p.outR, p.errR
+	if !e.Stdin && stdinW != nil {
+		stdinW.Close()
+		stdinW = nil
 	}
 
 	var wmu sync.Mutex // frames from several goroutines share one stream

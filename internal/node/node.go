@@ -34,7 +34,8 @@ type Config struct {
 	TemplateDir string // host-wide templates
 	Runsc       string
 	AgentBinary string
-	PoolSize    int // warm sandboxes per built template at size small; 0 disables
+	PoolSize    int                          // warm sandboxes per built template at size small; 0 disables
+	Sizes       map[string]runtime.Resources // default: Sizes
 	Log         *slog.Logger
 }
 
@@ -61,6 +62,9 @@ type Node struct {
 func Open(cfg Config) (*Node, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.Sizes == nil {
+		cfg.Sizes = Sizes
 	}
 	id := instance(cfg.DataDir)
 	if cfg.StateDir == "" {
@@ -104,9 +108,9 @@ var ErrUnknownSize = errors.New("unknown size")
 
 // Spec resolves a template and size into a runtime spec.
 func (n *Node) Spec(tmpl, size string) (runtime.Spec, error) {
-	res, ok := Sizes[size]
+	res, ok := n.cfg.Sizes[size]
 	if !ok {
-		return runtime.Spec{}, fmt.Errorf("%w %q (one of %v)", ErrUnknownSize, size, SizeNames())
+		return runtime.Spec{}, fmt.Errorf("%w %q", ErrUnknownSize, size)
 	}
 	rootfs, err := n.Templates.Rootfs(tmpl)
 	if err != nil {

@@ -19,6 +19,8 @@ var (
 	ErrLimit = errors.New("limit reached")
 	// ErrStale: the row changed since it was read (optimistic update lost).
 	ErrStale = errors.New("changed concurrently")
+	// ErrBadCursor: a list cursor that no list returned.
+	ErrBadCursor = errors.New("invalid cursor")
 )
 
 // Account owns keys and sandboxes.

@@ -1,0 +1,515 @@
+// Package bench measures the gVisor runtime driver and the warm pool against
+// raw runsc and runc on the same template rootfs, in one invocation, so the
+// ratios compare numbers taken on the same machine at the same time.
+//
+// These are benchmarks, not tests: they assert only what they need in order
+// to measure the right thing (a claim was warm, a command exited 0) and leave
+// judging the numbers to people. Run them as root with bench/run.sh.
+//
+// Every benchmark times with b.Loop, so its setup runs once per -count, and
+// reports, besides ns/op (the mean), the median of its own iterations as
+// p50-ms plus the parts of an operation where they are useful.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/pool"
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
+	"github.com/orkestr-eu/orkestr/internal/testenv"
+)
+
+const templateName = "debian-12"
+
+// sized is testenv.Small with another CPU count: a 0.5-vCPU sandbox gets
+// 50 ms of CPU per 100 ms CFS period, which shows in anything that needs a
+// few ms of CPU in a burst (starting, exec).
+func sized(cpu float64) runtime.Resources {
+	r := testenv.Small
+	r.CPU = cpu
+	return r
+}
+
+func spec(b *testing.B, res runtime.Resources) runtime.Spec {
+	return runtime.Spec{Template: templateName, Rootfs: testenv.Rootfs(b, templateName), Resources: res}
+}
+
+func timeout(b *testing.B, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	b.Cleanup(cancel)
+	return ctx
+}
+
+func create(b *testing.B, env *testenv.Env, res runtime.Resources) runtime.Sandbox {
+	b.Helper()
+	sb, err := env.Driver.Create(timeout(b, time.Minute), spec(b, res))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+	return sb
+}
+
+func destroy(b *testing.B, sb runtime.Sandbox) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := sb.Destroy(ctx); err != nil {
+		b.Fatalf("destroy %s: %v", sb.ID(), err)
+	}
+}
+
+// execTrue runs `true` through the agent and fails unless it exited 0.
+func execTrue(ctx context.Context, b *testing.B, sb runtime.Sandbox) runtime.ExecResult {
+	b.Helper()
+	res, err := sb.Exec(ctx, runtime.ExecRequest{Command: "true", Stdout: io.Discard, Stderr: io.Discard})
+	if err != nil {
+		b.Fatalf("exec: %v", err)
+	}
+	if res.ExitCode != 0 {
+		b.Fatalf("exec true: exit %d", res.ExitCode)
+	}
+	return res
+}
+
+// BenchmarkColdCreate times Create (runsc run --detach of the agent, until the
+// agent has dialled in) plus Destroy, with the sandbox's CPU quota in place
+// from the start, as the driver does.
+func BenchmarkColdCreate(b *testing.B) {
+	for _, cpu := range []float64{0.5, 2} {
+		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
+			env := testenv.NewDriver(b)
+			sp := spec(b, sized(cpu))
+			ctx := timeout(b, 10*time.Minute)
+			// Warm-up: page cache, agent copy, runsc's first start.
+			destroy(b, create(b, env, sp.Resources))
+			var created, destroyed, total durations
+			for b.Loop() {
+				t0 := time.Now()
+				sb, err := env.Driver.Create(ctx, sp)
+				if err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if err := sb.Destroy(ctx); err != nil {
+					b.Fatal(err)
+				}
+				t2 := time.Now()
+				created.add(t1.Sub(t0))
+				destroyed.add(t2.Sub(t1))
+				total.add(t2.Sub(t0))
+			}
+			total.report(b, "p50-ms")
+			created.report(b, "create-ms")
+			destroyed.report(b, "destroy-ms")
+		})
+	}
+}
+
+// BenchmarkWarmClaimFirstExec times what a user waits for when the pool has a
+// sandbox ready: Claim (env, hostname, limits pushed to a pooled sandbox)
+// plus the first Exec of `true`. The pool is refilled, untimed, before each
+// claim; the refill of the claimed slot starts during the timed part, as it
+// would in production, and competes with it for the 2 cores.
+func BenchmarkWarmClaimFirstExec(b *testing.B) {
+	env := testenv.NewDriver(b)
+	p := pool.New(env.Driver, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := p.Close(ctx); err != nil {
+			b.Errorf("close pool: %v", err)
+		}
+	})
+	key := pool.Key{Template: templateName, Size: "small"}
+	sp := spec(b, testenv.Small)
+	p.SetTarget(key, sp, 2)
+	claim := runtime.Claim{
+		Env:       map[string]string{"ORKESTR_BENCH": "1", "API_TOKEN": "not-a-secret"},
+		Hostname:  "bench",
+		Resources: testenv.Small,
+		Labels:    map[string]string{"account": "bench"},
+	}
+	ctx := timeout(b, 10*time.Minute)
+	once := func() (claimed, first time.Duration) {
+		if err := p.WaitFull(ctx); err != nil {
+			b.Fatalf("pool never filled: %v", err)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		sb, warm, err := p.Claim(ctx, key, sp, claim)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		execTrue(ctx, b, sb)
+		t2 := time.Now()
+		b.StopTimer()
+		if !warm {
+			b.Fatal("claim after WaitFull was a cold start")
+		}
+		destroy(b, sb)
+		return t1.Sub(t0), t2.Sub(t1)
+	}
+	b.StopTimer()
+	once() // warm-up
+	b.StartTimer()
+	var claims, execs, total durations
+	for b.Loop() {
+		b.StopTimer()
+		c, e := once()
+		b.StartTimer()
+		claims.add(c)
+		execs.add(e)
+		total.add(c + e)
+	}
+	total.report(b, "p50-ms")
+	claims.report(b, "claim-ms")
+	execs.report(b, "exec-ms")
+}
+
+// BenchmarkExecRoundTrip times Exec of `true` (sh -c true through the agent)
+// on one running sandbox, with 0.5 and 2 vCPUs.
+func BenchmarkExecRoundTrip(b *testing.B) {
+	for _, cpu := range []float64{0.5, 2} {
+		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
+			env := testenv.NewDriver(b)
+			sb := create(b, env, sized(cpu))
+			ctx := timeout(b, 10*time.Minute)
+			for range 5 {
+				execTrue(ctx, b, sb)
+			}
+			var ds durations
+			var inAgent time.Duration
+			done := throttled(b, env, sb)
+			for b.Loop() {
+				t0 := time.Now()
+				res := execTrue(ctx, b, sb)
+				ds.add(time.Since(t0))
+				inAgent += res.Duration
+			}
+			ds.report(b, "p50-ms")
+			done()
+			// The agent reports whole milliseconds; the mean keeps some
+			// resolution.
+			b.ReportMetric(float64(inAgent)/1e6/float64(b.N), "in-agent-ms")
+		})
+	}
+}
+
+// BenchmarkAgentStat times Stat("/") through the agent: one request and one
+// JSON reply on a new stream, no process started. It stands in for the bare
+// channel ping, which is not reachable from outside package gvisor.
+func BenchmarkAgentStat(b *testing.B) {
+	for _, cpu := range []float64{0.5, 2} {
+		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
+			env := testenv.NewDriver(b)
+			sb := create(b, env, sized(cpu))
+			ctx := timeout(b, 10*time.Minute)
+			stat := func() {
+				if _, err := sb.Stat(ctx, "/"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for range 5 {
+				stat()
+			}
+			var ds durations
+			for b.Loop() {
+				t0 := time.Now()
+				stat()
+				ds.add(time.Since(t0))
+			}
+			ds.report(b, "p50-ms")
+		})
+	}
+}
+
+// throttled starts counting the CFS periods in which the sandbox was
+// throttled; the returned func reports them per operation.
+func throttled(b *testing.B, env *testenv.Env, sb runtime.Sandbox) func() {
+	path := filepath.Join(cgroupv1.Root, "cpu", env.CgroupParent, sb.ID(), "cpu.stat")
+	before := readKV(path)["nr_throttled"]
+	return func() {
+		if b.N > 0 {
+			b.ReportMetric(float64(readKV(path)["nr_throttled"]-before)/float64(b.N), "throttled/op")
+		}
+	}
+}
+
+// BenchmarkCheckpoint times Checkpoint of an idle sandbox that was just
+// created: drain, runsc checkpoint (which stops the sandbox), snapshot
+// metadata, and the Destroy of what is left. The sandbox's CPU quota applies
+// to the checkpoint work, so it is measured at 0.5 and 2 vCPUs.
+func BenchmarkCheckpoint(b *testing.B) {
+	for _, cpu := range []float64{0.5, 2} {
+		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
+			env := testenv.NewDriver(b)
+			res := sized(cpu)
+			base := b.TempDir()
+			ctx := timeout(b, 10*time.Minute)
+			var ds durations
+			var bytes int64
+			once := func() {
+				sb := create(b, env, res)
+				dir, err := os.MkdirTemp(base, "snap-")
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				t0 := time.Now()
+				snap, err := sb.Checkpoint(ctx, dir)
+				d := time.Since(t0)
+				b.StopTimer()
+				if err != nil {
+					b.Fatal(err)
+				}
+				ds.add(d)
+				bytes = snap.Bytes
+				if err := os.RemoveAll(dir); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			once()
+			ds = nil
+			b.StartTimer()
+			for b.Loop() {
+				b.StopTimer()
+				once()
+				b.StartTimer()
+			}
+			ds.report(b, "p50-ms")
+			b.ReportMetric(float64(bytes)/(1<<20), "image-MiB")
+		})
+	}
+}
+
+// BenchmarkRestore restores one checkpoint again and again (each restore is
+// a new, independent clone) and destroys each clone untimed. The time runs
+// until the restored agent has redialled; first-exec-ms is the first Exec
+// of `true` on the clone after that, measured separately. The restored
+// sandbox keeps the size it was checkpointed with: 0.5 or 2 vCPUs.
+func BenchmarkRestore(b *testing.B) {
+	for _, cpu := range []float64{0.5, 2} {
+		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
+			env := testenv.NewDriver(b)
+			rootfs := testenv.Rootfs(b, templateName)
+			ctx := timeout(b, 10*time.Minute)
+			sb := create(b, env, sized(cpu))
+			execTrue(ctx, b, sb)
+			dir := b.TempDir()
+			if _, err := sb.Checkpoint(ctx, dir); err != nil {
+				b.Fatal(err)
+			}
+			restore := func() (runtime.Sandbox, time.Duration) {
+				t0 := time.Now()
+				r, err := env.Driver.Restore(ctx, dir, rootfs, nil)
+				d := time.Since(t0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return r, d
+			}
+			r, _ := restore()
+			destroy(b, r)
+			var ds, firsts durations
+			for b.Loop() {
+				r, d := restore()
+				b.StopTimer()
+				ds.add(d)
+				t0 := time.Now()
+				execTrue(ctx, b, r)
+				firsts.add(time.Since(t0))
+				destroy(b, r)
+				b.StartTimer()
+			}
+			ds.report(b, "p50-ms")
+			firsts.report(b, "first-exec-ms")
+		})
+	}
+}
+
+// BenchmarkIdleMemory starts idleSandboxes sandboxes, lets them settle, and
+// reports per sandbox: the PSS of the host processes in its memory cgroup
+// (runsc sandbox, gofer; shared pages are split among all of them) and the
+// cgroup's working set (usage minus inactive file cache, which includes
+// page cache charged to it). ns/op is only the cost of one reading.
+func BenchmarkIdleMemory(b *testing.B) {
+	const idleSandboxes = 5
+	env := testenv.NewDriver(b)
+	ctx := timeout(b, 10*time.Minute)
+	var sbs []runtime.Sandbox
+	for range idleSandboxes {
+		sb := create(b, env, testenv.Small)
+		execTrue(ctx, b, sb)
+		sbs = append(sbs, sb)
+	}
+	time.Sleep(2 * time.Second)
+	var pss, rss, wset, procs samples
+	for b.Loop() {
+		var p, r, w, n float64
+		for _, sb := range sbs {
+			m, err := sandboxMemory(env.CgroupParent, sb.ID())
+			if err != nil {
+				b.Fatal(err)
+			}
+			p += float64(m.PssKiB) / 1024
+			r += float64(m.RssKiB) / 1024
+			w += float64(m.WorkingSet) / (1 << 20)
+			n += float64(m.Procs)
+		}
+		pss.add(p / idleSandboxes)
+		rss.add(r / idleSandboxes)
+		wset.add(w / idleSandboxes)
+		procs.add(n / idleSandboxes)
+	}
+	b.ReportMetric(pss.median(), "pss-MiB/sandbox")
+	b.ReportMetric(rss.median(), "rss-MiB/sandbox")
+	b.ReportMetric(wset.median(), "wset-MiB/sandbox")
+	b.ReportMetric(procs.median(), "procs/sandbox")
+}
+
+// BenchmarkRawRunscRun is the gVisor floor: runsc run of /bin/true on the
+// same rootfs (overlay in memory, no cgroup limits, no agent), to exit;
+// runsc removes the container itself. "detach" starts /bin/sleep with
+// --detach and times until runsc returns, the closest raw analogue of our
+// Create (which also waits for the agent); its delete is untimed.
+func BenchmarkRawRunscRun(b *testing.B) {
+	b.Run("true", func(b *testing.B) {
+		rs := newRawRunsc(b)
+		bundle := rs.bundle(b, "/bin/true")
+		rs.runTrue(b, bundle)
+		var ds durations
+		for b.Loop() {
+			ds.add(rs.runTrue(b, bundle))
+		}
+		ds.report(b, "p50-ms")
+	})
+	b.Run("detach", func(b *testing.B) {
+		rs := newRawRunsc(b)
+		bundle := rs.bundle(b, "/bin/sleep", "infinity")
+		var ds, dels durations
+		id, _ := rs.start(b, bundle)
+		rs.delete(b, id)
+		for b.Loop() {
+			id, d := rs.start(b, bundle)
+			b.StopTimer()
+			ds.add(d)
+			dels.add(rs.delete(b, id))
+			b.StartTimer()
+		}
+		ds.report(b, "p50-ms")
+		dels.report(b, "delete-ms")
+	})
+}
+
+// BenchmarkRawRunscExec is runsc exec /bin/true in a running container.
+func BenchmarkRawRunscExec(b *testing.B) {
+	rs := newRawRunsc(b)
+	id, _ := rs.start(b, rs.bundle(b, "/bin/sleep", "infinity"))
+	b.Cleanup(func() { rs.delete(b, id) })
+	for range 3 {
+		rs.exec(b, id)
+	}
+	var ds durations
+	for b.Loop() {
+		ds.add(rs.exec(b, id))
+	}
+	ds.report(b, "p50-ms")
+}
+
+// BenchmarkRawRunscState is one `runsc state` of a running container: the
+// floor of any runsc invocation (an 80 MB static binary starting), which
+// our Create pays once more after `runsc run` to learn the sandbox's pid.
+func BenchmarkRawRunscState(b *testing.B) {
+	rs := newRawRunsc(b)
+	id, _ := rs.start(b, rs.bundle(b, "/bin/sleep", "infinity"))
+	b.Cleanup(func() { rs.delete(b, id) })
+	rs.state(b, id)
+	var ds durations
+	for b.Loop() {
+		ds.add(rs.state(b, id))
+	}
+	ds.report(b, "p50-ms")
+}
+
+// BenchmarkRawRunscCheckpoint is runsc checkpoint (which stops the sandbox)
+// of a just-started /bin/sleep container; the delete afterwards is untimed
+// and reported as delete-ms.
+func BenchmarkRawRunscCheckpoint(b *testing.B) {
+	rs := newRawRunsc(b)
+	bundle := rs.bundle(b, "/bin/sleep", "infinity")
+	var ds, dels durations
+	var bytes int64
+	once := func() {
+		id, _ := rs.start(b, bundle)
+		img := rs.imageDir(b)
+		b.StartTimer()
+		d := rs.checkpoint(b, id, img)
+		b.StopTimer()
+		ds.add(d)
+		dels.add(rs.delete(b, id))
+		bytes = dirBytes(img)
+		if err := os.RemoveAll(img); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	once()
+	ds, dels = nil, nil
+	b.StartTimer()
+	for b.Loop() {
+		b.StopTimer()
+		once()
+		b.StartTimer()
+	}
+	ds.report(b, "p50-ms")
+	dels.report(b, "delete-ms")
+	b.ReportMetric(float64(bytes)/(1<<20), "image-MiB")
+}
+
+// BenchmarkRawRunscRestore restores one runsc checkpoint of a /bin/sleep
+// container again and again with --detach; each clone is deleted untimed.
+func BenchmarkRawRunscRestore(b *testing.B) {
+	rs := newRawRunsc(b)
+	bundle := rs.bundle(b, "/bin/sleep", "infinity")
+	id, _ := rs.start(b, bundle)
+	img := rs.imageDir(b)
+	rs.checkpoint(b, id, img)
+	rs.delete(b, id)
+	id, _ = rs.restore(b, bundle, img)
+	rs.delete(b, id)
+	var ds durations
+	for b.Loop() {
+		id, d := rs.restore(b, bundle, img)
+		b.StopTimer()
+		ds.add(d)
+		rs.delete(b, id)
+		b.StartTimer()
+	}
+	ds.report(b, "p50-ms")
+}
+
+// BenchmarkRuncRun is Debian's runc running /bin/true on the same rootfs
+// (read-only root, its own cgroup, no limits), to exit; runc removes the
+// container itself. A container, not a sandbox: the floor of what a
+// namespace-only runtime costs here.
+func BenchmarkRuncRun(b *testing.B) {
+	rc := newRunc(b)
+	bundle := rc.bundle(b, "/bin/true")
+	rc.run(b, bundle)
+	var ds durations
+	for b.Loop() {
+		ds.add(rc.run(b, bundle))
+	}
+	ds.report(b, "p50-ms")
+}

@@ -1,0 +1,229 @@
+package agent
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+)
+
+// Starting /bin/sh inside gVisor costs several milliseconds of CPU (a new
+// address space, ELF loading, the dynamic linker), which would dominate the
+// round trip of a short command. So the agent keeps one shell started ahead
+// of time — a zygote — blocked reading its script from fd 3. An exec hands
+// it the command and closes the pipe; the shell runs it exactly as
+// `sh -c` would, in its own process group, and a new zygote is started in
+// the background.
+
+// proc is a started command's process and pipes.
+type proc struct {
+	pid    int
+	exited <-chan unix.WaitStatus
+	stdinW *os.File
+	outR   *os.File
+	errR   *os.File
+	script *os.File // zygotes only: where the command is written
+	gen    uint64   // env generation the zygote was started with
+}
+
+func (p *proc) closeAll() {
+	for _, f := range []*os.File{p.stdinW, p.outR, p.errR, p.script} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+type zygotes struct {
+	mu      sync.Mutex
+	ready   *proc
+	gen     uint64 // bumped by configure: zygotes of older generations are stale
+	filling bool
+}
+
+// spawn starts /bin/sh with fresh pipes. With zygote set it waits for its
+// script on fd 3 instead of running command.
+func (a *Agent) spawn(command, cwd string, env []string, zygote bool) (*proc, error) {
+	var files []*os.File
+	var closeAfter []*os.File
+	fail := func(err error) (*proc, error) {
+		for _, f := range files {
+			f.Close()
+		}
+		for _, f := range closeAfter {
+			f.Close()
+		}
+		return nil, err
+	}
+	stdinR, stdinW, err := os.Pipe()
+	if err != nil {
+		return fail(fmt.Errorf("stdin pipe: %w", err))
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return fail(fmt.Errorf("stdout pipe: %w", err))
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return fail(fmt.Errorf("stderr pipe: %w", err))
+	}
+	p := &proc{stdinW: stdinW, outR: outR, errR: errR}
+	files = []*os.File{stdinR, outW, errW}
+	closeAfter = []*os.File{stdinW, outR, errR}
+	argv := []string{"/bin/sh", "-c", command}
+	if zygote {
+		scriptR, scriptW, err := os.Pipe()
+		if err != nil {
+			return fail(fmt.Errorf("script pipe: %w", err))
+		}
+		files = append(files, scriptR)
+		closeAfter = append(closeAfter, scriptW)
+		p.script = scriptW
+		argv = []string{"/bin/sh", "-c", ". /proc/self/fd/3"}
+	}
+	pid, exited, err := a.reaper.start("/bin/sh", argv, &os.ProcAttr{
+		Dir: cwd, Env: env, Files: files,
+		Sys: &syscall.SysProcAttr{Setpgid: true},
+	})
+	for _, f := range files {
+		f.Close()
+	}
+	files = nil
+	if err != nil {
+		return fail(fmt.Errorf("start /bin/sh: %w", err))
+	}
+	p.pid, p.exited = pid, exited
+	return p, nil
+}
+
+// startCommand starts e's command, from the zygote when one is ready and
+// fits, and returns when the command was handed over.
+func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error) {
+	if script, ok := zygoteScript(e, cwd); ok {
+		if p := a.takeZygote(); p != nil {
+			start := time.Now()
+			_, werr := p.script.WriteString(script)
+			cerr := p.script.Close()
+			p.script = nil
+			if werr == nil && cerr == nil {
+				return p, start, nil
+			}
+			// The zygote died (e.g. a command ran `kill -9 -1`): start
+			// the command the slow way.
+			unix.Kill(-p.pid, unix.SIGKILL)
+			p.closeAll()
+		}
+	}
+	start := time.Now()
+	p, err := a.spawn(e.Command, cwd, a.environ(e.Env), false)
+	return p, start, err
+}
+
+// zygoteScript is the script a zygote runs for e: close the script pipe,
+// export the call's env, enter cwd, run the command. Calls whose env names
+// are not shell identifiers take the slow path.
+func zygoteScript(e *wire.Exec, cwd string) (string, bool) {
+	var b strings.Builder
+	b.WriteString("exec 3<&-;")
+	for k, v := range e.Env {
+		if !isShellName(k) {
+			return "", false
+		}
+		b.WriteString(" export " + k + "=" + shellQuote(v) + ";")
+	}
+	b.WriteString(" cd -- " + shellQuote(cwd) + " || exit 1\n")
+	b.WriteString(e.Command)
+	b.WriteString("\n")
+	return b.String(), true
+}
+
+func isShellName(k string) bool {
+	for i, c := range k {
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return k != ""
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// takeZygote returns the ready zygote if it is alive and current, and starts
+// its replacement.
+func (a *Agent) takeZygote() *proc {
+	z := &a.zygotes
+	z.mu.Lock()
+	p := z.ready
+	z.ready = nil
+	gen := z.gen
+	z.mu.Unlock()
+	defer a.refillZygote()
+	if p == nil {
+		return nil
+	}
+	select {
+	case <-p.exited:
+		p.closeAll()
+		return nil
+	default:
+	}
+	if p.gen != gen {
+		a.discard(p)
+		return nil
+	}
+	return p
+}
+
+func (a *Agent) discard(p *proc) {
+	_ = unix.Kill(-p.pid, unix.SIGKILL)
+	p.closeAll()
+}
+
+// refillZygote starts a zygote in the background if none is ready.
+func (a *Agent) refillZygote() {
+	z := &a.zygotes
+	z.mu.Lock()
+	if z.ready != nil || z.filling {
+		z.mu.Unlock()
+		return
+	}
+	z.filling = true
+	gen := z.gen
+	z.mu.Unlock()
+	go func() {
+		p, err := a.spawn("", "/", a.environ(nil), true)
+		z.mu.Lock()
+		defer z.mu.Unlock()
+		z.filling = false
+		if err != nil {
+			a.Log.Debug("zygote start failed", "err", err)
+			return
+		}
+		p.gen = gen
+		if z.ready != nil || gen != z.gen {
+			go a.discard(p)
+			return
+		}
+		z.ready = p
+	}()
+}
+
+// envChanged makes current zygotes stale: they hold the old environment.
+func (a *Agent) envChanged() {
+	z := &a.zygotes
+	z.mu.Lock()
+	z.gen++
+	p := z.ready
+	z.ready = nil
+	z.mu.Unlock()
+	if p != nil {
+		a.discard(p)
+	}
+	a.refillZygote()
+}

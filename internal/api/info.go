@@ -1,0 +1,111 @@
+package api
+
+import (
+	"math"
+	"net/http"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/store"
+)
+
+type sizeJSON struct {
+	Size     string  `json:"size"`
+	CPU      float64 `json:"cpu"`
+	MemoryMB int     `json:"memory_mb"`
+	Allowed  bool    `json:"allowed"`
+}
+
+// monthStart is 00:00 UTC on the 1st of t's month.
+func monthStart(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+}
+
+func (s *Server) getLimits(w http.ResponseWriter, r *http.Request) error {
+	p := caller(r)
+	sizes := make([]sizeJSON, 0, len(s.cfg.Sizes))
+	for _, name := range s.cfg.SizeNames() {
+		sz := s.cfg.Sizes[name]
+		sizes = append(sizes, sizeJSON{Size: name, CPU: sz.CPU, MemoryMB: sz.MemoryMB, Allowed: contains(p.plan.AllowedSizes, name)})
+	}
+	allowed := p.plan.AllowedSizes
+	if allowed == nil {
+		allowed = []string{}
+	}
+	// Usage metering is not persisted yet (docs: what does not work yet);
+	// the figures are what this server has measured since it started.
+	writeJSON(w, http.StatusOK, map[string]any{
+		"plan": p.account.Plan, "allowed_sizes": allowed, "max_concurrent": p.plan.MaxConcurrent,
+		"snapshot_cap":             p.plan.SnapshotCap,
+		"usage_gb_hours_used":      0.0,
+		"usage_gb_hours_included":  p.plan.UsageGBHoursIncluded,
+		"usage_cpu_hours_used":     0.0,
+		"usage_cpu_hours_included": p.plan.UsageCPUHoursIncluded,
+		"usage_resets_at":          fmtTime(monthStart(s.now()).AddDate(0, 1, 0)),
+		"sizes":                    sizes,
+	})
+	return nil
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
+	type tmpl struct {
+		Name        string `json:"name"`
+		Description string `json:"description"`
+		Default     bool   `json:"default"`
+		Built       bool   `json:"built"`
+	}
+	out := make([]tmpl, 0, len(s.cfg.Templates))
+	for _, t := range s.cfg.Templates {
+		_, err := s.node.Templates.Rootfs(t.Name)
+		out = append(out, tmpl{Name: t.Name, Description: t.Description, Default: t.Default, Built: err == nil})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": out})
+	return nil
+}
+
+func round(v float64, places int) float64 {
+	p := math.Pow(10, float64(places))
+	return math.Round(v*p) / p
+}
+
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
+	row, err := s.load(r)
+	if err != nil {
+		return err
+	}
+	var since time.Time
+	if v := r.URL.Query().Get("since"); v != "" {
+		if since, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			return invalid("since", "since must be an RFC 3339 time, e.g. 2026-01-02T15:04:05.000Z.")
+		}
+	}
+	samples, latest, life, running := s.sampler.Window(row.ID, since)
+	body := map[string]any{
+		"sandbox_id": row.ID, "sandbox_status": row.Status,
+		"sample_interval_seconds": int(s.sampler.Interval().Seconds()),
+		"cpu":                     nil, "memory": nil,
+		"lifetime": map[string]any{
+			"cpu_seconds": round(life.CPUSeconds, 2), "mem_mb_seconds": life.MemMBSeconds, "running_seconds": life.RunningSeconds,
+		},
+		"samples": []any{},
+	}
+	if running && row.Status == store.StatusRunning {
+		limit := uint64(row.MemoryMB) << 20
+		var cores, mem float64
+		if latest != nil {
+			cores, mem = latest.CPUCores, float64(latest.MemBytes)
+			if latest.MemLimit > 0 {
+				limit = latest.MemLimit
+			}
+		}
+		body["cpu"] = map[string]any{"cores": row.CPU, "usage_cores": round(cores, 3), "usage_percent": round(cores/row.CPU*100, 1)}
+		body["memory"] = map[string]any{"limit_bytes": limit, "usage_bytes": uint64(mem), "usage_percent": round(mem/float64(limit)*100, 1)}
+		list := make([]map[string]any, len(samples))
+		for i, sm := range samples {
+			list[i] = map[string]any{"t": fmtTime(sm.T), "cpu_percent": round(sm.CPUPercent, 1), "mem_bytes": sm.MemBytes}
+		}
+		body["samples"] = list
+	}
+	writeJSON(w, http.StatusOK, body)
+	return nil
+}

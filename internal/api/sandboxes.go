@@ -1,0 +1,516 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/store"
+	"github.com/orkestr-eu/orkestr/internal/template"
+)
+
+func newSandboxID() string { return "sbx_" + ulid.MustNew(ulid.Now(), rand.Reader).String() }
+
+// lock serialises lifecycle changes (create, pause, resume, terminate) of
+// one sandbox.
+func (s *Server) lock(id string) func() {
+	m, _ := s.locks.LoadOrStore(id, &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
+
+// load returns the caller's sandbox or a 404.
+func (s *Server) load(r *http.Request) (store.Sandbox, error) {
+	id := r.PathValue("id")
+	if !checkSandboxID(id) {
+		return store.Sandbox{}, notFound()
+	}
+	sb, err := s.store.GetSandbox(r.Context(), caller(r).account.ID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return sb, notFound()
+	}
+	return sb, err
+}
+
+type createRequest struct {
+	Template       string            `json:"template"`
+	Size           *string           `json:"size"`
+	Network        *string           `json:"network"`
+	TimeoutSeconds *int              `json:"timeout_seconds"`
+	Env            map[string]string `json:"env"`
+	Metadata       map[string]string `json:"metadata"`
+	Region         *string           `json:"region"`
+}
+
+func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
+	p := caller(r)
+	var req createRequest
+	if err := decode(r, &req, false); err != nil {
+		return err
+	}
+	if req.Template == "" {
+		return invalid("template", "Field template is required (see GET /v1/templates).")
+	}
+	if template.ValidName(req.Template) != nil {
+		return apiErr(http.StatusBadRequest, "unknown_template", "Template %q does not exist (see GET /v1/templates).", truncate(req.Template, 64)).with("field", "template")
+	}
+	if _, ok := s.cfg.Template(req.Template); !ok {
+		return apiErr(http.StatusBadRequest, "unknown_template", "Template %q does not exist (see GET /v1/templates).", req.Template).with("field", "template")
+	}
+	size := "small"
+	if req.Size != nil {
+		size = *req.Size
+	}
+	sz, ok := s.cfg.Sizes[size]
+	if !ok {
+		return invalid("size", "Size %q does not exist; use one of %v.", truncate(size, 32), s.cfg.SizeNames())
+	}
+	if !contains(p.plan.AllowedSizes, size) {
+		return apiErr(http.StatusPaymentRequired, "size_not_allowed", "Size %s is not included in the %s plan.", size, p.account.Plan).
+			with("size", size).with("allowed_sizes", p.plan.AllowedSizes)
+	}
+	network := "off"
+	if req.Network != nil {
+		network = *req.Network
+	}
+	switch network {
+	case "off":
+	case "restricted", "open":
+		return invalid("network", "Network mode %q is not available on this server yet; use \"off\".", network)
+	default:
+		return invalid("network", "Network must be one of \"off\", \"restricted\", \"open\".")
+	}
+	timeout := 600
+	if req.TimeoutSeconds != nil {
+		timeout = *req.TimeoutSeconds
+	}
+	if timeout < 1 || timeout > s.cfg.MaxTimeoutSeconds {
+		return invalid("timeout_seconds", "timeout_seconds must be between 1 and %d.", s.cfg.MaxTimeoutSeconds)
+	}
+	if req.Region != nil && *req.Region != s.cfg.Region {
+		return apiErr(http.StatusBadRequest, "unknown_region", "Region %q does not exist here; this server runs %q (or omit region).", truncate(*req.Region, 32), s.cfg.Region).with("field", "region")
+	}
+	if err := checkEnv("env", req.Env); err != nil {
+		return err
+	}
+	if err := checkMetadata(req.Metadata); err != nil {
+		return err
+	}
+	envKeys := make([]string, 0, len(req.Env))
+	for k := range req.Env {
+		envKeys = append(envKeys, k)
+	}
+	sort.Strings(envKeys)
+
+	now := s.now().UTC()
+	row := store.Sandbox{
+		ID: newSandboxID(), AccountID: p.account.ID, Status: store.StatusStarting, Template: req.Template,
+		Size: size, CPU: sz.CPU, MemoryMB: sz.MemoryMB, Network: network, Region: s.cfg.Region,
+		TimeoutSeconds: timeout, EnvKeys: envKeys, Metadata: req.Metadata, Node: s.cfg.Region,
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if err := s.store.CreateSandbox(r.Context(), row, p.plan.MaxConcurrent); err != nil {
+		if errors.Is(err, store.ErrLimit) {
+			return apiErr(http.StatusPaymentRequired, "concurrency_limit", "Your %s plan allows %d sandboxes at once; terminate or pause one first.", p.account.Plan, p.plan.MaxConcurrent).
+				with("max_concurrent", p.plan.MaxConcurrent)
+		}
+		return err
+	}
+	unlock := s.lock(row.ID)
+	defer unlock()
+	// The create finishes even if the client goes away, so the sandbox is
+	// either fully there or marked failed, never half made.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
+	defer cancel()
+	rt, _, err := s.node.Create(ctx, row.Template, row.Size, runtime.Claim{
+		Env: req.Env, Hostname: "sandbox",
+		Labels: map[string]string{"sandbox_id": row.ID, "account_id": row.AccountID},
+	})
+	if err != nil {
+		row.Status = store.StatusError
+		row.ErrorMessage = "start failed"
+		if _, uerr := s.store.UpdateSandbox(ctx, row, 0); uerr != nil {
+			s.log.Error("recording a failed create", "sandbox", row.ID, "err", uerr)
+		}
+		switch {
+		case errors.Is(err, template.ErrNotBuilt):
+			return apiErr(http.StatusServiceUnavailable, "unavailable", "Template %s is in the catalog but not built on this server; the operator can build it with `orkestrd admin template build %s`.", row.Template, row.Template).with("template", row.Template)
+		case errors.Is(err, node.ErrUnknownSize):
+			return invalid("size", "Size %q is not available on this node.", row.Size)
+		}
+		s.log.Error("sandbox start failed", "request_id", requestID(r), "sandbox", row.ID, "err", err)
+		return apiErr(http.StatusServiceUnavailable, "no_capacity", "No sandbox could be started right now; retry shortly.")
+	}
+	started := s.now().UTC()
+	exp := started.Add(time.Duration(timeout) * time.Second)
+	row.Status, row.RuntimeID, row.ExpiresAt = store.StatusRunning, rt.ID(), &exp
+	row, err = s.store.UpdateSandbox(ctx, row, 0)
+	if err != nil {
+		s.destroyRuntime(rt)
+		return err
+	}
+	s.track(row, rt)
+	writeJSON(w, http.StatusCreated, toJSON(row))
+	return nil
+}
+
+// track starts sampling a running sandbox and watches it: if it stops on
+// its own (out of memory, crash) the record says so.
+func (s *Server) track(row store.Sandbox, rt runtime.Sandbox) {
+	s.sampler.Track(row.ID, rt, row.CPU, row.MemoryMB)
+	go func() {
+		<-rt.Done()
+		if _, planned := s.destroying.LoadAndDelete(rt.ID()); planned {
+			return
+		}
+		s.sampler.Untrack(row.ID)
+		reason := "the sandbox stopped unexpectedly"
+		if errors.Is(rt.Err(), runtime.ErrOutOfMemory) {
+			reason = "the sandbox was killed because it exceeded its memory limit"
+		}
+		unlock := s.lock(row.ID)
+		defer unlock()
+		s.finish(context.Background(), row.ID, row.AccountID, store.StatusError, reason)
+		s.destroyRuntime(rt)
+	}()
+}
+
+// finish moves a sandbox to a final status (terminated or error).
+func (s *Server) finish(ctx context.Context, id, account string, status store.Status, reason string) {
+	for i := 0; i < 5; i++ {
+		row, err := s.store.GetSandbox(ctx, account, id)
+		if err != nil || row.Status == store.StatusTerminated || row.Status == store.StatusError {
+			return
+		}
+		now := s.now().UTC()
+		row.Status, row.ErrorMessage, row.ExpiresAt, row.RuntimeID = status, reason, nil, ""
+		row.TerminatedAt = &now
+		if _, err = s.store.UpdateSandbox(ctx, row, 0); !errors.Is(err, store.ErrStale) {
+			if err != nil {
+				s.log.Error("recording the end of a sandbox", "sandbox", id, "err", err)
+			}
+			return
+		}
+	}
+}
+
+func (s *Server) destroyRuntime(rt runtime.Sandbox) {
+	s.destroying.Store(rt.ID(), true)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := rt.Destroy(ctx); err != nil {
+		s.log.Warn("destroying a sandbox's runtime failed; it is cleaned up at the next start", "runtime", rt.ID(), "err", err)
+	}
+}
+
+func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) error {
+	row, err := s.load(r)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, toJSON(row))
+	return nil
+}
+
+func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := store.ListFilter{Limit: 50, Cursor: q.Get("cursor")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 200 {
+			return invalid("limit", "limit must be an integer from 1 to 200.")
+		}
+		f.Limit = n
+	}
+	if v := q.Get("status"); v != "" {
+		switch store.Status(v) {
+		case store.StatusStarting, store.StatusRunning, store.StatusPaused, store.StatusTerminated, store.StatusError:
+			f.Status = store.Status(v)
+		default:
+			return invalid("status", "status must be one of starting, running, paused, terminated, error.")
+		}
+	}
+	page, next, err := s.store.ListSandboxes(r.Context(), caller(r).account.ID, f)
+	if errors.Is(err, store.ErrBadCursor) {
+		return invalid("cursor", "The cursor is not one this API returned.")
+	}
+	if err != nil {
+		return err
+	}
+	data := make([]sandboxJSON, len(page))
+	for i, sb := range page {
+		data[i] = toJSON(sb)
+	}
+	var nc *string
+	if next != "" {
+		nc = &next
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": data, "next_cursor": nc})
+	return nil
+}
+
+type patchRequest struct {
+	TimeoutSeconds *int               `json:"timeout_seconds"`
+	Metadata       *map[string]string `json:"metadata"`
+}
+
+func (s *Server) patchSandbox(w http.ResponseWriter, r *http.Request) error {
+	var req patchRequest
+	if err := decode(r, &req, false); err != nil {
+		return err
+	}
+	if req.TimeoutSeconds != nil && (*req.TimeoutSeconds < 1 || *req.TimeoutSeconds > s.cfg.MaxTimeoutSeconds) {
+		return invalid("timeout_seconds", "timeout_seconds must be between 1 and %d.", s.cfg.MaxTimeoutSeconds)
+	}
+	if req.Metadata != nil {
+		if err := checkMetadata(*req.Metadata); err != nil {
+			return err
+		}
+	}
+	row, err := s.load(r)
+	if err != nil {
+		return err
+	}
+	unlock := s.lock(row.ID)
+	defer unlock()
+	if row, err = s.load(r); err != nil {
+		return err
+	}
+	if row.Status != store.StatusRunning && row.Status != store.StatusPaused {
+		return notReady(string(row.Status))
+	}
+	if t := req.TimeoutSeconds; t != nil {
+		// The new timeout counts from now, in running time.
+		row.TimeoutSeconds = *t
+		if row.Status == store.StatusRunning {
+			exp := s.now().UTC().Add(time.Duration(*t) * time.Second)
+			row.ExpiresAt = &exp
+		} else {
+			row.RemainingMS = int64(*t) * 1000
+		}
+	}
+	if req.Metadata != nil {
+		row.Metadata = *req.Metadata
+	}
+	row, err = s.store.UpdateSandbox(r.Context(), row, 0)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, toJSON(row))
+	return nil
+}
+
+func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) error {
+	row, err := s.load(r)
+	if err != nil {
+		return err
+	}
+	row, err = s.terminate(r.Context(), row, "terminated by request")
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, toJSON(row))
+	return nil
+}
+
+// terminate records the sandbox as terminated first — the end is final
+// even if the runtime half fails — and then releases its runtime and
+// snapshot. Terminating a terminated sandbox returns it unchanged.
+func (s *Server) terminate(ctx context.Context, row store.Sandbox, reason string) (store.Sandbox, error) {
+	unlock := s.lock(row.ID)
+	defer unlock()
+	ctx = context.WithoutCancel(ctx)
+	for attempt := 0; ; attempt++ {
+		cur, err := s.store.GetSandbox(ctx, row.AccountID, row.ID)
+		if err != nil {
+			return cur, err
+		}
+		if cur.Status == store.StatusTerminated {
+			return cur, nil
+		}
+		rtID, snap := cur.RuntimeID, cur.SnapshotDir
+		now := s.now().UTC()
+		cur.Status, cur.TerminatedAt, cur.ExpiresAt, cur.RuntimeID, cur.SnapshotDir = store.StatusTerminated, &now, nil, "", ""
+		if cur.ErrorMessage == "" {
+			cur.ErrorMessage = reason
+		}
+		updated, err := s.store.UpdateSandbox(ctx, cur, 0)
+		if errors.Is(err, store.ErrStale) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return cur, err
+		}
+		s.sampler.Untrack(row.ID)
+		if rtID != "" {
+			if rt, ok := s.node.Driver.Get(rtID); ok {
+				s.destroyRuntime(rt)
+			}
+		}
+		if snap != "" {
+			_ = os.RemoveAll(snap)
+		}
+		return updated, nil
+	}
+}
+
+func (s *Server) snapshotDir(id string) string {
+	return filepath.Join(s.dataDir, "snapshots", id+"-"+ulid.MustNew(ulid.Now(), rand.Reader).String())
+}
+
+func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
+	p := caller(r)
+	row, err := s.load(r)
+	if err != nil {
+		return err
+	}
+	unlock := s.lock(row.ID)
+	defer unlock()
+	if row, err = s.load(r); err != nil {
+		return err
+	}
+	if row.Status != store.StatusRunning {
+		return notReady(string(row.Status))
+	}
+	rt, ok := s.node.Driver.Get(row.RuntimeID)
+	if !ok {
+		return notReady("error")
+	}
+	ctx := context.WithoutCancel(r.Context())
+	now := s.now().UTC()
+	running := row
+	remaining := int64(0)
+	if row.ExpiresAt != nil {
+		remaining = max(row.ExpiresAt.Sub(now).Milliseconds(), 0)
+	}
+	// Reserve the snapshot slot before the (irreversible) checkpoint.
+	row.Status, row.PausedAt, row.ExpiresAt, row.RemainingMS = store.StatusPaused, &now, nil, remaining
+	row, err = s.store.UpdateSandbox(ctx, row, p.plan.SnapshotCap)
+	if errors.Is(err, store.ErrLimit) {
+		return apiErr(http.StatusPaymentRequired, "snapshot_cap_reached", "Your %s plan keeps at most %d paused sandboxes; resume or terminate one first.", p.account.Plan, p.plan.SnapshotCap).
+			with("cap", p.plan.SnapshotCap)
+	}
+	if err != nil {
+		return err
+	}
+	s.destroying.Store(rt.ID(), true)
+	s.sampler.Untrack(row.ID)
+	dir := s.snapshotDir(row.ID)
+	snap, err := rt.Checkpoint(ctx, dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		select {
+		case <-rt.Done():
+			s.finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox stopped while it was being paused")
+			return notReady("error")
+		default:
+		}
+		// Still running: undo the reservation.
+		s.destroying.Delete(rt.ID())
+		running.Version = row.Version
+		if row, uerr := s.store.UpdateSandbox(ctx, running, 0); uerr == nil {
+			s.track(row, rt)
+		}
+		return err
+	}
+	row.RuntimeID, row.SnapshotDir, row.SnapshotBytes = "", dir, snap.Bytes
+	if row, err = s.store.UpdateSandbox(ctx, row, 0); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": row.ID, "status": "paused", "snapshot_bytes": row.SnapshotBytes})
+	return nil
+}
+
+func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
+	p := caller(r)
+	row, err := s.load(r)
+	if err != nil {
+		return err
+	}
+	unlock := s.lock(row.ID)
+	defer unlock()
+	if row, err = s.load(r); err != nil {
+		return err
+	}
+	switch row.Status {
+	case store.StatusRunning:
+		writeJSON(w, http.StatusOK, toJSON(row)) // resuming a running sandbox is a no-op
+		return nil
+	case store.StatusPaused:
+	default:
+		return notReady(string(row.Status))
+	}
+	if p.plan.MaxConcurrent > 0 {
+		active, err := s.activeCount(r.Context(), p.account.ID)
+		if err != nil {
+			return err
+		}
+		if active >= p.plan.MaxConcurrent {
+			return apiErr(http.StatusPaymentRequired, "concurrency_limit", "Your %s plan allows %d sandboxes at once; terminate or pause one first.", p.account.Plan, p.plan.MaxConcurrent).
+				with("max_concurrent", p.plan.MaxConcurrent)
+		}
+	}
+	rootfs, err := s.node.Templates.Rootfs(row.Template)
+	if err != nil {
+		return apiErr(http.StatusServiceUnavailable, "unavailable", "Template %s of this sandbox is not built on this server.", row.Template)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
+	defer cancel()
+	rt, err := s.node.Driver.Restore(ctx, row.SnapshotDir, rootfs, map[string]string{"sandbox_id": row.ID, "account_id": row.AccountID})
+	if err != nil {
+		s.log.Error("restore failed", "request_id", requestID(r), "sandbox", row.ID, "err", err)
+		return apiErr(http.StatusServiceUnavailable, "no_capacity", "The sandbox could not be resumed right now; retry shortly.")
+	}
+	snap := row.SnapshotDir
+	exp := s.now().UTC().Add(time.Duration(row.RemainingMS) * time.Millisecond)
+	row.Status, row.RuntimeID, row.ExpiresAt, row.PausedAt, row.SnapshotDir, row.RemainingMS = store.StatusRunning, rt.ID(), &exp, nil, "", 0
+	if row, err = s.store.UpdateSandbox(ctx, row, 0); err != nil {
+		s.destroyRuntime(rt)
+		return err
+	}
+	_ = os.RemoveAll(snap)
+	s.track(row, rt)
+	writeJSON(w, http.StatusOK, toJSON(row))
+	return nil
+}
+
+// activeCount counts the account's starting and running sandboxes.
+func (s *Server) activeCount(ctx context.Context, account string) (int, error) {
+	n := 0
+	for _, st := range []store.Status{store.StatusStarting, store.StatusRunning} {
+		cursor := ""
+		for {
+			page, next, err := s.store.ListSandboxes(ctx, account, store.ListFilter{Status: st, Limit: 200, Cursor: cursor})
+			if err != nil {
+				return 0, err
+			}
+			n += len(page)
+			if next == "" {
+				break
+			}
+			cursor = next
+		}
+	}
+	return n, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

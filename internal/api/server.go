@@ -1,0 +1,174 @@
+// Package api serves the REST API v1 (docs/api.md): authentication, plans,
+// rate limits and tenancy in front of the store and the node that runs the
+// sandboxes.
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/auth"
+	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/metering"
+	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/store"
+)
+
+// Server is the API. Create it with New, start its background work with
+// Start, and serve Handler.
+type Server struct {
+	store   store.Store
+	node    *node.Node
+	cfg     config.Config
+	log     *slog.Logger
+	now     func() time.Time
+	limits  *limiter
+	sampler *metering.Sampler
+	dataDir string
+
+	locks   sync.Map // sandbox id -> *sync.Mutex, serialises lifecycle changes
+	touched sync.Map // key id -> time of the last recorded use
+
+	// destroying marks runtime sandboxes we stop on purpose, so their
+	// watcher does not record them as crashed.
+	destroying sync.Map
+
+	mux *http.ServeMux
+}
+
+// Options configure a Server.
+type Options struct {
+	Store   store.Store
+	Node    *node.Node
+	Config  config.Config
+	Log     *slog.Logger
+	DataDir string           // snapshots live in DataDir/snapshots
+	Now     func() time.Time // for tests; time.Now by default
+}
+
+// New builds the server and its routes.
+func New(o Options) *Server {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	s := &Server{
+		store: o.Store, node: o.Node, cfg: o.Config, log: o.Log, now: o.Now,
+		limits:  newLimiter(o.Now),
+		sampler: metering.NewSampler(time.Second, 60),
+		dataDir: o.DataDir,
+	}
+	s.routes()
+	return s
+}
+
+// Handler is the API's http.Handler.
+func (s *Server) Handler() http.Handler {
+	return withRequestID(s.withAccessLog(s.withRecover(s.mux)))
+}
+
+// Start reconciles store and runtime and starts the background loops
+// (deadlines, sampling). It returns once the node is ready.
+func (s *Server) Start(ctx context.Context) error {
+	if err := s.reconcile(ctx); err != nil {
+		return err
+	}
+	go s.sampler.Run(ctx)
+	go s.deadlineLoop(ctx)
+	return nil
+}
+
+// principal is the authenticated caller of a request.
+type principal struct {
+	key     store.APIKey
+	account store.Account
+	plan    config.Plan
+}
+
+func caller(r *http.Request) *principal {
+	p, _ := r.Context().Value(ctxPrincipal).(*principal)
+	return p
+}
+
+// handler adapts a handler that returns an error.
+type handler func(w http.ResponseWriter, r *http.Request) error
+
+// authed wraps h with authentication, the scope check and the rate limit.
+func (s *Server) authed(scope string, h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.authenticate(r)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if !s.limits.allow(w, p) {
+			ms := w.Header().Get("Retry-After-Ms")
+			w.Header().Del("Retry-After-Ms")
+			e := apiErr(http.StatusTooManyRequests, "rate_limited", "Too many requests for your plan (%s); retry after the time in Retry-After.", p.account.Plan)
+			e.with("retry_after_ms", atoi64(ms))
+			s.writeError(w, r, e)
+			return
+		}
+		if !auth.Implies(p.key.Scopes, scope) {
+			s.writeError(w, r, apiErr(http.StatusForbidden, "insufficient_scope", "This API key lacks the %s scope.", scope).with("required_scope", scope))
+			return
+		}
+		if err := h(w, r.WithContext(context.WithValue(r.Context(), ctxPrincipal, p))); err != nil {
+			s.writeError(w, r, err)
+		}
+	}
+}
+
+var errUnauthenticated = apiErr(http.StatusUnauthorized, "unauthenticated",
+	"Missing, malformed, unknown, revoked or expired API key. Send Authorization: Bearer ork_...")
+
+func (s *Server) authenticate(r *http.Request) (*principal, error) {
+	key := bearer(r)
+	if key == "" || auth.CheckFormat(key) != nil {
+		return nil, errUnauthenticated
+	}
+	k, err := s.store.KeyByHash(r.Context(), auth.Hash(key))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errUnauthenticated
+	}
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	if k.RevokedAt != nil || (k.ExpiresAt != nil && !now.Before(*k.ExpiresAt)) {
+		return nil, errUnauthenticated
+	}
+	acct, err := s.store.AccountByID(r.Context(), k.AccountID)
+	if err != nil {
+		return nil, err
+	}
+	plan, ok := s.cfg.Plans[acct.Plan]
+	if !ok {
+		s.log.Error("account has a plan the config does not define", "account", acct.ID, "plan", acct.Plan)
+		return nil, errInternal
+	}
+	// Last use is recorded at most once a minute per key: a write per
+	// request would make every GET a write.
+	if last, ok := s.touched.Load(k.ID); !ok || now.Sub(last.(time.Time)) > time.Minute {
+		s.touched.Store(k.ID, now)
+		_ = s.store.TouchKey(r.Context(), k.ID, now)
+	}
+	return &principal{key: k, account: acct, plan: plan}, nil
+}
+
+func atoi64(s string) int64 {
+	var n int64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}

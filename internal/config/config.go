@@ -1,0 +1,185 @@
+// Package config is the operator's configuration of orkestrd: sizes, plans,
+// regions, the template catalog and limits, with the defaults of the API
+// contract. A YAML file overrides any part of it.
+package config
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Size is one entry of the size menu.
+type Size struct {
+	CPU      float64 `yaml:"cpu" json:"cpu"`
+	MemoryMB int     `yaml:"memory_mb" json:"memory_mb"`
+	PIDs     int64   `yaml:"pids" json:"-"`
+}
+
+// RateLimit is a token bucket per API key.
+type RateLimit struct {
+	RequestsPerSecond float64 `yaml:"requests_per_second"`
+	Burst             int     `yaml:"burst"`
+}
+
+// Plan caps what an account may use.
+type Plan struct {
+	AllowedSizes          []string  `yaml:"allowed_sizes"`
+	MaxConcurrent         int       `yaml:"max_concurrent"`
+	SnapshotCap           int       `yaml:"snapshot_cap"`
+	UsageGBHoursIncluded  float64   `yaml:"usage_gb_hours_included"`
+	UsageCPUHoursIncluded float64   `yaml:"usage_cpu_hours_included"`
+	RateLimit             RateLimit `yaml:"rate_limit"`
+}
+
+// Template is one catalog entry.
+type Template struct {
+	Name        string `yaml:"name"`
+	Description string `yaml:"description"`
+	Default     bool   `yaml:"default"`
+}
+
+// Config is the whole configuration.
+type Config struct {
+	Region            string          `yaml:"region"` // this node's region
+	MaxFileBytes      int64           `yaml:"max_file_bytes"`
+	MaxTimeoutSeconds int             `yaml:"max_timeout_seconds"`
+	PoolSize          int             `yaml:"pool_size"`
+	Sizes             map[string]Size `yaml:"sizes"`
+	Plans             map[string]Plan `yaml:"plans"`
+	Templates         []Template      `yaml:"templates"`
+}
+
+// Default returns the defaults of API.md.
+func Default() Config {
+	return Config{
+		Region:            "fsn1",
+		MaxFileBytes:      1 << 30,
+		MaxTimeoutSeconds: 86400,
+		PoolSize:          2,
+		Sizes: map[string]Size{
+			"small":  {CPU: 0.5, MemoryMB: 512, PIDs: 512},
+			"medium": {CPU: 2, MemoryMB: 4096, PIDs: 2048},
+			"large":  {CPU: 4, MemoryMB: 8192, PIDs: 4096},
+		},
+		Plans: map[string]Plan{
+			"free": {AllowedSizes: []string{"small"}, MaxConcurrent: 1, SnapshotCap: 1,
+				UsageGBHoursIncluded: 10, UsageCPUHoursIncluded: 2, RateLimit: RateLimit{RequestsPerSecond: 20, Burst: 40}},
+			"pro": {AllowedSizes: []string{"small", "medium"}, MaxConcurrent: 10, SnapshotCap: 3,
+				UsageGBHoursIncluded: 200, UsageCPUHoursIncluded: 50, RateLimit: RateLimit{RequestsPerSecond: 100, Burst: 200}},
+			"team": {AllowedSizes: []string{"small", "medium", "large"}, MaxConcurrent: 50, SnapshotCap: 10,
+				UsageGBHoursIncluded: 2000, UsageCPUHoursIncluded: 500, RateLimit: RateLimit{RequestsPerSecond: 500, Burst: 1000}},
+		},
+		Templates: []Template{
+			{Name: "python-3.12", Description: "CPython 3.12 with pip and common libs", Default: true},
+			{Name: "python-3.12-bare", Description: "CPython 3.12 only, faster start"},
+			{Name: "node-22", Description: "Node 22 with npm"},
+			{Name: "ubuntu-24.04", Description: "Minimal Ubuntu shell environment"},
+			{Name: "debian-12", Description: "Minimal Debian 12 shell environment (offline build)"},
+		},
+	}
+}
+
+// Load reads a YAML file over the defaults. Maps (sizes, plans) merge by
+// key; a templates list replaces the default catalog.
+func Load(path string) (Config, error) {
+	c := Default()
+	if path == "" {
+		return c, c.Validate()
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	var file Config
+	if err := yaml.Unmarshal(b, &file); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	if file.Region != "" {
+		c.Region = file.Region
+	}
+	if file.MaxFileBytes > 0 {
+		c.MaxFileBytes = file.MaxFileBytes
+	}
+	if file.MaxTimeoutSeconds > 0 {
+		c.MaxTimeoutSeconds = file.MaxTimeoutSeconds
+	}
+	// pool_size: 0 is meaningful (disabled), so a YAML node decides.
+	var raw map[string]any
+	_ = yaml.Unmarshal(b, &raw)
+	if _, ok := raw["pool_size"]; ok {
+		c.PoolSize = file.PoolSize
+	}
+	for k, v := range file.Sizes {
+		c.Sizes[k] = v
+	}
+	for k, v := range file.Plans {
+		c.Plans[k] = v
+	}
+	if len(file.Templates) > 0 {
+		c.Templates = file.Templates
+	}
+	return c, c.Validate()
+}
+
+// Validate checks internal consistency.
+func (c Config) Validate() error {
+	for name, s := range c.Sizes {
+		if s.CPU <= 0 || s.MemoryMB < 64 {
+			return fmt.Errorf("config: size %s needs cpu > 0 and memory_mb >= 64", name)
+		}
+	}
+	for name, p := range c.Plans {
+		for _, s := range p.AllowedSizes {
+			if _, ok := c.Sizes[s]; !ok {
+				return fmt.Errorf("config: plan %s allows unknown size %s", name, s)
+			}
+		}
+		if p.RateLimit.RequestsPerSecond <= 0 || p.RateLimit.Burst <= 0 {
+			return fmt.Errorf("config: plan %s needs a positive rate_limit", name)
+		}
+	}
+	if c.Region == "" {
+		return fmt.Errorf("config: region must be set")
+	}
+	return nil
+}
+
+// SizeNames lists sizes smallest first.
+func (c Config) SizeNames() []string {
+	out := make([]string, 0, len(c.Sizes))
+	for k := range c.Sizes {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := c.Sizes[out[i]], c.Sizes[out[j]]
+		if a.MemoryMB != b.MemoryMB {
+			return a.MemoryMB < b.MemoryMB
+		}
+		return out[i] < out[j]
+	})
+	return out
+}
+
+// PlanNames lists plan names.
+func (c Config) PlanNames() []string {
+	out := make([]string, 0, len(c.Plans))
+	for k := range c.Plans {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Template returns a catalog entry.
+func (c Config) Template(name string) (Template, bool) {
+	for _, t := range c.Templates {
+		if t.Name == name {
+			return t, true
+		}
+	}
+	return Template{}, false
+}

@@ -1,0 +1,306 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/orkestr-eu/orkestr/internal/store"
+)
+
+// List page sizes: ListFilter.Limit <= 0 means DefaultListLimit, above
+// MaxListLimit is clamped to it (the API validates 1..200 itself).
+const (
+	DefaultListLimit = 50
+	MaxListLimit     = 200
+)
+
+const sandboxCols = `id, account_id, status, template, size, cpu, memory_mb, network, region, timeout_seconds,
+	expires_at, remaining_ms, env_keys, metadata, node, runtime_id, snapshot_dir, snapshot_bytes, error_message,
+	created_at, updated_at, paused_at, terminated_at, version`
+
+func scanSandbox(sc interface{ Scan(...any) error }) (store.Sandbox, error) {
+	var sb store.Sandbox
+	var status, envKeys, metadata string
+	var memoryMB, timeoutSeconds, created, updated int64
+	var expires, paused, terminated sql.NullInt64
+	if err := sc.Scan(&sb.ID, &sb.AccountID, &status, &sb.Template, &sb.Size, &sb.CPU, &memoryMB, &sb.Network,
+		&sb.Region, &timeoutSeconds, &expires, &sb.RemainingMS, &envKeys, &metadata, &sb.Node, &sb.RuntimeID,
+		&sb.SnapshotDir, &sb.SnapshotBytes, &sb.ErrorMessage, &created, &updated, &paused, &terminated, &sb.Version); err != nil {
+		return store.Sandbox{}, err
+	}
+	sb.Status = store.Status(status)
+	sb.MemoryMB, sb.TimeoutSeconds = int(memoryMB), int(timeoutSeconds)
+	if err := json.Unmarshal([]byte(envKeys), &sb.EnvKeys); err != nil {
+		return store.Sandbox{}, fmt.Errorf("sandbox %q: decoding env_keys: %w", sb.ID, err)
+	}
+	if err := json.Unmarshal([]byte(metadata), &sb.Metadata); err != nil {
+		return store.Sandbox{}, fmt.Errorf("sandbox %q: decoding metadata: %w", sb.ID, err)
+	}
+	sb.ExpiresAt, sb.PausedAt, sb.TerminatedAt = fromNullMS(expires), fromNullMS(paused), fromNullMS(terminated)
+	sb.CreatedAt, sb.UpdatedAt = fromMS(created), fromMS(updated)
+	return sb, nil
+}
+
+func (s *Store) scanSandboxes(rows *sql.Rows) ([]store.Sandbox, error) {
+	defer rows.Close()
+	var out []store.Sandbox
+	for rows.Next() {
+		sb, err := scanSandbox(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sb)
+	}
+	return out, rows.Err()
+}
+
+// normalize returns sb as it reads back: times truncated to milliseconds
+// in UTC.
+func normalize(sb store.Sandbox) store.Sandbox {
+	sb.ExpiresAt, sb.PausedAt, sb.TerminatedAt = truncMSPtr(sb.ExpiresAt), truncMSPtr(sb.PausedAt), truncMSPtr(sb.TerminatedAt)
+	sb.CreatedAt, sb.UpdatedAt = truncMS(sb.CreatedAt), truncMS(sb.UpdatedAt)
+	return sb
+}
+
+// lockAccount serializes the account's conditional writes for the rest of
+// tx (PostgreSQL: row lock; SQLite: tx already holds the write lock) and
+// reports store.ErrNotFound for an unknown account.
+func (s *Store) lockAccount(ctx context.Context, tx *sql.Tx, accountID string) error {
+	var id string
+	err := s.queryRow(ctx, tx, "SELECT id FROM accounts WHERE id = ?"+s.d.lockAccount, accountID).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("account %q: %w", accountID, store.ErrNotFound)
+	}
+	return err
+}
+
+func (s *Store) count(ctx context.Context, tx *sql.Tx, query string, args ...any) (int, error) {
+	var n int
+	err := s.queryRow(ctx, tx, query, args...).Scan(&n)
+	return n, err
+}
+
+// CreateSandbox inserts sb unless the account already has maxActive or
+// more sandboxes starting or running (store.ErrLimit); maxActive <= 0 is
+// no limit. sb is stored as given, Version included (a zero UpdatedAt
+// becomes CreatedAt, a zero CreatedAt now). A duplicate id is
+// store.ErrConflict, an unknown account store.ErrNotFound.
+func (s *Store) CreateSandbox(ctx context.Context, sb store.Sandbox, maxActive int) error {
+	if sb.CreatedAt.IsZero() {
+		sb.CreatedAt = s.now()
+	}
+	if sb.UpdatedAt.IsZero() {
+		sb.UpdatedAt = sb.CreatedAt
+	}
+	envKeys, err := toJSON(sb.EnvKeys)
+	if err != nil {
+		return err
+	}
+	metadata, err := toJSON(sb.Metadata)
+	if err != nil {
+		return err
+	}
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockAccount(ctx, tx, sb.AccountID); err != nil {
+			return err
+		}
+		if maxActive > 0 {
+			n, err := s.count(ctx, tx, "SELECT COUNT(*) FROM sandboxes WHERE account_id = ? AND status IN (?, ?)",
+				sb.AccountID, string(store.StatusStarting), string(store.StatusRunning))
+			if err != nil {
+				return err
+			}
+			if n >= maxActive {
+				return fmt.Errorf("account %q has %d active sandboxes (limit %d): %w", sb.AccountID, n, maxActive, store.ErrLimit)
+			}
+		}
+		_, err := s.exec(ctx, tx, "INSERT INTO sandboxes ("+sandboxCols+`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			sb.ID, sb.AccountID, string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network,
+			sb.Region, int64(sb.TimeoutSeconds), toNullMS(sb.ExpiresAt), sb.RemainingMS, envKeys, metadata, sb.Node,
+			sb.RuntimeID, sb.SnapshotDir, sb.SnapshotBytes, sb.ErrorMessage, toMS(sb.CreatedAt), toMS(sb.UpdatedAt),
+			toNullMS(sb.PausedAt), toNullMS(sb.TerminatedAt), sb.Version)
+		return err
+	})
+	if isUnique(err) {
+		return fmt.Errorf("sandbox %q: %w", sb.ID, store.ErrConflict)
+	}
+	return err
+}
+
+// GetSandbox returns the account's sandbox; another account's sandbox is
+// store.ErrNotFound, exactly like a missing one.
+func (s *Store) GetSandbox(ctx context.Context, accountID, id string) (store.Sandbox, error) {
+	sb, err := scanSandbox(s.queryRow(ctx, s.db, "SELECT "+sandboxCols+" FROM sandboxes WHERE id = ? AND account_id = ?", id, accountID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Sandbox{}, fmt.Errorf("sandbox %q: %w", id, store.ErrNotFound)
+	}
+	return sb, err
+}
+
+// Cursors are base64url("v1:" + created_at unix ms + ":" + id) of the last
+// row of a page; the next page continues strictly after that position in
+// (created_at desc, id desc) order, so rows created meanwhile (newer) never
+// shift or repeat a later page.
+
+func encodeCursor(sb store.Sandbox) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("v1:" + strconv.FormatInt(toMS(sb.CreatedAt), 10) + ":" + sb.ID))
+}
+
+func decodeCursor(c string) (int64, string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return 0, "", fmt.Errorf("%w: not base64url", store.ErrBadCursor)
+	}
+	rest, ok := strings.CutPrefix(string(raw), "v1:")
+	if !ok {
+		return 0, "", fmt.Errorf("%w: unknown version", store.ErrBadCursor)
+	}
+	msText, id, ok := strings.Cut(rest, ":")
+	if !ok || id == "" {
+		return 0, "", fmt.Errorf("%w: malformed", store.ErrBadCursor)
+	}
+	ms, err := strconv.ParseInt(msText, 10, 64)
+	if err != nil {
+		return 0, "", fmt.Errorf("%w: malformed time", store.ErrBadCursor)
+	}
+	return ms, id, nil
+}
+
+// ListSandboxes returns a page of the account's sandboxes, newest first
+// (created_at, then id, descending), optionally of one status. f.Limit <= 0
+// is DefaultListLimit and above MaxListLimit is clamped. nextCursor is ""
+// on the last page. A cursor that no list returned is an error wrapping
+// store.ErrBadCursor.
+func (s *Store) ListSandboxes(ctx context.Context, accountID string, f store.ListFilter) ([]store.Sandbox, string, error) {
+	limit := f.Limit
+	switch {
+	case limit <= 0:
+		limit = DefaultListLimit
+	case limit > MaxListLimit:
+		limit = MaxListLimit
+	}
+	where := "account_id = ?"
+	args := []any{accountID}
+	if f.Status != "" {
+		where += " AND status = ?"
+		args = append(args, string(f.Status))
+	}
+	if f.Cursor != "" {
+		ms, id, err := decodeCursor(f.Cursor)
+		if err != nil {
+			return nil, "", err
+		}
+		where += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+		args = append(args, ms, ms, id)
+	}
+	args = append(args, limit+1)
+	rows, err := s.query(ctx, s.db, "SELECT "+sandboxCols+" FROM sandboxes WHERE "+where+
+		" ORDER BY created_at DESC, id DESC LIMIT ?", args...)
+	if err != nil {
+		return nil, "", err
+	}
+	page, err := s.scanSandboxes(rows)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(page) > limit {
+		page = page[:limit]
+		next = encodeCursor(page[limit-1])
+	}
+	return page, next, nil
+}
+
+// UpdateSandbox writes sb (all but ID, AccountID and CreatedAt) if its
+// Version still matches the stored one, and returns it as stored: Version
+// incremented, UpdatedAt now, times at millisecond precision. A changed
+// Version is store.ErrStale; a missing sandbox (or another account's) is
+// store.ErrNotFound. With maxPaused > 0 and sb.Status paused, the write is
+// refused with store.ErrLimit when the account already has maxPaused or
+// more other paused sandboxes; that check and the write are atomic with
+// respect to the account's other conditional writes.
+func (s *Store) UpdateSandbox(ctx context.Context, sb store.Sandbox, maxPaused int) (store.Sandbox, error) {
+	envKeys, err := toJSON(sb.EnvKeys)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	metadata, err := toJSON(sb.Metadata)
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	out := sb
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if maxPaused > 0 && sb.Status == store.StatusPaused {
+			if err := s.lockAccount(ctx, tx, sb.AccountID); err != nil {
+				return err
+			}
+			n, err := s.count(ctx, tx, "SELECT COUNT(*) FROM sandboxes WHERE account_id = ? AND status = ? AND id <> ?",
+				sb.AccountID, string(store.StatusPaused), sb.ID)
+			if err != nil {
+				return err
+			}
+			if n >= maxPaused {
+				return fmt.Errorf("account %q has %d paused sandboxes (limit %d): %w", sb.AccountID, n, maxPaused, store.ErrLimit)
+			}
+		}
+		now := toMS(s.now())
+		var created int64
+		err := s.queryRow(ctx, tx, `UPDATE sandboxes SET status = ?, template = ?, size = ?, cpu = ?, memory_mb = ?,
+			network = ?, region = ?, timeout_seconds = ?, expires_at = ?, remaining_ms = ?, env_keys = ?, metadata = ?,
+			node = ?, runtime_id = ?, snapshot_dir = ?, snapshot_bytes = ?, error_message = ?, updated_at = ?,
+			paused_at = ?, terminated_at = ?, version = version + 1
+			WHERE id = ? AND account_id = ? AND version = ?
+			RETURNING created_at`,
+			string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network, sb.Region,
+			int64(sb.TimeoutSeconds), toNullMS(sb.ExpiresAt), sb.RemainingMS, envKeys, metadata, sb.Node, sb.RuntimeID,
+			sb.SnapshotDir, sb.SnapshotBytes, sb.ErrorMessage, now, toNullMS(sb.PausedAt), toNullMS(sb.TerminatedAt),
+			sb.ID, sb.AccountID, sb.Version).Scan(&created)
+		if err == nil {
+			// The caller gets exactly the stored row.
+			out.CreatedAt, out.UpdatedAt, out.Version = fromMS(created), fromMS(now), sb.Version+1
+			return nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		var version int64
+		err = s.queryRow(ctx, tx, "SELECT version FROM sandboxes WHERE id = ? AND account_id = ?", sb.ID, sb.AccountID).Scan(&version)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("sandbox %q: %w", sb.ID, store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("sandbox %q is at version %d, not %d: %w", sb.ID, version, sb.Version, store.ErrStale)
+	})
+	if err != nil {
+		return store.Sandbox{}, err
+	}
+	return normalize(out), nil
+}
+
+// SandboxesByStatus returns every sandbox, of all accounts, in one of the
+// statuses (none given: none returned), oldest first.
+func (s *Store) SandboxesByStatus(ctx context.Context, statuses ...store.Status) ([]store.Sandbox, error) {
+	if len(statuses) == 0 {
+		return nil, nil
+	}
+	marks := make([]string, len(statuses))
+	args := make([]any, len(statuses))
+	for i, st := range statuses {
+		marks[i], args[i] = "?", string(st)
+	}
+	rows, err := s.query(ctx, s.db, "SELECT "+sandboxCols+" FROM sandboxes WHERE status IN ("+
+		strings.Join(marks, ", ")+") ORDER BY created_at, id", args...)
+	if err != nil {
+		return nil, err
+	}
+	return s.scanSandboxes(rows)
+}

@@ -1,0 +1,264 @@
+package orkestr
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"net"
+	"net/http"
+	"strconv"
+	"unicode/utf8"
+)
+
+// maxStdin is what fits in the API's 1 MiB JSON body limit.
+const maxStdin = 1 << 20
+
+// ExecOptions tune one command. Zero fields take the API's defaults.
+type ExecOptions struct {
+	TimeoutSeconds int               // 0: 60 s
+	Env            map[string]string // added to the sandbox's env for this command
+	Cwd            string            // "": /workspace
+	// Stdin is read to its end before the command starts and sent as the
+	// command's standard input. It must be UTF-8 text of at most 1 MiB.
+	Stdin io.Reader
+}
+
+// BlockedConnection is a connection the sandbox's network policy dropped.
+type BlockedConnection struct {
+	Host string `json:"host"`
+	Port int    `json:"port"`
+}
+
+func (b BlockedConnection) String() string {
+	return net.JoinHostPort(b.Host, strconv.Itoa(b.Port))
+}
+
+// ExecResult is how a command ended. A non-zero ExitCode is not an error
+// (unless connections were blocked: see NetworkPolicyError).
+type ExecResult struct {
+	Stdout             string              `json:"stdout"`
+	Stderr             string              `json:"stderr"`
+	ExitCode           int                 `json:"exit_code"`
+	DurationMS         int64               `json:"duration_ms"`
+	BlockedConnections []BlockedConnection `json:"blocked_connections"`
+}
+
+type execBody struct {
+	Command        string            `json:"command"`
+	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
+	Env            map[string]string `json:"env,omitempty"`
+	Cwd            string            `json:"cwd,omitempty"`
+	Stdin          *string           `json:"stdin,omitempty"`
+}
+
+func newExecBody(command string, o ExecOptions) (*execBody, error) {
+	b := &execBody{Command: command, TimeoutSeconds: o.TimeoutSeconds, Env: o.Env, Cwd: o.Cwd}
+	if o.Stdin != nil {
+		raw, err := io.ReadAll(io.LimitReader(o.Stdin, maxStdin+1))
+		if err != nil {
+			return nil, fmt.Errorf("orkestr: reading stdin: %w", err)
+		}
+		if len(raw) > maxStdin {
+			return nil, errors.New("orkestr: stdin is larger than the API's 1 MiB limit; write it to a file instead")
+		}
+		if !utf8.Valid(raw) {
+			return nil, errors.New("orkestr: stdin is not UTF-8 text; write binary input to a file instead")
+		}
+		s := string(raw)
+		b.Stdin = &s
+	}
+	return b, nil
+}
+
+// Exec runs command with /bin/sh -c inside the sandbox and waits for it.
+// It fails with *ExecTimeoutError (carrying the output so far) if the
+// command outlives its timeout, and returns both the result and a
+// *NetworkPolicyError if it exited non-zero after blocked connections. It
+// is never retried.
+func (s *Sandbox) Exec(ctx context.Context, command string, o ExecOptions) (*ExecResult, error) {
+	path, err := sandboxPath(s.ID, "/exec")
+	if err != nil {
+		return nil, err
+	}
+	body, err := newExecBody(command, o)
+	if err != nil {
+		return nil, err
+	}
+	res := &ExecResult{}
+	if err := s.client.call(ctx, &request{method: http.MethodPost, path: path, json: body}, res); err != nil {
+		return nil, err
+	}
+	if res.BlockedConnections == nil {
+		res.BlockedConnections = []BlockedConnection{}
+	}
+	return res, checkNetworkPolicy(res)
+}
+
+// Stream names of an ExecChunk.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+)
+
+// ExecChunk is a piece of a running command's output.
+type ExecChunk struct {
+	Stream string `json:"stream"` // StreamStdout or StreamStderr
+	Data   string `json:"data"`
+}
+
+// ExecStream is a running command whose output arrives as it is written.
+// Range over Chunks, then call Wait; Close releases it early.
+//
+//	st, err := sbx.ExecStream(ctx, "python long_task.py", orkestr.ExecOptions{})
+//	if err != nil {
+//		return err
+//	}
+//	defer st.Close()
+//	for c := range st.Chunks() {
+//		fmt.Print(c.Data)
+//	}
+//	res, err := st.Wait()
+type ExecStream struct {
+	body      io.ReadCloser
+	dec       *json.Decoder
+	requestID string
+	done      bool
+	result    *ExecResult
+	err       error
+}
+
+// streamEvent is one line of the NDJSON stream.
+type streamEvent struct {
+	Type               string              `json:"type"`
+	Data               string              `json:"data"`
+	ExitCode           int                 `json:"exit_code"`
+	DurationMS         int64               `json:"duration_ms"`
+	BlockedConnections []BlockedConnection `json:"blocked_connections"`
+	Error              *errorPayload       `json:"error"`
+}
+
+// ExecStream starts command like Exec and returns as soon as the API
+// accepted it; the output arrives through the returned stream. It is never
+// retried.
+func (s *Sandbox) ExecStream(ctx context.Context, command string, o ExecOptions) (*ExecStream, error) {
+	path, err := sandboxPath(s.ID, "/exec/stream")
+	if err != nil {
+		return nil, err
+	}
+	body, err := newExecBody(command, o)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.client.do(ctx, &request{method: http.MethodPost, path: path, json: body})
+	if err != nil {
+		return nil, err
+	}
+	all, _ := io.ReadAll(resp.Body)
+	return &ExecStream{body: resp.Body, dec: json.NewDecoder(bytes.NewReader(all)), requestID: resp.Header.Get("X-Request-Id")}, nil
+}
+
+// next reads the stream up to the next chunk; false once the command has
+// ended or the stream failed (see Wait).
+func (st *ExecStream) next() (ExecChunk, bool) {
+	for !st.done {
+		var ev streamEvent
+		if err := st.dec.Decode(&ev); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			st.finish(nil, fmt.Errorf("orkestr: exec stream ended before the command did: %w", err))
+			break
+		}
+		switch ev.Type {
+		case StreamStdout, StreamStderr:
+			return ExecChunk{Stream: ev.Type, Data: ev.Data}, true
+		case "exit":
+			res := &ExecResult{ExitCode: ev.ExitCode, DurationMS: ev.DurationMS, BlockedConnections: ev.BlockedConnections}
+			if res.BlockedConnections == nil {
+				res.BlockedConnections = []BlockedConnection{}
+			}
+			st.finish(res, checkNetworkPolicy(res))
+		case "error":
+			e := &Error{RequestID: st.requestID, Status: http.StatusInternalServerError, Details: map[string]any{}}
+			if ev.Error != nil {
+				e.Code, e.Message = ev.Error.Code, ev.Error.Message
+				if ev.Error.Details != nil {
+					e.Details = ev.Error.Details
+				}
+				if status, ok := statusOf[e.Code]; ok {
+					e.Status = status
+				}
+			}
+			st.finish(nil, classify(e))
+		}
+		// Unknown event types are skipped, for forward compatibility.
+	}
+	return ExecChunk{}, false
+}
+
+func (st *ExecStream) finish(res *ExecResult, err error) {
+	st.done, st.result, st.err = true, res, err
+	st.body.Close()
+}
+
+// Chunks yields the output as it arrives, until the command ends or the
+// stream fails. It can be ranged over once; stopping early leaves the rest
+// for Wait to discard.
+func (st *ExecStream) Chunks() iter.Seq[ExecChunk] {
+	return func(yield func(ExecChunk) bool) {
+		for {
+			c, ok := st.next()
+			if !ok || !yield(c) {
+				return
+			}
+		}
+	}
+}
+
+// Wait discards any output not yet read and returns how the command ended.
+// Stdout and Stderr of the result are empty: the output came as chunks.
+// Errors are as for Exec; a *NetworkPolicyError comes with the result.
+func (st *ExecStream) Wait() (*ExecResult, error) {
+	for {
+		if _, ok := st.next(); !ok {
+			return st.result, st.err
+		}
+	}
+}
+
+// Close ends the stream early, abandoning the output (the command itself
+// runs on to its end or timeout). It is safe to call after Wait.
+func (st *ExecStream) Close() error {
+	if !st.done {
+		st.finish(nil, errors.New("orkestr: exec stream closed"))
+	}
+	return nil
+}
+
+// ExecStreamTo runs command like ExecStream and copies its output to
+// stdout and stderr (either may be nil to discard) as it arrives. The
+// result is as for ExecStream's Wait.
+func (s *Sandbox) ExecStreamTo(ctx context.Context, command string, o ExecOptions, stdout, stderr io.Writer) (*ExecResult, error) {
+	st, err := s.ExecStream(ctx, command, o)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	for c := range st.Chunks() {
+		w := stdout
+		if c.Stream == StreamStderr {
+			w = stderr
+		}
+		if w == nil {
+			continue
+		}
+		if _, err := io.WriteString(w, c.Data); err != nil {
+			return nil, fmt.Errorf("orkestr: writing the command's %s: %w", c.Stream, err)
+		}
+	}
+	return st.Wait()
+}

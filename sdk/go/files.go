@@ -1,0 +1,192 @@
+package orkestr
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Files reads and writes files inside a sandbox. Paths are absolute paths
+// inside the sandbox. Obtain it with Sandbox.Files.
+type Files struct {
+	sb *Sandbox
+}
+
+// Files returns the sandbox's file operations.
+func (s *Sandbox) Files() *Files { return &Files{sb: s} }
+
+// FileEntry is one entry of a directory listing.
+type FileEntry struct {
+	Name       string      `json:"name"`
+	Path       string      `json:"path"`
+	IsDir      bool        `json:"is_dir"`
+	Size       int64       `json:"size"`
+	Mode       fs.FileMode `json:"mode"` // permission bits only
+	ModifiedAt time.Time   `json:"modified_at"`
+}
+
+func (f *Files) request(method, suffix, path string) (*request, error) {
+	p, err := sandboxPath(f.sb.ID, suffix)
+	if err != nil {
+		return nil, err
+	}
+	if path == "" {
+		return nil, errors.New("orkestr: empty file path")
+	}
+	return &request{method: method, path: p, query: url.Values{"path": {path}}}, nil
+}
+
+// Write writes content to the file at path, replacing it and creating its
+// parent directories.
+func (f *Files) Write(ctx context.Context, path, content string) error {
+	_, err := f.put(ctx, path, strings.NewReader(content), func() (io.Reader, error) { return strings.NewReader(content), nil })
+	return err
+}
+
+// WriteBytes writes data to the file at path, like Write.
+func (f *Files) WriteBytes(ctx context.Context, path string, data []byte) error {
+	_, err := f.put(ctx, path, bytes.NewReader(data), func() (io.Reader, error) { return bytes.NewReader(data), nil })
+	return err
+}
+
+// WriteFrom streams r to the file at path, like Write, without holding it
+// in memory, and returns the size the sandbox stored. It is retried only if
+// r is an io.Seeker (it is rewound to where it was). r is not closed, and
+// no new read of it starts once WriteFrom has returned.
+func (f *Files) WriteFrom(ctx context.Context, path string, r io.Reader) (int64, error) {
+	var rewind func() (io.Reader, error)
+	body := &guardedReader{r: r}
+	defer func() { body.stop() }()
+	if sk, ok := r.(io.Seeker); ok {
+		if start, err := sk.Seek(0, io.SeekCurrent); err == nil {
+			rewind = func() (io.Reader, error) {
+				body.stop()
+				if _, err := sk.Seek(start, io.SeekStart); err != nil {
+					return nil, err
+				}
+				body = &guardedReader{r: r}
+				return body, nil
+			}
+		}
+	}
+	return f.put(ctx, path, body, rewind)
+}
+
+func (f *Files) put(ctx context.Context, path string, body io.Reader, rewind func() (io.Reader, error)) (int64, error) {
+	req, err := f.request(http.MethodPut, "/files", path)
+	if err != nil {
+		return 0, err
+	}
+	req.body, req.rewind, req.contentType = body, rewind, "application/octet-stream"
+	var out struct {
+		Path string `json:"path"`
+		Size int64  `json:"size"`
+	}
+	if err := f.sb.client.call(ctx, req, &out); err != nil {
+		return 0, err
+	}
+	return out.Size, nil
+}
+
+// guardedReader passes reads through to r until stop, so that the HTTP
+// transport, which may go on reading or closing a request body after Do
+// has returned, leaves the caller's reader alone once WriteFrom returned
+// (a read already in progress then still completes). Its Close does not
+// close r.
+type guardedReader struct {
+	r       io.Reader
+	stopped atomic.Bool
+}
+
+func (g *guardedReader) Read(p []byte) (int, error) {
+	if g.stopped.Load() {
+		return 0, errors.New("orkestr: the upload has ended")
+	}
+	return g.r.Read(p)
+}
+
+func (g *guardedReader) Close() error {
+	g.stop()
+	return nil
+}
+
+func (g *guardedReader) stop() { g.stopped.Store(true) }
+
+// Open returns the content of the file at path as it streams from the
+// sandbox. Close it when done.
+func (f *Files) Open(ctx context.Context, path string) (io.ReadCloser, error) {
+	req, err := f.request(http.MethodGet, "/files", path)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f.sb.client.do(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// ReadTo streams the file at path into w without holding it in memory and
+// returns the number of bytes copied.
+func (f *Files) ReadTo(ctx context.Context, path string, w io.Writer) (int64, error) {
+	rc, err := f.Open(ctx, path)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	n, err := io.Copy(w, rc)
+	if err != nil {
+		return n, fmt.Errorf("orkestr: reading %s: %w", path, err)
+	}
+	return n, nil
+}
+
+// ReadBytes returns the content of the file at path.
+func (f *Files) ReadBytes(ctx context.Context, path string) ([]byte, error) {
+	var buf bytes.Buffer
+	if _, err := f.ReadTo(ctx, path, &buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Read returns the content of the file at path as a string.
+func (f *Files) Read(ctx context.Context, path string) (string, error) {
+	b, err := f.ReadBytes(ctx, path)
+	return string(b), err
+}
+
+// List returns the entries of the directory at path.
+func (f *Files) List(ctx context.Context, path string) ([]FileEntry, error) {
+	req, err := f.request(http.MethodGet, "/files/list", path)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Entries []FileEntry `json:"entries"`
+	}
+	if err := f.sb.client.call(ctx, req, &out); err != nil {
+		return nil, err
+	}
+	if out.Entries == nil {
+		out.Entries = []FileEntry{}
+	}
+	return out.Entries, nil
+}
+
+// Delete removes the file or directory (with its content) at path.
+func (f *Files) Delete(ctx context.Context, path string) error {
+	req, err := f.request(http.MethodDelete, "/files", path)
+	if err != nil {
+		return err
+	}
+	return f.sb.client.call(ctx, req, nil)
+}

@@ -1,0 +1,125 @@
+package orkestr
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"slices"
+	"time"
+)
+
+// Limits are the sizes, caps and monthly usage of the API key's plan.
+type Limits struct {
+	Plan                  string     `json:"plan"`
+	AllowedSizes          []string   `json:"allowed_sizes"`
+	MaxConcurrent         int        `json:"max_concurrent"`
+	SnapshotCap           int        `json:"snapshot_cap"`
+	UsageGBHoursUsed      float64    `json:"usage_gb_hours_used"`      // memory consumed this month
+	UsageGBHoursIncluded  float64    `json:"usage_gb_hours_included"`  // memory budget of the month
+	UsageCPUHoursUsed     float64    `json:"usage_cpu_hours_used"`     // CPU consumed this month
+	UsageCPUHoursIncluded float64    `json:"usage_cpu_hours_included"` // CPU budget of the month
+	UsageResetsAt         time.Time  `json:"usage_resets_at"`          // 1st of next month, UTC
+	Sizes                 []SizeInfo `json:"sizes"`                    // the full menu, each with Allowed
+}
+
+// SizeInfo is one size of the menu.
+type SizeInfo struct {
+	Size     string  `json:"size"`
+	CPU      float64 `json:"cpu"`
+	MemoryMB int     `json:"memory_mb"`
+	Allowed  bool    `json:"allowed"`
+}
+
+// SizeAllowed reports whether the plan allows sandboxes of this size.
+func (l *Limits) SizeAllowed(size string) bool { return slices.Contains(l.AllowedSizes, size) }
+
+// Limits returns the plan limits and usage of the client's API key.
+func (c *Client) Limits(ctx context.Context) (*Limits, error) {
+	l := &Limits{}
+	if err := c.call(ctx, &request{method: http.MethodGet, path: "/limits"}, l); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Template is a sandbox template of the catalog.
+type Template struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+	Default     bool   `json:"default"`
+}
+
+// Templates returns the catalog of templates.
+func (c *Client) Templates(ctx context.Context) ([]Template, error) {
+	var out struct {
+		Data []Template `json:"data"`
+	}
+	if err := c.call(ctx, &request{method: http.MethodGet, path: "/templates"}, &out); err != nil {
+		return nil, err
+	}
+	if out.Data == nil {
+		out.Data = []Template{}
+	}
+	return out.Data, nil
+}
+
+// Metrics is a sandbox's live CPU and memory, a rolling window of samples
+// and its lifetime totals. CPU and Memory are nil unless it is running.
+type Metrics struct {
+	SandboxID             string         `json:"sandbox_id"`
+	SandboxStatus         SandboxStatus  `json:"sandbox_status"`
+	SampleIntervalSeconds int            `json:"sample_interval_seconds"` // poll no faster than this
+	CPU                   *CPUUsage      `json:"cpu"`
+	Memory                *MemoryUsage   `json:"memory"`
+	Lifetime              Lifetime       `json:"lifetime"`
+	Samples               []MetricSample `json:"samples"` // the last ~60 s, oldest first
+}
+
+// CPUUsage is the latest CPU reading.
+type CPUUsage struct {
+	Cores        float64 `json:"cores"`         // allocated
+	UsageCores   float64 `json:"usage_cores"`   // in use
+	UsagePercent float64 `json:"usage_percent"` // of the allocated cores; one pegged core of 1 = 100
+}
+
+// MemoryUsage is the latest memory reading.
+type MemoryUsage struct {
+	LimitBytes   int64   `json:"limit_bytes"`
+	UsageBytes   int64   `json:"usage_bytes"` // working set, reclaimable cache excluded
+	UsagePercent float64 `json:"usage_percent"`
+}
+
+// Lifetime are the totals since the sandbox started.
+type Lifetime struct {
+	CPUSeconds     float64 `json:"cpu_seconds"`
+	MemMBSeconds   int64   `json:"mem_mb_seconds"`
+	RunningSeconds int64   `json:"running_seconds"`
+}
+
+// MetricSample is one reading of the window.
+type MetricSample struct {
+	T          time.Time `json:"t"`
+	CPUPercent float64   `json:"cpu_percent"`
+	MemBytes   int64     `json:"mem_bytes"`
+}
+
+// Metrics returns the sandbox's metrics. With since non-nil, Samples holds
+// only the readings newer than it, e.g. the T of the last sample seen.
+func (s *Sandbox) Metrics(ctx context.Context, since *time.Time) (*Metrics, error) {
+	path, err := sandboxPath(s.ID, "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	var q url.Values
+	if since != nil {
+		q = url.Values{"since": {since.UTC().Format(time.RFC3339Nano)}}
+	}
+	m := &Metrics{}
+	if err := s.client.call(ctx, &request{method: http.MethodGet, path: path, query: q}, m); err != nil {
+		return nil, err
+	}
+	if m.Samples == nil {
+		m.Samples = []MetricSample{}
+	}
+	return m, nil
+}
