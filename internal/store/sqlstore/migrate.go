@@ -92,12 +92,20 @@ func (s *Store) migrate(ctx context.Context) error {
 				return fmt.Errorf("taking the migration lock: %w", err)
 			}
 		}
-		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-			version     BIGINT PRIMARY KEY,
-			name        TEXT NOT NULL,
-			applied_at  BIGINT NOT NULL
-		)`); err != nil {
+		// Checked before creating, so a start with nothing to do runs no
+		// DDL (and needs no CREATE privilege on PostgreSQL).
+		var exists bool
+		if err := tx.QueryRowContext(ctx, s.d.migrationsTableExists).Scan(&exists); err != nil {
 			return err
+		}
+		if !exists {
+			if _, err := tx.ExecContext(ctx, `CREATE TABLE schema_migrations (
+				version     BIGINT PRIMARY KEY,
+				name        TEXT NOT NULL,
+				applied_at  BIGINT NOT NULL
+			)`); err != nil {
+				return err
+			}
 		}
 		rows, err := tx.QueryContext(ctx, "SELECT version, name FROM schema_migrations ORDER BY version")
 		if err != nil {

@@ -101,11 +101,11 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	}
 	// Create the file ourselves so it is private; SQLite gives its -wal and
 	// -shm files the same mode.
-	if f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
 		return nil, fmt.Errorf("sqlstore: %w", err)
-	} else {
-		f.Close()
 	}
+	f.Close()
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout("+strconv.Itoa(sqliteBusyTimeoutMS)+")")
 	q.Add("_pragma", "foreign_keys(1)")
@@ -204,11 +204,23 @@ type dialect struct {
 	lockAccount string
 	// binaryCollation replaces {{binary_collation}} in migrations.
 	binaryCollation string
+	// migrationsTableExists selects one boolean.
+	migrationsTableExists string
 }
 
 var (
-	sqliteDialect   = dialect{name: "sqlite", binaryCollation: "COLLATE BINARY"}
-	postgresDialect = dialect{name: "postgres", dollar: true, lockAccount: " FOR NO KEY UPDATE", binaryCollation: `COLLATE "C"`}
+	sqliteDialect = dialect{
+		name:                  "sqlite",
+		binaryCollation:       "COLLATE BINARY",
+		migrationsTableExists: "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+	}
+	postgresDialect = dialect{
+		name:                  "postgres",
+		dollar:                true,
+		lockAccount:           " FOR NO KEY UPDATE",
+		binaryCollation:       `COLLATE "C"`,
+		migrationsTableExists: "SELECT to_regclass('schema_migrations') IS NOT NULL",
+	}
 )
 
 // q rewrites a query written with '?' placeholders for the dialect. Queries
