@@ -24,6 +24,7 @@ type apiServer struct {
 	*server
 	key    string // bootstrap key of account "default" (plan team)
 	config string
+	dbURL  string
 }
 
 type serverOpts struct {
@@ -32,6 +33,7 @@ type serverOpts struct {
 	dataDir  string // reuse (restart); empty: fresh
 	stateDir string
 	logLevel string
+	dbURL    string // PostgreSQL; empty: SQLite in the data dir
 }
 
 var keyRE = regexp.MustCompile(`ork_[0-9A-Za-z]{43}`)
@@ -72,6 +74,9 @@ func startAPI(t *testing.T, o serverOpts) *apiServer {
 	if cfgPath != "" {
 		args = append(args, "--config", cfgPath)
 	}
+	if o.dbURL != "" {
+		args = append(args, "--database-url", o.dbURL)
+	}
 	cmd := exec.Command(filepath.Join(binDir, "orkestrd"), args...)
 	// stdout carries only the one-time bootstrap key; stderr the log.
 	stdout, err := os.CreateTemp(t.TempDir(), "orkestrd-*.out")
@@ -83,7 +88,7 @@ func startAPI(t *testing.T, o serverOpts) *apiServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &apiServer{server: &server{t: t, cmd: cmd, url: "http://" + addr, dataDir: o.dataDir, stateDir: o.stateDir, log: log}, config: cfgPath}
+	s := &apiServer{server: &server{t: t, cmd: cmd, url: "http://" + addr, dataDir: o.dataDir, stateDir: o.stateDir, log: log}, config: cfgPath, dbURL: o.dbURL}
 	t.Cleanup(func() {
 		if s.cmd.ProcessState == nil {
 			_ = s.cmd.Process.Signal(syscall.SIGTERM)
@@ -136,6 +141,9 @@ func (s *apiServer) admin(args ...string) string {
 	args = append(args, "--data-dir", s.dataDir)
 	if s.config != "" {
 		args = append(args, "--config", s.config)
+	}
+	if s.dbURL != "" {
+		args = append(args, "--database-url", s.dbURL)
 	}
 	cmd := exec.Command(filepath.Join(binDir, "orkestrd"), args...)
 	var out, errb bytes.Buffer

@@ -2,11 +2,7 @@ package sqlstore_test
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql"
-	"encoding/hex"
-	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,6 +12,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
+	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
 // Every test runs against both databases:
@@ -29,10 +26,6 @@ import (
 // Without ORKESTR_TEST_DATABASE_URL the PostgreSQL half fails, unless
 // ORKESTR_TEST_SKIP_POSTGRES=1 says to skip it.
 
-const (
-	envPGURL  = "ORKESTR_TEST_DATABASE_URL"
-	envSkipPG = "ORKESTR_TEST_SKIP_POSTGRES"
-)
 
 // testDB is one fresh, empty database.
 type testDB struct {
@@ -82,47 +75,7 @@ func eachDB(t *testing.T, fn func(t *testing.T, d testDB)) {
 
 func freshPostgres(t *testing.T) testDB {
 	t.Helper()
-	if os.Getenv(envSkipPG) == "1" {
-		t.Skip(envSkipPG + "=1: skipping the PostgreSQL half")
-	}
-	admin := os.Getenv(envPGURL)
-	if admin == "" {
-		t.Fatal(envPGURL + " is not set, so the PostgreSQL half of the store tests cannot run. " +
-			"Run `make test` (it starts a local PostgreSQL and sets it), or set " + envPGURL +
-			"=postgres://USER:PASSWORD@HOST:5432/postgres?sslmode=disable (a role that may CREATE DATABASE); " +
-			"set " + envSkipPG + "=1 to skip PostgreSQL explicitly.")
-	}
-	u, err := url.Parse(admin)
-	if err != nil {
-		t.Fatalf("%s: %v", envPGURL, err)
-	}
-	b := make([]byte, 8)
-	rand.Read(b)
-	name := "orkestr_test_" + hex.EncodeToString(b)
-
-	ctx := context.Background()
-	adb, err := sql.Open("pgx", admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adb.Close()
-	if _, err := adb.ExecContext(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
-		t.Fatalf("creating the test database via %s: %v", envPGURL, err)
-	}
-	// Registered before any store is opened, so it runs after they close.
-	t.Cleanup(func() {
-		adb, err := sql.Open("pgx", admin)
-		if err != nil {
-			t.Errorf("dropping %s: %v", name, err)
-			return
-		}
-		defer adb.Close()
-		if _, err := adb.ExecContext(ctx, `DROP DATABASE IF EXISTS "`+name+`" WITH (FORCE)`); err != nil {
-			t.Errorf("dropping %s: %v", name, err)
-		}
-	})
-	u.Path = "/" + name
-	return testDB{kind: "postgres", url: u.String()}
+	return testDB{kind: "postgres", url: testenv.FreshPostgres(t)}
 }
 
 func newID(prefix string) string { return prefix + ulid.Make().String() }
