@@ -26,7 +26,6 @@ import (
 // Without ORKESTR_TEST_DATABASE_URL the PostgreSQL half fails, unless
 // ORKESTR_TEST_SKIP_POSTGRES=1 says to skip it.
 
-
 // testDB is one fresh, empty database.
 type testDB struct {
 	kind string // "sqlite" or "postgres"
