@@ -44,6 +44,24 @@ func (f *storeFlags) open(ctx context.Context) (store.Store, error) {
 	return sqlstore.Open(ctx, url)
 }
 
+// openAccount opens the store and finds an account by name; the caller
+// closes the store.
+func (f *storeFlags) openAccount(ctx context.Context, name string) (store.Store, store.Account, error) {
+	st, err := f.open(ctx)
+	if err != nil {
+		return nil, store.Account{}, err
+	}
+	a, err := st.AccountByName(ctx, name)
+	if err != nil {
+		st.Close()
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, a, fmt.Errorf("no account named %q (create it with `orkestrd admin account create`)", name)
+		}
+		return nil, a, err
+	}
+	return st, a, nil
+}
+
 func absPath(p string) string {
 	if a, err := filepath.Abs(p); err == nil {
 		return a
@@ -205,18 +223,11 @@ func keyCreate(args []string) error {
 		}
 	}
 	ctx := context.Background()
-	st, err := sf.open(ctx)
+	st, a, err := sf.openAccount(ctx, *account)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	a, err := st.AccountByName(ctx, *account)
-	if errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("no account named %q (create it with `orkestrd admin account create`)", *account)
-	}
-	if err != nil {
-		return err
-	}
 	key, k, err := mintKey(ctx, st, a.ID, list, ttl)
 	if err != nil {
 		return err
@@ -239,15 +250,11 @@ func keyList(args []string) error {
 		return err
 	}
 	ctx := context.Background()
-	st, err := sf.open(ctx)
+	st, a, err := sf.openAccount(ctx, *account)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	a, err := st.AccountByName(ctx, *account)
-	if err != nil {
-		return fmt.Errorf("account %q: %w", *account, err)
-	}
 	keys, err := st.ListKeys(ctx, a.ID)
 	if err != nil {
 		return err
@@ -288,15 +295,11 @@ func keyRevoke(args []string) error {
 		return errors.New("usage: orkestrd admin key revoke --account NAME KEY_ID_OR_PREFIX")
 	}
 	ctx := context.Background()
-	st, err := sf.open(ctx)
+	st, a, err := sf.openAccount(ctx, *account)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	a, err := st.AccountByName(ctx, *account)
-	if err != nil {
-		return fmt.Errorf("account %q: %w", *account, err)
-	}
 	if err := st.RevokeKey(ctx, a.ID, pos[0], time.Now().UTC()); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("account %s has no key %q", a.Name, pos[0])

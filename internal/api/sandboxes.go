@@ -44,6 +44,21 @@ func (s *Server) load(r *http.Request) (store.Sandbox, error) {
 	return sb, err
 }
 
+// loadLocked returns the caller's sandbox with its lifecycle lock held,
+// read again after taking the lock so no change in between is missed.
+func (s *Server) loadLocked(r *http.Request) (store.Sandbox, func(), error) {
+	row, err := s.load(r)
+	if err != nil {
+		return row, nil, err
+	}
+	unlock := s.lock(row.ID)
+	if row, err = s.load(r); err != nil {
+		unlock()
+		return row, nil, err
+	}
+	return row, unlock, nil
+}
+
 type createRequest struct {
 	Template       string            `json:"template"`
 	Size           *string           `json:"size"`
@@ -279,15 +294,11 @@ func (s *Server) patchSandbox(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	row, err := s.load(r)
+	row, unlock, err := s.loadLocked(r)
 	if err != nil {
 		return err
 	}
-	unlock := s.lock(row.ID)
 	defer unlock()
-	if row, err = s.load(r); err != nil {
-		return err
-	}
 	if row.Status != store.StatusRunning && row.Status != store.StatusPaused {
 		return notReady(string(row.Status))
 	}
@@ -372,15 +383,11 @@ func (s *Server) snapshotDir(id string) string {
 
 func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	p := caller(r)
-	row, err := s.load(r)
+	row, unlock, err := s.loadLocked(r)
 	if err != nil {
 		return err
 	}
-	unlock := s.lock(row.ID)
 	defer unlock()
-	if row, err = s.load(r); err != nil {
-		return err
-	}
 	if row.Status != store.StatusRunning {
 		return notReady(string(row.Status))
 	}
@@ -435,15 +442,11 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	p := caller(r)
-	row, err := s.load(r)
+	row, unlock, err := s.loadLocked(r)
 	if err != nil {
 		return err
 	}
-	unlock := s.lock(row.ID)
 	defer unlock()
-	if row, err = s.load(r); err != nil {
-		return err
-	}
 	switch row.Status {
 	case store.StatusRunning:
 		writeJSON(w, http.StatusOK, toJSON(row)) // resuming a running sandbox is a no-op
