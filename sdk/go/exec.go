@@ -1,7 +1,6 @@
 package orkestr
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -157,8 +156,7 @@ func (s *Sandbox) ExecStream(ctx context.Context, command string, o ExecOptions)
 	if err != nil {
 		return nil, err
 	}
-	all, _ := io.ReadAll(resp.Body)
-	return &ExecStream{body: resp.Body, dec: json.NewDecoder(bytes.NewReader(all)), requestID: resp.Header.Get("X-Request-Id")}, nil
+	return &ExecStream{body: resp.Body, dec: json.NewDecoder(resp.Body), requestID: resp.Header.Get("X-Request-Id")}, nil
 }
 
 // next reads the stream up to the next chunk; false once the command has

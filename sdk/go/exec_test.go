@@ -127,7 +127,11 @@ func TestExecStreamDeliversChunksAsTheyArrive(t *testing.T) {
 	var got []ExecChunk
 	for ch := range st.Chunks() {
 		got = append(got, ch)
-		seen <- ch.Data
+		select {
+		case seen <- ch.Data:
+		case <-time.After(6 * time.Second):
+			t.Fatal("the server went on without waiting: chunks arrived late")
+		}
 	}
 	want := []ExecChunk{{StreamStdout, "one\n"}, {StreamStderr, "two ü\n"}, {StreamStdout, "three"}}
 	if !reflect.DeepEqual(got, want) {
