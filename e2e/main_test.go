@@ -27,6 +27,7 @@ func TestMain(m *testing.M) {
 		for _, b := range []struct{ name, pkg string }{
 			{"orkestrd", "./cmd/orkestrd"},
 			{"orkestr-agent", "./cmd/orkestr-agent"},
+			{"orkestr", "./cmd/orkestr"},
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.name), b.pkg)
 			cmd.Dir = testenv.RepoRoot()

@@ -156,7 +156,7 @@ func (s *Sampler) sample(se *series, now time.Time) {
 	}
 	dcpu := float64(st.CPUNanos-se.lastCPU) / 1e9
 	cores := dcpu / dt.Seconds()
-	sm := Sample{T: now.UTC(), CPUCores: cores, MemBytes: st.MemoryBytes, MemLimit: st.MemoryLimitBytes}
+	sm := Sample{T: now.UTC().Truncate(time.Millisecond), CPUCores: cores, MemBytes: st.MemoryBytes, MemLimit: st.MemoryLimitBytes}
 	if se.cores > 0 {
 		sm.CPUPercent = cores / se.cores * 100
 	}
