@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,17 +30,25 @@ type durations []time.Duration
 
 func (ds *durations) add(d time.Duration) { *ds = append(*ds, d) }
 
-func (ds durations) report(b *testing.B, unit string) {
+func (ds durations) report(b *testing.B, unit string) { ds.reportQuantile(b, 0.5, unit) }
+
+// reportQuantile reports the q-quantile (nearest rank; the median of an
+// even count is the mean of the middle two) in ms.
+func (ds durations) reportQuantile(b *testing.B, q float64, unit string) {
 	if len(ds) == 0 {
 		return
 	}
 	s := slices.Clone(ds)
 	slices.Sort(s)
+	n := len(s)
 	var m time.Duration
-	if n := len(s); n%2 == 1 {
-		m = s[n/2]
-	} else {
+	switch {
+	case q == 0.5 && n%2 == 0:
 		m = (s[n/2-1] + s[n/2]) / 2
+	case q == 0.5:
+		m = s[n/2]
+	default:
+		m = s[min(n-1, int(math.Ceil(q*float64(n)))-1)]
 	}
 	b.ReportMetric(float64(m)/1e6, unit)
 }

@@ -92,6 +92,8 @@ var ratios = []ratio{
 	{"warm claim + first exec vs `runc run /bin/true`", "WarmClaimFirstExec", "p50-ms", "RuncRun", "p50-ms"},
 	{"exec `true` (0.5 vCPU) vs raw `runsc exec /bin/true`", "ExecRoundTrip/cpu=0.5", "p50-ms", "RawRunscExec", "p50-ms"},
 	{"exec `true` (2 vCPU) vs raw `runsc exec /bin/true`", "ExecRoundTrip/cpu=2", "p50-ms", "RawRunscExec", "p50-ms"},
+	{"exec `true` spaced 100 ms (0.5 vCPU) vs raw `runsc exec /bin/true`", "ExecSpaced/cpu=0.5", "p50-ms", "RawRunscExec", "p50-ms"},
+	{"exec `true` spaced 100 ms (2 vCPU) vs raw `runsc exec /bin/true`", "ExecSpaced/cpu=2", "p50-ms", "RawRunscExec", "p50-ms"},
 	{"checkpoint incl. destroy (0.5 vCPU) vs raw `runsc checkpoint`", "Checkpoint/cpu=0.5", "p50-ms", "RawRunscCheckpoint", "p50-ms"},
 	{"checkpoint incl. destroy (2 vCPU) vs raw `runsc checkpoint`", "Checkpoint/cpu=2", "p50-ms", "RawRunscCheckpoint", "p50-ms"},
 	{"restore to agent ready (0.5 vCPU) vs raw `runsc restore --detach`", "Restore/cpu=0.5", "p50-ms", "RawRunscRestore", "p50-ms"},
