@@ -46,50 +46,56 @@ func New(dir string, log *slog.Logger) *Agent {
 // disconnect.
 func (a *Agent) Run(ctx context.Context) error {
 	a.refillZygote()
-	backoff := 2 * time.Millisecond
+	const first = 2 * time.Millisecond
+	backoff := first
 	for ctx.Err() == nil {
-		err := a.serveOnce(ctx)
+		connected, err := a.serveOnce(ctx)
 		if err != nil && ctx.Err() == nil {
 			a.Log.Debug("host connection ended", "err", err)
+		}
+		// After a session that was up (a host restart, a restore), redial
+		// at once; back off only while the host is not there. The backoff
+		// lives in memory that a checkpoint saves, so it must not grow
+		// across restores.
+		if connected {
+			backoff = first
+			continue
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		if backoff < 100*time.Millisecond {
-			backoff *= 2
-		}
-		if err == nil {
-			backoff = 2 * time.Millisecond
-		}
+		backoff = min(backoff*2, 100*time.Millisecond)
 	}
 	return ctx.Err()
 }
 
-func (a *Agent) serveOnce(ctx context.Context) error {
+// serveOnce dials the host and serves one session; connected says whether
+// the handshake succeeded.
+func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	// The token is read afresh on every dial and never held open: after a
 	// restore the directory behind the mount may be a different one.
 	token, err := os.ReadFile(filepath.Join(a.Dir, wire.TokenName))
 	if err != nil {
-		return fmt.Errorf("read token: %w", err)
+		return false, fmt.Errorf("read token: %w", err)
 	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", filepath.Join(a.Dir, wire.SocketName))
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer conn.Close()
 	hello, _ := json.Marshal(wire.Hello{Version: wire.Version, Token: strings.TrimSpace(string(token)), PID: os.Getpid()})
 	if _, err := conn.Write(append(hello, '\n')); err != nil {
-		return err
+		return false, err
 	}
 	br := bufio.NewReader(conn)
 	line, err := br.ReadString('\n')
 	if err != nil {
-		return fmt.Errorf("handshake: %w", err)
+		return false, fmt.Errorf("handshake: %w", err)
 	}
 	if line != "ok\n" {
-		return fmt.Errorf("handshake refused: %q", strings.TrimSpace(line))
+		return false, fmt.Errorf("handshake refused: %q", strings.TrimSpace(line))
 	}
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
@@ -99,7 +105,7 @@ func (a *Agent) serveOnce(ctx context.Context) error {
 	cfg.StreamOpenTimeout = 0
 	sess, err := yamux.Server(&bufferedConn{Conn: conn, r: br}, cfg)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer sess.Close()
 	go func() {
@@ -112,7 +118,7 @@ func (a *Agent) serveOnce(ctx context.Context) error {
 	for {
 		st, err := sess.Accept()
 		if err != nil {
-			return err
+			return true, err
 		}
 		go a.serveStream(st)
 	}
@@ -177,7 +183,6 @@ func (a *Agent) configure(c *wire.Configure, w *wire.Writer) {
 	a.mu.Lock()
 	a.baseEnv = c.Env
 	a.mu.Unlock()
-	a.envChanged()
 	if c.Hostname != "" {
 		_ = os.WriteFile("/etc/hostname", []byte(c.Hostname+"\n"), 0o644)
 	}
@@ -193,7 +198,9 @@ var defaultEnv = map[string]string{
 	"TERM": "xterm",
 }
 
-func (a *Agent) environ(call map[string]string) []string {
+// envMap is a command's environment: defaults, then the sandbox's, then the
+// call's own variables.
+func (a *Agent) envMap(call map[string]string) map[string]string {
 	merged := make(map[string]string, len(defaultEnv)+len(call))
 	for k, v := range defaultEnv {
 		merged[k] = v
@@ -206,8 +213,12 @@ func (a *Agent) environ(call map[string]string) []string {
 	for k, v := range call {
 		merged[k] = v
 	}
-	out := make([]string, 0, len(merged))
-	for k, v := range merged {
+	return merged
+}
+
+func environ(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
 		out = append(out, k+"="+v)
 	}
 	sort.Strings(out)

@@ -158,6 +158,8 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) {
 	wmu.Lock()
 	_ = w.JSON(wire.KindExit, st)
 	wmu.Unlock()
+	// Start the next shell now that the command no longer needs the CPU.
+	a.refillZygote()
 }
 
 // killTree kills pid, its process group and every descendant, including ones
@@ -237,17 +239,28 @@ func parentOf(pid int) int {
 
 // reaper collects every child of PID 1: the commands it starts, whose status
 // it hands back, and orphans that reparent to it, which it only reaps.
+//
+// Starting a process must not hold a lock that delivering another command's
+// exit needs, and a command that exits at once must not be reaped as an
+// orphan before its pid is known. So registered pids are reaped by pid, and
+// any-pid reaping (orphans) runs only while no start is in progress.
 type reaper struct {
-	mu      sync.Mutex
-	waiters map[int]chan unix.WaitStatus
+	mu       sync.Mutex
+	waiters  map[int]chan unix.WaitStatus
+	starting int
+	sweep    chan struct{}
 }
 
 func startReaper() *reaper {
-	rp := &reaper{waiters: map[int]chan unix.WaitStatus{}}
+	rp := &reaper{waiters: map[int]chan unix.WaitStatus{}, sweep: make(chan struct{}, 1)}
 	sig := make(chan os.Signal, 16)
 	signal.Notify(sig, unix.SIGCHLD)
 	go func() {
-		for range sig {
+		for {
+			select {
+			case <-sig:
+			case <-rp.sweep:
+			}
 			rp.reap()
 		}
 	}()
@@ -255,33 +268,59 @@ func startReaper() *reaper {
 }
 
 func (rp *reaper) reap() {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	for pid, ch := range rp.waiters {
+		var ws unix.WaitStatus
+		if got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); got == pid && err == nil {
+			delete(rp.waiters, pid)
+			ch <- ws
+		}
+	}
+	if rp.starting > 0 {
+		return // the start that finishes last sweeps
+	}
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
 		if pid <= 0 || err != nil {
 			return
 		}
-		// start holds mu from fork until the waiter is registered, so a
-		// child that dies at once is still matched to its exec.
-		rp.mu.Lock()
 		if ch, ok := rp.waiters[pid]; ok {
 			delete(rp.waiters, pid)
 			ch <- ws
 		}
-		rp.mu.Unlock()
 	}
 }
 
+// start starts a process and returns a channel that receives its exit
+// status.
 func (rp *reaper) start(path string, argv []string, attr *os.ProcAttr) (int, <-chan unix.WaitStatus, error) {
 	rp.mu.Lock()
-	defer rp.mu.Unlock()
+	rp.starting++
+	rp.mu.Unlock()
 	p, err := os.StartProcess(path, argv, attr)
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	rp.starting--
+	if rp.starting == 0 {
+		// Orphans may have exited while sweeping was held off.
+		select {
+		case rp.sweep <- struct{}{}:
+		default:
+		}
+	}
 	if err != nil {
 		return 0, nil, err
 	}
 	pid := p.Pid
 	_ = p.Release()
 	ch := make(chan unix.WaitStatus, 1)
+	var ws unix.WaitStatus
+	if got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); got == pid && err == nil {
+		ch <- ws // it already ended
+		return pid, ch, nil
+	}
 	rp.waiters[pid] = ch
 	return pid, ch, nil
 }

@@ -17,9 +17,10 @@ import (
 // address space, ELF loading, the dynamic linker), which would dominate the
 // round trip of a short command. So the agent keeps one shell started ahead
 // of time — a zygote — blocked reading its script from fd 3. An exec hands
-// it the command and closes the pipe; the shell runs it exactly as
-// `sh -c` would, in its own process group, and a new zygote is started in
-// the background.
+// it the command and closes the pipe; the shell runs it as `sh -c` would,
+// in its own process group, and a new zygote is started once the command
+// has ended. Env changes (a claim, per-call env) are applied by the script,
+// so a zygote started before a claim still serves the first exec after it.
 
 // proc is a started command's process and pipes.
 type proc struct {
@@ -28,8 +29,8 @@ type proc struct {
 	stdinW *os.File
 	outR   *os.File
 	errR   *os.File
-	script *os.File // zygotes only: where the command is written
-	gen    uint64   // env generation the zygote was started with
+	script *os.File          // zygotes only: where the command is written
+	env    map[string]string // the environment it was started with
 }
 
 func (p *proc) closeAll() {
@@ -43,13 +44,12 @@ func (p *proc) closeAll() {
 type zygotes struct {
 	mu      sync.Mutex
 	ready   *proc
-	gen     uint64 // bumped by configure: zygotes of older generations are stale
 	filling bool
 }
 
 // spawn starts /bin/sh with fresh pipes. With zygote set it waits for its
 // script on fd 3 instead of running command.
-func (a *Agent) spawn(command, cwd string, env []string, zygote bool) (*proc, error) {
+func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (*proc, error) {
 	var files []*os.File
 	var closeAfter []*os.File
 	fail := func(err error) (*proc, error) {
@@ -73,7 +73,7 @@ func (a *Agent) spawn(command, cwd string, env []string, zygote bool) (*proc, er
 	if err != nil {
 		return fail(fmt.Errorf("stderr pipe: %w", err))
 	}
-	p := &proc{stdinW: stdinW, outR: outR, errR: errR}
+	p := &proc{stdinW: stdinW, outR: outR, errR: errR, env: env}
 	files = []*os.File{stdinR, outW, errW}
 	closeAfter = []*os.File{stdinW, outR, errR}
 	argv := []string{"/bin/sh", "-c", command}
@@ -88,7 +88,7 @@ func (a *Agent) spawn(command, cwd string, env []string, zygote bool) (*proc, er
 		argv = []string{"/bin/sh", "-c", ". /proc/self/fd/3"}
 	}
 	pid, exited, err := a.reaper.start("/bin/sh", argv, &os.ProcAttr{
-		Dir: cwd, Env: env, Files: files,
+		Dir: cwd, Env: environ(env), Files: files,
 		Sys: &syscall.SysProcAttr{Setpgid: true},
 	})
 	for _, f := range files {
@@ -105,8 +105,9 @@ func (a *Agent) spawn(command, cwd string, env []string, zygote bool) (*proc, er
 // startCommand starts e's command, from the zygote when one is ready and
 // fits, and returns when the command was handed over.
 func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error) {
-	if script, ok := zygoteScript(e, cwd); ok {
-		if p := a.takeZygote(); p != nil {
+	want := a.envMap(e.Env)
+	if p := a.takeZygote(); p != nil {
+		if script, ok := zygoteScript(e.Command, cwd, p.env, want); ok {
 			start := time.Now()
 			_, werr := p.script.WriteString(script)
 			cerr := p.script.Close()
@@ -116,29 +117,40 @@ func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error)
 			}
 			// The zygote died (e.g. a command ran `kill -9 -1`): start
 			// the command the slow way.
-			unix.Kill(-p.pid, unix.SIGKILL)
-			p.closeAll()
 		}
+		a.discard(p)
 	}
 	start := time.Now()
-	p, err := a.spawn(e.Command, cwd, a.environ(e.Env), false)
+	p, err := a.spawn(e.Command, cwd, want, false)
 	return p, start, err
 }
 
-// zygoteScript is the script a zygote runs for e: close the script pipe,
-// export the call's env, enter cwd, run the command. Calls whose env names
-// are not shell identifiers take the slow path.
-func zygoteScript(e *wire.Exec, cwd string) (string, bool) {
+// zygoteScript is the script a zygote runs: close the script pipe, bring
+// the environment it started with to the one wanted (unset and export the
+// differences), enter cwd, run the command. Names that are not shell
+// identifiers cannot be set this way and take the slow path.
+func zygoteScript(command, cwd string, have, want map[string]string) (string, bool) {
 	var b strings.Builder
 	b.WriteString("exec 3<&-;")
-	for k, v := range e.Env {
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			if !isShellName(k) {
+				return "", false
+			}
+			b.WriteString(" unset " + k + ";")
+		}
+	}
+	for k, v := range want {
+		if old, ok := have[k]; ok && old == v {
+			continue
+		}
 		if !isShellName(k) {
 			return "", false
 		}
 		b.WriteString(" export " + k + "=" + shellQuote(v) + ";")
 	}
 	b.WriteString(" cd -- " + shellQuote(cwd) + " || exit 1\n")
-	b.WriteString(e.Command)
+	b.WriteString(command)
 	b.WriteString("\n")
 	return b.String(), true
 }
@@ -154,16 +166,14 @@ func isShellName(k string) bool {
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// takeZygote returns the ready zygote if it is alive and current, and starts
-// its replacement.
+// takeZygote returns the ready zygote if it is still alive. The next one is
+// started after the command ends, so it does not compete with it for CPU.
 func (a *Agent) takeZygote() *proc {
 	z := &a.zygotes
 	z.mu.Lock()
 	p := z.ready
 	z.ready = nil
-	gen := z.gen
 	z.mu.Unlock()
-	defer a.refillZygote()
 	if p == nil {
 		return nil
 	}
@@ -172,10 +182,6 @@ func (a *Agent) takeZygote() *proc {
 		p.closeAll()
 		return nil
 	default:
-	}
-	if p.gen != gen {
-		a.discard(p)
-		return nil
 	}
 	return p
 }
@@ -194,10 +200,9 @@ func (a *Agent) refillZygote() {
 		return
 	}
 	z.filling = true
-	gen := z.gen
 	z.mu.Unlock()
 	go func() {
-		p, err := a.spawn("", "/", a.environ(nil), true)
+		p, err := a.spawn("", "/", a.envMap(nil), true)
 		z.mu.Lock()
 		defer z.mu.Unlock()
 		z.filling = false
@@ -205,25 +210,10 @@ func (a *Agent) refillZygote() {
 			a.Log.Debug("zygote start failed", "err", err)
 			return
 		}
-		p.gen = gen
-		if z.ready != nil || gen != z.gen {
+		if z.ready != nil {
 			go a.discard(p)
 			return
 		}
 		z.ready = p
 	}()
-}
-
-// envChanged makes current zygotes stale: they hold the old environment.
-func (a *Agent) envChanged() {
-	z := &a.zygotes
-	z.mu.Lock()
-	z.gen++
-	p := z.ready
-	z.ready = nil
-	z.mu.Unlock()
-	if p != nil {
-		a.discard(p)
-	}
-	a.refillZygote()
 }

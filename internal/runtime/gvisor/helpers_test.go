@@ -58,7 +58,11 @@ func (p proc) String() string {
 // so the listing itself starts no process.
 func listProcs(t *testing.T, sb runtime.Sandbox) []proc {
 	t.Helper()
-	out := sh(t, sb, `for d in /proc/[0-9]*; do read -r l < "$d/stat" 2>/dev/null && echo "$l"; done; :`)
+	// The agent's idle pre-started shell (still holding its script pipe on
+	// fd 3) is not one of the sandbox's processes in any sense a test means.
+	out := sh(t, sb, `for d in /proc/[0-9]*; do
+		[ -e "$d/fd/3" ] && grep -qF /proc/self/fd/3 "$d/cmdline" 2>/dev/null && continue
+		read -r l < "$d/stat" 2>/dev/null && echo "$l"; done; :`)
 	var ps []proc
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if line == "" {

@@ -50,6 +50,15 @@ func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
 // exited runs when the sandbox process ends by itself: the out-of-memory
 // killer, a crash, or the agent exiting.
 func (sb *sandbox) exited() {
+	sb.mu.Lock()
+	pausing := sb.pausing
+	sb.mu.Unlock()
+	if pausing {
+		// A checkpoint stops the sandbox process; Checkpoint itself
+		// settles the sandbox's state.
+		sb.stop(runtime.ErrStopped)
+		return
+	}
 	reason := runtime.ErrStopped
 	if st, err := sb.d.cgroup(sb.m.ID).Read(); err == nil {
 		switch {
