@@ -32,6 +32,7 @@ type Server struct {
 
 	locks   sync.Map // sandbox id -> *sync.Mutex, serialises lifecycle changes
 	touched sync.Map // key id -> time of the last recorded use
+	keys    sync.Map // key hash -> cachedKey
 
 	// destroying marks runtime sandboxes we stop on purpose, so their
 	// watcher does not record them as crashed.
@@ -125,6 +126,17 @@ func (s *Server) authed(scope string, h handler) http.HandlerFunc {
 	}
 }
 
+// keyCacheTTL bounds how long a key's record (and its account) is reused
+// without asking the store: a revocation, expiry or plan change made by
+// `orkestrd admin` takes effect within this time.
+const keyCacheTTL = time.Second
+
+type cachedKey struct {
+	key     store.APIKey
+	account store.Account
+	at      time.Time
+}
+
 var errUnauthenticated = apiErr(http.StatusUnauthorized, "unauthenticated",
 	"Missing, malformed, unknown, revoked or expired API key. Send Authorization: Bearer ork_...")
 
@@ -133,20 +145,28 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	if key == "" || auth.CheckFormat(key) != nil {
 		return nil, errUnauthenticated
 	}
-	k, err := s.store.KeyByHash(r.Context(), auth.Hash(key))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, errUnauthenticated
-	}
-	if err != nil {
-		return nil, err
-	}
+	hash := auth.Hash(key)
 	now := s.now()
+	var k store.APIKey
+	var acct store.Account
+	if c, ok := s.keys.Load(hash); ok && now.Sub(c.(cachedKey).at) < keyCacheTTL {
+		k, acct = c.(cachedKey).key, c.(cachedKey).account
+	} else {
+		var err error
+		k, err = s.store.KeyByHash(r.Context(), hash)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, errUnauthenticated
+		}
+		if err != nil {
+			return nil, err
+		}
+		if acct, err = s.store.AccountByID(r.Context(), k.AccountID); err != nil {
+			return nil, err
+		}
+		s.keys.Store(hash, cachedKey{key: k, account: acct, at: now})
+	}
 	if k.RevokedAt != nil || (k.ExpiresAt != nil && !now.Before(*k.ExpiresAt)) {
 		return nil, errUnauthenticated
-	}
-	acct, err := s.store.AccountByID(r.Context(), k.AccountID)
-	if err != nil {
-		return nil, err
 	}
 	plan, ok := s.cfg.Plans[acct.Plan]
 	if !ok {
