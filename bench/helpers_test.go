@@ -316,6 +316,27 @@ func (rc *runcEnv) cleanup(b *testing.B) {
 	}
 }
 
+// newDriver is testenv.NewDriver, whose cleanup also removes the driver's
+// cgroup parent from the hierarchies orkestr does not manage (blkio,
+// cpuset, devices, freezer, systemd): runsc creates it there for every
+// sandbox and nothing else removes it. A sandbox group left there is a
+// leak and fails the benchmark.
+func newDriver(b *testing.B) *testenv.Env {
+	b.Helper()
+	var parent string
+	// Registered before testenv's cleanup, so it runs after it.
+	b.Cleanup(func() {
+		if parent != "" {
+			if err := removeCgroupEverywhere(parent); err != nil {
+				b.Errorf("driver cgroups: %v", err)
+			}
+		}
+	})
+	env := testenv.NewDriver(b)
+	parent = env.CgroupParent
+	return env
+}
+
 // removeCgroupEverywhere removes path from every cgroup hierarchy (runc
 // creates its parents in all of them, not only the ones orkestr uses). A
 // child group still present there is a leak and reported as an error.

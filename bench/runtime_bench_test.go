@@ -86,7 +86,7 @@ func execTrue(ctx context.Context, b *testing.B, sb runtime.Sandbox) runtime.Exe
 func BenchmarkColdCreate(b *testing.B) {
 	for _, cpu := range []float64{0.5, 2} {
 		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
-			env := testenv.NewDriver(b)
+			env := newDriver(b)
 			sp := spec(b, sized(cpu))
 			ctx := timeout(b, 10*time.Minute)
 			// Warm-up: page cache, agent copy, runsc's first start.
@@ -121,7 +121,7 @@ func BenchmarkColdCreate(b *testing.B) {
 // would in production, and competes with it for the 2 cores. second-exec-ms
 // is an untimed second Exec right after the first.
 func BenchmarkWarmClaimFirstExec(b *testing.B) {
-	env := testenv.NewDriver(b)
+	env := newDriver(b)
 	p := pool.New(env.Driver, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -197,7 +197,7 @@ func BenchmarkExecSpaced(b *testing.B) { benchExec(b, 100*time.Millisecond) }
 func benchExec(b *testing.B, gap time.Duration) {
 	for _, cpu := range []float64{0.5, 2} {
 		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
-			env := testenv.NewDriver(b)
+			env := newDriver(b)
 			sb := create(b, env, sized(cpu))
 			ctx := timeout(b, 10*time.Minute)
 			for range 5 {
@@ -233,7 +233,7 @@ func benchExec(b *testing.B, gap time.Duration) {
 func BenchmarkAgentStat(b *testing.B) {
 	for _, cpu := range []float64{0.5, 2} {
 		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
-			env := testenv.NewDriver(b)
+			env := newDriver(b)
 			sb := create(b, env, sized(cpu))
 			ctx := timeout(b, 10*time.Minute)
 			stat := func() {
@@ -275,7 +275,7 @@ func throttled(b *testing.B, env *testenv.Env, sb runtime.Sandbox) func() {
 func BenchmarkCheckpoint(b *testing.B) {
 	for _, cpu := range []float64{0.5, 2} {
 		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
-			env := testenv.NewDriver(b)
+			env := newDriver(b)
 			res := sized(cpu)
 			base := b.TempDir()
 			ctx := timeout(b, 10*time.Minute)
@@ -324,7 +324,7 @@ func BenchmarkCheckpoint(b *testing.B) {
 func BenchmarkRestore(b *testing.B) {
 	for _, cpu := range []float64{0.5, 2} {
 		b.Run(fmt.Sprintf("cpu=%g", cpu), func(b *testing.B) {
-			env := testenv.NewDriver(b)
+			env := newDriver(b)
 			rootfs := testenv.Rootfs(b, templateName)
 			ctx := timeout(b, 10*time.Minute)
 			sb := create(b, env, sized(cpu))
@@ -361,6 +361,93 @@ func BenchmarkRestore(b *testing.B) {
 	}
 }
 
+// chainLength is how many generations BenchmarkRestoreChain restores.
+const chainLength = 9
+
+// BenchmarkRestoreChain follows one snapshot lineage: create a 2-vCPU
+// sandbox, then chainLength times checkpoint it and restore the image,
+// carrying on with the clone, so that every restore starts from memory
+// that has been through all the earlier ones (as pause/resume cycles of a
+// long-lived sandbox do). One iteration is one whole chain; p50-ms is the
+// median restore (until the agent has redialled) over every generation,
+// gen1-ms and genN-ms the first and last generation, slope-ms/gen the
+// least-squares growth of the restore time per generation (0 when a
+// restore does not depend on how many came before), first-exec-ms the
+// first exec on each clone.
+func BenchmarkRestoreChain(b *testing.B) {
+	env := newDriver(b)
+	rootfs := testenv.Rootfs(b, templateName)
+	ctx := timeout(b, 30*time.Minute)
+	base := b.TempDir()
+	gens := make([]durations, chainLength)
+	var all, firsts durations
+	var slopes samples
+	for b.Loop() {
+		b.StopTimer()
+		sb := create(b, env, sized(2))
+		execTrue(ctx, b, sb)
+		b.StartTimer()
+		var chain []time.Duration
+		for g := range chainLength {
+			dir, err := os.MkdirTemp(base, "snap-")
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := sb.Checkpoint(ctx, dir); err != nil {
+				b.Fatalf("generation %d: checkpoint: %v", g+1, err)
+			}
+			t0 := time.Now()
+			r, err := env.Driver.Restore(ctx, dir, rootfs, nil)
+			d := time.Since(t0)
+			if err != nil {
+				b.Fatalf("generation %d: restore: %v", g+1, err)
+			}
+			b.Cleanup(func() { _ = r.Destroy(context.Background()) })
+			b.StopTimer()
+			t1 := time.Now()
+			execTrue(ctx, b, r)
+			firsts.add(time.Since(t1))
+			b.StartTimer()
+			chain = append(chain, d)
+			gens[g].add(d)
+			all.add(d)
+			sb = r
+		}
+		b.StopTimer()
+		destroy(b, sb)
+		if err := os.RemoveAll(base); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.MkdirAll(base, 0o700); err != nil {
+			b.Fatal(err)
+		}
+		slopes.add(slope(chain))
+		b.StartTimer()
+	}
+	all.report(b, "p50-ms")
+	gens[0].report(b, "gen1-ms")
+	gens[chainLength-1].report(b, fmt.Sprintf("gen%d-ms", chainLength))
+	b.ReportMetric(slopes.median(), "slope-ms/gen")
+	firsts.report(b, "first-exec-ms")
+}
+
+// slope is the least-squares slope of ds (ms) against their index.
+func slope(ds []time.Duration) float64 {
+	n := float64(len(ds))
+	if n < 2 {
+		return 0
+	}
+	var sx, sy, sxx, sxy float64
+	for i, d := range ds {
+		x, y := float64(i), float64(d)/1e6
+		sx += x
+		sy += y
+		sxx += x * x
+		sxy += x * y
+	}
+	return (n*sxy - sx*sy) / (n*sxx - sx*sx)
+}
+
 // BenchmarkIdleMemory starts idleSandboxes sandboxes, lets them settle, and
 // reports per sandbox: the PSS of the host processes in its memory cgroup
 // (runsc sandbox, gofer; shared pages are split among all of them) and the
@@ -368,7 +455,7 @@ func BenchmarkRestore(b *testing.B) {
 // page cache charged to it). ns/op is only the cost of one reading.
 func BenchmarkIdleMemory(b *testing.B) {
 	const idleSandboxes = 5
-	env := testenv.NewDriver(b)
+	env := newDriver(b)
 	ctx := timeout(b, 10*time.Minute)
 	var sbs []runtime.Sandbox
 	for range idleSandboxes {

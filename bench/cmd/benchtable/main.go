@@ -1,6 +1,8 @@
 // Command benchtable turns `go test -bench` output from bench/ into markdown:
-// per benchmark the median across runs of each metric, and the ratios of
-// orkestr's numbers to the raw runsc and runc baselines measured alongside.
+// per benchmark the median across runs of each metric, the ratios of
+// orkestr's numbers to the raw runsc and runc baselines measured alongside
+// (and of the API's to the runtime's), and where they stand against the
+// performance targets.
 //
 //	go run ./bench/cmd/benchtable bench/results/<run>.txt
 //
@@ -98,6 +100,40 @@ var ratios = []ratio{
 	{"checkpoint incl. destroy (2 vCPU) vs raw `runsc checkpoint`", "Checkpoint/cpu=2", "p50-ms", "RawRunscCheckpoint", "p50-ms"},
 	{"restore to agent ready (0.5 vCPU) vs raw `runsc restore --detach`", "Restore/cpu=0.5", "p50-ms", "RawRunscRestore", "p50-ms"},
 	{"restore to agent ready (2 vCPU) vs raw `runsc restore --detach`", "Restore/cpu=2", "p50-ms", "RawRunscRestore", "p50-ms"},
+	{"restore in a 9-generation chain (median) vs restores of one image (2 vCPU)", "RestoreChain", "p50-ms", "Restore/cpu=2", "p50-ms"},
+	{"restore chain: generation 9 vs generation 1", "RestoreChain", "gen9-ms", "RestoreChain", "gen1-ms"},
+	{"API TTI, warm pool (HTTP create + first exec) vs runtime warm claim + first exec", "APITTIWarm", "p50-ms", "WarmClaimFirstExec", "p50-ms"},
+	{"API TTI, no pool (HTTP create + first exec) vs runtime cold create (0.5 vCPU)", "APITTICold", "p50-ms", "ColdCreate/cpu=0.5", "create-ms"},
+	{"API exec `true` (small) vs runtime exec `true` (0.5 vCPU)", "APIExec/size=small", "p50-ms", "ExecRoundTrip/cpu=0.5", "p50-ms"},
+	{"API exec `true` (medium) vs runtime exec `true` (2 vCPU)", "APIExec/size=medium", "p50-ms", "ExecRoundTrip/cpu=2", "p50-ms"},
+	{"API exec `true` spaced (small) vs runtime spaced (0.5 vCPU)", "APIExecSpaced/size=small", "p50-ms", "ExecSpaced/cpu=0.5", "p50-ms"},
+	{"API exec `true` spaced (medium) vs runtime spaced (2 vCPU)", "APIExecSpaced/size=medium", "p50-ms", "ExecSpaced/cpu=2", "p50-ms"},
+}
+
+// target is a performance goal for one metric: at most (or, with atLeast,
+// at least) limit.
+type target struct {
+	label       string
+	bench, unit string
+	limit       float64
+	atLeast     bool
+}
+
+var targets = []target{
+	{"TTI, sequential, warm pool (p50)", "APITTIWarm", "p50-ms", 25, false},
+	{"TTI, sequential, no waiting for the refill (p50)", "APITTINoWait", "p50-ms", 25, false},
+	{"TTI, 100 at once (p50 of the 100)", "APIBurstTTI", "p50-ms", 300, false},
+	{"TTI, 100 at once (p95 of the 100)", "APIBurstTTI", "p95-ms", 300, false},
+	{"TTI, 100 at once (wall, all 100)", "APIBurstTTI", "wall-ms", 300, false},
+	{"exec round trip, runtime, 0.5 vCPU (p50)", "ExecRoundTrip/cpu=0.5", "p50-ms", 3, false},
+	{"exec round trip, runtime, 2 vCPU (p50)", "ExecRoundTrip/cpu=2", "p50-ms", 3, false},
+	{"exec round trip, runtime, spaced, 0.5 vCPU (p50)", "ExecSpaced/cpu=0.5", "p50-ms", 3, false},
+	{"exec round trip, runtime, spaced, 2 vCPU (p50)", "ExecSpaced/cpu=2", "p50-ms", 3, false},
+	{"exec round trip, HTTP, small (p50)", "APIExec/size=small", "p50-ms", 3, false},
+	{"exec round trip, HTTP, medium (p50)", "APIExec/size=medium", "p50-ms", 3, false},
+	{"exec round trip, HTTP, spaced, small (p50)", "APIExecSpaced/size=small", "p50-ms", 3, false},
+	{"exec round trip, HTTP, spaced, medium (p50)", "APIExecSpaced/size=medium", "p50-ms", 3, false},
+	{"GET /v1/sandboxes/{id} throughput", "APIGetThroughput", "req/s", 10000, true},
 }
 
 func main() {
@@ -159,6 +195,32 @@ func main() {
 		}
 		mo, mb := median(o), median(b)
 		fmt.Fprintf(w, "| %s | %s | %s | %.2f× |\n", r.label, num(mo), num(mb), mo/mb)
+	}
+
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | benchmark, metric | median (range over runs) | target | met |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---|")
+	for _, t := range targets {
+		vs := all[t.bench][t.unit]
+		rel := "≤"
+		if t.atLeast {
+			rel = "≥"
+		}
+		if len(vs) == 0 {
+			fmt.Fprintf(w, "| %s | %s %s | — | %s %s | n/a |\n", t.label, t.bench, t.unit, rel, num(t.limit))
+			continue
+		}
+		m := median(vs)
+		met := m <= t.limit
+		if t.atLeast {
+			met = m >= t.limit
+		}
+		verdict := "no"
+		if met {
+			verdict = "yes"
+		}
+		fmt.Fprintf(w, "| %s | %s %s | %s (%s–%s) | %s %s | %s |\n", t.label, t.bench, t.unit,
+			num(m), num(slices.Min(vs)), num(slices.Max(vs)), rel, num(t.limit), verdict)
 	}
 }
 
