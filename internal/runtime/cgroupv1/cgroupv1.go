@@ -149,11 +149,29 @@ func (g Group) Tasks() []int {
 	return out
 }
 
+// hierarchies lists every cgroup hierarchy mounted under Root. runsc
+// creates a sandbox's path in all of them (blkio, cpuset, devices, freezer,
+// name=systemd…), not only in the controllers orkestr limits, so cleanup
+// must look in all of them.
+func hierarchies() []string {
+	ents, err := os.ReadDir(Root)
+	if err != nil {
+		return Controllers
+	}
+	var out []string
+	for _, e := range ents {
+		if e.IsDir() {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
 // Remove kills whatever is left in the group and removes it, children first,
-// in every controller. A group that does not exist is not an error.
+// in every hierarchy. A group that does not exist is not an error.
 func (g Group) Remove() error {
 	var errs []error
-	for _, c := range Controllers {
+	for _, c := range hierarchies() {
 		dir := filepath.Join(Root, c, string(g))
 		if err := removeTree(dir); err != nil {
 			errs = append(errs, err)
@@ -195,11 +213,11 @@ func removeTree(dir string) error {
 	return fmt.Errorf("remove cgroup %s: %w", dir, last)
 }
 
-// Children lists the direct child groups of g that exist in any controller.
+// Children lists the direct child groups of g that exist in any hierarchy.
 func (g Group) Children() []Group {
 	seen := map[string]bool{}
 	var out []Group
-	for _, c := range Controllers {
+	for _, c := range hierarchies() {
 		ents, err := os.ReadDir(filepath.Join(Root, c, string(g)))
 		if err != nil {
 			continue

@@ -116,7 +116,8 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("sqlstore: opening SQLite: %w", err)
 	}
 	db.SetMaxOpenConns(16)
-	db.SetMaxIdleConns(4)
+	// Keep every connection: a new one runs its pragmas and reads the schema.
+	db.SetMaxIdleConns(16)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	s := &Store{db: db, d: sqliteDialect, writeMu: make(chan struct{}, 1), now: time.Now}
 	if err := s.sqliteWAL(ctx); err != nil {
