@@ -45,7 +45,13 @@ type zygotes struct {
 	mu      sync.Mutex
 	ready   *proc
 	filling bool
+	filled  chan struct{} // closed when the fill in progress ends
 }
+
+// fillWait bounds how long an exec waits for a zygote that is being
+// started: starting a second shell beside it would only compete for the
+// same CPU (and, in a small sandbox, its quota).
+const fillWait = 100 * time.Millisecond
 
 // spawn starts /bin/sh with fresh pipes. With zygote set it waits for its
 // script on fd 3 instead of running command.
@@ -171,6 +177,15 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 func (a *Agent) takeZygote() *proc {
 	z := &a.zygotes
 	z.mu.Lock()
+	if z.ready == nil && z.filling {
+		filled := z.filled
+		z.mu.Unlock()
+		select {
+		case <-filled:
+		case <-time.After(fillWait):
+		}
+		z.mu.Lock()
+	}
 	p := z.ready
 	z.ready = nil
 	z.mu.Unlock()
@@ -200,11 +215,14 @@ func (a *Agent) refillZygote() {
 		return
 	}
 	z.filling = true
+	filled := make(chan struct{})
+	z.filled = filled
 	z.mu.Unlock()
 	go func() {
 		p, err := a.spawn("", "/", a.envMap(nil), true)
 		z.mu.Lock()
 		defer z.mu.Unlock()
+		defer close(filled)
 		z.filling = false
 		if err != nil {
 			a.Log.Debug("zygote start failed", "err", err)
