@@ -121,7 +121,7 @@ func startServer(b *testing.B, poolSize int) *apiServer {
 	if err := os.WriteFile(cfgPath, []byte(benchConfig), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	addr := freePort(b)
+	addr := testenv.FreePort(b)
 	logDir := b.TempDir()
 	logPath := filepath.Join(logDir, "orkestrd.log")
 	outPath := filepath.Join(logDir, "orkestrd.out")
@@ -185,16 +185,6 @@ func startServer(b *testing.B, poolSize int) *apiServer {
 		b.Fatal(err)
 	}
 	return s
-}
-
-func freePort(b *testing.B) string {
-	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 type health struct {

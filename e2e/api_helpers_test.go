@@ -63,7 +63,7 @@ func startAPI(t *testing.T, o serverOpts) *apiServer {
 	if o.logLevel == "" {
 		o.logLevel = "debug"
 	}
-	addr := freePort(t)
+	addr := testenv.FreePort(t)
 	log, err := os.CreateTemp(t.TempDir(), "orkestrd-*.log")
 	if err != nil {
 		t.Fatal(err)

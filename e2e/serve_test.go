@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,20 +26,10 @@ type server struct {
 	log      *os.File
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func startServer(t *testing.T, dataDir, stateDir string, poolSize int) *server {
 	t.Helper()
 	testenv.RequireRoot(t)
-	addr := freePort(t)
+	addr := testenv.FreePort(t)
 	log, err := os.CreateTemp(t.TempDir(), "orkestrd-*.log")
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 )
@@ -103,6 +104,6 @@ func selftest(args []string) error {
 	if err := step("terminate", func() error { return sb.Destroy(ctx) }); err != nil {
 		return err
 	}
-	fmt.Printf("selftest passed (snapshot %d KiB, size small %s)\n", snap.Bytes>>10, node.Sizes["small"])
+	fmt.Printf("selftest passed (snapshot %d KiB, size small %s)\n", snap.Bytes>>10, node.Resources(config.Default().Sizes)["small"])
 	return nil
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/pool"
-	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
@@ -39,14 +38,7 @@ func serve(args []string) error {
 	}
 	ncfg := nf.config()
 	log := ncfg.Log
-	ncfg.Sizes = map[string]runtime.Resources{}
-	for name, sz := range cfg.Sizes {
-		pids := sz.PIDs
-		if pids == 0 {
-			pids = 512
-		}
-		ncfg.Sizes[name] = runtime.Resources{CPU: sz.CPU, MemoryBytes: int64(sz.MemoryMB) << 20, PIDs: pids}
-	}
+	ncfg.Sizes = node.Resources(cfg.Sizes)
 	if err := os.MkdirAll(filepath.Join(ncfg.DataDir, "snapshots"), 0o700); err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"fmt"
 	"net/http"
 	"regexp"
 	"strings"
@@ -90,5 +89,3 @@ func checkSandboxID(id string) bool {
 	}
 	return true
 }
-
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

@@ -12,19 +12,26 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 
+	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
 	"github.com/orkestr-eu/orkestr/internal/template"
 )
 
-// Sizes are the sandbox sizes and the resources each maps to.
-var Sizes = map[string]runtime.Resources{
-	"small":  {CPU: 0.5, MemoryBytes: 512 << 20, PIDs: 512},
-	"medium": {CPU: 2, MemoryBytes: 4096 << 20, PIDs: 2048},
-	"large":  {CPU: 4, MemoryBytes: 8192 << 20, PIDs: 4096},
+// Resources maps the operator's size menu to runtime limits. A size
+// without a pids limit gets 512.
+func Resources(sizes map[string]config.Size) map[string]runtime.Resources {
+	out := make(map[string]runtime.Resources, len(sizes))
+	for name, sz := range sizes {
+		pids := sz.PIDs
+		if pids == 0 {
+			pids = 512
+		}
+		out[name] = runtime.Resources{CPU: sz.CPU, MemoryBytes: int64(sz.MemoryMB) << 20, PIDs: pids}
+	}
+	return out
 }
 
 // Config configures a Node.
@@ -35,7 +42,7 @@ type Config struct {
 	Runsc       string
 	AgentBinary string
 	PoolSize    int                          // warm sandboxes per built template at size small; 0 disables
-	Sizes       map[string]runtime.Resources // default: Sizes
+	Sizes       map[string]runtime.Resources // default: the sizes of config.Default()
 	Log         *slog.Logger
 }
 
@@ -64,7 +71,7 @@ func Open(cfg Config) (*Node, error) {
 		cfg.Log = slog.Default()
 	}
 	if cfg.Sizes == nil {
-		cfg.Sizes = Sizes
+		cfg.Sizes = Resources(config.Default().Sizes)
 	}
 	id := instance(cfg.DataDir)
 	if cfg.StateDir == "" {
@@ -133,16 +140,6 @@ func (n *Node) Create(ctx context.Context, tmpl, size string, claim runtime.Clai
 // otherwise claimed sandboxes keep running for the next start to adopt.
 func (n *Node) Close(ctx context.Context, destroy bool) error {
 	return errors.Join(n.Pool.Close(ctx), n.Driver.Close(ctx, destroy))
-}
-
-// SizeNames lists the sizes, smallest first.
-func SizeNames() []string {
-	out := make([]string, 0, len(Sizes))
-	for k := range Sizes {
-		out = append(out, k)
-	}
-	sort.Slice(out, func(i, j int) bool { return Sizes[out[i]].MemoryBytes < Sizes[out[j]].MemoryBytes })
-	return out
 }
 
 // ExecutableDir is the directory of the running binary, where `make build`
