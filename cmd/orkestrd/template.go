@@ -21,7 +21,7 @@ func templateBuild(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	return template.Store{Dir: *dir}.Build(ctx, fs.Arg(0), *force, func(s string) { fmt.Println(s) })
+	return template.Store{Dir: *dir}.BuildRecipe(ctx, fs.Arg(0), *force, func(s string) { fmt.Println(s) })
 }
 
 func templateList(args []string) error {

@@ -39,7 +39,7 @@ type Agent struct {
 
 // New returns an agent that talks to the host through dir.
 func New(dir string, log *slog.Logger) *Agent {
-	return &Agent{Dir: dir, Log: log, reaper: startReaper()}
+	return &Agent{Dir: dir, Log: log, reaper: processReaper()}
 }
 
 // Run dials the host and serves until ctx ends, redialing after every
@@ -103,7 +103,7 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	cfg.KeepAliveInterval = time.Second
 	cfg.ConnectionWriteTimeout = 5 * time.Second
 	cfg.StreamOpenTimeout = 0
-	sess, err := yamux.Server(&bufferedConn{Conn: conn, r: br}, cfg)
+	sess, err := yamux.Server(&wire.CoalescingConn{Conn: conn, Reader: br}, cfg)
 	if err != nil {
 		return false, err
 	}
@@ -124,22 +124,25 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	}
 }
 
-// bufferedConn lets yamux read bytes the handshake reader already buffered.
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
+// serveStream serves the requests of one stream, one after another, until
+// the host closes it or a request leaves it unfit for another.
 func (a *Agent) serveStream(st net.Conn) {
 	defer st.Close()
 	r := wire.NewReader(st)
 	w := wire.NewWriter(st)
+	for a.serveRequest(r, w) {
+	}
+}
+
+// serveRequest serves one request and says whether the stream can carry the
+// next one.
+func (a *Agent) serveRequest(r *wire.Reader, w *wire.Writer) (reusable bool) {
 	var req wire.Request
 	if err := r.ExpectJSON(&req); err != nil {
-		_ = w.Err(wire.CodeBadRequest, "malformed request: "+err.Error())
-		return
+		if !errors.Is(err, io.EOF) {
+			_ = w.Err(wire.CodeBadRequest, "malformed request: "+err.Error())
+		}
+		return false
 	}
 	switch req.Op {
 	case wire.OpPing:
@@ -149,13 +152,15 @@ func (a *Agent) serveStream(st net.Conn) {
 	case wire.OpExec:
 		if req.Exec == nil {
 			_ = w.Err(wire.CodeBadRequest, "exec request without exec")
-			return
+			return true
 		}
-		a.exec(req.Exec, r, w)
+		return a.exec(req.Exec, r, w)
 	case wire.OpRead:
 		readFile(req.Path, w)
+		return false
 	case wire.OpWrite:
 		writeFile(req.Path, req.Mode, r, w)
+		return false
 	case wire.OpList:
 		listDir(req.Path, w)
 	case wire.OpStat:
@@ -167,6 +172,7 @@ func (a *Agent) serveStream(st net.Conn) {
 	default:
 		_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("unknown op %q", req.Op))
 	}
+	return true
 }
 
 func (a *Agent) configure(c *wire.Configure, w *wire.Writer) {

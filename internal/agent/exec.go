@@ -19,20 +19,22 @@ import (
 // that keep the pipes open longer do not hold the exec open.
 const outputGrace = 50 * time.Millisecond
 
-func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) {
+// exec runs one command and says whether the stream can carry the next
+// request: the host answered the exit with KindDone.
+func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable bool) {
 	for k, v := range e.Env {
 		if err := validEnvKey(k); err != nil {
 			_ = w.Err(wire.CodeBadRequest, err.Error())
-			return
+			return true
 		}
 		if strings.ContainsRune(v, 0) {
 			_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("environment variable %s contains NUL", k))
-			return
+			return true
 		}
 	}
 	if strings.ContainsRune(e.Command, 0) {
 		_ = w.Err(wire.CodeBadRequest, "command contains NUL")
-		return
+		return true
 	}
 	cwd := e.Cwd
 	if cwd == "" {
@@ -40,13 +42,13 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) {
 	}
 	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
 		_ = w.Err(wire.CodeNotFound, fmt.Sprintf("working directory %s does not exist or is not a directory", cwd))
-		return
+		return true
 	}
 
 	p, start, err := a.startCommand(e, cwd)
 	if err != nil {
 		_ = w.Err(wire.CodeInternal, err.Error())
-		return
+		return true
 	}
 	pid, exited, stdinW, outR, errR := p.pid, p.exited, p.stdinW, p.outR, p.errR
 	if !e.Stdin && stdinW != nil {
@@ -85,9 +87,10 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) {
 	go pump(outR, wire.KindStdout)
 	go pump(errR, wire.KindStderr)
 
-	// Frames from the host: stdin, signals, or the stream breaking because
-	// the caller went away, which kills the command.
+	// Frames from the host: stdin, signals, KindDone after the exit, or the
+	// stream breaking because the caller went away, which kills the command.
 	hostGone := make(chan struct{})
+	hostDone := false
 	go func() {
 		defer close(hostGone)
 		defer func() {
@@ -117,6 +120,9 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) {
 				if len(b) == 1 {
 					_ = unix.Kill(-pid, unix.Signal(b[0]))
 				}
+			case wire.KindDone:
+				hostDone = true
+				return
 			}
 		}
 	}()
@@ -156,10 +162,15 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) {
 		st.ExitCode = -1
 	}
 	wmu.Lock()
-	_ = w.JSON(wire.KindExit, st)
+	err = w.JSON(wire.KindExit, st)
 	wmu.Unlock()
 	// Start the next shell now that the command no longer needs the CPU.
 	a.refillZygote()
+	if err != nil {
+		return false
+	}
+	<-hostGone
+	return hostDone
 }
 
 // killTree kills pid, its process group and every descendant, including ones
@@ -249,6 +260,18 @@ type reaper struct {
 	waiters  map[int]chan unix.WaitStatus
 	starting int
 	sweep    chan struct{}
+}
+
+var (
+	reaperOnce sync.Once
+	theReaper  *reaper
+)
+
+// processReaper returns the process's one reaper: waiting for any child is
+// process-wide, so two reapers would steal each other's exits.
+func processReaper() *reaper {
+	reaperOnce.Do(func() { theReaper = startReaper() })
+	return theReaper
 }
 
 func startReaper() *reaper {

@@ -46,7 +46,20 @@ type Channel struct {
 	closed  bool
 	agentPI int
 	failErr error
+	idle    []idleStream // streams free for the next request, newest last
 }
+
+// idleStream is a stream whose last request both ends finished cleanly,
+// with the reader that holds whatever it buffered.
+type idleStream struct {
+	sess *yamux.Session
+	st   *yamux.Stream
+	r    *wire.Reader
+}
+
+// maxIdleStreams bounds the streams kept open for reuse; each holds a
+// goroutine in the agent.
+const maxIdleStreams = 8
 
 // Listen creates dir's token and socket (replacing stale ones from a crashed
 // host) and starts admitting the agent.
@@ -140,7 +153,7 @@ func (c *Channel) admit(conn *net.UnixConn) {
 	cfg.KeepAliveInterval = time.Second
 	cfg.ConnectionWriteTimeout = 5 * time.Second
 	cfg.MaxStreamWindowSize = 1 << 20
-	sess, err := yamux.Client(&bufferedConn{UnixConn: conn, r: br}, cfg)
+	sess, err := yamux.Client(&wire.CoalescingConn{Conn: conn, Reader: br}, cfg)
 	if err != nil {
 		conn.Close()
 		return
@@ -171,13 +184,6 @@ func (c *Channel) admit(conn *net.UnixConn) {
 	}
 	c.mu.Unlock()
 }
-
-type bufferedConn struct {
-	*net.UnixConn
-	r *bufio.Reader
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // Connected reports whether an agent session is up now.
 func (c *Channel) Connected() bool {
@@ -252,36 +258,80 @@ func (c *Channel) Close() error {
 	return err
 }
 
-// stream opens a stream and sends req on it. The stream is closed when ctx
-// ends, which the agent takes as the caller going away.
-func (c *Channel) stream(ctx context.Context, req *wire.Request) (net.Conn, *wire.Reader, *wire.Writer, func(), error) {
+// stream sends req on a stream, reusing an idle one when there is one, and
+// returns the stream's reader and writer and the func that ends the
+// request. end(true) says both ends finished it cleanly, so the stream may
+// carry another; otherwise it is closed. The stream is closed when ctx ends,
+// which the agent takes as the caller going away.
+func (c *Channel) stream(ctx context.Context, req *wire.Request) (*wire.Reader, *wire.Writer, func(reusable bool), error) {
 	s, err := c.session(ctx)
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, err
 	}
-	st, err := s.OpenStream()
-	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("%w: %v", ErrDisconnected, err)
-	}
-	stop := context.AfterFunc(ctx, func() {
-		// Close only half-closes a yamux stream: the agent sees EOF, but a
-		// caller blocked reading the reply (or writing) would stay blocked
-		// until the agent finished. The deadline wakes it at once.
-		_ = st.SetDeadline(time.Now())
-		st.Close()
-	})
-	done := func() { stop(); st.Close() }
-	w := wire.NewWriter(st)
-	if err := w.JSON(wire.KindJSON, req); err != nil {
-		done()
+	for {
+		st, r, reused := c.takeIdle(s)
+		if st == nil {
+			if st, err = s.OpenStream(); err != nil {
+				return nil, nil, nil, fmt.Errorf("%w: %v", ErrDisconnected, err)
+			}
+			r = wire.NewReader(st)
+		}
+		stop := context.AfterFunc(ctx, func() {
+			// Close only half-closes a yamux stream: the agent sees EOF, but a
+			// caller blocked reading the reply (or writing) would stay blocked
+			// until the agent finished. The deadline wakes it at once.
+			_ = st.SetDeadline(time.Now())
+			st.Close()
+		})
+		end := func(reusable bool) {
+			if stop() && reusable && c.putIdle(s, st, r) {
+				return
+			}
+			st.Close()
+		}
+		w := wire.NewWriter(st)
+		err := w.JSON(wire.KindJSON, req)
+		if err == nil {
+			return r, w, end, nil
+		}
+		end(false)
 		if errors.Is(err, wire.ErrFrameTooLarge) {
 			// Nothing was sent: the request itself is at fault, not the
 			// connection.
-			return nil, nil, nil, nil, &wire.Error{Code: wire.CodeBadRequest, Message: "request too large: " + err.Error()}
+			return nil, nil, nil, &wire.Error{Code: wire.CodeBadRequest, Message: "request too large: " + err.Error()}
 		}
-		return nil, nil, nil, nil, c.wrap(ctx, err)
+		if reused && ctx.Err() == nil {
+			continue // the idle stream had gone bad; take a new one
+		}
+		return nil, nil, nil, c.wrap(ctx, err)
 	}
-	return st, wire.NewReader(st), w, done, nil
+}
+
+// takeIdle returns the newest idle stream of session s, if any; idle
+// streams of other (dead) sessions are closed.
+func (c *Channel) takeIdle(s *yamux.Session) (*yamux.Stream, *wire.Reader, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for n := len(c.idle); n > 0; n = len(c.idle) {
+		is := c.idle[n-1]
+		c.idle = c.idle[:n-1]
+		if is.sess == s {
+			return is.st, is.r, true
+		}
+		is.st.Close()
+	}
+	return nil, nil, false
+}
+
+// putIdle keeps st for reuse unless enough streams are idle already.
+func (c *Channel) putIdle(s *yamux.Session, st *yamux.Stream, r *wire.Reader) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.sess != s || len(c.idle) >= maxIdleStreams {
+		return false
+	}
+	c.idle = append(c.idle, idleStream{sess: s, st: st, r: r})
+	return true
 }
 
 // wrap turns transport errors into ErrDisconnected or the context's error.
@@ -301,12 +351,13 @@ func (c *Channel) wrap(ctx context.Context, err error) error {
 
 // call runs a request with one JSON reply.
 func (c *Channel) call(ctx context.Context, req *wire.Request, reply any) error {
-	_, r, _, done, err := c.stream(ctx, req)
+	r, _, end, err := c.stream(ctx, req)
 	if err != nil {
 		return err
 	}
-	defer done()
-	return c.wrap(ctx, r.ExpectJSON(reply))
+	err = r.ExpectJSON(reply)
+	end(err == nil || IsWireError(err))
+	return c.wrap(ctx, err)
 }
 
 // Ping round-trips an empty request.

@@ -24,20 +24,28 @@ type ExecIO struct {
 // command never started (e.g. a missing working directory).
 func (c *Channel) Exec(ctx context.Context, e wire.Exec, io_ ExecIO) (wire.ExitStatus, error) {
 	e.Stdin = io_.Stdin != nil
-	_, r, w, done, err := c.stream(ctx, &wire.Request{Op: wire.OpExec, Exec: &e})
+	r, w, end, err := c.stream(ctx, &wire.Request{Op: wire.OpExec, Exec: &e})
 	if err != nil {
 		return wire.ExitStatus{}, err
 	}
-	defer done()
 	var started wire.Started
 	if err := r.ExpectJSON(&started); err != nil {
+		end(IsWireError(err)) // refused before starting: nothing else follows
 		return wire.ExitStatus{}, c.wrap(ctx, err)
 	}
 
-	// Stdin and signals are sent by one goroutine that owns the writer.
+	// Stdin and signals are sent by one goroutine that owns the writer until
+	// the exec ends; then KindDone tells the agent the stream is free again.
 	finished := make(chan struct{})
-	defer close(finished)
+	senderDone := make(chan struct{})
+	exited := false
+	defer func() {
+		close(finished)
+		<-senderDone
+		end(exited && w.Frame(wire.KindDone, nil) == nil)
+	}()
 	go func() {
+		defer close(senderDone)
 		if io_.Stdin != nil {
 			chunks := make(chan []byte)
 			go func() {
@@ -119,6 +127,7 @@ func (c *Channel) Exec(ctx context.Context, e wire.Exec, io_ ExecIO) (wire.ExitS
 			if err := jsonUnmarshal(b, &es); err != nil {
 				return wire.ExitStatus{}, err
 			}
+			exited = true
 			return es, nil
 		case wire.KindError:
 			return wire.ExitStatus{}, wire.DecodeError(b)
@@ -129,11 +138,11 @@ func (c *Channel) Exec(ctx context.Context, e wire.Exec, io_ ExecIO) (wire.ExitS
 // ReadFile streams a file from the sandbox into dst and returns its info.
 // Nothing is written to dst if the file cannot be opened.
 func (c *Channel) ReadFile(ctx context.Context, path string, dst io.Writer) (wire.FileInfo, error) {
-	_, r, _, done, err := c.stream(ctx, &wire.Request{Op: wire.OpRead, Path: path})
+	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpRead, Path: path})
 	if err != nil {
 		return wire.FileInfo{}, err
 	}
-	defer done()
+	defer end(false)
 	var fi wire.FileInfo
 	if err := r.ExpectJSON(&fi); err != nil {
 		return fi, c.wrap(ctx, err)
@@ -161,10 +170,11 @@ func (c *Channel) ReadFile(ctx context.Context, path string, dst io.Writer) (wir
 // OpenFile starts streaming a file and returns its info and a reader; the
 // reader must be closed.
 func (c *Channel) OpenFile(ctx context.Context, path string) (wire.FileInfo, io.ReadCloser, error) {
-	_, r, _, done, err := c.stream(ctx, &wire.Request{Op: wire.OpRead, Path: path})
+	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpRead, Path: path})
 	if err != nil {
 		return wire.FileInfo{}, nil, err
 	}
+	done := func() { end(false) }
 	var fi wire.FileInfo
 	if err := r.ExpectJSON(&fi); err != nil {
 		done()
@@ -211,11 +221,11 @@ func (f *fileReader) Close() error { f.done(); return nil }
 // WriteFile streams src into path (parents created, replaced atomically) and
 // returns the bytes written. mode 0 means 0644.
 func (c *Channel) WriteFile(ctx context.Context, path string, mode uint32, src io.Reader) (int64, error) {
-	_, r, w, done, err := c.stream(ctx, &wire.Request{Op: wire.OpWrite, Path: path, Mode: mode})
+	r, w, end, err := c.stream(ctx, &wire.Request{Op: wire.OpWrite, Path: path, Mode: mode})
 	if err != nil {
 		return 0, err
 	}
-	defer done()
+	defer end(false)
 	var ack struct{}
 	if err := r.ExpectJSON(&ack); err != nil {
 		return 0, c.wrap(ctx, err)

@@ -18,7 +18,7 @@ import (
 )
 
 // Version is bumped whenever a message changes incompatibly.
-const Version = 1
+const Version = 2
 
 // SocketName is the file name of the host-side listening socket inside the
 // per-sandbox agent directory, which is mounted at AgentDir in the sandbox.
@@ -76,7 +76,13 @@ const (
 	KindSignal Kind = 'S' // payload: one byte, the signal number
 	KindData   Kind = 'D' // file contents
 	KindExit   Kind = 'X' // a JSON ExitStatus; ends an exec
+	KindDone   Kind = 'Z' // from the host after an exec's exit: the stream is free for its next request
 )
+
+// A stream carries one request after another when both ends finished the
+// last one cleanly: the agent's reply ended with its final frame and, for
+// an exec, the host answered the exit with KindDone. Reads and writes of
+// files, and any request that ends early, close the stream instead.
 
 // Ops understood by the agent.
 const (
@@ -183,7 +189,13 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 type Writer struct {
 	w   io.Writer
 	hdr [5]byte
+	buf []byte // header and a small payload, sent as one write
 }
+
+// smallFrame is the largest payload copied behind its header so the frame
+// goes out in one write: on a yamux stream every write is a frame of its
+// own, and inside gVisor every frame costs syscalls and a wakeup.
+const smallFrame = 16 << 10
 
 func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
 
@@ -194,11 +206,13 @@ func (w *Writer) Frame(k Kind, payload []byte) error {
 	}
 	w.hdr[0] = byte(k)
 	binary.BigEndian.PutUint32(w.hdr[1:], uint32(len(payload)))
-	if _, err := w.w.Write(w.hdr[:]); err != nil {
+	if len(payload) <= smallFrame {
+		w.buf = append(append(w.buf[:0], w.hdr[:]...), payload...)
+		_, err := w.w.Write(w.buf)
 		return err
 	}
-	if len(payload) == 0 {
-		return nil
+	if _, err := w.w.Write(w.hdr[:]); err != nil {
+		return err
 	}
 	_, err := w.w.Write(payload)
 	return err

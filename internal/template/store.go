@@ -7,13 +7,11 @@
 package template
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -58,6 +56,12 @@ type Record struct {
 	Name    string    `json:"name"`
 	Source  string    `json:"source"` // e.g. "debootstrap bookworm minbase"
 	BuiltAt time.Time `json:"built_at"`
+	// Digest is the image's manifest digest for templates built from an
+	// OCI image.
+	Digest string `json:"digest,omitempty"`
+	// Env is the image's environment (KEY=VALUE), which every command in
+	// a sandbox of this template starts with.
+	Env []string `json:"env,omitempty"`
 }
 
 // Store is a template directory.
@@ -126,95 +130,54 @@ func Prepare(rootfs string) error {
 	return nil
 }
 
-// Recipe builds a rootfs offline (from the distribution's package mirror).
-type Recipe struct {
-	Name     string
-	Suite    string   // e.g. "bookworm"
-	Variant  string   // e.g. "minbase"
-	Mirror   string   // e.g. "http://deb.debian.org/debian"
-	Packages []string // extra packages
-}
-
-// Recipes are the offline templates `make setup` builds.
-var Recipes = map[string]Recipe{
-	"debian-12": {Name: "debian-12", Suite: "bookworm", Variant: "minbase", Mirror: "http://deb.debian.org/debian"},
-}
-
-// Build builds the named recipe unless it is already built (or force is
-// set). Progress lines go to logw.
-func (s Store) Build(ctx context.Context, name string, force bool, logw func(string)) error {
-	r, ok := Recipes[name]
-	if !ok {
-		return fmt.Errorf("no offline recipe for template %q (known: %s)", name, strings.Join(recipeNames(), ", "))
+// Record returns a built template's record.
+func (s Store) Record(name string) (Record, error) {
+	if _, err := s.Rootfs(name); err != nil {
+		return Record{}, err
 	}
-	if _, err := s.Rootfs(name); err == nil && !force {
-		logw(fmt.Sprintf("template %s is already built in %s", name, s.Dir))
-		return nil
+	var r Record
+	b, err := os.ReadFile(filepath.Join(s.Dir, name, "template.json"))
+	if err == nil {
+		err = json.Unmarshal(b, &r)
+	}
+	return r, err
+}
+
+// Stage makes a staging directory for a build of name; the build puts the
+// filesystem in <stage>/rootfs and hands the stage to Install. The caller
+// removes the stage if it is not installed.
+func (s Store) Stage(name string) (string, error) {
+	if err := ValidName(name); err != nil {
+		return "", err
 	}
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(s.Dir, ".build-"+name+"-")
+}
+
+// Install prepares <stage>/rootfs (see Prepare), records rec and moves the
+// stage into place as template rec.Name, replacing an older build: running
+// sandboxes keep their open files, new ones get the new tree.
+func (s Store) Install(stage string, rec Record) error {
+	if err := ValidName(rec.Name); err != nil {
 		return err
 	}
-	stage, err := os.MkdirTemp(s.Dir, ".build-"+name+"-")
-	if err != nil {
+	if err := Prepare(filepath.Join(stage, "rootfs")); err != nil {
 		return err
 	}
-	defer os.RemoveAll(stage)
-	rootfs := filepath.Join(stage, "rootfs")
-	args := []string{"--variant=" + r.Variant}
-	if len(r.Packages) > 0 {
-		args = append(args, "--include="+strings.Join(r.Packages, ","))
-	}
-	args = append(args, r.Suite, rootfs, r.Mirror)
-	logw(fmt.Sprintf("building template %s: debootstrap %s", name, strings.Join(args, " ")))
-	start := time.Now()
-	cmd := exec.CommandContext(ctx, "debootstrap", args...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("debootstrap for %s failed: %w: %s", name, err, lastLines(string(out), 8))
-	}
-	// Package caches are dead weight in a template every sandbox shares.
-	_ = os.RemoveAll(filepath.Join(rootfs, "var/cache/apt/archives"))
-	_ = os.MkdirAll(filepath.Join(rootfs, "var/cache/apt/archives/partial"), 0o755)
-	_ = os.RemoveAll(filepath.Join(rootfs, "var/lib/apt/lists"))
-	_ = os.MkdirAll(filepath.Join(rootfs, "var/lib/apt/lists/partial"), 0o755)
-	if err := Prepare(rootfs); err != nil {
-		return err
-	}
-	rec := Record{Name: name, Source: fmt.Sprintf("debootstrap --variant=%s %s %s", r.Variant, r.Suite, r.Mirror), BuiltAt: time.Now().UTC()}
 	b, _ := json.MarshalIndent(rec, "", "  ")
 	if err := os.WriteFile(filepath.Join(stage, "template.json"), b, 0o644); err != nil {
 		return err
 	}
-	final := filepath.Join(s.Dir, name)
+	final := filepath.Join(s.Dir, rec.Name)
 	old := final + ".old"
 	_ = os.RemoveAll(old)
 	if _, err := os.Stat(final); err == nil {
-		// Running sandboxes keep their open files; new ones get the new tree.
 		if err := os.Rename(final, old); err != nil {
 			return err
 		}
 		defer os.RemoveAll(old)
 	}
-	if err := os.Rename(stage, final); err != nil {
-		return err
-	}
-	logw(fmt.Sprintf("template %s built in %s (%.0fs)", name, final, time.Since(start).Seconds()))
-	return nil
-}
-
-func recipeNames() []string {
-	var out []string
-	for n := range Recipes {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
+	return os.Rename(stage, final)
 }
