@@ -34,6 +34,8 @@ type serverOpts struct {
 	stateDir string
 	logLevel string
 	dbURL    string // PostgreSQL; empty: SQLite in the data dir
+	// templateDir replaces the host's template directory (testenv.TemplateDir).
+	templateDir string
 }
 
 var keyRE = regexp.MustCompile(`ork_[0-9A-Za-z]{43}`)
@@ -63,6 +65,9 @@ func startAPI(t *testing.T, o serverOpts) *apiServer {
 	if o.logLevel == "" {
 		o.logLevel = "debug"
 	}
+	if o.templateDir == "" {
+		o.templateDir = testenv.TemplateDir()
+	}
 	addr := testenv.FreePort(t)
 	log, err := os.CreateTemp(t.TempDir(), "orkestrd-*.log")
 	if err != nil {
@@ -70,7 +75,7 @@ func startAPI(t *testing.T, o serverOpts) *apiServer {
 	}
 	args := []string{"serve", "--listen", addr, "--data-dir", o.dataDir, "--state-dir", o.stateDir,
 		"--runsc", testenv.Runsc(t), "--agent", filepath.Join(binDir, "orkestr-agent"),
-		"--template-dir", testenv.TemplateDir(), fmt.Sprintf("--pool-size=%d", o.poolSize), "--log-level", o.logLevel}
+		"--template-dir", o.templateDir, fmt.Sprintf("--pool-size=%d", o.poolSize), "--log-level", o.logLevel}
 	if cfgPath != "" {
 		args = append(args, "--config", cfgPath)
 	}

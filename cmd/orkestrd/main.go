@@ -20,8 +20,8 @@ Usage:
   orkestrd admin key create --account NAME --scopes sandboxes:write [--expires 30d]
   orkestrd admin key list --account NAME
   orkestrd admin key revoke --account NAME KEY_ID_OR_PREFIX
-  orkestrd admin template build NAME       build an offline template (e.g. debian-12)
-  orkestrd admin template ls               list built templates
+  orkestrd admin template build NAME       build a catalog template (OCI image or offline recipe)
+  orkestrd admin template ls               list the catalog and what is built here
   orkestrd admin selftest [flags]          start a sandbox, run a command, pause and
                                            resume it, and report timings
   orkestrd version

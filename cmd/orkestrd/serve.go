@@ -78,6 +78,7 @@ func serve(args []string) error {
 			Target   int    `json:"target"`
 		}
 		var pools []poolState
+		templates, _ := n.Templates.List()
 		for _, t := range templates {
 			pools = append(pools, poolState{t.Name, "small", n.Pool.Ready(pool.Key{Template: t.Name, Size: "small"}), ncfg.PoolSize})
 		}

@@ -84,6 +84,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	if _, ok := s.cfg.Template(req.Template); !ok {
 		return apiErr(http.StatusBadRequest, "unknown_template", "Template %q does not exist (see GET /v1/templates).", req.Template).with("field", "template")
 	}
+	if _, err := s.node.Templates.Rootfs(req.Template); err != nil {
+		return notBuilt(req.Template)
+	}
 	size := "small"
 	if req.Size != nil {
 		size = *req.Size
@@ -161,7 +164,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 		}
 		switch {
 		case errors.Is(err, template.ErrNotBuilt):
-			return apiErr(http.StatusServiceUnavailable, "unavailable", "Template %s is in the catalog but not built on this server; the operator can build it with `orkestrd admin template build %s`.", row.Template, row.Template).with("template", row.Template)
+			return notBuilt(row.Template)
 		case errors.Is(err, node.ErrUnknownSize):
 			return invalid("size", "Size %q is not available on this node.", row.Size)
 		}
@@ -467,7 +470,7 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	rootfs, err := s.node.Templates.Rootfs(row.Template)
 	if err != nil {
-		return apiErr(http.StatusServiceUnavailable, "unavailable", "Template %s of this sandbox is not built on this server.", row.Template)
+		return notBuilt(row.Template)
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
 	defer cancel()
@@ -516,4 +519,11 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// notBuilt is the answer to a create from a catalog template that this
+// server has not built (yet): retrying will not help until an operator
+// builds it.
+func notBuilt(name string) error {
+	return apiErr(http.StatusServiceUnavailable, "unavailable", "Template %s is in the catalog but not built on this server (see \"built\" in GET /v1/templates); the operator can build it with `orkestrd admin template build %s`.", name, name).with("template", name)
 }

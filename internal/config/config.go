@@ -6,8 +6,10 @@ package config
 import (
 	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"sort"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -35,11 +37,26 @@ type Plan struct {
 	RateLimit             RateLimit `yaml:"rate_limit"`
 }
 
-// Template is one catalog entry.
+// Template is one catalog entry. Its sources are tried in order when it is
+// built: an OCI image pulled from a registry, or an offline recipe.
 type Template struct {
-	Name        string `yaml:"name"`
-	Description string `yaml:"description"`
-	Default     bool   `yaml:"default"`
+	Name        string           `yaml:"name"`
+	Description string           `yaml:"description"`
+	Default     bool             `yaml:"default"`
+	Sources     []TemplateSource `yaml:"sources"`
+}
+
+// TemplateSource is one way to build a template: exactly one field is set.
+type TemplateSource struct {
+	Image  string `yaml:"image,omitempty"`  // an OCI reference, e.g. python:3.12-slim-bookworm
+	Recipe string `yaml:"recipe,omitempty"` // an offline recipe, e.g. debian-12
+}
+
+// RegistryAuth is how to log in to one registry host.
+type RegistryAuth struct {
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	Token    string `yaml:"token"` // a bearer token instead of username and password
 }
 
 // Config is the whole configuration.
@@ -51,6 +68,12 @@ type Config struct {
 	Sizes             map[string]Size `yaml:"sizes"`
 	Plans             map[string]Plan `yaml:"plans"`
 	Templates         []Template      `yaml:"templates"`
+	// Registries holds credentials by registry host ("ghcr.io",
+	// "index.docker.io"); other registries are pulled from anonymously.
+	Registries map[string]RegistryAuth `yaml:"registries"`
+	// InsecureRegistries are hosts spoken to over plain HTTP (a mirror on
+	// the local network).
+	InsecureRegistries []string `yaml:"insecure_registries"`
 }
 
 // Default returns the defaults of API.md.
@@ -74,11 +97,18 @@ func Default() Config {
 				UsageGBHoursIncluded: 2000, UsageCPUHoursIncluded: 500, RateLimit: RateLimit{RequestsPerSecond: 500, Burst: 1000}},
 		},
 		Templates: []Template{
-			{Name: "python-3.12", Description: "CPython 3.12 with pip and common libs", Default: true},
-			{Name: "python-3.12-bare", Description: "CPython 3.12 only, faster start"},
-			{Name: "node-22", Description: "Node 22 with npm"},
-			{Name: "ubuntu-24.04", Description: "Minimal Ubuntu shell environment"},
-			{Name: "debian-12", Description: "Minimal Debian 12 shell environment (offline build)"},
+			{Name: "python-3.12", Description: "CPython 3.12 with pip and common libs", Default: true,
+				Sources: []TemplateSource{{Image: "python:3.12-slim-bookworm"}}},
+			{Name: "python-3.12-bare", Description: "CPython 3.12 only, faster start",
+				Sources: []TemplateSource{{Image: "python:3.12-alpine"}}},
+			{Name: "node-22", Description: "Node 22 with npm",
+				Sources: []TemplateSource{{Image: "node:22-bookworm-slim"}, {Recipe: "node-22"}}},
+			{Name: "ubuntu-24.04", Description: "Minimal Ubuntu shell environment",
+				Sources: []TemplateSource{{Image: "ubuntu:24.04"}}},
+			{Name: "python-3.11", Description: "Debian 12's CPython 3.11 with pip and venv (offline build)",
+				Sources: []TemplateSource{{Recipe: "python-3.11"}}},
+			{Name: "debian-12", Description: "Minimal Debian 12 shell environment (offline build)",
+				Sources: []TemplateSource{{Recipe: "debian-12"}}},
 		},
 	}
 }
@@ -122,6 +152,8 @@ func Load(path string) (Config, error) {
 	if len(file.Templates) > 0 {
 		c.Templates = file.Templates
 	}
+	c.Registries = file.Registries
+	c.InsecureRegistries = file.InsecureRegistries
 	return c, c.Validate()
 }
 
@@ -145,8 +177,30 @@ func (c Config) Validate() error {
 	if c.Region == "" {
 		return fmt.Errorf("config: region must be set")
 	}
+	seen := map[string]bool{}
+	for _, t := range c.Templates {
+		if !templateNameRE.MatchString(t.Name) || strings.Contains(t.Name, "..") {
+			return fmt.Errorf("config: template name %q: use lower-case letters, digits, '.', '_' and '-' (at most 63)", t.Name)
+		}
+		if seen[t.Name] {
+			return fmt.Errorf("config: template %s is listed twice", t.Name)
+		}
+		seen[t.Name] = true
+		if len(t.Sources) == 0 {
+			return fmt.Errorf("config: template %s has no sources (give an image or a recipe)", t.Name)
+		}
+		for _, src := range t.Sources {
+			if (src.Image == "") == (src.Recipe == "") {
+				return fmt.Errorf("config: template %s: each source sets exactly one of image and recipe", t.Name)
+			}
+		}
+	}
 	return nil
 }
+
+// templateNameRE matches template.ValidName; config does not import the
+// template package.
+var templateNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // SizeNames lists sizes smallest first.
 func (c Config) SizeNames() []string {

@@ -12,6 +12,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/pool"
@@ -63,7 +66,15 @@ type Node struct {
 	Driver    runtime.Driver
 	Pool      *pool.Pool
 	Templates template.Store
+
+	mu       sync.Mutex
+	warm     map[string]string // template → the build its pool was filled from
+	stopScan chan struct{}
 }
+
+// templateScanEvery is how often the node looks for templates built (or
+// rebuilt) by `orkestrd admin template build` while it runs.
+const templateScanEvery = 3 * time.Second
 
 // Open makes the driver; Start reconciles and fills the pools.
 func Open(cfg Config) (*Node, error) {
@@ -84,7 +95,8 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{cfg: cfg, Driver: d, Pool: pool.New(d, cfg.Log), Templates: template.Store{Dir: cfg.TemplateDir}}, nil
+	return &Node{cfg: cfg, Driver: d, Pool: pool.New(d, cfg.Log), Templates: template.Store{Dir: cfg.TemplateDir},
+		warm: map[string]string{}, stopScan: make(chan struct{})}, nil
 }
 
 // Start reconciles what a previous process left (keeping the sandboxes keep
@@ -94,20 +106,72 @@ func (n *Node) Start(ctx context.Context, keep func(runtime.Info) bool) (runtime
 	if err != nil {
 		return rep, fmt.Errorf("reconcile: %w", err)
 	}
-	if n.cfg.PoolSize > 0 {
-		built, err := n.Templates.List()
-		if err != nil {
-			return rep, err
-		}
-		for _, t := range built {
-			spec, err := n.Spec(t.Name, "small")
-			if err != nil {
-				return rep, err
+	if err := n.syncPools(); err != nil {
+		return rep, err
+	}
+	go n.scanTemplates()
+	return rep, nil
+}
+
+// scanTemplates keeps the pools in step with the template store.
+func (n *Node) scanTemplates() {
+	t := time.NewTicker(templateScanEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stopScan:
+			return
+		case <-t.C:
+			if err := n.syncPools(); err != nil {
+				n.cfg.Log.Warn("scanning templates", "err", err)
 			}
-			n.Pool.SetTarget(pool.Key{Template: t.Name, Size: "small"}, spec, n.cfg.PoolSize)
 		}
 	}
-	return rep, nil
+}
+
+// syncPools gives every built template a warm pool of its small size. A
+// template rebuilt since its pool was filled gets its pool emptied and
+// refilled from the new build; one that was removed loses its pool.
+func (n *Node) syncPools() error {
+	if n.cfg.PoolSize <= 0 {
+		return nil
+	}
+	built, err := n.Templates.List()
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	seen := map[string]bool{}
+	for _, t := range built {
+		seen[t.Name] = true
+		build := t.BuiltAt.String() + " " + t.Digest
+		old, had := n.warm[t.Name]
+		if had && old == build {
+			continue
+		}
+		spec, err := n.Spec(t.Name, "small")
+		if err != nil {
+			n.cfg.Log.Warn("template cannot be pooled", "template", t.Name, "err", err)
+			continue
+		}
+		key := pool.Key{Template: t.Name, Size: "small"}
+		if had {
+			n.cfg.Log.Info("template rebuilt; refilling its pool", "template", t.Name)
+			n.Pool.SetTarget(key, spec, 0)
+		} else {
+			n.cfg.Log.Info("warming the pool of a template", "template", t.Name, "size", "small", "target", n.cfg.PoolSize)
+		}
+		n.Pool.SetTarget(key, spec, n.cfg.PoolSize)
+		n.warm[t.Name] = build
+	}
+	for name := range n.warm {
+		if !seen[name] {
+			n.Pool.SetTarget(pool.Key{Template: name, Size: "small"}, runtime.Spec{}, 0)
+			delete(n.warm, name)
+		}
+	}
+	return nil
 }
 
 // ErrUnknownSize is returned for a size not in Sizes.
@@ -133,12 +197,39 @@ func (n *Node) Create(ctx context.Context, tmpl, size string, claim runtime.Clai
 		return nil, false, err
 	}
 	claim.Resources = spec.Resources
+	claim.Env = n.withTemplateEnv(tmpl, claim.Env)
 	return n.Pool.Claim(ctx, pool.Key{Template: tmpl, Size: size}, spec, claim)
+}
+
+// withTemplateEnv puts the template's own environment (an image's ENV,
+// e.g. PATH and PYTHON_VERSION) under the sandbox's variables.
+func (n *Node) withTemplateEnv(tmpl string, env map[string]string) map[string]string {
+	rec, err := n.Templates.Record(tmpl)
+	if err != nil || len(rec.Env) == 0 {
+		return env
+	}
+	out := make(map[string]string, len(rec.Env)+len(env))
+	for _, kv := range rec.Env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
+			out[k] = v
+		}
+	}
+	for k, v := range env {
+		out[k] = v
+	}
+	return out
 }
 
 // Close empties the pools; with destroy set every sandbox goes too,
 // otherwise claimed sandboxes keep running for the next start to adopt.
 func (n *Node) Close(ctx context.Context, destroy bool) error {
+	n.mu.Lock()
+	select {
+	case <-n.stopScan:
+	default:
+		close(n.stopScan)
+	}
+	n.mu.Unlock()
 	return errors.Join(n.Pool.Close(ctx), n.Driver.Close(ctx, destroy))
 }
 

@@ -62,6 +62,10 @@ type Record struct {
 	// Env is the image's environment (KEY=VALUE), which every command in
 	// a sandbox of this template starts with.
 	Env []string `json:"env,omitempty"`
+	// Rootfs, relative to the store, is where the filesystem is when it is
+	// not <name>/rootfs: an image's filesystem is unpacked once under
+	// .images/ and shared by every template built from that image.
+	Rootfs string `json:"rootfs,omitempty"`
 }
 
 // Store is a template directory.
@@ -73,10 +77,22 @@ func (s Store) Rootfs(name string) (string, error) {
 		return "", err
 	}
 	dir := filepath.Join(s.Dir, name)
-	if _, err := os.Stat(filepath.Join(dir, "template.json")); err != nil {
+	b, err := os.ReadFile(filepath.Join(dir, "template.json"))
+	if err != nil {
 		return "", fmt.Errorf("%w: %q (build it with `orkestrd admin template build %s`)", ErrNotBuilt, name, name)
 	}
-	return filepath.Join(dir, "rootfs"), nil
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return "", fmt.Errorf("template %s: corrupt template.json (rebuild it with `orkestrd admin template build --force %s`): %w", name, name, err)
+	}
+	if r.Rootfs == "" {
+		return filepath.Join(dir, "rootfs"), nil
+	}
+	p := filepath.Join(s.Dir, filepath.Clean("/"+r.Rootfs))
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%w: %q (its filesystem %s is missing; rebuild it with `orkestrd admin template build --force %s`)", ErrNotBuilt, name, p, name)
+	}
+	return p, nil
 }
 
 // List returns every built template.
@@ -158,13 +174,16 @@ func (s Store) Stage(name string) (string, error) {
 
 // Install prepares <stage>/rootfs (see Prepare), records rec and moves the
 // stage into place as template rec.Name, replacing an older build: running
-// sandboxes keep their open files, new ones get the new tree.
+// sandboxes keep their open files, new ones get the new tree. A record
+// whose Rootfs points elsewhere needs no rootfs in the stage.
 func (s Store) Install(stage string, rec Record) error {
 	if err := ValidName(rec.Name); err != nil {
 		return err
 	}
-	if err := Prepare(filepath.Join(stage, "rootfs")); err != nil {
-		return err
+	if rec.Rootfs == "" {
+		if err := Prepare(filepath.Join(stage, "rootfs")); err != nil {
+			return err
+		}
 	}
 	b, _ := json.MarshalIndent(rec, "", "  ")
 	if err := os.WriteFile(filepath.Join(stage, "template.json"), b, 0o644); err != nil {
