@@ -12,7 +12,7 @@ BIN          := $(CURDIR)/bin
 # downloaded from anywhere else. It must be a static (CGO_ENABLED=0) build.
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
-OFFLINE_TEMPLATES := debian-12
+OFFLINE_TEMPLATES := debian-12 python-3.11 node-22
 DEB_PACKAGES := debootstrap iproute2 runc ca-certificates postgresql busybox-static
 TEST_FLAGS   ?= -count=1 -timeout 40m
 

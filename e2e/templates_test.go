@@ -216,3 +216,44 @@ templates:
 		t.Fatal("a failed build is listed as built")
 	}
 }
+
+// TestOfflineTemplatesRunTheirLanguage creates a sandbox of every offline
+// template `make setup` builds and runs its language in it.
+func TestOfflineTemplatesRunTheirLanguage(t *testing.T) {
+	s := startAPI(t, serverOpts{poolSize: 0})
+	cases := []struct {
+		template string
+		command  string
+		want     []string
+	}{
+		{"python-3.11", `python3 --version; python --version; pip --version; python3 -m venv /tmp/v && /tmp/v/bin/pip --version; python3 -c 'print(6*7)'`,
+			[]string{"Python 3.11.", "pip ", "/tmp/v/lib/python3.11/site-packages/pip", "42"}},
+		{"node-22", `node -v; npm -v; npx --version; node -e 'console.log(1+1)'`,
+			[]string{"v22.", "\n10.", "\n2\n"}},
+		{"debian-12", `cat /etc/debian_version`, []string{"12."}},
+	}
+	for _, c := range cases {
+		t.Run(c.template, func(t *testing.T) {
+			r := s.do("POST", "/v1/sandboxes", s.key, map[string]any{"template": c.template, "size": "medium"})
+			if r.status == 503 {
+				t.Fatalf("template %s is not built on this host: run `make templates` (CI builds it): %s", c.template, r.body)
+			}
+			if r.status != 201 {
+				t.Fatalf("create: %d %s", r.status, r.body)
+			}
+			id := r.json(t)["id"].(string)
+			defer s.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
+			r = s.do("POST", "/v1/sandboxes/"+id+"/exec", s.key, map[string]any{"command": c.command, "timeout_seconds": 120})
+			res := r.json(t)
+			out, _ := res["stdout"].(string)
+			if r.status != 200 || res["exit_code"] != float64(0) {
+				t.Fatalf("exec: %d %s", r.status, r.body)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
