@@ -1,10 +1,16 @@
+// Package oci pulls OCI/Docker images from registries and unpacks them into
+// template root filesystems.
+//
+// Layers are kept in a content-addressed cache exactly as the registry
+// served them (CacheDir/blobs/sha256/<hex>), each verified against its
+// digest before it is kept, so a layer shared by several images is stored
+// and downloaded once. Unpacking applies the cached layers in order with
+// ApplyLayer, which never writes outside the destination.
 package oci
 
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,254 +30,215 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
-// DefaultPlatform is the platform picked from a multi-platform index when
-// Options.Platform is empty.
-const DefaultPlatform = "linux/amd64"
+// Auth is how to log in to one registry host.
+type Auth struct{ Username, Password, Token string }
+
+// Options configure Pull and Unpack.
+type Options struct {
+	// CacheDir holds blobs/sha256/<hex>: compressed layers as served.
+	CacheDir string
+	// Auth is keyed by registry host ("ghcr.io", "index.docker.io",
+	// "127.0.0.1:5000"); other registries are used anonymously.
+	Auth map[string]Auth
+	// Insecure lists hosts spoken to over plain HTTP.
+	Insecure []string
+	// Platform picks an image from a multi-platform index; default
+	// linux/amd64.
+	Platform string
+	// Progress, if set, is told about every layer as it is fetched.
+	Progress func(Progress)
+}
+
+// Progress reports one layer of a pull.
+type Progress struct {
+	Layer, Layers int // 1-based index, count
+	Digest        string
+	Bytes, Total  int64
+	Done          bool
+	Cached        bool // the layer was in the cache; nothing was downloaded
+}
+
+// Image is a pulled image: its layers are in the cache.
+type Image struct {
+	Ref        string
+	Digest     string   // manifest digest, sha256:…
+	Layers     []string // compressed layer digests, bottom first
+	Env        []string
+	WorkingDir string
+	User       string
+	Entrypoint []string
+	Cmd        []string
+}
 
 // Pull resolves ref (a tag or digest; an index is resolved to the
 // platform's manifest), reads its config and puts every layer that is not
 // cached yet into the cache.
 func Pull(ctx context.Context, ref string, opt Options) (Image, error) {
-	img, err := pull(ctx, ref, opt)
+	r, err := parseRef(ref, opt)
 	if err != nil {
-		return Image{}, fmt.Errorf("pulling %s: %w", ref, err)
-	}
-	return img, nil
-}
-
-// puller is one Pull: what its errors need to name.
-type puller struct {
-	ctx    context.Context
-	ref    string
-	host   string
-	authed bool // credentials were configured for host
-	opt    Options
-}
-
-func pull(ctx context.Context, ref string, opt Options) (Image, error) {
-	if opt.CacheDir == "" {
-		return Image{}, errors.New("no layer cache directory is set (Options.CacheDir)")
-	}
-	r, err := parseRef(ref, opt.Insecure)
-	if err != nil {
-		return Image{}, fmt.Errorf("not an image reference: %w (write NAME[:TAG] or NAME@sha256:DIGEST)", err)
-	}
-	plat := opt.Platform
-	if plat == "" {
-		plat = DefaultPlatform
-	}
-	pl, err := v1.ParsePlatform(plat)
-	if err != nil {
-		return Image{}, fmt.Errorf("platform %q: %w (write OS/ARCH[/VARIANT], e.g. linux/arm64)", plat, err)
+		return Image{}, fmt.Errorf("pulling %s: not an image reference: %w", ref, err)
 	}
 	host := r.Context().RegistryStr()
-	auth, authed := authFor(host, opt.Auth)
-	p := &puller{ctx: ctx, ref: ref, host: host, authed: authed, opt: opt}
-	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithPlatform(*pl), remote.WithAuth(auth),
-		remote.WithTransport(httpTransport), remote.WithUserAgent("orkestr"))
-	if err != nil {
-		return Image{}, p.fail(err)
+	plat := opt.Platform
+	if plat == "" {
+		plat = "linux/amd64"
 	}
-	out, layers, err := describe(ref, img)
+	p, err := v1.ParsePlatform(plat)
 	if err != nil {
-		return Image{}, p.fail(err)
+		return Image{}, fmt.Errorf("platform %q: %w", plat, err)
 	}
+	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithPlatform(*p),
+		remote.WithAuth(authFor(host, opt)), remote.WithTransport(httpTransport()))
+	if err != nil {
+		return Image{}, registryError(ref, host, err)
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return Image{}, registryError(ref, host, err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return Image{}, registryError(ref, host, err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return Image{}, registryError(ref, host, err)
+	}
+	out := Image{Ref: ref, Digest: digest.String(), Env: cfg.Config.Env, WorkingDir: cfg.Config.WorkingDir,
+		User: cfg.Config.User, Entrypoint: cfg.Config.Entrypoint, Cmd: cfg.Config.Cmd}
 	for i, l := range layers {
-		d, err := p.fetch(l, i+1, len(layers))
+		d, err := l.Digest()
 		if err != nil {
-			return Image{}, fmt.Errorf("layer %d/%d: %w", i+1, len(layers), err)
+			return Image{}, registryError(ref, host, err)
 		}
-		out.Layers = append(out.Layers, d)
+		if err := fetchLayer(ctx, l, d, i+1, len(layers), host, opt); err != nil {
+			return Image{}, err
+		}
+		out.Layers = append(out.Layers, d.String())
 	}
 	return out, nil
 }
 
-// describe reads what Image records from the manifest and the config.
-func describe(ref string, img v1.Image) (Image, []v1.Layer, error) {
-	digest, err := img.Digest()
-	if err != nil {
-		return Image{}, nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return Image{}, nil, err
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return Image{}, nil, err
-	}
-	c := cf.Config
-	return Image{Ref: ref, Digest: digest.String(), Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
-		Entrypoint: c.Entrypoint, Cmd: c.Cmd}, layers, nil
-}
-
-func parseRef(ref string, insecure []string) (name.Reference, error) {
+func parseRef(ref string, opt Options) (name.Reference, error) {
 	r, err := name.ParseReference(ref)
-	if err != nil || !slices.Contains(insecure, r.Context().RegistryStr()) {
-		return r, err
+	if err != nil {
+		return nil, err
 	}
-	return name.ParseReference(ref, name.Insecure)
+	if slices.Contains(opt.Insecure, r.Context().RegistryStr()) {
+		return name.ParseReference(ref, name.Insecure)
+	}
+	return r, nil
 }
 
-// authFor returns how to log in to host, and whether credentials were
-// configured for it.
-func authFor(host string, auths map[string]Auth) (authn.Authenticator, bool) {
-	a, ok := auths[host]
+func authFor(host string, opt Options) authn.Authenticator {
+	a, ok := opt.Auth[host]
 	if !ok && host == name.DefaultRegistry {
-		// People write Docker Hub's name in several ways.
-		for _, alias := range []string{"docker.io", "registry-1.docker.io"} {
-			if a, ok = auths[alias]; ok {
-				break
-			}
-		}
+		a, ok = opt.Auth["docker.io"]
 	}
-	switch {
-	case !ok:
-		return authn.Anonymous, false
-	case a.Token != "":
-		return authn.FromConfig(authn.AuthConfig{RegistryToken: a.Token}), true
-	default:
-		return &authn.Basic{Username: a.Username, Password: a.Password}, true
+	if !ok {
+		return authn.Anonymous
+	}
+	return authn.FromConfig(authn.AuthConfig{Username: a.Username, Password: a.Password, RegistryToken: a.Token})
+}
+
+// httpTransport bounds every step that could otherwise hang on a registry
+// that is unreachable or stalls.
+func httpTransport() http.RoundTripper {
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   4,
 	}
 }
 
-// httpTransport bounds connecting and waiting for an answer, so an
-// unreachable or stalled registry fails instead of hanging; a slow body is
-// bounded by the caller's context. It is shared so that pulls reuse
-// connections.
-var httpTransport = func() *http.Transport {
-	t := remote.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	t.ResponseHeaderTimeout = time.Minute
-	return t
-}()
-
-// fail says what went wrong talking to the registry and what to do.
-func (p *puller) fail(err error) error {
-	if cerr := p.ctx.Err(); cerr != nil {
-		return fmt.Errorf("stopped: %w", cerr)
-	}
+// registryError says what went wrong with which registry and what to do.
+func registryError(ref, host string, err error) error {
 	var te *transport.Error
-	if errors.As(err, &te) {
-		return p.statusError(te.StatusCode, err)
-	}
-	if isTLSError(err) {
-		return fmt.Errorf("TLS with registry %s failed: %w (if it speaks plain HTTP, list it in insecure_registries; if its certificate is from a private CA, install the CA on this host)", p.host, err)
-	}
-	var dnsErr *net.DNSError
-	var opErr *net.OpError
-	var netErr net.Error
-	if errors.As(err, &dnsErr) || errors.As(err, &opErr) || (errors.As(err, &netErr) && netErr.Timeout()) {
-		return fmt.Errorf("cannot reach registry %s: %w (check network access or configure a mirror)", p.host, err)
-	}
-	return fmt.Errorf("registry %s: %w", p.host, err)
-}
-
-func (p *puller) statusError(code int, err error) error {
 	switch {
-	case (code == http.StatusUnauthorized || code == http.StatusForbidden) && !p.authed:
-		return fmt.Errorf("authentication failed: registry %s does not let anonymous users pull this image, or it does not exist: %w (check the name, or add credentials for %s to the registries section of the config)", p.host, err, p.host)
-	case code == http.StatusUnauthorized || code == http.StatusForbidden:
-		return fmt.Errorf("authentication failed: registry %s rejected the credentials configured for it: %w (check the username and password or token for %s)", p.host, err, p.host)
-	case code == http.StatusNotFound:
-		return fmt.Errorf("registry %s has no such image: %w (check the name and tag)", p.host, err)
-	case code == http.StatusTooManyRequests:
-		return fmt.Errorf("registry %s is rate-limiting pulls: %w (add credentials for %s, configure a mirror, or try later)", p.host, err, p.host)
+	case errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden):
+		return fmt.Errorf("pulling %s: registry %s refused the credentials (authentication failed; set registries.%s in the config): %w", ref, host, host, err)
+	case errors.As(err, &te) && te.StatusCode == http.StatusNotFound:
+		return fmt.Errorf("pulling %s: registry %s has no such image or tag: %w", ref, host, err)
+	case errors.As(err, &te):
+		return fmt.Errorf("pulling %s: registry %s answered %d: %w", ref, host, te.StatusCode, err)
 	}
-	return fmt.Errorf("registry %s failed: %w", p.host, err)
+	var ne net.Error
+	var oe *net.OpError
+	var de *net.DNSError
+	if errors.As(err, &de) || errors.As(err, &oe) || errors.As(err, &ne) {
+		return fmt.Errorf("pulling %s: cannot reach registry %s (check this host's network access, or configure a mirror): %w", ref, host, err)
+	}
+	return fmt.Errorf("pulling %s from registry %s: %w", ref, host, err)
 }
 
-func isTLSError(err error) bool {
-	var cv *tls.CertificateVerificationError
-	var rh tls.RecordHeaderError
-	var ua x509.UnknownAuthorityError
-	var he x509.HostnameError
-	return errors.As(err, &cv) || errors.As(err, &rh) || errors.As(err, &ua) || errors.As(err, &he) ||
-		// net/http turns a RecordHeaderError into this plain error.
-		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client")
-}
-
-// blobPath is where the blob with digest d lives in the cache.
+// blobPath is where a layer with digest d lives in the cache.
 func blobPath(cacheDir, d string) (string, error) {
-	h, err := v1.NewHash(d)
-	if err != nil || h.Algorithm != "sha256" {
-		return "", fmt.Errorf("unsupported layer digest %q (only sha256 is)", d)
+	hexPart, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || len(hexPart) != 64 {
+		return "", fmt.Errorf("unsupported digest %q (only sha256)", d)
 	}
-	return filepath.Join(cacheDir, "blobs", "sha256", h.Hex), nil
+	if _, err := hex.DecodeString(hexPart); err != nil {
+		return "", fmt.Errorf("malformed digest %q", d)
+	}
+	return filepath.Join(cacheDir, "blobs", "sha256", hexPart), nil
 }
 
-// fetch puts layer l into the cache unless it is there, and returns its
-// digest.
-func (p *puller) fetch(l v1.Layer, n, total int) (string, error) {
-	d, err := l.Digest()
-	if err != nil {
-		return "", p.fail(err)
-	}
-	size, err := l.Size()
-	if err != nil {
-		return "", p.fail(err)
-	}
-	dst, err := blobPath(p.opt.CacheDir, d.String())
-	if err != nil {
-		return "", err
-	}
-	report := func(pr Progress) {
-		if p.opt.Progress != nil {
-			pr.Layer, pr.Layers, pr.Digest = n, total, d.String()
-			p.opt.Progress(pr)
+// fetchLayer puts layer l into the cache unless it is there, verifying its
+// digest while it streams to a temporary file.
+func fetchLayer(ctx context.Context, l v1.Layer, d v1.Hash, n, total int, host string, opt Options) error {
+	report := func(p Progress) {
+		if opt.Progress != nil {
+			p.Layer, p.Layers, p.Digest = n, total, d.String()
+			opt.Progress(p)
 		}
 	}
-	// Only a verified blob is ever renamed into place, so a blob of the
-	// right size is the right blob.
-	if fi, err := os.Stat(dst); err == nil && fi.Size() == size {
-		report(Progress{Bytes: size, Total: size, Done: true, Cached: true})
-		return d.String(), nil
+	path, err := blobPath(opt.CacheDir, d.String())
+	if err != nil {
+		return err
 	}
-	if err := p.download(l, d, size, dst, report); err != nil {
-		return "", err
+	size, _ := l.Size()
+	if fi, err := os.Stat(path); err == nil {
+		report(Progress{Bytes: fi.Size(), Total: fi.Size(), Done: true, Cached: true})
+		return nil
 	}
-	report(Progress{Bytes: size, Total: size, Done: true})
-	return d.String(), nil
-}
-
-// download streams layer l to a temporary file next to dst, hashing it on
-// the way, and renames it to dst only if the digest matches: the cache
-// never holds a blob that is not what its name says.
-func (p *puller) download(l v1.Layer, d v1.Hash, size int64, dst string, report func(Progress)) error {
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
 	rc, err := l.Compressed()
 	if err != nil {
-		return fmt.Errorf("layer %s: %w", d, p.fail(err))
+		return registryError(d.String(), host, err)
 	}
 	defer rc.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".download-*")
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".part-")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	defer os.Remove(tmp.Name()) // a no-op once renamed
 	h := sha256.New()
 	pw := &progressWriter{report: report, total: size}
-	n, err := io.Copy(io.MultiWriter(tmp, h, pw), ctxReader{p.ctx, rc})
+	_, err = io.Copy(io.MultiWriter(tmp, h, pw), ctxReader{ctx, rc})
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	got := "sha256:" + hex.EncodeToString(h.Sum(nil))
-	switch {
-	case p.ctx.Err() != nil:
-		return fmt.Errorf("layer %s: stopped: %w", d, p.ctx.Err())
-	case got != d.String() && (err == nil || n == size):
-		// The registry client checks the digest too and says so as an
-		// error at the end of the body: either way all of it was read.
-		return fmt.Errorf("layer %s from registry %s is corrupt: its content has digest %s; nothing was kept (pull again; if it persists, the registry or a proxy in between serves bad data)", d, p.host, got)
-	case err != nil:
-		return fmt.Errorf("layer %s: %w (nothing was kept; pull again)", d, p.fail(err))
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("downloading layer %s from registry %s: %w", d, host, err)
 	}
-	return os.Rename(tmp.Name(), dst)
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d.String() {
+		return fmt.Errorf("layer %s from registry %s has digest %s: the download is corrupt or the registry is lying; nothing was kept", d, host, got)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	report(Progress{Bytes: pw.n, Total: pw.n, Done: true})
+	return nil
 }
 
-// progressWriter reports a download's progress at most ten times a second.
 type progressWriter struct {
 	report func(Progress)
 	n      int64
@@ -279,25 +246,24 @@ type progressWriter struct {
 	last   time.Time
 }
 
-func (w *progressWriter) Write(b []byte) (int, error) {
-	w.n += int64(len(b))
-	if time.Since(w.last) >= 100*time.Millisecond {
+func (w *progressWriter) Write(p []byte) (int, error) {
+	w.n += int64(len(p))
+	if time.Since(w.last) > 100*time.Millisecond {
 		w.last = time.Now()
 		w.report(Progress{Bytes: w.n, Total: max(w.total, w.n)})
 	}
-	return len(b), nil
+	return len(p), nil
 }
 
-// ctxReader stops a long copy once ctx ends, even if the source would
-// block or go on.
+// ctxReader stops a long copy when ctx ends.
 type ctxReader struct {
 	ctx context.Context
 	r   io.Reader
 }
 
-func (c ctxReader) Read(b []byte) (int, error) {
+func (c ctxReader) Read(p []byte) (int, error) {
 	if err := c.ctx.Err(); err != nil {
 		return 0, err
 	}
-	return c.r.Read(b)
+	return c.r.Read(p)
 }
