@@ -136,7 +136,11 @@ func (a *applier) entry(h *tar.Header, body io.Reader) error {
 		if base == ".wh..wh..opq" {
 			return a.opaque(parent, strings.TrimSuffix(dir, "/"))
 		}
-		return removeAt(parent, strings.TrimPrefix(base, ".wh."))
+		victim := strings.TrimPrefix(base, ".wh.")
+		if victim == "" || victim == "." || victim == ".." || strings.HasPrefix(victim, ".wh.") {
+			return fmt.Errorf("malformed whiteout %q; refused", base)
+		}
+		return removeAt(parent, victim)
 	}
 	a.thisLayer[name] = true
 	mode := uint32(h.Mode) & 0o7777

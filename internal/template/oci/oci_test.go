@@ -394,6 +394,9 @@ func TestHostileLayers(t *testing.T) {
 			{name: "b", typ: tar.TypeSymlink, link: "a" + outside},
 			{name: "b/victim", body: "pwned"},
 		}, false},
+		{"whiteout of the parent", []ent{{name: ".wh..."}}, true},
+		{"whiteout of dot-dot in a dir", []ent{{name: "d/", typ: tar.TypeDir}, {name: "d/.wh..."}}, true},
+		{"whiteout of dot", []ent{{name: "d/", typ: tar.TypeDir}, {name: "d/.wh.."}}, true},
 		{"symlink to a dir then whiteout", []ent{
 			{name: "evil", typ: tar.TypeSymlink, link: outside},
 			{name: "evil/.wh.victim"},
@@ -405,8 +408,19 @@ func TestHostileLayers(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			dest := t.TempDir()
+			parent := t.TempDir()
+			sentinel := filepath.Join(parent, "sentinel")
+			if err := os.WriteFile(sentinel, []byte("next to the root"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			dest := filepath.Join(parent, "root")
+			if err := os.Mkdir(dest, 0o755); err != nil {
+				t.Fatal(err)
+			}
 			err := ApplyLayer(dest, bytes.NewReader(tarOf(t, c.entries...)))
+			if _, serr := os.Stat(sentinel); serr != nil {
+				t.Fatalf("the file next to the root is gone: %v", serr)
+			}
 			if c.refused && err == nil {
 				t.Fatal("the layer was applied; want it refused")
 			}
