@@ -175,6 +175,15 @@ templates:
 	if err != nil {
 		t.Fatalf("build tiny: %v\n%s", err, out)
 	}
+	imageDirs, _ := filepath.Glob(filepath.Join(templateDir, ".images", "sha256-*"))
+	for _, d := range append(imageDirs, filepath.Join(templateDir, "tiny")) {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %v %v, want mode 0755", d, fi.Mode(), err)
+		}
+	}
+	if len(imageDirs) != 1 {
+		t.Errorf("%d unpacked images, want 1", len(imageDirs))
+	}
 	if !strings.Contains(out, "layer 2/2") {
 		t.Errorf("build output shows no layer progress:\n%s", out)
 	}

@@ -137,6 +137,9 @@ func (b Builder) unpackImage(ctx context.Context, img oci.Image, opt oci.Options
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp makes it 0700
+		return err
+	}
 	rootfs := filepath.Join(tmp, "rootfs")
 	if err := os.Mkdir(rootfs, 0o755); err != nil {
 		return err

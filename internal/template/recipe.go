@@ -115,10 +115,6 @@ func (s Store) BuildRecipe(ctx context.Context, name string, force bool, logw fu
 		return err
 	}
 	defer os.RemoveAll(stage)
-	// The stage becomes <dir>/<name>: readable like the rest of the store.
-	if err := os.Chmod(stage, 0o755); err != nil {
-		return err
-	}
 	rootfs := filepath.Join(stage, "rootfs")
 	start := time.Now()
 	var sources []string

@@ -169,7 +169,17 @@ func (s Store) Stage(name string) (string, error) {
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
 		return "", err
 	}
-	return os.MkdirTemp(s.Dir, ".build-"+name+"-")
+	stage, err := os.MkdirTemp(s.Dir, ".build-"+name+"-")
+	if err != nil {
+		return "", err
+	}
+	// MkdirTemp makes it 0700; it becomes <dir>/<name>, which is readable
+	// like the rest of the store.
+	if err := os.Chmod(stage, 0o755); err != nil {
+		os.RemoveAll(stage)
+		return "", err
+	}
+	return stage, nil
 }
 
 // Install prepares <stage>/rootfs (see Prepare), records rec and moves the
