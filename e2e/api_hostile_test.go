@@ -349,6 +349,51 @@ func TestKilledMidCreate(t *testing.T) {
 	t.Logf("%d rows, %d running after the restart", len(page), running)
 }
 
+// TestKilledMidResume kills the server while a resume restores the
+// snapshot; after a restart the sandbox is running or paused again (and
+// then resumes), never lost, and its files are there.
+func TestKilledMidResume(t *testing.T) {
+	s := startAPI(t, serverOpts{poolSize: 0})
+	id := s.create(s.key, nil)
+	s.do("PUT", "/v1/sandboxes/"+id+"/files?path=/workspace/keep", s.key, "kept")
+	if r := s.do("POST", "/v1/sandboxes/"+id+"/pause", s.key, nil); r.status != 200 {
+		t.Fatalf("pause: %d %s", r.status, r.body)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequest("POST", s.url+"/v1/sandboxes/"+id+"/resume", nil)
+		req.Header.Set("Authorization", "Bearer "+s.key)
+		if resp, err := httpClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(60 * time.Millisecond) // a restore takes well over 100 ms here
+	s.stop(syscall.SIGKILL)
+	<-done
+
+	s2 := startAPI(t, serverOpts{poolSize: 0, dataDir: s.dataDir, stateDir: s.stateDir})
+	st := s2.do("GET", "/v1/sandboxes/"+id, s.key, nil).json(t)["status"]
+	t.Logf("after the restart the sandbox is %v", st)
+	switch st {
+	case "running":
+	case "paused":
+		if r := s2.do("POST", "/v1/sandboxes/"+id+"/resume", s.key, nil); r.status != 200 {
+			t.Fatalf("resume after the restart: %d %s", r.status, r.body)
+		}
+	default:
+		t.Fatalf("sandbox %s is %v after a crash mid-resume, want running or paused", id, st)
+	}
+	if r := s2.do("GET", "/v1/sandboxes/"+id+"/files?path=/workspace/keep", s.key, nil); string(r.body) != "kept" {
+		t.Fatalf("file after the resume: %d %q", r.status, r.body)
+	}
+	s2.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
+	time.Sleep(200 * time.Millisecond)
+	if dirs := sandboxIDs(s2.stateDir); len(dirs) != 0 {
+		t.Errorf("runtime sandboxes left after the terminate: %v", dirs)
+	}
+}
+
 func TestRestartKeepsRunningSandboxes(t *testing.T) {
 	s := startAPI(t, serverOpts{})
 	id := s.create(s.key, map[string]any{"env": map[string]string{"K": "v"}})

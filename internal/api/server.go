@@ -38,6 +38,13 @@ type Server struct {
 	// watcher does not record them as crashed.
 	destroying sync.Map
 
+	// running caches the sandboxes this server has running (id ->
+	// liveSandbox) so that exec and files, the hot paths, need no store
+	// read. An entry is added once the running state is committed and
+	// removed before any change away from running is; a miss falls back
+	// to the store.
+	running sync.Map
+
 	mux *http.ServeMux
 }
 
