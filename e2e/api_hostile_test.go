@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,48 @@ func TestAuthIsRefusedForBadKeys(t *testing.T) {
 		if strings.Contains(s.logText(), k[12:]) {
 			t.Fatal("an API key appears in the server log")
 		}
+	}
+}
+
+// TestKeyGuessingIsSlowedDown: a client that keeps failing to authenticate
+// gets 429 with Retry-After, without a store lookup per attempt; it may try
+// again after the wait, and a valid key then works.
+func TestKeyGuessingIsSlowedDown(t *testing.T) {
+	s := startAPI(t, serverOpts{})
+	var limited response
+	n := 0
+	for ; n < 200; n++ {
+		guess := fmt.Sprintf("ork_%043d", n)
+		r := s.do("GET", "/v1/sandboxes", guess, nil)
+		if r.status == 429 {
+			limited = r
+			break
+		}
+		if r.status != 401 {
+			t.Fatalf("guess %d: %d %s", n, r.status, r.body)
+		}
+	}
+	if limited.status != 429 || limited.errCode() != "rate_limited" {
+		t.Fatalf("200 wrong keys in a row were never limited")
+	}
+	if n < 10 || n > 60 {
+		t.Errorf("limited after %d failures; the burst is 20 (plus what refilled meanwhile)", n)
+	}
+	retry, err := strconv.Atoi(limited.header.Get("Retry-After"))
+	if err != nil || retry < 1 {
+		t.Fatalf("429 without a usable Retry-After: %q", limited.header.Get("Retry-After"))
+	}
+	details := limited.json(t)["error"].(map[string]any)["details"].(map[string]any)
+	if ms, _ := details["retry_after_ms"].(float64); ms <= 0 {
+		t.Fatalf("429 details: %v", details)
+	}
+	// Missing and malformed keys count the same.
+	if r := s.do("GET", "/v1/sandboxes", "", nil); r.status != 429 {
+		t.Fatalf("no key while limited: %d %s", r.status, r.body)
+	}
+	time.Sleep(time.Duration(retry) * time.Second)
+	if r := s.do("GET", "/v1/sandboxes", s.key, nil); r.status != 200 {
+		t.Fatalf("valid key after the wait: %d %s", r.status, r.body)
 	}
 }
 
