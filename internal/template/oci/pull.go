@@ -223,14 +223,17 @@ func fetchLayer(ctx context.Context, l v1.Layer, d v1.Hash, n, total int, host s
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("downloading layer %s from registry %s: %w", d, host, err)
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d.String() {
-		return fmt.Errorf("layer %s from registry %s has digest %s: the download is corrupt or the registry is lying; nothing was kept", d, host, got)
+	// The registry client checks the digest too and fails the read at its
+	// end; a download that got every byte is judged by our own sum, so a
+	// corrupt layer is called that whichever check saw it first.
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); (err == nil || pw.n == size) && got != d.String() {
+		return fmt.Errorf("layer %s from registry %s has digest %s: the download is corrupt or the registry is lying; nothing was kept (pull again; if it persists, the registry or a proxy in between serves bad data)", d, host, got)
+	}
+	if err != nil {
+		return fmt.Errorf("downloading layer %s from registry %s: %w", d, host, err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
