@@ -168,3 +168,27 @@ func templateList(args []string) error {
 	}
 	return tw.Flush()
 }
+
+func templatePrune(args []string) error {
+	fs := flag.NewFlagSet("template prune", flag.ExitOnError)
+	dir := fs.String("template-dir", template.DirFromEnv(), "host-wide template directory (env ORKESTR_TEMPLATE_DIR)")
+	_ = fs.Parse(args)
+	if fs.NArg() != 0 {
+		return fmt.Errorf("usage: orkestrd admin template prune [--template-dir DIR]")
+	}
+	p, err := template.Store{Dir: *dir}.Prune()
+	for _, r := range p.Removed {
+		fmt.Printf("removed %s\n", r)
+	}
+	for _, r := range p.InUse {
+		fmt.Printf("kept %s: no template uses it, but a running sandbox does\n", r)
+	}
+	if p.BlobsKept != "" {
+		fmt.Printf("kept every cached layer: %s\n", p.BlobsKept)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("pruned %d entries, %s\n", len(p.Removed), mib(p.Bytes))
+	return nil
+}

@@ -2,6 +2,7 @@ package template
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -93,8 +94,14 @@ func (b Builder) buildImage(ctx context.Context, name, ref string) error {
 	}
 	opt := b.OCI
 	if opt.CacheDir == "" {
-		opt.CacheDir = filepath.Join(b.Store.Dir, ".oci")
+		opt.CacheDir = filepath.Join(b.Store.Dir, ociDir)
 	}
+	// Prune waits for no build: it refuses to run during one.
+	unlock, err := b.Store.lock(false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	start := time.Now()
 	logw(fmt.Sprintf("template %s: pulling %s", name, ref))
 	img, err := oci.Pull(ctx, ref, opt)
@@ -102,7 +109,7 @@ func (b Builder) buildImage(ctx context.Context, name, ref string) error {
 		return err
 	}
 	hexDigest := strings.TrimPrefix(img.Digest, "sha256:")
-	rel := filepath.Join(".images", "sha256-"+hexDigest, "rootfs")
+	rel := filepath.Join(imagesDir, "sha256-"+hexDigest, "rootfs")
 	imageRoot := filepath.Join(b.Store.Dir, rel)
 	if _, err := os.Stat(filepath.Join(filepath.Dir(imageRoot), "complete")); err != nil {
 		logw(fmt.Sprintf("template %s: unpacking %d layers of %s", name, len(img.Layers), img.Digest))
@@ -148,6 +155,12 @@ func (b Builder) unpackImage(ctx context.Context, img oci.Image, opt oci.Options
 		return fmt.Errorf("unpacking %s: %w", img.Ref, err)
 	}
 	if err := Prepare(rootfs); err != nil {
+		return err
+	}
+	// image.json names the layers, so prune knows which cached blobs an
+	// unpacked image still needs.
+	meta, _ := json.MarshalIndent(imageMeta{Ref: img.Ref, Digest: img.Digest, Layers: img.Layers}, "", "  ")
+	if err := os.WriteFile(filepath.Join(tmp, imageMetaFile), meta, 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(img.Digest+"\n"), 0o644); err != nil {
