@@ -39,12 +39,17 @@ func tinyImage(t *testing.T, motd string) v1.Image {
 	return ocitest.Image(t, []string{"PATH=/bin", "IMAGE_GREETING=hello from the image config"}, ocitest.Layer(t, base...), top)
 }
 
-// buildTemplate runs `orkestrd admin template build` and returns its
-// output and error.
-func buildTemplate(t *testing.T, configPath, templateDir, name string) (string, error) {
+// buildTemplate runs `orkestrd admin template build [flags] NAME` and
+// returns its output and error.
+func buildTemplate(t *testing.T, configPath, templateDir, name string, flags ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "orkestrd"), "admin", "template", "build", "--config", configPath, "--template-dir", templateDir, name)
-	out, err := cmd.CombinedOutput()
+	args := append([]string{"admin", "template", "build", "--config", configPath, "--template-dir", templateDir}, flags...)
+	return runOrkestrd(t, append(args, name)...)
+}
+
+func runOrkestrd(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(binDir, "orkestrd"), args...).CombinedOutput()
 	return string(out), err
 }
 
@@ -128,6 +133,43 @@ templates:
 	if err != nil || !strings.Contains(out, "already built") {
 		t.Fatalf("second build: %v\n%s", err, out)
 	}
+
+	// A rebuild from a changed image leaves the old one unpacked; prune
+	// keeps it while a sandbox (the one above, the warm pool's) runs in
+	// it and removes it, with its own layer, once they are gone.
+	ocitest.Push(t, host+"/test/tiny:v1", tinyImage(t, "from layer 2, v2"))
+	if out, err := buildTemplate(t, s.config, templateDir, "tiny", "--force"); err != nil {
+		t.Fatalf("rebuild tiny: %v\n%s", err, out)
+	}
+	prune := func() string {
+		out, err := runOrkestrd(t, "admin", "template", "prune", "--template-dir", templateDir)
+		if err != nil {
+			t.Fatalf("prune: %v\n%s", err, out)
+		}
+		return out
+	}
+	if out := prune(); !strings.Contains(out, "kept .images/sha256-") || strings.Contains(out, "removed .images/sha256-") {
+		t.Fatalf("prune with a sandbox in the old image:\n%s", out)
+	}
+	s.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
+	for start := time.Now(); ; time.Sleep(time.Second) {
+		out := prune()
+		if strings.Contains(out, "removed .images/sha256-") && strings.Contains(out, "removed .oci/blobs/sha256/") {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			t.Fatalf("the old image is still in use a minute after its sandboxes should be gone:\n%s", out)
+		}
+	}
+	if imageDirs, _ := filepath.Glob(filepath.Join(templateDir, ".images", "sha256-*")); len(imageDirs) != 1 {
+		t.Errorf("%d unpacked images after the prune, want 1", len(imageDirs))
+	}
+	id = s.create(s.key, map[string]any{"template": "tiny"})
+	r = s.do("POST", "/v1/sandboxes/"+id+"/exec", s.key, map[string]any{"command": "cat /etc/motd"})
+	if res := r.json(t); r.status != 200 || res["stdout"] != "from layer 2, v2\n" {
+		t.Fatalf("exec after the rebuild and prune: %d %s", r.status, r.body)
+	}
+	s.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
 
 	// An unreachable registry fails the build quickly, saying which.
 	start := time.Now()
