@@ -265,3 +265,25 @@ func TestCancelStopsInsideALayer(t *testing.T) {
 		t.Fatalf("%d entries applied after the cancel", n)
 	}
 }
+
+// BenchmarkApplyLayer applies a layer of 10,000 small files in 100
+// directories, the shape of a language runtime's library tree.
+func BenchmarkApplyLayer(b *testing.B) {
+	var es []ent
+	for d := range 100 {
+		es = append(es, ocitest.Dir(fmt.Sprintf("usr/lib/d%02d/", d)))
+		for f := range 100 {
+			es = append(es, ocitest.File(fmt.Sprintf("usr/lib/d%02d/f%02d.py", d, f), "print(42)\n"))
+		}
+	}
+	layer := ocitest.Tar(b, es...)
+	b.SetBytes(int64(len(layer)))
+	for b.Loop() {
+		b.StopTimer()
+		dest := b.TempDir()
+		b.StartTimer()
+		if err := ApplyLayer(context.Background(), dest, bytes.NewReader(layer)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
