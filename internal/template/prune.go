@@ -55,7 +55,7 @@ func (s Store) lock(exclusive bool) (func(), error) {
 // store.
 type Pruned struct {
 	Removed []string // unpacked images, cached layers, leftovers of interrupted builds
-	Bytes   int64    // the size of the files removed
+	Bytes   int64    // the disk space they took
 	// InUse are unpacked images no template names that a process on this
 	// host (a running sandbox) has as its root; they are kept.
 	InUse []string
@@ -205,15 +205,18 @@ func processRoots() map[devIno]bool {
 	return roots
 }
 
-// treeSize is the size of the regular files under p.
+// treeSize is the disk space the files under p take, each inode once (an
+// image's hard links share theirs).
 func treeSize(p string) int64 {
 	var n int64
-	_ = filepath.WalkDir(p, func(_ string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
+	seen := map[devIno]bool{}
+	_ = filepath.WalkDir(p, func(q string, _ fs.DirEntry, err error) error {
+		var st unix.Stat_t
+		if err != nil || unix.Lstat(q, &st) != nil || seen[devIno{st.Dev, st.Ino}] {
+			return nil
 		}
+		seen[devIno{st.Dev, st.Ino}] = true
+		n += st.Blocks * 512
 		return nil
 	})
 	return n
