@@ -118,11 +118,13 @@ func TestMissingPathsCreateNothing(t *testing.T) {
 		{Name: "x/y/.wh..wh..opq"},
 		ocitest.File("file", "x"),
 		{Name: "file/.wh.under-a-file"},
+		ocitest.Symlink("lib", "usr/lib"),
+		{Name: "lib/.wh.through-a-dangling-symlink"},
 	})
 	if err != nil {
 		t.Fatalf("whiteouts of missing paths: %v", err)
 	}
-	wantTree(t, dest, "file")
+	wantTree(t, dest, "file", "lib -> usr/lib")
 
 	dest, err = applyAll(t, []ent{{Name: "hl", Type: tar.TypeLink, Link: "missing/dir/target"}})
 	if err == nil || !strings.Contains(err.Error(), "does not exist") {
