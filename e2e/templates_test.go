@@ -106,7 +106,7 @@ templates:
 	if len(imageDirs) != 1 {
 		t.Errorf("%d unpacked images, want 1", len(imageDirs))
 	}
-	if !strings.Contains(out, "layer 2/2") {
+	if !strings.Contains(out, "layer 2/2") || !strings.Contains(out, "unpacked") {
 		t.Errorf("build output shows no layer progress:\n%s", out)
 	}
 	// The running server notices the build and warms a pool for it.

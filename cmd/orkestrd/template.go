@@ -101,6 +101,8 @@ func (p *progress) layer(ev oci.Progress) {
 		short = short[:12]
 	}
 	switch {
+	case ev.Unpacked:
+		p.line(fmt.Sprintf("layer %d/%d %s: unpacked (%s)", ev.Layer, ev.Layers, short, mib(ev.Total)))
 	case ev.Done:
 		state := fmt.Sprintf("%s downloaded", mib(ev.Total))
 		if ev.Cached {

@@ -32,6 +32,13 @@ func Unpack(ctx context.Context, img Image, opt Options, dest string) error {
 		if err := unpackBlob(ctx, p, dest); err != nil {
 			return fmt.Errorf("layer %d/%d (%s): %w", i+1, len(img.Layers), d, err)
 		}
+		if opt.Progress != nil {
+			var size int64
+			if fi, err := os.Stat(p); err == nil {
+				size = fi.Size()
+			}
+			opt.Progress(Progress{Layer: i + 1, Layers: len(img.Layers), Digest: d, Bytes: size, Total: size, Unpacked: true})
+		}
 	}
 	return nil
 }

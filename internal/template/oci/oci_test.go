@@ -156,9 +156,11 @@ func TestLayerCacheIsContentAddressed(t *testing.T) {
 	ocitest.Push(t, host+"/t/a:v1", ocitest.Image(t, nil, shared, ocitest.Layer(t, ent{Name: "a", Body: "a"})))
 	ocitest.Push(t, host+"/t/b:v1", ocitest.Image(t, nil, shared, ocitest.Layer(t, ent{Name: "b", Body: "b"})))
 	cache := t.TempDir()
-	var cached, fetched int
+	var cached, fetched, unpacked int
 	opt := Options{CacheDir: cache, Insecure: []string{host}, Progress: func(p Progress) {
-		if p.Done && p.Cached {
+		if p.Unpacked && p.Total > 0 {
+			unpacked++
+		} else if p.Done && p.Cached {
 			cached++
 		} else if p.Done {
 			fetched++
@@ -172,8 +174,8 @@ func TestLayerCacheIsContentAddressed(t *testing.T) {
 	if n := blobs(t, cache); n != 3 {
 		t.Errorf("%d blobs cached, want 3 (the shared layer once)", n)
 	}
-	if fetched != 3 || cached != 3 {
-		t.Errorf("fetched %d, cached %d; want 3 and 3", fetched, cached)
+	if fetched != 3 || cached != 3 || unpacked != 6 {
+		t.Errorf("fetched %d, cached %d, unpacked %d; want 3, 3 and 6", fetched, cached, unpacked)
 	}
 }
 

@@ -45,7 +45,8 @@ type Options struct {
 	// Platform picks an image from a multi-platform index; default
 	// linux/amd64.
 	Platform string
-	// Progress, if set, is told about every layer as it is fetched.
+	// Progress, if set, is told about every layer as it is fetched and
+	// as it is unpacked.
 	Progress func(Progress)
 }
 
@@ -56,6 +57,9 @@ type Progress struct {
 	Bytes, Total  int64
 	Done          bool
 	Cached        bool // the layer was in the cache; nothing was downloaded
+	// Unpacked reports a layer applied by Unpack (Total is its compressed
+	// size) rather than fetched.
+	Unpacked bool
 }
 
 // Image is a pulled image: its layers are in the cache.
