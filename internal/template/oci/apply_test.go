@@ -289,3 +289,111 @@ func BenchmarkApplyLayer(b *testing.B) {
 		}
 	}
 }
+
+// FuzzApplyLayerStaysInTheRoot applies layers made of fuzzed entries and
+// checks that nothing outside the root changed. A layer is lines of
+// "TYPE NAME [LINK]": f file, d dir, l symlink, h hard link, p fifo, w
+// whiteout of NAME, o opaque marker in NAME; $OUT in a name or link is a
+// directory next to the root, $VICTIM a file in it.
+func FuzzApplyLayerStaysInTheRoot(f *testing.F) {
+	for _, seed := range []string{
+		"l lib usr/lib\nf lib/x",
+		"l evil $OUT\nf evil/victim",
+		"l evil $OUT\nw evil/victim",
+		"l evil $OUT\no evil",
+		"l up ..\nf up/sentinel\nh hl up/sentinel",
+		"l a ../../../..\nl b a$OUT\nf b/victim",
+		"l evil $VICTIM\nf evil\nh hl evil",
+		"d d\nw d/..\nw d/.",
+		"l l1 l2\nl l2 l1\nf l1/x",
+		"f a/../../x\nf /abs\nh h ../../x",
+		"l evil $OUT/new/dir\nd evil/x\np evil/x/fifo",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, layer string) {
+		parent := t.TempDir()
+		outside := filepath.Join(parent, "outside")
+		victim := filepath.Join(outside, "victim")
+		sentinel := filepath.Join(parent, "sentinel")
+		dest := filepath.Join(parent, "root")
+		for _, d := range []string{outside, dest} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, p := range []string{victim, sentinel} {
+			if err := os.WriteFile(p, []byte("untouched"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var es []ent
+		for _, line := range strings.Split(layer, "\n") {
+			line = strings.NewReplacer("$OUT", outside, "$VICTIM", victim).Replace(line)
+			fields := strings.Fields(line)
+			if len(fields) < 2 {
+				continue
+			}
+			name, link := fields[1], ""
+			if len(fields) > 2 {
+				link = fields[2]
+			}
+			switch fields[0] {
+			case "f":
+				es = append(es, ocitest.File(name, "pwned"))
+			case "d":
+				es = append(es, ocitest.Dir(name))
+			case "l":
+				es = append(es, ocitest.Symlink(name, link))
+			case "h":
+				es = append(es, ent{Name: name, Type: tar.TypeLink, Link: link})
+			case "p":
+				es = append(es, ent{Name: name, Type: tar.TypeFifo})
+			case "w":
+				dir, base := filepath.Split(name)
+				es = append(es, ent{Name: dir + ".wh." + base})
+			case "o":
+				es = append(es, ent{Name: name + "/.wh..wh..opq"})
+			}
+		}
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, e := range es {
+			// Names the tar format cannot carry are not a test of ApplyLayer.
+			h := &tar.Header{Name: e.Name, Typeflag: tar.TypeReg, Mode: 0o644}
+			if e.Type != 0 {
+				h.Typeflag, h.Linkname = e.Type, e.Link
+			}
+			if e.Type == 0 {
+				h.Size = int64(len(e.Body))
+			}
+			if tw.WriteHeader(h) != nil {
+				return
+			}
+			_, _ = io.WriteString(tw, e.Body)
+		}
+		_ = tw.Close()
+		_ = ApplyLayer(context.Background(), dest, &buf)
+
+		ents, _ := os.ReadDir(parent)
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		if strings.Join(names, ",") != "outside,root,sentinel" {
+			t.Fatalf("next to the root: %v", names)
+		}
+		if ents, _ := os.ReadDir(outside); len(ents) != 1 {
+			t.Fatalf("%d entries outside the root", len(ents))
+		}
+		for _, p := range []string{victim, sentinel} {
+			var st syscall.Stat_t
+			if b, _ := os.ReadFile(p); string(b) != "untouched" || syscall.Lstat(p, &st) != nil || st.Nlink != 1 || st.Mode&0o7777 != 0o644 {
+				t.Fatalf("%s changed: %q, %d links, mode %o", p, b, st.Nlink, st.Mode&0o7777)
+			}
+		}
+		if fi, _ := os.Stat(outside); fi.Mode().Perm() != 0o755 {
+			t.Fatalf("outside is now %v", fi.Mode())
+		}
+	})
+}
