@@ -78,7 +78,10 @@ func (s Store) Prune() (Pruned, error) {
 	if err != nil {
 		return out, err
 	}
-	roots := processRoots()
+	roots, err := processRoots()
+	if err != nil {
+		return out, err
+	}
 	remove := func(rel string) error {
 		p := filepath.Join(s.Dir, rel)
 		n := treeSize(p)
@@ -189,10 +192,18 @@ type devIno struct{ dev, ino uint64 }
 
 // processRoots returns the root directories of the processes on this host:
 // runsc's gofer runs in its sandbox's template rootfs, so an image a
-// running sandbox uses is among them, whichever server started it.
-func processRoots() map[devIno]bool {
+// running sandbox uses is among them, whichever server started it. Only
+// root sees other users' processes' roots, so prune must run as root;
+// processes even root may not inspect (another container's) are skipped.
+func processRoots() (map[devIno]bool, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("prune must run as root: only root sees which images running sandboxes use")
+	}
 	roots := map[devIno]bool{}
-	procs, _ := os.ReadDir("/proc")
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("listing processes to find the images sandboxes run in: %w", err)
+	}
 	for _, p := range procs {
 		if p.Name()[0] < '0' || p.Name()[0] > '9' {
 			continue
@@ -202,7 +213,7 @@ func processRoots() map[devIno]bool {
 			roots[devIno{st.Dev, st.Ino}] = true
 		}
 	}
-	return roots
+	return roots, nil
 }
 
 // treeSize is the disk space the files under p take, each inode once (an
