@@ -118,6 +118,10 @@ func (b Builder) buildImage(ctx context.Context, name, ref string) error {
 		}
 	} else {
 		logw(fmt.Sprintf("template %s: image %s is already unpacked here", name, img.Digest))
+		// Unpacked by an orkestrd that did not list layers yet.
+		if err := writeImageMeta(filepath.Dir(imageRoot), img, false); err != nil {
+			return err
+		}
 	}
 	stage, err := b.Store.Stage(name)
 	if err != nil {
@@ -157,10 +161,7 @@ func (b Builder) unpackImage(ctx context.Context, img oci.Image, opt oci.Options
 	if err := Prepare(rootfs); err != nil {
 		return err
 	}
-	// image.json names the layers, so prune knows which cached blobs an
-	// unpacked image still needs.
-	meta, _ := json.MarshalIndent(imageMeta{Ref: img.Ref, Digest: img.Digest, Layers: img.Layers}, "", "  ")
-	if err := os.WriteFile(filepath.Join(tmp, imageMetaFile), meta, 0o644); err != nil {
+	if err := writeImageMeta(tmp, img, true); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(img.Digest+"\n"), 0o644); err != nil {
@@ -177,4 +178,20 @@ func (s Store) buildRecipe(ctx context.Context, name, recipe string, logw func(s
 		return fmt.Errorf("recipe %s builds template %s, not %s", recipe, recipe, name)
 	}
 	return s.BuildRecipe(ctx, recipe, true, logw)
+}
+
+// writeImageMeta writes dir/image.json, which names the image's layers so
+// prune knows which cached layers an unpacked image still needs; unless
+// replace, one that is there is kept.
+func writeImageMeta(dir string, img oci.Image, replace bool) error {
+	p := filepath.Join(dir, imageMetaFile)
+	if _, err := os.Stat(p); err == nil && !replace {
+		return nil
+	}
+	b, _ := json.MarshalIndent(imageMeta{Ref: img.Ref, Digest: img.Digest, Layers: img.Layers}, "", "  ")
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
 }

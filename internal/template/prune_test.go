@@ -135,6 +135,16 @@ func TestPruneRemovesWhatNoTemplateUses(t *testing.T) {
 	if p, err := store.Prune(); err != nil || len(p.Removed) != 0 || !strings.Contains(p.BlobsKept, imageOf("a")) {
 		t.Fatalf("prune with an image of unknown layers: %+v %v", p, err)
 	}
+	// As the message says, a forced rebuild lists them again.
+	if err := b.Build(ctx, Entry{Name: "a", Sources: []Source{{Image: host + "/t/a:v1"}}}, true); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := store.Prune(); err != nil || !slices.Equal(p.Removed, []string{stray}) || p.BlobsKept != "" {
+		t.Fatalf("prune after the rebuild: %+v %v", p, err)
+	}
+	if err := os.WriteFile(filepath.Join(store.Dir, stray), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	// Not during a build.
 	unlock, err := store.lock(false)
