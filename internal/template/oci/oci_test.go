@@ -240,6 +240,13 @@ func TestCorruptConfigOrManifestIsRefused(t *testing.T) {
 	ocitest.Push(t, host+"/t/c:v1", img)
 	cfg, _ := img.ConfigName()
 	manifest, _ := img.Digest()
+	// Read clean, both references pull: the failures below are the
+	// corruption's.
+	for _, ref := range []string{host + "/t/c:v1", host + "/t/c@" + manifest.String()} {
+		if _, err := Pull(context.Background(), ref, Options{CacheDir: t.TempDir(), Insecure: []string{host}}); err != nil {
+			t.Fatalf("clean pull of %s: %v", ref, err)
+		}
+	}
 	for _, c := range []struct{ what, victim, ref string }{
 		{"config", cfg.String(), host + "/t/c:v1"},
 		{"manifest by digest", manifest.String(), host + "/t/c@" + manifest.String()},
