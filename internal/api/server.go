@@ -35,6 +35,9 @@ type Server struct {
 	locks   sync.Map // sandbox id -> *sync.Mutex, serialises lifecycle changes
 	touched sync.Map // key id -> time of the last recorded use
 	keys    sync.Map // key hash -> cachedKey
+	// usageCache: account id -> cachedUsage, the month's usage for the
+	// budget check of create and resume.
+	usageCache sync.Map
 
 	// destroying marks runtime sandboxes we stop on purpose, so their
 	// watcher does not record them as crashed.

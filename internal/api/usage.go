@@ -32,6 +32,17 @@ func (s *Server) monthUsage(ctx context.Context, account string) (store.Usage, t
 	return u, end, err
 }
 
+// usageCacheTTL bounds how old the month's usage may be when create and
+// resume check the budget: usage reaches the store every few seconds
+// anyway, and a burst of creates then costs one sum, not one each.
+const usageCacheTTL = time.Second
+
+type cachedUsage struct {
+	month time.Time
+	at    time.Time
+	used  store.Usage
+}
+
 // checkUsage refuses to start compute (create, resume) for an account
 // that has used its plan's monthly memory or CPU budget. A budget of 0 is
 // no budget (unmetered). Sandboxes already running keep running.
@@ -40,9 +51,18 @@ func (s *Server) checkUsage(ctx context.Context, p *principal) error {
 	if gb <= 0 && cpu <= 0 {
 		return nil
 	}
-	used, resets, err := s.monthUsage(ctx, p.account.ID)
-	if err != nil {
-		return err
+	now := s.now()
+	month := monthStart(now)
+	resets := month.AddDate(0, 1, 0)
+	var used store.Usage
+	if c, ok := s.usageCache.Load(p.account.ID); ok && c.(cachedUsage).month.Equal(month) && now.Sub(c.(cachedUsage).at) < usageCacheTTL {
+		used = c.(cachedUsage).used
+	} else {
+		var err error
+		if used, err = s.store.AccountUsage(ctx, p.account.ID, month, resets); err != nil {
+			return err
+		}
+		s.usageCache.Store(p.account.ID, cachedUsage{month: month, at: now, used: used})
 	}
 	var what string
 	switch {
