@@ -175,8 +175,8 @@ func (s *Sampler) Track(id, account string, src Source, cores float64, memMB int
 }
 
 // Untrack stops metering id (paused, terminated or stopped): a last
-// reading accrues the time up to now, and everything accrued is flushed
-// before it returns (a failed flush is retried by the next one).
+// reading accrues the time up to now, and what the sandbox accrued is
+// flushed before it returns (a failed flush is retried by the next one).
 func (s *Sampler) Untrack(id string) {
 	s.mu.Lock()
 	se, ok := s.tracked[id]
@@ -191,7 +191,7 @@ func (s *Sampler) Untrack(id string) {
 	se.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := s.Flush(ctx); err != nil {
+	if err := s.flush(ctx, id); err != nil {
 		s.cfg.Log.Warn("flushing metering at the end of a sandbox's run failed; retried with the next flush", "sandbox", id, "err", err)
 	}
 }
@@ -308,16 +308,29 @@ func (s *Sampler) Lifetime(ctx context.Context, account, id string) (store.Usage
 
 // Flush writes everything accrued to the sink. On failure it is kept for
 // the next flush.
-func (s *Sampler) Flush(ctx context.Context) error {
+func (s *Sampler) Flush(ctx context.Context) error { return s.flush(ctx, "") }
+
+// flush writes what sandbox accrued (every sandbox's if it is "").
+func (s *Sampler) flush(ctx context.Context, sandbox string) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	s.mu.Lock()
-	batch := make([]store.UsageDelta, 0, len(s.pending))
-	for _, d := range s.pending {
+	var batch []store.UsageDelta
+	taken := map[pendingKey]*store.UsageDelta{}
+	if sandbox == "" {
+		taken = s.pending
+		s.pending = map[pendingKey]*store.UsageDelta{}
+	} else {
+		for k, d := range s.pending {
+			if k.sandbox == sandbox {
+				taken[k] = d
+				delete(s.pending, k)
+			}
+		}
+	}
+	for _, d := range taken {
 		batch = append(batch, *d)
 	}
-	taken := s.pending
-	s.pending = map[pendingKey]*store.UsageDelta{}
 	s.mu.Unlock()
 	if len(batch) == 0 {
 		return nil

@@ -239,7 +239,12 @@ func TestSamplerKeepsUsageWhenAFlushFails(t *testing.T) {
 	if life, _ := s.Lifetime(ctx, acct, ids[0]); got != want || life != want {
 		t.Fatalf("after the store came back: stored %+v, lifetime %+v, want %+v", got, life, want)
 	}
+	// Untrack flushes the sandbox it stops metering, at once.
+	s.SampleAll()
 	s.Untrack(ids[1])
+	if u, _ := st.SandboxUsage(ctx, acct, ids[1]); u.RunningSeconds < 2 || u.MemMBSeconds != 512*u.RunningSeconds {
+		t.Fatalf("the second sandbox after Untrack: %+v", u)
+	}
 }
 
 // TestSamplerRunStopsWithAFinalFlush: Run's last act is a reading of every
