@@ -4,9 +4,12 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +17,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
+	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
 )
 
 // persistedUsage reads a sandbox's metered lifetime straight from a
@@ -152,5 +156,32 @@ func TestMeteringSurvivesKill9(t *testing.T) {
 	s3 := startAPI(t, serverOpts{dataDir: s.dataDir, stateDir: s.stateDir})
 	if r := s3.do("DELETE", "/v1/sandboxes/"+id, s.key, nil); r.status != 200 {
 		t.Fatalf("delete after the restarts: %d %s", r.status, r.body)
+	}
+
+	// The Go SDK and the CLI read the same figures: the sandboxes add up
+	// to the total, which is what /v1/limits reports.
+	c := sdkClient(t, s3, s.key)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	u, err := c.Usage(ctx, orkestr.UsageParams{Granularity: "hour"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, err := c.Limits(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, sb := range u.Sandboxes {
+		sum += sb.MemMBSeconds
+	}
+	if len(u.Sandboxes) != 2 || sum != u.Total.MemMBSeconds || u.Total.GBHours != lim.UsageGBHoursUsed || u.Total.RunningSeconds < counted {
+		t.Fatalf("usage %+v, limits %+v", u, lim)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "orkestr"), "usage", "--hourly", "--csv")
+	cmd.Env = append(os.Environ(), "ORKESTR_API_KEY="+s.key, "ORKESTR_BASE_URL="+s3.url)
+	out, err := cmd.Output()
+	if err != nil || !strings.HasPrefix(string(out), "period_start,period_end,sandbox_id,mem_mb_seconds,cpu_ms,running_seconds\n") || !strings.Contains(string(out), ","+id+",") {
+		t.Fatalf("orkestr usage --csv: %v\n%s", err, out)
 	}
 }
