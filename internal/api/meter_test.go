@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"strings"
@@ -330,5 +333,50 @@ func TestUsageHostileInput(t *testing.T) {
 	lim := h.do("GET", "/v1/limits", keyA, nil).json(t)
 	if lim["usage_gb_hours_used"] != round(3584.0/3686400, 6) {
 		t.Fatalf("limits: %v", lim)
+	}
+}
+
+// TestOperatorMetrics scrapes the Prometheus handler: sandboxes by status
+// from the store, latency histograms labelled by outcome.
+func TestOperatorMetrics(t *testing.T) {
+	h := newHarness(t, testConfig(), false)
+	acct, key := h.account("ops", "team")
+	now := time.Now().UTC()
+	for _, st := range []store.Status{store.StatusRunning, store.StatusPaused, store.StatusPaused} {
+		sb := store.Sandbox{ID: newSandboxID(), AccountID: acct.ID, Status: st, Template: "debian-12", Size: "small",
+			CPU: 0.5, MemoryMB: 512, Network: "off", Region: "fsn1", TimeoutSeconds: 60, CreatedAt: now, UpdatedAt: now}
+		if err := h.store.CreateSandbox(context.Background(), sb, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := h.do("POST", "/v1/sandboxes", key, map[string]any{"template": "no-such"}); r.code() != "unknown_template" {
+		t.Fatalf("create: %d %s", r.status, r.body)
+	}
+	if r := h.do("POST", "/v1/sandboxes/sbx_01HXYZ7K9Q4R2M8N5P3T6V1W0A/exec", key, map[string]any{"command": "true"}); r.status != 404 {
+		t.Fatalf("exec: %d %s", r.status, r.body)
+	}
+	srv := httptest.NewServer(h.srv.MetricsHandler())
+	defer srv.Close()
+	res, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	text := string(b)
+	for _, line := range []string{
+		`orkestr_sandboxes{status="running"} 1`,
+		`orkestr_sandboxes{status="paused"} 2`,
+		`orkestr_sandboxes{status="terminated"} 0`,
+		`orkestr_store_up 1`,
+		`orkestr_sandbox_create_seconds_count{outcome="unknown_template"} 1`,
+		`orkestr_exec_seconds_count{mode="sync",outcome="sandbox_not_found"} 1`,
+	} {
+		if !strings.Contains(text, "\n"+line+"\n") {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
+	if !strings.HasPrefix(res.Header.Get("Content-Type"), "text/plain") || t.Failed() {
+		t.Fatalf("Content-Type %q; /metrics:\n%s", res.Header.Get("Content-Type"), text)
 	}
 }

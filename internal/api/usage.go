@@ -179,7 +179,7 @@ func (s *Server) getUsage(w http.ResponseWriter, r *http.Request) error {
 		return invalid("to", "to must be after from.")
 	}
 	if to.Sub(from) > maxRange {
-		return invalid("to", "The range from %s to %s is longer than %d days, the most granularity=%s allows; split it.", fmtTime(from), fmtTime(to), int(maxRange/(24*time.Hour)), gran)
+		return invalid("to", "The range from %s to %s is longer than %d days, the most granularity=%s allows; give a closer to (it defaults to the 1st of next month) or split the range.", fmtTime(from), fmtTime(to), int(maxRange/(24*time.Hour)), gran)
 	}
 	rows, err := s.store.UsageReport(r.Context(), p.account.ID, from, to, period)
 	if err != nil {
