@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -21,16 +23,17 @@ import (
 // Server is the API. Create it with New, start its background work with
 // Start, and serve Handler.
 type Server struct {
-	store   store.Store
-	node    *node.Node
-	cfg     config.Config
-	log     *slog.Logger
-	now     func() time.Time
-	limits  *limiter
-	sampler *metering.Sampler
-	om      *opMetrics
-	dataDir string
-	started bool
+	store     store.Store
+	node      *node.Node
+	cfg       config.Config
+	log       *slog.Logger
+	now       func() time.Time
+	limits    *limiter
+	authFails *failLimiter
+	sampler   *metering.Sampler
+	om        *opMetrics
+	dataDir   string
+	started   bool
 
 	locks   sync.Map // sandbox id -> *sync.Mutex, serialises lifecycle changes
 	touched sync.Map // key id -> time of the last recorded use
@@ -42,6 +45,13 @@ type Server struct {
 	// destroying marks runtime sandboxes we stop on purpose, so their
 	// watcher does not record them as crashed.
 	destroying sync.Map
+
+	// running caches the sandboxes this server has running (id ->
+	// liveSandbox) so that exec and files, the hot paths, need no store
+	// read. An entry is added once the running state is committed and
+	// removed before any change away from running is; a miss falls back
+	// to the store.
+	running sync.Map
 
 	mux *http.ServeMux
 }
@@ -76,8 +86,9 @@ func New(o Options) *Server {
 	}
 	s := &Server{
 		store: o.Store, node: o.Node, cfg: o.Config, log: o.Log, now: o.Clock.Now,
-		limits:  newLimiter(o.Clock.Now),
-		dataDir: o.DataDir,
+		limits:    newLimiter(o.Clock.Now),
+		authFails: newFailLimiter(o.Clock.Now),
+		dataDir:   o.DataDir,
 	}
 	s.om = newOpMetrics(s)
 	s.sampler = metering.New(metering.Config{
@@ -134,6 +145,11 @@ func (s *Server) authed(scope string, h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.authenticate(r)
 		if err != nil {
+			var e *Error
+			if errors.As(err, &e) && e.Code == "rate_limited" {
+				ms, _ := e.Details["retry_after_ms"].(int64)
+				w.Header().Set("Retry-After", strconv.FormatInt((ms+999)/1000, 10))
+			}
 			s.writeError(w, r, err)
 			return
 		}
@@ -169,9 +185,22 @@ type cachedKey struct {
 var errUnauthenticated = apiErr(http.StatusUnauthorized, "unauthenticated",
 	"Missing, malformed, unknown, revoked or expired API key. Send Authorization: Bearer ork_...")
 
+// tooManyFailures answers a client address that failed to authenticate
+// too often; nothing is looked up for it until it waits.
+func tooManyFailures(wait time.Duration) error {
+	ms := int64(math.Ceil(float64(wait) / float64(time.Millisecond)))
+	return apiErr(http.StatusTooManyRequests, "rate_limited", "Too many requests with a missing or invalid API key from your address; retry after the time in Retry-After with a valid key.").
+		with("retry_after_ms", ms)
+}
+
 func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	key := bearer(r)
+	addr := clientAddr(r)
 	if key == "" || auth.CheckFormat(key) != nil {
+		if wait := s.authFails.wait(addr); wait > 0 {
+			return nil, tooManyFailures(wait)
+		}
+		s.authFails.fail(addr)
 		return nil, errUnauthenticated
 	}
 	hash := auth.Hash(key)
@@ -181,9 +210,13 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	if c, ok := s.keys.Load(hash); ok && now.Sub(c.(cachedKey).at) < keyCacheTTL {
 		k, acct = c.(cachedKey).key, c.(cachedKey).account
 	} else {
+		if wait := s.authFails.wait(addr); wait > 0 {
+			return nil, tooManyFailures(wait)
+		}
 		var err error
 		k, err = s.store.KeyByHash(r.Context(), hash)
 		if errors.Is(err, store.ErrNotFound) {
+			s.authFails.fail(addr)
 			return nil, errUnauthenticated
 		}
 		if err != nil {
@@ -195,6 +228,7 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 		s.keys.Store(hash, cachedKey{key: k, account: acct, at: now})
 	}
 	if k.RevokedAt != nil || (k.ExpiresAt != nil && !now.Before(*k.ExpiresAt)) {
+		s.authFails.fail(addr)
 		return nil, errUnauthenticated
 	}
 	plan, ok := s.cfg.Plans[acct.Plan]

@@ -761,22 +761,81 @@ func TestSnapshotCap(t *testing.T) {
 		cur.SnapshotBytes = 12345
 		_, err = s1.UpdateSandbox(bg, cur, capPaused)
 		ok(t, "update a paused sandbox at the cap", err)
-		// maxPaused 0 is no cap; non-paused updates are never capped.
+		// A limit of 0 is no cap.
 		cur, _ = s1.GetSandbox(bg, a.ID, rows[0].ID)
 		if cur.Status == store.StatusRunning {
 			cur.Status = store.StatusPaused
 			_, err = s1.UpdateSandbox(bg, cur, 0)
 			ok(t, "pause without a cap", err)
 		}
+		// The paused cap does not count running sandboxes: with 8 others
+		// running, a running update under a limit of 9 passes.
 		for _, sb := range rows[1:] {
 			cur, _ := s1.GetSandbox(bg, a.ID, sb.ID)
 			if cur.Status == store.StatusRunning {
 				cur.Metadata = map[string]string{"k": "v"}
-				_, err = s1.UpdateSandbox(bg, cur, 1)
-				ok(t, "running update with a cap", err)
+				_, err = s1.UpdateSandbox(bg, cur, n-capPaused)
+				ok(t, "running update under the concurrency limit", err)
 				break
 			}
 		}
+	})
+}
+
+// TestResumeConcurrencyLimit: resumes take a slot by moving paused rows to
+// starting under the concurrency limit; concurrent ones from two
+// connections never take more slots than there are.
+func TestResumeConcurrencyLimit(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		s1, s2 := d.open(t), d.open(t)
+		a := mkAccount(t, s1, "a")
+		const paused, running, limit = 10, 2, 5
+		for range running {
+			mkSandbox(t, s1, newSandbox(a.ID, msNow()))
+		}
+		var rows []store.Sandbox
+		for range paused {
+			sb := newSandbox(a.ID, msNow())
+			now := msNow()
+			sb.Status, sb.PausedAt, sb.ExpiresAt, sb.SnapshotDir = store.StatusPaused, &now, nil, "/snap/"+sb.ID
+			rows = append(rows, mkSandbox(t, s1, sb))
+		}
+		var wg sync.WaitGroup
+		var resumed, limited atomic.Int64
+		start := make(chan struct{})
+		for i, sb := range rows {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := s1
+				if i%2 == 1 {
+					s = s2
+				}
+				sb.Status = store.StatusStarting
+				<-start
+				_, err := s.UpdateSandbox(bg, sb, limit)
+				switch {
+				case err == nil:
+					resumed.Add(1)
+				case errors.Is(err, store.ErrLimit):
+					limited.Add(1)
+				default:
+					t.Errorf("UpdateSandbox resume: %v", err)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if resumed.Load() != limit-running || limited.Load() != paused-(limit-running) {
+			t.Fatalf("%d resumes took a slot and %d hit the limit, want %d and %d", resumed.Load(), limited.Load(), limit-running, paused-(limit-running))
+		}
+		active, err := s1.SandboxesByStatus(bg, store.StatusStarting, store.StatusRunning)
+		ok(t, "SandboxesByStatus active", err)
+		if len(active) != limit {
+			t.Fatalf("%d active sandboxes stored, want %d", len(active), limit)
+		}
+		// A create at the limit is refused too: both count the same class.
+		isErr(t, "create at the limit", s1.CreateSandbox(bg, newSandbox(a.ID, msNow()), limit), store.ErrLimit)
 	})
 }
 
