@@ -1,6 +1,7 @@
 package sqlstore_test
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"sync"
@@ -165,6 +166,44 @@ func TestCountSandboxes(t *testing.T) {
 		ok(t, "CountSandboxes", err)
 		if want := map[store.Status]int{store.StatusRunning: 2, store.StatusPaused: 1}; !reflect.DeepEqual(got, want) {
 			t.Fatalf("counts %v, want %v", got, want)
+		}
+	})
+}
+
+// TestUsageLargeBatch: a flush bigger than one multi-row statement (the
+// store splits it) is still all or nothing, and adds up.
+func TestUsageLargeBatch(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		a := mkAccount(t, s, "a")
+		sb := mkSandbox(t, s, newSandbox(a.ID, msNow()))
+		start := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)
+		var batch []store.UsageDelta
+		for h := range 250 {
+			batch = append(batch, delta(sb, start.Add(time.Duration(h)*time.Hour), 512*int64(h+1), int64(h), int64(h+1)))
+		}
+		ok(t, "AddUsage 250 hours", s.AddUsage(bg, batch))
+		// 250 more and, sorted after them into the third statement, one
+		// for a sandbox that does not exist: the database refuses it after
+		// the first two statements ran, and none of them is kept.
+		unknown := store.UsageDelta{SandboxID: "sbx_ZZZZ", AccountID: a.ID, HourStart: start, Usage: store.Usage{RunningSeconds: 1}}
+		bad := append(append([]store.UsageDelta(nil), batch...), unknown)
+		if err := s.AddUsage(bg, bad); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("a batch with an unknown sandbox: %v", err)
+		}
+		u, err := s.SandboxUsage(bg, a.ID, sb.ID)
+		ok(t, "SandboxUsage", err)
+		if want := (store.Usage{MemMBSeconds: 512 * 250 * 251 / 2, CPUMS: 249 * 250 / 2, RunningSeconds: 250 * 251 / 2}); u != want {
+			t.Fatalf("after 250 hours: %+v, want %+v", u, want)
+		}
+		days, err := s.UsageReport(bg, a.ID, start, start.AddDate(0, 1, 0), 24*time.Hour)
+		ok(t, "UsageReport", err)
+		var sum store.Usage
+		for _, r := range days {
+			sum = sum.Add(r.Usage)
+		}
+		if len(days) != 11 || sum != u {
+			t.Fatalf("%d days summing to %+v, want 11 days and %+v", len(days), sum, u)
 		}
 	})
 }
