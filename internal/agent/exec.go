@@ -141,9 +141,11 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 	case <-timeout:
 		timedOut = true
 		killTree(pid)
+		killGroup(p.cgroup)
 		ws = <-exited
 	case <-hostGone:
 		killTree(pid)
+		killGroup(p.cgroup)
 		ws = <-exited
 	}
 	dur := time.Since(start)
