@@ -58,21 +58,26 @@ func TestLiveMetricsAndMetering(t *testing.T) {
 	t0 := time.Now()
 	h.exec(key, id, "setsid sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 & echo $! > /tmp/busy.pid")
 
-	// CPU: the loop pegs its 0.5 cores, i.e. 100 % of the allocation.
-	time.Sleep(4 * time.Second)
-	m := h.do("GET", "/v1/sandboxes/"+id+"/metrics", key, nil).json(t)
-	samples := m["samples"].([]any)
-	if len(samples) < 3 {
-		t.Fatalf("metrics after 4 s: %d samples: %v", len(samples), m)
-	}
-	var pct float64
-	for _, s := range samples[len(samples)-3:] {
-		pct += s.(map[string]any)["cpu_percent"].(float64) / 3
-	}
+	// CPU: the loop pegs its 0.5 cores, i.e. 100 % of the allocation. On
+	// a host busy with other work a second may give it less than its
+	// quota, so this waits for a reading taken while the host had room;
+	// no reading may ever exceed the quota.
+	var m map[string]any
+	waitFor(t, 30*time.Second, "a reading of the busy loop at ≈100 %", func() bool {
+		m = h.do("GET", "/v1/sandboxes/"+id+"/metrics", key, nil).json(t)
+		for _, s := range m["samples"].([]any) {
+			// CFS periods make a 1 s reading lumpy by up to one period
+			// (50 ms of 500): 110 %; samples cover ≥ 0.5 s, 120 %.
+			if p := s.(map[string]any)["cpu_percent"].(float64); p > 125 {
+				t.Fatalf("a 0.5-vCPU sandbox read %.1f %% of its allocation: %v", p, m)
+			}
+		}
+		return m["cpu"] != nil && num(t, m, "cpu", "usage_percent") >= 90
+	})
 	cores := num(t, m, "cpu", "usage_cores")
-	t.Logf("busy loop: cpu %.1f %% of allocation (mean of the last 3 samples), usage_cores %.3f of %v", pct, cores, m["cpu"].(map[string]any)["cores"])
-	if pct < 75 || pct > 110 || cores < 0.35 || cores > 0.56 || num(t, m, "cpu", "cores") != 0.5 {
-		t.Fatalf("a busy loop in a 0.5-vCPU sandbox should read ≈100 %% and ≈0.5 cores: %.1f %%, %v", pct, m["cpu"])
+	t.Logf("busy loop: cpu %v", m["cpu"])
+	if pct := num(t, m, "cpu", "usage_percent"); pct > 110 || cores < 0.45 || cores > 0.55 || num(t, m, "cpu", "cores") != 0.5 {
+		t.Fatalf("a busy loop in a 0.5-vCPU sandbox should read ≈100 %% and ≈0.5 cores: %v", m["cpu"])
 	}
 	if lim := num(t, m, "memory", "limit_bytes"); lim != 512<<20 {
 		t.Fatalf("memory limit %v, want 512 MiB", lim)

@@ -95,6 +95,8 @@ type series struct {
 	based    bool      // a baseline reading was taken
 	lastCPU  uint64    // cpuacct.usage at the last reading
 	lastMono time.Time // real time of the last reading (monotonic)
+	ringCPU  uint64    // the same at the last sample put in the ring
+	ringMono time.Time
 	cpuRem   uint64    // CPU ns read but not yet accrued as whole ms
 	runRem   time.Duration
 
@@ -212,6 +214,7 @@ func (s *Sampler) read(se *series) {
 		// First reading, or a counter that went backwards (a new
 		// cgroup): this reading is the new baseline.
 		se.based, se.lastCPU, se.lastMono = true, st.CPUNanos, mono
+		se.ringCPU, se.ringMono = st.CPUNanos, mono
 		return
 	}
 	dt := mono.Sub(se.lastMono)
@@ -228,19 +231,29 @@ func (s *Sampler) read(se *series) {
 	secs := int64(se.runRem / time.Second)
 	se.runRem -= time.Duration(secs) * time.Second
 
-	cores := float64(dcpu) / 1e9 / dt.Seconds()
-	sm := Sample{T: now.Truncate(time.Millisecond), CPUCores: cores, MemBytes: st.MemoryBytes, MemLimit: st.MemoryLimitBytes}
-	if se.cores > 0 {
-		sm.CPUPercent = cores / se.cores * 100
+	// A ring sample covers at least half an interval: a reading soon
+	// after the last sample (a late round followed by a punctual one, the
+	// last reading before a pause) would divide CPU time by a short
+	// interval that CFS periods make lumpy, and read far above the quota.
+	var sm *Sample
+	if rdt := mono.Sub(se.ringMono); rdt >= s.cfg.Interval/2 {
+		cores := float64(st.CPUNanos-se.ringCPU) / 1e9 / rdt.Seconds()
+		sm = &Sample{T: now.Truncate(time.Millisecond), CPUCores: cores, MemBytes: st.MemoryBytes, MemLimit: st.MemoryLimitBytes}
+		if se.cores > 0 {
+			sm.CPUPercent = cores / se.cores * 100
+		}
+		se.ringCPU, se.ringMono = st.CPUNanos, mono
 	}
 
 	hour := now.Truncate(time.Hour)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	se.ring[se.next] = sm
-	se.next = (se.next + 1) % len(se.ring)
-	if se.next == 0 {
-		se.full = true
+	if sm != nil {
+		se.ring[se.next] = *sm
+		se.next = (se.next + 1) % len(se.ring)
+		if se.next == 0 {
+			se.full = true
+		}
 	}
 	if secs == 0 && cpuMS == 0 {
 		return

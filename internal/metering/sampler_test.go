@@ -367,3 +367,22 @@ func TestReadUsageMatchesRead(t *testing.T) {
 		t.Fatalf("ReadUsage %+v, Read %+v", u, full)
 	}
 }
+
+// TestSamplerSkipsShortSamples: a reading right after another accrues
+// (metering loses nothing) but adds no sample over a sliver of time.
+func TestSamplerSkipsShortSamples(t *testing.T) {
+	g := cgroups(t, 1, "while :; do :; done")[0]
+	st, acct, ids := meterStore(t, 1)
+	s := New(Config{Interval: time.Second, Sink: st})
+	s.Track(ids[0], acct, usageSource{cgroupSource{g}}, 0.5, 512)
+	time.Sleep(1100 * time.Millisecond)
+	s.SampleAll()
+	s.SampleAll()
+	s.SampleAll()
+	samples, _, _ := s.Window(ids[0], time.Time{})
+	life, err := s.Lifetime(context.Background(), acct, ids[0])
+	if err != nil || len(samples) != 1 || life.RunningSeconds != 1 || life.CPUMS < 100 {
+		t.Fatalf("%d samples %+v, lifetime %+v %v", len(samples), samples, life, err)
+	}
+	s.Untrack(ids[0])
+}
