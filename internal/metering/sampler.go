@@ -97,7 +97,7 @@ type series struct {
 	lastMono time.Time // real time of the last reading (monotonic)
 	ringCPU  uint64    // the same at the last sample put in the ring
 	ringMono time.Time
-	cpuRem   uint64    // CPU ns read but not yet accrued as whole ms
+	cpuRem   uint64 // CPU ns read but not yet accrued as whole ms
 	runRem   time.Duration
 
 	// guarded by Sampler.mu
