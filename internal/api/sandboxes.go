@@ -99,6 +99,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(http.StatusPaymentRequired, "size_not_allowed", "Size %s is not included in the %s plan.", size, p.account.Plan).
 			with("size", size).with("allowed_sizes", p.plan.AllowedSizes)
 	}
+	if err := s.checkUsage(r.Context(), p); err != nil {
+		return err
+	}
 	network := "off"
 	if req.Network != nil {
 		network = *req.Network
@@ -216,7 +219,7 @@ func (s *Server) runningRuntime(r *http.Request) (runtime.Sandbox, error) {
 // track starts sampling a running sandbox and watches it: if it stops on
 // its own (out of memory, crash) the record says so.
 func (s *Server) track(row store.Sandbox, rt runtime.Sandbox) {
-	s.sampler.Track(row.ID, rt, row.CPU, row.MemoryMB)
+	s.sampler.Track(row.ID, row.AccountID, rt, row.CPU, row.MemoryMB)
 	s.running.Store(row.ID, liveSandbox{account: row.AccountID, rt: rt})
 	go func() {
 		<-rt.Done()
@@ -494,6 +497,9 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	case store.StatusPaused:
 	default:
 		return notReady(string(row.Status))
+	}
+	if err := s.checkUsage(r.Context(), p); err != nil {
+		return err
 	}
 	rootfs, err := s.node.Templates.Rootfs(row.Template)
 	if err != nil {

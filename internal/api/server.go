@@ -31,11 +31,16 @@ type Server struct {
 	limits    *limiter
 	authFails *failLimiter
 	sampler   *metering.Sampler
+	om        *opMetrics
 	dataDir   string
+	started   bool
 
 	locks   sync.Map // sandbox id -> *sync.Mutex, serialises lifecycle changes
 	touched sync.Map // key id -> time of the last recorded use
 	keys    sync.Map // key hash -> cachedKey
+	// usageCache: account id -> cachedUsage, the month's usage for the
+	// budget check of create and resume.
+	usageCache sync.Map
 
 	// destroying marks runtime sandboxes we stop on purpose, so their
 	// watcher does not record them as crashed.
@@ -58,24 +63,38 @@ type Options struct {
 	Config  config.Config
 	Log     *slog.Logger
 	DataDir string           // snapshots live in DataDir/snapshots
-	Now     func() time.Time // for tests; time.Now by default
+	Now     func() time.Time // for tests; time.Now by default (Clock wins if both are set)
+	// Clock is the time of deadlines, rate limits, plan months and the
+	// hour metered usage is attributed to; tests inject one to cross a
+	// month. Default: Now, else the system clock.
+	Clock metering.Clock
+	// FlushEvery is how often metered usage is written to the store
+	// (default 3 s; a crash loses at most this plus one sample interval).
+	FlushEvery time.Duration
 }
 
 // New builds the server and its routes.
 func New(o Options) *Server {
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = metering.SystemClock{}
+		if o.Now != nil {
+			o.Clock = metering.ClockFunc(o.Now)
+		}
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
 	s := &Server{
-		store: o.Store, node: o.Node, cfg: o.Config, log: o.Log, now: o.Now,
-		limits:    newLimiter(o.Now),
-		authFails: newFailLimiter(o.Now),
-		sampler:   metering.NewSampler(time.Second, 60),
+		store: o.Store, node: o.Node, cfg: o.Config, log: o.Log, now: o.Clock.Now,
+		limits:    newLimiter(o.Clock.Now),
+		authFails: newFailLimiter(o.Clock.Now),
 		dataDir:   o.DataDir,
 	}
+	s.om = newOpMetrics(s)
+	s.sampler = metering.New(metering.Config{
+		Interval: time.Second, Window: 60, FlushEvery: o.FlushEvery, Clock: o.Clock, Sink: o.Store, Log: o.Log,
+		OnRound: s.om.samplerRound, OnFlush: s.om.meteringFlush,
+	})
 	s.routes()
 	return s
 }
@@ -91,9 +110,19 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.reconcile(ctx); err != nil {
 		return err
 	}
+	s.started = true
 	go s.sampler.Run(ctx)
 	go s.deadlineLoop(ctx)
 	return nil
+}
+
+// Wait blocks, after Start's context has ended, until the background work
+// has stopped and the last metered usage is in the store. Call it before
+// closing the store.
+func (s *Server) Wait() {
+	if s.started {
+		s.sampler.Wait()
+	}
 }
 
 // principal is the authenticated caller of a request.

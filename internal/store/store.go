@@ -136,5 +136,7 @@ type Store interface {
 	// the statuses, for reconciliation and the deadline sweeper.
 	SandboxesByStatus(ctx context.Context, statuses ...Status) ([]Sandbox, error)
 
+	UsageStore
+
 	Close() error
 }
