@@ -19,3 +19,21 @@ func BenchmarkGetSandbox(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkGetSandboxSpaced is BenchmarkGetSandbox with 20 ms of idle time
+// (untimed) before each read, as between the requests of one client: what
+// a request pays with cold caches.
+func BenchmarkGetSandboxSpaced(b *testing.B) {
+	s := testDB{kind: "sqlite", url: "sqlite://" + filepath.Join(b.TempDir(), "orkestr.db")}.open(b)
+	a := mkAccount(b, s, "bench")
+	sb := mkSandbox(b, s, newSandbox(a.ID, time.Now().UTC().Truncate(time.Millisecond)))
+	ctx := context.Background()
+	for b.Loop() {
+		b.StopTimer()
+		time.Sleep(20 * time.Millisecond)
+		b.StartTimer()
+		if _, err := s.GetSandbox(ctx, a.ID, sb.ID); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
