@@ -499,7 +499,13 @@ func (m *Manager) Detach(ctx context.Context, a Attachment) error {
 		if err := deleteLink(a.Iface); err != nil {
 			errs = append(errs, err)
 		}
-		errs = append(errs, m.flushElements(ctx, a))
+		m.mu.Lock()
+		started := m.started
+		m.mu.Unlock()
+		// Before Start the table is rebuilt anyway.
+		if started {
+			errs = append(errs, m.flushElements(ctx, a))
+		}
 	}
 	if a.Netns != "" {
 		errs = append(errs, deleteNetns(a.Netns))
@@ -659,4 +665,24 @@ func (m *Manager) Close(ctx context.Context, destroy bool) error {
 		errs = append(errs, nft(ctx, fmt.Sprintf("table inet %s\ndelete table inet %s\n", m.table, m.table)))
 	}
 	return errors.Join(errs...)
+}
+
+// Leftovers lists what of instance exists on this host: namespaces,
+// interfaces and its nftables table. Tests use it to prove cleanup.
+func Leftovers(instance string) []string {
+	var out []string
+	ents, _ := os.ReadDir(netnsDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "ork-"+instance+"-") {
+			out = append(out, "netns:"+e.Name())
+		}
+	}
+	links, _ := hostLinks("orkestr:" + instance + ":")
+	for name := range links {
+		out = append(out, "veth:"+name)
+	}
+	if _, err := nftJSON(context.Background(), "list", "table", "inet", "orkestr-"+instance); err == nil {
+		out = append(out, "nft:inet orkestr-"+instance)
+	}
+	return out
 }
