@@ -208,3 +208,49 @@ func TestNetworkClaimMismatch(t *testing.T) {
 		t.Errorf("unclaimed sandbox connected: %q", o.Stdout)
 	}
 }
+
+// TestNetworkCheckpointRestore pauses a restricted sandbox and resumes it
+// into a fresh namespace: the policy comes back with it.
+func TestNetworkCheckpointRestore(t *testing.T) {
+	env, _ := netEnv(t)
+	ctx := testCtx(t, 2*time.Minute)
+	sb := netSandbox(t, env, runtime.NetworkRestricted)
+	sh(t, sb, "echo kept > /workspace/f")
+	if res, _ := probe(t, sb, "allowed.test:8080"); !strings.HasPrefix(res["allowed.test:8080"], "ok") {
+		t.Fatalf("before checkpoint: %v", res)
+	}
+	before := sb.(interface{ NetAddr() string }).NetAddr()
+	dir := t.TempDir()
+	if _, err := sb.Checkpoint(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	// Another sandbox takes the freed address block, so the restore gets
+	// a different one: gVisor must pick up the new namespace's address.
+	netSandbox(t, env, runtime.NetworkOpen)
+	rs, err := env.Driver.Restore(ctx, dir, testenv.Rootfs(t, "python-3.11"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Destroy(ctx)
+	if after := rs.(interface{ NetAddr() string }).NetAddr(); after == before {
+		t.Errorf("restore reused the address %s; the test needs a new one", after)
+	}
+	if got := rs.Info().Network; got != runtime.NetworkRestricted {
+		t.Errorf("restored sandbox has network %q", got)
+	}
+	if got := sh(t, rs, "cat /workspace/f"); got != "kept\n" {
+		t.Errorf("file: %q", got)
+	}
+	res, out := probe(t, rs, "allowed.test:8080", "forbidden.test:8080", tgt(nettest.Forbidden))
+	if !strings.HasPrefix(res["allowed.test:8080"], "ok hello") {
+		t.Errorf("restored sandbox cannot reach an allowed name: %v (stderr %s)", res, out.Stderr)
+	}
+	for _, k := range []string{"forbidden.test:8080", tgt(nettest.Forbidden)} {
+		if !strings.HasPrefix(res[k], "fail") {
+			t.Errorf("restored sandbox reached %s: %s", k, res[k])
+		}
+	}
+	if len(out.Blocked) == 0 {
+		t.Errorf("restored sandbox reports no blocked connections")
+	}
+}
