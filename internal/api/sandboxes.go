@@ -106,7 +106,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	switch network {
 	case "off":
 	case "restricted", "open":
-		return invalid("network", "Network mode %q is not available on this server yet; use \"off\".", network)
+		if !s.node.NetworkEnabled() {
+			return invalid("network", "Network mode %q is not enabled on this server (the operator sets network.enabled); use \"off\".", network)
+		}
 	default:
 		return invalid("network", "Network must be one of \"off\", \"restricted\", \"open\".")
 	}
@@ -152,8 +154,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	// either fully there or marked failed, never half made.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
 	defer cancel()
-	rt, _, err := s.node.Create(ctx, row.Template, row.Size, runtime.Claim{
-		Env: req.Env, Hostname: "sandbox",
+	rt, _, err := s.node.Create(ctx, row.Template, row.Size, row.AccountID, runtime.Claim{
+		Env: req.Env, Hostname: "sandbox", Network: row.Network,
 		Labels: map[string]string{"sandbox_id": row.ID, "account_id": row.AccountID},
 	})
 	if err != nil {

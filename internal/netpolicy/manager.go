@@ -165,6 +165,7 @@ type Manager struct {
 
 	mu      sync.Mutex
 	started bool
+	up      bool // table, forwarding and drop log are in place
 	byID    map[string]*attached
 	byIndex map[int]*attached
 	nflog   *nflog
@@ -227,10 +228,12 @@ func ValidateNames(names []string) error {
 }
 
 // Start runs once before any Attach, after a crash or a clean stop: it
-// rebuilds this instance's nftables table, removes every namespace and
-// interface of this instance not in keep, and takes over the ones in keep
+// removes every namespace and interface of this instance not in keep,
+// rebuilds this instance's nftables table, and takes over the ones in keep
 // (their resolvers start again; addresses they were allowed stay allowed).
-// It returns what it removed.
+// It returns what it removed. A server with no networked sandbox leaves
+// the host untouched: the table, IPv4 forwarding and the drop log are set
+// up with the first attachment.
 func (m *Manager) Start(ctx context.Context, keep []Attachment) ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -284,27 +287,51 @@ func (m *Manager) Start(ctx context.Context, keep []Attachment) ([]string, error
 		}
 		removed = append(removed, "netns:"+e.Name())
 	}
-	script := fmt.Sprintf("table inet %s\ndelete table inet %s\n", m.table, m.table) +
-		tableScript(m.table, m.cfg.LogGroup, m.cfg.Range, m.cfg.AllowPrivate)
-	if err := nft(ctx, script); err != nil {
-		return removed, err
+	if _, err := nftJSON(ctx, "list", "table", "inet", m.table); err == nil {
+		if err := nft(ctx, fmt.Sprintf("delete table inet %s\n", m.table)); err != nil {
+			return removed, err
+		}
+		if len(keep) == 0 {
+			removed = append(removed, "nft:inet "+m.table)
+		}
 	}
-	if err := enableForwarding(); err != nil {
-		return removed, err
-	}
-	l, err := openNflog(m.cfg.LogGroup)
-	if err != nil {
-		return removed, err
-	}
-	m.nflog = l
-	go l.run(m.onDrop)
 	m.started = true
+	if len(keep) > 0 {
+		if err := m.bringUp(ctx); err != nil {
+			return removed, err
+		}
+	}
 	for _, a := range keep {
 		if err := m.adopt(ctx, a, carry); err != nil {
 			errs = append(errs, fmt.Errorf("netpolicy: take over %s: %w", a.Sandbox, err))
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// bringUp creates the table, turns on forwarding and opens the drop log;
+// m.mu is held.
+func (m *Manager) bringUp(ctx context.Context) error {
+	if m.up {
+		return nil
+	}
+	script := fmt.Sprintf("table inet %s\ndelete table inet %s\n", m.table, m.table) +
+		tableScript(m.table, m.cfg.LogGroup, m.cfg.Range, m.cfg.AllowPrivate)
+	if err := nft(ctx, script); err != nil {
+		return err
+	}
+	if err := enableForwarding(); err != nil {
+		return err
+	}
+	l, err := openNflog(m.cfg.LogGroup)
+	if err != nil {
+		_ = nft(ctx, fmt.Sprintf("delete table inet %s\n", m.table))
+		return err
+	}
+	m.nflog = l
+	go l.run(m.onDrop)
+	m.up = true
+	return nil
 }
 
 func (m *Manager) adopt(ctx context.Context, a Attachment, carry []setElement) error {
@@ -365,10 +392,14 @@ func (m *Manager) baseElements(b *strings.Builder, verb string, a *attached) {
 // returns.
 func (m *Manager) Attach(ctx context.Context, sandbox string) (_ Attachment, err error) {
 	m.mu.Lock()
-	started := m.started
-	m.mu.Unlock()
-	if !started {
+	if !m.started {
+		m.mu.Unlock()
 		return Attachment{}, errors.New("netpolicy: not started")
+	}
+	err = m.bringUp(ctx)
+	m.mu.Unlock()
+	if err != nil {
+		return Attachment{}, err
 	}
 	a := Attachment{Sandbox: sandbox, Netns: m.nsPre + sandbox, Mode: ModeDeny}
 	if err := createNetns(a.Netns); err != nil {
@@ -500,10 +531,10 @@ func (m *Manager) Detach(ctx context.Context, a Attachment) error {
 			errs = append(errs, err)
 		}
 		m.mu.Lock()
-		started := m.started
+		up := m.up
 		m.mu.Unlock()
-		// Before Start the table is rebuilt anyway.
-		if started {
+		// Without the table there are no elements to remove.
+		if up {
 			errs = append(errs, m.flushElements(ctx, a))
 		}
 	}
@@ -648,7 +679,7 @@ func (m *Manager) Close(ctx context.Context, destroy bool) error {
 	}
 	l := m.nflog
 	m.nflog = nil
-	started := m.started
+	up := m.up
 	m.mu.Unlock()
 	var errs []error
 	for _, a := range all {
@@ -661,9 +692,14 @@ func (m *Manager) Close(ctx context.Context, destroy bool) error {
 	if l != nil {
 		l.close()
 	}
-	if destroy && started {
+	if destroy && up {
 		errs = append(errs, nft(ctx, fmt.Sprintf("table inet %s\ndelete table inet %s\n", m.table, m.table)))
 	}
+	m.mu.Lock()
+	if destroy {
+		m.up = false
+	}
+	m.mu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -685,4 +721,16 @@ func Leftovers(instance string) []string {
 		out = append(out, "nft:inet orkestr-"+instance)
 	}
 	return out
+}
+
+// Cleanup removes all network state of instance from this host (what
+// Start with nothing kept removes), for tools and tests that clean up
+// after a server that cannot.
+func Cleanup(ctx context.Context, instance string) error {
+	m, err := New(Config{Instance: instance, Upstreams: []string{}})
+	if err != nil {
+		return err
+	}
+	_, err = m.Start(ctx, nil)
+	return err
 }

@@ -436,7 +436,9 @@ func (d *Driver) Close(ctx context.Context, destroy bool) error {
 		}
 	}
 	if d.net != nil {
-		errs = append(errs, d.net.Close(ctx, destroy && left == 0))
+		// With no sandbox left the table goes too; otherwise it stays
+		// for the next process to adopt the sandboxes with.
+		errs = append(errs, d.net.Close(ctx, left == 0))
 	}
 	return errors.Join(errs...)
 }
