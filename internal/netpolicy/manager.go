@@ -544,33 +544,30 @@ func (m *Manager) Detach(ctx context.Context, a Attachment) error {
 	return errors.Join(errs...)
 }
 
-// flushElements deletes every set element of a's interface.
+// flushElements deletes every set element of a's interface in one
+// transaction. Each element is added before it is deleted: adding an
+// existing element is a no-op and deleting a missing one would fail the
+// whole transaction.
 func (m *Manager) flushElements(ctx context.Context, a Attachment) error {
-	var b strings.Builder
-	// "destroy" would ignore missing elements but needs nft 1.0.8; delete
-	// each in its own transaction-free form instead by listing first.
 	els, err := listAllowed(ctx, m.table)
 	if err != nil {
 		return err
 	}
+	var b strings.Builder
 	for _, e := range els {
 		if e.Iface == a.Iface {
 			fmt.Fprintf(&b, "delete element inet %s allowed { %s . %s }\n", m.table, quote(e.Iface), e.Addr)
 		}
 	}
-	for _, s := range []string{
+	for _, el := range []string{
 		fmt.Sprintf("ifaces { %s }", quote(a.Iface)),
 		fmt.Sprintf("open { %s }", quote(a.Iface)),
 		fmt.Sprintf("addrs { %s . %s }", quote(a.Iface), a.SandboxAddr),
 		fmt.Sprintf("gateways { %s . %s }", quote(a.Iface), a.HostAddr),
 	} {
-		// One command per script: a missing element fails only its own.
-		_ = nft(ctx, fmt.Sprintf("delete element inet %s %s\n", m.table, s))
+		fmt.Fprintf(&b, "add element inet %s %s\ndelete element inet %s %s\n", m.table, el, m.table, el)
 	}
-	if b.Len() > 0 {
-		return nft(ctx, b.String())
-	}
-	return nil
+	return nft(ctx, b.String())
 }
 
 // allow adds addresses to a restricted sandbox's allow set.

@@ -513,3 +513,44 @@ func TestConfigRejects(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAttachDetach times the network of one sandbox alone: Attach
+// (namespace, veth pair, addresses, route, set elements, resolver),
+// SetPolicy to open, and Detach.
+func BenchmarkAttachDetach(b *testing.B) {
+	in := nettest.Start(b)
+	inst := instance()
+	m, err := netpolicy.New(netpolicy.Config{Instance: inst, Upstreams: []string{in.DNS}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := m.Start(context.Background(), nil); err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close(context.Background(), true)
+	ctx := context.Background()
+	var attach, policy, detach time.Duration
+	i := 0
+	for b.Loop() {
+		t0 := time.Now()
+		a, err := m.Attach(ctx, fmt.Sprintf("bench%d", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := m.SetPolicy(ctx, a.Sandbox, netpolicy.ModeOpen, nil); err != nil {
+			b.Fatal(err)
+		}
+		t2 := time.Now()
+		if err := m.Detach(ctx, a); err != nil {
+			b.Fatal(err)
+		}
+		attach += t1.Sub(t0)
+		policy += t2.Sub(t1)
+		detach += time.Since(t2)
+		i++
+	}
+	b.ReportMetric(float64(attach.Milliseconds())/float64(i), "attach-ms")
+	b.ReportMetric(float64(policy.Microseconds())/1000/float64(i), "policy-ms")
+	b.ReportMetric(float64(detach.Milliseconds())/float64(i), "detach-ms")
+}
