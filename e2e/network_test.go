@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/netpolicy/nettest"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
+	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
 )
 
 // netProbe connects to each host:port argument and prints "ok ..." or
@@ -146,6 +148,23 @@ func TestNetworkPolicyOverHTTP(t *testing.T) {
 	resp.Body.Close()
 	if bc, _ := exit["blocked_connections"].([]any); len(bc) != 1 || !strings.Contains(fmt.Sprint(bc[0]), "forbidden.test") {
 		t.Errorf("stream exit line: %v", exit)
+	}
+
+	// The Go SDK raises NetworkPolicyError for a failed command with
+	// blocked connections, and not for a successful one.
+	c, err := orkestr.NewClient(orkestr.WithAPIKey(s.key), orkestr.WithBaseURL(s.url))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = c.Sandbox(restr).Exec(sctx, "python3 -c '"+netProbe+"' forbidden.test:8080", orkestr.ExecOptions{})
+	var npe *orkestr.NetworkPolicyError
+	if !errors.As(err, &npe) || len(npe.Result.BlockedConnections) == 0 {
+		t.Errorf("SDK: want NetworkPolicyError, got %v", err)
+	}
+	if _, err = c.Sandbox(restr).Exec(sctx, "python3 -c '"+netProbe+"' allowed.test:8080", orkestr.ExecOptions{}); err != nil {
+		t.Errorf("SDK: allowed connection: %v", err)
 	}
 
 	res, ex = s.probe(s.key, open, "forbidden.test:8080", "allowed.test:8080", "private.test:8080")

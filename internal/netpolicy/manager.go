@@ -95,9 +95,12 @@ func (a Attachment) ResolvConf() []byte {
 	return []byte("nameserver " + a.HostAddr.String() + "\noptions attempts:2 timeout:2\n")
 }
 
-// Blocked is one refused connection or DNS name of a sandbox.
+// Blocked is one refused connection or DNS name of a sandbox; repeats of
+// it moments apart (retransmissions, retries) are folded into it.
 type Blocked struct {
-	Time   time.Time
+	Time   time.Time // first seen
+	Last   time.Time // last seen
+	Count  int
 	Host   string // the name when the sandbox's resolver knows it, else the address
 	Port   int    // 0 for a refused DNS name: nothing was connected
 	Reason string // dns, host, sibling, private, never, policy, spoof, v6, rate
@@ -612,17 +615,20 @@ func (m *Manager) recordDNS(a *attached, name, reason string) {
 	}
 }
 
-// record keeps b unless the same host and port was recorded moments ago;
-// it says whether b was new.
+// record keeps b, or folds it into the same event seen moments ago; it
+// says whether b was new.
 func (m *Manager) record(a *attached, b Blocked) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	b.Last, b.Count = b.Time, 1
 	for i := len(a.events) - 1; i >= 0; i-- {
-		e := a.events[i]
-		if b.Time.Sub(e.Time) > dedupe {
-			break
+		e := &a.events[i]
+		if b.Time.Sub(e.Last) > dedupe {
+			continue
 		}
 		if e.Host == b.Host && e.Port == b.Port && e.Reason == b.Reason {
+			e.Last = b.Time
+			e.Count++
 			return false
 		}
 	}
@@ -645,7 +651,7 @@ func (m *Manager) Blocked(sandbox string, since, until time.Time) []Blocked {
 	defer a.mu.Unlock()
 	var out []Blocked
 	for _, e := range a.events {
-		if !e.Time.Before(since) && !e.Time.After(until) {
+		if !e.Last.Before(since) && !e.Time.After(until) {
 			out = append(out, e)
 		}
 	}

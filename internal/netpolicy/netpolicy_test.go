@@ -554,3 +554,59 @@ func BenchmarkAttachDetach(b *testing.B) {
 	b.ReportMetric(float64(policy.Microseconds())/1000/float64(i), "policy-ms")
 	b.ReportMetric(float64(detach.Milliseconds())/float64(i), "detach-ms")
 }
+
+// TestResolverHostileInput sends the resolver what no stub resolver would:
+// garbage, responses, several questions, updates, oversized TCP frames.
+// It must answer or drop each, and keep serving.
+func TestResolverHostileInput(t *testing.T) {
+	in := nettest.Start(t)
+	m := newManager(t, in, instance())
+	a := attach(t, m, "sbhostile", netpolicy.ModeRestricted)
+	server := netip.AddrPortFrom(a.HostAddr, 53).String()
+	err := nettest.InNetns(a.NetnsPath(), func() error {
+		u, err := net.Dial("udp4", server)
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		for _, junk := range [][]byte{{}, {0}, []byte("GET / HTTP/1.1\r\n\r\n"), make([]byte, 4096), {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}} {
+			_, _ = u.Write(junk)
+		}
+		multi := new(dns.Msg)
+		multi.SetQuestion("allowed.test.", dns.TypeA)
+		multi.Question = append(multi.Question, dns.Question{Name: "forbidden.test.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
+		resp := new(dns.Msg)
+		resp.SetQuestion("allowed.test.", dns.TypeA)
+		resp.Response = true
+		upd := new(dns.Msg)
+		upd.SetUpdate("allowed.test.")
+		chaos := new(dns.Msg)
+		chaos.SetQuestion("allowed.test.", dns.TypeA)
+		chaos.Question[0].Qclass = dns.ClassCHAOS
+		for _, q := range []*dns.Msg{multi, resp, upd, chaos} {
+			b, _ := q.Pack()
+			_, _ = u.Write(b)
+		}
+		tc, err := net.Dial("tcp4", server)
+		if err != nil {
+			return err
+		}
+		defer tc.Close()
+		_, _ = tc.Write([]byte{0xff, 0xff})
+		_, _ = tc.Write(make([]byte, 70000))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Answers to the crafted questions (what came back, if anything)
+	// never open anything.
+	mustNotReach(t, a, target(nettest.Forbidden))
+	if in.Asked("forbidden.test.") != 0 {
+		t.Errorf("forbidden.test was forwarded")
+	}
+	// Still serving.
+	if r := lookupA(t, a, "allowed.test", dns.TypeA); len(r.Answer) != 1 {
+		t.Errorf("resolver broken after hostile input: %v", r)
+	}
+}
