@@ -169,6 +169,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 			return notBuilt(row.Template)
 		case errors.Is(err, node.ErrUnknownSize):
 			return invalid("size", "Size %q is not available on this node.", row.Size)
+		case errors.Is(err, runtime.ErrNoNetwork):
+			s.log.Error("sandbox network setup failed", "request_id", requestID(r), "sandbox", row.ID, "network", row.Network, "err", err)
+			return apiErr(http.StatusServiceUnavailable, "no_capacity", "The sandbox's network (%s) could not be set up right now; retry shortly, or use network \"off\".", row.Network)
 		}
 		s.log.Error("sandbox start failed", "request_id", requestID(r), "sandbox", row.ID, "err", err)
 		return apiErr(http.StatusServiceUnavailable, "no_capacity", "No sandbox could be started right now; retry shortly.")

@@ -64,6 +64,13 @@ func createNetns(name string) (err error) {
 	}
 	defer orig.Close()
 	ns, err := netns.NewNamed(name)
+	if err == nil {
+		// Still on the new namespace: interfaces made in it from now on
+		// get no IPv6 (sandboxes are IPv4 only; the policy drops IPv6).
+		for _, p := range []string{"/proc/sys/net/ipv6/conf/default/disable_ipv6", "/proc/sys/net/ipv6/conf/all/disable_ipv6"} {
+			_ = os.WriteFile(p, []byte("1\n"), 0o644)
+		}
+	}
 	if serr := netns.Set(orig); serr != nil {
 		// This thread now lives in the wrong namespace: never reuse it.
 		if ns.IsOpen() {
@@ -113,6 +120,9 @@ func setupLink(nsName, ifname, alias string, host, sandbox netip.Addr) error {
 	if err := netlink.LinkSetAlias(link, alias); err != nil {
 		return err
 	}
+	// No IPv6 link-local address on the host side either: nothing of the
+	// host is reachable over IPv6 from the sandbox's link.
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+ifname+"/disable_ipv6", []byte("1\n"), 0o644)
 	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &net.IPNet{IP: host.AsSlice(), Mask: net.CIDRMask(30, 32)}}); err != nil {
 		return fmt.Errorf("netpolicy: address %s on %s: %w", host, ifname, err)
 	}
@@ -190,4 +200,13 @@ func enableForwarding() error {
 		return fmt.Errorf("netpolicy: enable IPv4 forwarding (%s): %w", p, err)
 	}
 	return nil
+}
+
+// flushConntrack forgets every connection the kernel tracks from addr.
+func flushConntrack(addr netip.Addr) {
+	f := &netlink.ConntrackFilter{}
+	if err := f.AddIP(netlink.ConntrackOrigSrcIP, addr.AsSlice()); err != nil {
+		return
+	}
+	_, _ = netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f)
 }

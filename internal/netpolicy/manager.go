@@ -103,7 +103,7 @@ type Blocked struct {
 	Count  int
 	Host   string // the name when the sandbox's resolver knows it, else the address
 	Port   int    // 0 for a refused DNS name: nothing was connected
-	Reason string // dns, host, sibling, private, never, policy, spoof, v6, rate
+	Reason string // dns, rate (DNS refusals); host, sibling, private, never, policy, spoof, conns, v6, in6 (drops)
 }
 
 // maxEvents per sandbox are kept for exec results; older ones fall off.
@@ -434,6 +434,10 @@ func (m *Manager) Attach(ctx context.Context, sandbox string) (_ Attachment, err
 			return a, err
 		}
 		a.Slot, a.Iface, a.HostAddr, a.SandboxAddr = slot, name, host, sb
+		// Connections tracked for an earlier sandbox of this address
+		// (the slot is reused) must not count as established for this
+		// one: a packet matching one would skip the policy.
+		flushConntrack(sb)
 		break
 	}
 	m.nftMu.Unlock()
@@ -567,6 +571,8 @@ func (m *Manager) flushElements(ctx context.Context, a Attachment) error {
 		fmt.Sprintf("open { %s }", quote(a.Iface)),
 		fmt.Sprintf("addrs { %s . %s }", quote(a.Iface), a.SandboxAddr),
 		fmt.Sprintf("gateways { %s . %s }", quote(a.Iface), a.HostAddr),
+		fmt.Sprintf("lograte { %s }", quote(a.Iface)),
+		fmt.Sprintf("conns { %s }", quote(a.Iface)),
 	} {
 		fmt.Fprintf(&b, "add element inet %s %s\ndelete element inet %s %s\n", m.table, el, m.table, el)
 	}

@@ -610,3 +610,53 @@ func TestResolverHostileInput(t *testing.T) {
 		t.Errorf("resolver broken after hostile input: %v", r)
 	}
 }
+
+// TestNoIPv6AndLogFlood checks that a sandbox's link has no IPv6 at all,
+// and that a flood of refused packets is logged at a capped rate (the
+// drops themselves are never capped).
+func TestNoIPv6AndLogFlood(t *testing.T) {
+	in := nettest.Start(t)
+	m := newManager(t, in, instance())
+	a := attach(t, m, "sbflood", netpolicy.ModeRestricted)
+	if err := nettest.InNetns(a.NetnsPath(), func() error {
+		addrs, err := netlink.AddrList(nil, netlink.FAMILY_V6)
+		if err != nil {
+			return err
+		}
+		for _, ad := range addrs {
+			if !ad.IP.IsLoopback() {
+				return fmt.Errorf("IPv6 address in the sandbox: %v", ad)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	if l, err := netlink.LinkByName(a.Iface); err == nil {
+		addrs, _ := netlink.AddrList(l, netlink.FAMILY_V6)
+		if len(addrs) > 0 {
+			t.Errorf("IPv6 on the host side: %v", addrs)
+		}
+	}
+	since := time.Now()
+	// 400 attempts to distinct ports in well under a second.
+	if err := nettest.InNetns(a.NetnsPath(), func() error {
+		c, err := net.ListenPacket("udp4", ":0")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for p := 1; p <= 400; p++ {
+			_, _ = c.WriteTo([]byte("x"), &net.UDPAddr{IP: nettest.Forbidden.AsSlice(), Port: p})
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	got := len(m.Blocked(a.Sandbox, since, time.Now()))
+	if got == 0 || got > 100 {
+		t.Errorf("%d of 400 refused packets logged; want some, capped", got)
+	}
+	t.Logf("%d of 400 refused packets logged", got)
+}

@@ -52,6 +52,17 @@ var privateRanges = []string{
 	"10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16",
 }
 
+// dropReasons name the drop chains; each is also the log prefix that
+// tells the drop log reader why a packet was refused.
+var dropReasons = []string{"in6", "v6", "spoof", "host", "sibling", "never", "private", "policy", "in", "conns"}
+
+// Limits the kernel enforces per sandbox.
+const (
+	logRate     = "20/second burst 40 packets" // drops logged per sandbox; the rest are dropped silently
+	maxConns    = 2048                         // tracked connections per sandbox
+	logRateKeep = "1m"
+)
+
 // tableScript is the whole orkestr table of one instance. Per-sandbox state
 // lives only in sets keyed by the sandbox's host-side interface, so adding,
 // changing or removing a sandbox is a few element updates.
@@ -61,8 +72,6 @@ var privateRanges = []string{
 // a second server) handle their own sandboxes.
 func tableScript(table string, group uint16, sandboxRange netip.Prefix, allowPrivate []netip.Prefix) string {
 	never := append([]string{sandboxRange.String()}, neverReachable...)
-	var priv []string
-	priv = append(priv, privateRanges...)
 	allowed := make([]string, 0, len(allowPrivate))
 	for _, p := range allowPrivate {
 		allowed = append(allowed, p.String())
@@ -73,6 +82,16 @@ func tableScript(table string, group uint16, sandboxRange netip.Prefix, allowPri
 		}
 		return "elements = { " + strings.Join(l, ", ") + " }; "
 	}
+	var drops strings.Builder
+	for _, r := range dropReasons {
+		// A flood of refused packets costs one log message per packet:
+		// the rate of logged drops is capped per sandbox.
+		fmt.Fprintf(&drops, `	chain drop_%[1]s {
+		update @lograte { iifname limit rate %[2]s } log group %[3]d prefix "%[1]s"
+		drop
+	}
+`, r, logRate, group)
+	}
 	return fmt.Sprintf(`table inet %[1]s {
 	set ifaces { type ifname; }
 	set open { type ifname; }
@@ -82,42 +101,46 @@ func tableScript(table string, group uint16, sandboxRange netip.Prefix, allowPri
 	set never4 { type ipv4_addr; flags interval; auto-merge; %[3]s}
 	set private4 { type ipv4_addr; flags interval; auto-merge; %[4]s}
 	set private_ok4 { type ipv4_addr; flags interval; auto-merge; %[5]s}
+	set lograte { type ifname; flags dynamic,timeout; timeout %[7]s; }
+	set conns { type ifname; flags dynamic; }
 
+%[6]s
 	chain input {
 		type filter hook input priority filter; policy accept;
 		iifname @ifaces jump sandbox_in
 	}
 	chain sandbox_in {
-		meta nfproto ipv6 log group %[2]d prefix "in6" drop
-		iifname . ip saddr != @addrs log group %[2]d prefix "spoof" drop
+		meta nfproto ipv6 goto drop_in6
+		iifname . ip saddr != @addrs goto drop_spoof
 		iifname . ip daddr @gateways udp dport 53 accept
 		iifname . ip daddr @gateways tcp dport 53 accept
 		iifname . ip daddr @gateways ct state established,related accept
-		log group %[2]d prefix "host" drop
+		goto drop_host
 	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		iifname @ifaces jump sandbox_out
 		oifname @ifaces ct state established,related accept
-		oifname @ifaces log group %[2]d prefix "in" drop
+		oifname @ifaces goto drop_in
 	}
 	chain sandbox_out {
-		meta nfproto ipv6 log group %[2]d prefix "v6" drop
-		iifname . ip saddr != @addrs log group %[2]d prefix "spoof" drop
-		oifname @ifaces log group %[2]d prefix "sibling" drop
-		ip daddr @never4 log group %[2]d prefix "never" drop
-		ip daddr @private4 ip daddr != @private_ok4 log group %[2]d prefix "private" drop
+		meta nfproto ipv6 goto drop_v6
+		iifname . ip saddr != @addrs goto drop_spoof
+		oifname @ifaces goto drop_sibling
+		ip daddr @never4 goto drop_never
+		ip daddr @private4 ip daddr != @private_ok4 goto drop_private
 		ct state established,related accept
+		ct state new add @conns { iifname ct count over %[2]d } goto drop_conns
 		iifname @open accept
 		iifname . ip daddr @allowed accept
-		log group %[2]d prefix "policy" drop
+		goto drop_policy
 	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		iifname @ifaces oifname != @ifaces masquerade
 	}
 }
-`, table, group, elems(never), elems(priv), elems(allowed))
+`, table, maxConns, elems(never), elems(privateRanges), elems(allowed), drops.String(), logRateKeep)
 }
 
 // setElement is one element of a concatenated ifname . ipv4 set as nft -j

@@ -157,6 +157,13 @@ func (r *resolver) serve(w dns.ResponseWriter, q *dns.Msg) {
 		resp.RecursionAvailable = true
 		_ = w.WriteMsg(resp)
 	}
+	// Only the sandbox itself: the policy lets nothing else through to
+	// this address, and this check keeps it so if the host's routing
+	// ever did.
+	if ap, err := netip.ParseAddrPort(w.RemoteAddr().String()); err != nil || ap.Addr().Unmap() != r.a.SandboxAddr {
+		reply(dns.RcodeRefused)
+		return
+	}
 	if q.Opcode != dns.OpcodeQuery || len(q.Question) != 1 || q.Response {
 		reply(dns.RcodeFormatError)
 		return
