@@ -210,3 +210,24 @@ func flushConntrack(addr netip.Addr) {
 	}
 	_, _ = netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f)
 }
+
+// linkPeerAddrs returns the sandbox addresses behind a host-side veth: the
+// address after each IPv4 address of the link (slots are host .1,
+// sandbox .2).
+func linkPeerAddrs(name string) []netip.Addr {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			out = append(out, ip.Next())
+		}
+	}
+	return out
+}

@@ -271,8 +271,12 @@ func (m *Manager) Start(ctx context.Context, keep []Attachment) ([]string, error
 		if a, ok := kept[id]; ok && a.Iface == name {
 			continue
 		}
+		sandboxAddrs := linkPeerAddrs(name)
 		if err := deleteLink(name); err != nil {
 			errs = append(errs, err)
+		}
+		for _, ip := range sandboxAddrs {
+			flushConntrack(ip)
 		}
 		removed = append(removed, "veth:"+name)
 	}
@@ -434,10 +438,6 @@ func (m *Manager) Attach(ctx context.Context, sandbox string) (_ Attachment, err
 			return a, err
 		}
 		a.Slot, a.Iface, a.HostAddr, a.SandboxAddr = slot, name, host, sb
-		// Connections tracked for an earlier sandbox of this address
-		// (the slot is reused) must not count as established for this
-		// one: a packet matching one would skip the policy.
-		flushConntrack(sb)
 		break
 	}
 	m.nftMu.Unlock()
@@ -536,6 +536,12 @@ func (m *Manager) Detach(ctx context.Context, a Attachment) error {
 		defer m.nftMu.Unlock()
 		if err := deleteLink(a.Iface); err != nil {
 			errs = append(errs, err)
+		}
+		// Connections tracked for this address must not count as
+		// established for the next sandbox that gets it: a packet
+		// matching one would skip the policy.
+		if a.SandboxAddr.IsValid() {
+			flushConntrack(a.SandboxAddr)
 		}
 		m.mu.Lock()
 		up := m.up

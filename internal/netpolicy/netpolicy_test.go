@@ -14,6 +14,7 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/netpolicy/nettest"
@@ -411,8 +412,28 @@ func TestManySandboxesAndDetach(t *testing.T) {
 	r := atts[1]
 	lookupA(t, r, "allowed.test", dns.TypeA)
 	mustReach(t, r, target(nettest.Allowed))
+	tracked := func() int {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, f := range flows {
+			if f.Forward.SrcIP.Equal(r.SandboxAddr.AsSlice()) {
+				n++
+			}
+		}
+		return n
+	}
+	if tracked() == 0 {
+		t.Fatalf("no connection of %s tracked; the check below would prove nothing", r.SandboxAddr)
+	}
 	if err := m.Detach(context.Background(), r); err != nil {
 		t.Fatal(err)
+	}
+	// The next sandbox on this address must not inherit them.
+	if n := tracked(); n != 0 {
+		t.Errorf("%d connections of %s still tracked after detach", n, r.SandboxAddr)
 	}
 	if err := m.Detach(context.Background(), r); err != nil {
 		t.Fatalf("second detach: %v", err)
