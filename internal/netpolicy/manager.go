@@ -579,6 +579,7 @@ func (m *Manager) flushElements(ctx context.Context, a Attachment) error {
 		fmt.Sprintf("gateways { %s . %s }", quote(a.Iface), a.HostAddr),
 		fmt.Sprintf("lograte { %s }", quote(a.Iface)),
 		fmt.Sprintf("conns { %s }", quote(a.Iface)),
+		fmt.Sprintf("dnsconns { %s }", quote(a.Iface)),
 	} {
 		fmt.Fprintf(&b, "add element inet %s %s\ndelete element inet %s %s\n", m.table, el, m.table, el)
 	}

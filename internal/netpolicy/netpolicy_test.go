@@ -180,6 +180,11 @@ func TestModes(t *testing.T) {
 		mustNotReach(t, a, fmt.Sprintf("127.0.0.1:%d", apiPort))
 	}
 
+	// A sibling's resolver is the host too: unreachable.
+	if _, err := nettest.Resolve(restr.NetnsPath(), netip.AddrPortFrom(open.HostAddr, 53).String(), "forbidden.test", dns.TypeA); err == nil {
+		t.Errorf("restricted sandbox used its sibling's (open) resolver")
+	}
+
 	// deny: nothing at all, and its resolver answers nothing.
 	mustNotReach(t, deny, target(nettest.Allowed))
 	mustNotReach(t, deny, target(nettest.Forbidden))
@@ -680,4 +685,35 @@ func TestNoIPv6AndLogFlood(t *testing.T) {
 		t.Errorf("%d of 400 refused packets logged; want some, capped", got)
 	}
 	t.Logf("%d of 400 refused packets logged", got)
+}
+
+// TestResolverTCPCap opens more TCP connections to the resolver than a
+// sandbox may hold: the ones over the cap are dropped in the kernel.
+func TestResolverTCPCap(t *testing.T) {
+	in := nettest.Start(t)
+	m := newManager(t, in, instance())
+	a := attach(t, m, "sbtcp", netpolicy.ModeRestricted)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	refused := 0
+	if err := nettest.InNetns(a.NetnsPath(), func() error {
+		for i := 0; i < 24; i++ {
+			c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(a.HostAddr, 53).String(), 500*time.Millisecond)
+			if err != nil {
+				refused++
+				continue
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(conns) != 16 || refused != 8 {
+		t.Errorf("%d connections to the resolver held, %d refused; want 16 and 8", len(conns), refused)
+	}
 }

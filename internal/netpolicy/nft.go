@@ -60,6 +60,7 @@ var dropReasons = []string{"in6", "v6", "spoof", "host", "sibling", "never", "pr
 const (
 	logRate     = "20/second burst 40 packets" // drops logged per sandbox; the rest are dropped silently
 	maxConns    = 2048                         // tracked connections per sandbox
+	maxDNSConns = 16                           // TCP connections per sandbox to its resolver
 	logRateKeep = "1m"
 )
 
@@ -103,6 +104,7 @@ func tableScript(table string, group uint16, sandboxRange netip.Prefix, allowPri
 	set private_ok4 { type ipv4_addr; flags interval; auto-merge; %[5]s}
 	set lograte { type ifname; flags dynamic,timeout; timeout %[7]s; }
 	set conns { type ifname; flags dynamic; }
+	set dnsconns { type ifname; flags dynamic; }
 
 %[6]s
 	chain input {
@@ -113,6 +115,7 @@ func tableScript(table string, group uint16, sandboxRange netip.Prefix, allowPri
 		meta nfproto ipv6 goto drop_in6
 		iifname . ip saddr != @addrs goto drop_spoof
 		iifname . ip daddr @gateways udp dport 53 accept
+		iifname . ip daddr @gateways tcp dport 53 ct state new add @dnsconns { iifname ct count over %[8]d } goto drop_conns
 		iifname . ip daddr @gateways tcp dport 53 accept
 		iifname . ip daddr @gateways ct state established,related accept
 		goto drop_host
@@ -140,7 +143,7 @@ func tableScript(table string, group uint16, sandboxRange netip.Prefix, allowPri
 		iifname @ifaces oifname != @ifaces masquerade
 	}
 }
-`, table, maxConns, elems(never), elems(privateRanges), elems(allowed), drops.String(), logRateKeep)
+`, table, maxConns, elems(never), elems(privateRanges), elems(allowed), drops.String(), logRateKeep, maxDNSConns)
 }
 
 // setElement is one element of a concatenated ifname . ipv4 set as nft -j

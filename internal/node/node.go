@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -102,6 +103,9 @@ func Open(cfg Config) (*Node, error) {
 		cfg.StateDir = filepath.Join("/run/orkestr", id)
 	}
 	if cfg.Network != nil {
+		if _, err := exec.LookPath("nft"); err != nil {
+			return nil, fmt.Errorf("sandbox networking is enabled but the nft command is missing: install the Debian package nftables, or set network.enabled: false in the config")
+		}
 		nc := *cfg.Network
 		nc.Instance = id
 		cfg.Network = &nc
