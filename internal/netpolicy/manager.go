@@ -173,6 +173,7 @@ type Manager struct {
 	byIndex map[int]*attached
 	nflog   *nflog
 	nftMu   sync.Mutex // serialises slot allocation
+	fast    *fastSets
 }
 
 // New checks cfg; nothing on the host changes until Start.
@@ -218,6 +219,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg: cfg, table: "orkestr-" + cfg.Instance, alias: "orkestr:" + cfg.Instance + ":",
 		nsPre: "ork-" + cfg.Instance + "-", log: cfg.Log, global: global,
 		byID: map[string]*attached{}, byIndex: map[int]*attached{},
+		fast: &fastSets{table: "orkestr-" + cfg.Instance},
 	}, nil
 }
 
@@ -327,6 +329,7 @@ func (m *Manager) bringUp(ctx context.Context) error {
 	if err := nft(ctx, script); err != nil {
 		return err
 	}
+	m.fast.reset()
 	if err := enableForwarding(); err != nil {
 		return err
 	}
@@ -494,15 +497,8 @@ func (m *Manager) SetPolicy(ctx context.Context, sandbox string, mode Mode, allo
 	at.mu.Lock()
 	old := at.Mode
 	at.mu.Unlock()
-	verb := ""
-	switch {
-	case mode == ModeOpen && old != ModeOpen:
-		verb = "add"
-	case mode != ModeOpen && old == ModeOpen:
-		verb = "delete"
-	}
-	if verb != "" {
-		if err := nft(ctx, fmt.Sprintf("%s element inet %s open { %s }\n", verb, m.table, quote(at.Iface))); err != nil {
+	if (mode == ModeOpen) != (old == ModeOpen) {
+		if err := m.fast.setOpen(at.Iface, mode == ModeOpen); err != nil {
 			return Attachment{}, err
 		}
 	}
@@ -589,17 +585,7 @@ func (m *Manager) flushElements(ctx context.Context, a Attachment) error {
 // allow adds addresses to a restricted sandbox's allow set.
 func (m *Manager) allow(a *attached, addrs []netip.Addr, ttl time.Duration) error {
 	ttl = min(max(ttl, minAllowTTL*time.Second), maxAllowTTL*time.Second)
-	var b strings.Builder
-	for _, ip := range addrs {
-		// Re-adding an element does not refresh its timeout: delete it
-		// first (in the same transaction) so a fresh answer extends it.
-		fmt.Fprintf(&b, "add element inet %s allowed { %s . %s timeout %ds }\n", m.table, quote(a.Iface), ip, int(ttl.Seconds()))
-		fmt.Fprintf(&b, "delete element inet %s allowed { %s . %s }\n", m.table, quote(a.Iface), ip)
-		fmt.Fprintf(&b, "add element inet %s allowed { %s . %s timeout %ds }\n", m.table, quote(a.Iface), ip, int(ttl.Seconds()))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return nft(ctx, b.String())
+	return m.fast.allow(a.Iface, addrs, ttl)
 }
 
 // onDrop records one packet of the drop log.

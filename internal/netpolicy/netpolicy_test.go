@@ -206,6 +206,11 @@ func TestModes(t *testing.T) {
 		t.Fatalf("restricted resolver for allowed.test: %v", r)
 	}
 	mustReach(t, restr, target(nettest.Allowed))
+	// The address is open for the record's TTL (30 s), raised to the
+	// 60 s minimum.
+	if out, _ := exec("nft", "-j", "list", "set", "inet", m.Table(), "allowed"); !strings.Contains(out, `"concat": ["`+restr.Iface+`", "`+nettest.Allowed.String()+`"]}, "timeout": 60`) {
+		t.Errorf("allowed element without its timeout: %s", out)
+	}
 	// ... only for the sandbox that resolved it.
 	mustNotReach(t, deny, target(nettest.Allowed))
 	// A CNAME chain opens the address it ends at.
