@@ -172,7 +172,8 @@ type Manager struct {
 	byID    map[string]*attached
 	byIndex map[int]*attached
 	nflog   *nflog
-	nftMu   sync.Mutex // serialises slot allocation
+	nftMu   sync.Mutex      // serialises slot allocation
+	tearing map[string]bool // interfaces being detached; their slots are not free yet
 	fast    *fastSets
 }
 
@@ -218,7 +219,7 @@ func New(cfg Config) (*Manager, error) {
 	return &Manager{
 		cfg: cfg, table: "orkestr-" + cfg.Instance, alias: "orkestr:" + cfg.Instance + ":",
 		nsPre: "ork-" + cfg.Instance + "-", log: cfg.Log, global: global,
-		byID: map[string]*attached{}, byIndex: map[int]*attached{},
+		byID: map[string]*attached{}, byIndex: map[int]*attached{}, tearing: map[string]bool{},
 		fast: &fastSets{table: "orkestr-" + cfg.Instance},
 	}, nil
 }
@@ -428,6 +429,9 @@ func (m *Manager) Attach(ctx context.Context, sandbox string) (_ Attachment, err
 			break
 		}
 		name := ifName(slot)
+		if m.tearing[name] {
+			continue
+		}
 		if _, lerr := netlink.LinkByName(name); lerr == nil {
 			continue
 		}
@@ -525,11 +529,17 @@ func (m *Manager) Detach(ctx context.Context, a Attachment) error {
 	}
 	var errs []error
 	if a.Iface != "" {
-		// The interface goes first: nothing can be sent after that, and
-		// the slot is not reused before its set elements are gone
-		// (allocation holds nftMu).
+		// The interface goes first: nothing can be sent after that. The
+		// slot is not handed out again before its conntrack entries and
+		// set elements are gone too; other attaches go on meanwhile.
 		m.nftMu.Lock()
-		defer m.nftMu.Unlock()
+		m.tearing[a.Iface] = true
+		m.nftMu.Unlock()
+		defer func() {
+			m.nftMu.Lock()
+			delete(m.tearing, a.Iface)
+			m.nftMu.Unlock()
+		}()
 		if err := deleteLink(a.Iface); err != nil {
 			errs = append(errs, err)
 		}

@@ -19,6 +19,7 @@ type nflog struct {
 	fd     int
 	group  uint16
 	closed atomic.Bool
+	done   chan struct{} // closed when run returns
 }
 
 // dropEvent is one logged packet.
@@ -62,7 +63,7 @@ func openNflog(group uint16) (*nflog, error) {
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
 	tv := unix.NsecToTimeval(int64(300 * time.Millisecond))
 	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	l := &nflog{fd: fd, group: group}
+	l := &nflog{fd: fd, group: group, done: make(chan struct{})}
 	be32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 	steps := []struct {
 		typ  uint16
@@ -137,6 +138,7 @@ func (l *nflog) config(seq uint32, attr uint16, data []byte) error {
 
 // run delivers events to fn until close.
 func (l *nflog) run(fn func(dropEvent)) {
+	defer close(l.done)
 	buf := make([]byte, 1<<16)
 	for !l.closed.Load() {
 		n, _, err := unix.Recvfrom(l.fd, buf, 0)
@@ -161,10 +163,14 @@ func (l *nflog) run(fn func(dropEvent)) {
 	}
 }
 
+// close stops run and releases the group. The socket is closed only after
+// run has returned (it wakes up at least every receive timeout), so that
+// run never reads from a descriptor number reused by someone else.
 func (l *nflog) close() {
 	if l.closed.Swap(true) {
 		return
 	}
+	<-l.done
 	_ = l.config(1000, nfulaCfgCmd, []byte{nfulnlCfgUnbind})
 	unix.Close(l.fd)
 }
