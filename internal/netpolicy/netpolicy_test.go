@@ -252,6 +252,19 @@ func TestModes(t *testing.T) {
 		t.Errorf("added name not answered: %v", r)
 	}
 	mustReach(t, restr, target(nettest.Forbidden))
+
+	// An allowed name that resolves to a private or metadata address
+	// (DNS rebinding) still does not open it.
+	if _, err := m.SetPolicy(context.Background(), restr.Sandbox, netpolicy.ModeRestricted, []string{"private.test", "metadata.test"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"private.test", "metadata.test"} {
+		if r := lookupA(t, restr, name, dns.TypeA); len(r.Answer) != 1 {
+			t.Fatalf("%s not answered: %v", name, r)
+		}
+	}
+	mustNotReach(t, restr, target(nettest.Private))
+	mustNotReach(t, restr, target(nettest.Metadata))
 }
 
 func TestDNSTunnelling(t *testing.T) {
