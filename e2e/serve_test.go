@@ -59,9 +59,10 @@ type health struct {
 	Status    string `json:"status"`
 	Sandboxes int    `json:"sandboxes"`
 	Pools     []struct {
-		Template string `json:"template"`
-		Ready    int    `json:"ready"`
-		Target   int    `json:"target"`
+		Template  string `json:"template"`
+		Networked bool   `json:"networked"`
+		Ready     int    `json:"ready"`
+		Target    int    `json:"target"`
 	} `json:"pools"`
 }
 
