@@ -735,3 +735,49 @@ func TestResolverTCPCap(t *testing.T) {
 		t.Errorf("%d connections to the resolver held, %d refused; want 16 and 8", len(conns), refused)
 	}
 }
+
+// TestTwoInstances runs two managers (two servers) on one host and range:
+// their sandboxes get distinct slots and cannot reach each other, and one
+// closing leaves the other working.
+func TestTwoInstances(t *testing.T) {
+	in := nettest.Start(t)
+	m1 := newManager(t, in, instance())
+	m2 := newManager(t, in, instance())
+	a := attach(t, m1, "sbone", netpolicy.ModeOpen)
+	b := attach(t, m2, "sbtwo", netpolicy.ModeOpen)
+	if a.Iface == b.Iface || a.SandboxAddr == b.SandboxAddr {
+		t.Fatalf("two instances share a slot: %+v %+v", a, b)
+	}
+	for _, p := range [][2]netpolicy.Attachment{{a, b}, {b, a}} {
+		mustNotReach(t, p[0], fmt.Sprintf("%s:80", p[1].SandboxAddr))
+		mustNotReach(t, p[0], fmt.Sprintf("%s:53", p[1].HostAddr))
+	}
+	if err := m1.Close(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	mustReach(t, b, target(nettest.Forbidden))
+}
+
+// TestUpstreamDown: when no upstream answers, an allowed name gets
+// SERVFAIL and nothing is opened.
+func TestUpstreamDown(t *testing.T) {
+	in := nettest.Start(t)
+	inst := instance()
+	m, err := netpolicy.New(netpolicy.Config{Instance: inst, AllowNames: []string{"allowed.test"}, Upstreams: []string{"127.0.0.1:9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Start(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = m.Close(context.Background(), true)
+		assertNoState(t, inst)
+	}()
+	a := attach(t, m, "sbup", netpolicy.ModeRestricted)
+	if r := lookupA(t, a, "allowed.test", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("with no upstream: %v", r)
+	}
+	mustNotReach(t, a, target(nettest.Allowed))
+	_ = in
+}
