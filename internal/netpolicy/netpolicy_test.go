@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -34,6 +35,7 @@ func newManager(t *testing.T, in *nettest.Internet, inst string) *netpolicy.Mana
 		Instance: inst, Range: netip.MustParsePrefix("10.231.0.0/16"),
 		AllowNames: []string{"allowed.test", "*.allowed.test"},
 		Upstreams:  []string{in.DNS},
+		Log:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -756,6 +758,29 @@ func TestTwoInstances(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustReach(t, b, target(nettest.Forbidden))
+}
+
+// TestTruncation: an answer too big for UDP comes back truncated, and in
+// full over TCP.
+func TestTruncation(t *testing.T) {
+	in := nettest.Start(t)
+	m := newManager(t, in, instance())
+	a := attach(t, m, "sbtc", netpolicy.ModeRestricted)
+	server := netip.AddrPortFrom(a.HostAddr, 53).String()
+	r, err := nettest.ResolveNet(a.NetnsPath(), "udp", server, "many.allowed.test", dns.TypeA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Truncated || len(r.Answer) >= 40 {
+		t.Errorf("UDP answer: truncated %v, %d records: %v", r.Truncated, len(r.Answer), r)
+	}
+	r, err = nettest.ResolveNet(a.NetnsPath(), "tcp", server, "many.allowed.test", dns.TypeA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Truncated || len(r.Answer) != 40 {
+		t.Errorf("TCP answer: truncated %v, %d records", r.Truncated, len(r.Answer))
+	}
 }
 
 // TestUpstreamDown: when no upstream answers, an allowed name gets

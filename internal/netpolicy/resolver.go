@@ -22,6 +22,7 @@ const (
 	minAllowTTL      = 60 // seconds an allowed address stays in the set at least
 	maxAllowTTL      = 3600
 	upstreamTimeout  = 3 * time.Second
+	upstreamUDPSize  = 1232 // the EDNS buffer size resolvers agree on (DNS flag day 2020)
 )
 
 // allowList matches names against entries "example.org" (that name only)
@@ -218,7 +219,7 @@ func (r *resolver) forward(w dns.ResponseWriter, q *dns.Msg, name string, allow 
 	up := new(dns.Msg)
 	up.SetQuestion(q.Question[0].Name, q.Question[0].Qtype)
 	up.RecursionDesired = true
-	up.SetEdns0(1232, false)
+	up.SetEdns0(upstreamUDPSize, false)
 	resp, err := r.m.exchange(up)
 	if err != nil {
 		r.m.log.Warn("upstream DNS failed", "sandbox", r.a.Sandbox, "name", name, "err", err)
@@ -252,9 +253,19 @@ func (r *resolver) forward(w dns.ResponseWriter, q *dns.Msg, name string, allow 
 	resp.Id = q.Id
 	resp.Question = q.Question
 	resp.Compress = true
+	size := dns.MaxMsgSize
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		// What the client can take over UDP; the truncated bit makes
+		// it ask again over TCP.
+		size = dns.MinMsgSize
+		if o := q.IsEdns0(); o != nil {
+			size = max(int(o.UDPSize()), dns.MinMsgSize)
+		}
+	}
 	if q.IsEdns0() == nil {
 		resp.Extra = nil
 	}
+	resp.Truncate(size)
 	_ = w.WriteMsg(resp)
 }
 
@@ -262,7 +273,7 @@ func (r *resolver) forward(w dns.ResponseWriter, q *dns.Msg, name string, allow 
 func (m *Manager) exchange(q *dns.Msg) (*dns.Msg, error) {
 	var errs []error
 	for _, u := range m.cfg.Upstreams {
-		c := &dns.Client{Net: "udp", Timeout: upstreamTimeout}
+		c := &dns.Client{Net: "udp", Timeout: upstreamTimeout, UDPSize: upstreamUDPSize}
 		resp, _, err := c.Exchange(q, u)
 		if err == nil && resp.Truncated {
 			c.Net = "tcp"

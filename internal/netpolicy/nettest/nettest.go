@@ -112,6 +112,7 @@ func (in *Internet) Asked(name string) int {
 func (in *Internet) serveDNS(w dns.ResponseWriter, q *dns.Msg) {
 	resp := new(dns.Msg)
 	resp.SetReply(q)
+	resp.Compress = true
 	if len(q.Question) == 1 {
 		qq := q.Question[0]
 		name := strings.ToLower(qq.Name)
@@ -123,6 +124,11 @@ func (in *Internet) serveDNS(w dns.ResponseWriter, q *dns.Msg) {
 			resp.Answer = append(resp.Answer, &dns.CNAME{Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 30}, Target: "api.allowed.test."})
 			if qq.Qtype == dns.TypeA {
 				resp.Answer = append(resp.Answer, &dns.A{Hdr: dns.RR_Header{Name: "api.allowed.test.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30}, A: Allowed2.AsSlice()})
+			}
+		case name == "many.allowed.test." && qq.Qtype == dns.TypeA:
+			// More than fits a 512-byte UDP answer.
+			for i := 0; i < 40; i++ {
+				resp.Answer = append(resp.Answer, &dns.A{Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30}, A: net.IPv4(198, 51, 100, byte(100+i))})
 			}
 		case ok && qq.Qtype == dns.TypeA:
 			resp.Answer = append(resp.Answer, &dns.A{Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30}, A: addr.AsSlice()})
@@ -255,12 +261,18 @@ func Dial(path, addr string, timeout time.Duration) (string, error) {
 	return "", err
 }
 
-// Resolve asks server (host:port) from inside the namespace at path.
+// Resolve asks server (host:port) from inside the namespace at path, over
+// UDP without EDNS.
 func Resolve(path, server, name string, qtype uint16) (*dns.Msg, error) {
+	return ResolveNet(path, "udp", server, name, qtype)
+}
+
+// ResolveNet is Resolve over network "udp" or "tcp".
+func ResolveNet(path, network, server, name string, qtype uint16) (*dns.Msg, error) {
 	var conn *dns.Conn
 	err := InNetns(path, func() error {
 		var err error
-		conn, err = dns.DialTimeout("udp", server, 2*time.Second)
+		conn, err = dns.DialTimeout(network, server, 2*time.Second)
 		return err
 	})
 	if err != nil {
