@@ -227,6 +227,56 @@ func benchExec(b *testing.B, gap time.Duration) {
 	}
 }
 
+// BenchmarkExecCPU is the CPU a sandbox spends on one exec, read from its
+// cgroup (cpuacct) around spaced execs: the command itself plus the agent's
+// work, including starting the next pre-started shell. It is what bounds
+// how many creates-and-first-commands a host can serve at once.
+func BenchmarkExecCPU(b *testing.B) {
+	for _, c := range []struct{ name, template, command string }{
+		{"true", templateName, "true"},
+		{"cat", templateName, "cat /etc/debian_version"},
+		{"node-v", "node-22", "node -v"},
+	} {
+		b.Run("cmd="+c.name, func(b *testing.B) {
+			env := newDriver(b)
+			sp := runtime.Spec{Template: c.template, Rootfs: testenv.Rootfs(b, c.template), Resources: sized(2)}
+			ctx := timeout(b, 10*time.Minute)
+			sb, err := env.Driver.Create(ctx, sp)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+			run := func() {
+				res, err := sb.Exec(ctx, runtime.ExecRequest{Command: c.command, Stdout: io.Discard, Stderr: io.Discard})
+				if err != nil || res.ExitCode != 0 {
+					b.Fatalf("%s: %+v %v", c.command, res, err)
+				}
+			}
+			run()
+			time.Sleep(200 * time.Millisecond) // the next shell is started
+			var cpu time.Duration
+			for b.Loop() {
+				b.StopTimer()
+				before, err := sb.Stats(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				run()
+				b.StopTimer()
+				time.Sleep(200 * time.Millisecond)
+				after, err := sb.Stats(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				cpu += time.Duration(after.CPUNanos - before.CPUNanos)
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(cpu)/1e6/float64(b.N), "cpu-ms/exec")
+		})
+	}
+}
+
 // BenchmarkAgentStat times Stat("/") through the agent: one request and one
 // JSON reply on a new stream, no process started. It stands in for the bare
 // channel ping, which is not reachable from outside package gvisor.

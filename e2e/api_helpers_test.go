@@ -39,6 +39,7 @@ type serverOpts struct {
 	dbURL    string // PostgreSQL; empty: SQLite in the data dir
 	// templateDir replaces the host's template directory (testenv.TemplateDir).
 	templateDir string
+	args        []string // more flags for orkestrd serve
 }
 
 var keyRE = regexp.MustCompile(`ork_[0-9A-Za-z]{43}`)
@@ -85,6 +86,7 @@ func startAPI(t *testing.T, o serverOpts) *apiServer {
 	if o.dbURL != "" {
 		args = append(args, "--database-url", o.dbURL)
 	}
+	args = append(args, o.args...)
 	cmd := exec.Command(filepath.Join(binDir, "orkestrd"), args...)
 	// stdout carries only the one-time bootstrap key; stderr the log.
 	stdout, err := os.CreateTemp(t.TempDir(), "orkestrd-*.out")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,48 @@ func TestAuthIsRefusedForBadKeys(t *testing.T) {
 		if strings.Contains(s.logText(), k[12:]) {
 			t.Fatal("an API key appears in the server log")
 		}
+	}
+}
+
+// TestKeyGuessingIsSlowedDown: a client that keeps failing to authenticate
+// gets 429 with Retry-After, without a store lookup per attempt; it may try
+// again after the wait, and a valid key then works.
+func TestKeyGuessingIsSlowedDown(t *testing.T) {
+	s := startAPI(t, serverOpts{})
+	var limited response
+	n := 0
+	for ; n < 200; n++ {
+		guess := fmt.Sprintf("ork_%043d", n)
+		r := s.do("GET", "/v1/sandboxes", guess, nil)
+		if r.status == 429 {
+			limited = r
+			break
+		}
+		if r.status != 401 {
+			t.Fatalf("guess %d: %d %s", n, r.status, r.body)
+		}
+	}
+	if limited.status != 429 || limited.errCode() != "rate_limited" {
+		t.Fatalf("200 wrong keys in a row were never limited")
+	}
+	if n < 10 || n > 60 {
+		t.Errorf("limited after %d failures; the burst is 20 (plus what refilled meanwhile)", n)
+	}
+	retry, err := strconv.Atoi(limited.header.Get("Retry-After"))
+	if err != nil || retry < 1 {
+		t.Fatalf("429 without a usable Retry-After: %q", limited.header.Get("Retry-After"))
+	}
+	details := limited.json(t)["error"].(map[string]any)["details"].(map[string]any)
+	if ms, _ := details["retry_after_ms"].(float64); ms <= 0 {
+		t.Fatalf("429 details: %v", details)
+	}
+	// Missing and malformed keys count the same.
+	if r := s.do("GET", "/v1/sandboxes", "", nil); r.status != 429 {
+		t.Fatalf("no key while limited: %d %s", r.status, r.body)
+	}
+	time.Sleep(time.Duration(retry) * time.Second)
+	if r := s.do("GET", "/v1/sandboxes", s.key, nil); r.status != 200 {
+		t.Fatalf("valid key after the wait: %d %s", r.status, r.body)
 	}
 }
 
@@ -347,6 +390,51 @@ func TestKilledMidCreate(t *testing.T) {
 		t.Errorf("runtime sandboxes left with no running row: %v", dirs)
 	}
 	t.Logf("%d rows, %d running after the restart", len(page), running)
+}
+
+// TestKilledMidResume kills the server while a resume restores the
+// snapshot; after a restart the sandbox is running or paused again (and
+// then resumes), never lost, and its files are there.
+func TestKilledMidResume(t *testing.T) {
+	s := startAPI(t, serverOpts{poolSize: 0})
+	id := s.create(s.key, nil)
+	s.do("PUT", "/v1/sandboxes/"+id+"/files?path=/workspace/keep", s.key, "kept")
+	if r := s.do("POST", "/v1/sandboxes/"+id+"/pause", s.key, nil); r.status != 200 {
+		t.Fatalf("pause: %d %s", r.status, r.body)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequest("POST", s.url+"/v1/sandboxes/"+id+"/resume", nil)
+		req.Header.Set("Authorization", "Bearer "+s.key)
+		if resp, err := httpClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(60 * time.Millisecond) // a restore takes well over 100 ms here
+	s.stop(syscall.SIGKILL)
+	<-done
+
+	s2 := startAPI(t, serverOpts{poolSize: 0, dataDir: s.dataDir, stateDir: s.stateDir})
+	st := s2.do("GET", "/v1/sandboxes/"+id, s.key, nil).json(t)["status"]
+	t.Logf("after the restart the sandbox is %v", st)
+	switch st {
+	case "running":
+	case "paused":
+		if r := s2.do("POST", "/v1/sandboxes/"+id+"/resume", s.key, nil); r.status != 200 {
+			t.Fatalf("resume after the restart: %d %s", r.status, r.body)
+		}
+	default:
+		t.Fatalf("sandbox %s is %v after a crash mid-resume, want running or paused", id, st)
+	}
+	if r := s2.do("GET", "/v1/sandboxes/"+id+"/files?path=/workspace/keep", s.key, nil); string(r.body) != "kept" {
+		t.Fatalf("file after the resume: %d %q", r.status, r.body)
+	}
+	s2.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
+	time.Sleep(200 * time.Millisecond)
+	if dirs := sandboxIDs(s2.stateDir); len(dirs) != 0 {
+		t.Errorf("runtime sandboxes left after the terminate: %v", dirs)
+	}
 }
 
 func TestRestartKeepsRunningSandboxes(t *testing.T) {

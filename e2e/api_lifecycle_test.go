@@ -163,6 +163,20 @@ func TestPlanLimits(t *testing.T) {
 	if r := s.do("POST", "/v1/sandboxes/"+b+"/exec", key, map[string]any{"command": "true"}); r.status != 200 {
 		t.Fatalf("b after refused pause: %d %s", r.status, r.body)
 	}
+	// a is paused, b runs; c takes the second slot, so resuming a is over
+	// the limit and leaves a paused; once c is gone a resumes.
+	c := s.create(key, nil)
+	r = s.do("POST", "/v1/sandboxes/"+a+"/resume", key, nil)
+	if r.status != 402 || r.errCode() != "concurrency_limit" {
+		t.Fatalf("resume over the limit: %d %s", r.status, r.body)
+	}
+	if m := s.do("GET", "/v1/sandboxes/"+a, key, nil).json(t); m["status"] != "paused" {
+		t.Fatalf("a after a refused resume: %v", m)
+	}
+	s.do("DELETE", "/v1/sandboxes/"+c, key, nil)
+	if r := s.do("POST", "/v1/sandboxes/"+a+"/resume", key, nil); r.status != 200 {
+		t.Fatalf("resume after a slot freed: %d %s", r.status, r.body)
+	}
 	r = s.do("GET", "/v1/limits", key, nil)
 	if m := r.json(t); m["plan"] != "free" || m["max_concurrent"] != 2.0 || m["snapshot_cap"] != 1.0 || len(m["sizes"].([]any)) != 3 {
 		t.Fatalf("limits: %s", r.body)

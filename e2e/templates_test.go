@@ -1,12 +1,7 @@
 package e2e
 
 import (
-	"archive/tar"
-	"bytes"
 	"fmt"
-	"io"
-	"log"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,62 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/orkestr-eu/orkestr/internal/template/oci/ocitest"
 )
-
-// tarEntry is one file of a test layer: a regular file unless link is set
-// (a symlink) or body is nil and dir is set.
-type tarEntry struct {
-	name string
-	body []byte
-	mode int64
-	link string
-	dir  bool
-}
-
-func layerOf(t *testing.T, entries ...tarEntry) v1.Layer {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := &tar.Header{Name: e.name, Mode: e.mode, ModTime: time.Unix(1700000000, 0)}
-		switch {
-		case e.link != "":
-			h.Typeflag, h.Linkname = tar.TypeSymlink, e.link
-		case e.dir:
-			h.Typeflag = tar.TypeDir
-		default:
-			h.Typeflag, h.Size = tar.TypeReg, int64(len(e.body))
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-			if e.dir {
-				h.Mode = 0o755
-			}
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			_, _ = tw.Write(e.body)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
 
 // tinyImage is a two-layer image around the host's static busybox: enough
 // for the agent's shell and a few commands. The second layer replaces a
@@ -80,60 +23,39 @@ func tinyImage(t *testing.T, motd string) v1.Image {
 	if err != nil {
 		t.Fatalf("this test needs a static busybox at /bin/busybox (apt-get install busybox-static): %v", err)
 	}
-	base := []tarEntry{{name: "bin", dir: true}, {name: "bin/busybox", body: bb, mode: 0o755}}
+	base := []ocitest.Entry{ocitest.Dir("bin"), {Name: "bin/busybox", Body: string(bb), Mode: 0o755}}
 	for _, tool := range []string{"sh", "cat", "echo", "ls", "env", "true"} {
-		base = append(base, tarEntry{name: "bin/" + tool, link: "busybox"})
+		base = append(base, ocitest.Symlink("bin/"+tool, "busybox"))
 	}
 	base = append(base,
-		tarEntry{name: "etc", dir: true},
-		tarEntry{name: "etc/passwd", body: []byte("root:x:0:0:root:/root:/bin/sh\n")},
-		tarEntry{name: "etc/motd", body: []byte("from layer 1\n")},
-		tarEntry{name: "opt", dir: true},
-		tarEntry{name: "opt/gone.txt", body: []byte("deleted by layer 2\n")},
-		tarEntry{name: "opt/kept.txt", body: []byte("kept\n")},
+		ocitest.Dir("etc"),
+		ocitest.File("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+		ocitest.File("etc/motd", "from layer 1\n"),
+		ocitest.Dir("opt"),
+		ocitest.File("opt/gone.txt", "deleted by layer 2\n"),
+		ocitest.File("opt/kept.txt", "kept\n"),
 	)
-	top := layerOf(t,
-		tarEntry{name: "etc/motd", body: []byte(motd + "\n")},
-		tarEntry{name: "opt/.wh.gone.txt"},
-	)
-	img, err := mutate.AppendLayers(empty.Image, layerOf(t, base...), top)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture = "linux", "amd64"
-	cfg.Config.Env = []string{"PATH=/bin", "IMAGE_GREETING=hello from the image config"}
-	img, err = mutate.ConfigFile(img, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+	top := ocitest.Layer(t, ocitest.File("etc/motd", motd+"\n"), ocitest.Entry{Name: "opt/.wh.gone.txt"})
+	return ocitest.Image(t, []string{"PATH=/bin", "IMAGE_GREETING=hello from the image config"}, ocitest.Layer(t, base...), top)
 }
 
-// buildTemplate runs `orkestrd admin template build` and returns its
-// output and error.
-func buildTemplate(t *testing.T, configPath, templateDir, name string) (string, error) {
+// buildTemplate runs `orkestrd admin template build [flags] NAME` and
+// returns its output and error.
+func buildTemplate(t *testing.T, configPath, templateDir, name string, flags ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "orkestrd"), "admin", "template", "build", "--config", configPath, "--template-dir", templateDir, name)
-	out, err := cmd.CombinedOutput()
+	args := append([]string{"admin", "template", "build", "--config", configPath, "--template-dir", templateDir}, flags...)
+	return runOrkestrd(t, append(args, name)...)
+}
+
+func runOrkestrd(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(binDir, "orkestrd"), args...).CombinedOutput()
 	return string(out), err
 }
 
 func TestTemplateFromLocalRegistry(t *testing.T) {
-	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	defer reg.Close()
-	host := strings.TrimPrefix(reg.URL, "http://")
-	ref, err := name.ParseReference(host+"/test/tiny:v1", name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, tinyImage(t, "from layer 2")); err != nil {
-		t.Fatal(err)
-	}
+	host := ocitest.StartRegistry(t, nil)
+	ocitest.Push(t, host+"/test/tiny:v1", tinyImage(t, "from layer 2"))
 
 	templateDir := t.TempDir()
 	config := fmt.Sprintf(`
@@ -184,7 +106,7 @@ templates:
 	if len(imageDirs) != 1 {
 		t.Errorf("%d unpacked images, want 1", len(imageDirs))
 	}
-	if !strings.Contains(out, "layer 2/2") {
+	if !strings.Contains(out, "layer 2/2") || !strings.Contains(out, "unpacked") {
 		t.Errorf("build output shows no layer progress:\n%s", out)
 	}
 	// The running server notices the build and warms a pool for it.
@@ -222,6 +144,43 @@ templates:
 	if err != nil || !strings.Contains(out, "already built") {
 		t.Fatalf("second build: %v\n%s", err, out)
 	}
+
+	// A rebuild from a changed image leaves the old one unpacked; prune
+	// keeps it while a sandbox (the one above, the warm pool's) runs in
+	// it and removes it, with its own layer, once they are gone.
+	ocitest.Push(t, host+"/test/tiny:v1", tinyImage(t, "from layer 2, v2"))
+	if out, err := buildTemplate(t, s.config, templateDir, "tiny", "--force"); err != nil {
+		t.Fatalf("rebuild tiny: %v\n%s", err, out)
+	}
+	prune := func() string {
+		out, err := runOrkestrd(t, "admin", "template", "prune", "--template-dir", templateDir)
+		if err != nil {
+			t.Fatalf("prune: %v\n%s", err, out)
+		}
+		return out
+	}
+	if out := prune(); !strings.Contains(out, "kept .images/sha256-") || strings.Contains(out, "removed .images/sha256-") {
+		t.Fatalf("prune with a sandbox in the old image:\n%s", out)
+	}
+	s.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
+	for start := time.Now(); ; time.Sleep(time.Second) {
+		out := prune()
+		if strings.Contains(out, "removed .images/sha256-") && strings.Contains(out, "removed .oci/blobs/sha256/") {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			t.Fatalf("the old image is still in use a minute after its sandboxes should be gone:\n%s", out)
+		}
+	}
+	if imageDirs, _ := filepath.Glob(filepath.Join(templateDir, ".images", "sha256-*")); len(imageDirs) != 1 {
+		t.Errorf("%d unpacked images after the prune, want 1", len(imageDirs))
+	}
+	id = s.create(s.key, map[string]any{"template": "tiny"})
+	r = s.do("POST", "/v1/sandboxes/"+id+"/exec", s.key, map[string]any{"command": "cat /etc/motd"})
+	if res := r.json(t); r.status != 200 || res["stdout"] != "from layer 2, v2\n" {
+		t.Fatalf("exec after the rebuild and prune: %d %s", r.status, r.body)
+	}
+	s.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
 
 	// An unreachable registry fails the build quickly, saying which.
 	start := time.Now()

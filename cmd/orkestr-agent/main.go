@@ -24,5 +24,9 @@ func main() {
 	if os.Getenv("GVISOR_SAVE_RESTORE_AUTO_EXEC_MODE") != "" {
 		return // checkpoint hooks need nothing from us: the agent redials by itself
 	}
-	_ = agent.New(*dir, log).Run(context.Background())
+	a := agent.New(*dir, log)
+	if os.Getpid() == 1 {
+		a.ExecCgroups = agent.DefaultExecCgroups
+	}
+	_ = a.Run(context.Background())
 }

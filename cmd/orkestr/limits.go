@@ -1,10 +1,15 @@
 package main
 
 import (
+	"encoding/csv"
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
+	"time"
+
+	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
 )
 
 func limitsCommand() *command {
@@ -60,4 +65,65 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+func usageCommand() *command {
+	return &command{
+		name: "usage", summary: "Print the account's metered usage per sandbox and day (or hour); --csv for a spreadsheet.",
+		flags: func(fs *flag.FlagSet) action {
+			from := fs.String("from", "", "start, a date (2026-11-01) or RFC 3339 time on a whole period (default: the 1st of this month)")
+			to := fs.String("to", "", "end, exclusive (default: the 1st of next month)")
+			hourly := fs.Bool("hourly", false, "per UTC hour instead of per UTC day")
+			asCSV := fs.Bool("csv", false, "CSV: period_start,period_end,sandbox_id,mem_mb_seconds,cpu_ms,running_seconds")
+			return func(c *cli, _ []string) error {
+				p := orkestr.UsageParams{Granularity: "day"}
+				if *hourly {
+					p.Granularity = "hour"
+				}
+				for _, f := range []struct {
+					name, v string
+					t       *time.Time
+				}{{"from", *from, &p.From}, {"to", *to, &p.To}} {
+					if f.v == "" {
+						continue
+					}
+					t, err := time.Parse(time.DateOnly, f.v)
+					if err != nil {
+						if t, err = time.Parse(time.RFC3339, f.v); err != nil {
+							return usagef("--%s %q: give a date (2026-11-01) or an RFC 3339 time", f.name, f.v)
+						}
+					}
+					*f.t = t
+				}
+				u, err := c.client.Usage(c.ctx, p)
+				if err != nil {
+					return err
+				}
+				if *asCSV {
+					w := csv.NewWriter(c.stdout)
+					_ = w.Write([]string{"period_start", "period_end", "sandbox_id", "mem_mb_seconds", "cpu_ms", "running_seconds"})
+					for _, per := range u.Periods {
+						for _, s := range per.Sandboxes {
+							_ = w.Write([]string{per.Start.UTC().Format(time.RFC3339), per.End.UTC().Format(time.RFC3339), s.SandboxID,
+								strconv.FormatInt(s.MemMBSeconds, 10), strconv.FormatInt(s.CPUMS, 10), strconv.FormatInt(s.RunningSeconds, 10)})
+						}
+					}
+					w.Flush()
+					return w.Error()
+				}
+				return c.print(u, func(w io.Writer) {
+					fmt.Fprintf(w, "from\t%s\n", fmtTime(&u.From))
+					fmt.Fprintf(w, "to\t%s\n", fmtTime(&u.To))
+					fmt.Fprintf(w, "GB-hours\t%g\t(%d MB·s)\n", u.Total.GBHours, u.Total.MemMBSeconds)
+					fmt.Fprintf(w, "CPU-hours\t%g\t(%d CPU·ms)\n", u.Total.CPUHours, u.Total.CPUMS)
+					fmt.Fprintf(w, "running\t%d s\n", u.Total.RunningSeconds)
+					fmt.Fprintln(w)
+					fmt.Fprintln(w, "SANDBOX\tGB-HOURS\tCPU-HOURS\tRUNNING")
+					for _, s := range u.Sandboxes {
+						fmt.Fprintf(w, "%s\t%g\t%g\t%d s\n", s.SandboxID, s.GBHours, s.CPUHours, s.RunningSeconds)
+					}
+				})
+			}
+		},
+	}
 }

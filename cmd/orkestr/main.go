@@ -54,6 +54,8 @@ Files (REMOTE is SANDBOX_ID:/absolute/path):
 
 Account:
   limits                        plan, sizes and usage of the API key
+  usage [--from D] [--to D] [--hourly] [--csv]
+                                metered usage per sandbox (this month by default)
   templates                     the template catalog
   version                       the version of this client
 
@@ -165,7 +167,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 }
 
 func topCommands() []*command {
-	return []*command{limitsCommand(), templatesCommand(), {
+	return []*command{limitsCommand(), usageCommand(), templatesCommand(), {
 		name: "version", summary: "print the version of this client",
 		flags: func(*flag.FlagSet) action {
 			return func(c *cli, _ []string) error {

@@ -430,3 +430,36 @@ func TestLimitsAndTemplates(t *testing.T) {
 		t.Errorf("version: %+v", r)
 	}
 }
+
+func TestUsage(t *testing.T) {
+	a, _ := newAPI(t)
+	a.on("GET /v1/usage", func(w http.ResponseWriter, r *http.Request) {
+		u := map[string]any{"mem_mb_seconds": 7372800, "cpu_ms": 360000, "running_seconds": 14400, "gb_hours": 2.0, "cpu_hours": 0.1}
+		sb := map[string]any{"sandbox_id": "sbx_A"}
+		for k, v := range u {
+			sb[k] = v
+		}
+		per := map[string]any{"start": "2026-11-03T00:00:00.000Z", "end": "2026-11-04T00:00:00.000Z", "sandboxes": []any{sb}}
+		for k, v := range u {
+			per[k] = v
+		}
+		writeJSON(w, 200, map[string]any{"account_id": "acc_1", "from": "2026-11-01T00:00:00.000Z", "to": "2026-12-01T00:00:00.000Z",
+			"granularity": r.URL.Query().Get("granularity"), "total": u, "sandboxes": []any{sb}, "periods": []any{per}})
+	})
+	r := runCLI(t, "", "usage", "--from", "2026-11-01", "--hourly")
+	for _, part := range []string{"sbx_A", "2 ", "0.1", "14400 s", "7372800 MB·s"} {
+		if r.code != 0 || !strings.Contains(r.stdout, part) {
+			t.Errorf("usage output lacks %q: %+v", part, r)
+		}
+	}
+	if got := a.requests[len(a.requests)-1]; got != "GET /v1/usage?from=2026-11-01T00%3A00%3A00Z&granularity=hour" {
+		t.Errorf("request %s", got)
+	}
+	r = runCLI(t, "", "usage", "--csv")
+	if r.code != 0 || r.stdout != "period_start,period_end,sandbox_id,mem_mb_seconds,cpu_ms,running_seconds\n2026-11-03T00:00:00Z,2026-11-04T00:00:00Z,sbx_A,7372800,360000,14400\n" {
+		t.Errorf("usage --csv: %+v", r)
+	}
+	if r := runCLI(t, "", "usage", "--from", "last week"); r.code != exitUsage {
+		t.Errorf("usage --from 'last week': %+v", r)
+	}
+}

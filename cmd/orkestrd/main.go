@@ -22,6 +22,7 @@ Usage:
   orkestrd admin key revoke --account NAME KEY_ID_OR_PREFIX
   orkestrd admin template build NAME       build a catalog template (OCI image or offline recipe)
   orkestrd admin template ls               list the catalog and what is built here
+  orkestrd admin template prune            remove unpacked images and cached layers no template uses
   orkestrd admin selftest [flags]          start a sandbox, run a command, pause and
                                            resume it, and report timings
   orkestrd version
@@ -82,6 +83,8 @@ func admin(args []string) error {
 			return templateBuild(args[2:])
 		case "ls", "list":
 			return templateList(args[2:])
+		case "prune":
+			return templatePrune(args[2:])
 		}
 	}
 	return fmt.Errorf("unknown admin command %q\n\n%s", strings.Join(args, " "), usage)

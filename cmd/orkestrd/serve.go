@@ -27,6 +27,7 @@ func serve(args []string) error {
 	listen := fs.String("listen", envOr("ORKESTR_LISTEN", "127.0.0.1:7777"), "address to listen on (env ORKESTR_LISTEN)")
 	databaseURL := fs.String("database-url", os.Getenv("ORKESTR_DATABASE_URL"), "postgres://… to use PostgreSQL instead of SQLite in the data dir (env ORKESTR_DATABASE_URL)")
 	configFile := fs.String("config", os.Getenv("ORKESTR_CONFIG"), "YAML config file (env ORKESTR_CONFIG)")
+	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN)")
 	_ = fs.Parse(args)
 	cfg, err := config.Load(*configFile)
 	if err != nil {
@@ -100,6 +101,22 @@ func serve(args []string) error {
 		return err
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	var metricsSrv *http.Server
+	if *metricsListen != "" {
+		// Operator metrics get their own listener so that they can stay on
+		// a private interface while the API is public.
+		mln, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			ln.Close()
+			_ = n.Close(context.Background(), false)
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		mmux := http.NewServeMux()
+		mmux.Handle("GET /metrics", srvAPI.MetricsHandler())
+		metricsSrv = &http.Server{Handler: mmux, ReadHeaderTimeout: 10 * time.Second}
+		log.Info("operator metrics listening", "addr", mln.Addr().String(), "path", "/metrics")
+		go func() { _ = metricsSrv.Serve(mln) }()
+	}
 	log.Info("orkestrd listening", "addr", ln.Addr().String(), "data_dir", ncfg.DataDir, "template_dir", ncfg.TemplateDir, "pool_size", ncfg.PoolSize, "region", cfg.Region)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -111,6 +128,12 @@ func serve(args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
+	if metricsSrv != nil {
+		_ = metricsSrv.Shutdown(sctx)
+	}
+	// The last metered seconds are flushed before the store closes.
+	stop()
+	srvAPI.Wait()
 	// Claimed sandboxes keep running and are adopted by the next start;
 	// warm-pool sandboxes are destroyed.
 	if cerr := n.Close(sctx, false); cerr != nil {

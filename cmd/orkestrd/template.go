@@ -101,6 +101,8 @@ func (p *progress) layer(ev oci.Progress) {
 		short = short[:12]
 	}
 	switch {
+	case ev.Unpacked:
+		p.line(fmt.Sprintf("layer %d/%d %s: unpacked (%s)", ev.Layer, ev.Layers, short, mib(ev.Total)))
 	case ev.Done:
 		state := fmt.Sprintf("%s downloaded", mib(ev.Total))
 		if ev.Cached {
@@ -167,4 +169,28 @@ func templateList(args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.name, r.state, r.when, r.source)
 	}
 	return tw.Flush()
+}
+
+func templatePrune(args []string) error {
+	fs := flag.NewFlagSet("template prune", flag.ExitOnError)
+	dir := fs.String("template-dir", template.DirFromEnv(), "host-wide template directory (env ORKESTR_TEMPLATE_DIR)")
+	_ = fs.Parse(args)
+	if fs.NArg() != 0 {
+		return fmt.Errorf("usage: orkestrd admin template prune [--template-dir DIR]")
+	}
+	p, err := template.Store{Dir: *dir}.Prune()
+	for _, r := range p.Removed {
+		fmt.Printf("removed %s\n", r)
+	}
+	for _, r := range p.InUse {
+		fmt.Printf("kept %s: no template uses it, but a running sandbox does\n", r)
+	}
+	if p.BlobsKept != "" {
+		fmt.Printf("kept every cached layer: %s\n", p.BlobsKept)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("pruned %d entries, %s\n", len(p.Removed), mib(p.Bytes))
+	return nil
 }

@@ -33,18 +33,26 @@ type Agent struct {
 	mu      sync.RWMutex
 	baseEnv map[string]string
 
+	// ExecCgroups, when set before Run, is a directory in a pids cgroupfs
+	// where each command gets a cgroup of its own (DefaultExecCgroups
+	// inside a sandbox); empty: commands are found by walking the process
+	// tree only.
+	ExecCgroups string
+
 	reaper  *reaper
 	zygotes zygotes
+	groups  *execGroups
 }
 
 // New returns an agent that talks to the host through dir.
 func New(dir string, log *slog.Logger) *Agent {
-	return &Agent{Dir: dir, Log: log, reaper: processReaper()}
+	return &Agent{Dir: dir, Log: log, reaper: processReaper(), groups: newExecGroups("")}
 }
 
 // Run dials the host and serves until ctx ends, redialing after every
 // disconnect.
 func (a *Agent) Run(ctx context.Context) error {
+	a.groups = newExecGroups(a.ExecCgroups)
 	a.refillZygote()
 	const first = 2 * time.Millisecond
 	backoff := first

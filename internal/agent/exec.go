@@ -20,21 +20,26 @@ import (
 const outputGrace = 50 * time.Millisecond
 
 // exec runs one command and says whether the stream can carry the next
-// request: the host answered the exit with KindDone.
+// request: the host answered the exit with KindDone, or the command was
+// refused before it started and the host sends nothing after a request
+// without stdin. (The host streams stdin without waiting for a start
+// acknowledgement, so after a refused exec with stdin the stream may hold
+// stdin frames and is not reused.)
 func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable bool) {
+	reusableIfRefused := !e.Stdin
 	for k, v := range e.Env {
 		if err := validEnvKey(k); err != nil {
 			_ = w.Err(wire.CodeBadRequest, err.Error())
-			return true
+			return reusableIfRefused
 		}
 		if strings.ContainsRune(v, 0) {
 			_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("environment variable %s contains NUL", k))
-			return true
+			return reusableIfRefused
 		}
 	}
 	if strings.ContainsRune(e.Command, 0) {
 		_ = w.Err(wire.CodeBadRequest, "command contains NUL")
-		return true
+		return reusableIfRefused
 	}
 	cwd := e.Cwd
 	if cwd == "" {
@@ -42,13 +47,13 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 	}
 	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
 		_ = w.Err(wire.CodeNotFound, fmt.Sprintf("working directory %s does not exist or is not a directory", cwd))
-		return true
+		return reusableIfRefused
 	}
 
 	p, start, err := a.startCommand(e, cwd)
 	if err != nil {
 		_ = w.Err(wire.CodeInternal, err.Error())
-		return true
+		return reusableIfRefused
 	}
 	pid, exited, stdinW, outR, errR := p.pid, p.exited, p.stdinW, p.outR, p.errR
 	if !e.Stdin && stdinW != nil {
@@ -62,10 +67,6 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 		defer wmu.Unlock()
 		return w.Frame(k, b)
 	}
-	wmu.Lock()
-	_ = w.JSON(wire.KindJSON, wire.Started{PID: pid})
-	wmu.Unlock()
-
 	var pumps sync.WaitGroup
 	pump := func(f *os.File, k wire.Kind) {
 		defer pumps.Done()
@@ -140,9 +141,11 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 	case <-timeout:
 		timedOut = true
 		killTree(pid)
+		killGroup(p.cgroup)
 		ws = <-exited
 	case <-hostGone:
 		killTree(pid)
+		killGroup(p.cgroup)
 		ws = <-exited
 	}
 	dur := time.Since(start)

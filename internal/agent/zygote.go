@@ -31,6 +31,7 @@ type proc struct {
 	errR   *os.File
 	script *os.File          // zygotes only: where the command is written
 	env    map[string]string // the environment it was started with
+	cgroup string            // the command's cgroup; "" without one
 }
 
 func (p *proc) closeAll() {
@@ -105,6 +106,10 @@ func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (
 		return fail(fmt.Errorf("start /bin/sh: %w", err))
 	}
 	p.pid, p.exited = pid, exited
+	// A zygote waits for its script, so it is in its cgroup before the
+	// command can fork. A command started directly may fork first; those
+	// are only for env names a script cannot set (see startCommand).
+	p.cgroup = a.groups.join(pid)
 	return p, nil
 }
 
@@ -113,22 +118,38 @@ func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (
 func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error) {
 	want := a.envMap(e.Env)
 	if p := a.takeZygote(); p != nil {
-		if script, ok := zygoteScript(e.Command, cwd, p.env, want); ok {
-			start := time.Now()
-			_, werr := p.script.WriteString(script)
-			cerr := p.script.Close()
-			p.script = nil
-			if werr == nil && cerr == nil {
-				return p, start, nil
-			}
-			// The zygote died (e.g. a command ran `kill -9 -1`): start
-			// the command the slow way.
+		if start, ok := handOver(p, e.Command, cwd, want); ok {
+			return p, start, nil
+		}
+		// The zygote died (e.g. a command ran `kill -9 -1`) or the env
+		// cannot be set by a script: start the command the slow way.
+		a.discard(p)
+	}
+	// No zygote: start one for this command alone and hand it the script
+	// at once, so it is in its cgroup before the command runs.
+	if p, err := a.spawn("", "/", want, true); err == nil {
+		if start, ok := handOver(p, e.Command, cwd, want); ok {
+			return p, start, nil
 		}
 		a.discard(p)
 	}
 	start := time.Now()
 	p, err := a.spawn(e.Command, cwd, want, false)
 	return p, start, err
+}
+
+// handOver writes the command's script to zygote p and reports when the
+// command started; false if it could not.
+func handOver(p *proc, command, cwd string, want map[string]string) (time.Time, bool) {
+	script, ok := zygoteScript(command, cwd, p.env, want)
+	if !ok {
+		return time.Time{}, false
+	}
+	start := time.Now()
+	_, werr := p.script.WriteString(script)
+	cerr := p.script.Close()
+	p.script = nil
+	return start, werr == nil && cerr == nil
 }
 
 // zygoteScript is the script a zygote runs: close the script pipe, bring
@@ -203,6 +224,7 @@ func (a *Agent) takeZygote() *proc {
 
 func (a *Agent) discard(p *proc) {
 	_ = unix.Kill(-p.pid, unix.SIGKILL)
+	killGroup(p.cgroup)
 	p.closeAll()
 }
 

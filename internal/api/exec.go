@@ -11,7 +11,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
-	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
 // maxExecOutput bounds what a non-streaming exec returns per stream; use
@@ -76,16 +75,9 @@ func (s *Server) prepareExec(r *http.Request) (runtime.Sandbox, runtime.ExecRequ
 			return nil, runtime.ExecRequest{}, err
 		}
 	}
-	row, err := s.load(r)
+	rt, err := s.runningRuntime(r)
 	if err != nil {
 		return nil, runtime.ExecRequest{}, err
-	}
-	if row.Status != store.StatusRunning {
-		return nil, runtime.ExecRequest{}, notReady(string(row.Status))
-	}
-	rt, ok := s.node.Driver.Get(row.RuntimeID)
-	if !ok {
-		return nil, runtime.ExecRequest{}, notReady("error")
 	}
 	er := runtime.ExecRequest{Command: req.Command, Env: req.Env, Cwd: cwd, Timeout: time.Duration(timeout) * time.Second}
 	if req.Stdin != nil {

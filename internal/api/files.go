@@ -5,7 +5,6 @@ import (
 	"net/http"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
-	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
 // fileSandbox validates ?path= and finds the running sandbox.
@@ -18,16 +17,9 @@ func (s *Server) fileSandbox(r *http.Request) (runtime.Sandbox, string, error) {
 	if err := checkPath("path", path); err != nil {
 		return nil, "", err
 	}
-	row, err := s.load(r)
+	rt, err := s.runningRuntime(r)
 	if err != nil {
 		return nil, "", err
-	}
-	if row.Status != store.StatusRunning {
-		return nil, "", notReady(string(row.Status))
-	}
-	rt, ok := s.node.Driver.Get(row.RuntimeID)
-	if !ok {
-		return nil, "", notReady("error")
 	}
 	return rt, path, nil
 }

@@ -32,16 +32,18 @@ func (s *Server) getLimits(w http.ResponseWriter, r *http.Request) error {
 	if allowed == nil {
 		allowed = []string{}
 	}
-	// Usage metering is not persisted yet (docs: what does not work yet);
-	// the figures are what this server has measured since it started.
+	used, resets, err := s.monthUsage(r.Context(), p.account.ID)
+	if err != nil {
+		return err
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"plan": p.account.Plan, "allowed_sizes": allowed, "max_concurrent": p.plan.MaxConcurrent,
 		"snapshot_cap":             p.plan.SnapshotCap,
-		"usage_gb_hours_used":      0.0,
+		"usage_gb_hours_used":      gbHours(used),
 		"usage_gb_hours_included":  p.plan.UsageGBHoursIncluded,
-		"usage_cpu_hours_used":     0.0,
+		"usage_cpu_hours_used":     cpuHours(used),
 		"usage_cpu_hours_included": p.plan.UsageCPUHoursIncluded,
-		"usage_resets_at":          fmtTime(monthStart(s.now()).AddDate(0, 1, 0)),
+		"usage_resets_at":          fmtTime(resets),
 		"sizes":                    sizes,
 	})
 	return nil
@@ -79,13 +81,17 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 			return invalid("since", "since must be an RFC 3339 time, e.g. 2026-01-02T15:04:05.000Z.")
 		}
 	}
-	samples, latest, life, running := s.sampler.Window(row.ID, since)
+	samples, latest, running := s.sampler.Window(row.ID, since)
+	life, err := s.sampler.Lifetime(r.Context(), row.AccountID, row.ID)
+	if err != nil {
+		return err
+	}
 	body := map[string]any{
 		"sandbox_id": row.ID, "sandbox_status": row.Status,
 		"sample_interval_seconds": int(s.sampler.Interval().Seconds()),
 		"cpu":                     nil, "memory": nil,
 		"lifetime": map[string]any{
-			"cpu_seconds": round(life.CPUSeconds, 2), "mem_mb_seconds": life.MemMBSeconds, "running_seconds": life.RunningSeconds,
+			"cpu_seconds": round(float64(life.CPUMS)/1000, 2), "mem_mb_seconds": life.MemMBSeconds, "running_seconds": life.RunningSeconds,
 		},
 		"samples": []any{},
 	}
@@ -94,7 +100,7 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 		var cores, mem float64
 		if latest != nil {
 			cores, mem = latest.CPUCores, float64(latest.MemBytes)
-			if latest.MemLimit > 0 {
+			if latest.MemLimit > 0 && latest.MemLimit < limit {
 				limit = latest.MemLimit
 			}
 		}

@@ -38,8 +38,18 @@ func (s *Server) reconcile(ctx context.Context) error {
 	for _, row := range rows {
 		rt, alive := s.node.Driver.Get(row.RuntimeID)
 		switch {
+		case row.Status == store.StatusStarting && row.SnapshotDir != "" && fileExists(filepath.Join(row.SnapshotDir, "snapshot.json")):
+			// A resume was cut off; its snapshot is intact.
+			if alive {
+				s.destroyRuntime(rt)
+			}
+			keepSnapshots[row.SnapshotDir] = true
+			row.Status = store.StatusPaused
+			if _, err := s.store.UpdateSandbox(ctx, row, 0); err != nil {
+				s.log.Error("putting an interrupted resume back to paused", "sandbox", row.ID, "err", err)
+			}
 		case row.Status == store.StatusStarting:
-			s.finish(ctx, row.ID, row.AccountID, store.StatusError, "the server restarted while this sandbox was being created")
+			s.finish(ctx, row.ID, row.AccountID, store.StatusError, "the server restarted while this sandbox was being created or resumed")
 		case row.Status == store.StatusRunning && alive:
 			s.track(row, rt)
 		case row.Status == store.StatusRunning:

@@ -2,6 +2,7 @@ package api
 
 import (
 	"math"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -57,4 +58,82 @@ func (l *limiter) allow(w http.ResponseWriter, p *principal) bool {
 		h.Set("Retry-After-Ms", strconv.FormatInt(int64(math.Ceil(float64(wait)/float64(time.Millisecond))), 10))
 	}
 	return allowed
+}
+
+// Failed authentications are limited per client address, before any key
+// is looked up: a client guessing or replaying keys costs the store one
+// lookup per token, and is then told to wait. Keys already known (cached)
+// are not affected.
+const (
+	authFailureRate  = 5.0  // failed attempts per second, sustained
+	authFailureBurst = 20.0 // failed attempts in a row before 429
+	// authFailureClients bounds the table; beyond it, idle (full) buckets
+	// are dropped, and if none is idle every new address shares one.
+	authFailureClients = 16384
+)
+
+// failLimiter is a token bucket of failed authentications per client
+// address (the TCP peer; forwarded-for headers are not trusted).
+type failLimiter struct {
+	now     func() time.Time
+	mu      sync.Mutex
+	buckets map[string]*bucket
+}
+
+func newFailLimiter(now func() time.Time) *failLimiter {
+	return &failLimiter{now: now, buckets: map[string]*bucket{}}
+}
+
+// clientAddr is the peer's IP address without the port.
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// refill brings addr's bucket up to date; l.mu is held.
+func (l *failLimiter) refill(addr string, now time.Time) *bucket {
+	b, ok := l.buckets[addr]
+	if !ok {
+		if len(l.buckets) >= authFailureClients {
+			for k, o := range l.buckets {
+				if o.tokens+now.Sub(o.last).Seconds()*o.rate >= o.burst {
+					delete(l.buckets, k)
+				}
+			}
+		}
+		if len(l.buckets) >= authFailureClients {
+			addr = "overflow"
+			if b, ok = l.buckets[addr]; ok {
+				return l.refill(addr, now)
+			}
+		}
+		b = &bucket{tokens: authFailureBurst, last: now, rate: authFailureRate, burst: authFailureBurst}
+		l.buckets[addr] = b
+	}
+	b.tokens = math.Min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	b.last = now
+	return b
+}
+
+// wait says how long addr must wait before its next attempt; 0 means it
+// may try now.
+func (l *failLimiter) wait(addr string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.refill(addr, l.now())
+	if b.tokens >= 1 {
+		return 0
+	}
+	return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+}
+
+// fail records a failed attempt of addr.
+func (l *failLimiter) fail(addr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.refill(addr, l.now())
+	b.tokens = math.Max(b.tokens-1, 0)
 }

@@ -99,6 +99,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(http.StatusPaymentRequired, "size_not_allowed", "Size %s is not included in the %s plan.", size, p.account.Plan).
 			with("size", size).with("allowed_sizes", p.plan.AllowedSizes)
 	}
+	if err := s.checkUsage(r.Context(), p); err != nil {
+		return err
+	}
 	network := "off"
 	if req.Network != nil {
 		network = *req.Network
@@ -189,15 +192,46 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// liveSandbox is an entry of Server.running.
+type liveSandbox struct {
+	account string
+	rt      runtime.Sandbox
+}
+
+// runningRuntime returns the caller's running sandbox named in the path:
+// from the cache of running sandboxes when it is there, else from the
+// store, with the same errors either way (404 for another account's id).
+func (s *Server) runningRuntime(r *http.Request) (runtime.Sandbox, error) {
+	if v, ok := s.running.Load(r.PathValue("id")); ok {
+		if live := v.(liveSandbox); live.account == caller(r).account.ID && live.rt.Err() == nil {
+			return live.rt, nil
+		}
+	}
+	row, err := s.load(r)
+	if err != nil {
+		return nil, err
+	}
+	if row.Status != store.StatusRunning {
+		return nil, notReady(string(row.Status))
+	}
+	rt, ok := s.node.Driver.Get(row.RuntimeID)
+	if !ok {
+		return nil, notReady("error")
+	}
+	return rt, nil
+}
+
 // track starts sampling a running sandbox and watches it: if it stops on
 // its own (out of memory, crash) the record says so.
 func (s *Server) track(row store.Sandbox, rt runtime.Sandbox) {
-	s.sampler.Track(row.ID, rt, row.CPU, row.MemoryMB)
+	s.sampler.Track(row.ID, row.AccountID, rt, row.CPU, row.MemoryMB)
+	s.running.Store(row.ID, liveSandbox{account: row.AccountID, rt: rt})
 	go func() {
 		<-rt.Done()
 		if _, planned := s.destroying.LoadAndDelete(rt.ID()); planned {
 			return
 		}
+		s.running.CompareAndDelete(row.ID, liveSandbox{account: row.AccountID, rt: rt})
 		s.sampler.Untrack(row.ID)
 		reason := "the sandbox stopped unexpectedly"
 		if errors.Is(rt.Err(), runtime.ErrOutOfMemory) {
@@ -212,6 +246,7 @@ func (s *Server) track(row store.Sandbox, rt runtime.Sandbox) {
 
 // finish moves a sandbox to a final status (terminated or error).
 func (s *Server) finish(ctx context.Context, id, account string, status store.Status, reason string) {
+	s.running.Delete(id)
 	for i := 0; i < 5; i++ {
 		row, err := s.store.GetSandbox(ctx, account, id)
 		if err != nil || row.Status == store.StatusTerminated || row.Status == store.StatusError {
@@ -350,6 +385,7 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) terminate(ctx context.Context, row store.Sandbox, reason string) (store.Sandbox, error) {
 	unlock := s.lock(row.ID)
 	defer unlock()
+	s.running.Delete(row.ID)
 	ctx = context.WithoutCancel(ctx)
 	for attempt := 0; ; attempt++ {
 		cur, err := s.store.GetSandbox(ctx, row.AccountID, row.ID)
@@ -411,8 +447,12 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 		remaining = max(row.ExpiresAt.Sub(now).Milliseconds(), 0)
 	}
 	// Reserve the snapshot slot before the (irreversible) checkpoint.
+	s.running.Delete(row.ID)
 	row.Status, row.PausedAt, row.ExpiresAt, row.RemainingMS = store.StatusPaused, &now, nil, remaining
 	row, err = s.store.UpdateSandbox(ctx, row, p.plan.SnapshotCap)
+	if err != nil {
+		s.running.Store(running.ID, liveSandbox{account: running.AccountID, rt: rt})
+	}
 	if errors.Is(err, store.ErrLimit) {
 		return apiErr(http.StatusPaymentRequired, "snapshot_cap_reached", "Your %s plan keeps at most %d paused sandboxes; resume or terminate one first.", p.account.Plan, p.plan.SnapshotCap).
 			with("cap", p.plan.SnapshotCap)
@@ -463,26 +503,37 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return notReady(string(row.Status))
 	}
-	if p.plan.MaxConcurrent > 0 {
-		active, err := s.activeCount(r.Context(), p.account.ID)
-		if err != nil {
-			return err
-		}
-		if active >= p.plan.MaxConcurrent {
-			return apiErr(http.StatusPaymentRequired, "concurrency_limit", "Your %s plan allows %d sandboxes at once; terminate or pause one first.", p.account.Plan, p.plan.MaxConcurrent).
-				with("max_concurrent", p.plan.MaxConcurrent)
-		}
+	if err := s.checkUsage(r.Context(), p); err != nil {
+		return err
 	}
 	rootfs, err := s.node.Templates.Rootfs(row.Template)
 	if err != nil {
 		return notBuilt(row.Template)
 	}
+	// Take a concurrency slot first, in one transaction with the count
+	// (status starting, the snapshot kept): concurrent resumes and creates
+	// cannot both take the last one, and a crash during the restore leaves
+	// a sandbox that the next start puts back to paused.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
 	defer cancel()
+	paused := row
+	row.Status = store.StatusStarting
+	row, err = s.store.UpdateSandbox(ctx, row, p.plan.MaxConcurrent)
+	if errors.Is(err, store.ErrLimit) {
+		return apiErr(http.StatusPaymentRequired, "concurrency_limit", "Your %s plan allows %d sandboxes at once; terminate or pause one first.", p.account.Plan, p.plan.MaxConcurrent).
+			with("max_concurrent", p.plan.MaxConcurrent)
+	}
+	if err != nil {
+		return err
+	}
 	rt, err := s.node.Driver.Restore(ctx, row.SnapshotDir, rootfs, map[string]string{"sandbox_id": row.ID, "account_id": row.AccountID})
 	if err != nil {
 		s.log.Error("restore failed", "request_id", requestID(r), "sandbox", row.ID, "err", err)
-		return apiErr(http.StatusServiceUnavailable, "no_capacity", "The sandbox could not be resumed right now; retry shortly.")
+		paused.Version = row.Version
+		if _, uerr := s.store.UpdateSandbox(ctx, paused, 0); uerr != nil {
+			s.log.Error("putting a sandbox back to paused after a failed restore", "sandbox", row.ID, "err", uerr)
+		}
+		return apiErr(http.StatusServiceUnavailable, "no_capacity", "The sandbox could not be resumed right now; it is still paused, retry shortly.")
 	}
 	snap := row.SnapshotDir
 	exp := s.now().UTC().Add(time.Duration(row.RemainingMS) * time.Millisecond)
@@ -495,26 +546,6 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	s.track(row, rt)
 	writeJSON(w, http.StatusOK, toJSON(row))
 	return nil
-}
-
-// activeCount counts the account's starting and running sandboxes.
-func (s *Server) activeCount(ctx context.Context, account string) (int, error) {
-	n := 0
-	for _, st := range []store.Status{store.StatusStarting, store.StatusRunning} {
-		cursor := ""
-		for {
-			page, next, err := s.store.ListSandboxes(ctx, account, store.ListFilter{Status: st, Limit: 200, Cursor: cursor})
-			if err != nil {
-				return 0, err
-			}
-			n += len(page)
-			if next == "" {
-				break
-			}
-			cursor = next
-		}
-	}
-	return n, nil
 }
 
 func contains(list []string, s string) bool {

@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -21,22 +23,35 @@ import (
 // Server is the API. Create it with New, start its background work with
 // Start, and serve Handler.
 type Server struct {
-	store   store.Store
-	node    *node.Node
-	cfg     config.Config
-	log     *slog.Logger
-	now     func() time.Time
-	limits  *limiter
-	sampler *metering.Sampler
-	dataDir string
+	store     store.Store
+	node      *node.Node
+	cfg       config.Config
+	log       *slog.Logger
+	now       func() time.Time
+	limits    *limiter
+	authFails *failLimiter
+	sampler   *metering.Sampler
+	om        *opMetrics
+	dataDir   string
+	started   bool
 
 	locks   sync.Map // sandbox id -> *sync.Mutex, serialises lifecycle changes
 	touched sync.Map // key id -> time of the last recorded use
 	keys    sync.Map // key hash -> cachedKey
+	// usageCache: account id -> cachedUsage, the month's usage for the
+	// budget check of create and resume.
+	usageCache sync.Map
 
 	// destroying marks runtime sandboxes we stop on purpose, so their
 	// watcher does not record them as crashed.
 	destroying sync.Map
+
+	// running caches the sandboxes this server has running (id ->
+	// liveSandbox) so that exec and files, the hot paths, need no store
+	// read. An entry is added once the running state is committed and
+	// removed before any change away from running is; a miss falls back
+	// to the store.
+	running sync.Map
 
 	mux *http.ServeMux
 }
@@ -48,23 +63,38 @@ type Options struct {
 	Config  config.Config
 	Log     *slog.Logger
 	DataDir string           // snapshots live in DataDir/snapshots
-	Now     func() time.Time // for tests; time.Now by default
+	Now     func() time.Time // for tests; time.Now by default (Clock wins if both are set)
+	// Clock is the time of deadlines, rate limits, plan months and the
+	// hour metered usage is attributed to; tests inject one to cross a
+	// month. Default: Now, else the system clock.
+	Clock metering.Clock
+	// FlushEvery is how often metered usage is written to the store
+	// (default 3 s; a crash loses at most this plus one sample interval).
+	FlushEvery time.Duration
 }
 
 // New builds the server and its routes.
 func New(o Options) *Server {
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = metering.SystemClock{}
+		if o.Now != nil {
+			o.Clock = metering.ClockFunc(o.Now)
+		}
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
 	s := &Server{
-		store: o.Store, node: o.Node, cfg: o.Config, log: o.Log, now: o.Now,
-		limits:  newLimiter(o.Now),
-		sampler: metering.NewSampler(time.Second, 60),
-		dataDir: o.DataDir,
+		store: o.Store, node: o.Node, cfg: o.Config, log: o.Log, now: o.Clock.Now,
+		limits:    newLimiter(o.Clock.Now),
+		authFails: newFailLimiter(o.Clock.Now),
+		dataDir:   o.DataDir,
 	}
+	s.om = newOpMetrics(s)
+	s.sampler = metering.New(metering.Config{
+		Interval: time.Second, Window: 60, FlushEvery: o.FlushEvery, Clock: o.Clock, Sink: o.Store, Log: o.Log,
+		OnRound: s.om.samplerRound, OnFlush: s.om.meteringFlush,
+	})
 	s.routes()
 	return s
 }
@@ -80,9 +110,19 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.reconcile(ctx); err != nil {
 		return err
 	}
+	s.started = true
 	go s.sampler.Run(ctx)
 	go s.deadlineLoop(ctx)
 	return nil
+}
+
+// Wait blocks, after Start's context has ended, until the background work
+// has stopped and the last metered usage is in the store. Call it before
+// closing the store.
+func (s *Server) Wait() {
+	if s.started {
+		s.sampler.Wait()
+	}
 }
 
 // principal is the authenticated caller of a request.
@@ -105,6 +145,11 @@ func (s *Server) authed(scope string, h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.authenticate(r)
 		if err != nil {
+			var e *Error
+			if errors.As(err, &e) && e.Code == "rate_limited" {
+				ms, _ := e.Details["retry_after_ms"].(int64)
+				w.Header().Set("Retry-After", strconv.FormatInt((ms+999)/1000, 10))
+			}
 			s.writeError(w, r, err)
 			return
 		}
@@ -140,9 +185,22 @@ type cachedKey struct {
 var errUnauthenticated = apiErr(http.StatusUnauthorized, "unauthenticated",
 	"Missing, malformed, unknown, revoked or expired API key. Send Authorization: Bearer ork_...")
 
+// tooManyFailures answers a client address that failed to authenticate
+// too often; nothing is looked up for it until it waits.
+func tooManyFailures(wait time.Duration) error {
+	ms := int64(math.Ceil(float64(wait) / float64(time.Millisecond)))
+	return apiErr(http.StatusTooManyRequests, "rate_limited", "Too many requests with a missing or invalid API key from your address; retry after the time in Retry-After with a valid key.").
+		with("retry_after_ms", ms)
+}
+
 func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	key := bearer(r)
+	addr := clientAddr(r)
 	if key == "" || auth.CheckFormat(key) != nil {
+		if wait := s.authFails.wait(addr); wait > 0 {
+			return nil, tooManyFailures(wait)
+		}
+		s.authFails.fail(addr)
 		return nil, errUnauthenticated
 	}
 	hash := auth.Hash(key)
@@ -152,9 +210,13 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	if c, ok := s.keys.Load(hash); ok && now.Sub(c.(cachedKey).at) < keyCacheTTL {
 		k, acct = c.(cachedKey).key, c.(cachedKey).account
 	} else {
+		if wait := s.authFails.wait(addr); wait > 0 {
+			return nil, tooManyFailures(wait)
+		}
 		var err error
 		k, err = s.store.KeyByHash(r.Context(), hash)
 		if errors.Is(err, store.ErrNotFound) {
+			s.authFails.fail(addr)
 			return nil, errUnauthenticated
 		}
 		if err != nil {
@@ -166,6 +228,7 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 		s.keys.Store(hash, cachedKey{key: k, account: acct, at: now})
 	}
 	if k.RevokedAt != nil || (k.ExpiresAt != nil && !now.Before(*k.ExpiresAt)) {
+		s.authFails.fail(addr)
 		return nil, errUnauthenticated
 	}
 	plan, ok := s.cfg.Plans[acct.Plan]

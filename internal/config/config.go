@@ -214,6 +214,9 @@ func (c Config) Validate() error {
 				return fmt.Errorf("config: plan %s allows unknown size %s", name, s)
 			}
 		}
+		if p.UsageGBHoursIncluded < 0 || p.UsageCPUHoursIncluded < 0 {
+			return fmt.Errorf("config: plan %s: usage_gb_hours_included and usage_cpu_hours_included must be >= 0 (0 means no cap)", name)
+		}
 		if p.RateLimit.RequestsPerSecond <= 0 || p.RateLimit.Burst <= 0 {
 			return fmt.Errorf("config: plan %s needs a positive rate_limit", name)
 		}

@@ -288,3 +288,21 @@ func (p *Pool) Close(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Depth is one pool's fill.
+type Depth struct {
+	Key
+	Ready  int
+	Target int
+}
+
+// Depths reports every pool's ready sandboxes and target.
+func (p *Pool) Depths() []Depth {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]Depth, 0, len(p.pools))
+	for k, b := range p.pools {
+		out = append(out, Depth{Key: k, Ready: len(b.ready), Target: b.target})
+	}
+	return out
+}

@@ -118,6 +118,19 @@ type Stats struct {
 	ReadAt           time.Time
 }
 
+// Usage is what metering reads every second: a cheaper subset of Stats.
+type Usage struct {
+	CPUNanos         uint64 // cumulative CPU time
+	MemoryBytes      uint64 // working set
+	MemoryLimitBytes uint64
+}
+
+// UsageReader is implemented by sandboxes that can read Usage more
+// cheaply than Stats.
+type UsageReader interface {
+	Usage(ctx context.Context) (Usage, error)
+}
+
 // State of a sandbox as the driver sees it.
 type State string
 

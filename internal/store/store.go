@@ -125,13 +125,18 @@ type Store interface {
 	GetSandbox(ctx context.Context, accountID, id string) (Sandbox, error)
 	ListSandboxes(ctx context.Context, accountID string, f ListFilter) (page []Sandbox, nextCursor string, err error)
 	// UpdateSandbox writes s if its Version still matches the stored one
-	// (ErrStale otherwise) and increments Version. With maxPaused > 0 the
-	// write is refused with ErrLimit when s.Status is paused and the
-	// account already has maxPaused other paused sandboxes.
-	UpdateSandbox(ctx context.Context, s Sandbox, maxPaused int) (Sandbox, error)
+	// (ErrStale otherwise) and increments Version. With limit > 0 the
+	// write is refused with ErrLimit when the account already has limit
+	// other sandboxes in the same class as s.Status: paused (the snapshot
+	// cap), or starting and running (the concurrency limit). The count and
+	// the write are one transaction, so concurrent requests cannot both
+	// take the last slot.
+	UpdateSandbox(ctx context.Context, s Sandbox, limit int) (Sandbox, error)
 	// SandboxesByStatus returns every sandbox (of all accounts) in one of
 	// the statuses, for reconciliation and the deadline sweeper.
 	SandboxesByStatus(ctx context.Context, statuses ...Status) ([]Sandbox, error)
+
+	UsageStore
 
 	Close() error
 }

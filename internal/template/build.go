@@ -2,6 +2,7 @@ package template
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -93,8 +94,14 @@ func (b Builder) buildImage(ctx context.Context, name, ref string) error {
 	}
 	opt := b.OCI
 	if opt.CacheDir == "" {
-		opt.CacheDir = filepath.Join(b.Store.Dir, ".oci")
+		opt.CacheDir = filepath.Join(b.Store.Dir, ociDir)
 	}
+	// Prune waits for no build: it refuses to run during one.
+	unlock, err := b.Store.lock(false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	start := time.Now()
 	logw(fmt.Sprintf("template %s: pulling %s", name, ref))
 	img, err := oci.Pull(ctx, ref, opt)
@@ -102,7 +109,7 @@ func (b Builder) buildImage(ctx context.Context, name, ref string) error {
 		return err
 	}
 	hexDigest := strings.TrimPrefix(img.Digest, "sha256:")
-	rel := filepath.Join(".images", "sha256-"+hexDigest, "rootfs")
+	rel := filepath.Join(imagesDir, "sha256-"+hexDigest, "rootfs")
 	imageRoot := filepath.Join(b.Store.Dir, rel)
 	if _, err := os.Stat(filepath.Join(filepath.Dir(imageRoot), "complete")); err != nil {
 		logw(fmt.Sprintf("template %s: unpacking %d layers of %s", name, len(img.Layers), img.Digest))
@@ -111,6 +118,10 @@ func (b Builder) buildImage(ctx context.Context, name, ref string) error {
 		}
 	} else {
 		logw(fmt.Sprintf("template %s: image %s is already unpacked here", name, img.Digest))
+		// Unpacked by an orkestrd that did not list layers yet.
+		if err := writeImageMeta(filepath.Dir(imageRoot), img, false); err != nil {
+			return err
+		}
 	}
 	stage, err := b.Store.Stage(name)
 	if err != nil {
@@ -150,6 +161,9 @@ func (b Builder) unpackImage(ctx context.Context, img oci.Image, opt oci.Options
 	if err := Prepare(rootfs); err != nil {
 		return err
 	}
+	if err := writeImageMeta(tmp, img, true); err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(img.Digest+"\n"), 0o644); err != nil {
 		return err
 	}
@@ -164,4 +178,20 @@ func (s Store) buildRecipe(ctx context.Context, name, recipe string, logw func(s
 		return fmt.Errorf("recipe %s builds template %s, not %s", recipe, recipe, name)
 	}
 	return s.BuildRecipe(ctx, recipe, true, logw)
+}
+
+// writeImageMeta writes dir/image.json, which names the image's layers so
+// prune knows which cached layers an unpacked image still needs; unless
+// replace, one that is there is kept.
+func writeImageMeta(dir string, img oci.Image, replace bool) error {
+	p := filepath.Join(dir, imageMetaFile)
+	if _, err := os.Stat(p); err == nil && !replace {
+		return nil
+	}
+	b, _ := json.MarshalIndent(imageMeta{Ref: img.Ref, Digest: img.Digest, Layers: img.Layers}, "", "  ")
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
 }

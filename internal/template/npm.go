@@ -114,7 +114,7 @@ func installNPM(ctx context.Context, rootfs string, p NPMPackage, logw func(stri
 		return "", err
 	}
 	defer os.RemoveAll(unpack)
-	if err := oci.ApplyLayer(unpack, gz); err != nil {
+	if err := oci.ApplyLayer(ctx, unpack, gz); err != nil {
 		return "", fmt.Errorf("unpacking %s@%s: %w", p.Name, version, err)
 	}
 	dest := filepath.Join(rootfs, p.Dest)

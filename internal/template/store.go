@@ -12,10 +12,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -122,26 +124,62 @@ func (s Store) List() ([]Record, error) {
 	return out, nil
 }
 
-// Prepare makes a rootfs usable as a template: the mount points exist and
-// /etc/resolv.conf and /etc/hostname are plain files.
+// Prepare makes a rootfs usable as a template: the mount points are
+// directories and /etc/resolv.conf and /etc/hostname are plain files.
+//
+// The rootfs may come from an untrusted image, so everything is done
+// through os.Root: a symlink that leaves the root fails the build instead
+// of being followed, and a mount point or file that is a symlink (or
+// anything else of the wrong kind) is replaced, never written through.
 func Prepare(rootfs string) error {
-	for _, mp := range MountPoints {
-		if err := os.MkdirAll(filepath.Join(rootfs, mp), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := os.Chmod(filepath.Join(rootfs, "tmp"), 0o1777|fs.ModeSticky); err != nil {
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
 		return err
 	}
-	for name, content := range map[string]string{"etc/hostname": "sandbox\n", "etc/resolv.conf": ""} {
-		p := filepath.Join(rootfs, name)
-		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() {
-			continue
-		}
-		_ = os.Remove(p)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+	defer root.Close()
+	for _, mp := range MountPoints {
+		if err := replaceUnless(root, mp[1:], fs.FileInfo.IsDir); err != nil {
 			return err
 		}
+		if err := root.MkdirAll(mp[1:], 0o755); err != nil {
+			return fmt.Errorf("template rootfs: mount point %s: %w", mp, err)
+		}
+	}
+	if err := root.Chmod("tmp", 0o1777|fs.ModeSticky); err != nil {
+		return err
+	}
+	isRegular := func(fi fs.FileInfo) bool { return fi.Mode().IsRegular() }
+	for name, content := range map[string]string{"etc/hostname": "sandbox\n", "etc/resolv.conf": ""} {
+		if err := replaceUnless(root, name, isRegular); err != nil {
+			return err
+		}
+		if _, err := root.Lstat(name); err == nil {
+			continue
+		}
+		if err := root.MkdirAll(path.Dir(name), 0o755); err != nil {
+			return fmt.Errorf("template rootfs: %s: %w", path.Dir(name), err)
+		}
+		if err := root.WriteFile(name, []byte(content), 0o644); err != nil {
+			return fmt.Errorf("template rootfs: %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// replaceUnless removes name (not following it) unless it is missing or
+// ok says it is of the right kind.
+func replaceUnless(root *os.Root, name string, ok func(fs.FileInfo) bool) error {
+	fi, err := root.Lstat(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
+		return nil
+	case err != nil:
+		return fmt.Errorf("template rootfs: /%s: %w", name, err)
+	case ok(fi):
+		return nil
+	}
+	if err := root.RemoveAll(name); err != nil {
+		return fmt.Errorf("template rootfs: replacing /%s: %w", name, err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ package testenv
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"log/slog"
 	"net"
@@ -64,9 +65,13 @@ var (
 func AgentBinary(t testing.TB) string {
 	t.Helper()
 	agentOnce.Do(func() {
-		// One fixed place, replaced atomically: test binaries of several
-		// packages build it at once, and nothing piles up in /tmp.
-		dir := filepath.Join(os.TempDir(), "orkestr-test-agent")
+		// One fixed place per checkout, replaced atomically: test binaries
+		// of several packages build it at once, and nothing piles up in
+		// /tmp. Checkouts of different versions (git worktrees) must not
+		// share it: a host and an agent of different wire versions refuse
+		// each other.
+		sum := sha256.Sum256([]byte(RepoRoot()))
+		dir := filepath.Join(os.TempDir(), "orkestr-test-agent-"+hex.EncodeToString(sum[:6]))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			agentErr = err
 			return

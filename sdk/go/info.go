@@ -123,3 +123,64 @@ func (s *Sandbox) Metrics(ctx context.Context, since *time.Time) (*Metrics, erro
 	}
 	return m, nil
 }
+
+// Usage is metered consumption in the integer units of an invoice.
+type Usage struct {
+	MemMBSeconds   int64   `json:"mem_mb_seconds"` // the size's memory × seconds run
+	CPUMS          int64   `json:"cpu_ms"`         // CPU used, milliseconds
+	RunningSeconds int64   `json:"running_seconds"`
+	GBHours        float64 `json:"gb_hours"`  // MemMBSeconds / 3 686 400, 6 decimals
+	CPUHours       float64 `json:"cpu_hours"` // CPUMS / 3 600 000, 6 decimals
+}
+
+// SandboxUsage is one sandbox's usage.
+type SandboxUsage struct {
+	SandboxID string `json:"sandbox_id"`
+	Usage
+}
+
+// UsagePeriod is the usage of one hour or day, per sandbox.
+type UsagePeriod struct {
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	Usage
+	Sandboxes []SandboxUsage `json:"sandboxes"`
+}
+
+// UsageReport is the account's usage over a range; Total is the sum of
+// Sandboxes and of Periods, exactly.
+type UsageReport struct {
+	AccountID   string         `json:"account_id"`
+	From        time.Time      `json:"from"`
+	To          time.Time      `json:"to"`
+	Granularity string         `json:"granularity"`
+	Total       Usage          `json:"total"`
+	Sandboxes   []SandboxUsage `json:"sandboxes"`
+	Periods     []UsagePeriod  `json:"periods"` // those with usage, oldest first
+}
+
+// UsageParams select a usage report. Zero From and To mean this month;
+// Granularity is "day" (default) or "hour".
+type UsageParams struct {
+	From, To    time.Time
+	Granularity string
+}
+
+// Usage returns the account's metered usage per period and sandbox.
+func (c *Client) Usage(ctx context.Context, p UsageParams) (*UsageReport, error) {
+	q := url.Values{}
+	if !p.From.IsZero() {
+		q.Set("from", p.From.UTC().Format(time.RFC3339))
+	}
+	if !p.To.IsZero() {
+		q.Set("to", p.To.UTC().Format(time.RFC3339))
+	}
+	if p.Granularity != "" {
+		q.Set("granularity", p.Granularity)
+	}
+	u := &UsageReport{}
+	if err := c.call(ctx, &request{method: http.MethodGet, path: "/usage", query: q}, u); err != nil {
+		return nil, err
+	}
+	return u, nil
+}

@@ -100,3 +100,26 @@ func TestMetricsDecode(t *testing.T) {
 		t.Errorf("paused metrics = %+v (since %q)", m, since)
 	}
 }
+
+func TestUsageDecode(t *testing.T) {
+	c, _ := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/usage" || r.URL.Query().Get("from") != "2026-11-01T00:00:00Z" || r.URL.Query().Get("granularity") != "hour" || r.URL.Query().Has("to") {
+			t.Errorf("request %s", r.URL)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"account_id": "acc_1", "from": "2026-11-01T00:00:00.000Z", "to": "2026-12-01T00:00:00.000Z", "granularity": "hour",
+ "total": {"mem_mb_seconds": 1024, "cpu_ms": 5, "running_seconds": 2, "gb_hours": 0.000278, "cpu_hours": 0.000001},
+ "sandboxes": [{"sandbox_id": "sbx_1", "mem_mb_seconds": 1024, "cpu_ms": 5, "running_seconds": 2, "gb_hours": 0.000278, "cpu_hours": 0.000001}],
+ "periods": [{"start": "2026-11-03T10:00:00.000Z", "end": "2026-11-03T11:00:00.000Z", "mem_mb_seconds": 1024, "cpu_ms": 5, "running_seconds": 2, "gb_hours": 0.000278, "cpu_hours": 0.000001,
+   "sandboxes": [{"sandbox_id": "sbx_1", "mem_mb_seconds": 1024, "cpu_ms": 5, "running_seconds": 2, "gb_hours": 0.000278, "cpu_hours": 0.000001}]}]}`))
+	})
+	u, err := c.Usage(context.Background(), UsageParams{From: time.Date(2026, 11, 1, 1, 0, 0, 0, time.FixedZone("CET", 3600)), Granularity: "hour"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := Usage{MemMBSeconds: 1024, CPUMS: 5, RunningSeconds: 2, GBHours: 0.000278, CPUHours: 0.000001}
+	if u.Total != one || len(u.Sandboxes) != 1 || u.Sandboxes[0] != (SandboxUsage{"sbx_1", one}) || len(u.Periods) != 1 ||
+		!u.Periods[0].Start.Equal(time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)) || u.Periods[0].Usage != one || u.Granularity != "hour" {
+		t.Errorf("usage = %+v", u)
+	}
+}

@@ -110,6 +110,41 @@ func TestStdinAndAgentErrorsLeaveTheStreamUsable(t *testing.T) {
 	}
 }
 
+// Stdin is streamed right behind the request, without waiting for the
+// command to start; if the agent refuses the command, those frames must not
+// be read as the next request on a reused stream.
+func TestRefusedExecWithStdinIsNotReused(t *testing.T) {
+	c := startPair(t)
+	ctx := context.Background()
+	big := strings.Repeat("x", 200<<10) // several frames
+	var out bytes.Buffer
+	_, err := c.Exec(ctx, wire.Exec{Command: "cat", Cwd: "/does/not/exist"}, ExecIO{Stdin: strings.NewReader(big), Stdout: &out})
+	if !IsWireError(err) {
+		t.Fatalf("exec in a missing cwd: %v, want an agent error", err)
+	}
+	if n := len(idleStreams(c)); n != 0 {
+		t.Fatalf("%d idle streams after a refused exec with stdin, want 0", n)
+	}
+	for i := range 3 {
+		got, st, err := run(t, c, ctx, "echo next", nil)
+		if err != nil || st.ExitCode != 0 || got != "next\n" {
+			t.Fatalf("exec %d after the refusal: %q %+v %v", i, got, st, err)
+		}
+	}
+	// Without stdin, a refusal leaves the stream reusable.
+	if _, _, err := run(t, c, ctx, "true", nil); err != nil {
+		t.Fatal(err)
+	}
+	before := idleStreams(c)
+	if _, err := c.Exec(ctx, wire.Exec{Command: "true", Cwd: "/does/not/exist"}, ExecIO{}); !IsWireError(err) {
+		t.Fatalf("exec in a missing cwd: %v, want an agent error", err)
+	}
+	after := idleStreams(c)
+	if len(before) != 1 || len(after) != 1 || before[0].st != after[0].st {
+		t.Fatalf("idle streams before %d, after %d; want the same one stream", len(before), len(after))
+	}
+}
+
 func TestCancelledExecIsNotReused(t *testing.T) {
 	c := startPair(t)
 	if _, _, err := run(t, c, context.Background(), "true", nil); err != nil {

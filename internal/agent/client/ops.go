@@ -22,87 +22,38 @@ type ExecIO struct {
 
 // Exec runs one command and returns its exit status. A wire.Error means the
 // command never started (e.g. a missing working directory).
+//
+// Nothing acknowledges the start: stdin and signals are streamed right
+// behind the request and the agent reads them once the command runs, which
+// saves a frame and a wakeup on each side of every exec.
 func (c *Channel) Exec(ctx context.Context, e wire.Exec, io_ ExecIO) (wire.ExitStatus, error) {
 	e.Stdin = io_.Stdin != nil
 	r, w, end, err := c.stream(ctx, &wire.Request{Op: wire.OpExec, Exec: &e})
 	if err != nil {
 		return wire.ExitStatus{}, err
 	}
-	var started wire.Started
-	if err := r.ExpectJSON(&started); err != nil {
-		end(IsWireError(err)) // refused before starting: nothing else follows
-		return wire.ExitStatus{}, c.wrap(ctx, err)
-	}
-
-	// Stdin and signals are sent by one goroutine that owns the writer until
-	// the exec ends; then KindDone tells the agent the stream is free again.
+	// After the exit, KindDone tells the agent the stream is free again.
+	// After a refusal the stream is reused only if nothing was sent behind
+	// the request (the agent never reads what was).
+	exited, refused := false, false
+	sending := io_.Stdin != nil || io_.Signals != nil
 	finished := make(chan struct{})
 	senderDone := make(chan struct{})
-	exited := false
 	defer func() {
 		close(finished)
-		<-senderDone
-		end(exited && w.Frame(wire.KindDone, nil) == nil)
-	}()
-	go func() {
-		defer close(senderDone)
-		if io_.Stdin != nil {
-			chunks := make(chan []byte)
-			go func() {
-				defer close(chunks)
-				for {
-					buf := make([]byte, 32<<10)
-					n, err := io_.Stdin.Read(buf)
-					if n > 0 {
-						select {
-						case chunks <- buf[:n]:
-						case <-finished:
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-			for chunks != nil {
-				select {
-				case b, ok := <-chunks:
-					if !ok {
-						_ = w.Frame(wire.KindEOF, nil)
-						chunks = nil
-						continue
-					}
-					if w.Frame(wire.KindStdin, b) != nil {
-						return
-					}
-				case sig, ok := <-io_.Signals:
-					if !ok {
-						io_.Signals = nil
-						continue
-					}
-					if w.Frame(wire.KindSignal, []byte{byte(sig)}) != nil {
-						return
-					}
-				case <-finished:
-					return
-				}
-			}
+		if sending {
+			<-senderDone
 		}
-		for {
-			select {
-			case sig, ok := <-io_.Signals:
-				if !ok {
-					return
-				}
-				if w.Frame(wire.KindSignal, []byte{byte(sig)}) != nil {
-					return
-				}
-			case <-finished:
-				return
-			}
+		switch {
+		case exited:
+			end(w.Frame(wire.KindDone, nil) == nil)
+		default:
+			end(refused && !sending)
 		}
 	}()
+	if sending {
+		go c.sendInput(w, io_, finished, senderDone)
+	}
 
 	for {
 		k, b, err := r.Next()
@@ -130,7 +81,70 @@ func (c *Channel) Exec(ctx context.Context, e wire.Exec, io_ ExecIO) (wire.ExitS
 			exited = true
 			return es, nil
 		case wire.KindError:
-			return wire.ExitStatus{}, wire.DecodeError(b)
+			refused = true
+			return wire.ExitStatus{}, c.wrap(ctx, wire.DecodeError(b))
+		}
+	}
+}
+
+// sendInput streams stdin and signals to a running exec until finished is
+// closed; it owns the writer until then.
+func (c *Channel) sendInput(w *wire.Writer, io_ ExecIO, finished <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	if io_.Stdin != nil {
+		chunks := make(chan []byte)
+		go func() {
+			defer close(chunks)
+			for {
+				buf := make([]byte, 32<<10)
+				n, err := io_.Stdin.Read(buf)
+				if n > 0 {
+					select {
+					case chunks <- buf[:n]:
+					case <-finished:
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+		for chunks != nil {
+			select {
+			case b, ok := <-chunks:
+				if !ok {
+					_ = w.Frame(wire.KindEOF, nil)
+					chunks = nil
+					continue
+				}
+				if w.Frame(wire.KindStdin, b) != nil {
+					return
+				}
+			case sig, ok := <-io_.Signals:
+				if !ok {
+					io_.Signals = nil
+					continue
+				}
+				if w.Frame(wire.KindSignal, []byte{byte(sig)}) != nil {
+					return
+				}
+			case <-finished:
+				return
+			}
+		}
+	}
+	for {
+		select {
+		case sig, ok := <-io_.Signals:
+			if !ok {
+				return
+			}
+			if w.Frame(wire.KindSignal, []byte{byte(sig)}) != nil {
+				return
+			}
+		case <-finished:
+			return
 		}
 	}
 }

@@ -18,7 +18,7 @@ import (
 )
 
 // Version is bumped whenever a message changes incompatibly.
-const Version = 2
+const Version = 3
 
 // SocketName is the file name of the host-side listening socket inside the
 // per-sandbox agent directory, which is mounted at AgentDir in the sandbox.
@@ -127,11 +127,6 @@ type Exec struct {
 	Cwd       string            `json:"cwd,omitempty"`
 	TimeoutMS int64             `json:"timeout_ms,omitempty"`
 	Stdin     bool              `json:"stdin,omitempty"`
-}
-
-// Started acknowledges an exec whose process is running.
-type Started struct {
-	PID int `json:"pid"`
 }
 
 // ExitStatus ends an exec.

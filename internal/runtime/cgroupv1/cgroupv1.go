@@ -119,6 +119,44 @@ func (g Group) Read() (Stats, error) {
 	return s, nil
 }
 
+// Usage is the part of Stats that metering reads every second.
+type Usage struct {
+	CPUNanos         uint64
+	MemoryWorkingSet uint64
+	MemoryLimit      uint64
+}
+
+// ReadUsage reads only CPU time, working set and memory limit: 4 files
+// instead of Read's 11, which is most of what sampling every sandbox
+// every second costs.
+func (g Group) ReadUsage() (Usage, error) {
+	var u Usage
+	var err error
+	if u.CPUNanos, err = readUint(g.file("cpuacct", "cpuacct.usage")); err != nil {
+		return u, err
+	}
+	usage, err := readUint(g.file("memory", "memory.usage_in_bytes"))
+	if err != nil {
+		return u, err
+	}
+	u.MemoryLimit, _ = readUint(g.file("memory", "memory.limit_in_bytes"))
+	var inactive uint64
+	if b, err := os.ReadFile(g.file("memory", "memory.stat")); err == nil {
+		const key = "\ntotal_inactive_file "
+		if i := strings.Index(string(b), key); i >= 0 {
+			rest := string(b[i+len(key):])
+			if j := strings.IndexByte(rest, '\n'); j >= 0 {
+				rest = rest[:j]
+			}
+			inactive, _ = strconv.ParseUint(rest, 10, 64)
+		}
+	}
+	if inactive < usage {
+		u.MemoryWorkingSet = usage - inactive
+	}
+	return u, nil
+}
+
 // Exists reports whether the group exists in any controller.
 func (g Group) Exists() bool {
 	for _, c := range Controllers {

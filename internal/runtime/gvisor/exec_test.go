@@ -216,7 +216,8 @@ func TestExecTimeoutKillsTree(t *testing.T) {
 	env := testenv.NewDriver(t)
 	sb := newSandbox(t, env)
 
-	// Background children, children in sessions of their own, an orphan
+	// Background children, children in sessions of their own (also double
+	// forks that leave them orphaned under PID 1), an orphan
 	// left in the command's process group, and a trap that ignores TERM.
 	cmd := `trap '' TERM
 sleep 1001 &
@@ -224,6 +225,8 @@ setsid sleep 1002 &
 (sleep 1003 &)
 sh -c 'setsid sleep 1004 & sleep 1005' &
 setsid sh -c 'trap "" TERM HUP; sleep 1006 & sleep 1007' &
+setsid sh -c 'sleep 1009 &'
+(setsid sleep 1010 &)
 echo started
 sleep 1008`
 	sw := newStreamWriter()

@@ -67,7 +67,11 @@ func bystander(t *testing.T, sb runtime.Sandbox, stop <-chan struct{}) (wait fun
 // a second or two; gVisor's sentry cannot get a host task for a new stub
 // process and panics ("unable to create a stub process: resource
 // temporarily unavailable"), which ends the whole sandbox. The driver then
-// reports ErrStopped naming the limit.
+// reports ErrStopped naming the limit. Capping the bomb inside the sandbox
+// does not prevent it: with pids.max 256 on the command's cgroup in the
+// sandbox's own cgroupfs, fork failed inside as it should, yet the host
+// tasks still climbed to the host limit (systrap's stub processes outlive
+// the guest processes they served) and the sandbox died the same way.
 func TestForkBomb(t *testing.T) {
 	env := testenv.NewDriver(t)
 	other := newSandbox(t, env)

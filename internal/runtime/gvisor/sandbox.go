@@ -392,6 +392,18 @@ func (sb *sandbox) Stats(ctx context.Context) (runtime.Stats, error) {
 	}, nil
 }
 
+// Usage reads only what metering needs (runtime.UsageReader).
+func (sb *sandbox) Usage(ctx context.Context) (runtime.Usage, error) {
+	u, err := sb.d.cgroup(sb.m.ID).ReadUsage()
+	if err != nil {
+		if e := sb.stopped(); e != nil {
+			return runtime.Usage{}, e
+		}
+		return runtime.Usage{}, fmt.Errorf("read cgroup of %s: %w", sb.m.ID, err)
+	}
+	return runtime.Usage{CPUNanos: u.CPUNanos, MemoryBytes: u.MemoryWorkingSet, MemoryLimitBytes: u.MemoryLimit}, nil
+}
+
 func (sb *sandbox) SetResources(r runtime.Resources) error {
 	if err := sb.d.cgroup(sb.m.ID).Apply(cgroupLimits(r)); err != nil {
 		return err

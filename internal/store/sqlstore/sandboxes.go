@@ -226,7 +226,7 @@ func (s *Store) ListSandboxes(ctx context.Context, accountID string, f store.Lis
 // refused with store.ErrLimit when the account already has maxPaused or
 // more other paused sandboxes; that check and the write are atomic with
 // respect to the account's other conditional writes.
-func (s *Store) UpdateSandbox(ctx context.Context, sb store.Sandbox, maxPaused int) (store.Sandbox, error) {
+func (s *Store) UpdateSandbox(ctx context.Context, sb store.Sandbox, limit int) (store.Sandbox, error) {
 	envKeys, err := toJSON(sb.EnvKeys)
 	if err != nil {
 		return store.Sandbox{}, err
@@ -237,17 +237,26 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb store.Sandbox, maxPaused i
 	}
 	out := sb
 	err = s.tx(ctx, func(tx *sql.Tx) error {
-		if maxPaused > 0 && sb.Status == store.StatusPaused {
-			if err := s.lockAccount(ctx, tx, sb.AccountID); err != nil {
-				return err
+		if limit > 0 {
+			var class []any
+			switch sb.Status {
+			case store.StatusPaused:
+				class = []any{string(store.StatusPaused), string(store.StatusPaused)}
+			case store.StatusStarting, store.StatusRunning:
+				class = []any{string(store.StatusStarting), string(store.StatusRunning)}
 			}
-			n, err := s.count(ctx, tx, "SELECT COUNT(*) FROM sandboxes WHERE account_id = ? AND status = ? AND id <> ?",
-				sb.AccountID, string(store.StatusPaused), sb.ID)
-			if err != nil {
-				return err
-			}
-			if n >= maxPaused {
-				return fmt.Errorf("account %q has %d paused sandboxes (limit %d): %w", sb.AccountID, n, maxPaused, store.ErrLimit)
+			if class != nil {
+				if err := s.lockAccount(ctx, tx, sb.AccountID); err != nil {
+					return err
+				}
+				n, err := s.count(ctx, tx, "SELECT COUNT(*) FROM sandboxes WHERE account_id = ? AND status IN (?, ?) AND id <> ?",
+					sb.AccountID, class[0], class[1], sb.ID)
+				if err != nil {
+					return err
+				}
+				if n >= limit {
+					return fmt.Errorf("account %q has %d %s sandboxes (limit %d): %w", sb.AccountID, n, sb.Status, limit, store.ErrLimit)
+				}
 			}
 		}
 		now := toMS(s.now())

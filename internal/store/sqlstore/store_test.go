@@ -635,45 +635,24 @@ func TestConcurrentCreateLimit(t *testing.T) {
 			mkSandbox(t, s1, sb)
 		}
 		const n, maxActive = 50, 3
-		var wg sync.WaitGroup
-		var okA, limA, okB atomic.Int64
-		start := make(chan struct{})
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				s := s1
-				if i%2 == 1 {
-					s = s2
+		var okB atomic.Int64
+		won, limited := race(t, s1, s2, n, store.ErrLimit, func(i int, s *sqlstore.Store) error {
+			// Another account is not limited by a's sandboxes.
+			if i < 5 {
+				if err := s.CreateSandbox(bg, newSandbox(b.ID, msNow()), 5); err != nil {
+					t.Errorf("CreateSandbox for b: %v", err)
+				} else {
+					okB.Add(1)
 				}
-				sb := newSandbox(a.ID, msNow())
-				if i%3 == 0 {
-					sb.Status = store.StatusStarting
-				}
-				<-start
-				err := s.CreateSandbox(bg, sb, maxActive)
-				switch {
-				case err == nil:
-					okA.Add(1)
-				case errors.Is(err, store.ErrLimit):
-					limA.Add(1)
-				default:
-					t.Errorf("CreateSandbox: %v", err)
-				}
-				// Another account is not limited by a's sandboxes.
-				if i < 5 {
-					if err := s.CreateSandbox(bg, newSandbox(b.ID, msNow()), 5); err != nil {
-						t.Errorf("CreateSandbox for b: %v", err)
-					} else {
-						okB.Add(1)
-					}
-				}
-			}()
-		}
-		close(start)
-		wg.Wait()
-		if okA.Load() != maxActive || limA.Load() != n-maxActive {
-			t.Fatalf("%d creates succeeded and %d hit the limit, want %d and %d", okA.Load(), limA.Load(), maxActive, n-maxActive)
+			}
+			sb := newSandbox(a.ID, msNow())
+			if i%3 == 0 {
+				sb.Status = store.StatusStarting
+			}
+			return s.CreateSandbox(bg, sb, maxActive)
+		})
+		if len(won) != maxActive || limited != n-maxActive {
+			t.Fatalf("%d creates succeeded and %d hit the limit, want %d and %d", len(won), limited, maxActive, n-maxActive)
 		}
 		if okB.Load() != 5 {
 			t.Fatalf("account b: %d creates succeeded, want 5", okB.Load())
@@ -707,41 +686,14 @@ func TestSnapshotCap(t *testing.T) {
 		for range n {
 			rows = append(rows, mkSandbox(t, s1, newSandbox(a.ID, msNow())))
 		}
-		var wg sync.WaitGroup
-		var paused, limited atomic.Int64
-		var mu sync.Mutex
-		var pausedIDs []string
-		start := make(chan struct{})
-		for i, sb := range rows {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				s := s1
-				if i%2 == 1 {
-					s = s2
-				}
-				now := msNow()
-				sb.Status, sb.PausedAt, sb.ExpiresAt, sb.SnapshotDir = store.StatusPaused, &now, nil, "/snap/"+sb.ID
-				<-start
-				_, err := s.UpdateSandbox(bg, sb, capPaused)
-				switch {
-				case err == nil:
-					paused.Add(1)
-					mu.Lock()
-					pausedIDs = append(pausedIDs, sb.ID)
-					mu.Unlock()
-				case errors.Is(err, store.ErrLimit):
-					limited.Add(1)
-				default:
-					t.Errorf("UpdateSandbox pause: %v", err)
-				}
-			}()
+		now := msNow()
+		won, limited := raceUpdates(t, s1, s2, rows, capPaused, func(sb *store.Sandbox) {
+			sb.Status, sb.PausedAt, sb.ExpiresAt, sb.SnapshotDir = store.StatusPaused, &now, nil, "/snap/"+sb.ID
+		})
+		if len(won) != capPaused || limited != n-capPaused {
+			t.Fatalf("%d pauses succeeded and %d hit the cap, want %d and %d", len(won), limited, capPaused, n-capPaused)
 		}
-		close(start)
-		wg.Wait()
-		if paused.Load() != capPaused || limited.Load() != n-capPaused {
-			t.Fatalf("%d pauses succeeded and %d hit the cap, want %d and %d", paused.Load(), limited.Load(), capPaused, n-capPaused)
-		}
+		pausedIDs := won
 		got, err := s1.SandboxesByStatus(bg, store.StatusPaused)
 		ok(t, "SandboxesByStatus paused", err)
 		if len(got) != capPaused {
@@ -761,22 +713,108 @@ func TestSnapshotCap(t *testing.T) {
 		cur.SnapshotBytes = 12345
 		_, err = s1.UpdateSandbox(bg, cur, capPaused)
 		ok(t, "update a paused sandbox at the cap", err)
-		// maxPaused 0 is no cap; non-paused updates are never capped.
+		// A limit of 0 is no cap.
 		cur, _ = s1.GetSandbox(bg, a.ID, rows[0].ID)
 		if cur.Status == store.StatusRunning {
 			cur.Status = store.StatusPaused
 			_, err = s1.UpdateSandbox(bg, cur, 0)
 			ok(t, "pause without a cap", err)
 		}
+		// The paused cap does not count running sandboxes: with 8 others
+		// running, a running update under a limit of 9 passes.
 		for _, sb := range rows[1:] {
 			cur, _ := s1.GetSandbox(bg, a.ID, sb.ID)
 			if cur.Status == store.StatusRunning {
 				cur.Metadata = map[string]string{"k": "v"}
-				_, err = s1.UpdateSandbox(bg, cur, 1)
-				ok(t, "running update with a cap", err)
+				_, err = s1.UpdateSandbox(bg, cur, n-capPaused)
+				ok(t, "running update under the concurrency limit", err)
 				break
 			}
 		}
+	})
+}
+
+// race runs op n times at once, alternating between two connections, and
+// returns the indexes whose op succeeded and how many failed with refusal
+// (ErrLimit, ErrStale); any other error fails the test.
+func race(t *testing.T, s1, s2 *sqlstore.Store, n int, refusal error, op func(i int, s *sqlstore.Store) error) (won []int, refused int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := s1
+			if i%2 == 1 {
+				s = s2
+			}
+			<-start
+			err := op(i, s)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				won = append(won, i)
+			case errors.Is(err, refusal):
+				refused++
+			default:
+				t.Errorf("op %d: %v", i, err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return won, refused
+}
+
+// raceUpdates applies change to every row and writes them all at once
+// under limit; it returns the ids written and how many hit the limit.
+func raceUpdates(t *testing.T, s1, s2 *sqlstore.Store, rows []store.Sandbox, limit int, change func(*store.Sandbox)) (ids []string, limited int) {
+	t.Helper()
+	for i := range rows {
+		change(&rows[i])
+	}
+	won, limited := race(t, s1, s2, len(rows), store.ErrLimit, func(i int, s *sqlstore.Store) error {
+		_, err := s.UpdateSandbox(bg, rows[i], limit)
+		return err
+	})
+	for _, i := range won {
+		ids = append(ids, rows[i].ID)
+	}
+	return ids, limited
+}
+
+// TestResumeConcurrencyLimit: resumes take a slot by moving paused rows to
+// starting under the concurrency limit; concurrent ones from two
+// connections never take more slots than there are.
+func TestResumeConcurrencyLimit(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		s1, s2 := d.open(t), d.open(t)
+		a := mkAccount(t, s1, "a")
+		const paused, running, limit = 10, 2, 5
+		for range running {
+			mkSandbox(t, s1, newSandbox(a.ID, msNow()))
+		}
+		var rows []store.Sandbox
+		for range paused {
+			sb := newSandbox(a.ID, msNow())
+			now := msNow()
+			sb.Status, sb.PausedAt, sb.ExpiresAt, sb.SnapshotDir = store.StatusPaused, &now, nil, "/snap/"+sb.ID
+			rows = append(rows, mkSandbox(t, s1, sb))
+		}
+		won, limited := raceUpdates(t, s1, s2, rows, limit, func(sb *store.Sandbox) { sb.Status = store.StatusStarting })
+		if len(won) != limit-running || limited != paused-(limit-running) {
+			t.Fatalf("%d resumes took a slot and %d hit the limit, want %d and %d", len(won), limited, limit-running, paused-(limit-running))
+		}
+		active, err := s1.SandboxesByStatus(bg, store.StatusStarting, store.StatusRunning)
+		ok(t, "SandboxesByStatus active", err)
+		if len(active) != limit {
+			t.Fatalf("%d active sandboxes stored, want %d", len(active), limit)
+		}
+		// A create at the limit is refused too: both count the same class.
+		isErr(t, "create at the limit", s1.CreateSandbox(bg, newSandbox(a.ID, msNow()), limit), store.ErrLimit)
 	})
 }
 
@@ -787,35 +825,14 @@ func TestConcurrentUpdateStale(t *testing.T) {
 		for round := range 5 {
 			sb := mkSandbox(t, s1, newSandbox(a.ID, msNow()))
 			const n = 8
-			var wg sync.WaitGroup
-			var won, stale atomic.Int64
-			start := make(chan struct{})
-			for i := range n {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					s := s1
-					if i%2 == 1 {
-						s = s2
-					}
-					c := sb
-					c.Metadata = map[string]string{"writer": fmt.Sprint(i)}
-					<-start
-					_, err := s.UpdateSandbox(bg, c, 0)
-					switch {
-					case err == nil:
-						won.Add(1)
-					case errors.Is(err, store.ErrStale):
-						stale.Add(1)
-					default:
-						t.Errorf("UpdateSandbox: %v", err)
-					}
-				}()
-			}
-			close(start)
-			wg.Wait()
-			if won.Load() != 1 || stale.Load() != n-1 {
-				t.Fatalf("round %d: %d updates won and %d were stale, want 1 and %d", round, won.Load(), stale.Load(), n-1)
+			won, stale := race(t, s1, s2, n, store.ErrStale, func(i int, s *sqlstore.Store) error {
+				c := sb
+				c.Metadata = map[string]string{"writer": fmt.Sprint(i)}
+				_, err := s.UpdateSandbox(bg, c, 0)
+				return err
+			})
+			if len(won) != 1 || stale != n-1 {
+				t.Fatalf("round %d: %d updates won and %d were stale, want 1 and %d", round, len(won), stale, n-1)
 			}
 			cur, _ := s1.GetSandbox(bg, a.ID, sb.ID)
 			if cur.Version != 1 {

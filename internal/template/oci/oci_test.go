@@ -4,8 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,112 +15,17 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"golang.org/x/sys/unix"
+
+	"github.com/orkestr-eu/orkestr/internal/template/oci/ocitest"
 )
 
 // ent is one tar entry of a test layer.
-type ent struct {
-	name, body, link string
-	typ              byte
-	mode             int64
-	uid, gid         int
-	xattrs           map[string]string
-}
-
-func tarOf(t *testing.T, es ...ent) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range es {
-		typ := e.typ
-		if typ == 0 {
-			typ = tar.TypeReg
-		}
-		h := &tar.Header{Name: e.name, Typeflag: typ, Linkname: e.link, Mode: e.mode, Uid: e.uid, Gid: e.gid,
-			ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-			if typ == tar.TypeDir {
-				h.Mode = 0o755
-			}
-		}
-		if typ == tar.TypeReg {
-			h.Size = int64(len(e.body))
-		}
-		for k, v := range e.xattrs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if typ == tar.TypeReg {
-			_, _ = io.WriteString(tw, e.body)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-func layer(t *testing.T, es ...ent) v1.Layer {
-	t.Helper()
-	b := tarOf(t, es...)
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-func image(t *testing.T, env []string, ls ...v1.Layer) v1.Image {
-	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, ls...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := img.ConfigFile()
-	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture, cfg.Config.Env = "linux", "amd64", env
-	img, err = mutate.ConfigFile(img, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
-// startRegistry serves go-containerregistry's registry on loopback; wrap,
-// if set, sits in front of it.
-func startRegistry(t *testing.T, wrap func(http.Handler) http.Handler) string {
-	t.Helper()
-	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
-
-func push(t *testing.T, ref string, img v1.Image, opts ...remote.Option) {
-	t.Helper()
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img, opts...); err != nil {
-		t.Fatal(err)
-	}
-}
+type ent = ocitest.Entry
 
 func pullUnpack(t *testing.T, ref string, opt Options) (Image, string, error) {
 	t.Helper()
@@ -157,37 +60,37 @@ func blobs(t *testing.T, cache string) int {
 }
 
 func TestLayersApplyAsTheSpecSays(t *testing.T) {
-	host := startRegistry(t, nil)
-	base := layer(t,
-		ent{name: "etc/", typ: tar.TypeDir},
-		ent{name: "etc/motd", body: "lower"},
-		ent{name: "etc/gone", body: "whited out"},
-		ent{name: "opq/", typ: tar.TypeDir},
-		ent{name: "opq/lower", body: "hidden by the opaque marker"},
-		ent{name: "was-dir/", typ: tar.TypeDir},
-		ent{name: "was-dir/child", body: "x"},
-		ent{name: "was-file", body: "x"},
-		ent{name: "bin/", typ: tar.TypeDir},
-		ent{name: "bin/tool", body: "#!/bin/sh\n", mode: 0o4755},
-		ent{name: "bin/tool-link", typ: tar.TypeLink, link: "bin/tool"},
-		ent{name: "bin/sym", typ: tar.TypeSymlink, link: "tool"},
-		ent{name: "home/", typ: tar.TypeDir},
-		ent{name: "home/user/", typ: tar.TypeDir, mode: 0o700, uid: 1000, gid: 1000},
-		ent{name: "home/user/file", body: "mine", uid: 1000, gid: 1000, xattrs: map[string]string{"user.origin": "layer1"}},
-		ent{name: "fifo", typ: tar.TypeFifo},
-		ent{name: "dev-null", typ: tar.TypeChar},
+	host := ocitest.StartRegistry(t, nil)
+	base := ocitest.Layer(t,
+		ent{Name: "etc/", Type: tar.TypeDir},
+		ent{Name: "etc/motd", Body: "lower"},
+		ent{Name: "etc/gone", Body: "whited out"},
+		ent{Name: "opq/", Type: tar.TypeDir},
+		ent{Name: "opq/lower", Body: "hidden by the opaque marker"},
+		ent{Name: "was-dir/", Type: tar.TypeDir},
+		ent{Name: "was-dir/child", Body: "x"},
+		ent{Name: "was-file", Body: "x"},
+		ent{Name: "bin/", Type: tar.TypeDir},
+		ent{Name: "bin/tool", Body: "#!/bin/sh\n", Mode: 0o4755},
+		ent{Name: "bin/tool-link", Type: tar.TypeLink, Link: "bin/tool"},
+		ent{Name: "bin/sym", Type: tar.TypeSymlink, Link: "tool"},
+		ent{Name: "home/", Type: tar.TypeDir},
+		ent{Name: "home/user/", Type: tar.TypeDir, Mode: 0o700, UID: 1000, GID: 1000},
+		ent{Name: "home/user/file", Body: "mine", UID: 1000, GID: 1000, Xattrs: map[string]string{"user.origin": "layer1"}},
+		ent{Name: "fifo", Type: tar.TypeFifo},
+		ent{Name: "dev-null", Type: tar.TypeChar},
 	)
-	top := layer(t,
-		ent{name: "etc/motd", body: "upper"},
-		ent{name: "etc/.wh.gone"},
-		ent{name: "opq/.wh..wh..opq"},
-		ent{name: "opq/upper", body: "same layer as the marker"},
-		ent{name: "was-dir", body: "now a file"},
-		ent{name: "was-file/", typ: tar.TypeDir},
-		ent{name: "was-file/child", body: "now a dir"},
-		ent{name: "deep/a/b/c", body: "parents made"},
+	top := ocitest.Layer(t,
+		ent{Name: "etc/motd", Body: "upper"},
+		ent{Name: "etc/.wh.gone"},
+		ent{Name: "opq/.wh..wh..opq"},
+		ent{Name: "opq/upper", Body: "same layer as the marker"},
+		ent{Name: "was-dir", Body: "now a file"},
+		ent{Name: "was-file/", Type: tar.TypeDir},
+		ent{Name: "was-file/child", Body: "now a dir"},
+		ent{Name: "deep/a/b/c", Body: "parents made"},
 	)
-	push(t, host+"/t/edge:v1", image(t, []string{"PATH=/bin", "A=1"}, base, top))
+	ocitest.Push(t, host+"/t/edge:v1", ocitest.Image(t, []string{"PATH=/bin", "A=1"}, base, top))
 	cache := t.TempDir()
 	img, dest, err := pullUnpack(t, host+"/t/edge:v1", Options{CacheDir: cache, Insecure: []string{host}})
 	if err != nil {
@@ -248,14 +151,16 @@ func TestLayersApplyAsTheSpecSays(t *testing.T) {
 }
 
 func TestLayerCacheIsContentAddressed(t *testing.T) {
-	host := startRegistry(t, nil)
-	shared := layer(t, ent{name: "shared", body: "in both images"})
-	push(t, host+"/t/a:v1", image(t, nil, shared, layer(t, ent{name: "a", body: "a"})))
-	push(t, host+"/t/b:v1", image(t, nil, shared, layer(t, ent{name: "b", body: "b"})))
+	host := ocitest.StartRegistry(t, nil)
+	shared := ocitest.Layer(t, ent{Name: "shared", Body: "in both images"})
+	ocitest.Push(t, host+"/t/a:v1", ocitest.Image(t, nil, shared, ocitest.Layer(t, ent{Name: "a", Body: "a"})))
+	ocitest.Push(t, host+"/t/b:v1", ocitest.Image(t, nil, shared, ocitest.Layer(t, ent{Name: "b", Body: "b"})))
 	cache := t.TempDir()
-	var cached, fetched int
+	var cached, fetched, unpacked int
 	opt := Options{CacheDir: cache, Insecure: []string{host}, Progress: func(p Progress) {
-		if p.Done && p.Cached {
+		if p.Unpacked && p.Total > 0 {
+			unpacked++
+		} else if p.Done && p.Cached {
 			cached++
 		} else if p.Done {
 			fetched++
@@ -269,42 +174,94 @@ func TestLayerCacheIsContentAddressed(t *testing.T) {
 	if n := blobs(t, cache); n != 3 {
 		t.Errorf("%d blobs cached, want 3 (the shared layer once)", n)
 	}
-	if fetched != 3 || cached != 3 {
-		t.Errorf("fetched %d, cached %d; want 3 and 3", fetched, cached)
+	if fetched != 3 || cached != 3 || unpacked != 6 {
+		t.Errorf("fetched %d, cached %d, unpacked %d; want 3, 3 and 6", fetched, cached, unpacked)
 	}
 }
 
-func TestCorruptBlobIsRefusedAndNotKept(t *testing.T) {
-	host := startRegistry(t, func(h http.Handler) http.Handler {
+// corrupting serves the registry but flips a byte in the middle of the
+// blob whose digest is victim, the way a broken proxy or a lying registry
+// would.
+func corrupting(victim func() string) func(http.Handler) http.Handler {
+	return func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, r)
-				body := rec.Body.Bytes()
-				if len(body) > 0 && !strings.Contains(rec.Header().Get("Content-Type"), "json") {
-					body[len(body)/2] ^= 0xff
-				}
-				for k, v := range rec.Header() {
-					w.Header()[k] = v
-				}
-				w.WriteHeader(rec.Code)
-				_, _ = w.Write(body)
+			v := victim()
+			if r.Method != http.MethodGet || v == "" || !strings.HasSuffix(r.URL.Path, "/"+v) {
+				h.ServeHTTP(w, r)
 				return
 			}
-			h.ServeHTTP(w, r)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			body := rec.Body.Bytes()
+			if len(body) > 0 {
+				body[len(body)/2] ^= 0xff
+			}
+			for k, vs := range rec.Header() {
+				w.Header()[k] = vs
+			}
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(body)
 		})
-	})
-	// The config blob is verified by the registry client itself; put the
-	// corruption where a layer is read: push through a clean client, read
-	// through the corrupting handler.
-	push(t, host+"/t/c:v1", image(t, nil, layer(t, ent{name: "f", body: strings.Repeat("payload ", 1000)})))
+	}
+}
+
+func TestCorruptLayerIsRefusedAndNotKept(t *testing.T) {
+	var victim string
+	host := ocitest.StartRegistry(t, corrupting(func() string { return victim }))
+	good := ocitest.Layer(t, ent{Name: "good", Body: strings.Repeat("fine ", 1000)})
+	bad := ocitest.Layer(t, ent{Name: "bad", Body: strings.Repeat("payload ", 1000)})
+	ocitest.Push(t, host+"/t/c:v1", ocitest.Image(t, nil, good, bad))
+	goodDigest, _ := good.Digest()
+	badDigest, _ := bad.Digest()
+	victim = badDigest.String() // pushed clean, read corrupt
 	cache := t.TempDir()
 	_, _, err := pullUnpack(t, host+"/t/c:v1", Options{CacheDir: cache, Insecure: []string{host}})
-	if err == nil || !strings.Contains(err.Error(), host) {
-		t.Fatalf("corrupt blob: %v, want an error naming the registry", err)
+	if err == nil || !strings.Contains(err.Error(), "layer "+badDigest.String()) || !strings.Contains(err.Error(), "corrupt") || !strings.Contains(err.Error(), host) {
+		t.Fatalf("corrupt layer: %v; want an error naming the corrupt layer %s, the registry and the corruption", err, badDigest)
 	}
-	if n := blobs(t, cache); n != 0 {
-		t.Fatalf("%d blobs kept after a corrupt download", n)
+	if strings.Contains(err.Error(), goodDigest.String()) {
+		t.Errorf("the error names the intact layer: %v", err)
+	}
+	for d, want := range map[v1.Hash]bool{goodDigest: true, badDigest: false} {
+		p, _ := blobPath(cache, d.String())
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("layer %s cached: %v, want %v", d, err == nil, want)
+		}
+	}
+	if n := blobs(t, cache); n != 1 {
+		t.Errorf("%d blobs cached, want only the intact layer", n)
+	}
+}
+
+func TestCorruptConfigOrManifestIsRefused(t *testing.T) {
+	var victim string
+	host := ocitest.StartRegistry(t, corrupting(func() string { return victim }))
+	img := ocitest.Image(t, []string{"A=1"}, ocitest.Layer(t, ent{Name: "f", Body: "x"}))
+	ocitest.Push(t, host+"/t/c:v1", img)
+	cfg, _ := img.ConfigName()
+	manifest, _ := img.Digest()
+	// Read clean, both references pull: the failures below are the
+	// corruption's.
+	for _, ref := range []string{host + "/t/c:v1", host + "/t/c@" + manifest.String()} {
+		if _, err := Pull(context.Background(), ref, Options{CacheDir: t.TempDir(), Insecure: []string{host}}); err != nil {
+			t.Fatalf("clean pull of %s: %v", ref, err)
+		}
+	}
+	for _, c := range []struct{ what, victim, ref string }{
+		{"config", cfg.String(), host + "/t/c:v1"},
+		{"manifest by digest", manifest.String(), host + "/t/c@" + manifest.String()},
+	} {
+		t.Run(c.what, func(t *testing.T) {
+			victim = c.victim
+			cache := t.TempDir()
+			_, err := Pull(context.Background(), c.ref, Options{CacheDir: cache, Insecure: []string{host}})
+			if err == nil || !strings.Contains(err.Error(), host) {
+				t.Fatalf("corrupt %s: %v, want an error naming the registry", c.what, err)
+			}
+			if n := blobs(t, cache); n != 0 {
+				t.Fatalf("%d blobs kept after a corrupt %s", n, c.what)
+			}
+		})
 	}
 }
 
@@ -320,7 +277,7 @@ func TestUnreachableRegistryFailsFastAndSaysWhich(t *testing.T) {
 }
 
 func TestRegistryAuth(t *testing.T) {
-	host := startRegistry(t, func(h http.Handler) http.Handler {
+	host := ocitest.StartRegistry(t, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if u, p, ok := r.BasicAuth(); !ok || u != "agent" || p != "s3cret" {
 				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
@@ -331,7 +288,7 @@ func TestRegistryAuth(t *testing.T) {
 		})
 	})
 	r, _ := name.ParseReference(host+"/t/private:v1", name.Insecure)
-	if err := remote.Write(r, image(t, nil, layer(t, ent{name: "f", body: "x"})), remote.WithAuth(&authn.Basic{Username: "agent", Password: "s3cret"})); err != nil {
+	if err := remote.Write(r, ocitest.Image(t, nil, ocitest.Layer(t, ent{Name: "f", Body: "x"})), remote.WithAuth(&authn.Basic{Username: "agent", Password: "s3cret"})); err != nil {
 		t.Fatal(err)
 	}
 	_, err := Pull(context.Background(), host+"/t/private:v1", Options{CacheDir: t.TempDir(), Insecure: []string{host}})
@@ -348,9 +305,9 @@ func TestRegistryAuth(t *testing.T) {
 }
 
 func TestIndexPicksLinuxAmd64(t *testing.T) {
-	host := startRegistry(t, nil)
-	amd := image(t, []string{"ARCH=amd64"}, layer(t, ent{name: "arch", body: "amd64"}))
-	arm := image(t, []string{"ARCH=arm64"}, layer(t, ent{name: "arch", body: "arm64"}))
+	host := ocitest.StartRegistry(t, nil)
+	amd := ocitest.Image(t, []string{"ARCH=amd64"}, ocitest.Layer(t, ent{Name: "arch", Body: "amd64"}))
+	arm := ocitest.Image(t, []string{"ARCH=arm64"}, ocitest.Layer(t, ent{Name: "arch", Body: "arm64"}))
 	idx := mutate.AppendManifests(empty.Index,
 		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}},
 		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
@@ -379,32 +336,49 @@ func TestHostileLayers(t *testing.T) {
 	cases := []struct {
 		name    string
 		entries []ent
-		refused bool // the layer must fail; otherwise it may apply, but inside
+		refused bool   // the layer must fail; otherwise it may apply, but inside
+		inside  string // if set, where (relative to the root) "pwned" must land
 	}{
-		{"absolute path", []ent{{name: victim, body: "pwned"}}, true},
-		{"dot-dot escape", []ent{{name: "a/../../../../" + strings.TrimPrefix(victim, "/"), body: "pwned"}}, true},
-		{"hard link out", []ent{{name: "hl", typ: tar.TypeLink, link: "../../../../" + strings.TrimPrefix(victim, "/")}}, true},
-		{"hard link absolute", []ent{{name: "hl", typ: tar.TypeLink, link: victim}}, true},
+		{"absolute path", []ent{{Name: victim, Body: "pwned"}}, true, ""},
+		{"dot-dot escape", []ent{{Name: "a/../../../../" + strings.TrimPrefix(victim, "/"), Body: "pwned"}}, true, ""},
+		{"hard link out", []ent{{Name: "hl", Type: tar.TypeLink, Link: "../../../../" + strings.TrimPrefix(victim, "/")}}, true, ""},
+		{"hard link absolute", []ent{{Name: "hl", Type: tar.TypeLink, Link: victim}}, true, ""},
 		{"symlink then write through", []ent{
-			{name: "evil", typ: tar.TypeSymlink, link: outside},
-			{name: "evil/victim", body: "pwned"},
-		}, false},
+			{Name: "evil", Type: tar.TypeSymlink, Link: outside},
+			{Name: "evil/victim", Body: "pwned"},
+		}, false, strings.TrimPrefix(victim, "/")},
 		{"relative symlink chain", []ent{
-			{name: "a", typ: tar.TypeSymlink, link: "../../../../../../.."},
-			{name: "b", typ: tar.TypeSymlink, link: "a" + outside},
-			{name: "b/victim", body: "pwned"},
-		}, false},
-		{"whiteout of the parent", []ent{{name: ".wh..."}}, true},
-		{"whiteout of dot-dot in a dir", []ent{{name: "d/", typ: tar.TypeDir}, {name: "d/.wh..."}}, true},
-		{"whiteout of dot", []ent{{name: "d/", typ: tar.TypeDir}, {name: "d/.wh.."}}, true},
+			{Name: "a", Type: tar.TypeSymlink, Link: "../../../../../../.."},
+			{Name: "b", Type: tar.TypeSymlink, Link: "a" + outside},
+			{Name: "b/victim", Body: "pwned"},
+		}, false, strings.TrimPrefix(victim, "/")},
+		{"dangling symlink out, then write through", []ent{
+			{Name: "evil", Type: tar.TypeSymlink, Link: outside + "/new/dir"},
+			{Name: "evil/victim", Body: "pwned"},
+		}, false, strings.TrimPrefix(outside, "/") + "/new/dir/victim"},
+		{"symlink to the root's parent, then write through", []ent{
+			{Name: "up", Type: tar.TypeSymlink, Link: ".."},
+			{Name: "up/sentinel", Body: "pwned"},
+		}, false, "sentinel"},
+		{"symlink to the root's parent, then opaque", []ent{
+			{Name: "up", Type: tar.TypeSymlink, Link: ".."},
+			{Name: "up/.wh..wh..opq"},
+		}, false, ""},
+		{"symlink to the root's parent, then hard link", []ent{
+			{Name: "up", Type: tar.TypeSymlink, Link: "../.."},
+			{Name: "hl", Type: tar.TypeLink, Link: "up/sentinel"},
+		}, false, ""},
+		{"whiteout of the parent", []ent{{Name: ".wh..."}}, true, ""},
+		{"whiteout of dot-dot in a dir", []ent{{Name: "d/", Type: tar.TypeDir}, {Name: "d/.wh..."}}, true, ""},
+		{"whiteout of dot", []ent{{Name: "d/", Type: tar.TypeDir}, {Name: "d/.wh.."}}, true, ""},
 		{"symlink to a dir then whiteout", []ent{
-			{name: "evil", typ: tar.TypeSymlink, link: outside},
-			{name: "evil/.wh.victim"},
-		}, false},
+			{Name: "evil", Type: tar.TypeSymlink, Link: outside},
+			{Name: "evil/.wh.victim"},
+		}, false, ""},
 		{"symlink then hard link through it", []ent{
-			{name: "evil", typ: tar.TypeSymlink, link: outside},
-			{name: "hl", typ: tar.TypeLink, link: "evil/victim"},
-		}, false},
+			{Name: "evil", Type: tar.TypeSymlink, Link: outside},
+			{Name: "hl", Type: tar.TypeLink, Link: "evil/victim"},
+		}, false, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -417,12 +391,23 @@ func TestHostileLayers(t *testing.T) {
 			if err := os.Mkdir(dest, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			err := ApplyLayer(dest, bytes.NewReader(tarOf(t, c.entries...)))
+			err := ApplyLayer(context.Background(), dest, bytes.NewReader(ocitest.Tar(t, c.entries...)))
 			if _, serr := os.Stat(sentinel); serr != nil {
 				t.Fatalf("the file next to the root is gone: %v", serr)
 			}
 			if c.refused && err == nil {
 				t.Fatal("the layer was applied; want it refused")
+			}
+			if c.inside != "" {
+				if err != nil {
+					t.Fatalf("a write through an in-root symlink failed: %v", err)
+				}
+				if got := readFile(t, filepath.Join(dest, c.inside)); got != "pwned" {
+					t.Fatalf("%s in the root says %q", c.inside, got)
+				}
+			}
+			if got := readFile(t, sentinel); got != "next to the root" {
+				t.Fatalf("the file next to the root now says %q", got)
 			}
 			if got := readFile(t, victim); got != "untouched" {
 				t.Fatalf("the host file outside the root now says %q", got)

@@ -45,7 +45,8 @@ type Options struct {
 	// Platform picks an image from a multi-platform index; default
 	// linux/amd64.
 	Platform string
-	// Progress, if set, is told about every layer as it is fetched.
+	// Progress, if set, is told about every layer as it is fetched and
+	// as it is unpacked.
 	Progress func(Progress)
 }
 
@@ -56,6 +57,9 @@ type Progress struct {
 	Bytes, Total  int64
 	Done          bool
 	Cached        bool // the layer was in the cache; nothing was downloaded
+	// Unpacked reports a layer applied by Unpack (Total is its compressed
+	// size) rather than fetched.
+	Unpacked bool
 }
 
 // Image is a pulled image: its layers are in the cache.
@@ -223,14 +227,17 @@ func fetchLayer(ctx context.Context, l v1.Layer, d v1.Hash, n, total int, host s
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("downloading layer %s from registry %s: %w", d, host, err)
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d.String() {
-		return fmt.Errorf("layer %s from registry %s has digest %s: the download is corrupt or the registry is lying; nothing was kept", d, host, got)
+	// The registry client checks the digest too and fails the read at its
+	// end; a download that got every byte is judged by our own sum, so a
+	// corrupt layer is called that whichever check saw it first.
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); (err == nil || pw.n == size) && got != d.String() {
+		return fmt.Errorf("layer %s from registry %s has digest %s: the download is corrupt or the registry is lying; nothing was kept (pull again; if it persists, the registry or a proxy in between serves bad data)", d, host, got)
+	}
+	if err != nil {
+		return fmt.Errorf("downloading layer %s from registry %s: %w", d, host, err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
