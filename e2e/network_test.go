@@ -89,7 +89,8 @@ func netConfig(in *nettest.Internet) string {
 func TestNetworkPolicyOverHTTP(t *testing.T) {
 	in := nettest.Start(t)
 	dataDir := t.TempDir()
-	s := startAPI(t, serverOpts{poolSize: 1, config: netConfig(in), dataDir: dataDir, logLevel: "info"})
+	metricsAddr := testenv.FreePort(t)
+	s := startAPI(t, serverOpts{poolSize: 1, config: netConfig(in), dataDir: dataDir, logLevel: "info", args: []string{"--metrics-listen", metricsAddr}})
 	if s.key == "" {
 		t.Fatalf("no key; log:\n%s", s.logText())
 	}
@@ -183,6 +184,17 @@ func TestNetworkPolicyOverHTTP(t *testing.T) {
 	}
 	if len(ex.BlockedConnections) != 0 {
 		t.Errorf("off sandbox reports blocked connections: %+v", ex.BlockedConnections)
+	}
+
+	// The operator sees refusals counted by reason.
+	text := scrape(t, metricsAddr)
+	for _, r := range []string{"dns", "policy", "never"} {
+		if metricValue(t, text, `orkestr_network_blocked_total{reason="`+r+`"}`) < 1 {
+			t.Errorf("orkestr_network_blocked_total{reason=%q} not counted:\n%s", r, text)
+		}
+	}
+	if metricValue(t, text, `orkestr_pool_target{network="on",size="small",template="python-3.11"}`) != 1 {
+		t.Errorf("networked pool not in the metrics:\n%s", text)
 	}
 
 	// Pause and resume keep the policy.

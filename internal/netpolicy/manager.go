@@ -172,8 +172,9 @@ type Manager struct {
 	byID    map[string]*attached
 	byIndex map[int]*attached
 	nflog   *nflog
-	nftMu   sync.Mutex      // serialises slot allocation
-	tearing map[string]bool // interfaces being detached; their slots are not free yet
+	nftMu   sync.Mutex        // serialises slot allocation
+	tearing map[string]bool   // interfaces being detached; their slots are not free yet
+	counts  map[string]uint64 // refused connections and names by reason, since start
 	fast    *fastSets
 }
 
@@ -219,7 +220,7 @@ func New(cfg Config) (*Manager, error) {
 	return &Manager{
 		cfg: cfg, table: "orkestr-" + cfg.Instance, alias: "orkestr:" + cfg.Instance + ":",
 		nsPre: "ork-" + cfg.Instance + "-", log: cfg.Log, global: global,
-		byID: map[string]*attached{}, byIndex: map[int]*attached{}, tearing: map[string]bool{},
+		byID: map[string]*attached{}, byIndex: map[int]*attached{}, tearing: map[string]bool{}, counts: map[string]uint64{},
 		fast: &fastSets{table: "orkestr-" + cfg.Instance},
 	}, nil
 }
@@ -627,6 +628,9 @@ func (m *Manager) recordDNS(a *attached, name, reason string) {
 // record keeps b, or folds it into the same event seen moments ago; it
 // says whether b was new.
 func (m *Manager) record(a *attached, b Blocked) bool {
+	m.mu.Lock()
+	m.counts[b.Reason]++
+	m.mu.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	b.Last, b.Count = b.Time, 1
@@ -646,6 +650,19 @@ func (m *Manager) record(a *attached, b Blocked) bool {
 	}
 	a.events = append(a.events, b)
 	return true
+}
+
+// BlockedCounts returns how many refused packets (as logged: the kernel
+// caps the log rate per sandbox) and DNS names were recorded since start,
+// by reason.
+func (m *Manager) BlockedCounts() map[string]uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]uint64, len(m.counts))
+	for k, v := range m.counts {
+		out[k] = v
+	}
+	return out
 }
 
 // Blocked returns what sandbox was refused between since and until.

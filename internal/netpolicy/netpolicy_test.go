@@ -391,6 +391,12 @@ func TestBlockedRecorded(t *testing.T) {
 	if len(m.Blocked(a.Sandbox, time.Now().Add(time.Hour), time.Now().Add(2*time.Hour))) != 0 {
 		t.Errorf("events outside the window returned")
 	}
+	c := m.BlockedCounts()
+	for _, r := range []string{"dns", "policy", "never", "spoof"} {
+		if c[r] == 0 {
+			t.Errorf("count of %s refusals is 0: %v", r, c)
+		}
+	}
 }
 
 func TestManySandboxesAndDetach(t *testing.T) {

@@ -228,6 +228,15 @@ func (n *Node) networkPoolSize() int {
 	return min(n.cfg.NetworkPoolSize, n.cfg.PoolSize)
 }
 
+// NetworkBlocked returns the network policy's refusals since start by
+// reason (nil without networking).
+func (n *Node) NetworkBlocked() map[string]uint64 {
+	if d, ok := n.Driver.(interface{ NetworkBlocked() map[string]uint64 }); ok {
+		return d.NetworkBlocked()
+	}
+	return nil
+}
+
 // NetworkEnabled says whether restricted and open sandboxes can run here.
 func (n *Node) NetworkEnabled() bool { return n.cfg.Network != nil }
 

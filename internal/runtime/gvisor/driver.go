@@ -157,6 +157,15 @@ func installAgent(src, base string) (string, error) {
 	return dir, os.Rename(tmp.Name(), dst)
 }
 
+// NetworkBlocked returns the network policy's refusals since start by
+// reason (nil without networking).
+func (d *Driver) NetworkBlocked() map[string]uint64 {
+	if d.net == nil {
+		return nil
+	}
+	return d.net.BlockedCounts()
+}
+
 // Name implements runtime.Driver.
 func (d *Driver) Name() string { return "gvisor" }
 
