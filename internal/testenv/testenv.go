@@ -143,14 +143,17 @@ func NewDriverWith(t testing.TB, change func(*gvisor.Config)) *Env {
 	RequireRoot(t)
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
+	// Found before the state directory is made: a missing runsc fails the
+	// test without leaving an empty directory behind.
+	runsc, agent := Runsc(t), AgentBinary(t)
 	// Short: runsc and Unix sockets put limits on path lengths.
 	state, err := os.MkdirTemp("/run", "orkt-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := gvisor.Config{
-		Runsc:        Runsc(t),
-		AgentBinary:  AgentBinary(t),
+		Runsc:        runsc,
+		AgentBinary:  agent,
 		StateDir:     state,
 		CgroupParent: "/orkestr-test-" + hex.EncodeToString(b),
 		Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
