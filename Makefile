@@ -13,7 +13,7 @@ BIN          := $(CURDIR)/bin
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
 OFFLINE_TEMPLATES := debian-12 python-3.11 node-22
-DEB_PACKAGES := debootstrap iproute2 runc ca-certificates postgresql busybox-static
+DEB_PACKAGES := debootstrap iproute2 nftables runc ca-certificates postgresql busybox-static
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
 .PHONY: setup deps build runsc templates run test lint bench clean postgres

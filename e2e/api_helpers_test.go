@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/netpolicy"
+	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
@@ -139,6 +142,7 @@ func (s *apiServer) destroyLeftovers() {
 	for _, mp := range testenv.MountsUnder(s.stateDir) {
 		_ = syscall.Unmount(mp, syscall.MNT_DETACH)
 	}
+	_ = netpolicy.Cleanup(context.Background(), node.Instance(s.dataDir))
 }
 
 // admin runs `orkestrd admin ARGS --data-dir DIR` and returns stdout.

@@ -119,7 +119,7 @@ func TestMeteringSurvivesKill9(t *testing.T) {
 	var text string
 	for {
 		text = scrape(t, metricsAddr)
-		if regexp.MustCompile(`orkestr_pool_ready\{size="small",template="debian-12"\} 1`).MatchString(text) {
+		if regexp.MustCompile(`orkestr_pool_ready\{network="off",size="small",template="debian-12"\} 1`).MatchString(text) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -128,12 +128,12 @@ func TestMeteringSurvivesKill9(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	for series, want := range map[string]float64{
-		`orkestr_sandboxes{status="running"}`:                    2,
-		`orkestr_sandbox_create_seconds_count{outcome="ok"}`:     1,
-		`orkestr_exec_seconds_count{mode="sync",outcome="ok"}`:   1,
-		`orkestr_pool_target{size="small",template="debian-12"}`: 1,
-		`orkestr_sampler_sandboxes`:                              2,
-		`orkestr_store_up`:                                       1,
+		`orkestr_sandboxes{status="running"}`:                                  2,
+		`orkestr_sandbox_create_seconds_count{outcome="ok"}`:                   1,
+		`orkestr_exec_seconds_count{mode="sync",outcome="ok"}`:                 1,
+		`orkestr_pool_target{network="off",size="small",template="debian-12"}`: 1,
+		`orkestr_sampler_sandboxes`:                                            2,
+		`orkestr_store_up`:                                                     1,
 	} {
 		if got := metricValue(t, text, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/netpolicy"
+	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
@@ -57,9 +59,10 @@ type health struct {
 	Status    string `json:"status"`
 	Sandboxes int    `json:"sandboxes"`
 	Pools     []struct {
-		Template string `json:"template"`
-		Ready    int    `json:"ready"`
-		Target   int    `json:"target"`
+		Template  string `json:"template"`
+		Networked bool   `json:"networked"`
+		Ready     int    `json:"ready"`
+		Target    int    `json:"target"`
 	} `json:"pools"`
 }
 
@@ -143,6 +146,9 @@ func TestServeKill9Restart(t *testing.T) {
 	if len(first) < 2 {
 		t.Fatalf("expected the pool's sandboxes in the state dir, got %v", first)
 	}
+	if left := netpolicy.Leftovers(node.Instance(dataDir)); len(left) == 0 {
+		t.Errorf("the warm pool holds no networked sandbox")
+	}
 	s1.stop(syscall.SIGKILL)
 	if len(testenv.ProcessesMentioning(stateDir)) == 0 {
 		t.Fatal("sandboxes should outlive a killed server")
@@ -173,6 +179,11 @@ func TestServeKill9Restart(t *testing.T) {
 		if !before[g] {
 			t.Errorf("cgroup left after a clean stop: %s", g)
 		}
+	}
+	// The pools held networked sandboxes too: their namespaces, veths and
+	// the server's nftables table are gone as well.
+	if left := netpolicy.Leftovers(node.Instance(dataDir)); len(left) > 0 {
+		t.Errorf("network state left after a clean stop: %v", left)
 	}
 	if t.Failed() {
 		b, _ := os.ReadFile(s2.log.Name())

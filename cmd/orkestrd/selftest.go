@@ -55,7 +55,7 @@ func selftest(args []string) error {
 	}
 	var sb runtime.Sandbox
 	if err := step("create "+*tmpl, func() (err error) {
-		sb, _, err = n.Create(ctx, *tmpl, "small", runtime.Claim{Env: map[string]string{"GREETING": "hello"}})
+		sb, _, err = n.Create(ctx, *tmpl, "small", "", runtime.Claim{Env: map[string]string{"GREETING": "hello"}})
 		return err
 	}); err != nil {
 		return err

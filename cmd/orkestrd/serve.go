@@ -17,7 +17,6 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/api"
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/node"
-	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
@@ -40,6 +39,10 @@ func serve(args []string) error {
 	ncfg := nf.config()
 	log := ncfg.Log
 	ncfg.Sizes = node.Resources(cfg.Sizes)
+	if ncfg.Network, err = node.NetworkConfig(cfg.Network); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	ncfg.NetworkPoolSize, ncfg.NetworkAccounts = cfg.Network.PoolSize, cfg.Network.Accounts
 	if err := os.MkdirAll(filepath.Join(ncfg.DataDir, "snapshots"), 0o700); err != nil {
 		return err
 	}
@@ -73,15 +76,18 @@ func serve(args []string) error {
 	mux.Handle("/", srvAPI.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		type poolState struct {
-			Template string `json:"template"`
-			Size     string `json:"size"`
-			Ready    int    `json:"ready"`
-			Target   int    `json:"target"`
+			Template  string `json:"template"`
+			Size      string `json:"size"`
+			Networked bool   `json:"networked"`
+			Ready     int    `json:"ready"`
+			Target    int    `json:"target"`
 		}
 		var pools []poolState
 		templates, _ := n.Templates.List()
 		for _, t := range templates {
-			pools = append(pools, poolState{t.Name, "small", n.Pool.Ready(pool.Key{Template: t.Name, Size: "small"}), ncfg.PoolSize})
+			for _, k := range n.PoolKeys(t.Name) {
+				pools = append(pools, poolState{t.Name, k.Size, k.Networked, n.Pool.Ready(k), n.PoolTarget(k)})
+			}
 		}
 		running, _ := n.Driver.List(r.Context())
 		w.Header().Set("Content-Type", "application/json")

@@ -38,6 +38,17 @@ type execResult struct {
 	BlockedConnections []blockedConnection `json:"blocked_connections"`
 }
 
+// blockedJSON is the wire form of what the network policy refused during
+// an exec: [] when nothing. Port 0 means the sandbox's resolver refused the
+// name, so no connection was attempted.
+func blockedJSON(bs []runtime.BlockedConnection) []blockedConnection {
+	out := make([]blockedConnection, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, blockedConnection{Host: b.Host, Port: b.Port})
+	}
+	return out
+}
+
 // prepareExec validates an exec request and finds the running sandbox.
 func (s *Server) prepareExec(r *http.Request) (runtime.Sandbox, runtime.ExecRequest, error) {
 	var req execRequest
@@ -124,7 +135,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, execResult{
 		Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: res.ExitCode,
-		DurationMS: res.Duration.Milliseconds(), BlockedConnections: []blockedConnection{},
+		DurationMS: res.Duration.Milliseconds(), BlockedConnections: blockedJSON(res.Blocked),
 	})
 	return nil
 }
@@ -227,6 +238,6 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request) error {
 		_ = out.send(map[string]any{"type": "error", "error": map[string]any{"code": e.Code, "message": e.Message, "details": details}})
 		return nil
 	}
-	_ = out.send(map[string]any{"type": "exit", "exit_code": res.ExitCode, "duration_ms": res.Duration.Milliseconds(), "blocked_connections": []blockedConnection{}})
+	_ = out.send(map[string]any{"type": "exit", "exit_code": res.ExitCode, "duration_ms": res.Duration.Milliseconds(), "blocked_connections": blockedJSON(res.Blocked)})
 	return nil
 }

@@ -106,8 +106,9 @@ func (p slogPrinter) Println(v ...any) { p.s.log.Warn("serving operator metrics"
 
 var (
 	sandboxesDesc  = prometheus.NewDesc("orkestr_sandboxes", "Sandboxes of all accounts by status.", []string{"status"}, nil)
-	poolReadyDesc  = prometheus.NewDesc("orkestr_pool_ready", "Warm sandboxes waiting in a pool.", []string{"template", "size"}, nil)
-	poolTargetDesc = prometheus.NewDesc("orkestr_pool_target", "Warm sandboxes a pool is kept at.", []string{"template", "size"}, nil)
+	poolReadyDesc  = prometheus.NewDesc("orkestr_pool_ready", "Warm sandboxes waiting in a pool (network: off, or on for the networked pool).", []string{"template", "size", "network"}, nil)
+	poolTargetDesc = prometheus.NewDesc("orkestr_pool_target", "Warm sandboxes a pool is kept at (network: off, or on for the networked pool).", []string{"template", "size", "network"}, nil)
+	blockedDesc    = prometheus.NewDesc("orkestr_network_blocked_total", "Connections (logged drops) and DNS names the network policy refused since start, by reason (dns, rate, host, sibling, never, private, policy, spoof, conns, v6, in6, in).", []string{"reason"}, nil)
 	scrapeErrDesc  = prometheus.NewDesc("orkestr_store_up", "1 if the store answered the scrape's count of sandboxes.", nil, nil)
 )
 
@@ -120,6 +121,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- poolReadyDesc
 	ch <- poolTargetDesc
 	ch <- scrapeErrDesc
+	ch <- blockedDesc
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -140,8 +142,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.s.node != nil && c.s.node.Pool != nil {
 		for _, d := range c.s.node.Pool.Depths() {
-			ch <- prometheus.MustNewConstMetric(poolReadyDesc, prometheus.GaugeValue, float64(d.Ready), d.Template, d.Size)
-			ch <- prometheus.MustNewConstMetric(poolTargetDesc, prometheus.GaugeValue, float64(d.Target), d.Template, d.Size)
+			network := "off"
+			if d.Networked {
+				network = "on"
+			}
+			ch <- prometheus.MustNewConstMetric(poolReadyDesc, prometheus.GaugeValue, float64(d.Ready), d.Template, d.Size, network)
+			ch <- prometheus.MustNewConstMetric(poolTargetDesc, prometheus.GaugeValue, float64(d.Target), d.Template, d.Size, network)
+		}
+		for reason, n := range c.s.node.NetworkBlocked() {
+			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.CounterValue, float64(n), reason)
 		}
 	}
 }

@@ -109,7 +109,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	switch network {
 	case "off":
 	case "restricted", "open":
-		return invalid("network", "Network mode %q is not available on this server yet; use \"off\".", network)
+		if !s.node.NetworkEnabled() {
+			return invalid("network", "Network mode %q is not enabled on this server (the operator sets network.enabled); use \"off\".", network)
+		}
 	default:
 		return invalid("network", "Network must be one of \"off\", \"restricted\", \"open\".")
 	}
@@ -155,8 +157,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	// either fully there or marked failed, never half made.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
 	defer cancel()
-	rt, _, err := s.node.Create(ctx, row.Template, row.Size, runtime.Claim{
-		Env: req.Env, Hostname: "sandbox",
+	rt, _, err := s.node.Create(ctx, row.Template, row.Size, row.AccountID, runtime.Claim{
+		Env: req.Env, Hostname: "sandbox", Network: row.Network,
 		Labels: map[string]string{"sandbox_id": row.ID, "account_id": row.AccountID},
 	})
 	if err != nil {
@@ -170,6 +172,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 			return notBuilt(row.Template)
 		case errors.Is(err, node.ErrUnknownSize):
 			return invalid("size", "Size %q is not available on this node.", row.Size)
+		case errors.Is(err, runtime.ErrNoNetwork):
+			s.log.Error("sandbox network setup failed", "request_id", requestID(r), "sandbox", row.ID, "network", row.Network, "err", err)
+			return apiErr(http.StatusServiceUnavailable, "no_capacity", "The sandbox's network (%s) could not be set up right now; retry shortly, or use network \"off\".", row.Network)
 		}
 		s.log.Error("sandbox start failed", "request_id", requestID(r), "sandbox", row.ID, "err", err)
 		return apiErr(http.StatusServiceUnavailable, "no_capacity", "No sandbox could be started right now; retry shortly.")

@@ -5,6 +5,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -59,6 +60,34 @@ type RegistryAuth struct {
 	Token    string `yaml:"token"` // a bearer token instead of username and password
 }
 
+// Network configures sandbox networking (API `network`: off, restricted,
+// open). See docs/operating.md.
+type Network struct {
+	// Enabled allows restricted and open sandboxes; without it every
+	// sandbox is "off" and the host's network is left alone.
+	Enabled bool `yaml:"enabled"`
+	// Range is where sandbox addresses (one /30 each) come from; it must
+	// not overlap any network of the host.
+	Range string `yaml:"range"`
+	// Allow is the allow-list of restricted sandboxes ("pypi.org",
+	// "*.githubusercontent.com"); empty: the package registries default.
+	Allow []string `yaml:"allow"`
+	// AllowExtra is added to Allow (keeps the default list).
+	AllowExtra []string `yaml:"allow_extra"`
+	// Accounts adds names for one account's sandboxes, by account id.
+	Accounts map[string][]string `yaml:"accounts"`
+	// AllowPrivate opens private destinations (CIDRs in 10/8, 172.16/12,
+	// 192.168/16, 100.64/10) to networked sandboxes, e.g. a package mirror
+	// on the LAN. Loopback, link-local and metadata stay closed.
+	AllowPrivate []string `yaml:"allow_private"`
+	// Upstreams are the DNS servers (host:port) the sandboxes' resolvers
+	// ask; empty: the host's /etc/resolv.conf.
+	Upstreams []string `yaml:"upstreams"`
+	// PoolSize is how many networked sandboxes each warm pool keeps next
+	// to the off ones (at most pool_size).
+	PoolSize int `yaml:"pool_size"`
+}
+
 // Config is the whole configuration.
 type Config struct {
 	Region            string          `yaml:"region"` // this node's region
@@ -74,6 +103,7 @@ type Config struct {
 	// InsecureRegistries are hosts spoken to over plain HTTP (a mirror on
 	// the local network).
 	InsecureRegistries []string `yaml:"insecure_registries"`
+	Network            Network  `yaml:"network"`
 }
 
 // Default returns the defaults of API.md.
@@ -83,6 +113,7 @@ func Default() Config {
 		MaxFileBytes:      1 << 30,
 		MaxTimeoutSeconds: 86400,
 		PoolSize:          2,
+		Network:           Network{Enabled: true, Range: "10.231.0.0/16", PoolSize: 1},
 		Sizes: map[string]Size{
 			"small":  {CPU: 0.5, MemoryMB: 512, PIDs: 512},
 			"medium": {CPU: 2, MemoryMB: 4096, PIDs: 2048},
@@ -152,6 +183,19 @@ func Load(path string) (Config, error) {
 	if len(file.Templates) > 0 {
 		c.Templates = file.Templates
 	}
+	if n, ok := raw["network"].(map[string]any); ok {
+		def := c.Network
+		c.Network = file.Network
+		if _, set := n["enabled"]; !set {
+			c.Network.Enabled = def.Enabled
+		}
+		if c.Network.Range == "" {
+			c.Network.Range = def.Range
+		}
+		if _, set := n["pool_size"]; !set {
+			c.Network.PoolSize = def.PoolSize
+		}
+	}
 	c.Registries = file.Registries
 	c.InsecureRegistries = file.InsecureRegistries
 	return c, c.Validate()
@@ -179,6 +223,9 @@ func (c Config) Validate() error {
 	}
 	if c.Region == "" {
 		return fmt.Errorf("config: region must be set")
+	}
+	if err := c.Network.validate(); err != nil {
+		return err
 	}
 	seen := map[string]bool{}
 	for _, t := range c.Templates {
@@ -239,4 +286,37 @@ func (c Config) Template(name string) (Template, bool) {
 		}
 	}
 	return Template{}, false
+}
+
+func (n Network) validate() error {
+	if p, err := netip.ParsePrefix(n.Range); err != nil || !p.Addr().Is4() || p.Bits() > 28 {
+		return fmt.Errorf("config: network.range %q must be an IPv4 CIDR of at least /28, e.g. 10.231.0.0/16", n.Range)
+	}
+	for _, c := range n.AllowPrivate {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			return fmt.Errorf("config: network.allow_private %q is not a CIDR", c)
+		}
+	}
+	for _, u := range n.Upstreams {
+		if _, err := netip.ParseAddrPort(u); err != nil {
+			return fmt.Errorf("config: network.upstreams %q must be ip:port, e.g. 192.0.2.53:53", u)
+		}
+	}
+	if n.PoolSize < 0 {
+		return fmt.Errorf("config: network.pool_size must be >= 0")
+	}
+	return nil
+}
+
+// AllowNames is the allow-list of restricted sandboxes, nil for the
+// built-in default.
+func (n Network) AllowNames(defaults []string) []string {
+	base := n.Allow
+	if len(base) == 0 {
+		base = defaults
+	}
+	if len(n.AllowExtra) == 0 {
+		return base
+	}
+	return append(slices.Clone(base), n.AllowExtra...)
 }

@@ -10,13 +10,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
@@ -47,10 +50,21 @@ type Config struct {
 	PoolSize    int                          // warm sandboxes per built template at size small; 0 disables
 	Sizes       map[string]runtime.Resources // default: the sizes of config.Default()
 	Log         *slog.Logger
+	// Network enables networked sandboxes (nil: network "off" only). Its
+	// Instance is filled in from DataDir.
+	Network *netpolicy.Config
+	// NetworkPoolSize is the networked part of each warm pool (at most
+	// PoolSize).
+	NetworkPoolSize int
+	// NetworkAccounts adds allow-list names per account id.
+	NetworkAccounts map[string][]string
 }
 
-// instance names one data directory's runtime state on this host, so that
+// Instance names one data directory's runtime state on this host (state
+// directory, cgroups, network namespaces and nftables table), so that
 // several servers (or test runs) never touch each other's sandboxes.
+func Instance(dataDir string) string { return instance(dataDir) }
+
 func instance(dataDir string) string {
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
@@ -88,9 +102,17 @@ func Open(cfg Config) (*Node, error) {
 	if cfg.StateDir == "" {
 		cfg.StateDir = filepath.Join("/run/orkestr", id)
 	}
+	if cfg.Network != nil {
+		if _, err := exec.LookPath("nft"); err != nil {
+			return nil, fmt.Errorf("sandbox networking is enabled but the nft command is missing: install the Debian package nftables, or set network.enabled: false in the config")
+		}
+		nc := *cfg.Network
+		nc.Instance = id
+		cfg.Network = &nc
+	}
 	d, err := gvisor.New(gvisor.Config{
 		Runsc: cfg.Runsc, AgentBinary: cfg.AgentBinary, StateDir: cfg.StateDir,
-		CgroupParent: "/orkestr/" + id, Log: cfg.Log,
+		CgroupParent: "/orkestr/" + id, Log: cfg.Log, Network: cfg.Network,
 	})
 	if err != nil {
 		return nil, err
@@ -155,24 +177,68 @@ func (n *Node) syncPools() error {
 			n.cfg.Log.Warn("template cannot be pooled", "template", t.Name, "err", err)
 			continue
 		}
-		key := pool.Key{Template: t.Name, Size: "small"}
-		if had {
-			n.cfg.Log.Info("template rebuilt; refilling its pool", "template", t.Name)
-			n.Pool.SetTarget(key, spec, 0)
-		} else {
-			n.cfg.Log.Info("warming the pool of a template", "template", t.Name, "size", "small", "target", n.cfg.PoolSize)
+		for _, key := range n.poolKeys(t.Name) {
+			target := n.PoolTarget(key)
+			if had {
+				n.cfg.Log.Info("template rebuilt; refilling its pool", "pool", key.String())
+				n.Pool.SetTarget(key, spec, 0)
+			} else {
+				n.cfg.Log.Info("warming the pool of a template", "pool", key.String(), "target", target)
+			}
+			n.Pool.SetTarget(key, spec, target)
 		}
-		n.Pool.SetTarget(key, spec, n.cfg.PoolSize)
 		n.warm[t.Name] = build
 	}
 	for name := range n.warm {
 		if !seen[name] {
-			n.Pool.SetTarget(pool.Key{Template: name, Size: "small"}, runtime.Spec{}, 0)
+			for _, key := range n.poolKeys(name) {
+				n.Pool.SetTarget(key, runtime.Spec{}, 0)
+			}
 			delete(n.warm, name)
 		}
 	}
 	return nil
 }
+
+// PoolKeys are the warm pools of a template.
+func (n *Node) PoolKeys(tmpl string) []pool.Key { return n.poolKeys(tmpl) }
+
+// PoolTarget is how many sandboxes key's pool keeps.
+func (n *Node) PoolTarget(k pool.Key) int {
+	if k.Networked {
+		return n.networkPoolSize()
+	}
+	return n.cfg.PoolSize
+}
+
+// poolKeys are the warm pools of a template: network off, and networked
+// when networking is on and has a pool.
+func (n *Node) poolKeys(tmpl string) []pool.Key {
+	keys := []pool.Key{{Template: tmpl, Size: "small"}}
+	if n.networkPoolSize() > 0 {
+		keys = append(keys, pool.Key{Template: tmpl, Size: "small", Networked: true})
+	}
+	return keys
+}
+
+func (n *Node) networkPoolSize() int {
+	if n.cfg.Network == nil {
+		return 0
+	}
+	return min(n.cfg.NetworkPoolSize, n.cfg.PoolSize)
+}
+
+// NetworkBlocked returns the network policy's refusals since start by
+// reason (nil without networking).
+func (n *Node) NetworkBlocked() map[string]uint64 {
+	if d, ok := n.Driver.(interface{ NetworkBlocked() map[string]uint64 }); ok {
+		return d.NetworkBlocked()
+	}
+	return nil
+}
+
+// NetworkEnabled says whether restricted and open sandboxes can run here.
+func (n *Node) NetworkEnabled() bool { return n.cfg.Network != nil }
 
 // ErrUnknownSize is returned for a size not in Sizes.
 var ErrUnknownSize = errors.New("unknown size")
@@ -190,15 +256,24 @@ func (n *Node) Spec(tmpl, size string) (runtime.Spec, error) {
 	return runtime.Spec{Template: tmpl, Rootfs: rootfs, Resources: res}, nil
 }
 
-// Create claims a warm sandbox (or starts one) for template and size.
-func (n *Node) Create(ctx context.Context, tmpl, size string, claim runtime.Claim) (runtime.Sandbox, bool, error) {
+// Create claims a warm sandbox (or starts one) for template and size,
+// with claim.Network as its network mode. account picks the account's
+// additions to the allow-list.
+func (n *Node) Create(ctx context.Context, tmpl, size, account string, claim runtime.Claim) (runtime.Sandbox, bool, error) {
 	spec, err := n.Spec(tmpl, size)
 	if err != nil {
 		return nil, false, err
 	}
+	networked := claim.Network != "" && claim.Network != runtime.NetworkOff
+	if networked && n.cfg.Network == nil {
+		return nil, false, runtime.ErrNoNetwork
+	}
+	if networked {
+		claim.NetworkAllow = append(claim.NetworkAllow, n.cfg.NetworkAccounts[account]...)
+	}
 	claim.Resources = spec.Resources
 	claim.Env = n.withTemplateEnv(tmpl, claim.Env)
-	return n.Pool.Claim(ctx, pool.Key{Template: tmpl, Size: size}, spec, claim)
+	return n.Pool.Claim(ctx, pool.Key{Template: tmpl, Size: size, Networked: networked}, spec, claim)
 }
 
 // withTemplateEnv puts the template's own environment (an image's ENV,
@@ -241,4 +316,33 @@ func ExecutableDir() string {
 		return "."
 	}
 	return filepath.Dir(exe)
+}
+
+// NetworkConfig turns the operator's network section into the runtime's
+// (nil when networking is disabled).
+func NetworkConfig(c config.Network) (*netpolicy.Config, error) {
+	if !c.Enabled {
+		return nil, nil
+	}
+	r, err := netip.ParsePrefix(c.Range)
+	if err != nil {
+		return nil, fmt.Errorf("network.range: %w", err)
+	}
+	nc := &netpolicy.Config{Range: r, AllowNames: c.AllowNames(netpolicy.DefaultAllowNames), Upstreams: c.Upstreams}
+	for _, s := range c.AllowPrivate {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("network.allow_private: %w", err)
+		}
+		nc.AllowPrivate = append(nc.AllowPrivate, p)
+	}
+	if err := netpolicy.ValidateNames(nc.AllowNames); err != nil {
+		return nil, fmt.Errorf("network.allow: %w", err)
+	}
+	for acct, names := range c.Accounts {
+		if err := netpolicy.ValidateNames(names); err != nil {
+			return nil, fmt.Errorf("network.accounts.%s: %w", acct, err)
+		}
+	}
+	return nc, nil
 }

@@ -1,4 +1,5 @@
-// Package pool keeps started sandboxes waiting per (template, size), so that
+// Package pool keeps started sandboxes waiting per (template, size, whether
+// networked), so that
 // creating a sandbox is a claim of one that already runs instead of a cold
 // start. Nothing about the owner is known to a pooled sandbox: env, limits
 // and labels are applied when it is claimed, and each one is handed out once.
@@ -14,10 +15,21 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 )
 
-// Key names one pool.
+// Key names one pool. Networked pools hold sandboxes whose network
+// namespace and interface are made and deny everything until the claim
+// sets their mode.
 type Key struct {
-	Template string
-	Size     string
+	Template  string
+	Size      string
+	Networked bool
+}
+
+func (k Key) String() string {
+	s := k.Template + "/" + k.Size
+	if k.Networked {
+		s += "/net"
+	}
+	return s
 }
 
 // Pool is a set of warm pools over one driver.
@@ -62,7 +74,8 @@ func (p *Pool) SetTarget(key Key, spec runtime.Spec, n int) {
 		p.wg.Add(1)
 		go p.fill(b)
 	}
-	spec.Labels = map[string]string{"pool": key.Template + "/" + key.Size}
+	spec.Labels = map[string]string{"pool": key.String()}
+	spec.Networked = key.Networked
 	b.spec = spec
 	b.target = n
 	var extra []runtime.Sandbox
@@ -123,7 +136,7 @@ func (p *Pool) fill(b *bucket) {
 			b.fails++
 			fails := b.fails
 			p.mu.Unlock()
-			p.log.Warn("warm pool start failed", "template", b.key.Template, "size", b.key.Size, "err", err)
+			p.log.Warn("warm pool start failed", "pool", b.key.String(), "err", err)
 			// Back off so a broken template does not spin the CPU.
 			delay := time.Duration(min(fails, 6)) * 500 * time.Millisecond
 			select {
@@ -204,6 +217,7 @@ func (p *Pool) Claim(ctx context.Context, key Key, spec runtime.Spec, claim runt
 		return sb, true, nil
 	}
 	spec.Labels = nil
+	spec.Networked = key.Networked
 	sb, err = p.driver.Create(ctx, spec)
 	if err != nil {
 		return nil, false, err

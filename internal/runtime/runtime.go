@@ -34,7 +34,18 @@ type Spec struct {
 	Rootfs    string // absolute path of the template's read-only root filesystem
 	Resources Resources
 	Labels    map[string]string // recorded with the sandbox; survive a host restart
+	// Networked gives the sandbox a network interface whose policy denies
+	// everything until a claim sets a mode; without it the sandbox has
+	// loopback only (network "off") and can never be given more.
+	Networked bool
 }
+
+// Network modes of a claim (API.md `network`).
+const (
+	NetworkOff        = "off"
+	NetworkRestricted = "restricted"
+	NetworkOpen       = "open"
+)
 
 // Claim binds a started sandbox to its owner. Nothing in it is known before
 // the claim, so pooled sandboxes never carry another owner's data.
@@ -43,6 +54,20 @@ type Claim struct {
 	Hostname  string
 	Resources Resources
 	Labels    map[string]string
+	// Network is the policy of a networked sandbox ("restricted" or
+	// "open"); "off" or empty for one without a network.
+	Network string
+	// NetworkAllow adds names to the operator's allow-list of a
+	// restricted sandbox.
+	NetworkAllow []string
+}
+
+// BlockedConnection is a connection (or a DNS name) the network policy
+// refused.
+type BlockedConnection struct {
+	Time time.Time
+	Host string // the name when the sandbox's resolver knows it, else the address
+	Port int    // 0 for a refused DNS name
 }
 
 // ExecRequest is one command for /bin/sh -c.
@@ -63,6 +88,9 @@ type ExecResult struct {
 	Signal   int
 	Duration time.Duration
 	TimedOut bool
+	// Blocked lists what the network policy refused while the command
+	// ran (empty for a sandbox without a network).
+	Blocked []BlockedConnection
 }
 
 // FileInfo describes a file inside a sandbox.
@@ -120,7 +148,8 @@ type Info struct {
 	Labels    map[string]string
 	State     State
 	CreatedAt time.Time
-	Pooled    bool // started for the warm pool and not yet claimed
+	Pooled    bool   // started for the warm pool and not yet claimed
+	Network   string // "off", "restricted", "open", or "deny" while pooled
 }
 
 // Snapshot describes a checkpoint written to a directory.
@@ -206,4 +235,5 @@ var (
 	ErrPermission     = errors.New("permission denied")
 	ErrAgent          = errors.New("sandbox agent unavailable")
 	ErrBusy           = errors.New("sandbox is busy")
+	ErrNoNetwork      = errors.New("networking is not available on this host")
 )

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
@@ -123,20 +124,42 @@ type Env struct {
 // its sandboxes) and checked for leaks when the test ends.
 func NewDriver(t testing.TB) *Env {
 	t.Helper()
+	return NewDriverWith(t, nil)
+}
+
+// NewNetworkConfig is a network configuration for tests: a random
+// instance (so parallel test binaries never share state), the given DNS
+// upstream and allow-list.
+func NewNetworkConfig(upstream string, allow ...string) *netpolicy.Config {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return &netpolicy.Config{Instance: "t" + hex.EncodeToString(b), Upstreams: []string{upstream}, AllowNames: allow}
+}
+
+// NewDriverWith is NewDriver with a change to the driver's configuration
+// (e.g. a Network) applied first.
+func NewDriverWith(t testing.TB, change func(*gvisor.Config)) *Env {
+	t.Helper()
 	RequireRoot(t)
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
+	// Found before the state directory is made: a missing runsc fails the
+	// test without leaving an empty directory behind.
+	runsc, agent := Runsc(t), AgentBinary(t)
 	// Short: runsc and Unix sockets put limits on path lengths.
 	state, err := os.MkdirTemp("/run", "orkt-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := gvisor.Config{
-		Runsc:        Runsc(t),
-		AgentBinary:  AgentBinary(t),
+		Runsc:        runsc,
+		AgentBinary:  agent,
 		StateDir:     state,
 		CgroupParent: "/orkestr-test-" + hex.EncodeToString(b),
 		Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	if change != nil {
+		change(&cfg)
 	}
 	d, err := gvisor.New(cfg)
 	if err != nil {
@@ -185,6 +208,11 @@ func (e *Env) AssertClean(t testing.TB) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(e.StateDir, "sandboxes")); len(ents) > 0 {
 		t.Errorf("leaked sandbox directories: %d", len(ents))
+	}
+	if e.Config.Network != nil {
+		if left := netpolicy.Leftovers(e.Config.Network.Instance); len(left) > 0 {
+			t.Errorf("leaked network state: %v", left)
+		}
 	}
 }
 

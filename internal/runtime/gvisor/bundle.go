@@ -30,7 +30,10 @@ var defaultCaps = []string{
 // bundleSpec builds the OCI runtime spec of one sandbox: the template as a
 // copy-on-write root, the agent read-only at /agent, the per-sandbox channel
 // directory at /run/agent, and cgroup limits from the size.
-func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Resources) *specs.Spec {
+//
+// netnsPath, when set, is the network namespace of a networked sandbox,
+// and resolvConf the file mounted read-only at /etc/resolv.conf.
+func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Resources, netnsPath, resolvConf string) *specs.Spec {
 	quota := cgroupv1.QuotaMicros(res.CPU)
 	period := uint64(cgroupv1.CPUPeriodMicros)
 	mem := res.MemoryBytes
@@ -41,7 +44,8 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 	if res.PIDs > 0 {
 		r.Pids = &specs.LinuxPids{Limit: res.PIDs}
 	}
-	return &specs.Spec{
+	netns := specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netnsPath}
+	spec := &specs.Spec{
 		Version: specs.Version,
 		Process: &specs.Process{
 			Args: []string{AgentPath},
@@ -71,10 +75,14 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 			Resources:   r,
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
-				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
+				{Type: specs.MountNamespace}, netns,
 			},
 		},
 	}
+	if resolvConf != "" {
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolvConf, Options: []string{"bind", "ro"}})
+	}
+	return spec
 }
 
 func writeBundle(dir string, spec *specs.Spec) error {

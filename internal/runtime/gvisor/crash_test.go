@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/netpolicy"
+	"github.com/orkestr-eu/orkestr/internal/netpolicy/nettest"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
@@ -39,13 +41,28 @@ func TestCrashOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	if _, err := d.Reconcile(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
 	for i, keep := range []string{"yes", "no"} {
-		sb, err := d.Create(ctx, runtime.Spec{Template: "debian-12", Rootfs: testenv.Rootfs(t, "debian-12"), Resources: testenv.Small})
+		networked := cfg.Network != nil
+		sb, err := d.Create(ctx, runtime.Spec{Template: "debian-12", Rootfs: testenv.Rootfs(t, "debian-12"), Resources: testenv.Small, Networked: networked})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := sb.Configure(ctx, runtime.Claim{Env: map[string]string{"OWNER_SECRET": fmt.Sprint("s", i)}, Labels: map[string]string{"keep": keep}}); err != nil {
+		claim := runtime.Claim{Env: map[string]string{"OWNER_SECRET": fmt.Sprint("s", i)}, Labels: map[string]string{"keep": keep}}
+		if networked {
+			claim.Network = []string{runtime.NetworkRestricted, runtime.NetworkOpen}[i]
+		}
+		if err := sb.Configure(ctx, claim); err != nil {
 			t.Fatal(err)
+		}
+		if networked {
+			// The kept one is allowed allowed.test's address before
+			// the crash: the next process must keep that.
+			if _, err := sb.Exec(ctx, runtime.ExecRequest{Command: "getent hosts allowed.test"}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		// A process that must survive the owner's death in the kept sandbox.
 		if _, err := sb.Exec(ctx, runtime.ExecRequest{Command: "nohup sh -c 'while true; do date +%s%N >> /workspace/ticks; sleep 0.1; done' >/dev/null 2>&1 &"}); err != nil {
@@ -57,8 +74,21 @@ func TestCrashOwner(t *testing.T) {
 	select {} // until SIGKILL
 }
 
-func TestKill9ThenReconcile(t *testing.T) {
-	env := testenv.NewDriver(t)
+func TestKill9ThenReconcile(t *testing.T) { kill9ThenReconcile(t, false) }
+
+// TestKill9ThenReconcileNetwork is TestKill9ThenReconcile with networked
+// sandboxes (restricted kept, open dropped): the kept one keeps its
+// network and policy, the dropped one's namespace, veth and set elements
+// go, and the final close leaves no network state.
+func TestKill9ThenReconcileNetwork(t *testing.T) { kill9ThenReconcile(t, true) }
+
+func kill9ThenReconcile(t *testing.T, networked bool) {
+	var env *testenv.Env
+	if networked {
+		env, _ = netEnv(t)
+	} else {
+		env = testenv.NewDriver(t)
+	}
 	cfgJSON, _ := json.Marshal(env.Config)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashOwner$", "-test.v")
 	cmd.Env = append(os.Environ(), crashOwnerEnv+"="+string(cfgJSON))
@@ -135,6 +165,21 @@ func TestKill9ThenReconcile(t *testing.T) {
 	}
 	if procs := testenv.ProcessesMentioning(dropped); len(procs) > 0 {
 		t.Fatalf("destroyed sandbox left processes: %v", procs)
+	}
+	if networked {
+		for _, l := range netpolicy.Leftovers(env.Config.Network.Instance) {
+			if strings.Contains(l, dropped) {
+				t.Errorf("network state of the destroyed sandbox left: %s", l)
+			}
+		}
+		// Still restricted, still allowed what it resolved before.
+		o := run(t, sb, runtime.ExecRequest{Command: "getent hosts allowed.test >/dev/null || echo NODNS; timeout 5 bash -c 'exec 3<>/dev/tcp/" + nettest.Allowed.String() + "/8080; head -1 <&3'; timeout 3 bash -c 'echo > /dev/tcp/" + nettest.Forbidden.String() + "/8080' && echo LEAK"})
+		if !strings.Contains(o.Stdout, "hello") || strings.Contains(o.Stdout, "LEAK") || strings.Contains(o.Stdout, "NODNS") {
+			t.Errorf("adopted sandbox's network: %q %q", o.Stdout, o.Stderr)
+		}
+		if info := sb.Info(); info.Network != runtime.NetworkRestricted {
+			t.Errorf("adopted sandbox has network %q", info.Network)
+		}
 	}
 	if err := d2.Close(ctx, true); err != nil {
 		t.Fatal(err)

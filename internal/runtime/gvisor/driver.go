@@ -1,7 +1,8 @@
 // Package gvisor runs sandboxes in gVisor (runsc, systrap platform): each
 // sandbox is a runsc container whose PID 1 is orkestr-agent, rooted on a
 // shared read-only template with a private copy-on-write layer, limited by
-// cgroup v1, with no network, and reached over a per-sandbox Unix socket.
+// cgroup v1, reached over a per-sandbox Unix socket, with no network or a
+// policed one (package netpolicy).
 package gvisor
 
 import (
@@ -24,6 +25,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/orkestr-eu/orkestr/internal/agent/client"
+	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 )
@@ -38,6 +40,9 @@ type Config struct {
 	Debug        bool   // keep runsc debug logs in each sandbox directory
 	ReadyTimeout time.Duration
 	Log          *slog.Logger
+	// Network enables networked sandboxes; nil: every sandbox is "off".
+	// Its Instance should be unique per StateDir.
+	Network *netpolicy.Config
 }
 
 // Driver is the gVisor runtime.Driver.
@@ -46,6 +51,7 @@ type Driver struct {
 	rs       *runsc
 	agentDir string // content-addressed copy of the agent binary
 	log      *slog.Logger
+	net      *netpolicy.Manager // nil without networking
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
@@ -90,7 +96,18 @@ func New(cfg Config) (*Driver, error) {
 			return nil, err
 		}
 	}
+	var nm *netpolicy.Manager
+	if cfg.Network != nil {
+		nc := *cfg.Network
+		if nc.Log == nil {
+			nc.Log = cfg.Log
+		}
+		if nm, err = netpolicy.New(nc); err != nil {
+			return nil, err
+		}
+	}
 	d := &Driver{
+		net:       nm,
 		cfg:       cfg,
 		rs:        &runsc{bin: cfg.Runsc, root: filepath.Join(cfg.StateDir, "runsc"), platform: cfg.Platform, debugDir: debugDir},
 		agentDir:  agentDir,
@@ -140,6 +157,15 @@ func installAgent(src, base string) (string, error) {
 	return dir, os.Rename(tmp.Name(), dst)
 }
 
+// NetworkBlocked returns the network policy's refusals since start by
+// reason (nil without networking).
+func (d *Driver) NetworkBlocked() map[string]uint64 {
+	if d.net == nil {
+		return nil
+	}
+	return d.net.BlockedCounts()
+}
+
 // Name implements runtime.Driver.
 func (d *Driver) Name() string { return "gvisor" }
 
@@ -172,6 +198,10 @@ type meta struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Pooled    bool              `json:"pooled"`
 	CreatedAt time.Time         `json:"created_at"`
+	// Net is the sandbox's network; nil for network "off".
+	Net *netpolicy.Attachment `json:"net,omitempty"`
+	// Networked asks start for a network (Net is filled in by start).
+	Networked bool `json:"networked,omitempty"`
 }
 
 func (d *Driver) sandboxDir(id string) string { return filepath.Join(d.cfg.StateDir, "sandboxes", id) }
@@ -191,8 +221,9 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (runtime.Sandbox, e
 	m := meta{
 		ID: newID(), Template: s.Template, Rootfs: s.Rootfs, AgentDir: d.agentDir,
 		Resources: s.Resources, Labels: copyLabels(s.Labels), Pooled: s.Labels["pool"] != "", CreatedAt: time.Now().UTC(),
+		Networked: s.Networked,
 	}
-	return d.start(ctx, m, "")
+	return d.start(ctx, m, "", "", nil)
 }
 
 // Restore implements runtime.Driver.
@@ -214,13 +245,16 @@ func (d *Driver) Restore(ctx context.Context, dir, rootfs string, labels map[str
 	m := meta{
 		ID: newID(), Template: snap.Template, Rootfs: rootfs, AgentDir: agentDir,
 		Resources: snap.Resources, Labels: copyLabels(labels), CreatedAt: time.Now().UTC(),
+		Networked: snap.Network != "" && snap.Network != runtime.NetworkOff,
 	}
-	return d.start(ctx, m, filepath.Join(dir, "image"))
+	return d.start(ctx, m, filepath.Join(dir, "image"), snap.Network, snap.NetworkAllow)
 }
 
 // start creates (or, with image set, restores) the runsc container for m and
-// waits for its agent. On any failure everything made so far is undone.
-func (d *Driver) start(ctx context.Context, m meta, image string) (_ runtime.Sandbox, err error) {
+// waits for its agent. A networked sandbox gets its namespace first, with
+// mode (deny when empty) applied before the sandbox runs. On any failure
+// everything made so far is undone.
+func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []string) (_ runtime.Sandbox, err error) {
 	dir := d.sandboxDir(m.ID)
 	var undo []func()
 	defer func() {
@@ -242,12 +276,36 @@ func (d *Driver) start(ctx context.Context, m meta, image string) (_ runtime.San
 	if err := writeJSON(filepath.Join(dir, "meta.json"), m); err != nil {
 		return nil, err
 	}
+	netnsPath, resolvConf := "", ""
+	if m.Networked {
+		if d.net == nil {
+			return nil, fmt.Errorf("%w (the server runs without network configuration)", runtime.ErrNoNetwork)
+		}
+		a, err := d.net.Attach(ctx, m.ID)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", runtime.ErrNoNetwork, err)
+		}
+		undo = append(undo, func() { _ = d.net.Detach(context.Background(), a) })
+		if mode != "" && mode != runtime.NetworkOff {
+			if a, err = d.net.SetPolicy(ctx, m.ID, netpolicy.Mode(mode), allow); err != nil {
+				return nil, err
+			}
+		}
+		m.Net = &a
+		netnsPath, resolvConf = a.NetnsPath(), filepath.Join(dir, "resolv.conf")
+		if err := os.WriteFile(resolvConf, a.ResolvConf(), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if err := writeJSON(filepath.Join(dir, "meta.json"), m); err != nil {
+		return nil, err
+	}
 	ch, err := client.Listen(filepath.Join(dir, "channel"), d.log)
 	if err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = ch.Close() })
-	spec := bundleSpec(m.Rootfs, m.AgentDir, filepath.Join(dir, "channel"), string(d.cgroup(m.ID)), m.Resources)
+	spec := bundleSpec(m.Rootfs, m.AgentDir, filepath.Join(dir, "channel"), string(d.cgroup(m.ID)), m.Resources, netnsPath, resolvConf)
 	if err := writeBundle(filepath.Join(dir, "bundle"), spec); err != nil {
 		return nil, err
 	}
@@ -270,7 +328,7 @@ func (d *Driver) start(ctx context.Context, m meta, image string) (_ runtime.San
 	}
 	// runsc must not die with ctx while the container is half made: the
 	// undo step deletes it instead.
-	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), args...)
+	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), m.Networked, args...)
 	cmd.Stdout = console
 	cmd.Stderr = console
 	if err := cmd.Run(); err != nil {
@@ -328,6 +386,12 @@ func (d *Driver) destroy(ctx context.Context, id string) error {
 		errs = append(errs, err)
 	}
 	d.cleanupMounts(id)
+	var m meta
+	if readJSON(filepath.Join(d.sandboxDir(id), "meta.json"), &m) == nil && m.Net != nil && d.net != nil {
+		if err := d.net.Detach(ctx, *m.Net); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := d.cgroup(id).Remove(); err != nil {
 		errs = append(errs, err)
 	}
@@ -380,6 +444,11 @@ func (d *Driver) Close(ctx context.Context, destroy bool) error {
 			_ = cgroupv1.Group(d.cfg.CgroupParent).Remove()
 		}
 	}
+	if d.net != nil {
+		// With no sandbox left the table goes too; otherwise it stays
+		// for the next process to adopt the sandboxes with.
+		errs = append(errs, d.net.Close(ctx, left == 0))
+	}
 	return errors.Join(errs...)
 }
 
@@ -431,6 +500,21 @@ func (d *Driver) Reconcile(ctx context.Context, keep func(runtime.Info) bool) (r
 			rep.Removed = append(rep.Removed, "runsc:"+id)
 		}
 	}
+	if d.net != nil {
+		// After the sandboxes: only adopted ones keep their network.
+		var keepNet []netpolicy.Attachment
+		for _, id := range rep.Adopted {
+			var m meta
+			if readJSON(filepath.Join(d.sandboxDir(id), "meta.json"), &m) == nil && m.Net != nil {
+				keepNet = append(keepNet, *m.Net)
+			}
+		}
+		removed, err := d.net.Start(ctx, keepNet)
+		rep.Removed = append(rep.Removed, removed...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, g := range cgroupv1.Group(d.cfg.CgroupParent).Children() {
 		id := filepath.Base(string(g))
 		if _, known := d.Get(id); known || seen[id] {
@@ -465,9 +549,13 @@ func (d *Driver) adopt(ctx context.Context, m meta, pid int) error {
 }
 
 func metaInfo(m meta, st runtime.State) runtime.Info {
+	network := runtime.NetworkOff
+	if m.Net != nil {
+		network = string(m.Net.Mode)
+	}
 	return runtime.Info{
 		ID: m.ID, Template: m.Template, Resources: m.Resources, Labels: copyLabels(m.Labels),
-		State: st, CreatedAt: m.CreatedAt, Pooled: m.Pooled,
+		State: st, CreatedAt: m.CreatedAt, Pooled: m.Pooled, Network: network,
 	}
 }
 

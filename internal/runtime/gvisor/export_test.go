@@ -12,3 +12,13 @@ func PingForTest(ctx context.Context, sb any) error { return sb.(*sandbox).ch.Pi
 // ChannelForTest returns a sandbox's raw agent channel, which skips the
 // driver's own checks, so tests can reach the agent's.
 func ChannelForTest(sb any) *client.Channel { return sb.(*sandbox).ch }
+
+// NetAddr is the sandbox's address on its veth ("" without a network).
+func (sb *sandbox) NetAddr() string {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	if sb.m.Net == nil {
+		return ""
+	}
+	return sb.m.Net.SandboxAddr.String()
+}

@@ -20,11 +20,19 @@ type runsc struct {
 
 // globalArgs are the flags a sandbox is created, checkpointed and restored
 // with. Restore must use the same ones the sandbox was created with.
-func (r *runsc) globalArgs(overlayDir string) []string {
+//
+// A networked sandbox uses gVisor's own network stack on the veth of the
+// namespace named in its bundle (--network=sandbox): the host kernel sees
+// only the sandbox's packets, which is where the policy is enforced.
+func (r *runsc) globalArgs(overlayDir string, networked bool) []string {
+	network := "none"
+	if networked {
+		network = "sandbox"
+	}
 	args := []string{
 		"--root", r.root,
 		"--platform", r.platform,
-		"--network", "none",
+		"--network", network,
 		// The agent dials out to a socket in its host directory; "open"
 		// lets it connect to an existing host socket and nothing more.
 		"--host-uds", "open",
@@ -40,15 +48,20 @@ func (r *runsc) globalArgs(overlayDir string) []string {
 	return args
 }
 
-func (r *runsc) command(ctx context.Context, overlayDir string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, r.bin, append(r.globalArgs(overlayDir), args...)...)
+func (r *runsc) command(ctx context.Context, overlayDir string, networked bool, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, r.bin, append(r.globalArgs(overlayDir, networked), args...)...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	return cmd
 }
 
 // run executes a runsc command and returns a readable error with its stderr.
 func (r *runsc) run(ctx context.Context, overlayDir string, args ...string) ([]byte, error) {
-	cmd := r.command(ctx, overlayDir, args...)
+	return r.runNet(ctx, overlayDir, false, args...)
+}
+
+// runNet is run for a command whose flags must match a networked sandbox's.
+func (r *runsc) runNet(ctx context.Context, overlayDir string, networked bool, args ...string) ([]byte, error) {
+	cmd := r.command(ctx, overlayDir, networked, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr

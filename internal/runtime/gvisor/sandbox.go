@@ -13,6 +13,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/agent/client"
 	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 )
 
@@ -212,6 +213,9 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 			return err
 		}
 	}
+	if err := sb.configureNetwork(ctx, c); err != nil {
+		return err
+	}
 	if err := sb.ch.Configure(ctx, wire.Configure{Env: c.Env, Hostname: c.Hostname}); err != nil {
 		return sb.mapErr(err)
 	}
@@ -229,11 +233,42 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 	return writeJSON(filepath.Join(sb.d.sandboxDir(m.ID), "meta.json"), m)
 }
 
+// configureNetwork applies a claim's network mode. A sandbox started
+// without a network cannot be given one, and a networked one cannot be
+// turned off (it would keep its interface): the caller picks the right
+// kind of sandbox.
+func (sb *sandbox) configureNetwork(ctx context.Context, c runtime.Claim) error {
+	sb.mu.Lock()
+	att := sb.m.Net
+	sb.mu.Unlock()
+	mode := c.Network
+	if mode == "" {
+		mode = runtime.NetworkOff
+	}
+	switch {
+	case att == nil && mode == runtime.NetworkOff:
+		return nil
+	case att == nil:
+		return fmt.Errorf("%w: sandbox %s was started without a network and cannot be given network %q", runtime.ErrInvalidRequest, sb.m.ID, mode)
+	case mode == runtime.NetworkOff:
+		return fmt.Errorf("%w: sandbox %s has a network interface; network \"off\" needs a sandbox started without one", runtime.ErrInvalidRequest, sb.m.ID)
+	}
+	a, err := sb.d.net.SetPolicy(ctx, sb.m.ID, netpolicy.Mode(mode), c.NetworkAllow)
+	if err != nil {
+		return err
+	}
+	sb.mu.Lock()
+	sb.m.Net = &a
+	sb.mu.Unlock()
+	return nil
+}
+
 func (sb *sandbox) Exec(ctx context.Context, r runtime.ExecRequest) (runtime.ExecResult, error) {
 	if err := sb.begin(); err != nil {
 		return runtime.ExecResult{}, err
 	}
 	defer sb.end()
+	start := time.Now()
 	e := wire.Exec{Command: r.Command, Env: r.Env, Cwd: r.Cwd, TimeoutMS: r.Timeout.Milliseconds()}
 	st, err := sb.ch.Exec(ctx, e, client.ExecIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Signals: r.Signals})
 	if err != nil {
@@ -242,7 +277,20 @@ func (sb *sandbox) Exec(ctx context.Context, r runtime.ExecRequest) (runtime.Exe
 	return runtime.ExecResult{
 		ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut,
 		Duration: time.Duration(st.DurationMS) * time.Millisecond,
+		Blocked:  sb.blocked(start, time.Now()),
 	}, nil
+}
+
+// blocked returns what the network policy refused between since and until.
+func (sb *sandbox) blocked(since, until time.Time) []runtime.BlockedConnection {
+	out := []runtime.BlockedConnection{}
+	if sb.d.net == nil {
+		return out
+	}
+	for _, b := range sb.d.net.Blocked(sb.m.ID, since, until) {
+		out = append(out, runtime.BlockedConnection{Time: b.Time, Host: b.Host, Port: b.Port})
+	}
+	return out
 }
 
 func fileInfo(fi wire.FileInfo) runtime.FileInfo {
@@ -374,6 +422,9 @@ type snapshotMeta struct {
 	Resources runtime.Resources `json:"resources"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	CreatedAt time.Time         `json:"created_at"`
+	// Network and NetworkAllow are the policy the restored sandbox gets.
+	Network      string   `json:"network,omitempty"`
+	NetworkAllow []string `json:"network_allow,omitempty"`
 }
 
 func readSnapshot(dir string) (snapshotMeta, error) {
@@ -419,7 +470,7 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		undoPause()
 		return runtime.Snapshot{}, err
 	}
-	if _, err := sb.d.rs.run(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), "checkpoint", "--image-path", image, m.ID); err != nil {
+	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Net != nil, "checkpoint", "--image-path", image, m.ID); err != nil {
 		undoPause()
 		if e := sb.stopped(); e != nil {
 			return runtime.Snapshot{}, e
@@ -427,6 +478,9 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		return runtime.Snapshot{}, fmt.Errorf("gvisor: checkpoint: %w", err)
 	}
 	snap := snapshotMeta{Template: m.Template, Rootfs: m.Rootfs, AgentDir: m.AgentDir, Resources: m.Resources, Labels: copyLabels(m.Labels), CreatedAt: time.Now().UTC()}
+	if m.Net != nil {
+		snap.Network, snap.NetworkAllow = string(m.Net.Mode), m.Net.Allow
+	}
 	if err := writeJSON(filepath.Join(dir, "snapshot.json"), snap); err != nil {
 		return runtime.Snapshot{}, err
 	}
