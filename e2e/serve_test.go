@@ -116,14 +116,13 @@ func sandboxIDs(stateDir string) []string {
 	return out
 }
 
-// orkestrCgroups lists the sandbox cgroups of every server on this host
-// ("/orkestr/<server>/<sandbox>").
-func orkestrCgroups() map[string]bool {
-	out := map[string]bool{}
-	for _, inst := range cgroupv1.Group("/orkestr").Children() {
-		for _, g := range inst.Children() {
-			out[string(g)] = true
-		}
+// serverCgroups lists the sandbox cgroups of the server on dataDir
+// ("/orkestr/<instance>/<sandbox>"); other servers on the host (other
+// tests) have their own instance.
+func serverCgroups(dataDir string) []string {
+	var out []string
+	for _, g := range cgroupv1.Group("/orkestr/" + node.Instance(dataDir)).Children() {
+		out = append(out, string(g))
 	}
 	return out
 }
@@ -138,7 +137,6 @@ func TestServeKill9Restart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(stateDir)
-	before := orkestrCgroups()
 
 	s1 := startServer(t, dataDir, stateDir, 2)
 	s1.waitPools(2 * time.Minute)
@@ -175,10 +173,8 @@ func TestServeKill9Restart(t *testing.T) {
 	if m := testenv.MountsUnder(stateDir); len(m) > 0 {
 		t.Errorf("mounts left after a clean stop: %v", m)
 	}
-	for g := range orkestrCgroups() {
-		if !before[g] {
-			t.Errorf("cgroup left after a clean stop: %s", g)
-		}
+	if left := serverCgroups(dataDir); len(left) > 0 {
+		t.Errorf("cgroups left after a clean stop: %v", left)
 	}
 	// The pools held networked sandboxes too: their namespaces, veths and
 	// the server's nftables table are gone as well.
