@@ -162,8 +162,20 @@ function sandboxData(raw: unknown): SandboxData {
     throw new OrkestrError({ code: "invalid_response", status: 200, message: "the API's answer is not a sandbox" });
   }
   const c = camelize(raw) as Record<string, unknown>;
+  const str = (k: string) => (typeof c[k] === "string" ? (c[k] as string) : "");
+  const num = (k: string) => (typeof c[k] === "number" ? (c[k] as number) : 0);
+  // Only the known fields: the sandbox's own properties are assigned from
+  // this, and a key such as "__proto__" from the wire must not reach them.
   return {
-    ...(c as unknown as SandboxData),
+    id: str("id"),
+    status: str("status") as SandboxStatus,
+    template: str("template"),
+    size: str("size"),
+    cpu: num("cpu"),
+    memoryMb: num("memoryMb"),
+    network: str("network"),
+    region: str("region"),
+    timeoutSeconds: num("timeoutSeconds"),
     envKeys: Array.isArray(c["envKeys"]) ? (c["envKeys"] as string[]) : [],
     metadata: isObject(c["metadata"]) ? (c["metadata"] as Record<string, string>) : {},
     createdAt: toDate(c["createdAt"]) ?? new Date(NaN),

@@ -28,6 +28,8 @@ import {
 } from "../dist/esm/index.js";
 
 const skip = missingPrerequisite() || (!existsSync(join(sdkDir, "dist/esm/index.js")) && "run npm run build first");
+// make test-js sets ORKESTR_SDK_TEST_STRICT: there a missing prerequisite fails.
+if (skip && process.env.ORKESTR_SDK_TEST_STRICT) throw new Error(`cannot run the SDK tests: ${skip}`);
 
 const CONFIG = `
 plans:
