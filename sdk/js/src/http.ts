@@ -107,12 +107,7 @@ export interface Request {
 }
 
 /** First backoff step; doubled on each retry, with full jitter. */
-let backoffMs = 250;
-
-/** For tests of the SDK itself: shortens the backoff step. */
-export function setBackoffForTesting(ms: number): void {
-  backoffMs = ms;
-}
+const BACKOFF_MS = 250;
 
 function idempotent(r: Request): boolean {
   return r.method === "GET" || r.method === "DELETE" || r.method === "PUT";
@@ -176,7 +171,7 @@ export async function send(c: Connection, r: Request): Promise<Response> {
     }
     if (!retry || attempt >= c.maxRetries) throw failure;
     // Full jitter on the exponential step, but never less than Retry-After.
-    const step = backoffMs * 2 ** attempt;
+    const step = BACKOFF_MS * 2 ** attempt;
     wait = Math.max(wait, Math.floor(Math.random() * step) + 1);
     if (Date.now() + wait > deadline) throw failure;
     await sleep(wait, r.signal);

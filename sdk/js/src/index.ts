@@ -18,6 +18,7 @@ export {
   type Metrics,
   type MetricSample,
   type FileEntry,
+  type SandboxData,
   type SandboxStatus,
   type SandboxSize,
   type NetworkMode,

@@ -136,8 +136,8 @@ export interface FileEntry {
   modifiedAt: Date;
 }
 
-/** The API's Sandbox object, in camelCase. */
-interface SandboxData {
+/** The API's Sandbox object, in camelCase: the fields of a Sandbox. */
+export interface SandboxData {
   id: string;
   status: SandboxStatus;
   template: string;
