@@ -64,6 +64,20 @@ async function terminateAll(key) {
   }
 }
 
+/** The ```ts blocks of sdk/js/README.md with the heading above each. */
+function readmeBlocks() {
+  const readme = readFileSync(join(sdkDir, "README.md"), "utf8");
+  const blocks = [];
+  let heading = "";
+  const re = /^(#+ .*)$|^```ts\n([\s\S]*?)^```$/gm;
+  for (let m; (m = re.exec(readme)); ) {
+    if (m[1]) heading = m[1].replace(/^#+ /, "");
+    else blocks.push({ heading, code: m[2] });
+  }
+  assert.ok(blocks.length >= 11, `found ${blocks.length} blocks`);
+  return blocks;
+}
+
 /** A fetch that counts the requests it sends, by "METHOD path". */
 function countingFetch() {
   const calls = [];
@@ -705,6 +719,32 @@ console.log(JSON.stringify({ plan: l.plan, date: l.usageResetsAt instanceof Date
       assert.deepEqual(JSON.parse(cjs.out), { out: "cjs\n", auth: true });
     });
 
+    test("the README's code blocks type-check in strict TypeScript", () => {
+      const blocks = readmeBlocks();
+      const src = [
+        `import { Sandbox, PlanLimitError, SandboxNotFound } from "orkestr";`,
+        // The blank project has no @types/node: the little of process the README uses.
+        `declare const process: { env: Record<string, string | undefined>; stdout: { write(s: string): boolean }; stderr: { write(s: string): boolean } };`,
+        ...blocks.map((b, i) => `export async function block${i + 1}(sbx: Sandbox) {\n{\n${b.code.replace(/^import .* from "orkestr";$/gm, "")}\n}\n}`),
+      ].join("\n");
+      writeFileSync(join(proj, "readme.mts"), src);
+      writeFileSync(
+        join(proj, "tsconfig.readme.json"),
+        JSON.stringify({
+          compilerOptions: { strict: true, noEmit: true, target: "es2022", module: "nodenext", moduleResolution: "nodenext", lib: ["es2022", "dom", "dom.iterable"], types: [] },
+          files: ["readme.mts"],
+        }),
+      );
+      const r = spawnSync(process.execPath, [join(sdkDir, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.readme.json", "--pretty", "false"], { cwd: proj, encoding: "utf8" });
+      // The metrics block reads m.cpu and m.memory, which are null unless the
+      // sandbox runs (as the README says): strict TypeScript wants a check
+      // there, and that is the only complaint allowed.
+      const errors = r.stdout.split("\n").filter((l) => l.includes("error TS"));
+      const other = errors.filter((l) => !/error TS18047: 'm\.(cpu|memory)' is possibly 'null'/.test(l));
+      assert.deepEqual(other, [], src);
+      assert.ok(blocks.length >= 11);
+    });
+
     test("the type declarations work for a strict TypeScript consumer (import and require)", () => {
       writeFileSync(
         join(proj, "check.mts"),
@@ -744,15 +784,7 @@ export = p;
     });
 
     test("every code block of sdk/js/README.md runs as written", async (t) => {
-      const readme = readFileSync(join(sdkDir, "README.md"), "utf8");
-      const blocks = [];
-      let heading = "";
-      const re = /^(#+ .*)$|^```ts\n([\s\S]*?)^```$/gm;
-      for (let m; (m = re.exec(readme)); ) {
-        if (m[1]) heading = m[1].replace(/^#+ /, "");
-        else blocks.push({ heading, code: m[2] });
-      }
-      assert.ok(blocks.length >= 11, `found ${blocks.length} blocks`);
+      const blocks = readmeBlocks();
       const prelude = `const sbx = await Sandbox.create({ template: "${PYTHON}" });
 await sbx.files.write("/workspace/main.py", "print(sum(range(1_000_000)))");
 await sbx.files.write("/workspace/long_task.py", "import sys, time\\nfor i in range(3):\\n    print('step', i, flush=True)\\n    time.sleep(0.3)\\nprint('warn', file=sys.stderr)\\n");
