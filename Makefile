@@ -2,7 +2,8 @@
 #
 #   make setup   install Debian packages, build binaries, runsc and the offline templates
 #   make run     setup, then run the server on its embedded defaults
-#   make test    setup, then every test (real gVisor sandboxes)
+#   make test    setup, then every test (real gVisor sandboxes), Go then the TypeScript SDK's
+#   make test-js setup, then only the TypeScript SDK's tests (sdk/js: npm ci, build, node --test)
 #   make bench   the benchmark harness (results in docs/benchmarks.md format)
 
 SHELL        := /bin/bash
@@ -13,10 +14,10 @@ BIN          := $(CURDIR)/bin
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
 OFFLINE_TEMPLATES := debian-12 python-3.11 node-22
-DEB_PACKAGES := debootstrap iproute2 nftables runc ca-certificates postgresql busybox-static
+DEB_PACKAGES := debootstrap iproute2 nftables runc ca-certificates postgresql busybox-static nodejs
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: setup deps build runsc templates run test lint bench clean postgres
+.PHONY: setup deps build runsc templates run test test-js test-js-run lint bench clean postgres
 
 setup: deps build runsc templates
 
@@ -67,6 +68,17 @@ test: setup lint postgres
 	@if [ "$$(id -u)" != 0 ]; then echo "make test starts real gVisor sandboxes and must run as root"; exit 1; fi
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
 		$(GO) test $(TEST_FLAGS) ./...
+	@$(MAKE) --no-print-directory test-js-run
+
+# The TypeScript SDK (sdk/js) against a real orkestrd its tests start: Node
+# 18+ and npm (Debian's nodejs), its devDependencies from the npm registry.
+test-js: setup test-js-run
+
+test-js-run:
+	@command -v npm >/dev/null || { echo "test-js needs Node 18+ and npm (Debian package nodejs)"; exit 1; }
+	cd sdk/js && npm ci --no-audit --no-fund && npm run build
+	cd sdk/js && ORKESTR_SDK_TEST_STRICT=1 ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$${ORKESTR_RUNSC:-$(BIN)/runsc} \
+		node --test test/*.test.mjs
 
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh

@@ -1,0 +1,40 @@
+// orkestr: the TypeScript SDK of the orkestr sandbox API (sandboxes for AI
+// agents: commands, files, metrics and plan limits). Zero runtime
+// dependencies; only fetch, ReadableStream, TextEncoder/Decoder and
+// AbortController are used.
+
+export {
+  Sandbox,
+  ExecStream,
+  Files,
+  type CreateOptions,
+  type RequestOptions,
+  type ListOptions,
+  type ExecOptions,
+  type ExecChunk,
+  type Limits,
+  type SizeInfo,
+  type Template,
+  type Metrics,
+  type MetricSample,
+  type FileEntry,
+  type SandboxData,
+  type SandboxStatus,
+  type SandboxSize,
+  type NetworkMode,
+} from "./sandbox.js";
+export {
+  OrkestrError,
+  AuthError,
+  RateLimitError,
+  PlanLimitError,
+  SnapshotCapReached,
+  SandboxNotFound,
+  SandboxNotReady,
+  ExecTimeout,
+  NetworkPolicyError,
+  type ExecResult,
+  type BlockedConnection,
+  type OrkestrErrorInit,
+} from "./errors.js";
+export { VERSION, DEFAULT_BASE_URL, type ClientOptions, type CallOptions } from "./http.js";
