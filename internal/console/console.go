@@ -152,7 +152,9 @@ func (c *Console) Handler() http.Handler {
 		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
+		// Setup links carry their token in the path: no referrer leaves
+		// the console for another site.
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cross-Origin-Opener-Policy", "same-origin")
 		if !strings.HasPrefix(r.URL.Path, "/console/static/") {
 			h.Set("Cache-Control", "no-store")
@@ -174,15 +176,16 @@ func (c *Console) Handler() http.Handler {
 
 // sameOrigin refuses cross-site state changes before any token is
 // looked at: browsers say where a request comes from in Sec-Fetch-Site
-// and Origin. Requests without either (curl, old browsers) still need
-// the CSRF token.
+// and Origin. Requests without either (curl, old browsers) and an opaque
+// Origin ("null", sent under some referrer policies) still need the CSRF
+// token.
 func sameOrigin(r *http.Request) bool {
 	if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" && s != "none" {
 		return false
 	}
-	if o := r.Header.Get("Origin"); o != "" {
+	if o := r.Header.Get("Origin"); o != "" && o != "null" {
 		i := strings.Index(o, "://")
-		if o == "null" || i < 0 || o[i+3:] != r.Host {
+		if i < 0 || o[i+3:] != r.Host {
 			return false
 		}
 	}
