@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,6 +35,11 @@ func TestConsoleInBrowser(t *testing.T) {
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Fatal("node is needed for the browser test (apt-get install nodejs npm)")
+	}
+	// playwright-core needs Node.js 20 or newer (Debian 12's own nodejs
+	// is 18; NodeSource's or Debian 13's will do).
+	if v, err := exec.Command(node, "--version").Output(); err != nil || !nodeAtLeast(string(v), 20) {
+		t.Fatalf("the browser test needs Node.js >= 20; %s says %q (%v)", node, strings.TrimSpace(string(v)), err)
 	}
 	dir := filepath.Join(testenv.RepoRoot(), "e2e", "console")
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "playwright-core")); err != nil {
@@ -81,6 +87,13 @@ func TestConsoleInBrowser(t *testing.T) {
 	if p := testenv.ProcessesMentioning("console.mjs"); len(p) > 0 {
 		t.Errorf("browser test processes left behind: %v", p)
 	}
+}
+
+func nodeAtLeast(version string, major int) bool {
+	v := strings.TrimPrefix(strings.TrimSpace(version), "v")
+	n, _, _ := strings.Cut(v, ".")
+	m, err := strconv.Atoi(n)
+	return err == nil && m >= major
 }
 
 func tail(s string, n int) string {

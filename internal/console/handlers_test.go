@@ -427,7 +427,7 @@ func TestUsageAndMembersPages(t *testing.T) {
 		if p.status != 200 {
 			t.Fatalf("usage: %d %s", p.status, p.body)
 		}
-		for _, want := range []string{"0.500", "of 10 GB-hours", "of 2 CPU-hours", hour.Format("2006-01-02") + "</td><td>0.5000</td><td>0.5000", "Plan <strong>free</strong>", "<rect"} {
+		for _, want := range []string{"0.5000</span> of 10 GB-hours", "of 2 CPU-hours", hour.Format("2006-01-02") + "</td><td>0.5000</td><td>0.5000", "Plan <strong>free</strong>", "<rect"} {
 			if !strings.Contains(p.body, want) {
 				t.Errorf("usage page lacks %q", want)
 			}

@@ -509,6 +509,7 @@ type usageData struct {
 	MaxGB  float64
 	MaxCPU float64
 	Width  int
+	Range  string
 }
 
 // Fraction helpers for <meter>.
@@ -564,6 +565,9 @@ func (c *Console) usagePage(w http.ResponseWriter, r *http.Request, s *session) 
 				b.GBY, b.CPUY = chartHeight-b.GBH, chartHeight-b.CPUH
 			}
 			d.Width = len(d.Days) * 10
+			if len(d.Days) > 0 {
+				d.Range = d.Days[0].Day + " to " + d.Days[len(d.Days)-1].Day
+			}
 		}
 	}
 	if err != nil {

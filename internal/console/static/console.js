@@ -86,7 +86,12 @@ function startLive(sec) {
   tick();
 }
 
-function cell(text) { var td = document.createElement("td"); td.textContent = text; return td; }
+function cell(text, label) {
+  var td = document.createElement("td");
+  td.textContent = text;
+  td.setAttribute("data-label", label);
+  return td;
+}
 
 function startListRefresh(table) {
   var status = table.getAttribute("data-status") || "";
@@ -98,13 +103,14 @@ function startListRefresh(table) {
       var td = document.createElement("td"), a = document.createElement("a");
       a.href = "/console/sandboxes/" + encodeURIComponent(s.id);
       a.textContent = s.id;
+      td.setAttribute("data-label", "Sandbox");
       td.appendChild(a); tr.appendChild(td);
       var st = document.createElement("span");
       st.className = "status s-" + s.status.replace(/[^a-z]/g, "");
       st.textContent = s.status;
-      td = document.createElement("td"); td.appendChild(st); tr.appendChild(td);
-      [s.template, s.size, s.region, s.age].forEach(function (t) { tr.appendChild(cell(t)); });
-      td = document.createElement("td"); td.className = "meta";
+      td = document.createElement("td"); td.setAttribute("data-label", "Status"); td.appendChild(st); tr.appendChild(td);
+      [[s.template, "Template"], [s.size, "Size"], [s.region, "Region"], [s.age, "Age"]].forEach(function (c) { tr.appendChild(cell(c[0], c[1])); });
+      td = document.createElement("td"); td.className = "meta"; td.setAttribute("data-label", "Metadata");
       (s.meta || []).forEach(function (kv) {
         var span = document.createElement("span"); span.className = "kv";
         var k = document.createElement("span"); k.className = "k"; k.textContent = kv.Key;
