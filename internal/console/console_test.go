@@ -55,6 +55,7 @@ type env struct {
 
 type envOpts struct {
 	signInsPerMinute int
+	publicURL        string
 }
 
 func newEnv(t *testing.T, dbURL string, o envOpts) *env {
@@ -75,7 +76,7 @@ func newEnv(t *testing.T, dbURL string, o envOpts) *env {
 	if o.signInsPerMinute == 0 {
 		o.signInsPerMinute = 1000
 	}
-	con, err := console.New(console.Options{Store: st, API: srv, Log: log, Now: ck.now, SignInsPerMinute: o.signInsPerMinute})
+	con, err := console.New(console.Options{Store: st, API: srv, Log: log, Now: ck.now, SignInsPerMinute: o.signInsPerMinute, PublicURL: o.publicURL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/console"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
@@ -456,4 +457,75 @@ func TestUsageAndMembersPages(t *testing.T) {
 
 func consoleCreate(e *env, a store.Account, email string) (store.Member, string, error) {
 	return consoleCreateMember(e, a, email)
+}
+
+func TestSecureCookieBehindTLS(t *testing.T) {
+	e := newEnv(t, "sqlite://"+t.TempDir()+"/o.db", envOpts{publicURL: "https://orkestr.example.com"})
+	a := e.account("acme", "pro")
+	if _, _, err := consoleCreateMember(e, a, "ada@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := e.store.MemberByEmail(context.Background(), "ada@example.com")
+	path, err := console.NewLink(context.Background(), e.store, m.ID, "setup", time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	res, err := c.Get(e.url + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	var pre *http.Cookie
+	for _, ck := range res.Cookies() {
+		pre = ck
+	}
+	if pre == nil || !pre.Secure {
+		t.Fatalf("pre-session cookie not Secure: %v", pre)
+	}
+	if res.Header.Get("Strict-Transport-Security") == "" {
+		t.Error("no HSTS with an https public URL")
+	}
+	form := url.Values{"csrf": {pre.Value}, "password": {password}, "confirm": {password}}
+	req, _ := http.NewRequest("POST", e.url+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.AddCookie(pre)
+	res, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	found := false
+	for _, v := range res.Header.Values("Set-Cookie") {
+		if strings.HasPrefix(v, "orkestr_session=") {
+			found = true
+			if !strings.Contains(v, "; Secure") || !strings.Contains(v, "HttpOnly") || !strings.Contains(v, "SameSite=Strict") {
+				t.Errorf("session cookie %q", v)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("setup %d set no session cookie", res.StatusCode)
+	}
+}
+
+func TestHostileNamesInert(t *testing.T) {
+	e := newEnv(t, "sqlite://"+t.TempDir()+"/o.db", envOpts{})
+	a := e.account("acme", "pro")
+	b := e.member(a, "ada@example.com")
+	// An email field echoed back after a failed sign-in.
+	p := e.browser().login(`"><script>alert(1)</script>`, "wrong password!!")
+	if strings.Contains(p.body, "<script>alert") || !strings.Contains(p.body, "&lt;script&gt;") {
+		t.Fatalf("sign-in echo: %s", p.body)
+	}
+	// Invitations: addresses that carry markup are refused or shown as text.
+	for _, email := range []string{`"<img src=x onerror=alert(1)>"@example.com`, `<img src=x>@example.com`, "a@b.c\"><svg onload=alert(1)>"} {
+		p := b.post("/console/members", url.Values{"csrf": {b.csrf()}, "email": {email}})
+		if strings.Contains(p.body, "<img src") || strings.Contains(p.body, "<svg onload") {
+			t.Errorf("invite %q rendered markup (status %d)", email, p.status)
+		}
+	}
+	if p := b.get("/console/members"); strings.Contains(p.body, "<img src") {
+		t.Error("members page renders markup")
+	}
 }
