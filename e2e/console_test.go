@@ -59,6 +59,21 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("admin user create printed no setup link:\n%s", out)
 	}
 
+	// Hostile or repeated input to the admin command is refused with a
+	// reason, and prints no link.
+	for _, c := range []struct{ email, want string }{
+		{"not an email", "not an email address"},
+		{"<script>@x", "not an email address"},
+		{"ADA@example.com", "already exists"},
+	} {
+		cmd := exec.Command(filepath.Join(binDir, "orkestrd"), "admin", "user", "create", "--account", "default",
+			"--email", c.email, "--data-dir", s.dataDir)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) || strings.Contains(string(out), "/console/setup/") {
+			t.Errorf("admin user create --email %q: %v\n%s", c.email, err, out)
+		}
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, filepath.Join(dir, "console.mjs"))
