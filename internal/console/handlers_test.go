@@ -529,3 +529,18 @@ func TestHostileNamesInert(t *testing.T) {
 		t.Error("members page renders markup")
 	}
 }
+
+func TestSessionExpires(t *testing.T) {
+	e := newEnv(t, "sqlite://"+t.TempDir()+"/o.db", envOpts{})
+	b := e.member(e.account("acme", "pro"), "ada@example.com")
+	if p := b.get("/console/usage"); p.status != 200 {
+		t.Fatalf("usage: %d", p.status)
+	}
+	e.clock.advance(12*time.Hour + time.Minute)
+	if p := b.get("/console/usage"); p.url != "/console/login" {
+		t.Fatalf("a 12 h old session still works: %s", p.url)
+	}
+	if p := b.get("/console/api/sandboxes"); p.status != 401 {
+		t.Fatalf("JSON after expiry: %d", p.status)
+	}
+}

@@ -57,6 +57,8 @@ type MemberStore interface {
 	// RecordLoginSuccess clears the failures and records the sign-in.
 	RecordLoginSuccess(ctx context.Context, id string, at time.Time) error
 
+	// CreateSession inserts s (ErrConflict on a taken hash) and removes
+	// the member's sessions that expired by s.CreatedAt.
 	CreateSession(ctx context.Context, s Session) error
 	// SessionByHash returns the session, expired ones included (the caller
 	// decides); ErrNotFound if there is none.

@@ -124,10 +124,17 @@ func (s *Store) RecordLoginSuccess(ctx context.Context, id string, at time.Time)
 
 const sessionCols = "hash, member_id, account_id, csrf_token, created_at, expires_at"
 
-// CreateSession inserts a session.
+// CreateSession inserts a session and, in the same transaction, removes
+// the member's expired ones, so sessions do not pile up.
 func (s *Store) CreateSession(ctx context.Context, se store.Session) error {
-	_, err := s.write(ctx, "INSERT INTO console_sessions ("+sessionCols+") VALUES (?, ?, ?, ?, ?, ?)",
-		se.Hash, se.MemberID, se.AccountID, se.CSRFToken, toMS(se.CreatedAt), toMS(se.ExpiresAt))
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := s.exec(ctx, tx, "DELETE FROM console_sessions WHERE member_id = ? AND expires_at <= ?", se.MemberID, toMS(se.CreatedAt)); err != nil {
+			return err
+		}
+		_, err := s.exec(ctx, tx, "INSERT INTO console_sessions ("+sessionCols+") VALUES (?, ?, ?, ?, ?, ?)",
+			se.Hash, se.MemberID, se.AccountID, se.CSRFToken, toMS(se.CreatedAt), toMS(se.ExpiresAt))
+		return err
+	})
 	switch {
 	case isUnique(err):
 		return fmt.Errorf("session: %w", store.ErrConflict)

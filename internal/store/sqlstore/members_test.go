@@ -105,10 +105,17 @@ func TestMembers(t *testing.T) {
 		if err := s.CreateSession(ctx, store.Session{Hash: "h2", MemberID: m.ID, AccountID: a.ID, CSRFToken: "c", CreatedAt: now, ExpiresAt: now}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.DeleteSession(ctx, "h2"); err != nil {
+		// A new session sweeps the member's expired ones away.
+		if err := s.CreateSession(ctx, store.Session{Hash: "h3", MemberID: m.ID, AccountID: a.ID, CSRFToken: "c", CreatedAt: now.Add(time.Second), ExpiresAt: now.Add(time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.SessionByHash(ctx, "h2"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("expired session kept: %v", err)
+		}
+		if err := s.DeleteSession(ctx, "h3"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.SessionByHash(ctx, "h3"); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("deleted session: %v", err)
 		}
 
