@@ -65,6 +65,8 @@ try {
   });
   page.on("console", (m) => { if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text()); });
   page.on("pageerror", (e) => pageErrors.push(String(e)));
+  const metricsAt = [];
+  page.on("request", (r) => { if (r.url().includes("/metrics")) metricsAt.push(Date.now()); });
   const shot = (name, p = page) => p.screenshot({ path: join(artifacts, name + ".png"), fullPage: true });
 
   // 1. The one-time setup link: choose a password, which signs in.
@@ -155,7 +157,10 @@ try {
   check((await page.textContent(".facts")).includes(evil), "detail shows the metadata as text");
   check((await page.$$("img")).length === 0, "no <img> element on the detail page");
   await shot("06-sandbox-live");
-  log("sparkline moves");
+  // Polled no faster than the sample interval (1 s), allowing for timer jitter.
+  const gaps = metricsAt.slice(1).map((t, i) => t - metricsAt[i]);
+  check(gaps.length >= 2 && Math.min(...gaps) >= 900, "metrics polled at most once a second: gaps " + gaps.join(","));
+  log("sparkline moves; metrics polled every " + gaps.join(",") + " ms");
 
   // 7. Pause from the page, then terminate.
   await page.click("#pause");
