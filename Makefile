@@ -14,10 +14,10 @@ BIN          := $(CURDIR)/bin
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
 OFFLINE_TEMPLATES := debian-12 python-3.11 node-22
-DEB_PACKAGES := debootstrap iproute2 nftables runc ca-certificates postgresql busybox-static nodejs
+DEB_PACKAGES := debootstrap iproute2 nftables runc ca-certificates postgresql busybox-static chromium nodejs
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: setup deps build runsc templates run test test-js test-js-run lint bench clean postgres
+.PHONY: setup deps build runsc templates run test test-js test-js-run lint bench clean postgres console-e2e-deps
 
 setup: deps build runsc templates
 
@@ -54,6 +54,11 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(GO) vet ./...
 
+# The console's browser test (e2e/console_test.go) drives Debian's chromium
+# with playwright-core, pinned by e2e/console/package-lock.json.
+console-e2e-deps: deps
+	@[ -d e2e/console/node_modules/playwright-core ] || (cd e2e/console && npm ci --no-audit --no-fund)
+
 # The store's tests run against PostgreSQL as well as SQLite: start Debian's
 # cluster and make a role for them.
 TEST_DATABASE_URL ?= postgres://orkestr:orkestr@127.0.0.1:5432/postgres?sslmode=disable
@@ -64,7 +69,7 @@ postgres: deps
 	su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='orkestr'\"" | grep -q 1 || \
 		su postgres -c "psql -qc \"CREATE ROLE orkestr LOGIN SUPERUSER PASSWORD 'orkestr'\""
 
-test: setup lint postgres
+test: setup lint postgres console-e2e-deps
 	@if [ "$$(id -u)" != 0 ]; then echo "make test starts real gVisor sandboxes and must run as root"; exit 1; fi
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
 		$(GO) test $(TEST_FLAGS) ./...

@@ -20,6 +20,12 @@ Usage:
   orkestrd admin key create --account NAME --scopes sandboxes:write [--expires 30d]
   orkestrd admin key list --account NAME
   orkestrd admin key revoke --account NAME KEY_ID_OR_PREFIX
+  orkestrd admin user create --account NAME --email EMAIL [--url URL]
+                                           add a console member; prints a one-time
+                                           password-setup link
+  orkestrd admin user link --email EMAIL [--url URL]
+                                           a new setup link (forgotten password, lockout)
+  orkestrd admin user ls --account NAME
   orkestrd admin template build NAME       build a catalog template (OCI image or offline recipe)
   orkestrd admin template ls               list the catalog and what is built here
   orkestrd admin template prune            remove unpacked images and cached layers no template uses
@@ -75,6 +81,16 @@ func admin(args []string) error {
 			return keyList(args[2:])
 		case "revoke":
 			return keyRevoke(args[2:])
+		}
+	}
+	if len(args) >= 2 && args[0] == "user" {
+		switch args[1] {
+		case "create":
+			return userCreate(args[2:])
+		case "link":
+			return userLink(args[2:])
+		case "ls", "list":
+			return userList(args[2:])
 		}
 	}
 	if len(args) >= 2 && args[0] == "template" {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/api"
 	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/console"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
@@ -27,6 +28,7 @@ func serve(args []string) error {
 	listen := fs.String("listen", envOr("ORKESTR_LISTEN", "127.0.0.1:7777"), "address to listen on (env ORKESTR_LISTEN)")
 	databaseURL := fs.String("database-url", os.Getenv("ORKESTR_DATABASE_URL"), "postgres://… to use PostgreSQL instead of SQLite in the data dir (env ORKESTR_DATABASE_URL)")
 	configFile := fs.String("config", os.Getenv("ORKESTR_CONFIG"), "YAML config file (env ORKESTR_CONFIG)")
+	consoleURL := fs.String("console-url", os.Getenv("ORKESTR_CONSOLE_URL"), "public URL of this server (e.g. https://orkestr.example.com) for console links; with https the console's cookies are Secure (env ORKESTR_CONSOLE_URL)")
 	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN)")
 	_ = fs.Parse(args)
 	cfg, err := config.Load(*configFile)
@@ -72,8 +74,15 @@ func serve(args []string) error {
 		log.Warn("no templates are built; run `make setup` or `orkestrd admin template build debian-12`", "template_dir", ncfg.TemplateDir)
 	}
 
+	con, err := console.New(console.Options{Store: st, API: srvAPI, Log: log, PublicURL: *consoleURL})
+	if err != nil {
+		_ = n.Close(context.Background(), false)
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/", srvAPI.Handler())
+	mux.Handle(console.Prefix, con.Handler())
+	mux.Handle("GET /console", http.RedirectHandler(console.Prefix, http.StatusMovedPermanently))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		type poolState struct {
 			Template  string `json:"template"`

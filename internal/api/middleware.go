@@ -15,6 +15,7 @@ type ctxKey int
 const (
 	ctxRequestID ctxKey = iota
 	ctxPrincipal
+	ctxAccount
 )
 
 func requestID(r *http.Request) string {

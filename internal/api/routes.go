@@ -10,34 +10,36 @@ import (
 // Route is one endpoint, listed for the OpenAPI consistency test.
 type Route struct{ Method, Path string }
 
-// routeTable is every endpoint of the API, in one place.
-func (s *Server) routeTable() []struct {
+// endpoint is one route with the scope it needs and its handler before
+// authentication.
+type endpoint struct {
 	Route
-	h http.HandlerFunc
-} {
+	scope string // "" for public endpoints
+	h     handler
+}
+
+// routeTable is every endpoint of the API, in one place.
+func (s *Server) routeTable() []endpoint {
 	r, w := store.ScopeSandboxesRead, store.ScopeSandboxesWrite
-	return []struct {
-		Route
-		h http.HandlerFunc
-	}{
-		{Route{"GET", "/v1/limits"}, s.authed(r, s.getLimits)},
-		{Route{"GET", "/v1/usage"}, s.authed(r, s.getUsage)},
-		{Route{"GET", "/v1/templates"}, s.authed(r, s.listTemplates)},
-		{Route{"POST", "/v1/sandboxes"}, s.authed(w, timedVec(s.om.create, s.createSandbox))},
-		{Route{"GET", "/v1/sandboxes"}, s.authed(r, s.listSandboxes)},
-		{Route{"GET", "/v1/sandboxes/{id}"}, s.authed(r, s.getSandbox)},
-		{Route{"PATCH", "/v1/sandboxes/{id}"}, s.authed(w, s.patchSandbox)},
-		{Route{"DELETE", "/v1/sandboxes/{id}"}, s.authed(w, s.deleteSandbox)},
-		{Route{"POST", "/v1/sandboxes/{id}/pause"}, s.authed(w, s.pauseSandbox)},
-		{Route{"POST", "/v1/sandboxes/{id}/resume"}, s.authed(w, s.resumeSandbox)},
-		{Route{"POST", "/v1/sandboxes/{id}/exec"}, s.authed(w, timedVec(s.om.exec, s.exec, "sync"))},
-		{Route{"POST", "/v1/sandboxes/{id}/exec/stream"}, s.authed(w, timedVec(s.om.exec, s.execStream, "stream"))},
-		{Route{"GET", "/v1/sandboxes/{id}/files"}, s.authed(r, s.readFile)},
-		{Route{"PUT", "/v1/sandboxes/{id}/files"}, s.authed(w, s.writeFile)},
-		{Route{"DELETE", "/v1/sandboxes/{id}/files"}, s.authed(w, s.deleteFile)},
-		{Route{"GET", "/v1/sandboxes/{id}/files/list"}, s.authed(r, s.listFiles)},
-		{Route{"GET", "/v1/sandboxes/{id}/metrics"}, s.authed(r, s.metrics)},
-		{Route{"GET", "/v1/openapi.yaml"}, s.openapi},
+	return []endpoint{
+		{Route{"GET", "/v1/limits"}, r, s.getLimits},
+		{Route{"GET", "/v1/usage"}, r, s.getUsage},
+		{Route{"GET", "/v1/templates"}, r, s.listTemplates},
+		{Route{"POST", "/v1/sandboxes"}, w, timedVec(s.om.create, s.createSandbox)},
+		{Route{"GET", "/v1/sandboxes"}, r, s.listSandboxes},
+		{Route{"GET", "/v1/sandboxes/{id}"}, r, s.getSandbox},
+		{Route{"PATCH", "/v1/sandboxes/{id}"}, w, s.patchSandbox},
+		{Route{"DELETE", "/v1/sandboxes/{id}"}, w, s.deleteSandbox},
+		{Route{"POST", "/v1/sandboxes/{id}/pause"}, w, s.pauseSandbox},
+		{Route{"POST", "/v1/sandboxes/{id}/resume"}, w, s.resumeSandbox},
+		{Route{"POST", "/v1/sandboxes/{id}/exec"}, w, timedVec(s.om.exec, s.exec, "sync")},
+		{Route{"POST", "/v1/sandboxes/{id}/exec/stream"}, w, timedVec(s.om.exec, s.execStream, "stream")},
+		{Route{"GET", "/v1/sandboxes/{id}/files"}, r, s.readFile},
+		{Route{"PUT", "/v1/sandboxes/{id}/files"}, w, s.writeFile},
+		{Route{"DELETE", "/v1/sandboxes/{id}/files"}, w, s.deleteFile},
+		{Route{"GET", "/v1/sandboxes/{id}/files/list"}, r, s.listFiles},
+		{Route{"GET", "/v1/sandboxes/{id}/metrics"}, r, s.metrics},
+		{Route{"GET", "/v1/openapi.yaml"}, "", func(w http.ResponseWriter, r *http.Request) error { s.openapi(w, r); return nil }},
 	}
 }
 
@@ -52,12 +54,21 @@ func (s *Server) Routes() []Route {
 
 func (s *Server) routes() {
 	s.mux = http.NewServeMux()
+	s.accountMux = http.NewServeMux()
 	for _, e := range s.routeTable() {
-		s.mux.HandleFunc(e.Method+" "+e.Path, e.h)
+		if e.scope == "" {
+			h := e.h
+			s.mux.HandleFunc(e.Method+" "+e.Path, func(w http.ResponseWriter, r *http.Request) { _ = h(w, r) })
+			continue
+		}
+		s.mux.HandleFunc(e.Method+" "+e.Path, s.authed(e.scope, e.h))
+		s.accountMux.HandleFunc(e.Method+" "+e.Path, s.asAccount(e.h))
 	}
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	notFound := func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, apiErr(http.StatusNotFound, "not_found", "No such endpoint: %s %s. See /v1/openapi.yaml.", r.Method, r.URL.Path))
-	})
+	}
+	s.mux.HandleFunc("/", notFound)
+	s.accountMux.HandleFunc("/", notFound)
 }
 
 func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {

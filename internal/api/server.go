@@ -54,6 +54,9 @@ type Server struct {
 	running sync.Map
 
 	mux *http.ServeMux
+	// accountMux serves the same endpoints to callers already
+	// authenticated as an account (ServeAccount).
+	accountMux *http.ServeMux
 }
 
 // Options configure a Server.
@@ -163,6 +166,51 @@ func (s *Server) authed(scope string, h handler) http.HandlerFunc {
 		}
 		if !auth.Implies(p.key.Scopes, scope) {
 			s.writeError(w, r, apiErr(http.StatusForbidden, "insufficient_scope", "This API key lacks the %s scope.", scope).with("required_scope", scope))
+			return
+		}
+		if err := h(w, r.WithContext(context.WithValue(r.Context(), ctxPrincipal, p))); err != nil {
+			s.writeError(w, r, err)
+		}
+	}
+}
+
+// ServeAccount serves an API request (path /v1/...) on behalf of the
+// account, as a key with the sandboxes:write scope would be served: same
+// handlers, same tenancy, plan and rate limit. The console calls it for a
+// signed-in member; whoever calls it has authenticated the account.
+func (s *Server) ServeAccount(w http.ResponseWriter, r *http.Request, accountID string) {
+	ctx := context.WithValue(r.Context(), ctxAccount, accountID)
+	withRequestID(s.withRecover(s.accountMux)).ServeHTTP(w, r.WithContext(ctx))
+}
+
+// asAccount wraps h for ServeAccount: the principal is the account in the
+// context, with every scope; the plan's rate limit applies per account.
+func (s *Server) asAccount(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, _ := r.Context().Value(ctxAccount).(string)
+		acct, err := s.store.AccountByID(r.Context(), id)
+		if errors.Is(err, store.ErrNotFound) {
+			s.writeError(w, r, errUnauthenticated)
+			return
+		}
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		plan, ok := s.cfg.Plans[acct.Plan]
+		if !ok {
+			s.log.Error("account has a plan the config does not define", "account", acct.ID, "plan", acct.Plan)
+			s.writeError(w, r, errInternal)
+			return
+		}
+		p := &principal{
+			key:     store.APIKey{ID: "console:" + acct.ID, AccountID: acct.ID, Scopes: []string{store.ScopeSandboxesWrite}},
+			account: acct, plan: plan,
+		}
+		if !s.limits.allow(w, p) {
+			ms := w.Header().Get("Retry-After-Ms")
+			w.Header().Del("Retry-After-Ms")
+			s.writeError(w, r, apiErr(http.StatusTooManyRequests, "rate_limited", "Too many requests for your plan (%s); retry after the time in Retry-After.", acct.Plan).with("retry_after_ms", atoi64(ms)))
 			return
 		}
 		if err := h(w, r.WithContext(context.WithValue(r.Context(), ctxPrincipal, p))); err != nil {

@@ -137,6 +137,7 @@ type Store interface {
 	SandboxesByStatus(ctx context.Context, statuses ...Status) ([]Sandbox, error)
 
 	UsageStore
+	MemberStore
 
 	Close() error
 }
