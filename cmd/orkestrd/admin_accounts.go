@@ -242,7 +242,33 @@ func keyCreate(args []string) error {
 }
 
 func keyList(args []string) error {
-	fs := flag.NewFlagSet("key list", flag.ContinueOnError)
+	return accountTable("key list", args, "PREFIX\tID\tSCOPES\tCREATED\tEXPIRES\tLAST USED\tSTATE",
+		func(ctx context.Context, st store.Store, a store.Account, row func(...string)) error {
+			keys, err := st.ListKeys(ctx, a.ID)
+			if err != nil {
+				return err
+			}
+			for _, k := range keys {
+				state := "active"
+				switch {
+				case k.RevokedAt != nil:
+					state = "revoked"
+				case k.ExpiresAt != nil && time.Now().After(*k.ExpiresAt):
+					state = "expired"
+				}
+				row(k.Prefix, k.ID, strings.Join(k.Scopes, ","), k.CreatedAt.Format(time.RFC3339),
+					fmtOpt(k.ExpiresAt), fmtOpt(k.LastUsedAt), state)
+			}
+			return nil
+		})
+}
+
+// accountTable runs a listing command of one account (`--account NAME`
+// plus the store flags): fill calls row once per line of the table printed
+// under header.
+func accountTable(name string, args []string, header string,
+	fill func(ctx context.Context, st store.Store, a store.Account, row func(...string)) error) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	var sf storeFlags
 	sf.register(fs)
 	account := fs.String("account", "", "account name")
@@ -255,22 +281,10 @@ func keyList(args []string) error {
 		return err
 	}
 	defer st.Close()
-	keys, err := st.ListKeys(ctx, a.ID)
-	if err != nil {
-		return err
-	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PREFIX\tID\tSCOPES\tCREATED\tEXPIRES\tLAST USED\tSTATE")
-	for _, k := range keys {
-		state := "active"
-		switch {
-		case k.RevokedAt != nil:
-			state = "revoked"
-		case k.ExpiresAt != nil && time.Now().After(*k.ExpiresAt):
-			state = "expired"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Prefix, k.ID, strings.Join(k.Scopes, ","),
-			k.CreatedAt.Format(time.RFC3339), fmtOpt(k.ExpiresAt), fmtOpt(k.LastUsedAt), state)
+	fmt.Fprintln(tw, header)
+	if err := fill(ctx, st, a, func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")) }); err != nil {
+		return err
 	}
 	return tw.Flush()
 }

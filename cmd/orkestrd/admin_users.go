@@ -5,9 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/console"
@@ -85,34 +83,22 @@ func userLink(args []string) error {
 }
 
 func userList(args []string) error {
-	fs := flag.NewFlagSet("user ls", flag.ContinueOnError)
-	var sf storeFlags
-	sf.register(fs)
-	account := fs.String("account", "", "account name")
-	if _, err := parseArgs(fs, args); err != nil {
-		return err
-	}
-	ctx := context.Background()
-	st, a, err := sf.openAccount(ctx, *account)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	ms, err := st.ListMembers(ctx, a.ID)
-	if err != nil {
-		return err
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "EMAIL\tID\tCREATED\tLAST SIGN-IN\tSTATE")
-	for _, m := range ms {
-		state := "active"
-		switch {
-		case m.PasswordHash == "":
-			state = "invited"
-		case m.LockedUntil != nil && time.Now().Before(*m.LockedUntil):
-			state = "locked"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Email, m.ID, m.CreatedAt.Format(time.RFC3339), fmtOpt(m.LastLoginAt), state)
-	}
-	return tw.Flush()
+	return accountTable("user ls", args, "EMAIL\tID\tCREATED\tLAST SIGN-IN\tSTATE",
+		func(ctx context.Context, st store.Store, a store.Account, row func(...string)) error {
+			ms, err := st.ListMembers(ctx, a.ID)
+			if err != nil {
+				return err
+			}
+			for _, m := range ms {
+				state := "active"
+				switch {
+				case m.PasswordHash == "":
+					state = "invited"
+				case m.LockedUntil != nil && time.Now().Before(*m.LockedUntil):
+					state = "locked"
+				}
+				row(m.Email, m.ID, m.CreatedAt.Format(time.RFC3339), fmtOpt(m.LastLoginAt), state)
+			}
+			return nil
+		})
 }

@@ -88,26 +88,6 @@ func attach(t *testing.T, m *netpolicy.Manager, id string, mode netpolicy.Mode) 
 
 func target(a netip.Addr) string { return fmt.Sprintf("%s:%d", a, nettest.Port) }
 
-// hostListener is a service on the host (like the API), on every address.
-func hostListener(t *testing.T) int {
-	ln, err := net.Listen("tcp4", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintln(c, "hello host")
-			c.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // hostAddrs are this host's own IPv4 addresses outside loopback.
 func hostAddrs(t *testing.T) []string {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
@@ -151,7 +131,7 @@ func lookupA(t *testing.T, a netpolicy.Attachment, name string, qtype uint16) *d
 func TestModes(t *testing.T) {
 	in := nettest.Start(t)
 	m := newManager(t, in, instance())
-	apiPort := hostListener(t)
+	apiPort := nettest.HostListener(t)
 	deny := attach(t, m, "sbdeny", netpolicy.ModeDeny)
 	open := attach(t, m, "sbopen", netpolicy.ModeOpen)
 	restr := attach(t, m, "sbrestr", netpolicy.ModeRestricted)

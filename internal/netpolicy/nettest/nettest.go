@@ -303,3 +303,24 @@ func (in *Internet) close() {
 		in.lock.Close()
 	}
 }
+
+// HostListener is a TCP service on the host itself (as the API is), on
+// every address; it greets and closes each connection. It returns the port.
+func HostListener(t testing.TB) int {
+	ln, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintln(c, "hello host")
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}

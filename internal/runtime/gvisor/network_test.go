@@ -3,7 +3,6 @@ package gvisor_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"testing"
@@ -70,30 +69,11 @@ func probe(t *testing.T, sb runtime.Sandbox, targets ...string) (map[string]stri
 	return res, out
 }
 
-func hostPort(t *testing.T) int {
-	ln, err := net.Listen("tcp4", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintln(c, "hello host")
-			c.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 func tgt(a fmt.Stringer) string { return fmt.Sprintf("%s:%d", a, nettest.Port) }
 
 func TestNetworkModes(t *testing.T) {
 	env, _ := netEnv(t)
-	api := hostPort(t)
+	api := nettest.HostListener(t)
 	off := netSandbox(t, env, runtime.NetworkOff)
 	open := netSandbox(t, env, runtime.NetworkOpen)
 	restr := netSandbox(t, env, runtime.NetworkRestricted)
