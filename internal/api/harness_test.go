@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,26 +23,6 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
-// offsetClock is the wall clock moved by an offset a test sets: it keeps
-// ticking (the sampler needs time to pass) and can jump to next month.
-type offsetClock struct {
-	mu  sync.Mutex
-	off time.Duration
-}
-
-func (c *offsetClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.off)
-}
-
-// jumpTo moves the clock so that it reads t now.
-func (c *offsetClock) jumpTo(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.off = time.Until(t)
-}
-
 // harness is an in-process API server over a real store and, with
 // runtime set, a real gVisor node.
 type harness struct {
@@ -51,7 +30,7 @@ type harness struct {
 	srv   *Server
 	http  *httptest.Server
 	store *sqlstore.Store
-	clock *offsetClock
+	clock *testenv.Clock
 }
 
 func newHarness(t *testing.T, cfg config.Config, runtime bool) *harness {
@@ -61,7 +40,7 @@ func newHarness(t *testing.T, cfg config.Config, runtime bool) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	h := &harness{t: t, store: st, clock: &offsetClock{}}
+	h := &harness{t: t, store: st, clock: &testenv.Clock{}}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	var n *node.Node
 	dataDir := t.TempDir()

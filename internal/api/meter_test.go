@@ -244,7 +244,7 @@ func TestUsageExhaustedUntilReset(t *testing.T) {
 	}
 
 	// The 1st of next month, 00:00:01 UTC: a fresh budget.
-	h.clock.jumpTo(wantReset.Add(time.Second))
+	h.clock.JumpTo(wantReset.Add(time.Second))
 	l = h.do("GET", "/v1/limits", key, nil).json(t)
 	if num(t, l, "usage_gb_hours_used") != 0 || l["usage_resets_at"] != fmtTime(wantReset.AddDate(0, 1, 0)) {
 		t.Fatalf("limits after the reset: %v", l)

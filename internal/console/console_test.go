@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,31 +25,13 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
-// clock is a settable time for lockouts and sessions.
-type clock struct {
-	mu  sync.Mutex
-	off time.Duration
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.off)
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.off += d
-	c.mu.Unlock()
-}
-
 // env is orkestrd's HTTP surface (API at /, console at /console/) over a
 // real store, without a sandbox runtime: sandboxes are store rows.
 type env struct {
 	t     *testing.T
 	store *sqlstore.Store
 	url   string
-	clock *clock
+	clock *testenv.Clock
 }
 
 type envOpts struct {
@@ -71,12 +52,12 @@ func newEnv(t *testing.T, dbURL string, o envOpts) *env {
 		cfg.Plans[name] = p
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	ck := &clock{}
-	srv := api.New(api.Options{Store: st, Config: cfg, Log: log, DataDir: t.TempDir(), Now: ck.now})
+	ck := &testenv.Clock{}
+	srv := api.New(api.Options{Store: st, Config: cfg, Log: log, DataDir: t.TempDir(), Now: ck.Now})
 	if o.signInsPerMinute == 0 {
 		o.signInsPerMinute = 1000
 	}
-	con, err := console.New(console.Options{Store: st, API: srv, Log: log, Now: ck.now, SignInsPerMinute: o.signInsPerMinute, PublicURL: o.publicURL})
+	con, err := console.New(console.Options{Store: st, API: srv, Log: log, Now: ck.Now, SignInsPerMinute: o.signInsPerMinute, PublicURL: o.publicURL})
 	if err != nil {
 		t.Fatal(err)
 	}

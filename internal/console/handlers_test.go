@@ -283,7 +283,7 @@ func TestBruteForceLockout(t *testing.T) {
 		if p := b.login("ada@example.com", password); p.status != 429 || b.cookie("orkestr_session") != nil {
 			t.Fatalf("right password while locked: %d", p.status)
 		}
-		e.clock.advance(16 * time.Minute)
+		e.clock.Advance(16 * time.Minute)
 		if p := b.login("ada@example.com", password); p.url != "/console/sandboxes" {
 			t.Fatalf("after the lockout: %d %s", p.status, p.url)
 		}
@@ -304,7 +304,7 @@ func TestSignInRateLimitPerAddress(t *testing.T) {
 	if p.status != 429 || p.header.Get("Retry-After") == "" {
 		t.Fatalf("4th attempt in a minute: %d", p.status)
 	}
-	e.clock.advance(61 * time.Second)
+	e.clock.Advance(61 * time.Second)
 	if p := e.browser().login("y@example.com", "wrong password!!"); p.status != 401 {
 		t.Fatalf("after a minute: %d", p.status)
 	}
@@ -536,7 +536,7 @@ func TestSessionExpires(t *testing.T) {
 	if p := b.get("/console/usage"); p.status != 200 {
 		t.Fatalf("usage: %d", p.status)
 	}
-	e.clock.advance(12*time.Hour + time.Minute)
+	e.clock.Advance(12*time.Hour + time.Minute)
 	if p := b.get("/console/usage"); p.url != "/console/login" {
 		t.Fatalf("a 12 h old session still works: %s", p.url)
 	}
