@@ -261,8 +261,15 @@ class Client(_BaseClient):
         self._http = http_client if http_client is not None else httpx.Client()
 
     def close(self) -> None:
+        """Close the connection pool. A client that made its own pool opens
+        a new one if it is used again."""
         if self._owns_http:
             self._http.close()
+
+    def _pool(self) -> httpx.Client:
+        if self._owns_http and self._http.is_closed:
+            self._http = httpx.Client()
+        return self._http
 
     def __enter__(self) -> Client:
         return self
@@ -313,12 +320,13 @@ class Client(_BaseClient):
         policy = _RetryPolicy(self._cfg, method, True)
         attempt = 0
         while True:
-            req = self._http.build_request(
+            http = self._pool()
+            req = http.build_request(
                 method, self._url(path), params=params, content=data, headers=headers,
                 timeout=self._timeout(extra_timeout),
             )
             try:
-                resp = self._http.send(req, stream=True)
+                resp = http.send(req, stream=True)
             except httpx.TransportError as e:
                 err = _transport_error(e, method, path)
             else:
@@ -364,8 +372,14 @@ class AsyncClient(_BaseClient):
         self._http = http_client if http_client is not None else httpx.AsyncClient()
 
     async def aclose(self) -> None:
+        """Close the connection pool; as for Client.close, it reopens on use."""
         if self._owns_http:
             await self._http.aclose()
+
+    def _pool(self) -> httpx.AsyncClient:
+        if self._owns_http and self._http.is_closed:
+            self._http = httpx.AsyncClient()
+        return self._http
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -413,12 +427,13 @@ class AsyncClient(_BaseClient):
         policy = _RetryPolicy(self._cfg, method, True)
         attempt = 0
         while True:
-            req = self._http.build_request(
+            http = self._pool()
+            req = http.build_request(
                 method, self._url(path), params=params, content=data, headers=headers,
                 timeout=self._timeout(extra_timeout),
             )
             try:
-                resp = await self._http.send(req, stream=True)
+                resp = await http.send(req, stream=True)
             except httpx.TransportError as e:
                 err = _transport_error(e, method, path)
             else:
