@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from ._time import parse_time
 
 if TYPE_CHECKING:
-    from ._models import ExecResult
+    from ._models import BlockedConnection, ExecResult
 
 __all__ = [
     "OrkestrError",
@@ -183,7 +183,7 @@ class NetworkPolicyError(OrkestrError):
         self.result = result
 
     @property
-    def blocked_connections(self) -> Any:
+    def blocked_connections(self) -> List[BlockedConnection]:
         return self.result.blocked_connections
 
 
