@@ -2,7 +2,8 @@
 #
 #   make setup   install Debian packages, build binaries, runsc and the offline templates
 #   make run     setup, then run the server on its embedded defaults
-#   make test    setup, then every test (real gVisor sandboxes)
+#   make test    setup, then every test (real gVisor sandboxes), Python SDK included
+#   make test-python  only the Python SDK: venv, mypy --strict, pytest
 #   make bench   the benchmark harness (results in docs/benchmarks.md format)
 
 SHELL        := /bin/bash
@@ -13,10 +14,10 @@ BIN          := $(CURDIR)/bin
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
 OFFLINE_TEMPLATES := debian-12 python-3.11 node-22
-DEB_PACKAGES := debootstrap iproute2 runc ca-certificates postgresql busybox-static
+DEB_PACKAGES := debootstrap iproute2 runc ca-certificates postgresql busybox-static python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: setup deps build runsc templates run test lint bench clean postgres
+.PHONY: setup deps build runsc templates run test test-python lint bench clean postgres
 
 setup: deps build runsc templates
 
@@ -67,6 +68,21 @@ test: setup lint postgres
 	@if [ "$$(id -u)" != 0 ]; then echo "make test starts real gVisor sandboxes and must run as root"; exit 1; fi
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
 		$(GO) test $(TEST_FLAGS) ./...
+	$(MAKE) test-python
+
+# The Python SDK: a virtualenv in sdk/python/.venv (git-ignored) with the SDK
+# and its test tools from PyPI, mypy --strict, then pytest against a real
+# orkestrd (bin/) with real gVisor sandboxes.
+PYTHON  ?= python3
+PY_SDK  := $(CURDIR)/sdk/python
+PY_VENV := $(PY_SDK)/.venv
+test-python: build
+	@if [ "$$(id -u)" != 0 ]; then echo "the Python SDK tests start real gVisor sandboxes and must run as root"; exit 1; fi
+	@[ -x $(PY_VENV)/bin/python ] || $(PYTHON) -m venv $(PY_VENV)
+	$(PY_VENV)/bin/pip install -q -e '$(PY_SDK)[test]'
+	cd $(PY_SDK) && .venv/bin/mypy
+	cd $(PY_SDK) && ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) ORKESTR_BIN_DIR=$(BIN) \
+		.venv/bin/pytest -q -rs
 
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh
