@@ -18,10 +18,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import httpx
 import pytest
+
+import orkestr
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(os.environ.get("ORKESTR_BIN_DIR", REPO / "bin"))
@@ -201,3 +203,27 @@ def env(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
     monkeypatch.setenv("ORKESTR_API_KEY", server.key)
     monkeypatch.setenv("ORKESTR_BASE_URL", server.url)
     return server
+
+
+ClientFactory = Callable[..., orkestr.Client]
+
+
+@pytest.fixture
+def clients() -> Iterator[ClientFactory]:
+    """Makes orkestr.Client objects (same arguments) closed after the test."""
+    made: List[orkestr.Client] = []
+
+    def make(*args: Any, **kw: Any) -> orkestr.Client:
+        c = orkestr.Client(*args, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_default_clients() -> Iterator[None]:
+    yield
+    orkestr.close_default_clients()

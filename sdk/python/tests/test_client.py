@@ -14,15 +14,15 @@ import pytest
 
 import orkestr
 from orkestr import AsyncClient, AsyncSandbox, Client, OrkestrError, RateLimitError, Sandbox
-from conftest import SHELL_TEMPLATE, Server
+from conftest import ClientFactory, SHELL_TEMPLATE, Server
 
 SECRET_ENV = "sk-very-secret-env-value"
 KEY = "ork_" + "K" * 43
 
 
-def test_no_secret_in_repr_str_or_log(env: Server, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_in_repr_str_or_log(clients: ClientFactory, env: Server, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    c = Client(api_key=env.key, base_url=env.url)
+    c = clients(api_key=env.key, base_url=env.url)
     texts: List[str] = [repr(c), str(c)]
     sbx = Sandbox.create(template=SHELL_TEMPLATE, env={"TOKEN": SECRET_ENV}, client=c)
     try:
@@ -31,7 +31,7 @@ def test_no_secret_in_repr_str_or_log(env: Server, caplog: pytest.LogCaptureFixt
         texts += [repr(res)]
         for call in (lambda: sbx.exec("sleep 5", timeout_seconds=1, env={"X": SECRET_ENV}),
                      lambda: Sandbox.create(template="nope", env={"T": SECRET_ENV}, client=c),
-                     lambda: Sandbox.limits(client=Client(api_key=env.key + "x", base_url=env.url))):
+                     lambda: Sandbox.limits(client=clients(api_key=env.key + "x", base_url=env.url))):
             with pytest.raises(OrkestrError) as ei:
                 call()
             texts += [str(ei.value), repr(ei.value), repr(ei.value.details), repr(ei.value.args)]

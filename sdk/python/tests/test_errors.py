@@ -25,20 +25,20 @@ from orkestr import (
     SandboxNotReady,
     SnapshotCapReached,
 )
-from conftest import PYTHON_TEMPLATE, SHELL_TEMPLATE, Server
+from conftest import ClientFactory, PYTHON_TEMPLATE, SHELL_TEMPLATE, Server
 from helpers import network_unsupported
 
 MISSING_ID = "sbx_" + "0" * 26
 
 
-def test_auth_errors(server: Server) -> None:
-    bad = Client(api_key="ork_" + "x" * 43, base_url=server.url)
+def test_auth_errors(clients: ClientFactory, server: Server) -> None:
+    bad = clients(api_key="ork_" + "x" * 43, base_url=server.url)
     with pytest.raises(AuthError) as ei:
         Sandbox.limits(client=bad)
     e = ei.value
     assert e.status == 401 and e.code == "unauthenticated" and e.request_id and e.request_id.startswith("req_")
     assert isinstance(e, OrkestrError)
-    read_only = Client(api_key=server.new_key("readers", "free", "sandboxes:read"), base_url=server.url)
+    read_only = clients(api_key=server.new_key("readers", "free", "sandboxes:read"), base_url=server.url)
     assert Sandbox.limits(client=read_only).plan == "free"
     with pytest.raises(AuthError) as ei:
         Sandbox.create(template=SHELL_TEMPLATE, client=read_only)
@@ -57,8 +57,8 @@ async def test_auth_error_async(server: Server) -> None:
     assert ei.value.status == 401
 
 
-def test_plan_limits_snapshot_cap_not_found_not_ready(server: Server) -> None:
-    tiny = Client(api_key=server.new_key("tiny", "tiny"), base_url=server.url)
+def test_plan_limits_snapshot_cap_not_found_not_ready(clients: ClientFactory, server: Server) -> None:
+    tiny = clients(api_key=server.new_key("tiny", "tiny"), base_url=server.url)
     with pytest.raises(PlanLimitError) as pe:
         Sandbox.create(template=SHELL_TEMPLATE, size="medium", client=tiny)
     assert pe.value.code == "size_not_allowed" and pe.value.status == 402
@@ -168,9 +168,9 @@ def test_exec_timeout_and_other_api_errors(env: Server) -> None:
         sbx.exec("cat", stdin=b"\xff\xfe")
 
 
-def test_rate_limit(server: Server) -> None:
+def test_rate_limit(clients: ClientFactory, server: Server) -> None:
     key = server.new_key("slowpoke", "slow", "sandboxes:write")
-    no_retry = Client(api_key=key, base_url=server.url, max_retries=0)
+    no_retry = clients(api_key=key, base_url=server.url, max_retries=0)
     err = None
     for _ in range(20):
         try:
@@ -181,7 +181,7 @@ def test_rate_limit(server: Server) -> None:
     assert err is not None, "20 requests at a 2/s, burst-3 plan were never limited"
     assert err.status == 429 and err.code == "rate_limited" and 0 < err.retry_after <= 2 and err.request_id
     # Not idempotent: a create is never retried, so it fails at once.
-    retrying = Client(api_key=key, base_url=server.url)
+    retrying = clients(api_key=key, base_url=server.url)
     for _ in range(5):
         try:
             Sandbox.limits(client=no_retry)
@@ -208,14 +208,14 @@ async def test_rate_limit_async(server: Server) -> None:
             assert (await AsyncSandbox.limits(client=retrying)).plan == "slow"
 
 
-def test_connection_errors_and_timeouts(server: Server) -> None:
+def test_connection_errors_and_timeouts(clients: ClientFactory, server: Server) -> None:
     import socket
 
     # Nothing listens: refused, retried, then APIConnectionError.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    c = Client(api_key=server.key, base_url=f"http://127.0.0.1:{port}", retry_budget=1)
+    c = clients(api_key=server.key, base_url=f"http://127.0.0.1:{port}", retry_budget=1)
     with pytest.raises(APIConnectionError) as ce:
         Sandbox.limits(client=c)
     assert ce.value.code == "connection_error" and server.key not in str(ce.value)
@@ -223,7 +223,7 @@ def test_connection_errors_and_timeouts(server: Server) -> None:
     with socket.socket() as lsn:
         lsn.bind(("127.0.0.1", 0))
         lsn.listen(8)
-        c = Client(api_key=server.key, base_url=f"http://127.0.0.1:{lsn.getsockname()[1]}", timeout=0.5,
+        c = clients(api_key=server.key, base_url=f"http://127.0.0.1:{lsn.getsockname()[1]}", timeout=0.5,
                    max_retries=1)
         start = time.monotonic()
         with pytest.raises(APITimeoutError) as te:
@@ -258,10 +258,10 @@ def test_network_policy_error(env: Server) -> None:
         sbx.terminate()
 
 
-def test_usage_exhausted(server: Server) -> None:
+def test_usage_exhausted(clients: ClientFactory, server: Server) -> None:
     """API.md: once the month's GB-hours are used up, create raises
     PlanLimitError usage_exhausted with resets_at."""
-    c = Client(api_key=server.new_key("metered", "meter"), base_url=server.url)
+    c = clients(api_key=server.new_key("metered", "meter"), base_url=server.url)
     limits = Sandbox.limits(client=c)
     assert limits.usage_gb_hours_included == 0.0001
     with Sandbox.with_temp(template=SHELL_TEMPLATE, client=c) as sbx:

@@ -5,6 +5,7 @@ backoff for idempotent calls, timeouts. ``Client`` is synchronous,
 from __future__ import annotations
 
 import asyncio
+import atexit
 import email.utils
 import json
 import os
@@ -462,10 +463,17 @@ class AsyncClient(_BaseClient):
 
 # Default clients, for calls that pass api_key/base_url instead of a client:
 # one per configuration (and, for asyncio, per event loop, since a
-# connection pool cannot outlive its loop).
-_sync_defaults: Dict[Tuple[str, str, float, int, float], Client] = {}
+# connection pool cannot outlive its loop). Every default client ever made
+# is also in a weak set, so that closing the defaults also closes those a
+# sandbox reopened after an earlier close.
+_Key = Tuple[str, str, float, int, float]
+_sync_defaults: Dict[_Key, Client] = {}
+_sync_all: "weakref.WeakSet[Client]" = weakref.WeakSet()
 _sync_lock = threading.Lock()
-_async_defaults: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[Tuple[str, str, float, int, float], AsyncClient]]" = (
+_async_defaults: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[_Key, AsyncClient]]" = (
+    weakref.WeakKeyDictionary()
+)
+_async_all: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakSet[AsyncClient]]" = (
     weakref.WeakKeyDictionary()
 )
 
@@ -482,6 +490,7 @@ def default_client(api_key: Optional[str], base_url: Optional[str], client: Opti
         if c is None:
             c = Client(cfg.key.get(), cfg.base_url)
             _sync_defaults[k] = c
+            _sync_all.add(c)
         return c
 
 
@@ -503,6 +512,7 @@ def default_async_client(
     if c is None:
         c = AsyncClient(cfg.key.get(), cfg.base_url)
         per_loop[k] = c
+        _async_all.setdefault(loop, weakref.WeakSet()).add(c)
     return c
 
 
@@ -514,15 +524,19 @@ async def aclose_default_clients() -> None:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    per_loop = _async_defaults.pop(loop, {})
-    for c in per_loop.values():
+    clients = list(_async_all.get(loop, ()))  # before the cache lets go of them
+    _async_defaults.pop(loop, None)
+    for c in clients:
         await c.aclose()
 
 
 def close_default_clients() -> None:
     """Close the default sync clients (made for calls without ``client=``)."""
     with _sync_lock:
-        clients = list(_sync_defaults.values())
+        clients = list(_sync_all)  # before the cache lets go of them
         _sync_defaults.clear()
     for c in clients:
         c.close()
+
+
+atexit.register(close_default_clients)
