@@ -6,9 +6,8 @@ import asyncio
 import io
 import os
 import sys
-import time
 from contextlib import redirect_stdout
-from typing import AsyncIterator, List, Tuple
+from typing import AsyncIterator, List
 
 import pytest
 import pytest_asyncio
@@ -84,37 +83,42 @@ async def test_async_surface(aenv: Server) -> None:
                                     timeout_seconds=60)
             assert (result.stdout, result.exit_code) == ("sk-async\n", 3) and result.duration_ms > 0
 
-            # Streaming: each chunk arrives while the command runs.
-            start = time.monotonic()
-            arrivals: List[Tuple[float, ExecChunk]] = []
+            # Streaming: each chunk arrives while the command runs (the
+            # command waits for a file written after each chunk arrived).
+            got: List[ExecChunk] = []
             out, err = io.StringIO(), io.StringIO()
             saved = sys.stdout, sys.stderr
             sys.stdout, sys.stderr = out, err
             try:
-                stream = sbx.exec_stream("for i in 1 2 3; do echo o$i; echo e$i >&2; sleep 1; done")
+                stream = sbx.exec_stream(
+                    "for i in 1 2 3; do echo o$i; while [ ! -e /tmp/go$i ]; do sleep 0.02; done; "
+                    "echo e$i >&2; done", timeout_seconds=60)
                 async for chunk in stream:
-                    arrivals.append((time.monotonic() - start, chunk))
+                    got.append(chunk)
                     if chunk.stream == "stdout":
                         sys.stdout.write(chunk.data)
+                        await sbx.files.write(f"/tmp/go{chunk.data.strip()[1:]}", "")
                     else:
                         sys.stderr.write(chunk.data)
             finally:
                 sys.stdout, sys.stderr = saved
             assert out.getvalue() == "o1\no2\no3\n" and err.getvalue() == "e1\ne2\ne3\n"
-            assert arrivals[0][0] < arrivals[-1][0] - 1.5, arrivals
+            assert [c.data for c in got if c.stream == "stdout"] == ["o1\n", "o2\n", "o3\n"] and len(got) == 6
             assert stream.result is not None and stream.result.exit_code == 0
 
-            # Concurrency: two commands at once on one sandbox.
-            t0 = time.monotonic()
-            r1, r2 = await asyncio.gather(sbx.exec("sleep 1; echo a"), sbx.exec("sleep 1; echo b"))
-            assert (r1.stdout, r2.stdout) == ("a\n", "b\n") and time.monotonic() - t0 < 1.9
+            # Concurrency: two commands at once on one sandbox; the first
+            # ends only once the second has run.
+            r1, r2 = await asyncio.gather(
+                sbx.exec("while [ ! -e /tmp/flag ]; do sleep 0.02; done; echo a", timeout_seconds=30),
+                sbx.exec("sleep 0.2; touch /tmp/flag; echo b"))
+            assert (r1.stdout, r2.stdout) == ("a\n", "b\n")
 
             # A stream timing out raises ExecTimeout from the iteration.
-            got: List[str] = []
+            before: List[str] = []
             with pytest.raises(ExecTimeout) as ei:
                 async for chunk in sbx.exec_stream("echo before; sleep 10", timeout_seconds=1):
-                    got.append(chunk.data)
-            assert got == ["before\n"] and ei.value.code == "exec_timeout" and ei.value.duration_ms >= 1000
+                    before.append(chunk.data)
+            assert before == ["before\n"] and ei.value.code == "exec_timeout" and ei.value.duration_ms >= 1000
 
             # Files.
             await sbx.files.write("/workspace/data.json", '{"x": 1}')

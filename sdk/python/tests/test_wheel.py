@@ -12,7 +12,6 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import pytest
 
 from conftest import Server
 
