@@ -2,8 +2,9 @@
 #
 #   make setup   install Debian packages, build binaries, runsc and the offline templates
 #   make run     setup, then run the server on its embedded defaults
-#   make test    setup, then every test (real gVisor sandboxes), Go then the TypeScript SDK's
+#   make test    setup, then every test (real gVisor sandboxes), Go, then the TypeScript and Python SDKs'
 #   make test-js setup, then only the TypeScript SDK's tests (sdk/js: npm ci, build, node --test)
+#   make test-python  only the Python SDK: venv, mypy --strict, pytest
 #   make bench   the benchmark harness (results in docs/benchmarks.md format)
 
 SHELL        := /bin/bash
@@ -14,10 +15,10 @@ BIN          := $(CURDIR)/bin
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
 OFFLINE_TEMPLATES := debian-12 python-3.11 node-22
-DEB_PACKAGES := debootstrap iproute2 nftables runc ca-certificates postgresql busybox-static chromium nodejs
+DEB_PACKAGES := debootstrap iproute2 nftables runc ca-certificates postgresql busybox-static chromium nodejs python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: setup deps build runsc templates run test test-js test-js-run lint bench clean postgres console-e2e-deps
+.PHONY: setup deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps
 
 setup: deps build runsc templates
 
@@ -74,6 +75,7 @@ test: setup lint postgres console-e2e-deps
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
 		$(GO) test $(TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory test-js-run
+	@$(MAKE) --no-print-directory test-python
 
 # The TypeScript SDK (sdk/js) against a real orkestrd its tests start: Node
 # 18+ and npm (Debian's nodejs), its devDependencies from the npm registry.
@@ -84,6 +86,20 @@ test-js-run:
 	cd sdk/js && npm ci --no-audit --no-fund && npm run build
 	cd sdk/js && ORKESTR_SDK_TEST_STRICT=1 ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$${ORKESTR_RUNSC:-$(BIN)/runsc} \
 		node --test test/*.test.mjs
+
+# The Python SDK: a virtualenv in sdk/python/.venv (git-ignored) with the SDK
+# and its test tools from PyPI, mypy --strict, then pytest against a real
+# orkestrd (bin/) with real gVisor sandboxes.
+PYTHON  ?= python3
+PY_SDK  := $(CURDIR)/sdk/python
+PY_VENV := $(PY_SDK)/.venv
+test-python: build
+	@if [ "$$(id -u)" != 0 ]; then echo "the Python SDK tests start real gVisor sandboxes and must run as root"; exit 1; fi
+	@[ -x $(PY_VENV)/bin/python ] || $(PYTHON) -m venv $(PY_VENV)
+	$(PY_VENV)/bin/pip install -q -e '$(PY_SDK)[test]'
+	cd $(PY_SDK) && .venv/bin/mypy
+	cd $(PY_SDK) && ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) ORKESTR_BIN_DIR=$(BIN) \
+		.venv/bin/pytest -q -rs
 
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh

@@ -1,0 +1,165 @@
+"""Request bodies and the exec stream's line protocol, shared by the sync
+and async classes."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Dict, Mapping, Optional, Union
+
+from ._errors import STATUS_OF_CODE, NetworkPolicyError, OrkestrError, classify
+from ._models import ExecChunk, ExecResult
+from ._time import format_time
+
+DEFAULT_EXEC_TIMEOUT = 60
+MAX_STDIN = 1 << 20  # what fits in the API's 1 MiB JSON body limit
+
+
+def create_body(
+    template: str,
+    size: Optional[str],
+    network: Optional[str],
+    timeout_seconds: Optional[int],
+    env: Optional[Mapping[str, str]],
+    metadata: Optional[Mapping[str, str]],
+    region: Optional[str],
+) -> Dict[str, Any]:
+    if not template:
+        raise ValueError("orkestr: template is required, e.g. template='python-3.12'")
+    body: Dict[str, Any] = {"template": template}
+    if size is not None:
+        body["size"] = size
+    if network is not None:
+        body["network"] = network
+    if timeout_seconds is not None:
+        body["timeout_seconds"] = int(timeout_seconds)
+    if env is not None:
+        body["env"] = dict(env)
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    if region is not None:
+        body["region"] = region
+    return body
+
+
+def update_body(timeout_seconds: Optional[int], metadata: Optional[Mapping[str, str]]) -> Dict[str, Any]:
+    body: Dict[str, Any] = {}
+    if timeout_seconds is not None:
+        body["timeout_seconds"] = int(timeout_seconds)
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    return body
+
+
+def exec_body(
+    command: str,
+    timeout_seconds: Optional[int],
+    env: Optional[Mapping[str, str]],
+    cwd: Optional[str],
+    stdin: Union[str, bytes, None],
+) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"command": command}
+    if timeout_seconds is not None:
+        body["timeout_seconds"] = int(timeout_seconds)
+    if env is not None:
+        body["env"] = dict(env)
+    if cwd is not None:
+        body["cwd"] = cwd
+    if stdin is not None:
+        raw = stdin.encode("utf-8") if isinstance(stdin, str) else bytes(stdin)
+        if len(raw) > MAX_STDIN:
+            raise ValueError("orkestr: stdin is larger than the API's 1 MiB limit; write it to a file instead")
+        try:
+            body["stdin"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("orkestr: stdin is not UTF-8 text; write binary input to a file instead") from None
+    return body
+
+
+def list_params(status: Optional[str], page_size: Optional[int], cursor: Optional[str]) -> Dict[str, str]:
+    q: Dict[str, str] = {}
+    if status:
+        q["status"] = status
+    if page_size:
+        q["limit"] = str(int(page_size))
+    if cursor:
+        q["cursor"] = cursor
+    return q
+
+
+def metrics_params(since: Optional[datetime]) -> Optional[Dict[str, str]]:
+    return {"since": format_time(since)} if since is not None else None
+
+
+def file_params(path: str) -> Dict[str, str]:
+    if not isinstance(path, str) or not path:
+        raise ValueError("orkestr: empty file path; give an absolute path inside the sandbox")
+    return {"path": path}
+
+
+def check_network_policy(res: ExecResult, request_id: Optional[str]) -> None:
+    if res.exit_code != 0 and res.blocked_connections:
+        raise NetworkPolicyError(res, request_id=request_id)
+
+
+class StreamState:
+    """Follows one exec stream's NDJSON lines."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.result: Optional[ExecResult] = None
+        self.error: Optional[OrkestrError] = None
+        self.request_id: Optional[str] = None
+
+    def feed(self, line: Optional[str]) -> Optional[ExecChunk]:
+        """Take the next line (None at the end of the body); return a chunk
+        of output, or None with ``done`` set once the command has ended."""
+        if line is None:
+            self.done = True
+            self.error = OrkestrError(
+                "the exec stream ended before the command did", code="stream_incomplete",
+                request_id=self.request_id,
+            )
+            return None
+        line = line.strip()
+        if not line:
+            return None
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            self.done = True
+            self.error = OrkestrError("the exec stream sent a line that is not JSON", code="invalid_response",
+                                      request_id=self.request_id)
+            return None
+        if not isinstance(ev, dict):
+            return None
+        typ = ev.get("type")
+        if typ in ("stdout", "stderr"):
+            data = ev.get("data")
+            return ExecChunk(stream=str(typ), data=data if isinstance(data, str) else "")
+        if typ == "exit":
+            self.done = True
+            self.result = ExecResult._from({**ev, "stdout": "", "stderr": ""})
+            if self.result.exit_code != 0 and self.result.blocked_connections:
+                self.error = NetworkPolicyError(self.result, request_id=self.request_id)
+            return None
+        if typ == "error":
+            self.done = True
+            raw_err = ev.get("error")
+            err: Dict[str, Any] = raw_err if isinstance(raw_err, dict) else {}
+            code = _as_str(err.get("code"))
+            msg = _as_str(err.get("message"))
+            raw_details = err.get("details")
+            details: Dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
+            self.error = classify(STATUS_OF_CODE.get(code, 500), code, msg, details, self.request_id)
+            return None
+        # Unknown event types are skipped, for forward compatibility.
+        return None
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _as_str(v: object) -> str:
+    return v if isinstance(v, str) else ""
