@@ -61,7 +61,8 @@ func TestLiveMetricsAndMetering(t *testing.T) {
 	// CPU: the loop pegs its 0.5 cores, i.e. 100 % of the allocation. On
 	// a host busy with other work a second may give it less than its
 	// quota, so this waits for a reading taken while the host had room;
-	// no reading may ever exceed the quota.
+	// no reading may ever exceed the quota by more than the lumpiness of
+	// CFS periods.
 	var m map[string]any
 	waitFor(t, 30*time.Second, "a reading of the busy loop at ≈100 %", func() bool {
 		m = h.do("GET", "/v1/sandboxes/"+id+"/metrics", key, nil).json(t)
@@ -72,7 +73,13 @@ func TestLiveMetricsAndMetering(t *testing.T) {
 				t.Fatalf("a 0.5-vCPU sandbox read %.1f %% of its allocation: %v", p, m)
 			}
 		}
-		return m["cpu"] != nil && num(t, m, "cpu", "usage_percent") >= 90
+		if m["cpu"] == nil {
+			return false
+		}
+		// One reading may land a CFS period high or low; the loop must
+		// settle at its allocation.
+		pct := num(t, m, "cpu", "usage_percent")
+		return pct >= 90 && pct <= 110
 	})
 	cores := num(t, m, "cpu", "usage_cores")
 	t.Logf("busy loop: cpu %v", m["cpu"])
