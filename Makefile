@@ -15,19 +15,31 @@ BIN          := $(CURDIR)/bin
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
 OFFLINE_TEMPLATES := debian-12 python-3.11 node-22
-DEB_PACKAGES := debootstrap iproute2 nftables runc ca-certificates postgresql busybox-static chromium nodejs python3 python3-venv
+# What the server needs (make setup, make run), and what only the tests need
+# (make test): PostgreSQL for the store tests, runc as a benchmark baseline,
+# chromium for the console's browser test, Node and Python for the SDKs.
+DEB_PACKAGES      := debootstrap iproute2 nftables ca-certificates busybox-static
+TEST_DEB_PACKAGES := postgresql runc chromium nodejs python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: setup deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps
+.PHONY: setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps
 
 setup: deps build runsc templates
 
-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# install-debs installs the Debian packages of $(1) that are missing.
+define install-debs
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+endef
+
+deps:
+	$(call install-debs,$(DEB_PACKAGES))
+
+test-deps: deps
+	$(call install-debs,$(TEST_DEB_PACKAGES))
 
 build:
 	@mkdir -p $(BIN)
@@ -57,20 +69,20 @@ lint:
 
 # The console's browser test (e2e/console_test.go) drives Debian's chromium
 # with playwright-core, pinned by e2e/console/package-lock.json.
-console-e2e-deps: deps
+console-e2e-deps: test-deps
 	@[ -d e2e/console/node_modules/playwright-core ] || (cd e2e/console && npm ci --no-audit --no-fund)
 
 # The store's tests run against PostgreSQL as well as SQLite: start Debian's
 # cluster and make a role for them.
 TEST_DATABASE_URL ?= postgres://orkestr:orkestr@127.0.0.1:5432/postgres?sslmode=disable
-postgres: deps
+postgres: test-deps
 	@ver=$$(ls /etc/postgresql | sort -n | tail -1); \
 	pg_ctlcluster $$ver main status >/dev/null 2>&1 || pg_ctlcluster $$ver main start; \
 	for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 && break; sleep 0.5; done; \
 	su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='orkestr'\"" | grep -q 1 || \
 		su postgres -c "psql -qc \"CREATE ROLE orkestr LOGIN SUPERUSER PASSWORD 'orkestr'\""
 
-test: setup lint postgres console-e2e-deps
+test: setup test-deps lint postgres console-e2e-deps
 	@if [ "$$(id -u)" != 0 ]; then echo "make test starts real gVisor sandboxes and must run as root"; exit 1; fi
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
 		$(GO) test $(TEST_FLAGS) ./...
@@ -79,7 +91,7 @@ test: setup lint postgres console-e2e-deps
 
 # The TypeScript SDK (sdk/js) against a real orkestrd its tests start: Node
 # 18+ and npm (Debian's nodejs), its devDependencies from the npm registry.
-test-js: setup test-js-run
+test-js: setup test-deps test-js-run
 
 test-js-run:
 	@command -v npm >/dev/null || { echo "test-js needs Node 18+ and npm (Debian package nodejs)"; exit 1; }
@@ -93,7 +105,7 @@ test-js-run:
 PYTHON  ?= python3
 PY_SDK  := $(CURDIR)/sdk/python
 PY_VENV := $(PY_SDK)/.venv
-test-python: build
+test-python: build test-deps
 	@if [ "$$(id -u)" != 0 ]; then echo "the Python SDK tests start real gVisor sandboxes and must run as root"; exit 1; fi
 	@[ -x $(PY_VENV)/bin/python ] || $(PYTHON) -m venv $(PY_VENV)
 	$(PY_VENV)/bin/pip install -q -e '$(PY_SDK)[test]'
