@@ -1,9 +1,6 @@
 package bench
 
 import (
-	"context"
-	"log/slog"
-	"os"
 	"testing"
 	"time"
 
@@ -81,49 +78,9 @@ func BenchmarkColdCreateNetwork(b *testing.B) {
 func BenchmarkWarmClaimNetwork(b *testing.B) {
 	for _, mode := range []string{runtime.NetworkOff, runtime.NetworkRestricted, runtime.NetworkOpen} {
 		b.Run("network="+mode, func(b *testing.B) {
-			env := newNetDriver(b)
-			p := pool.New(env.Driver, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-			b.Cleanup(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				if err := p.Close(ctx); err != nil {
-					b.Errorf("close pool: %v", err)
-				}
-			})
 			key := pool.Key{Template: templateName, Size: "small", Networked: mode != runtime.NetworkOff}
-			sp := spec(b, testenv.Small)
-			p.SetTarget(key, sp, 2)
 			claim := runtime.Claim{Hostname: "bench", Resources: testenv.Small, Network: mode}
-			ctx := timeout(b, 10*time.Minute)
-			once := func() (claimed, first time.Duration) {
-				if err := p.WaitFull(ctx); err != nil {
-					b.Fatalf("pool never filled: %v", err)
-				}
-				t0 := time.Now()
-				sb, warm, err := p.Claim(ctx, key, sp, claim)
-				if err != nil {
-					b.Fatal(err)
-				}
-				t1 := time.Now()
-				execTrue(ctx, b, sb)
-				t2 := time.Now()
-				if !warm {
-					b.Fatal("claim after WaitFull was a cold start")
-				}
-				destroy(b, sb)
-				return t1.Sub(t0), t2.Sub(t1)
-			}
-			once()
-			var claims, execs, total durations
-			for b.Loop() {
-				c, e := once()
-				claims.add(c)
-				execs.add(e)
-				total.add(c + e)
-			}
-			total.report(b, "p50-ms")
-			claims.report(b, "claim-ms")
-			execs.report(b, "exec-ms")
+			benchWarmClaim(b, newNetDriver(b), key, claim, nil)
 		})
 	}
 }

@@ -165,6 +165,17 @@ def error_from_response(status: int, headers: httpx.Headers, raw: bytes) -> Orke
     return classify(status, code, message, details, request_id, _retry_after_header(headers))
 
 
+def _encode_body(headers: Dict[str, str], json_body: Any, content: Body) -> Tuple[Dict[str, str], Optional[bytes]]:
+    """The request body and its Content-Type: JSON when json_body is given,
+    else the raw bytes of content (if any)."""
+    if json_body is not None:
+        headers["Content-Type"] = "application/json"
+        return headers, json.dumps(json_body, ensure_ascii=False).encode("utf-8")
+    if content is not None:
+        headers["Content-Type"] = "application/octet-stream"
+    return headers, content
+
+
 def _decode_json(resp: httpx.Response, method: str, path: str) -> Any:
     try:
         return resp.json()
@@ -311,13 +322,7 @@ class Client(_BaseClient):
         extra_timeout: Optional[float],
         stream: bool,
     ) -> httpx.Response:
-        headers = self._cfg.headers()
-        data: Optional[bytes] = content
-        if json_body is not None:
-            data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        elif content is not None:
-            headers["Content-Type"] = "application/octet-stream"
+        headers, data = _encode_body(self._cfg.headers(), json_body, content)
         policy = _RetryPolicy(self._cfg, method, True)
         attempt = 0
         while True:
@@ -418,13 +423,7 @@ class AsyncClient(_BaseClient):
         extra_timeout: Optional[float],
         stream: bool,
     ) -> httpx.Response:
-        headers = self._cfg.headers()
-        data: Optional[bytes] = content
-        if json_body is not None:
-            data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        elif content is not None:
-            headers["Content-Type"] = "application/octet-stream"
+        headers, data = _encode_body(self._cfg.headers(), json_body, content)
         policy = _RetryPolicy(self._cfg, method, True)
         attempt = 0
         while True:
