@@ -135,8 +135,12 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 		timeout = t.C
 	}
 	var ws unix.WaitStatus
-	timedOut := false
+	timedOut, reported := false, false
+	var reportedCode int
 	select {
+	case code := <-p.watchStatus():
+		reported, reportedCode = true, code
+		go func() { <-exited; p.closeStatus() }()
 	case ws = <-exited:
 	case <-timeout:
 		timedOut = true
@@ -148,6 +152,9 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 		killGroup(p.cgroup)
 		ws = <-exited
 	}
+	if !reported {
+		p.closeStatus()
+	}
 	dur := time.Since(start)
 	deadline := time.Now().Add(outputGrace)
 	_ = outR.SetReadDeadline(deadline)
@@ -156,6 +163,8 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 
 	st := wire.ExitStatus{DurationMS: dur.Milliseconds(), TimedOut: timedOut}
 	switch {
+	case reported:
+		st.ExitCode = reportedCode
 	case ws.Exited():
 		st.ExitCode = ws.ExitStatus()
 	case ws.Signaled():

@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,10 +35,14 @@ type proc struct {
 	script *os.File          // zygotes only: where the command is written
 	env    map[string]string // the environment it was started with
 	cgroup string            // the command's cgroup; "" without one
+	// Zygotes only: the pipe the shell reports the command's exit status
+	// on, before it exits (see zygoteArgv). Both ends stay with the agent
+	// until the shell has exited.
+	statusR, statusW *os.File
 }
 
 func (p *proc) closeAll() {
-	for _, f := range []*os.File{p.stdinW, p.outR, p.errR, p.script} {
+	for _, f := range []*os.File{p.stdinW, p.outR, p.errR, p.script, p.statusR, p.statusW} {
 		if f != nil {
 			f.Close()
 		}
@@ -92,7 +99,13 @@ func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (
 		files = append(files, scriptR)
 		closeAfter = append(closeAfter, scriptW)
 		p.script = scriptW
-		argv = []string{"/bin/sh", "-c", ". /proc/self/fd/3"}
+		statusR, statusW, err := os.Pipe()
+		if err != nil {
+			return fail(fmt.Errorf("status pipe: %w", err))
+		}
+		closeAfter = append(closeAfter, statusR, statusW)
+		p.statusR, p.statusW = statusR, statusW
+		argv = zygoteArgv(os.Getpid(), statusW.Fd())
 	}
 	pid, exited, err := a.reaper.start("/bin/sh", argv, &os.ProcAttr{
 		Dir: cwd, Env: environ(env), Files: files,
@@ -138,6 +151,27 @@ func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error)
 	return p, start, err
 }
 
+// Exiting costs a gVisor process most of a millisecond (its address space
+// is torn down before the parent hears of it), so a zygote reports its
+// command's exit status before it exits: it closes its stdout and stderr,
+// which ends the output, and writes the status to the agent's status pipe,
+// which it opens through /proc so the command never inherits it. A command
+// whose own code may still run at the shell's exit (an EXIT trap) or that
+// may redefine the builtins the report uses sets __ork_late (see
+// lateReport) and is only done when the shell has exited, as are commands
+// that end the shell themselves (exit, exec, a fatal signal).
+func zygoteArgv(agentPID int, statusFD uintptr) []string {
+	return []string{"/bin/sh", "-c", fmt.Sprintf(". /proc/self/fd/3; "+
+		"{ __ork_s=$?; set +x; } 2>/dev/null; "+
+		"[ -n \"${__ork_late-}\" ] || { exec >&- 2>&-; echo \"$__ork_s\" >/proc/%d/fd/%d; }; "+
+		"exit \"$__ork_s\"", agentPID, statusFD)}
+}
+
+// lateReport matches commands that might run code of theirs after the
+// report, or change what it runs: traps, eval, sourced files, function
+// definitions. False matches only cost the early report.
+var lateReport = regexp.MustCompile(`\btrap\b|\beval\b|\bsource\b|(^|[\s;&|(){}` + "`" + `])\.[\s]|\(\s*\)`)
+
 // handOver writes the command's script to zygote p and reports when the
 // command started; false if it could not.
 func handOver(p *proc, command, cwd string, want map[string]string) (time.Time, bool) {
@@ -159,6 +193,9 @@ func handOver(p *proc, command, cwd string, want map[string]string) (time.Time, 
 func zygoteScript(command, cwd string, have, want map[string]string) (string, bool) {
 	var b strings.Builder
 	b.WriteString("exec 3<&-;")
+	if lateReport.MatchString(command) {
+		b.WriteString(" __ork_late=1;")
+	}
 	for k := range have {
 		if _, ok := want[k]; !ok {
 			if !isShellName(k) {
@@ -256,4 +293,41 @@ func (a *Agent) refillZygote() {
 		}
 		z.ready = p
 	}()
+}
+
+// watchStatus returns a channel that receives the exit status the zygote
+// reports, and nothing if it reports none (or garbage: anything in the
+// sandbox can write to the pipe, and then the exit decides).
+func (p *proc) watchStatus() <-chan int {
+	if p.statusR == nil {
+		return nil
+	}
+	ch := make(chan int, 1)
+	go func(f *os.File) {
+		var line []byte
+		buf := make([]byte, 16)
+		for len(line) < 16 {
+			n, err := f.Read(buf)
+			line = append(line, buf[:n]...)
+			if i := bytes.IndexByte(line, '\n'); i >= 0 {
+				if code, err := strconv.Atoi(string(line[:i])); err == nil && code >= 0 && code <= 255 {
+					ch <- code
+				}
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}(p.statusR)
+	return ch
+}
+
+// closeStatus closes the status pipe once the shell has exited.
+func (p *proc) closeStatus() {
+	for _, f := range []*os.File{p.statusR, p.statusW} {
+		if f != nil {
+			f.Close()
+		}
+	}
 }

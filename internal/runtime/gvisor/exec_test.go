@@ -512,3 +512,43 @@ func (w *streamWriter) waitFor(s string, d time.Duration) bool {
 		}
 	}
 }
+
+// TestExecShellSemantics pins what a command sees of the shell it runs in
+// and what its exec reports, whichever way the agent learns the exit
+// status (the shell's early report or its exit): EXIT traps still write
+// their output, the report leaves no trace in -x output or in the
+// command's file descriptors, and a redefined builtin does not change it.
+func TestExecShellSemantics(t *testing.T) {
+	env := testenv.NewDriver(t)
+	sb := newSandbox(t, env)
+	if _, err := sb.WriteFile(testCtx(t, 10*time.Second), "/tmp/traps.sh", 0o644, strings.NewReader("trap 'echo sourced-bye' EXIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		command, stdout, stderr string
+		code                    int
+	}{
+		{command: "true", code: 0},
+		{command: "false", code: 1},
+		{command: "echo out; echo err >&2; (exit 7)", stdout: "out\n", stderr: "err\n", code: 7},
+		{command: "trap 'echo bye' EXIT; echo hi; false", stdout: "hi\nbye\n", code: 1},
+		{command: "trap 'echo bye; exit 3' EXIT; echo hi", stdout: "hi\nbye\n", code: 3},
+		{command: ". /tmp/traps.sh; echo hi", stdout: "hi\nsourced-bye\n", code: 0},
+		{command: "set -x; true", stderr: "+ true\n", code: 0},
+		{command: "set -u; true", code: 0},
+		{command: "set -C; (exit 5)", code: 5},
+		{command: "IFS=0123456789; (exit 10)", code: 10},
+		{command: "set -e; false; echo not-reached", code: 1},
+		{command: "echo() { printf 'X%s\\n' \"$*\"; }; echo hi", stdout: "Xhi\n", code: 0},
+		{command: "exec >/dev/null; echo gone; exit 4", code: 4},
+		{command: "sh -c 'ls /proc/$$/fd' | tr '\\n' ' '", stdout: "0 1 2 ", code: 0},
+		{command: "return 6", code: 6},
+		{command: "cat <<EOF\nunterminated", stdout: "unterminated\n", code: 0},
+	} {
+		out := run(t, sb, runtime.ExecRequest{Command: c.command})
+		if out.Stdout != c.stdout || out.Stderr != c.stderr || out.ExitCode != c.code || out.Signal != 0 {
+			t.Errorf("%q: got stdout %q stderr %q exit %d signal %d; want %q %q %d",
+				c.command, out.Stdout, out.Stderr, out.ExitCode, out.Signal, c.stdout, c.stderr, c.code)
+		}
+	}
+}
