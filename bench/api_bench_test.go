@@ -32,15 +32,16 @@ var (
 	perfBurst  = flag.String("api.perf-burst", "", "BenchmarkAPIBurstTTI: `perf record -a -g` the whole host during the first burst into this file")
 )
 
-// defaultTTICommand stands in for computesdk's `node -v`: no node template
-// is built on this host. It prints debian-12's version.
-const defaultTTICommand = "cat /etc/debian_version"
-
-var ttiCommand = flag.String("api.tti-cmd", defaultTTICommand, "the first command of the TTI benchmarks (only its exit code is checked unless it is the default)")
+// The TTI benchmarks measure what the public computesdk benchmark does:
+// create a sandbox, run `node -v` in it.
+var (
+	ttiTemplate = flag.String("api.tti-template", "node-22", "the template of the TTI benchmarks")
+	ttiCommand  = flag.String("api.tti-cmd", "node -v", "the first command of the TTI benchmarks (with another command only its exit code is checked)")
+)
 
 // checkTTI fails unless res is the expected answer to the TTI command.
 func checkTTI(res *orkestr.ExecResult) error {
-	if res.ExitCode != 0 || (*ttiCommand == defaultTTICommand && !strings.HasPrefix(res.Stdout, "12.")) {
+	if res.ExitCode != 0 || (*ttiCommand == "node -v" && !strings.HasPrefix(res.Stdout, "v")) {
 		return fmt.Errorf("%s: exit %d, stdout %q, stderr %q", *ttiCommand, res.ExitCode, res.Stdout, res.Stderr)
 	}
 	return nil
@@ -51,9 +52,9 @@ const seqPool = 4
 
 // BenchmarkAPITTIWarm is time to interactive as the public computesdk
 // benchmark measures it: from the create() call until the first command's
-// result is back (POST /v1/sandboxes, then POST /exec `cat
-// /etc/debian_version`), one sandbox after another. The pool (4 small
-// debian-12 sandboxes) is refilled, untimed, before each create, so every
+// result is back (POST /v1/sandboxes, then POST /exec `node -v`), one
+// sandbox after another. The pool (4 small node-22 sandboxes) is
+// refilled, untimed, before each create, so every
 // create claims a warm sandbox; the DELETE after each is untimed.
 func BenchmarkAPITTIWarm(b *testing.B) { benchTTI(b, seqPool, true) }
 
@@ -68,7 +69,7 @@ func BenchmarkAPITTINoWait(b *testing.B) { benchTTI(b, seqPool, false) }
 func BenchmarkAPITTICold(b *testing.B) { benchTTI(b, 0, false) }
 
 func benchTTI(b *testing.B, pool int, wait bool) {
-	s := startServer(b, pool)
+	s := startServer(b, pool, *ttiTemplate)
 	ctx := timeout(b, 30*time.Minute)
 	if pool > 0 {
 		s.waitPool(pool, 5*time.Minute, nil)
@@ -125,7 +126,7 @@ func benchTTI(b *testing.B, pool int, wait bool) {
 // BenchmarkAPIBurstTTI fills a pool of -api.burst (100) warm sandboxes,
 // waits until /healthz shows all of them ready (untimed; fill-s is how long
 // the first fill took), then starts that many clients at once, each doing
-// create → exec `cat /etc/debian_version`. One iteration is one burst:
+// create → exec `node -v` (node-22). One iteration is one burst:
 // p50/p95/max-ms are per-client TTIs, wall-ms is until the last client has
 // its result. The pool starts refilling (one cold start at a time) as soon
 // as the first claim empties a slot, so the refill competes with the burst
@@ -136,7 +137,7 @@ func benchTTI(b *testing.B, pool int, wait bool) {
 // sandboxes are deleted untimed.
 func BenchmarkAPIBurstTTI(b *testing.B) {
 	n := *burstSize
-	s := startServer(b, n)
+	s := startServer(b, n, *ttiTemplate)
 	ctx := timeout(b, 60*time.Minute)
 	t0 := time.Now()
 	s.waitPool(n, 15*time.Minute, func(r int) {
@@ -162,7 +163,7 @@ func BenchmarkAPIBurstTTI(b *testing.B) {
 				defer wg.Done()
 				<-start
 				t0 := time.Now()
-				sb, err := s.client.CreateSandbox(ctx, orkestr.CreateParams{Template: templateName})
+				sb, err := s.client.CreateSandbox(ctx, orkestr.CreateParams{Template: s.template})
 				if err != nil {
 					errs[i] = fmt.Errorf("create: %w", err)
 					return
@@ -242,7 +243,7 @@ func BenchmarkAPIExec(b *testing.B) { benchAPIExec(b, 0) }
 func BenchmarkAPIExecSpaced(b *testing.B) { benchAPIExec(b, 100*time.Millisecond) }
 
 func benchAPIExec(b *testing.B, gap time.Duration) {
-	s := startServer(b, 0)
+	s := startServer(b, 0, templateName)
 	for _, size := range []string{"small", "medium"} {
 		b.Run("size="+size, func(b *testing.B) {
 			ctx := timeout(b, 10*time.Minute)
@@ -303,7 +304,7 @@ func benchAPIExec(b *testing.B, gap time.Duration) {
 // the CPU time orkestrd and this process used per response (they share the
 // cores: the server could do at most cores/server-cpu per second).
 func BenchmarkAPIGetThroughput(b *testing.B) {
-	s := startServer(b, 0)
+	s := startServer(b, 0, templateName)
 	ctx := timeout(b, 10*time.Minute)
 	sb := s.create(ctx, "small")
 	b.Cleanup(func() { s.terminate(sb) })

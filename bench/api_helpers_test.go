@@ -94,24 +94,32 @@ type apiServer struct {
 	key      string
 	dataDir  string
 	stateDir string
+	template string         // the one template the server has
 	cgroup   cgroupv1.Group // the server's cgroup parent, /orkestr/<instance>
 	logPath  string
 	hc       *http.Client
 	client   *orkestr.Client
 }
 
-// startServer starts orkestrd with poolSize warm small debian-12 sandboxes
-// and a fresh data directory, and returns once it answers /healthz. At the
+// startServer starts orkestrd with a fresh data directory and a template
+// directory of its own holding only template (hard links to the built one:
+// the server warms a pool for every template it sees, and other templates'
+// pools would fill and refill beside the one measured), with poolSize
+// warm small sandboxes of it, and returns once it answers /healthz. At the
 // end of the benchmark every sandbox it still lists is terminated through
 // the API, the server is stopped with SIGTERM (which destroys the pool),
 // and anything left on the host (processes, cgroups, mounts, state) fails
 // the benchmark and is removed.
-func startServer(b *testing.B, poolSize int) *apiServer {
+func startServer(b *testing.B, poolSize int, template string) *apiServer {
 	b.Helper()
 	testenv.RequireRoot(b)
 	bin := orkestrdBinary(b)
 	agent := testenv.AgentBinary(b)
-	testenv.Rootfs(b, templateName)
+	testenv.Rootfs(b, template)
+	templateDir := b.TempDir()
+	if out, err := exec.Command("cp", "-al", filepath.Join(testenv.TemplateDir(), template), templateDir).CombinedOutput(); err != nil {
+		b.Fatalf("linking template %s into the server's template dir (same filesystem as %s needed): %v: %s", template, testenv.TemplateDir(), err, out)
+	}
 	dataDir := b.TempDir()
 	stateDir, err := os.MkdirTemp("/run", "orkba-") // short: socket paths
 	if err != nil {
@@ -136,7 +144,7 @@ func startServer(b *testing.B, poolSize int) *apiServer {
 	}
 	defer outf.Close()
 	cmd := exec.Command(bin, "serve", "--listen", addr, "--data-dir", dataDir, "--state-dir", stateDir,
-		"--runsc", testenv.Runsc(b), "--agent", agent, "--template-dir", testenv.TemplateDir(),
+		"--runsc", testenv.Runsc(b), "--agent", agent, "--template-dir", templateDir,
 		"--pool-size="+strconv.Itoa(poolSize), "--config", cfgPath, "--log-level", "info")
 	// stdout carries only the one-time bootstrap key; stderr the log.
 	cmd.Stdout, cmd.Stderr = outf, logf
@@ -148,7 +156,7 @@ func startServer(b *testing.B, poolSize int) *apiServer {
 	abs, _ := filepath.Abs(dataDir)
 	h := sha256.Sum256([]byte(abs))
 	s := &apiServer{
-		b: b, cmd: cmd, exited: make(chan struct{}), url: "http://" + addr,
+		b: b, cmd: cmd, exited: make(chan struct{}), url: "http://" + addr, template: template,
 		dataDir: dataDir, stateDir: stateDir, logPath: logPath,
 		cgroup: cgroupv1.Group("/orkestr/" + hex.EncodeToString(h[:])[:12]),
 		hc: &http.Client{Transport: &http.Transport{
@@ -209,14 +217,14 @@ func (s *apiServer) health() (health, error) {
 	return h, json.NewDecoder(resp.Body).Decode(&h)
 }
 
-// ready is how many warm debian-12 sandboxes the pool holds.
+// ready is how many warm sandboxes the pool holds.
 func (s *apiServer) ready() int {
 	h, err := s.health()
 	if err != nil {
 		s.b.Fatalf("healthz: %v", err)
 	}
 	for _, p := range h.Pools {
-		if p.Template == templateName {
+		if p.Template == s.template {
 			return p.Ready
 		}
 	}
@@ -245,10 +253,10 @@ func (s *apiServer) waitPool(n int, timeout time.Duration, progress func(int)) {
 	}
 }
 
-// create makes a small debian-12 sandbox through the SDK.
+// create makes a sandbox of the server's template through the SDK.
 func (s *apiServer) create(ctx context.Context, size string) *orkestr.Sandbox {
 	s.b.Helper()
-	sb, err := s.client.CreateSandbox(ctx, orkestr.CreateParams{Template: templateName, Size: size})
+	sb, err := s.client.CreateSandbox(ctx, orkestr.CreateParams{Template: s.template, Size: size})
 	if err != nil {
 		s.b.Fatalf("create: %v", err)
 	}

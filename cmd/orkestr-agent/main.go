@@ -7,7 +7,6 @@ import (
 	"flag"
 	"log/slog"
 	"os"
-	"runtime"
 
 	"github.com/orkestr-eu/orkestr/internal/agent"
 	"github.com/orkestr-eu/orkestr/internal/agent/wire"
@@ -17,12 +16,6 @@ func main() {
 	dir := flag.String("dir", wire.AgentDir, "directory holding the host socket and token")
 	verbose := flag.Bool("v", false, "log debug messages to stderr")
 	flag.Parse()
-	// One P: inside gVisor, waking a second OS thread for a goroutine
-	// (netpoller → handler, pipe → pump) is a round trip through the
-	// sentry; on one P the handoffs stay on the thread that is already
-	// running. An exec over HTTP measured 0.3–0.4 ms faster; the agent's
-	// work is I/O, not computation (file transfers were no slower).
-	runtime.GOMAXPROCS(1)
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
