@@ -4,7 +4,7 @@
 # markdown table of medians, of ratios to the baselines and of the targets.
 #
 # Raw output goes to bench/results/<UTC time>.txt (gitignored), the table to
-# the same name with .md. Needs root, bin/runsc, the debian-12 template and
+# the same name with .md. Needs root, bin/runsc, the debian-12 and node-22 templates (make setup) and
 # Debian's runc (apt-get install -y runc; without it BenchmarkRuncRun is
 # skipped). About 10 minutes on a 2-core VM with the defaults, a third of it
 # filling the 100-sandbox pool of the burst benchmark, once per round.
