@@ -54,6 +54,7 @@ func New(dir string, log *slog.Logger) *Agent {
 func (a *Agent) Run(ctx context.Context) error {
 	a.groups = newExecGroups(a.ExecCgroups)
 	a.refillZygote()
+	defer a.stopZygotes()
 	const first = 2 * time.Millisecond
 	backoff := first
 	for ctx.Err() == nil {

@@ -359,3 +359,14 @@ func (rp *reaper) start(path string, argv []string, attr *os.ProcAttr) (int, <-c
 	rp.waiters[pid] = ch
 	return pid, ch, nil
 }
+
+// killGroupOf sends SIGKILL to the process group pid leads, unless pid has
+// been reaped: its number may belong to another process by then. Holding
+// the lock keeps the reaper from collecting it in between.
+func (rp *reaper) killGroupOf(pid int) {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	if _, waiting := rp.waiters[pid]; waiting {
+		_ = unix.Kill(-pid, unix.SIGKILL)
+	}
+}

@@ -54,6 +54,7 @@ type zygotes struct {
 	ready   *proc
 	filling bool
 	filled  chan struct{} // closed when the fill in progress ends
+	stopped bool          // Run has returned: start no more
 }
 
 // fillWait bounds how long an exec waits for a zygote that is being
@@ -155,15 +156,18 @@ func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error)
 // is torn down before the parent hears of it), so a zygote reports its
 // command's exit status before it exits: it closes its stdout and stderr,
 // which ends the output, and writes the status to the agent's status pipe,
-// which it opens through /proc so the command never inherits it. A command
-// whose own code may still run at the shell's exit (an EXIT trap) or that
-// may redefine the builtins the report uses sets __ork_late (see
-// lateReport) and is only done when the shell has exited, as are commands
-// that end the shell themselves (exit, exec, a fatal signal).
+// which it opens through /proc so the command never inherits it. Only a
+// script the agent wrote turns the report on (__ork_report): a zygote
+// whose script pipe closed without one must not write to an fd number the
+// agent may have reused. A command whose own code may still run at the
+// shell's exit (an EXIT trap) or that may redefine the builtins the report
+// uses leaves it off (see lateReport) and is only done when the shell has
+// exited, as are commands that end the shell themselves (exit, exec, a
+// fatal signal).
 func zygoteArgv(agentPID int, statusFD uintptr) []string {
-	return []string{"/bin/sh", "-c", fmt.Sprintf(". /proc/self/fd/3; "+
+	return []string{"/bin/sh", "-c", fmt.Sprintf("__ork_report=; . /proc/self/fd/3; "+
 		"{ __ork_s=$?; set +x; } 2>/dev/null; "+
-		"[ -n \"${__ork_late-}\" ] || { exec >&- 2>&-; echo \"$__ork_s\" >/proc/%d/fd/%d; }; "+
+		"[ -z \"${__ork_report-}\" ] || { exec >&- 2>&-; echo \"$__ork_s\" >/proc/%d/fd/%d; }; "+
 		"exit \"$__ork_s\"", agentPID, statusFD)}
 }
 
@@ -193,9 +197,6 @@ func handOver(p *proc, command, cwd string, want map[string]string) (time.Time, 
 func zygoteScript(command, cwd string, have, want map[string]string) (string, bool) {
 	var b strings.Builder
 	b.WriteString("exec 3<&-;")
-	if lateReport.MatchString(command) {
-		b.WriteString(" __ork_late=1;")
-	}
 	for k := range have {
 		if _, ok := want[k]; !ok {
 			if !isShellName(k) {
@@ -212,6 +213,12 @@ func zygoteScript(command, cwd string, have, want map[string]string) (string, bo
 			return "", false
 		}
 		b.WriteString(" export " + k + "=" + shellQuote(v) + ";")
+	}
+	// After the exports: a sandbox env var of that name must not decide.
+	if lateReport.MatchString(command) {
+		b.WriteString(" __ork_report=;")
+	} else {
+		b.WriteString(" __ork_report=1;")
 	}
 	b.WriteString(" cd -- " + shellQuote(cwd) + " || exit 1\n")
 	b.WriteString(command)
@@ -260,7 +267,7 @@ func (a *Agent) takeZygote() *proc {
 }
 
 func (a *Agent) discard(p *proc) {
-	_ = unix.Kill(-p.pid, unix.SIGKILL)
+	a.reaper.killGroupOf(p.pid)
 	killGroup(p.cgroup)
 	p.closeAll()
 }
@@ -269,7 +276,7 @@ func (a *Agent) discard(p *proc) {
 func (a *Agent) refillZygote() {
 	z := &a.zygotes
 	z.mu.Lock()
-	if z.ready != nil || z.filling {
+	if z.ready != nil || z.filling || z.stopped {
 		z.mu.Unlock()
 		return
 	}
@@ -287,12 +294,27 @@ func (a *Agent) refillZygote() {
 			a.Log.Debug("zygote start failed", "err", err)
 			return
 		}
-		if z.ready != nil {
+		if z.ready != nil || z.stopped {
 			go a.discard(p)
 			return
 		}
 		z.ready = p
 	}()
+}
+
+// stopZygotes kills the ready zygote and starts no more. One left behind
+// when its Agent is gone (tests run several in one process) would have its
+// pipes closed by the garbage collector while it still runs.
+func (a *Agent) stopZygotes() {
+	z := &a.zygotes
+	z.mu.Lock()
+	z.stopped = true
+	p := z.ready
+	z.ready = nil
+	z.mu.Unlock()
+	if p != nil {
+		a.discard(p)
+	}
 }
 
 // watchStatus returns a channel that receives the exit status the zygote

@@ -238,3 +238,42 @@ func TestIdleStreamsDieWithTheirSession(t *testing.T) {
 		}
 	}
 }
+
+// blockUntil is a Writer whose first write waits for release: the caller
+// stops reading the stream while frames pile up behind the one it holds.
+type blockUntil struct {
+	release <-chan struct{}
+	bytes.Buffer
+}
+
+func (b *blockUntil) Write(p []byte) (int, error) {
+	<-b.release
+	return b.Buffer.Write(p)
+}
+
+// A cancelled exec reports the cancellation, even when the exit the agent
+// sent after killing the command is already buffered behind its output.
+func TestCancelledExecDoesNotReadOnToTheExit(t *testing.T) {
+	c := startPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	release := make(chan struct{})
+	out := &blockUntil{release: release}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, wire.Exec{Command: "echo hi; exec sleep 100", Cwd: "/tmp"}, ExecIO{Stdout: out})
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // "hi" is in the writer, which holds it
+	cancel()
+	// The agent sees the stream close, kills the command and sends its exit.
+	time.Sleep(500 * time.Millisecond)
+	close(release)
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the cancelled exec did not return")
+	}
+}

@@ -56,7 +56,7 @@ func (c *Channel) Exec(ctx context.Context, e wire.Exec, io_ ExecIO) (wire.ExitS
 	}
 
 	for {
-		k, b, err := r.Next()
+		k, b, err := next(ctx, r)
 		if err != nil {
 			return wire.ExitStatus{}, c.wrap(ctx, err)
 		}
@@ -162,7 +162,7 @@ func (c *Channel) ReadFile(ctx context.Context, path string, dst io.Writer) (wir
 		return fi, c.wrap(ctx, err)
 	}
 	for {
-		k, b, err := r.Next()
+		k, b, err := next(ctx, r)
 		if err != nil {
 			return fi, c.wrap(ctx, err)
 		}
@@ -211,7 +211,7 @@ func (f *fileReader) Read(p []byte) (int, error) {
 		if f.err != nil {
 			return 0, f.err
 		}
-		k, b, err := f.r.Next()
+		k, b, err := next(f.ctx, f.r)
 		switch {
 		case err != nil:
 			f.err = f.c.wrap(f.ctx, err)
@@ -309,3 +309,14 @@ func IsWireError(err error) bool {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// next reads the agent's next frame unless ctx has ended. A yamux stream
+// serves data it had buffered even past the deadline set at cancellation,
+// so a cancelled exec could otherwise read on through its output to the
+// exit the agent sent after killing the command, and report success.
+func next(ctx context.Context, r *wire.Reader) (wire.Kind, []byte, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, nil, err
+	}
+	return r.Next()
+}
