@@ -49,13 +49,49 @@ func slots(r netip.Prefix) int {
 	return 1 << (bits - 2)
 }
 
-// createNetns makes a named network namespace. The creating thread is
-// locked and switched back afterwards; if switching back fails the thread
-// is left locked so that the Go runtime discards it.
-func createNetns(name string) (err error) {
+// createNetns makes a named network namespace.
+func createNetns(name string) error {
 	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
 		return err
 	}
+	err := onNetns(func() (netns.NsHandle, error) { return netns.NewNamed(name) }, func() error {
+		// Interfaces made in the new namespace from now on get no IPv6
+		// (sandboxes are IPv4 only; the policy drops IPv6).
+		for _, p := range []string{"/proc/sys/net/ipv6/conf/default/disable_ipv6", "/proc/sys/net/ipv6/conf/all/disable_ipv6"} {
+			_ = os.WriteFile(p, []byte("1\n"), 0o644)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("netpolicy: create network namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// InNetns runs fn on a thread switched into the network namespace at path:
+// sockets fn creates belong to that namespace for their whole life.
+func InNetns(path string, fn func() error) error {
+	return onNetns(func() (netns.NsHandle, error) {
+		target, err := netns.GetFromPath(path)
+		if err != nil {
+			return netns.None(), err
+		}
+		if err := netns.Set(target); err != nil {
+			target.Close()
+			return netns.None(), err
+		}
+		return target, nil
+	}, fn)
+}
+
+// onNetns runs fn on an OS thread that enter switches into a namespace
+// (enter runs on that thread: netns.NewNamed creates one and enters it),
+// then switches the thread back. It switches back even when enter failed,
+// which may have left the thread in a new namespace (NewNamed unshares
+// before it mounts). If switching back fails the thread stays locked, so
+// the Go runtime discards it instead of running other goroutines in the
+// wrong namespace.
+func onNetns(enter func() (netns.NsHandle, error), fn func() error) error {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
@@ -63,27 +99,18 @@ func createNetns(name string) (err error) {
 		return err
 	}
 	defer orig.Close()
-	ns, err := netns.NewNamed(name)
+	target, err := enter()
+	if target.IsOpen() {
+		defer target.Close()
+	}
 	if err == nil {
-		// Still on the new namespace: interfaces made in it from now on
-		// get no IPv6 (sandboxes are IPv4 only; the policy drops IPv6).
-		for _, p := range []string{"/proc/sys/net/ipv6/conf/default/disable_ipv6", "/proc/sys/net/ipv6/conf/all/disable_ipv6"} {
-			_ = os.WriteFile(p, []byte("1\n"), 0o644)
-		}
+		err = fn()
 	}
 	if serr := netns.Set(orig); serr != nil {
-		// This thread now lives in the wrong namespace: never reuse it.
-		if ns.IsOpen() {
-			ns.Close()
-		}
-		return fmt.Errorf("netpolicy: cannot return to the host network namespace: %w", serr)
+		return errors.Join(err, fmt.Errorf("netpolicy: cannot return to the host network namespace: %w", serr))
 	}
 	runtime.UnlockOSThread()
-	if err != nil {
-		return fmt.Errorf("netpolicy: create network namespace %s: %w", name, err)
-	}
-	ns.Close()
-	return nil
+	return err
 }
 
 // deleteNetns removes a named namespace; a missing one is not an error.

@@ -306,7 +306,7 @@ func TestBlockedRecorded(t *testing.T) {
 	mustNotReach(t, a, target(nettest.Forbidden))
 	mustNotReach(t, a, target(nettest.Metadata))
 	// Spoofing another source address is dropped too.
-	if err := nettest.InNetns(a.NetnsPath(), func() error {
+	if err := netpolicy.InNetns(a.NetnsPath(), func() error {
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -315,7 +315,7 @@ func TestBlockedRecorded(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := nettest.InNetns(a.NetnsPath(), func() error {
+	if err := netpolicy.InNetns(a.NetnsPath(), func() error {
 		d := net.Dialer{Timeout: dialTimeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP("10.231.255.254")}}
 		c, err := d.Dial("tcp4", target(nettest.Forbidden))
 		if err == nil {
@@ -595,7 +595,7 @@ func TestResolverHostileInput(t *testing.T) {
 	m := newManager(t, in, instance())
 	a := attach(t, m, "sbhostile", netpolicy.ModeRestricted)
 	server := netip.AddrPortFrom(a.HostAddr, 53).String()
-	err := nettest.InNetns(a.NetnsPath(), func() error {
+	err := netpolicy.InNetns(a.NetnsPath(), func() error {
 		u, err := net.Dial("udp4", server)
 		if err != nil {
 			return err
@@ -650,7 +650,7 @@ func TestNoIPv6AndLogFlood(t *testing.T) {
 	in := nettest.Start(t)
 	m := newManager(t, in, instance())
 	a := attach(t, m, "sbflood", netpolicy.ModeRestricted)
-	if err := nettest.InNetns(a.NetnsPath(), func() error {
+	if err := netpolicy.InNetns(a.NetnsPath(), func() error {
 		addrs, err := netlink.AddrList(nil, netlink.FAMILY_V6)
 		if err != nil {
 			return err
@@ -672,7 +672,7 @@ func TestNoIPv6AndLogFlood(t *testing.T) {
 	}
 	since := time.Now()
 	// 400 attempts to distinct ports in well under a second.
-	if err := nettest.InNetns(a.NetnsPath(), func() error {
+	if err := netpolicy.InNetns(a.NetnsPath(), func() error {
 		c, err := net.ListenPacket("udp4", ":0")
 		if err != nil {
 			return err
@@ -706,7 +706,7 @@ func TestResolverTCPCap(t *testing.T) {
 		}
 	}()
 	refused := 0
-	if err := nettest.InNetns(a.NetnsPath(), func() error {
+	if err := netpolicy.InNetns(a.NetnsPath(), func() error {
 		for i := 0; i < 24; i++ {
 			c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(a.HostAddr, 53).String(), 500*time.Millisecond)
 			if err != nil {

@@ -7,13 +7,11 @@
 package nettest
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,7 +19,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netns"
+
+	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 )
 
 // Well-known targets of the test internet.
@@ -203,7 +202,7 @@ func startServer(i int, addr netip.Addr) (*server, error) {
 // listenIn opens a TCP listener inside a named namespace.
 func listenIn(ns, addr string) (net.Listener, error) {
 	var ln net.Listener
-	err := InNetns("/run/netns/"+ns, func() error {
+	err := netpolicy.InNetns("/run/netns/"+ns, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", addr)
 		return err
@@ -211,39 +210,10 @@ func listenIn(ns, addr string) (net.Listener, error) {
 	return ln, err
 }
 
-// InNetns runs fn on a thread switched into the namespace at path: sockets
-// fn creates belong to that namespace for their whole life.
-func InNetns(path string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime discards it.
-		return errors.Join(ferr, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
-
 // Dial connects from the namespace at path to addr and reads the greeting.
 func Dial(path, addr string, timeout time.Duration) (string, error) {
 	var c net.Conn
-	err := InNetns(path, func() error {
+	err := netpolicy.InNetns(path, func() error {
 		var err error
 		c, err = net.DialTimeout("tcp4", addr, timeout)
 		return err
@@ -270,7 +240,7 @@ func Resolve(path, server, name string, qtype uint16) (*dns.Msg, error) {
 // ResolveNet is Resolve over network "udp" or "tcp".
 func ResolveNet(path, network, server, name string, qtype uint16) (*dns.Msg, error) {
 	var conn *dns.Conn
-	err := InNetns(path, func() error {
+	err := netpolicy.InNetns(path, func() error {
 		var err error
 		conn, err = dns.DialTimeout(network, server, 2*time.Second)
 		return err
