@@ -90,21 +90,33 @@ func rawSignIn(t *testing.T, e *env, email, pw string) string {
 	if pre == nil {
 		t.Fatal("login page set no pre-session cookie")
 	}
-	req, _ := http.NewRequest("POST", e.url+"/console/login", strings.NewReader(url.Values{"csrf": {pre.Value}, "email": {email}, "password": {pw}}.Encode()))
+	status, session := postWithPreSession(t, c, e.url+"/console/login", pre, url.Values{"email": {email}, "password": {pw}})
+	if session == "" {
+		t.Fatalf("sign-in %d set no session cookie", status)
+	}
+	return session
+}
+
+// postWithPreSession posts form with the pre-session cookie and its CSRF
+// token, and returns the status and the Set-Cookie line of the session
+// it started ("" if none).
+func postWithPreSession(t *testing.T, c *http.Client, target string, pre *http.Cookie, form url.Values) (int, string) {
+	t.Helper()
+	form.Set("csrf", pre.Value)
+	req, _ := http.NewRequest("POST", target, strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.AddCookie(pre)
-	res, err = c.Do(req)
+	res, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	res.Body.Close()
 	for _, v := range res.Header.Values("Set-Cookie") {
 		if strings.HasPrefix(v, "orkestr_session=") {
-			return v
+			return res.StatusCode, v
 		}
 	}
-	t.Fatalf("sign-in %d set no session cookie", res.StatusCode)
-	return ""
+	return res.StatusCode, ""
 }
 
 func TestSetupLinkIsOneTime(t *testing.T) {
@@ -486,26 +498,12 @@ func TestSecureCookieBehindTLS(t *testing.T) {
 	if res.Header.Get("Strict-Transport-Security") == "" {
 		t.Error("no HSTS with an https public URL")
 	}
-	form := url.Values{"csrf": {pre.Value}, "password": {password}, "confirm": {password}}
-	req, _ := http.NewRequest("POST", e.url+path, strings.NewReader(form.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.AddCookie(pre)
-	res, err = c.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	status, session := postWithPreSession(t, c, e.url+path, pre, url.Values{"password": {password}, "confirm": {password}})
+	if session == "" {
+		t.Fatalf("setup %d set no session cookie", status)
 	}
-	res.Body.Close()
-	found := false
-	for _, v := range res.Header.Values("Set-Cookie") {
-		if strings.HasPrefix(v, "orkestr_session=") {
-			found = true
-			if !strings.Contains(v, "; Secure") || !strings.Contains(v, "HttpOnly") || !strings.Contains(v, "SameSite=Strict") {
-				t.Errorf("session cookie %q", v)
-			}
-		}
-	}
-	if !found {
-		t.Fatalf("setup %d set no session cookie", res.StatusCode)
+	if !strings.Contains(session, "; Secure") || !strings.Contains(session, "HttpOnly") || !strings.Contains(session, "SameSite=Strict") {
+		t.Errorf("session cookie %q", session)
 	}
 }
 
