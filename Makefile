@@ -2,6 +2,7 @@
 #
 #   make setup   install Debian packages, build binaries, runsc and the offline templates
 #   make run     setup, then run the server on its embedded defaults
+#   make test-unit  the fast tier: no root, no sandboxes, no PostgreSQL (go test -short), seconds
 #   make test    setup, then every test (real gVisor sandboxes), Go, then the TypeScript and Python SDKs'
 #   make test-js setup, then only the TypeScript SDK's tests (sdk/js: npm ci, build, node --test)
 #   make test-python  only the Python SDK: venv, mypy --strict, pytest
@@ -22,7 +23,7 @@ DEB_PACKAGES      := debootstrap iproute2 nftables ca-certificates busybox-stati
 TEST_DEB_PACKAGES := postgresql runc chromium nodejs python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps
+.PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps
 
 setup: deps build runsc templates
 
@@ -88,6 +89,11 @@ test: setup test-deps lint postgres console-e2e-deps
 		$(GO) test $(TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory test-js-run
 	@$(MAKE) --no-print-directory test-python
+
+# The fast tier: what needs neither root, gVisor nor PostgreSQL (tests that do
+# skip themselves under -short). `make test` runs everything, this included.
+test-unit:
+	$(GO) test -short -count=1 ./...
 
 # The TypeScript SDK (sdk/js) against a real orkestrd its tests start: Node
 # 18+ and npm (Debian's nodejs), its devDependencies from the npm registry.

@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,6 +17,13 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// Every test here runs the real binaries against real sandboxes:
+		// none belongs in the fast tier.
+		fmt.Println("e2e: skipped under -short (run by `make test`)")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "orkestr-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -27,6 +27,9 @@ func FreshPostgres(t testing.TB) string {
 	if os.Getenv(EnvSkipPostgres) == "1" {
 		t.Skip(EnvSkipPostgres + "=1: skipping PostgreSQL")
 	}
+	if testing.Short() {
+		t.Skip("-short: PostgreSQL is left to `make test`")
+	}
 	admin := os.Getenv(EnvPostgresURL)
 	if admin == "" {
 		t.Fatal(EnvPostgresURL + " is not set, so the PostgreSQL tests cannot run. " +

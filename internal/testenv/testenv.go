@@ -34,8 +34,13 @@ func RepoRoot() string {
 }
 
 // RequireRoot fails the test unless it runs as root: sandboxes need it.
+// Under -short (`make test-unit`, the fast tier) the test is skipped instead:
+// that tier runs without root, sandboxes or PostgreSQL; `make test` runs it.
 func RequireRoot(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: this test starts real gVisor sandboxes (run by `make test`)")
+	}
 	if os.Geteuid() != 0 {
 		t.Fatal("this test starts real gVisor sandboxes and must run as root (use `make test`)")
 	}

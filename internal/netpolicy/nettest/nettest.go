@@ -67,6 +67,9 @@ const lockPath = "/run/lock/orkestr-nettest.lock"
 // Start builds the internet; t.Cleanup removes all of it.
 func Start(t testing.TB) *Internet {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: the test internet needs root and network namespaces (run by `make test`)")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces)")
 	}
