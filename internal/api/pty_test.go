@@ -92,7 +92,10 @@ func (w *wsTerm) until(what string, cond func() bool) error {
 	return nil
 }
 
-func (w *wsTerm) shows(s string) { w.t.Helper(); _ = w.until(s, func() bool { return strings.Contains(w.out.String(), s) }) }
+func (w *wsTerm) shows(s string) {
+	w.t.Helper()
+	_ = w.until(s, func() bool { return strings.Contains(w.out.String(), s) })
+}
 
 func (w *wsTerm) control(typ string) map[string]any {
 	w.t.Helper()
