@@ -308,3 +308,81 @@ func TestPtySandboxGoneEndsSession(t *testing.T) {
 		}
 	}
 }
+
+// TestPtyPauseEndsSession: pausing the sandbox ends its terminals, and the
+// program is gone after the resume.
+func TestPtyPauseEndsSession(t *testing.T) {
+	h := newHarness(t, testConfig(), true)
+	_, key := h.account("a", "team")
+	id := h.create(key)
+	w := h.openTerm(key, id, map[string]any{"command": "echo up; sleep 4545"})
+	w.shows("up")
+	if r := h.do("POST", "/v1/sandboxes/"+id+"/pause", key, nil); r.status != 200 {
+		t.Fatalf("pause: %d %s", r.status, r.body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		if _, _, err := w.conn.Read(ctx); err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				t.Fatal("the session outlived the pause")
+			}
+			break
+		}
+	}
+	if r := h.do("POST", "/v1/sandboxes/"+id+"/resume", key, nil); r.status != 200 {
+		t.Fatalf("resume: %d %s", r.status, r.body)
+	}
+	waitNoProcess(t, h, key, id, "sleep 4545")
+	// A new terminal works after the resume.
+	w = h.openTerm(key, id, map[string]any{"command": "echo again; exit 2"})
+	if exit := w.control("exit"); exit["exit_code"] != 2.0 || !strings.Contains(w.out.String(), "again") {
+		t.Errorf("after resume: %v %q", exit, w.out.String())
+	}
+}
+
+// TestPtyManySessionsLeaveNoGoroutines opens and closes 300 terminals over
+// the API, half ended by their program and half hung up on, and counts the
+// server's goroutines before and after.
+func TestPtyManySessionsLeaveNoGoroutines(t *testing.T) {
+	h := newHarness(t, testConfig(), true)
+	_, key := h.account("a", "team")
+	id := h.create(key)
+	h.exec(key, id, "true")
+	http.DefaultClient.CloseIdleConnections()
+	before := goruntime.NumGoroutine()
+	for i := 0; i < 300; i++ {
+		conn, _, err := h.dialPty(key, id)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		w := &wsTerm{t: t, conn: conn}
+		if i%2 == 0 {
+			w.text(map[string]any{"type": "start", "command": "exit 0"})
+			if exit := w.control("exit"); exit["exit_code"] != 0.0 {
+				t.Fatalf("session %d: %v", i, exit)
+			}
+			_ = w.closeStatus()
+		} else {
+			w.text(map[string]any{"type": "start", "command": "sleep 60"})
+			w.control("started")
+		}
+		conn.CloseNow()
+	}
+	var after int
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		http.DefaultClient.CloseIdleConnections()
+		after = goruntime.NumGoroutine()
+		if after <= before+2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("goroutines %d → %d", before, after)
+	if after > before+2 {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("goroutines grew from %d to %d:\n%s", before, after, buf[:goruntime.Stack(buf, true)])
+	}
+	waitNoProcess(t, h, key, id, "sleep 60")
+}
