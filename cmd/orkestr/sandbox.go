@@ -111,6 +111,9 @@ func sandboxCommands() []*command {
 					if *tty.i && !tty.on() {
 						*stdin = true
 					}
+					if tty.on() && c.json {
+						return usagef("--json cannot be combined with a terminal (-t, -it)")
+					}
 					if tty.on() {
 						return runTerminal(c, c.client.Sandbox(args[0]), orkestr.TerminalOptions{Command: terminalCommandLine(args[1:]), Env: o.Env, Cwd: o.Cwd})
 					}

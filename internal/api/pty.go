@@ -24,7 +24,8 @@ import (
 //	server → client: {"type":"started","pid":N}, then output, then
 //	                 {"type":"exit","exit_code":N,"duration_ms":D} and a
 //	                 normal close; or {"type":"error","error":{...}} and a
-//	                 close with 1008 (the request) or 1011 (the server).
+//	                 close with 1008 (the request), 1001 (the sandbox
+//	                 stopped) or 1011 (the server).
 //
 // Output is read from the sandbox only as fast as the client takes it, so
 // a client that stops reading stalls the program rather than any buffer.
@@ -92,6 +93,9 @@ func (s *Server) servePty(ctx context.Context, conn *websocket.Conn, opener runt
 		if !errors.As(err, &e) {
 			s.log.Error("terminal failed", "err", err)
 			e, code = errInternal, websocket.StatusInternalError
+		}
+		if e.Code == "sandbox_not_ready" {
+			code = websocket.StatusGoingAway
 		}
 		details := e.Details
 		if details == nil {
@@ -162,7 +166,11 @@ func (s *Server) servePty(ctx context.Context, conn *websocket.Conn, opener runt
 	select {
 	case err := <-out:
 		if err != nil {
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil:
+			case errors.Is(err, runtime.ErrStopped) || errors.Is(err, runtime.ErrOutOfMemory):
+				fail(apiErr(http.StatusConflict, "sandbox_not_ready", "The sandbox stopped (paused, terminated or out of memory); the terminal ended with it."))
+			default:
 				fail(execError(err))
 			}
 			return
