@@ -124,6 +124,14 @@ func (a *Agent) pty(st net.Conn, r *wire.Reader, w *wire.Writer) {
 
 	in := newPtyInput(master)
 	defer in.stop()
+	defer func() {
+		in.mu.Lock()
+		dropped := in.dropped
+		in.mu.Unlock()
+		if dropped > 0 && a.Log != nil {
+			a.Log.Debug("terminal input the program did not read was dropped", "pid", pid, "bytes", dropped)
+		}
+	}()
 	hostGone := make(chan struct{})
 	go func() {
 		defer close(hostGone)
@@ -289,14 +297,19 @@ func mustJSON(v any) []byte {
 }
 
 // ptyInput writes typed bytes to the terminal from a goroutine of its own,
-// holding at most ptyInputLimit bytes the program has not read yet.
+// holding at most ptyInputLimit bytes the program has not read yet: the
+// bytes queued plus the ones being written. Two buffers take turns, so a
+// flood makes no garbage.
 type ptyInput struct {
-	master *os.File
-	mu     sync.Mutex
-	buf    []byte
-	wake   chan struct{}
-	done   chan struct{}
-	once   sync.Once
+	master   *os.File
+	mu       sync.Mutex
+	buf      []byte // queued
+	spare    []byte // the other buffer, while not being written
+	inflight int    // bytes of the write in progress
+	dropped  int64
+	wake     chan struct{}
+	done     chan struct{}
+	once     sync.Once
 }
 
 func newPtyInput(master *os.File) *ptyInput {
@@ -307,10 +320,9 @@ func newPtyInput(master *os.File) *ptyInput {
 
 func (in *ptyInput) put(b []byte) {
 	in.mu.Lock()
-	room := ptyInputLimit - len(in.buf)
-	if room > 0 {
-		in.buf = append(in.buf, b[:min(len(b), room)]...)
-	}
+	room := max(ptyInputLimit-len(in.buf)-in.inflight, 0)
+	in.buf = append(in.buf, b[:min(len(b), room)]...)
+	in.dropped += int64(len(b) - min(len(b), room))
 	in.mu.Unlock()
 	select {
 	case in.wake <- struct{}{}:
@@ -328,12 +340,20 @@ func (in *ptyInput) run() {
 		for {
 			in.mu.Lock()
 			chunk := in.buf
-			in.buf = nil
+			in.buf, in.spare = in.spare[:0], nil
+			in.inflight = len(chunk)
 			in.mu.Unlock()
 			if len(chunk) == 0 {
+				in.mu.Lock()
+				in.spare = chunk
+				in.mu.Unlock()
 				break
 			}
-			if _, err := in.master.Write(chunk); err != nil {
+			_, err := in.master.Write(chunk)
+			in.mu.Lock()
+			in.spare, in.inflight = chunk[:0], 0
+			in.mu.Unlock()
+			if err != nil {
 				return // closed, or stopped by the deadline
 			}
 		}

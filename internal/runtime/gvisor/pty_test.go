@@ -386,3 +386,52 @@ func TestTerminalThousandSessionsLeaveNothing(t *testing.T) {
 		t.Errorf("terminals left open in /dev/pts: %s", left)
 	}
 }
+
+// TestTerminalInputFloodIsBounded: a program that never reads its
+// terminal gets 64 MiB typed at it. The agent keeps reading the stream (so
+// the writes complete and a resize still gets through), holds at most
+// 1 MiB, drops the rest, and the hang-up still kills the program.
+func TestTerminalInputFloodIsBounded(t *testing.T) {
+	env := testenv.NewDriver(t)
+	sb := newSandbox(t, env)
+	rss := func() int {
+		n, _ := strconv.Atoi(sh(t, sb, "grep VmRSS /proc/1/status | tr -dc 0-9"))
+		return n
+	}
+	term, s := openTerm(t, sb, runtime.TerminalRequest{Command: `trap 'stty size' WINCH; echo ready; while :; do sleep 1; done`})
+	s.waitFor(t, "ready")
+	before := rss()
+	chunk := bytes.Repeat([]byte("x"), 64<<10)
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < 1024; i++ {
+			if _, err := term.Write(chunk); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("typing 64 MiB at a program that does not read blocked")
+	}
+	if err := term.Resize(33, 77); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor(t, "33 77")
+	// The agent holds at most 1 MiB of it (two buffers taking turns);
+	// what the RSS shows beyond that is the Go heap's headroom, the same
+	// for 16 MiB as for 64 MiB here (+7 to +9 MiB).
+	if after := rss(); after > before+16<<10 {
+		t.Errorf("agent RSS grew from %d KiB to %d KiB with 64 MiB of input nobody read", before, after)
+	}
+	_ = term.Close()
+	if !eventually(10*time.Second, func() bool { return len(procsNamed(listProcs(t, sb), "sleep")) == 0 }) {
+		t.Fatalf("the program survived the hang-up: %v", listProcs(t, sb))
+	}
+}
