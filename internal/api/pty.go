@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -37,6 +38,41 @@ const ptyMaxMessage = 64 << 10
 // ptyStartWait bounds how long the server waits for the start message.
 const ptyStartWait = 30 * time.Second
 
+// maxTerminals bounds the open terminals of one sandbox. A terminal whose
+// client stops reading holds up to the agent stream's window (1 MiB) on
+// this side, so the bound is what one sandbox can pin here.
+const maxTerminals = 32
+
+// terminalSlots counts the open terminals of each sandbox in this process
+// (sandbox ids are unique, so servers in one process can share it).
+type terminalSlots struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (t *terminalSlots) take(id string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == nil {
+		t.n = map[string]int{}
+	}
+	if t.n[id] >= maxTerminals {
+		return false
+	}
+	t.n[id]++
+	return true
+}
+
+func (t *terminalSlots) give(id string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n[id]--; t.n[id] <= 0 {
+		delete(t.n, id)
+	}
+}
+
+var terminals terminalSlots
+
 type ptyControl struct {
 	Type    string            `json:"type"`
 	Command *string           `json:"command"`
@@ -58,6 +94,11 @@ func (s *Server) openPty(w http.ResponseWriter, r *http.Request) error {
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		return apiErr(http.StatusUpgradeRequired, "websocket_required", "This endpoint speaks WebSocket: send a GET with Upgrade: websocket (see docs/api.md, Terminals).")
 	}
+	id := r.PathValue("id")
+	if !terminals.take(id) {
+		return apiErr(http.StatusTooManyRequests, "too_many_terminals", "This sandbox has %d terminals open, the most it may have; close one first.", maxTerminals).with("max", maxTerminals)
+	}
+	defer terminals.give(id)
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		return nil // Accept has answered (e.g. 403 for a foreign Origin)

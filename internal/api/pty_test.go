@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	goruntime "runtime"
 	"strings"
@@ -382,4 +383,42 @@ func TestPtyManySessionsLeaveNoGoroutines(t *testing.T) {
 		t.Fatalf("goroutines grew from %d to %d:\n%s", before, after, buf[:goruntime.Stack(buf, true)])
 	}
 	waitNoProcess(t, h, key, id, "sleep 60")
+}
+
+// TestPtyTerminalsPerSandboxAreCapped: the 33rd open terminal of a sandbox
+// is refused before the upgrade; closing one frees its slot.
+func TestPtyTerminalsPerSandboxAreCapped(t *testing.T) {
+	h := newHarness(t, testConfig(), true)
+	_, key := h.account("a", "team")
+	id := h.create(key)
+	var open []*wsTerm
+	for i := 0; i < maxTerminals; i++ {
+		w := h.openTerm(key, id, map[string]any{"command": "sleep 300"})
+		w.control("started")
+		open = append(open, w)
+	}
+	_, res, err := h.dialPty(key, id)
+	if err == nil || res == nil || res.StatusCode != 429 {
+		t.Fatalf("terminal %d: %v %v", maxTerminals+1, res, err)
+	}
+	if b, _ := io.ReadAll(res.Body); !strings.Contains(string(b), "too_many_terminals") {
+		t.Errorf("at the cap: %s", b)
+	}
+	open[0].conn.CloseNow()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, _, err := h.dialPty(key, id)
+		if err == nil {
+			conn.CloseNow()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no slot after closing a terminal: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, w := range open[1:] {
+		w.conn.CloseNow()
+	}
+	waitNoProcess(t, h, key, id, "sleep 300")
 }
