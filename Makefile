@@ -23,7 +23,7 @@ DEB_PACKAGES      := debootstrap iproute2 nftables ca-certificates busybox-stati
 TEST_DEB_PACKAGES := postgresql runc chromium nodejs python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps
+.PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps console-vendor
 
 setup: deps build runsc templates
 
@@ -121,6 +121,21 @@ test-python: build test-deps
 
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh
+
+# The console's xterm.js (internal/console/static/vendor/xterm) is the npm
+# package's files, unchanged and committed so that `go build` needs no npm.
+# This fetches the pinned tarball again, checks its integrity and compares
+# the files (TestVendoredXtermUnchanged checks them against VERSION).
+XTERM_VERSION := 6.0.0
+console-vendor:
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent @xterm/xterm@$(XTERM_VERSION) >/dev/null && \
+	  want=$$(grep -o 'sha512-[^ ]*' $(CURDIR)/internal/console/static/vendor/xterm/VERSION | sed 's/^sha512-//' | base64 -d | od -An -tx1 | tr -d ' \n') && \
+	  got=$$(sha512sum xterm-xterm-$(XTERM_VERSION).tgz | cut -d' ' -f1) && [ "$$want" = "$$got" ] && \
+	  tar -xzf xterm-xterm-$(XTERM_VERSION).tgz && \
+	  cmp package/lib/xterm.js $(CURDIR)/internal/console/static/vendor/xterm/xterm.js && \
+	  cmp package/css/xterm.css $(CURDIR)/internal/console/static/vendor/xterm/xterm.css && \
+	  cmp package/LICENSE $(CURDIR)/internal/console/static/vendor/xterm/LICENSE && \
+	  echo "vendored @xterm/xterm $(XTERM_VERSION) matches the npm package"; rc=$$?; rm -rf $$tmp; exit $$rc
 
 clean:
 	rm -f $(BIN)/orkestrd $(BIN)/orkestr $(BIN)/orkestr-agent

@@ -19,7 +19,8 @@ import (
 // (Playwright's playwright-core on Debian's chromium, headless) against a
 // real orkestrd: set a password from the admin's setup link, sign in,
 // mint a token, create a sandbox with it through the API, watch it on the
-// console with a moving sparkline, pause and terminate it from the page,
+// console with a moving sparkline, type a command into its terminal
+// (xterm.js) and see the output, pause and terminate it from the page,
 // revoke the token and see the API refuse it. The browser part is
 // e2e/console/console.mjs; its screenshots go to e2e/artifacts/console/
 // (ignored by git).

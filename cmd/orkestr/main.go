@@ -42,6 +42,9 @@ Sandboxes:
   sandbox ls     [--status S] [--limit N]
   sandbox get    ID
   sandbox exec   [--timeout SECONDS] [--env K=V]... [--cwd DIR] [--stdin] ID [--] COMMAND [ARG]...
+  sandbox exec   -it [--env K=V]... [--cwd DIR] ID [--] COMMAND [ARG]...
+                 on an interactive terminal, as docker exec -it (exit status: the command's)
+  sandbox shell  [--cwd DIR] [--env K=V]... ID      an interactive login shell
   sandbox pause  ID
   sandbox resume ID
   sandbox rm     ID

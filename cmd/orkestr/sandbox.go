@@ -65,6 +65,7 @@ func sandboxCommands() []*command {
 				}
 			},
 		},
+		shellCommand(),
 		oneSandbox("get", "Print a sandbox.", func(c *cli, sb *orkestr.Sandbox) error {
 			if err := sb.Refresh(c.ctx); err != nil {
 				return err
@@ -104,8 +105,18 @@ func sandboxCommands() []*command {
 				fs.Var(env, "env", "`K=V` environment variable for the command (repeatable)")
 				fs.StringVar(&o.Cwd, "cwd", "", "working directory (default /workspace)")
 				stdin := fs.Bool("stdin", false, "send standard input (UTF-8, up to 1 MiB) to the command")
+				tty := ttyFlags(fs)
 				return func(c *cli, args []string) error {
 					o.Env = env.orNil()
+					if *tty.i && !tty.on() {
+						*stdin = true
+					}
+					if tty.on() && c.json {
+						return usagef("--json cannot be combined with a terminal (-t, -it)")
+					}
+					if tty.on() {
+						return runTerminal(c, c.client.Sandbox(args[0]), orkestr.TerminalOptions{Command: terminalCommandLine(args[1:]), Env: o.Env, Cwd: o.Cwd})
+					}
 					if *stdin {
 						o.Stdin = c.stdin
 					}

@@ -162,6 +162,30 @@ try {
   check(gaps.length >= 2 && Math.min(...gaps) >= 900, "metrics polled at most once a second: gaps " + gaps.join(","));
   log("sparkline moves; metrics polled every " + gaps.join(",") + " ms");
 
+  // 6b. The terminal: a login shell in the sandbox, typed into in the page.
+  const rowsText = async () => ((await page.textContent("#term .xterm-rows")) || "").replace(/\u00a0/g, " ");
+  await page.click("#term-open");
+  await until("the terminal to connect", async () => (await page.textContent("#term-state")).startsWith("Connected"));
+  await until("a shell prompt", async () => (await rowsText()).includes("/workspace#"));
+  await page.click("#term .xterm-screen");
+  await page.keyboard.type("echo hello-$((6*7)) $TERM; printf '\\033[32mgreen\\033[0m\\n'");
+  await page.keyboard.press("Enter");
+  await until("the command's output in the terminal", async () => (await rowsText()).includes("hello-42 xterm-256color"));
+  // The escape sequence was rendered, not printed: "green" is drawn in
+  // the theme's green, which needs xterm.js's computed styles to apply
+  // under the console's CSP.
+  const colours = await until("the coloured word", () => page.$$eval("#term .xterm-rows span", (spans) => {
+    const green = spans.find((s) => s.textContent === "green");
+    const plain = spans.find((s) => s.textContent.includes("hello-42"));
+    return green && plain ? [getComputedStyle(green).color, getComputedStyle(plain).color, green.className] : null;
+  }));
+  check(colours && colours[0] !== colours[1], "the terminal renders colours: " + JSON.stringify(colours));
+  await shot("06b-terminal");
+  await page.keyboard.type("exit 3");
+  await page.keyboard.press("Enter");
+  await until("the exit status on the page", async () => (await page.textContent("#term-state")).includes("status 3"));
+  log("terminal: typed a command, saw its coloured output, exit status 3");
+
   // 7. Pause from the page, then terminate.
   await page.click("#pause");
   await page.waitForSelector("#resume", { timeout: 90000 });

@@ -139,13 +139,13 @@ func (a *Agent) serveStream(st net.Conn) {
 	defer st.Close()
 	r := wire.NewReader(st)
 	w := wire.NewWriter(st)
-	for a.serveRequest(r, w) {
+	for a.serveRequest(st, r, w) {
 	}
 }
 
 // serveRequest serves one request and says whether the stream can carry the
 // next one.
-func (a *Agent) serveRequest(r *wire.Reader, w *wire.Writer) (reusable bool) {
+func (a *Agent) serveRequest(st net.Conn, r *wire.Reader, w *wire.Writer) (reusable bool) {
 	var req wire.Request
 	if err := r.ExpectJSON(&req); err != nil {
 		if !errors.Is(err, io.EOF) {
@@ -178,6 +178,9 @@ func (a *Agent) serveRequest(r *wire.Reader, w *wire.Writer) (reusable bool) {
 		removePath(req.Path, req.Recursive, w)
 	case wire.OpMkdir:
 		mkdirPath(req.Path, req.Mode, w)
+	case wire.OpPty:
+		a.pty(st, r, w)
+		return false
 	default:
 		_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("unknown op %q", req.Op))
 	}

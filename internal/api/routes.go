@@ -39,6 +39,7 @@ func (s *Server) routeTable() []endpoint {
 		{Route{"DELETE", "/v1/sandboxes/{id}/files"}, w, s.deleteFile},
 		{Route{"GET", "/v1/sandboxes/{id}/files/list"}, r, s.listFiles},
 		{Route{"GET", "/v1/sandboxes/{id}/metrics"}, r, s.metrics},
+		{Route{"GET", "/v1/sandboxes/{id}/pty"}, w, s.openPty},
 		{Route{"GET", "/v1/openapi.yaml"}, "", func(w http.ResponseWriter, r *http.Request) error { s.openapi(w, r); return nil }},
 	}
 }

@@ -130,6 +130,7 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /console/sandboxes/{id}/{action}", c.member(c.sandboxAction))
 	m.HandleFunc("GET /console/api/sandboxes", c.member(c.sandboxesJSON))
 	m.HandleFunc("GET /console/api/sandboxes/{id}/metrics", c.member(c.metricsJSON))
+	m.HandleFunc("GET /console/api/sandboxes/{id}/pty", c.member(c.terminal))
 	m.HandleFunc("GET /console/tokens", c.member(c.tokensPage))
 	m.HandleFunc("POST /console/tokens", c.member(c.mintToken))
 	m.HandleFunc("POST /console/tokens/{id}/revoke", c.member(c.revokeToken))

@@ -37,4 +37,5 @@ export {
   type BlockedConnection,
   type OrkestrErrorInit,
 } from "./errors.js";
+export { Terminal, type TerminalOptions, type TerminalExit } from "./terminal.js";
 export { VERSION, DEFAULT_BASE_URL, type ClientOptions, type CallOptions } from "./http.js";

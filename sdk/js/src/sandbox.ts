@@ -1,6 +1,7 @@
 // Sandbox: the handle for one sandbox of the API and the static calls that
 // create, resume, list and describe sandboxes and plans.
 
+import { openTerminal, type Terminal, type TerminalOptions } from "./terminal.js";
 import {
   type BlockedConnection,
   type ExecResult,
@@ -415,6 +416,14 @@ export class Sandbox implements SandboxData {
    * This sandbox's live CPU and memory, a ~60 s window of samples and its
    * lifetime totals. `since` limits samples to those newer than it.
    */
+  /**
+   * Opens an interactive terminal (a PTY) in the sandbox running
+   * `options.command`, or root's login shell. Needs Node.js. See Terminal.
+   */
+  async terminal(options: TerminalOptions = {}): Promise<Terminal> {
+    return openTerminal(this.#conn, this.#path("/pty"), options);
+  }
+
   async metrics(options: CallOptions & { since?: Date } = {}): Promise<Metrics> {
     const raw = await call(this.#conn, {
       method: "GET",

@@ -44,6 +44,7 @@ from ._models import (
     Template,
 )
 from ._sandbox import ExecStream, Files, Sandbox
+from ._terminal import AsyncTerminal, Terminal, TerminalExit
 from ._version import __version__
 
 __all__ = [
@@ -59,6 +60,9 @@ __all__ = [
     "AsyncFiles",
     "ExecStream",
     "AsyncExecStream",
+    "Terminal",
+    "AsyncTerminal",
+    "TerminalExit",
     "ExecResult",
     "ExecChunk",
     "BlockedConnection",

@@ -21,6 +21,7 @@ from ._common import (
     update_body,
 )
 from ._errors import OrkestrError
+from ._terminal import AsyncTerminal, _start_message
 from ._models import ExecChunk, ExecResult, FileEntry, Limits, Metrics, SandboxFields, Template
 
 __all__ = ["AsyncSandbox", "AsyncFiles", "AsyncExecStream"]
@@ -194,6 +195,22 @@ class AsyncSandbox(SandboxFields):
         body = exec_body(command, timeout_seconds, env, cwd, stdin)
         return AsyncExecStream(self._client, sandbox_path(self.id, "/exec/stream"), body,
                                float(timeout_seconds or DEFAULT_EXEC_TIMEOUT))
+
+    async def terminal(
+        self,
+        command: Optional[str] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        rows: Optional[int] = None,
+        cols: Optional[int] = None,
+    ) -> AsyncTerminal:
+        """Open an interactive terminal (a PTY) running ``command`` with
+        ``/bin/sh -c``, or root's login shell; see AsyncTerminal. Use it
+        with ``async with``: leaving it hangs up."""
+        start = _start_message(command, env, cwd, rows, cols)
+        cfg = self._client._cfg
+        return await AsyncTerminal._open(cfg.base_url, cfg.key.get(), sandbox_path(self.id, "/pty"), start, min(cfg.timeout, 60.0))
 
     async def metrics(self, since: Optional[datetime] = None) -> Metrics:
         return Metrics._from(await self._client.json("GET", sandbox_path(self.id, "/metrics"),

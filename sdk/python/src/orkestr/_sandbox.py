@@ -22,6 +22,7 @@ from ._common import (
     update_body,
 )
 from ._errors import OrkestrError
+from ._terminal import Terminal, _start_message
 from ._models import ExecChunk, ExecResult, FileEntry, Limits, Metrics, SandboxFields, Template
 
 __all__ = ["Sandbox", "Files", "ExecStream"]
@@ -218,6 +219,22 @@ class Sandbox(SandboxFields):
         body = exec_body(command, timeout_seconds, env, cwd, stdin)
         return ExecStream(self._client, sandbox_path(self.id, "/exec/stream"), body,
                           float(timeout_seconds or DEFAULT_EXEC_TIMEOUT))
+
+    def terminal(
+        self,
+        command: Optional[str] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        rows: Optional[int] = None,
+        cols: Optional[int] = None,
+    ) -> Terminal:
+        """Open an interactive terminal (a PTY) running ``command`` with
+        ``/bin/sh -c``, or root's login shell; see Terminal. Use it as a
+        context manager: leaving it hangs up."""
+        start = _start_message(command, env, cwd, rows, cols)
+        cfg = self._client._cfg
+        return Terminal._open(cfg.base_url, cfg.key.get(), sandbox_path(self.id, "/pty"), start, min(cfg.timeout, 60.0))
 
     def metrics(self, since: Optional[datetime] = None) -> Metrics:
         """Live CPU and memory, the last ~60 s of samples (only those newer

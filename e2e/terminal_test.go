@@ -1,0 +1,265 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
+)
+
+// syncBuf is a buffer written by one goroutine and polled by the test.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func (s *syncBuf) waitFor(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(s.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never saw %q; got %q", want, s.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestGoSDKTerminal(t *testing.T) {
+	s := startAPI(t, serverOpts{})
+	c := sdkClient(t, s, s.key)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sbx, err := c.CreateSandbox(ctx, orkestr.CreateParams{Template: "debian-12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sbx.Terminate(context.Background())
+
+	term, err := sbx.Terminal(ctx, orkestr.TerminalOptions{Command: "stty size; read l; stty size; echo \"got $l $V\"; exit 9", Rows: 12, Cols: 34, Env: map[string]string{"V": "v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer term.Close()
+	if term.PID <= 1 {
+		t.Errorf("pid %d", term.PID)
+	}
+	out := &syncBuf{}
+	done := make(chan error, 1)
+	go func() { _, err := io.Copy(out, term); done <- err }()
+	out.waitFor(t, "12 34\r\n")
+	if err := term.Resize(20, 70); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := term.Write([]byte("line\r")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("reading: %v (%q)", err, out.String())
+	}
+	if !strings.Contains(out.String(), "20 70\r\ngot line v1") {
+		t.Errorf("output %q", out.String())
+	}
+	if ex := term.Exit(); ex == nil || ex.ExitCode != 9 {
+		t.Errorf("exit %+v", ex)
+	}
+
+	// Wait without reading; refusals are typed errors.
+	term2, err := sbx.Terminal(ctx, orkestr.TerminalOptions{Command: "seq 1 100000; exit 2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ex, err := term2.Wait(); err != nil || ex.ExitCode != 2 {
+		t.Errorf("wait: %+v %v", ex, err)
+	}
+	var nf *orkestr.SandboxNotFoundError
+	if _, err := c.Sandbox("sbx_01JZZZZZZZZZZZZZZZZZZZZZZZ").Terminal(ctx, orkestr.TerminalOptions{}); !errors.As(err, &nf) {
+		t.Errorf("unknown sandbox: %v", err)
+	}
+	var apiErr *orkestr.Error
+	if _, err := sbx.Terminal(ctx, orkestr.TerminalOptions{Cwd: "/no/such/dir"}); !errors.As(err, &apiErr) || apiErr.Code != "invalid_request" {
+		t.Errorf("missing cwd: %v", err)
+	}
+	// Cancelling the context hangs up.
+	cctx, ccancel := context.WithCancel(ctx)
+	term3, err := sbx.Terminal(cctx, orkestr.TerminalOptions{Command: "echo up; sleep 777"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_, _ = term3.Read(buf)
+	ccancel()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		res, err := sbx.Exec(ctx, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '", orkestr.ExecOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(res.Stdout, "sleep 777") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the program outlived the cancelled context")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// openHostPty opens a terminal pair on the test host for the CLI to run on.
+func openHostPty(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sfd, err := unix.Open("/dev/pts/"+strconv.Itoa(n), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, slave = os.NewFile(uintptr(fd), "ptmx"), os.NewFile(uintptr(sfd), "pts")
+	t.Cleanup(func() { master.Close(); slave.Close() })
+	return master, slave
+}
+
+// TestCLIExecInteractiveOnARealTerminal runs `orkestr sandbox exec -it`
+// on a terminal of this host, as a person would: raw mode, the window
+// size followed on SIGWINCH, Ctrl-C to the remote side, the remote exit
+// status as the CLI's, the local terminal restored afterwards.
+func TestCLIExecInteractiveOnARealTerminal(t *testing.T) {
+	s := startAPI(t, serverOpts{})
+	id := s.create(s.key, map[string]any{"template": "debian-12"})
+	master, slave := openHostPty(t)
+	if err := unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 30, Col: 100}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "orkestr"), "sandbox", "exec", "-it", id, "--", "bash", "--norc")
+	cmd.Env = append(os.Environ(), "ORKESTR_API_KEY="+s.key, "ORKESTR_BASE_URL="+s.url, "TERM=xterm")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+	out := &syncBuf{}
+	go func() { _, _ = io.Copy(out, master) }()
+	typeIn := func(s string) {
+		t.Helper()
+		if _, err := master.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	typeIn("stty size; echo $((40+2))\r")
+	out.waitFor(t, "30 100\r\n42")
+	// Raw mode: the local terminal neither echoes nor interprets.
+	raw, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw.Lflag&(unix.ICANON|unix.ECHO|unix.ISIG) != 0 {
+		t.Errorf("local terminal not in raw mode: lflag %#x", raw.Lflag)
+	}
+	// The window changes: the CLI hears SIGWINCH and resizes the remote.
+	if err := unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 44, Col: 133}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), "44 133") {
+		if time.Now().After(deadline) {
+			t.Fatalf("remote size never followed: %q", out.String())
+		}
+		typeIn("stty size\r")
+		time.Sleep(300 * time.Millisecond)
+	}
+	// Ctrl-C interrupts the remote command, not the CLI.
+	typeIn("sleep 100\r")
+	time.Sleep(500 * time.Millisecond)
+	typeIn("\x03")
+	typeIn("echo rc=$?\r")
+	out.waitFor(t, "rc=130")
+	typeIn("exit 7\r")
+	errc := make(chan error, 1)
+	go func() { errc <- cmd.Wait() }()
+	select {
+	case err := <-errc:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+			t.Errorf("CLI exit: %v, want status 7; output %q", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("CLI did not exit; output %q", out.String())
+	}
+	after, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Lflag != before.Lflag || after.Iflag != before.Iflag || after.Oflag != before.Oflag {
+		t.Errorf("local terminal not restored: lflag %#x → %#x", before.Lflag, after.Lflag)
+	}
+}
+
+// TestCLITerminalPiped: without a local terminal, `sandbox shell` and
+// `exec -t` still run on a remote one, reading piped input.
+func TestCLITerminalPiped(t *testing.T) {
+	s := startAPI(t, serverOpts{})
+	id := s.create(s.key, map[string]any{"template": "debian-12"})
+	run := func(stdin string, args ...string) (string, int) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(binDir, "orkestr"), args...)
+		cmd.Env = append(os.Environ(), "ORKESTR_API_KEY="+s.key, "ORKESTR_BASE_URL="+s.url)
+		cmd.Stdin = strings.NewReader(stdin)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		err := cmd.Run()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return out.String(), code
+	}
+	out, code := run("echo hi-$((1+1)); exit 4\n", "sandbox", "shell", id)
+	if code != 4 || !strings.Contains(out, "hi-2") {
+		t.Errorf("shell: %d %q", code, out)
+	}
+	// Each word after -- reaches the program as written.
+	out, code = run("", "sandbox", "exec", "-t", id, "--", "printf", "%s|", "a b", "$HOME", "it's")
+	if code != 0 || out != "a b|$HOME|it's|" {
+		t.Errorf("exec -t words: %d %q", code, out)
+	}
+	out, code = run("", "sandbox", "exec", "-it", id, "--", "exit 3")
+	if code != 3 {
+		t.Errorf("exec -it 'exit 3': %d %q", code, out)
+	}
+	out, code = run("", "sandbox", "exec", "-it", "sbx_01JZZZZZZZZZZZZZZZZZZZZZZZ", "--", "true")
+	if code != 125 || !strings.Contains(out, "sandbox_not_found") {
+		t.Errorf("unknown sandbox: %d %q", code, out)
+	}
+}
