@@ -41,9 +41,14 @@ deps:
 test-deps: deps
 	$(call install-debs,$(TEST_DEB_PACKAGES))
 
+# orkestrd version prints these (set VERSION=… for a release build).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+ORKESTRD_LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.runscPinned=$(RUNSC_VERSION)
+
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -o $(BIN)/orkestrd ./cmd/orkestrd
+	$(GO) build -trimpath -ldflags='$(ORKESTRD_LDFLAGS)' -o $(BIN)/orkestrd ./cmd/orkestrd
 	$(GO) build -trimpath -o $(BIN)/orkestr ./cmd/orkestr
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/orkestr-agent ./cmd/orkestr-agent
 

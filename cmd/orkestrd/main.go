@@ -9,8 +9,6 @@ import (
 	"strings"
 )
 
-var version = "dev"
-
 const usage = `orkestrd — self-hosted sandboxes for AI agents
 
 Usage:
@@ -31,7 +29,9 @@ Usage:
   orkestrd admin template prune            remove unpacked images and cached layers no template uses
   orkestrd admin selftest [flags]          start a sandbox, run a command, pause and
                                            resume it, and report timings
-  orkestrd version
+  orkestrd config check [--config FILE]    validate a config file; print the effective
+                                           configuration, secrets redacted
+  orkestrd version [--runsc PATH]          version, commit and runsc versions
 
 Run "orkestrd COMMAND -h" for a command's flags.
 `
@@ -48,7 +48,13 @@ func main() {
 	case "admin":
 		err = admin(args)
 	case "version", "--version":
-		fmt.Println("orkestrd", version)
+		err = printVersion(args)
+	case "config":
+		if len(args) >= 1 && args[0] == "check" {
+			err = configCheck(args[1:])
+		} else {
+			err = fmt.Errorf("unknown config command; use `orkestrd config check [--config FILE]`")
+		}
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:

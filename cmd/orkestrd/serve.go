@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/api"
-	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/console"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/store"
@@ -25,14 +24,31 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	var nf nodeFlags
 	nf.register(fs, -1)
-	listen := fs.String("listen", envOr("ORKESTR_LISTEN", "127.0.0.1:7777"), "address to listen on (env ORKESTR_LISTEN)")
-	databaseURL := fs.String("database-url", os.Getenv("ORKESTR_DATABASE_URL"), "postgres://… to use PostgreSQL instead of SQLite in the data dir (env ORKESTR_DATABASE_URL)")
+	listen := fs.String("listen", envOr("ORKESTR_LISTEN", "127.0.0.1:7777"), "address to listen on (env ORKESTR_LISTEN; config listen)")
+	databaseURL := fs.String("database-url", os.Getenv("ORKESTR_DATABASE_URL"), "postgres://… to use PostgreSQL instead of SQLite in the data dir (env ORKESTR_DATABASE_URL; config database.url)")
 	configFile := fs.String("config", os.Getenv("ORKESTR_CONFIG"), "YAML config file (env ORKESTR_CONFIG)")
-	consoleURL := fs.String("console-url", os.Getenv("ORKESTR_CONSOLE_URL"), "public URL of this server (e.g. https://orkestr.example.com) for console links; with https the console's cookies are Secure (env ORKESTR_CONSOLE_URL)")
-	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN)")
+	consoleURL := fs.String("console-url", os.Getenv("ORKESTR_CONSOLE_URL"), "public URL of this server (e.g. https://orkestr.example.com) for console links; with https the console's cookies are Secure (env ORKESTR_CONSOLE_URL; config console_url)")
+	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN; config metrics_listen)")
 	_ = fs.Parse(args)
-	cfg, err := config.Load(*configFile)
+	cfg, err := loadConfig(*configFile)
 	if err != nil {
+		return err
+	}
+	// A flag given on the command line wins over the file.
+	given := flagsGiven(fs)
+	if given["listen"] {
+		cfg.Listen = *listen
+	}
+	if given["database-url"] {
+		cfg.Database.URL = *databaseURL
+	}
+	if given["console-url"] {
+		cfg.ConsoleURL = *consoleURL
+	}
+	if given["metrics-listen"] {
+		cfg.MetricsListen = *metricsListen
+	}
+	if err := cfg.CheckFiles(); err != nil {
 		return err
 	}
 	if nf.poolSize < 0 {
@@ -51,7 +67,7 @@ func serve(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	sf := storeFlags{dataDir: ncfg.DataDir, databaseURL: *databaseURL}
+	sf := storeFlags{dataDir: ncfg.DataDir, databaseURL: cfg.Database.URL}
 	st, err := sf.open(ctx)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
@@ -74,7 +90,7 @@ func serve(args []string) error {
 		log.Warn("no templates are built; run `make setup` or `orkestrd admin template build debian-12`", "template_dir", ncfg.TemplateDir)
 	}
 
-	con, err := console.New(console.Options{Store: st, API: srvAPI, Log: log, PublicURL: *consoleURL})
+	con, err := console.New(console.Options{Store: st, API: srvAPI, Log: log, PublicURL: cfg.ConsoleURL})
 	if err != nil {
 		_ = n.Close(context.Background(), false)
 		return err
@@ -104,17 +120,17 @@ func serve(args []string) error {
 			"status": "ok", "runtime": n.Driver.Name(), "sandboxes": len(running), "pools": pools,
 		})
 	})
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		_ = n.Close(context.Background(), false)
 		return err
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	var metricsSrv *http.Server
-	if *metricsListen != "" {
+	if cfg.MetricsListen != "" {
 		// Operator metrics get their own listener so that they can stay on
 		// a private interface while the API is public.
-		mln, err := net.Listen("tcp", *metricsListen)
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
 			ln.Close()
 			_ = n.Close(context.Background(), false)
