@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
 )
 
 // Set by the Makefile's build (-ldflags "-X main.version=… -X main.commit=…
@@ -60,7 +61,7 @@ func printVersion(args []string) error {
 		return err
 	}
 	ver, rev := buildVersion()
-	fmt.Printf("orkestrd %s\ncommit %s\n", ver, rev)
+	fmt.Printf("orkestrd %s\ncommit %s\ndatabase schema version %d\n", ver, rev, sqlstore.SchemaVersion())
 	pinned := runscPinned
 	if pinned == "" {
 		pinned = "unknown (built without the Makefile)"
