@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/console"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/store"
+	"github.com/orkestr-eu/orkestr/internal/tlsutil"
 )
 
 func serve(args []string) error {
@@ -29,6 +33,7 @@ func serve(args []string) error {
 	configFile := fs.String("config", os.Getenv("ORKESTR_CONFIG"), "YAML config file (env ORKESTR_CONFIG)")
 	consoleURL := fs.String("console-url", os.Getenv("ORKESTR_CONSOLE_URL"), "public URL of this server (e.g. https://orkestr.example.com) for console links; with https the console's cookies are Secure (env ORKESTR_CONSOLE_URL; config console_url)")
 	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN; config metrics_listen)")
+	grace := fs.Duration("shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long requests in flight may take to finish before their connections are closed")
 	_ = fs.Parse(args)
 	cfg, err := loadConfig(*configFile)
 	if err != nil {
@@ -125,7 +130,25 @@ func serve(args []string) error {
 		_ = n.Close(context.Background(), false)
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	scheme := "http"
+	var certs *tlsutil.Reloader
+	if cfg.TLS.Enabled() {
+		if certs, err = tlsutil.NewReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			ln.Close()
+			_ = n.Close(context.Background(), false)
+			return err
+		}
+		ln = tls.NewListener(ln, certs.ServerConfig())
+		scheme = "https"
+	}
+	reloads := make(chan os.Signal, 1)
+	signal.Notify(reloads, syscall.SIGHUP)
+	defer signal.Stop(reloads)
+	go reloadOnHUP(reloads, certs, log)
+
+	var inflight sync.WaitGroup
+	srv := &http.Server{Handler: counting(&inflight, mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	var metricsSrv *http.Server
 	if cfg.MetricsListen != "" {
 		// Operator metrics get their own listener so that they can stay on
@@ -142,32 +165,83 @@ func serve(args []string) error {
 		log.Info("operator metrics listening", "addr", mln.Addr().String(), "path", "/metrics")
 		go func() { _ = metricsSrv.Serve(mln) }()
 	}
-	log.Info("orkestrd listening", "addr", ln.Addr().String(), "data_dir", ncfg.DataDir, "template_dir", ncfg.TemplateDir, "pool_size", ncfg.PoolSize, "region", cfg.Region)
+	log.Info("orkestrd listening", "addr", ln.Addr().String(), "scheme", scheme, "data_dir", ncfg.DataDir, "template_dir", ncfg.TemplateDir, "pool_size", ncfg.PoolSize, "region", cfg.Region)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Graceful stop: the listener closes at once (new connections are
+	// refused), requests in flight get until the grace period ends, then
+	// their connections are closed. Sandboxes are left running for the
+	// next start to adopt.
+	log.Info("shutting down: no new connections; waiting for requests in flight", "grace", grace.String())
+	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
-	_ = srv.Shutdown(sctx)
+	if serr := srv.Shutdown(sctx); serr != nil {
+		log.Warn("requests still running at the end of the grace period; closing their connections", "grace", grace.String())
+		_ = srv.Close()
+		// Their handlers see their contexts end; give them a moment to
+		// return before the node and the store go away.
+		waitTimeout(&inflight, 10*time.Second)
+	}
 	if metricsSrv != nil {
-		_ = metricsSrv.Shutdown(sctx)
+		_ = metricsSrv.Close()
 	}
 	// The last metered seconds are flushed before the store closes.
 	stop()
 	srvAPI.Wait()
 	// Claimed sandboxes keep running and are adopted by the next start;
 	// warm-pool sandboxes are destroyed.
-	if cerr := n.Close(sctx, false); cerr != nil {
+	cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer ccancel()
+	if cerr := n.Close(cctx, false); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
+	if err == nil {
+		log.Info("stopped; running sandboxes are left for the next start to adopt")
+	}
 	return err
+}
+
+// reloadOnHUP re-reads the TLS certificate and key at every SIGHUP. New
+// connections get the new certificate; open ones keep theirs. A failed
+// reload keeps the current certificate.
+func reloadOnHUP(sigs <-chan os.Signal, certs *tlsutil.Reloader, log *slog.Logger) {
+	for range sigs {
+		if certs == nil {
+			log.Info("SIGHUP: no TLS certificate is configured; nothing to reload")
+			continue
+		}
+		leaf, err := certs.Reload()
+		if err != nil {
+			log.Error("SIGHUP: reloading the TLS certificate failed; keeping the current one", "err", err)
+			continue
+		}
+		log.Info("SIGHUP: TLS certificate reloaded", "subject", leaf.Subject.String(), "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+}
+
+// counting tracks the requests being served.
+func counting(wg *sync.WaitGroup, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		wg.Add(1)
+		defer wg.Done()
+		h.ServeHTTP(w, r)
+	})
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
 }
 
 // bootstrap creates a default account and prints one key for it, once, when
