@@ -27,6 +27,9 @@ Usage:
   orkestrd admin template build NAME       build a catalog template (OCI image or offline recipe)
   orkestrd admin template ls               list the catalog and what is built here
   orkestrd admin template prune            remove unpacked images and cached layers no template uses
+  orkestrd admin backup --out DIR          consistent backup of the SQLite store and the
+                                           snapshots of paused sandboxes (server may run)
+  orkestrd admin restore --from DIR        put a backup in place (server stopped)
   orkestrd admin selftest [flags]          start a sandbox, run a command, pause and
                                            resume it, and report timings
   orkestrd config check [--config FILE]    validate a config file; print the effective
@@ -70,6 +73,12 @@ func main() {
 func admin(args []string) error {
 	if len(args) >= 1 && args[0] == "selftest" {
 		return selftest(args[1:])
+	}
+	if len(args) >= 1 && args[0] == "backup" {
+		return adminBackup(args[1:])
+	}
+	if len(args) >= 1 && args[0] == "restore" {
+		return adminRestore(args[1:])
 	}
 	if len(args) >= 2 && args[0] == "account" {
 		switch args[1] {

@@ -69,6 +69,12 @@ func serve(args []string) error {
 	if err := os.MkdirAll(filepath.Join(ncfg.DataDir, "snapshots"), 0o700); err != nil {
 		return err
 	}
+	// One server per data directory; admin restore waits for none.
+	unlock, err := lockDataDir(ncfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -2,10 +2,13 @@ package sqlstore_test
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
 )
 
@@ -96,3 +99,50 @@ func TestMigrationsOlderBinaryRefused(t *testing.T) {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
+// BackupTo copies a SQLite store while it is written to; the copy opens on
+// its own and holds the rows committed before it. PostgreSQL is refused
+// with the pointer to pg_dump.
+func TestBackupTo(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		a := mkAccount(t, s, "acme")
+		sb := newSandbox(a.ID, msNow())
+		sb.Status, sb.SnapshotDir = store.StatusPaused, "/old/data/snapshots/"+sb.ID+"-X"
+		mkSandbox(t, s, sb)
+		path := filepath.Join(t.TempDir(), "backup.db")
+		err := s.BackupTo(bg, path)
+		if d.kind == "postgres" {
+			if !errors.Is(err, sqlstore.ErrBackupUnsupported) || !strings.Contains(err.Error(), "pg_dump") {
+				t.Fatalf("postgres: %v", err)
+			}
+			return
+		}
+		ok(t, "BackupTo", err)
+		if err := s.BackupTo(bg, path); err == nil {
+			t.Fatal("a second backup overwrote the first")
+		}
+		// Writes after the backup are not in it.
+		mkAccount(t, s, "later")
+		fi, err := os.Stat(path)
+		ok(t, "stat", err)
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("backup mode %v", fi.Mode())
+		}
+		cp, err := sqlstore.OpenSQLite(bg, path)
+		ok(t, "open the backup", err)
+		defer cp.Close()
+		ok(t, "integrity", cp.IntegrityCheck(bg))
+		accts, err := cp.ListAccounts(bg)
+		ok(t, "accounts", err)
+		if len(accts) != 1 || accts[0].Name != "acme" {
+			t.Fatalf("accounts in the backup: %+v", accts)
+		}
+		n, err := cp.RelocateSnapshots(bg, "/new/data/snapshots")
+		ok(t, "relocate", err)
+		got, err := cp.GetSandbox(bg, a.ID, sb.ID)
+		ok(t, "sandbox", err)
+		if n != 1 || got.SnapshotDir != "/new/data/snapshots/"+sb.ID+"-X" {
+			t.Fatalf("relocated %d: %q", n, got.SnapshotDir)
+		}
+	})
+}
