@@ -66,6 +66,9 @@ func serve(args []string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	ncfg.NetworkPoolSize, ncfg.NetworkAccounts = cfg.Network.PoolSize, cfg.Network.Accounts
+	if ncfg.ExtraCAs, err = cfg.SandboxCABundle(); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Join(ncfg.DataDir, "snapshots"), 0o700); err != nil {
 		return err
 	}
