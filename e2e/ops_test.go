@@ -241,3 +241,58 @@ func TestServeGracefulStop(t *testing.T) {
 	}
 	s2.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
 }
+
+// TestConfigCheckAndVersion runs the binary's `config check` (secrets from
+// a file and the environment, redacted in what it prints; an unknown key
+// refused with its line) and `version`.
+func TestConfigCheckAndVersion(t *testing.T) {
+	dir := t.TempDir()
+	urlFile := filepath.Join(dir, "db-url")
+	if err := os.WriteFile(urlFile, []byte("postgres://orkestr:db-secret-pw@db.example/orkestr\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte("database: {url_file: "+urlFile+"}\nregistries:\n  ghcr.io: {username: bot, token_env: TEST_GHCR_TOKEN}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check := func(path string, env ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(binDir, "orkestrd"), "config", "check", "--config", path)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := check(cfg, "TEST_GHCR_TOKEN=ghcr-secret-token", "ORKESTR_LISTEN=0.0.0.0:8443")
+	if err != nil {
+		t.Fatalf("config check: %v\n%s", err, out)
+	}
+	for _, want := range []string{"listen: 0.0.0.0:8443", "url: postgres://orkestr:xxxxx@db.example/orkestr", "token: <redacted>", "config ok"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config check does not print %q:\n%s", want, out)
+		}
+	}
+	for _, secret := range []string{"db-secret-pw", "ghcr-secret-token"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("config check printed the secret %q", secret)
+		}
+	}
+	if out, err := check(cfg); err == nil || !strings.Contains(out, "TEST_GHCR_TOKEN, which is not set") {
+		t.Errorf("an unset token_env: %v\n%s", err, out)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("region: fsn1\ntsl:\n  cert_file: x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := check(bad); err == nil || !strings.Contains(out, "line 2: field tsl not found") {
+		t.Errorf("an unknown key: %v\n%s", err, out)
+	}
+
+	out2, err := exec.Command(filepath.Join(binDir, "orkestrd"), "version", "--runsc", testenv.Runsc(t)).CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"orkestrd ", "commit ", "database schema version ", "runsc pinned ", "runsc found " + testenv.Runsc(t) + ": runsc version"} {
+		if !strings.Contains(string(out2), want) {
+			t.Errorf("version does not say %q:\n%s", want, out2)
+		}
+	}
+}
