@@ -67,7 +67,13 @@ func TestMakeInstall(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "listen: 127.0.0.1:7777") {
 		t.Fatalf("the installed config: %v\n%s", err, out)
 	}
-	out, err = exec.Command(orkestrd, "version").CombinedOutput()
+	ver := exec.Command(orkestrd, "version")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "ORKESTR_RUNSC=") { // the installed one, beside orkestrd
+			ver.Env = append(ver.Env, kv)
+		}
+	}
+	out, err = ver.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "runsc found "+filepath.Join(root, "usr/local/bin/runsc")) {
 		t.Errorf("the installed orkestrd finds no runsc beside it: %v\n%s", err, out)
 	}
