@@ -87,16 +87,17 @@ install: build
 	install -d -m 0711 $(DESTDIR)/var/lib/orkestr
 	install -d -m 0700 $(DESTDIR)/var/lib/orkestr/data
 	install -d -m 0755 $(DESTDIR)/var/lib/orkestr/templates
-	sed 's#/usr/local/bin/#$(PREFIX)/bin/#g' deploy/systemd/orkestr.service > $(DESTDIR)$(SYSTEMD_DIR)/orkestr.service
-	chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/orkestr.service
+	for u in orkestr.service orkestr-backup.service orkestr-backup.timer; do \
+		sed 's#/usr/local/bin/#$(PREFIX)/bin/#g' deploy/systemd/$$u > $(DESTDIR)$(SYSTEMD_DIR)/$$u && chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/$$u || exit 1; \
+	done
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	@echo "installed. Next: orkestrd admin template build debian-12; orkestrd config check --config /etc/orkestr/config.yaml; systemctl enable --now orkestr"
+	@echo "installed. Next: orkestrd admin template build debian-12; orkestrd config check --config /etc/orkestr/config.yaml; systemctl enable --now orkestr (and orkestr-backup.timer for daily SQLite backups)"
 
 uninstall:
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && systemctl is-active --quiet orkestr; then \
 		echo "orkestr.service is running: stop it first (systemctl disable --now orkestr; its sandboxes keep running until a start adopts or destroys them)"; exit 1; fi
 	rm -f $(DESTDIR)$(PREFIX)/bin/orkestrd $(DESTDIR)$(PREFIX)/bin/orkestr $(DESTDIR)$(PREFIX)/bin/orkestr-agent $(DESTDIR)$(PREFIX)/bin/runsc
-	rm -f $(DESTDIR)$(SYSTEMD_DIR)/orkestr.service
+	rm -f $(DESTDIR)$(SYSTEMD_DIR)/orkestr.service $(DESTDIR)$(SYSTEMD_DIR)/orkestr-backup.service $(DESTDIR)$(SYSTEMD_DIR)/orkestr-backup.timer
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "uninstalled the binaries and the unit; kept $(DESTDIR)/etc/orkestr and $(DESTDIR)/var/lib/orkestr (remove them by hand to delete the configuration, the database and the templates)"
 

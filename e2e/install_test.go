@@ -88,22 +88,27 @@ func TestMakeInstall(t *testing.T) {
 		t.Errorf("make install overwrote the config: %q", b)
 	}
 
-	// The unit, with ExecStart pointing at the staged binary.
+	// The units, with the staged binaries in place of /usr/local/bin.
 	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
-		unit, err := os.ReadFile(filepath.Join(root, "etc/systemd/system/orkestr.service"))
-		if err != nil {
-			t.Fatal(err)
+		units := t.TempDir()
+		var paths []string
+		for _, u := range []string{"orkestr.service", "orkestr-backup.service", "orkestr-backup.timer"} {
+			b, err := os.ReadFile(filepath.Join(root, "etc/systemd/system", u))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(units, u)
+			if err := os.WriteFile(p, bytes.ReplaceAll(b, []byte("/usr/local/bin/"), []byte(root+"/usr/local/bin/")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			paths = append(paths, p)
 		}
-		staged := filepath.Join(t.TempDir(), "orkestr.service")
-		if err := os.WriteFile(staged, bytes.ReplaceAll(unit, []byte("/usr/local/bin/"), []byte(root+"/usr/local/bin/")), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out, err := exec.Command(sa, "verify", staged).CombinedOutput()
+		out, err := exec.Command(sa, append([]string{"verify"}, paths...)...).CombinedOutput()
 		if err != nil || len(bytes.TrimSpace(out)) != 0 {
 			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 		}
 	} else {
-		t.Log("systemd-analyze is not installed; the unit was not verified")
+		t.Log("systemd-analyze is not installed; the units were not verified")
 	}
 
 	make("uninstall")
