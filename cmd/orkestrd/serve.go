@@ -13,7 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -155,7 +155,7 @@ func serve(args []string) error {
 	defer signal.Stop(reloads)
 	go reloadOnHUP(reloads, certs, log)
 
-	var inflight sync.WaitGroup
+	var inflight atomic.Int64
 	srv := &http.Server{Handler: counting(&inflight, mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	var metricsSrv *http.Server
@@ -193,7 +193,9 @@ func serve(args []string) error {
 		_ = srv.Close()
 		// Their handlers see their contexts end; give them a moment to
 		// return before the node and the store go away.
-		waitTimeout(&inflight, 10*time.Second)
+		for deadline := time.Now().Add(10 * time.Second); inflight.Load() > 0 && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	if metricsSrv != nil {
 		_ = metricsSrv.Close()
@@ -236,21 +238,12 @@ func reloadOnHUP(sigs <-chan os.Signal, certs *tlsutil.Reloader, log *slog.Logge
 }
 
 // counting tracks the requests being served.
-func counting(wg *sync.WaitGroup, h http.Handler) http.Handler {
+func counting(n *atomic.Int64, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		wg.Add(1)
-		defer wg.Done()
+		n.Add(1)
+		defer n.Add(-1)
 		h.ServeHTTP(w, r)
 	})
-}
-
-func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(d):
-	}
 }
 
 // bootstrap creates a default account and prints one key for it, once, when
