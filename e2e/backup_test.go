@@ -203,3 +203,45 @@ func TestBackupUnderLoadAndRestore(t *testing.T) {
 	check(s3, false)
 	s2.do("DELETE", "/v1/sandboxes/"+running, s.key, nil)
 }
+
+// TestRestoreRefusesBadBackups: an unfinished backup (no backup.json), one
+// from a newer schema, and one whose manifest names snapshots outside the
+// backup are refused before anything in the data directory changes.
+func TestRestoreRefusesBadBackups(t *testing.T) {
+	dataDir := t.TempDir()
+	orig := []byte("the current database")
+	if err := os.WriteFile(filepath.Join(dataDir, "orkestr.db"), orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restore := func(from string) string {
+		cmd := exec.Command(filepath.Join(binDir, "orkestrd"), "admin", "restore", "--from", from, "--data-dir", dataDir)
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("restore from %s succeeded:\n%s", from, out)
+		}
+		return string(out)
+	}
+	manifest := func(body string) string {
+		dir := t.TempDir()
+		if body != "" {
+			if err := os.WriteFile(filepath.Join(dir, "backup.json"), []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	for _, tc := range []struct{ manifest, want string }{
+		{"", "not a finished backup"},
+		{`{"format": 1, "database": "postgres"}`, "format 1 SQLite backups"},
+		{`{"format": 1, "database": "sqlite", "schema_version": 999999, "orkestrd": "v9"}`, "knows versions up to"},
+		{`{"format": 1, "database": "sqlite", "snapshots": ["../../../etc"]}`, "outside the backup"},
+		{`{"format": 1, "database": "sqlite", "snapshots": ["/etc"]}`, "outside the backup"},
+	} {
+		if out := restore(manifest(tc.manifest)); !strings.Contains(out, tc.want) {
+			t.Errorf("manifest %q: %s (want %q)", tc.manifest, out, tc.want)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dataDir, "orkestr.db")); err != nil || !bytes.Equal(b, orig) {
+		t.Errorf("a refused restore changed the data directory's database (%v)", err)
+	}
+}

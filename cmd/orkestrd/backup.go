@@ -147,6 +147,17 @@ func adminRestore(args []string) error {
 	if m.SchemaVersion > sqlstore.SchemaVersion() {
 		return fmt.Errorf("the backup's schema is version %d but this orkestrd knows versions up to %d: restore it with the orkestrd that made it (%s) or a newer one", m.SchemaVersion, sqlstore.SchemaVersion(), m.Orkestrd)
 	}
+	for _, name := range m.Snapshots {
+		if name != filepath.Base(name) || name == "." || name == ".." || strings.HasPrefix(name, ".") {
+			return fmt.Errorf("backup.json names a snapshot %q outside the backup", name)
+		}
+		if _, err := os.Stat(filepath.Join(*from, "snapshots", name, "snapshot.json")); err != nil {
+			return fmt.Errorf("the backup's snapshot %s is incomplete: %w", name, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(*from, backupDB)); err != nil {
+		return fmt.Errorf("the backup has no database: %w", err)
+	}
 	dataDir := absPath(sf.dataDir)
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return err
@@ -157,9 +168,55 @@ func adminRestore(args []string) error {
 	}
 	defer unlock()
 
+	// Everything is prepared beside the current database, which is moved
+	// aside only once the new one is complete.
 	ctx := context.Background()
 	stamp := time.Now().UTC().Format("20060102T150405Z")
 	dbPath := filepath.Join(dataDir, backupDB)
+	staged := dbPath + ".restoring-" + stamp
+	defer func() {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			_ = os.Remove(staged + suffix)
+		}
+	}()
+	if _, err := copyFile(filepath.Join(*from, backupDB), staged, 0o600); err != nil {
+		return err
+	}
+	snapDir := filepath.Join(dataDir, "snapshots")
+	st, err := sqlstore.OpenSQLite(ctx, staged)
+	if err != nil {
+		return fmt.Errorf("opening the backup's database: %w", err)
+	}
+	err = st.IntegrityCheck(ctx)
+	moved := 0
+	if err == nil {
+		moved, err = st.RelocateSnapshots(ctx, snapDir)
+	}
+	var rows []store.Sandbox
+	if err == nil {
+		rows, err = st.SandboxesByStatus(ctx, store.StatusRunning, store.StatusPaused)
+	}
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("the backup's database: %w", err)
+	}
+	if err := os.MkdirAll(snapDir, 0o700); err != nil {
+		return err
+	}
+	copied := 0
+	for _, name := range m.Snapshots {
+		dst := filepath.Join(snapDir, name)
+		if _, err := os.Lstat(filepath.Join(dst, "snapshot.json")); err == nil {
+			continue // still here (a restore into the same data directory)
+		}
+		_ = os.RemoveAll(dst)
+		if _, err := copyTree(filepath.Join(*from, "snapshots", name), dst); err != nil {
+			return fmt.Errorf("restoring snapshot %s: %w", name, err)
+		}
+		copied++
+	}
 	for _, suffix := range []string{"", "-wal", "-shm"} {
 		if _, err := os.Lstat(dbPath + suffix); err == nil {
 			aside := dbPath + suffix + ".before-restore-" + stamp
@@ -171,42 +228,7 @@ func adminRestore(args []string) error {
 			}
 		}
 	}
-	if _, err := copyFile(filepath.Join(*from, backupDB), dbPath, 0o600); err != nil {
-		return err
-	}
-	snapDir := filepath.Join(dataDir, "snapshots")
-	if err := os.MkdirAll(snapDir, 0o700); err != nil {
-		return err
-	}
-	copied := 0
-	for _, name := range m.Snapshots {
-		if name != filepath.Base(name) || strings.HasPrefix(name, ".") {
-			return fmt.Errorf("backup.json names a snapshot %q outside the backup", name)
-		}
-		dst := filepath.Join(snapDir, name)
-		if _, err := os.Lstat(filepath.Join(dst, "snapshot.json")); err == nil {
-			continue // still here (a restore into the same data directory)
-		}
-		_ = os.RemoveAll(dst)
-		if _, err := copyTree(filepath.Join(*from, "snapshots", name), dst); err != nil {
-			return fmt.Errorf("restoring snapshot %s: %w", name, err)
-		}
-		copied++
-	}
-	st, err := sqlstore.OpenSQLite(ctx, dbPath)
-	if err != nil {
-		return fmt.Errorf("opening the restored database: %w", err)
-	}
-	defer st.Close()
-	if err := st.IntegrityCheck(ctx); err != nil {
-		return err
-	}
-	moved, err := st.RelocateSnapshots(ctx, snapDir)
-	if err != nil {
-		return err
-	}
-	rows, err := st.SandboxesByStatus(ctx, store.StatusRunning, store.StatusPaused)
-	if err != nil {
+	if err := os.Rename(staged, dbPath); err != nil {
 		return err
 	}
 	running, paused := 0, 0
