@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/api"
+	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/console"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/store"
@@ -61,6 +62,13 @@ func serve(args []string) error {
 	}
 	ncfg := nf.config()
 	log := ncfg.Log
+	if *configFile != "" {
+		if err := config.CheckKeys(*configFile); err != nil {
+			// Not fatal (the file loads), but a typo such as "tsl:" is
+			// otherwise silently ignored.
+			log.Warn("the config file has a key orkestrd does not know; it is ignored (see orkestrd config check)", "err", err.Error())
+		}
+	}
 	ncfg.Sizes = node.Resources(cfg.Sizes)
 	if ncfg.Network, err = node.NetworkConfig(cfg.Network); err != nil {
 		return fmt.Errorf("config: %w", err)
