@@ -23,7 +23,7 @@ DEB_PACKAGES      := debootstrap iproute2 nftables ca-certificates busybox-stati
 TEST_DEB_PACKAGES := postgresql runc chromium nodejs python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps console-vendor
+.PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps console-vendor install uninstall
 
 setup: deps build runsc templates
 
@@ -42,9 +42,14 @@ deps:
 test-deps: deps
 	$(call install-debs,$(TEST_DEB_PACKAGES))
 
+# orkestrd version prints these (set VERSION=… for a release build).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+ORKESTRD_LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.runscPinned=$(RUNSC_VERSION)
+
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -o $(BIN)/orkestrd ./cmd/orkestrd
+	$(GO) build -trimpath -ldflags='$(ORKESTRD_LDFLAGS)' -o $(BIN)/orkestrd ./cmd/orkestrd
 	$(GO) build -trimpath -o $(BIN)/orkestr ./cmd/orkestr
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/orkestr-agent ./cmd/orkestr-agent
 
@@ -63,6 +68,39 @@ templates: build
 
 run: setup
 	$(BIN)/orkestrd serve
+
+# make install puts the one-box server onto this host's FHS paths (binaries
+# in $(PREFIX)/bin, the config in /etc/orkestr, data in /var/lib/orkestr, the
+# systemd unit); the config is never overwritten. make uninstall removes the
+# binaries and the unit but keeps /etc/orkestr and /var/lib/orkestr (the
+# database, snapshots and templates). DESTDIR stages into another root.
+PREFIX      ?= /usr/local
+SYSTEMD_DIR ?= /etc/systemd/system
+DESTDIR     ?=
+install: build
+	@[ -x $(BIN)/runsc ] || { echo "no runsc in $(BIN): run make runsc (or make setup) first"; exit 1; }
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMD_DIR)
+	install -m 0755 $(BIN)/orkestrd $(BIN)/orkestr $(BIN)/orkestr-agent $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 "$$(readlink -f $(BIN)/runsc)" $(DESTDIR)$(PREFIX)/bin/runsc
+	install -d -m 0755 $(DESTDIR)/etc/orkestr
+	@if [ -e $(DESTDIR)/etc/orkestr/config.yaml ]; then echo "keeping $(DESTDIR)/etc/orkestr/config.yaml"; \
+	else install -m 0640 deploy/config.yaml $(DESTDIR)/etc/orkestr/config.yaml; fi
+	install -d -m 0711 $(DESTDIR)/var/lib/orkestr
+	install -d -m 0700 $(DESTDIR)/var/lib/orkestr/data
+	install -d -m 0755 $(DESTDIR)/var/lib/orkestr/templates
+	for u in orkestr.service orkestr-backup.service orkestr-backup.timer; do \
+		sed 's#/usr/local/bin/#$(PREFIX)/bin/#g' deploy/systemd/$$u > $(DESTDIR)$(SYSTEMD_DIR)/$$u && chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/$$u || exit 1; \
+	done
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed. Next: orkestrd admin template build debian-12; orkestrd config check --config /etc/orkestr/config.yaml; systemctl enable --now orkestr (and orkestr-backup.timer for daily SQLite backups)"
+
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && systemctl is-active --quiet orkestr; then \
+		echo "orkestr.service is running: stop it first (systemctl disable --now orkestr; its sandboxes keep running until a start adopts or destroys them)"; exit 1; fi
+	rm -f $(DESTDIR)$(PREFIX)/bin/orkestrd $(DESTDIR)$(PREFIX)/bin/orkestr $(DESTDIR)$(PREFIX)/bin/orkestr-agent $(DESTDIR)$(PREFIX)/bin/runsc
+	rm -f $(DESTDIR)$(SYSTEMD_DIR)/orkestr.service $(DESTDIR)$(SYSTEMD_DIR)/orkestr-backup.service $(DESTDIR)$(SYSTEMD_DIR)/orkestr-backup.timer
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "uninstalled the binaries and the unit; kept $(DESTDIR)/etc/orkestr and $(DESTDIR)/var/lib/orkestr (remove them by hand to delete the configuration, the database and the templates)"
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi

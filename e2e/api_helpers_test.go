@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -28,6 +30,8 @@ type apiServer struct {
 	key    string // bootstrap key of account "default" (plan team)
 	config string
 	dbURL  string
+	// client is the HTTP client of a server that speaks TLS (nil: httpClient).
+	client *http.Client
 }
 
 type serverOpts struct {
@@ -40,6 +44,9 @@ type serverOpts struct {
 	// templateDir replaces the host's template directory (testenv.TemplateDir).
 	templateDir string
 	args        []string // more flags for orkestrd serve
+	// tlsRoots, when set, says the server speaks TLS (tls: in config) with
+	// a certificate these roots verify.
+	tlsRoots *x509.CertPool
 }
 
 var keyRE = regexp.MustCompile(`ork_[0-9A-Za-z]{43}`)
@@ -99,6 +106,12 @@ func startAPI(t *testing.T, o serverOpts) *apiServer {
 		t.Fatal(err)
 	}
 	s := &apiServer{server: &server{t: t, cmd: cmd, url: "http://" + addr, dataDir: o.dataDir, stateDir: o.stateDir, log: log}, config: cfgPath, dbURL: o.dbURL}
+	health := http.DefaultClient
+	if o.tlsRoots != nil {
+		s.url = "https://" + addr
+		s.client = &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: o.tlsRoots}}}
+		health = s.client
+	}
 	t.Cleanup(func() {
 		if s.cmd.ProcessState == nil {
 			_ = s.cmd.Process.Signal(syscall.SIGTERM)
@@ -116,7 +129,7 @@ func startAPI(t *testing.T, o serverOpts) *apiServer {
 	})
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
-		if resp, err := http.Get(s.url + "/healthz"); err == nil {
+		if resp, err := health.Get(s.url + "/healthz"); err == nil {
 			resp.Body.Close()
 			break
 		}
@@ -230,7 +243,11 @@ func (s *apiServer) do(method, path, key string, body any) response {
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	resp, err := httpClient.Do(req)
+	hc := httpClient
+	if s.client != nil {
+		hc = s.client
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		s.t.Fatalf("%s %s: %v", method, path, err)
 	}

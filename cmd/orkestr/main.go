@@ -65,6 +65,8 @@ Account:
 Global flags, accepted before or after the command:
   --api-key KEY    API key (default $ORKESTR_API_KEY; prefer the variable)
   --base-url URL   API base URL (default $ORKESTR_BASE_URL, else https://api.orkestr.eu)
+  --ca-bundle FILE PEM CA certificates to trust besides the system's, for a server
+                   with a private CA's certificate (default $ORKESTR_CA_BUNDLE)
   --json           machine-readable JSON on standard output (and errors as JSON on
                    standard error)
 
@@ -82,13 +84,14 @@ func main() {
 
 // globals are the flags every command accepts.
 type globals struct {
-	apiKey, baseURL string
-	json            bool
+	apiKey, baseURL, caBundle string
+	json                      bool
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.apiKey, "api-key", g.apiKey, "API key (default $ORKESTR_API_KEY)")
 	fs.StringVar(&g.baseURL, "base-url", g.baseURL, "API base URL (default $ORKESTR_BASE_URL, else "+orkestr.DefaultBaseURL+")")
+	fs.StringVar(&g.caBundle, "ca-bundle", g.caBundle, "PEM CA certificates to trust besides the system's (default $ORKESTR_CA_BUNDLE)")
 	fs.BoolVar(&g.json, "json", g.json, "machine-readable JSON output")
 }
 
@@ -211,6 +214,9 @@ func (c *cli) runCommand(name string, cmd *command, args []string) int {
 		}
 		if c.baseURL != "" {
 			opts = append(opts, orkestr.WithBaseURL(c.baseURL))
+		}
+		if c.caBundle != "" {
+			opts = append(opts, orkestr.WithCABundle(c.caBundle))
 		}
 		if c.client, err = orkestr.NewClient(opts...); err != nil {
 			if errors.Is(err, orkestr.ErrNoAPIKey) {

@@ -36,6 +36,14 @@ func (f *storeFlags) register(fs *flag.FlagSet) {
 func (f *storeFlags) open(ctx context.Context) (store.Store, error) {
 	url := f.databaseURL
 	if url == "" {
+		// The config file's database (or ORKESTR_DATABASE_URL_FILE).
+		cfg, err := loadConfig(f.configFile)
+		if err != nil {
+			return nil, err
+		}
+		url = cfg.Database.URL
+	}
+	if url == "" {
 		if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 			return nil, err
 		}

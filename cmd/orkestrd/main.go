@@ -9,8 +9,6 @@ import (
 	"strings"
 )
 
-var version = "dev"
-
 const usage = `orkestrd — self-hosted sandboxes for AI agents
 
 Usage:
@@ -29,9 +27,14 @@ Usage:
   orkestrd admin template build NAME       build a catalog template (OCI image or offline recipe)
   orkestrd admin template ls               list the catalog and what is built here
   orkestrd admin template prune            remove unpacked images and cached layers no template uses
+  orkestrd admin backup --out DIR          consistent backup of the SQLite store and the
+                                           snapshots of paused sandboxes (server may run)
+  orkestrd admin restore --from DIR        put a backup in place (server stopped)
   orkestrd admin selftest [flags]          start a sandbox, run a command, pause and
                                            resume it, and report timings
-  orkestrd version
+  orkestrd config check [--config FILE]    validate a config file; print the effective
+                                           configuration, secrets redacted
+  orkestrd version [--runsc PATH]          version, commit and runsc versions
 
 Run "orkestrd COMMAND -h" for a command's flags.
 `
@@ -48,7 +51,13 @@ func main() {
 	case "admin":
 		err = admin(args)
 	case "version", "--version":
-		fmt.Println("orkestrd", version)
+		err = printVersion(args)
+	case "config":
+		if len(args) >= 1 && args[0] == "check" {
+			err = configCheck(args[1:])
+		} else {
+			err = fmt.Errorf("unknown config command; use `orkestrd config check [--config FILE]`")
+		}
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
@@ -64,6 +73,12 @@ func main() {
 func admin(args []string) error {
 	if len(args) >= 1 && args[0] == "selftest" {
 		return selftest(args[1:])
+	}
+	if len(args) >= 1 && args[0] == "backup" {
+		return adminBackup(args[1:])
+	}
+	if len(args) >= 1 && args[0] == "restore" {
+		return adminRestore(args[1:])
 	}
 	if len(args) >= 2 && args[0] == "account" {
 		switch args[1] {

@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,20 +22,39 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/console"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/store"
+	"github.com/orkestr-eu/orkestr/internal/tlsutil"
 )
 
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	var nf nodeFlags
 	nf.register(fs, -1)
-	listen := fs.String("listen", envOr("ORKESTR_LISTEN", "127.0.0.1:7777"), "address to listen on (env ORKESTR_LISTEN)")
-	databaseURL := fs.String("database-url", os.Getenv("ORKESTR_DATABASE_URL"), "postgres://… to use PostgreSQL instead of SQLite in the data dir (env ORKESTR_DATABASE_URL)")
+	listen := fs.String("listen", envOr("ORKESTR_LISTEN", "127.0.0.1:7777"), "address to listen on (env ORKESTR_LISTEN; config listen)")
+	databaseURL := fs.String("database-url", os.Getenv("ORKESTR_DATABASE_URL"), "postgres://… to use PostgreSQL instead of SQLite in the data dir (env ORKESTR_DATABASE_URL; config database.url)")
 	configFile := fs.String("config", os.Getenv("ORKESTR_CONFIG"), "YAML config file (env ORKESTR_CONFIG)")
-	consoleURL := fs.String("console-url", os.Getenv("ORKESTR_CONSOLE_URL"), "public URL of this server (e.g. https://orkestr.example.com) for console links; with https the console's cookies are Secure (env ORKESTR_CONSOLE_URL)")
-	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN)")
+	consoleURL := fs.String("console-url", os.Getenv("ORKESTR_CONSOLE_URL"), "public URL of this server (e.g. https://orkestr.example.com) for console links; with https the console's cookies are Secure (env ORKESTR_CONSOLE_URL; config console_url)")
+	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN; config metrics_listen)")
+	grace := fs.Duration("shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long requests in flight may take to finish before their connections are closed")
 	_ = fs.Parse(args)
-	cfg, err := config.Load(*configFile)
+	cfg, err := loadConfig(*configFile)
 	if err != nil {
+		return err
+	}
+	// A flag given on the command line wins over the file.
+	given := flagsGiven(fs)
+	if given["listen"] {
+		cfg.Listen = *listen
+	}
+	if given["database-url"] {
+		cfg.Database.URL = *databaseURL
+	}
+	if given["console-url"] {
+		cfg.ConsoleURL = *consoleURL
+	}
+	if given["metrics-listen"] {
+		cfg.MetricsListen = *metricsListen
+	}
+	if err := cfg.CheckFiles(); err != nil {
 		return err
 	}
 	if nf.poolSize < 0 {
@@ -40,18 +62,34 @@ func serve(args []string) error {
 	}
 	ncfg := nf.config()
 	log := ncfg.Log
+	if *configFile != "" {
+		if err := config.CheckKeys(*configFile); err != nil {
+			// Not fatal (the file loads), but a typo such as "tsl:" is
+			// otherwise silently ignored.
+			log.Warn("the config file has a key orkestrd does not know; it is ignored (see orkestrd config check)", "err", err.Error())
+		}
+	}
 	ncfg.Sizes = node.Resources(cfg.Sizes)
 	if ncfg.Network, err = node.NetworkConfig(cfg.Network); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	ncfg.NetworkPoolSize, ncfg.NetworkAccounts = cfg.Network.PoolSize, cfg.Network.Accounts
+	if ncfg.ExtraCAs, err = cfg.SandboxCABundle(); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Join(ncfg.DataDir, "snapshots"), 0o700); err != nil {
 		return err
 	}
+	// One server per data directory; admin restore waits for none.
+	unlock, err := lockDataDir(ncfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	sf := storeFlags{dataDir: ncfg.DataDir, databaseURL: *databaseURL}
+	sf := storeFlags{dataDir: ncfg.DataDir, databaseURL: cfg.Database.URL}
 	st, err := sf.open(ctx)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
@@ -74,7 +112,7 @@ func serve(args []string) error {
 		log.Warn("no templates are built; run `make setup` or `orkestrd admin template build debian-12`", "template_dir", ncfg.TemplateDir)
 	}
 
-	con, err := console.New(console.Options{Store: st, API: srvAPI, Log: log, PublicURL: *consoleURL})
+	con, err := console.New(console.Options{Store: st, API: srvAPI, Log: log, PublicURL: cfg.ConsoleURL})
 	if err != nil {
 		_ = n.Close(context.Background(), false)
 		return err
@@ -104,17 +142,35 @@ func serve(args []string) error {
 			"status": "ok", "runtime": n.Driver.Name(), "sandboxes": len(running), "pools": pools,
 		})
 	})
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		_ = n.Close(context.Background(), false)
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	scheme := "http"
+	var certs *tlsutil.Reloader
+	if cfg.TLS.Enabled() {
+		if certs, err = tlsutil.NewReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			ln.Close()
+			_ = n.Close(context.Background(), false)
+			return err
+		}
+		ln = tls.NewListener(ln, certs.ServerConfig())
+		scheme = "https"
+	}
+	reloads := make(chan os.Signal, 1)
+	signal.Notify(reloads, syscall.SIGHUP)
+	defer signal.Stop(reloads)
+	go reloadOnHUP(reloads, certs, log)
+
+	var inflight atomic.Int64
+	srv := &http.Server{Handler: counting(&inflight, mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	var metricsSrv *http.Server
-	if *metricsListen != "" {
+	if cfg.MetricsListen != "" {
 		// Operator metrics get their own listener so that they can stay on
 		// a private interface while the API is public.
-		mln, err := net.Listen("tcp", *metricsListen)
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
 			ln.Close()
 			_ = n.Close(context.Background(), false)
@@ -126,32 +182,76 @@ func serve(args []string) error {
 		log.Info("operator metrics listening", "addr", mln.Addr().String(), "path", "/metrics")
 		go func() { _ = metricsSrv.Serve(mln) }()
 	}
-	log.Info("orkestrd listening", "addr", ln.Addr().String(), "data_dir", ncfg.DataDir, "template_dir", ncfg.TemplateDir, "pool_size", ncfg.PoolSize, "region", cfg.Region)
+	log.Info("orkestrd listening", "addr", ln.Addr().String(), "scheme", scheme, "data_dir", ncfg.DataDir, "template_dir", ncfg.TemplateDir, "pool_size", ncfg.PoolSize, "region", cfg.Region)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Graceful stop: the listener closes at once (new connections are
+	// refused), requests in flight get until the grace period ends, then
+	// their connections are closed. Sandboxes are left running for the
+	// next start to adopt.
+	log.Info("shutting down: no new connections; waiting for requests in flight", "grace", grace.String())
+	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
-	_ = srv.Shutdown(sctx)
+	if serr := srv.Shutdown(sctx); serr != nil {
+		log.Warn("requests still running at the end of the grace period; closing their connections", "grace", grace.String())
+		_ = srv.Close()
+		// Their handlers see their contexts end; give them a moment to
+		// return before the node and the store go away.
+		for deadline := time.Now().Add(10 * time.Second); inflight.Load() > 0 && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	if metricsSrv != nil {
-		_ = metricsSrv.Shutdown(sctx)
+		_ = metricsSrv.Close()
 	}
 	// The last metered seconds are flushed before the store closes.
 	stop()
 	srvAPI.Wait()
 	// Claimed sandboxes keep running and are adopted by the next start;
 	// warm-pool sandboxes are destroyed.
-	if cerr := n.Close(sctx, false); cerr != nil {
+	cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer ccancel()
+	if cerr := n.Close(cctx, false); cerr != nil {
 		err = errors.Join(err, cerr)
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}
+	if err == nil {
+		log.Info("stopped; running sandboxes are left for the next start to adopt")
+	}
 	return err
+}
+
+// reloadOnHUP re-reads the TLS certificate and key at every SIGHUP. New
+// connections get the new certificate; open ones keep theirs. A failed
+// reload keeps the current certificate.
+func reloadOnHUP(sigs <-chan os.Signal, certs *tlsutil.Reloader, log *slog.Logger) {
+	for range sigs {
+		if certs == nil {
+			log.Info("SIGHUP: no TLS certificate is configured; nothing to reload")
+			continue
+		}
+		leaf, err := certs.Reload()
+		if err != nil {
+			log.Error("SIGHUP: reloading the TLS certificate failed; keeping the current one", "err", err)
+			continue
+		}
+		log.Info("SIGHUP: TLS certificate reloaded", "subject", leaf.Subject.String(), "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+}
+
+// counting tracks the requests being served.
+func counting(n *atomic.Int64, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		defer n.Add(-1)
+		h.ServeHTTP(w, r)
+	})
 }
 
 // bootstrap creates a default account and prints one key for it, once, when

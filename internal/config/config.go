@@ -58,6 +58,12 @@ type RegistryAuth struct {
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 	Token    string `yaml:"token"` // a bearer token instead of username and password
+	// The password and token may come from a file or an environment
+	// variable instead (secrets kept out of the YAML).
+	PasswordFile string `yaml:"password_file,omitempty"`
+	PasswordEnv  string `yaml:"password_env,omitempty"`
+	TokenFile    string `yaml:"token_file,omitempty"`
+	TokenEnv     string `yaml:"token_env,omitempty"`
 }
 
 // Network configures sandbox networking (API `network`: off, restricted,
@@ -104,12 +110,24 @@ type Config struct {
 	// the local network).
 	InsecureRegistries []string `yaml:"insecure_registries"`
 	Network            Network  `yaml:"network"`
+
+	// What `orkestrd serve` also takes as flags (a flag or its environment
+	// variable wins over the file). See server.go.
+	Listen        string   `yaml:"listen"`
+	ConsoleURL    string   `yaml:"console_url"`
+	MetricsListen string   `yaml:"metrics_listen"`
+	TLS           TLS      `yaml:"tls"`
+	Database      Database `yaml:"database"`
+	// SandboxCAFiles are PEM files of CA certificates added to every
+	// sandbox's trust store (a TLS-inspecting proxy's CA).
+	SandboxCAFiles []string `yaml:"sandbox_ca_files"`
 }
 
 // Default returns the defaults of API.md.
 func Default() Config {
 	return Config{
 		Region:            "fsn1",
+		Listen:            "127.0.0.1:7777",
 		MaxFileBytes:      1 << 30,
 		MaxTimeoutSeconds: 86400,
 		PoolSize:          2,
@@ -198,6 +216,9 @@ func Load(path string) (Config, error) {
 	}
 	c.Registries = file.Registries
 	c.InsecureRegistries = file.InsecureRegistries
+	if err := mergeServer(&c, file); err != nil {
+		return c, err
+	}
 	return c, c.Validate()
 }
 
@@ -225,6 +246,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("config: region must be set")
 	}
 	if err := c.Network.validate(); err != nil {
+		return err
+	}
+	if err := c.validateServer(); err != nil {
 		return err
 	}
 	seen := map[string]bool{}

@@ -58,6 +58,10 @@ type Config struct {
 	NetworkPoolSize int
 	// NetworkAccounts adds allow-list names per account id.
 	NetworkAccounts map[string][]string
+	// ExtraCAs are PEM CA certificates every new sandbox trusts (config
+	// sandbox_ca_files): appended to its trust store, with the variables
+	// of gvisor.CAEnv under its environment.
+	ExtraCAs []byte
 }
 
 // Instance names one data directory's runtime state on this host (state
@@ -112,7 +116,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	d, err := gvisor.New(gvisor.Config{
 		Runsc: cfg.Runsc, AgentBinary: cfg.AgentBinary, StateDir: cfg.StateDir,
-		CgroupParent: "/orkestr/" + id, Log: cfg.Log, Network: cfg.Network,
+		CgroupParent: "/orkestr/" + id, Log: cfg.Log, Network: cfg.Network, ExtraCAs: cfg.ExtraCAs,
 	})
 	if err != nil {
 		return nil, err
@@ -277,13 +281,19 @@ func (n *Node) Create(ctx context.Context, tmpl, size, account string, claim run
 }
 
 // withTemplateEnv puts the template's own environment (an image's ENV,
-// e.g. PATH and PYTHON_VERSION) under the sandbox's variables.
+// e.g. PATH and PYTHON_VERSION) under the sandbox's variables, and under
+// that the trust store variables when extra CAs are configured.
 func (n *Node) withTemplateEnv(tmpl string, env map[string]string) map[string]string {
 	rec, err := n.Templates.Record(tmpl)
-	if err != nil || len(rec.Env) == 0 {
+	if (err != nil || len(rec.Env) == 0) && len(n.cfg.ExtraCAs) == 0 {
 		return env
 	}
-	out := make(map[string]string, len(rec.Env)+len(env))
+	out := make(map[string]string, len(rec.Env)+len(env)+len(gvisor.CAEnv))
+	if len(n.cfg.ExtraCAs) > 0 {
+		for k, v := range gvisor.CAEnv {
+			out[k] = v
+		}
+	}
 	for _, kv := range rec.Env {
 		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
 			out[k] = v

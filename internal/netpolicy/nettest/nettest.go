@@ -297,3 +297,23 @@ func HostListener(t testing.TB) int {
 	}()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// Listen opens another TCP listener on one of the internet's servers
+// (addr, e.g. Allowed) at port, inside that server's namespace, for a test
+// that serves something else there (an HTTPS server). It is closed when
+// the test ends.
+func (in *Internet) Listen(t testing.TB, addr netip.Addr, port int) net.Listener {
+	t.Helper()
+	for _, s := range in.servers {
+		if s.addr == addr {
+			ln, err := listenIn(s.ns, fmt.Sprintf("%s:%d", addr, port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			return ln
+		}
+	}
+	t.Fatalf("the test internet has no server at %s", addr)
+	return nil
+}

@@ -43,6 +43,10 @@ type Config struct {
 	// Network enables networked sandboxes; nil: every sandbox is "off".
 	// Its Instance should be unique per StateDir.
 	Network *netpolicy.Config
+	// ExtraCAs are PEM CA certificates appended to every new sandbox's
+	// trust store (CABundlePath); restored and adopted sandboxes keep
+	// what they had.
+	ExtraCAs []byte
 }
 
 // Driver is the gVisor runtime.Driver.
@@ -343,6 +347,11 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	defer cancel()
 	if err := sb.waitReady(rctx); err != nil {
 		return nil, fmt.Errorf("gvisor: sandbox agent did not come up: %w (console: %s)", err, tail(filepath.Join(dir, "console.log")))
+	}
+	if image == "" && len(d.cfg.ExtraCAs) > 0 {
+		if err := installCAs(rctx, sb, d.cfg.ExtraCAs); err != nil {
+			return nil, fmt.Errorf("gvisor: installing the extra CA certificates: %w", err)
+		}
 	}
 	d.mu.Lock()
 	d.sandboxes[m.ID] = sb

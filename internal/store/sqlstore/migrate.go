@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"sort"
@@ -13,7 +14,9 @@ import (
 )
 
 // Migrations are migrations/NNNN_name.sql, applied in version order, each
-// in the same transaction as its schema_migrations row. The whole run holds
+// in the same transaction as its schema_migrations row. They only go
+// forward (there are no down migrations): a binary older than the schema
+// refuses to open it (ErrSchemaTooNew). The whole run holds
 // a lock that makes concurrent starts take turns: a transaction-scoped
 // advisory lock on PostgreSQL, the write lock (BEGIN IMMEDIATE) on SQLite.
 // A start with nothing pending changes nothing.
@@ -29,6 +32,10 @@ type migration struct {
 	name    string
 	body    string
 }
+
+// knownMigrations, when positive, makes this binary know only its first n
+// migrations: tests use it to play an older orkestrd.
+var knownMigrations int
 
 func loadMigrations() ([]migration, error) {
 	entries, err := fs.ReadDir(migrationFiles, "migrations")
@@ -58,7 +65,52 @@ func loadMigrations() ([]migration, error) {
 			return nil, fmt.Errorf("migration versions must be 1, 2, 3, ... without gaps; %q is out of place", m.name)
 		}
 	}
+	if knownMigrations > 0 && knownMigrations < len(out) {
+		out = out[:knownMigrations]
+	}
 	return out, nil
+}
+
+// SchemaVersion is the newest schema version this binary knows (the
+// number of its migrations).
+func SchemaVersion() int {
+	all, err := loadMigrations()
+	if err != nil {
+		return 0
+	}
+	return len(all)
+}
+
+// ErrSchemaTooNew is returned by Open when the database was migrated by a
+// newer orkestrd: migrations are forward-only, and an older binary must
+// not write to a schema it does not know.
+var ErrSchemaTooNew = errors.New("the database schema is newer than this orkestrd")
+
+// checkApplied refuses a database whose applied migrations this binary
+// does not know, or knows under other names.
+func checkApplied(applied map[int64]string, all []migration) error {
+	var newest int64
+	newestName := ""
+	for v, name := range applied {
+		if v > newest {
+			newest, newestName = v, name
+		}
+	}
+	if newest > int64(len(all)) {
+		return fmt.Errorf("%w: the schema is at version %d (%s) but this binary knows versions up to %d (%s). "+
+			"Migrations only go forward, so this orkestrd refuses to start rather than run on a schema it does not know: "+
+			"run the orkestrd that upgraded the database (or a newer one), or restore the backup taken before the upgrade",
+			ErrSchemaTooNew, newest, newestName, len(all), all[len(all)-1].name)
+	}
+	for v, name := range applied {
+		if v < 1 {
+			return fmt.Errorf("the database has a migration numbered %d (%s), which no orkestrd writes; schema_migrations was edited by hand", v, name)
+		}
+		if all[v-1].name != name {
+			return fmt.Errorf("the database's migration %d is %q but this binary's is %q: the database was migrated by a different build of orkestrd; restore a backup or run that build", v, name, all[v-1].name)
+		}
+	}
+	return nil
 }
 
 // statements splits a migration into statements for the dialect: whole-line
@@ -125,13 +177,8 @@ func (s *Store) migrate(ctx context.Context) error {
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		for v, name := range applied {
-			if v < 1 || v > int64(len(all)) {
-				return fmt.Errorf("the database has migration %d (%s), newer than this binary knows (%d); run a newer orkestrd", v, name, len(all))
-			}
-			if all[v-1].name != name {
-				return fmt.Errorf("the database's migration %d is %q but this binary's is %q", v, name, all[v-1].name)
-			}
+		if err := checkApplied(applied, all); err != nil {
+			return err
 		}
 		for _, m := range all {
 			if _, ok := applied[m.version]; ok {

@@ -10,6 +10,7 @@ import email.utils
 import json
 import os
 import random
+import ssl
 import threading
 import time
 import weakref
@@ -17,6 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
+import certifi
 import httpx
 
 from ._errors import APIConnectionError, APITimeoutError, OrkestrError, RateLimitError, classify
@@ -64,6 +66,7 @@ class _Config:
         timeout: float,
         max_retries: int,
         retry_budget: float,
+        ca_bundle: Optional[str] = None,
     ) -> None:
         key = (api_key if api_key is not None else os.environ.get("ORKESTR_API_KEY", "")).strip()
         if not key:
@@ -75,6 +78,21 @@ class _Config:
         self.timeout = float(timeout)
         self.max_retries = max(int(max_retries), 0)
         self.retry_budget = max(float(retry_budget), 0.0)
+        self.ca_bundle = ca_bundle if ca_bundle is not None else os.environ.get("ORKESTR_CA_BUNDLE", "")
+
+    def verify(self) -> Union[bool, ssl.SSLContext]:
+        """What httpx verifies the server with: its default roots, plus the
+        CA certificates of ``ca_bundle`` (a PEM file) when one is given."""
+        if not self.ca_bundle:
+            return True
+        ctx = ssl.create_default_context(cafile=certifi.where())
+        try:
+            ctx.load_verify_locations(cafile=self.ca_bundle)
+        except (OSError, ssl.SSLError) as e:
+            raise OrkestrError(
+                f"cannot use the CA bundle {self.ca_bundle!r}: {e}", code="invalid_ca_bundle"
+            ) from None
+        return ctx
 
     def headers(self) -> Dict[str, str]:
         return {
@@ -83,8 +101,8 @@ class _Config:
             "Accept": "application/json",
         }
 
-    def cache_key(self) -> Tuple[str, str, float, int, float]:
-        return (self.key.get(), self.base_url, self.timeout, self.max_retries, self.retry_budget)
+    def cache_key(self) -> Tuple[str, str, float, int, float, str]:
+        return (self.key.get(), self.base_url, self.timeout, self.max_retries, self.retry_budget, self.ca_bundle)
 
 
 def _normalize_base_url(raw: str) -> str:
@@ -255,7 +273,9 @@ class Client(_BaseClient):
     ``max_retries`` times after 429, 503 or a network error, honouring
     Retry-After, waiting at most ``retry_budget`` seconds in all. It is safe
     to share between threads; close it (or use it as a context manager)
-    when done.
+    when done. ``ca_bundle`` (default ``ORKESTR_CA_BUNDLE``) is a PEM file of
+    CA certificates trusted besides the default roots, for a server whose
+    certificate a private CA issued.
     """
 
     def __init__(
@@ -267,10 +287,12 @@ class Client(_BaseClient):
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_budget: float = DEFAULT_RETRY_BUDGET,
         http_client: Optional[httpx.Client] = None,
+        ca_bundle: Optional[str] = None,
     ) -> None:
-        self._cfg = _Config(api_key, base_url, timeout, max_retries, retry_budget)
+        self._cfg = _Config(api_key, base_url, timeout, max_retries, retry_budget, ca_bundle)
         self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client()
+        self._verify = self._cfg.verify() if http_client is None else True
+        self._http = http_client if http_client is not None else httpx.Client(verify=self._verify)
 
     def close(self) -> None:
         """Close the connection pool. A client that made its own pool opens
@@ -280,7 +302,7 @@ class Client(_BaseClient):
 
     def _pool(self) -> httpx.Client:
         if self._owns_http and self._http.is_closed:
-            self._http = httpx.Client()
+            self._http = httpx.Client(verify=self._verify)
         return self._http
 
     def __enter__(self) -> Client:
@@ -372,10 +394,12 @@ class AsyncClient(_BaseClient):
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_budget: float = DEFAULT_RETRY_BUDGET,
         http_client: Optional[httpx.AsyncClient] = None,
+        ca_bundle: Optional[str] = None,
     ) -> None:
-        self._cfg = _Config(api_key, base_url, timeout, max_retries, retry_budget)
+        self._cfg = _Config(api_key, base_url, timeout, max_retries, retry_budget, ca_bundle)
         self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient()
+        self._verify = self._cfg.verify() if http_client is None else True
+        self._http = http_client if http_client is not None else httpx.AsyncClient(verify=self._verify)
 
     async def aclose(self) -> None:
         """Close the connection pool; as for Client.close, it reopens on use."""
@@ -384,7 +408,7 @@ class AsyncClient(_BaseClient):
 
     def _pool(self) -> httpx.AsyncClient:
         if self._owns_http and self._http.is_closed:
-            self._http = httpx.AsyncClient()
+            self._http = httpx.AsyncClient(verify=self._verify)
         return self._http
 
     async def __aenter__(self) -> AsyncClient:
@@ -465,7 +489,7 @@ class AsyncClient(_BaseClient):
 # connection pool cannot outlive its loop). Every default client ever made
 # is also in a weak set, so that closing the defaults also closes those a
 # sandbox reopened after an earlier close.
-_Key = Tuple[str, str, float, int, float]
+_Key = Tuple[str, str, float, int, float, str]
 _sync_defaults: Dict[_Key, Client] = {}
 _sync_all: "weakref.WeakSet[Client]" = weakref.WeakSet()
 _sync_lock = threading.Lock()
