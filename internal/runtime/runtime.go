@@ -22,10 +22,14 @@ type Resources struct {
 	CPU         float64 // vCPUs; becomes a CFS quota of CPU × period
 	MemoryBytes int64
 	PIDs        int64 // host tasks (threads and processes) the sandbox may hold
+	// DiskBytes caps what the sandbox can write to its root filesystem
+	// (its copy-on-write layer, /workspace included); 0: no cap. Fixed
+	// when the sandbox starts: a claim or SetResources cannot change it.
+	DiskBytes int64 `json:",omitempty"`
 }
 
 func (r Resources) String() string {
-	return fmt.Sprintf("%.2g vCPU, %d MiB, %d pids", r.CPU, r.MemoryBytes>>20, r.PIDs)
+	return fmt.Sprintf("%.2g vCPU, %d MiB, %d pids, %d MiB disk", r.CPU, r.MemoryBytes>>20, r.PIDs, r.DiskBytes>>20)
 }
 
 // Spec describes a sandbox to create.
@@ -123,6 +127,17 @@ type Usage struct {
 	CPUNanos         uint64 // cumulative CPU time
 	MemoryBytes      uint64 // working set
 	MemoryLimitBytes uint64
+}
+
+// Disk is a reading of a sandbox's writable layer.
+type Disk struct {
+	UsedBytes  uint64 // host disk the sandbox's writes hold now
+	LimitBytes uint64 // its quota; 0: none
+}
+
+// DiskReader is implemented by sandboxes that can tell their disk use.
+type DiskReader interface {
+	Disk() (Disk, error)
 }
 
 // UsageReader is implemented by sandboxes that can read Usage more

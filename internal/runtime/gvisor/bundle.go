@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -66,7 +67,7 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
 			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
 			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev"}},
-			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: tmpOptions(res)},
 			{Destination: "/agent", Type: "bind", Source: agentDir, Options: []string{"rbind", "ro"}},
 			{Destination: wire.AgentDir, Type: "bind", Source: channelDir, Options: []string{"rbind", "rw"}},
 		},
@@ -83,6 +84,18 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolvConf, Options: []string{"bind", "ro"}})
 	}
 	return spec
+}
+
+// tmpOptions mounts /tmp as a tmpfs (sandbox memory, fast) of at most half
+// the sandbox's memory: filling it fails with ENOSPC instead of using up the
+// memory its processes need, and df shows that size. The root filesystem
+// and /workspace are disk, capped by the disk quota.
+func tmpOptions(res runtime.Resources) []string {
+	opts := []string{"nosuid", "nodev", "mode=1777"}
+	if res.MemoryBytes > 0 {
+		opts = append(opts, "size="+strconv.FormatInt(res.MemoryBytes/2, 10))
+	}
+	return opts
 }
 
 func writeBundle(dir string, spec *specs.Spec) error {

@@ -328,7 +328,7 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	}
 	// runsc must not die with ctx while the container is half made: the
 	// undo step deletes it instead.
-	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), m.Networked, args...)
+	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), m.Resources.DiskBytes, m.Networked, args...)
 	cmd.Stdout = console
 	cmd.Stderr = console
 	if err := cmd.Run(); err != nil {

@@ -8,8 +8,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/orkestr-eu/orkestr/internal/agent/client"
 	"github.com/orkestr-eu/orkestr/internal/agent/wire"
@@ -32,9 +35,15 @@ type sandbox struct {
 	done     chan struct{}
 	unwatch  func()
 	destroyO sync.Once
+	// filestore is the /proc path of the copy-on-write layer's backing
+	// file, found on first use (see Disk).
+	filestore string
 }
 
-var _ runtime.Sandbox = (*sandbox)(nil)
+var (
+	_ runtime.Sandbox    = (*sandbox)(nil)
+	_ runtime.DiskReader = (*sandbox)(nil)
+)
 
 func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
 	sb := &sandbox{d: d, ch: ch, pid: pid, m: m, done: make(chan struct{})}
@@ -405,6 +414,14 @@ func (sb *sandbox) Usage(ctx context.Context) (runtime.Usage, error) {
 }
 
 func (sb *sandbox) SetResources(r runtime.Resources) error {
+	sb.mu.Lock()
+	disk := sb.m.Resources.DiskBytes
+	sb.mu.Unlock()
+	if r.DiskBytes != 0 && r.DiskBytes != disk {
+		// runsc sizes the copy-on-write layer when the sandbox starts.
+		return fmt.Errorf("%w: the disk quota of a running sandbox is fixed (%d MiB); start one with %d MiB instead", runtime.ErrInvalidRequest, disk>>20, r.DiskBytes>>20)
+	}
+	r.DiskBytes = disk
 	if err := sb.d.cgroup(sb.m.ID).Apply(cgroupLimits(r)); err != nil {
 		return err
 	}
@@ -412,6 +429,55 @@ func (sb *sandbox) SetResources(r runtime.Resources) error {
 	sb.m.Resources = r
 	sb.mu.Unlock()
 	return nil
+}
+
+// Disk implements runtime.DiskReader. The copy-on-write layer is a sparse
+// file that runsc creates in the sandbox's overlay directory and unlinks at
+// once; the sandbox process keeps it open, so it is found among that
+// process's file descriptors, and its allocated blocks are what the
+// sandbox's writes cost the host's disk (gVisor punches holes for deleted
+// data, so this falls when files are removed).
+func (sb *sandbox) Disk() (runtime.Disk, error) {
+	sb.mu.Lock()
+	path, limit := sb.filestore, uint64(max(sb.m.Resources.DiskBytes, 0))
+	sb.mu.Unlock()
+	if path == "" {
+		var err error
+		if path, err = findFilestore(sb.pid, filepath.Join(sb.d.sandboxDir(sb.m.ID), "overlay")); err != nil {
+			if e := sb.stopped(); e != nil {
+				return runtime.Disk{}, e
+			}
+			return runtime.Disk{}, err
+		}
+		sb.mu.Lock()
+		sb.filestore = path
+		sb.mu.Unlock()
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		if e := sb.stopped(); e != nil {
+			return runtime.Disk{}, e
+		}
+		return runtime.Disk{}, fmt.Errorf("gvisor: disk use of %s: %w", sb.m.ID, err)
+	}
+	return runtime.Disk{UsedBytes: uint64(st.Blocks) * 512, LimitBytes: limit}, nil
+}
+
+// findFilestore returns the /proc path of the file descriptor by which
+// process pid holds a file created in dir.
+func findFilestore(pid int, dir string) (string, error) {
+	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(fdDir)
+	if err != nil {
+		return "", fmt.Errorf("gvisor: list the sandbox process's files: %w", err)
+	}
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(fdDir, e.Name()))
+		if err == nil && strings.HasPrefix(target, dir+"/") {
+			return filepath.Join(fdDir, e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("gvisor: the sandbox process %d holds no file in %s", pid, dir)
 }
 
 // snapshotMeta is written beside the runsc image.
@@ -470,7 +536,7 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		undoPause()
 		return runtime.Snapshot{}, err
 	}
-	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Net != nil, "checkpoint", "--image-path", image, m.ID); err != nil {
+	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, "checkpoint", "--image-path", image, m.ID); err != nil {
 		undoPause()
 		if e := sb.stopped(); e != nil {
 			return runtime.Snapshot{}, e
