@@ -41,6 +41,7 @@ func serve(args []string) error {
 	ncfg := nf.config()
 	log := ncfg.Log
 	ncfg.Sizes = node.Resources(cfg.Sizes)
+	ncfg.DiskReserveBytes = cfg.DiskReserveMB << 20
 	if ncfg.Network, err = node.NetworkConfig(cfg.Network); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
