@@ -39,20 +39,29 @@ type Agent struct {
 	// tree only.
 	ExecCgroups string
 
+	// TasksMax caps the tasks (processes and threads) of all commands
+	// together, in a pids cgroup of the sandbox kernel they all join: a
+	// fork bomb's forks fail inside the sandbox before the host's larger
+	// limit, which would end the sandbox, is reached. 0: no cap.
+	TasksMax int64
+
 	reaper  *reaper
 	zygotes zygotes
 	groups  *execGroups
+	// oomGroups holds the cgroups of commands a process of which was
+	// killed by oomKill (cgroup dir -> true), for their exit status.
+	oomGroups sync.Map
 }
 
 // New returns an agent that talks to the host through dir.
 func New(dir string, log *slog.Logger) *Agent {
-	return &Agent{Dir: dir, Log: log, reaper: processReaper(), groups: newExecGroups("")}
+	return &Agent{Dir: dir, Log: log, reaper: processReaper(), groups: newExecGroups("", 0)}
 }
 
 // Run dials the host and serves until ctx ends, redialing after every
 // disconnect.
 func (a *Agent) Run(ctx context.Context) error {
-	a.groups = newExecGroups(a.ExecCgroups)
+	a.groups = newExecGroups(a.ExecCgroups, a.TasksMax)
 	a.refillZygote()
 	defer a.stopZygotes()
 	const first = 2 * time.Millisecond
@@ -178,6 +187,8 @@ func (a *Agent) serveRequest(r *wire.Reader, w *wire.Writer) (reusable bool) {
 		removePath(req.Path, req.Recursive, w)
 	case wire.OpMkdir:
 		mkdirPath(req.Path, req.Mode, w)
+	case wire.OpOOMKill:
+		_ = w.JSON(wire.KindJSON, a.oomKill())
 	default:
 		_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("unknown op %q", req.Op))
 	}

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -55,6 +56,7 @@ type Driver struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
+	oomKills  atomic.Uint64 // processes killed at their sandbox's memory limit
 }
 
 var _ runtime.Driver = (*Driver)(nil)

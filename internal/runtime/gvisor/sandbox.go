@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,6 +39,9 @@ type sandbox struct {
 	// filestore is the /proc path of the copy-on-write layer's backing
 	// file, found on first use (see Disk).
 	filestore string
+	memEvents *os.File    // the memory threshold eventfd (oom.go)
+	relieving atomic.Bool // relieveMemory runs
+	oomKills  atomic.Uint64
 }
 
 var (
@@ -54,6 +58,7 @@ func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
 		unwatch = func() {}
 	}
 	sb.unwatch = unwatch
+	sb.watchMemory()
 	return sb
 }
 
@@ -73,12 +78,13 @@ func (sb *sandbox) exited() {
 	if st, err := sb.d.cgroup(sb.m.ID).Read(); err == nil {
 		switch {
 		case st.OOMKills > 0 || st.UnderOOM:
-			reason = fmt.Errorf("%w (limit %d MiB)", runtime.ErrOutOfMemory, sb.m.Resources.MemoryBytes>>20)
+			reason = fmt.Errorf("%w (limit %d MiB; it outgrew it faster than its processes could be killed, up to the host limit of %d MiB)", runtime.ErrOutOfMemory, sb.m.Resources.MemoryBytes>>20, st.MemoryLimit>>20)
 		case st.PIDsLimitHits > 0:
 			// gVisor's sentry dies when the host refuses it a task (it
 			// needs host processes and threads for the sandbox's
-			// processes), so a fork bomb ends the whole sandbox.
-			reason = fmt.Errorf("%w: it reached its limit of %d tasks (processes and threads)", runtime.ErrStopped, st.PIDsLimit)
+			// processes). The sandbox's own cap keeps its commands under
+			// that, unless a command left the capping cgroup.
+			reason = fmt.Errorf("%w: it reached the host's limit of %d tasks (processes and threads; its own limit is %d)", runtime.ErrStopped, st.PIDsLimit, sb.m.Resources.PIDs)
 		}
 	}
 	sb.stop(reason)
@@ -94,6 +100,7 @@ func (sb *sandbox) stop(reason error) {
 	}
 	sb.mu.Unlock()
 	if first {
+		sb.unwatchMemory()
 		sb.ch.Fail(reason)
 		close(sb.done)
 	}
@@ -284,7 +291,7 @@ func (sb *sandbox) Exec(ctx context.Context, r runtime.ExecRequest) (runtime.Exe
 		return runtime.ExecResult{}, sb.mapErr(err)
 	}
 	return runtime.ExecResult{
-		ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut,
+		ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut, OOMKilled: st.OOMKilled,
 		Duration: time.Duration(st.DurationMS) * time.Millisecond,
 		Blocked:  sb.blocked(start, time.Now()),
 	}, nil
@@ -394,9 +401,21 @@ func (sb *sandbox) Stats(ctx context.Context) (runtime.Stats, error) {
 		}
 		return runtime.Stats{}, fmt.Errorf("read cgroup of %s: %w", sb.m.ID, err)
 	}
+	// The limits reported are the sandbox's own (its size), not the host
+	// cgroup's, which are set above them (cgroupLimits).
+	sb.mu.Lock()
+	res := sb.m.Resources
+	sb.mu.Unlock()
+	memLimit, pidsLimit := st.MemoryLimit, st.PIDsLimit
+	if res.MemoryBytes > 0 {
+		memLimit = uint64(res.MemoryBytes)
+	}
+	if res.PIDs > 0 {
+		pidsLimit = uint64(res.PIDs)
+	}
 	return runtime.Stats{
-		CPUNanos: st.CPUNanos, MemoryBytes: st.MemoryWorkingSet, MemoryLimitBytes: st.MemoryLimit,
-		MemoryFailures: st.MemoryFailcnt, OOMKills: st.OOMKills, PIDs: st.PIDs, PIDsLimit: st.PIDsLimit,
+		CPUNanos: st.CPUNanos, MemoryBytes: st.MemoryWorkingSet, MemoryLimitBytes: memLimit,
+		MemoryFailures: st.MemoryFailcnt, OOMKills: st.OOMKills, ProcessOOMKills: sb.oomKills.Load(), PIDs: st.PIDs, PIDsLimit: pidsLimit,
 		CPUQuotaMicros: st.CPUQuotaMicros, CPUPeriodMicros: st.CPUPeriodMicros, ReadAt: st.ReadAt,
 	}, nil
 }
@@ -409,6 +428,12 @@ func (sb *sandbox) Usage(ctx context.Context) (runtime.Usage, error) {
 			return runtime.Usage{}, e
 		}
 		return runtime.Usage{}, fmt.Errorf("read cgroup of %s: %w", sb.m.ID, err)
+	}
+	sb.mu.Lock()
+	mem := sb.m.Resources.MemoryBytes
+	sb.mu.Unlock()
+	if mem > 0 {
+		u.MemoryLimit = uint64(mem)
 	}
 	return runtime.Usage{CPUNanos: u.CPUNanos, MemoryBytes: u.MemoryWorkingSet, MemoryLimitBytes: u.MemoryLimit}, nil
 }
@@ -426,8 +451,13 @@ func (sb *sandbox) SetResources(r runtime.Resources) error {
 		return err
 	}
 	sb.mu.Lock()
+	memChanged := sb.m.Resources.MemoryBytes != r.MemoryBytes
 	sb.m.Resources = r
 	sb.mu.Unlock()
+	if memChanged && sb.stopped() == nil {
+		sb.unwatchMemory()
+		sb.watchMemory()
+	}
 	return nil
 }
 
@@ -589,6 +619,7 @@ func (sb *sandbox) Destroy(ctx context.Context) error {
 // adopt.
 func (sb *sandbox) detach() {
 	sb.unwatch()
+	sb.unwatchMemory()
 	_ = sb.ch.Close()
 	sb.d.forget(sb.m.ID)
 }
