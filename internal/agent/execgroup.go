@@ -204,3 +204,4 @@ func (g *execGroups) of(pid int) string {
 	}
 	return ""
 }
+

@@ -141,5 +141,5 @@ func HostTasks(tasks int64) int64 {
 	if tasks <= 0 {
 		return tasks
 	}
-	return 4*tasks + 256
+	return 8*tasks + 256
 }
