@@ -204,4 +204,3 @@ func (g *execGroups) of(pid int) string {
 	}
 	return ""
 }
-
