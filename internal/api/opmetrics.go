@@ -115,6 +115,7 @@ var (
 	blockedDesc    = prometheus.NewDesc("orkestr_network_blocked_total", "Connections (logged drops) and DNS names the network policy refused since start, by reason (dns, rate, host, sibling, never, private, policy, spoof, conns, v6, in6, in).", []string{"reason"}, nil)
 	diskFreeDesc   = prometheus.NewDesc("orkestr_host_disk_free_bytes", "Free bytes of a filesystem sandboxes write to (path: the state or data directory).", []string{"path"}, nil)
 	diskTotalDesc  = prometheus.NewDesc("orkestr_host_disk_total_bytes", "Size of a filesystem sandboxes write to.", []string{"path"}, nil)
+	oomKillsDesc   = prometheus.NewDesc("orkestr_process_oom_kills_total", "Sandbox processes killed because their sandbox reached its memory limit (the sandbox lived on).", nil, nil)
 	diskResDesc    = prometheus.NewDesc("orkestr_host_disk_reserve_bytes", "Free disk kept in reserve: under it creates and resumes are refused.", nil, nil)
 	scrapeErrDesc  = prometheus.NewDesc("orkestr_store_up", "1 if the store answered the scrape's count of sandboxes.", nil, nil)
 )
@@ -132,6 +133,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- diskFreeDesc
 	ch <- diskTotalDesc
 	ch <- diskResDesc
+	ch <- oomKillsDesc
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -168,5 +170,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(diskTotalDesc, prometheus.GaugeValue, float64(d.TotalBytes), d.Path)
 		}
 		ch <- prometheus.MustNewConstMetric(diskResDesc, prometheus.GaugeValue, float64(c.s.node.DiskReserve()))
+		ch <- prometheus.MustNewConstMetric(oomKillsDesc, prometheus.CounterValue, float64(c.s.node.OOMKills()))
 	}
 }

@@ -247,6 +247,15 @@ func (n *Node) NetworkBlocked() map[string]uint64 {
 	return nil
 }
 
+// OOMKills is how many sandbox processes were killed at their sandbox's
+// memory limit since start (0 for a driver that does not do that).
+func (n *Node) OOMKills() uint64 {
+	if d, ok := n.Driver.(interface{ OOMKills() uint64 }); ok {
+		return d.OOMKills()
+	}
+	return 0
+}
+
 // NetworkEnabled says whether restricted and open sandboxes can run here.
 func (n *Node) NetworkEnabled() bool { return n.cfg.Network != nil }
 
