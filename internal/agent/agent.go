@@ -117,8 +117,11 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	}
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
+	// A rare keepalive only: it finds a connection that died without an
+	// error (after a restore the old host socket is gone), and each ping
+	// wakes the sandbox's kernel, which is what an idle sandbox costs.
 	cfg.EnableKeepAlive = true
-	cfg.KeepAliveInterval = time.Second
+	cfg.KeepAliveInterval = 30 * time.Second
 	cfg.ConnectionWriteTimeout = 5 * time.Second
 	cfg.StreamOpenTimeout = 0
 	sess, err := yamux.Server(&wire.CoalescingConn{Conn: conn, Reader: br}, cfg)
