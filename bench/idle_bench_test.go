@@ -35,6 +35,23 @@ func BenchmarkIdleCPU(b *testing.B) {
 	env := newDriver(b)
 	ctx := timeout(b, 20*time.Minute)
 	n := *idleCount
+	// Latency on an empty host, then beside the idle fleet.
+	latency := func() (createP50, execP50 time.Duration) {
+		var cs, es durations
+		for range 5 {
+			start := time.Now()
+			sb := create(b, env, testenv.Small)
+			cs.add(time.Since(start))
+			for range 10 {
+				start := time.Now()
+				execTrue(ctx, b, sb)
+				es.add(time.Since(start))
+			}
+			destroy(b, sb)
+		}
+		return cs.median(), es.median()
+	}
+	emptyCreate, emptyExec := latency()
 	sbs := make([]runtime.Sandbox, 0, n)
 	for range n {
 		sb := create(b, env, testenv.Small)
@@ -42,6 +59,10 @@ func BenchmarkIdleCPU(b *testing.B) {
 		sbs = append(sbs, sb)
 	}
 	time.Sleep(3 * time.Second) // let start-up work settle
+	fullCreate, fullExec := latency()
+	b.ReportMetric(float64(fullCreate)/float64(emptyCreate), "create-ratio")
+	b.ReportMetric(float64(fullExec)/float64(emptyExec), "exec-ratio")
+	b.Logf("create p50 %v empty, %v beside %d idle; exec true p50 %v empty, %v beside them", emptyCreate, fullCreate, n, emptyExec, fullExec)
 	groups := make([]cgroupv1.Group, n)
 	for i, sb := range sbs {
 		groups[i] = cgroupv1.Group(filepath.Join(env.CgroupParent, sb.ID()))
@@ -160,4 +181,17 @@ func procKind(pid string) string {
 		}
 	}
 	return "stub"
+}
+
+// median is the middle duration (the mean of the middle two of an even count).
+func (ds durations) median() time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append(durations(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return s[len(s)/2]
 }
