@@ -119,7 +119,17 @@ type Config struct {
 	// the filesystem of the sandboxes' state or of the data directory,
 	// creates and resumes are refused (503 host_disk_low).
 	DiskReserveMB int64 `yaml:"disk_reserve_mb"`
+	// PoolMax is how far a warm pool grows when claims find it empty
+	// (pool_size is where it starts and shrinks back to when idle).
+	PoolMax int `yaml:"pool_max"`
+	// PoolMemoryMB is the budget of all warm pools together, counted at
+	// PooledSandboxMB each (an idle sandbox's measured footprint).
+	PoolMemoryMB int `yaml:"pool_memory_mb"`
 }
+
+// PooledSandboxMB is what one idle pooled sandbox is counted at against
+// pool_memory_mb (its PSS measured 18.5 MiB, docs/benchmarks.md, rounded up).
+const PooledSandboxMB = 24
 
 // Default returns the defaults of API.md.
 func Default() Config {
@@ -135,6 +145,8 @@ func Default() Config {
 			"large":  {CPU: 4, MemoryMB: 8192, PIDs: 4096, DiskMB: 32768},
 		},
 		DiskReserveMB: 2048,
+		PoolMax:       8,
+		PoolMemoryMB:  1024,
 		Plans: map[string]Plan{
 			"free": {AllowedSizes: []string{"small"}, MaxConcurrent: 1, SnapshotCap: 1,
 				UsageGBHoursIncluded: 10, UsageCPUHoursIncluded: 2, RateLimit: RateLimit{RequestsPerSecond: 20, Burst: 40}},
@@ -193,6 +205,12 @@ func Load(path string) (Config, error) {
 	if _, ok := raw["disk_reserve_mb"]; ok {
 		c.DiskReserveMB = file.DiskReserveMB
 	}
+	if _, ok := raw["pool_max"]; ok {
+		c.PoolMax = file.PoolMax
+	}
+	if _, ok := raw["pool_memory_mb"]; ok {
+		c.PoolMemoryMB = file.PoolMemoryMB
+	}
 	for k, v := range file.Sizes {
 		c.Sizes[k] = v
 	}
@@ -242,6 +260,9 @@ func (c Config) Validate() error {
 		if p.RateLimit.RequestsPerSecond <= 0 || p.RateLimit.Burst <= 0 {
 			return fmt.Errorf("config: plan %s needs a positive rate_limit", name)
 		}
+	}
+	if c.PoolMax < 0 || c.PoolMemoryMB < 0 {
+		return fmt.Errorf("config: pool_max and pool_memory_mb must be >= 0 (0: pools do not grow)")
 	}
 	if c.DiskReserveMB < 0 {
 		return fmt.Errorf("config: disk_reserve_mb must be >= 0 (0: no reserve)")

@@ -63,6 +63,9 @@ type Config struct {
 	NetworkAccounts map[string][]string
 	// DiskReserveBytes is the host disk kept free (see CheckDisk); 0: none.
 	DiskReserveBytes int64
+	// PoolDemand lets the warm pools grow with demand (pool.Demand);
+	// zero: every pool stays at PoolSize.
+	PoolDemand pool.Demand
 }
 
 // Instance names one data directory's runtime state on this host (state
@@ -128,6 +131,7 @@ func Open(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, Driver: d, Pool: pool.New(d, cfg.Log), Templates: template.Store{Dir: cfg.TemplateDir},
 		warm: map[string]string{}, stopScan: make(chan struct{})}
 	n.diskReserve.Store(cfg.DiskReserveBytes)
+	n.Pool.SetDemand(cfg.PoolDemand)
 	return n, nil
 }
 

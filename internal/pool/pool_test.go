@@ -215,3 +215,52 @@ func TestDeadPooledSandboxIsReplaced(t *testing.T) {
 		t.Fatalf("claim got warm=%v id=%s (victim %s)", warm, sb.ID(), victim.ID())
 	}
 }
+
+// TestPoolFollowsDemand: claims that find the pool empty grow its target
+// (up to Max, within Budget); idle, it shrinks back to its base and
+// destroys what it no longer needs.
+func TestPoolFollowsDemand(t *testing.T) {
+	p, key, spec, _ := setup(t, 1)
+	p.SetDemand(pool.Demand{Max: 4, Budget: 3, IdleShrink: 3 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	target := func() (ready, target int) {
+		for _, d := range p.Depths() {
+			if d.Key == key {
+				return d.Ready, d.Target
+			}
+		}
+		return 0, 0
+	}
+	// Three claims in a row: the first is warm, the next find it empty.
+	for i := range 3 {
+		sb, _, err := p.Claim(ctx, key, spec, runtime.Claim{Resources: testenv.Small})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+		_, tg := target()
+		t.Logf("claim %d: target %d", i, tg)
+	}
+	if _, tg := target(); tg != 3 {
+		t.Fatalf("target after claims that found the pool empty: %d, want 3 (the budget; max 4)", tg)
+	}
+	if err := p.WaitFull(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := target(); r != 3 {
+		t.Fatalf("grown pool holds %d", r)
+	}
+	// Idle: it halves back to its base.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, tg := target()
+		if tg == 1 && r == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("idle pool still at %d ready, target %d", r, tg)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
