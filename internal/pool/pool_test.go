@@ -232,15 +232,34 @@ func TestPoolFollowsDemand(t *testing.T) {
 		}
 		return 0, 0
 	}
-	// Three claims in a row: the first is warm, the next find it empty.
-	for i := range 3 {
-		sb, _, err := p.Claim(ctx, key, spec, runtime.Claim{Resources: testenv.Small})
-		if err != nil {
-			t.Fatal(err)
+	// Rounds of concurrent claims: one is warm, the others find the pool
+	// empty and grow it, never past the budget.
+	claimRound := func(n int) {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sb, _, err := p.Claim(ctx, key, spec, runtime.Claim{Resources: testenv.Small})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				t.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+			}()
 		}
-		t.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+		wg.Wait()
+	}
+	for round := 0; round < 3; round++ {
+		claimRound(3)
 		_, tg := target()
-		t.Logf("claim %d: target %d", i, tg)
+		t.Logf("round %d: target %d", round, tg)
+		if tg > 3 {
+			t.Fatalf("target %d over the budget of 3", tg)
+		}
+		if tg == 3 {
+			break
+		}
 	}
 	if _, tg := target(); tg != 3 {
 		t.Fatalf("target after claims that found the pool empty: %d, want 3 (the budget; max 4)", tg)
