@@ -65,17 +65,17 @@ func (p *Pool) SetDemand(d Demand) {
 }
 
 type bucket struct {
-	key     Key
-	spec    runtime.Spec
-	base    int // the target SetTarget gave; demand moves target above it
-	target  int
+	key    Key
+	spec   runtime.Spec
+	base   int // the target SetTarget gave; demand moves target above it
+	target int
 	// lastClaim is when the pool last handed out (or missed) a sandbox.
 	lastClaim time.Time
-	ready   []runtime.Sandbox
-	filling int // starts in progress
-	kick    chan struct{}
-	stop    chan struct{}
-	fails   int
+	ready     []runtime.Sandbox
+	filling   int // starts in progress
+	kick      chan struct{}
+	stop      chan struct{}
+	fails     int
 }
 
 // New returns an empty pool set; SetTarget starts filling.
