@@ -14,9 +14,17 @@ import (
 // what the grown pool sustains. It reports the p50 and p95 TTI of the
 // iteration's creates, their ratio, pool-hit-% (creates that found a warm
 // sandbox, from /healthz just before) and the pool's target at the end.
+//
+// demand=off is the baseline in the same invocation: pool_max 0, the pool
+// stays at 2.
 func BenchmarkAPITTIRow(b *testing.B) {
+	b.Run("demand=off", func(b *testing.B) { benchTTIRow(b, "pool_max: 0\n") })
+	b.Run("demand=on", func(b *testing.B) { benchTTIRow(b, "") })
+}
+
+func benchTTIRow(b *testing.B, extraConfig string) {
 	const row = 20
-	s := startServer(b, 2, *ttiTemplate)
+	s := startServerWith(b, 2, *ttiTemplate, extraConfig)
 	ctx := timeout(b, 30*time.Minute)
 	s.waitPool(2, 5*time.Minute, nil)
 	var p50, p95, ratio, hitPct samples
