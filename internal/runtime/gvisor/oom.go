@@ -69,18 +69,25 @@ func (sb *sandbox) unwatchMemory() {
 // usage also counts the page cache of the sandbox's disk, which the kernel
 // reclaims by itself, so a process is killed only when anonymous memory
 // (programs and tmpfs) reaches the size, and another one only if it still
-// grows after that: a killed process's memory takes gVisor a few hundred
-// milliseconds to give back.
+// grows after that and after a grace period (or deep into the headroom): a
+// killed process's memory takes gVisor a few hundred milliseconds to give
+// back.
 func (sb *sandbox) relieveMemory(limit uint64) {
 	g := sb.d.cgroup(sb.m.ID)
+	// After a kill, a grace period lets the victim's memory go before the
+	// next one dies for it; only a sandbox already halfway into its
+	// headroom loses another process sooner.
+	const grace = 500 * time.Millisecond
+	urgent := limit + uint64(HostMemory(int64(limit))-int64(limit))/2
 	var last uint64
-	killed := false
+	var killedAt time.Time
 	for sb.stopped() == nil {
 		usage, anon, err := g.MemoryAnon()
 		if err != nil || usage < limit {
 			return
 		}
-		if anon >= limit && (!killed || anon > last) {
+		inGrace := !killedAt.IsZero() && time.Since(killedAt) < grace
+		if anon >= limit && (killedAt.IsZero() || anon > last) && (!inGrace || anon >= urgent) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			v, err := sb.ch.OOMKill(ctx)
 			cancel()
@@ -94,7 +101,7 @@ func (sb *sandbox) relieveMemory(limit uint64) {
 				sb.d.oomKills.Add(1)
 				sb.d.log.Info("killed a sandbox process at the memory limit", "sandbox", sb.m.ID, "pid", v.PID, "comm", v.Comm, "rss_bytes", v.RSSBytes, "limit_bytes", limit)
 			}
-			killed = true
+			killedAt = time.Now()
 		}
 		last = anon
 		wait := memoryPollFar
