@@ -112,6 +112,13 @@ type apiServer struct {
 // the benchmark and is removed.
 func startServer(b *testing.B, poolSize int, template string) *apiServer {
 	b.Helper()
+	return startServerWith(b, poolSize, template, "")
+}
+
+// startServerWith is startServer with extraConfig appended to the
+// server's YAML config.
+func startServerWith(b *testing.B, poolSize int, template, extraConfig string) *apiServer {
+	b.Helper()
 	testenv.RequireRoot(b)
 	bin := orkestrdBinary(b)
 	agent := testenv.AgentBinary(b)
@@ -126,7 +133,7 @@ func startServer(b *testing.B, poolSize int, template string) *apiServer {
 		b.Fatal(err)
 	}
 	cfgPath := filepath.Join(dataDir, "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(benchConfig), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(benchConfig+extraConfig), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	addr := testenv.FreePort(b)

@@ -15,6 +15,7 @@ import (
 func main() {
 	dir := flag.String("dir", wire.AgentDir, "directory holding the host socket and token")
 	verbose := flag.Bool("v", false, "log debug messages to stderr")
+	tasksMax := flag.Int64("tasks-max", 0, "cap on the tasks (processes and threads) of all commands together; 0: none")
 	flag.Parse()
 	level := slog.LevelInfo
 	if *verbose {
@@ -27,6 +28,7 @@ func main() {
 	a := agent.New(*dir, log)
 	if os.Getpid() == 1 {
 		a.ExecCgroups = agent.DefaultExecCgroups
+		a.TasksMax = *tasksMax
 	}
 	_ = a.Run(context.Background())
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/console"
 	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/tlsutil"
 )
@@ -70,6 +71,11 @@ func serve(args []string) error {
 		}
 	}
 	ncfg.Sizes = node.Resources(cfg.Sizes)
+	ncfg.DiskReserveBytes = cfg.DiskReserveMB << 20
+	ncfg.PoolDemand = pool.Demand{Max: cfg.PoolMax, Budget: cfg.PoolMemoryMB / config.PooledSandboxMB}
+	if cfg.PoolMemoryMB == 0 {
+		ncfg.PoolDemand.Max = 0 // no budget: pools stay at pool_size
+	}
 	if ncfg.Network, err = node.NetworkConfig(cfg.Network); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}

@@ -39,20 +39,29 @@ type Agent struct {
 	// tree only.
 	ExecCgroups string
 
+	// TasksMax caps the tasks (processes and threads) of all commands
+	// together, in a pids cgroup of the sandbox kernel they all join: a
+	// fork bomb's forks fail inside the sandbox before the host's larger
+	// limit, which would end the sandbox, is reached. 0: no cap.
+	TasksMax int64
+
 	reaper  *reaper
 	zygotes zygotes
 	groups  *execGroups
+	// oomGroups holds the cgroups of commands a process of which was
+	// killed by oomKill (cgroup dir -> true), for their exit status.
+	oomGroups sync.Map
 }
 
 // New returns an agent that talks to the host through dir.
 func New(dir string, log *slog.Logger) *Agent {
-	return &Agent{Dir: dir, Log: log, reaper: processReaper(), groups: newExecGroups("")}
+	return &Agent{Dir: dir, Log: log, reaper: processReaper(), groups: newExecGroups("", 0)}
 }
 
 // Run dials the host and serves until ctx ends, redialing after every
 // disconnect.
 func (a *Agent) Run(ctx context.Context) error {
-	a.groups = newExecGroups(a.ExecCgroups)
+	a.groups = newExecGroups(a.ExecCgroups, a.TasksMax)
 	a.refillZygote()
 	defer a.stopZygotes()
 	const first = 2 * time.Millisecond
@@ -108,8 +117,11 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	}
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
+	// A rare keepalive only: it finds a connection that died without an
+	// error (after a restore the old host socket is gone), and each ping
+	// wakes the sandbox's kernel, which is what an idle sandbox costs.
 	cfg.EnableKeepAlive = true
-	cfg.KeepAliveInterval = time.Second
+	cfg.KeepAliveInterval = 30 * time.Second
 	cfg.ConnectionWriteTimeout = 5 * time.Second
 	cfg.StreamOpenTimeout = 0
 	sess, err := yamux.Server(&wire.CoalescingConn{Conn: conn, Reader: br}, cfg)
@@ -181,6 +193,8 @@ func (a *Agent) serveRequest(st net.Conn, r *wire.Reader, w *wire.Writer) (reusa
 	case wire.OpPty:
 		a.pty(st, r, w)
 		return false
+	case wire.OpOOMKill:
+		_ = w.JSON(wire.KindJSON, a.oomKill())
 	default:
 		_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("unknown op %q", req.Op))
 	}

@@ -173,6 +173,9 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 	default:
 		st.ExitCode = -1
 	}
+	if p.cgroup != "" {
+		_, st.OOMKilled = a.oomGroups.LoadAndDelete(p.cgroup)
+	}
 	wmu.Lock()
 	err = w.JSON(wire.KindExit, st)
 	wmu.Unlock()

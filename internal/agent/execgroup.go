@@ -2,20 +2,31 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
 )
 
 // DefaultExecCgroups is where the agent, as PID 1 of a sandbox, keeps one
-// pids cgroup per command (the sandbox kernel's own cgroupfs, mounted by the
-// runtime; nothing here touches the host's cgroups).
-const DefaultExecCgroups = "/sys/fs/cgroup/pids/orkestr-exec"
+// cgroup per command (the sandbox kernel's own cgroupfs, mounted by the
+// runtime; nothing here touches the host's cgroups). They are in the memory
+// hierarchy, which only accounts: the pids hierarchy holds the one group
+// that caps all commands' tasks together (tasksGroup), since the sandbox
+// kernel charges a task to its own pids cgroup only, not to its parents.
+const DefaultExecCgroups = "/sys/fs/cgroup/memory/orkestr-exec"
+
+// tasksGroup is the pids cgroup every command joins when the agent has a
+// TasksMax.
+const tasksGroup = "/sys/fs/cgroup/pids/orkestr-tasks"
 
 // execGroups puts each command's process tree in a cgroup of its own, so a
 // timeout or a cancelled exec kills everything the command started, also
@@ -24,16 +35,22 @@ const DefaultExecCgroups = "/sys/fs/cgroup/pids/orkestr-exec"
 // cannot find. Moving itself out of its cgroup takes a deliberate write by
 // the command; the sandbox's deadline and limits still hold then.
 type execGroups struct {
-	base string // "" when cgroups are not available: the tree walk alone
-	next atomic.Uint64
+	base  string // "" when cgroups are not available: the tree walk alone
+	tasks string // the pids cgroup capping all commands; "" for none
+	next  atomic.Uint64
 }
 
-// newExecGroups prepares base; without a usable cgroupfs it returns a
-// disabled set.
-func newExecGroups(base string) *execGroups {
+// newExecGroups prepares base, and with tasksMax > 0 the pids cgroup that
+// caps every command's tasks together; without a usable cgroupfs it returns
+// a disabled set.
+func newExecGroups(base string, tasksMax int64) *execGroups {
 	g := &execGroups{}
 	if base == "" {
 		return g
+	}
+	if tasksMax > 0 && os.MkdirAll(tasksGroup, 0o755) == nil &&
+		os.WriteFile(filepath.Join(tasksGroup, "pids.max"), []byte(strconv.FormatInt(tasksMax, 10)), 0) == nil {
+		g.tasks = tasksGroup
 	}
 	if err := os.MkdirAll(base, 0o755); err != nil {
 		return g
@@ -49,6 +66,9 @@ func newExecGroups(base string) *execGroups {
 // not have forked yet. It returns the cgroup's directory, or "" if it could
 // not (the command then runs without one).
 func (g *execGroups) join(pid int) string {
+	if g.tasks != "" {
+		_ = os.WriteFile(filepath.Join(g.tasks, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
+	}
 	if g.base == "" {
 		return ""
 	}
@@ -114,4 +134,73 @@ func killGroup(dir string) {
 		// Zombies not yet reaped still count; the next sweep removes it.
 		return
 	}
+}
+
+// oomKill kills the command process with the largest resident memory (never
+// the agent) and marks its command's cgroup, so the command's exit status
+// says it was OOM-killed. The sandbox kernel has no OOM killer of its own:
+// without this the host's would end the whole sandbox.
+func (a *Agent) oomKill() wire.OOMKilled {
+	self := os.Getpid()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return wire.OOMKilled{}
+	}
+	pageSize := int64(os.Getpagesize())
+	var victim wire.OOMKilled
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self || pid <= 1 {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/statm")
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 2 {
+			continue
+		}
+		rss, _ := strconv.ParseInt(f[1], 10, 64)
+		if rss*pageSize > victim.RSSBytes {
+			victim = wire.OOMKilled{PID: pid, RSSBytes: rss * pageSize}
+		}
+	}
+	if victim.PID == 0 {
+		return victim
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", victim.PID)); err == nil {
+		victim.Comm = strings.TrimSpace(string(b))
+	}
+	if dir := a.groups.of(victim.PID); dir != "" {
+		a.oomGroups.Store(dir, true)
+	}
+	_ = unix.Kill(victim.PID, unix.SIGKILL)
+	return victim
+}
+
+// of returns the command cgroup directory pid is in, "" if none.
+func (g *execGroups) of(pid int) string {
+	if g.base == "" {
+		return ""
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return ""
+	}
+	// Lines are "id:controllers:path". The sandbox kernel shows the path
+	// under the container's own cgroup ("/<container>/orkestr-exec/7"),
+	// while its cgroupfs is mounted with that cgroup as the root.
+	ctrl := filepath.Base(filepath.Dir(g.base))
+	mark := "/" + filepath.Base(g.base) + "/"
+	for _, line := range strings.Split(string(b), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 || !slices.Contains(strings.Split(parts[1], ","), ctrl) {
+			continue
+		}
+		if i := strings.LastIndex(parts[2], mark); i >= 0 {
+			return filepath.Join(g.base, parts[2][i+len(mark):])
+		}
+	}
+	return ""
 }

@@ -36,6 +36,9 @@ type execResult struct {
 	ExitCode           int                 `json:"exit_code"`
 	DurationMS         int64               `json:"duration_ms"`
 	BlockedConnections []blockedConnection `json:"blocked_connections"`
+	// OOMKilled: a process of the command was killed because the sandbox
+	// reached its memory limit; the sandbox keeps running.
+	OOMKilled bool `json:"oom_killed"`
 }
 
 // blockedJSON is the wire form of what the network policy refused during
@@ -136,6 +139,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusOK, execResult{
 		Stdout: stdout.String(), Stderr: stderr.String(), ExitCode: res.ExitCode,
 		DurationMS: res.Duration.Milliseconds(), BlockedConnections: blockedJSON(res.Blocked),
+		OOMKilled: res.OOMKilled,
 	})
 	return nil
 }
@@ -238,6 +242,6 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request) error {
 		_ = out.send(map[string]any{"type": "error", "error": map[string]any{"code": e.Code, "message": e.Message, "details": details}})
 		return nil
 	}
-	_ = out.send(map[string]any{"type": "exit", "exit_code": res.ExitCode, "duration_ms": res.Duration.Milliseconds(), "blocked_connections": blockedJSON(res.Blocked)})
+	_ = out.send(map[string]any{"type": "exit", "exit_code": res.ExitCode, "duration_ms": res.Duration.Milliseconds(), "blocked_connections": blockedJSON(res.Blocked), "oom_killed": res.OOMKilled})
 	return nil
 }

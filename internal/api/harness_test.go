@@ -53,6 +53,7 @@ func newHarness(t *testing.T, cfg config.Config, runtime bool) *harness {
 		n, err = node.Open(node.Config{
 			DataDir: dataDir, StateDir: state, TemplateDir: testenv.TemplateDir(), Runsc: testenv.Runsc(t),
 			AgentBinary: testenv.AgentBinary(t), Sizes: node.Resources(cfg.Sizes), Log: log,
+			DiskReserveBytes: cfg.DiskReserveMB << 20,
 		})
 		if err != nil {
 			t.Fatal(err)

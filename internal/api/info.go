@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
@@ -12,6 +13,7 @@ type sizeJSON struct {
 	Size     string  `json:"size"`
 	CPU      float64 `json:"cpu"`
 	MemoryMB int     `json:"memory_mb"`
+	DiskMB   int     `json:"disk_mb"`
 	Allowed  bool    `json:"allowed"`
 }
 
@@ -26,7 +28,7 @@ func (s *Server) getLimits(w http.ResponseWriter, r *http.Request) error {
 	sizes := make([]sizeJSON, 0, len(s.cfg.Sizes))
 	for _, name := range s.cfg.SizeNames() {
 		sz := s.cfg.Sizes[name]
-		sizes = append(sizes, sizeJSON{Size: name, CPU: sz.CPU, MemoryMB: sz.MemoryMB, Allowed: contains(p.plan.AllowedSizes, name)})
+		sizes = append(sizes, sizeJSON{Size: name, CPU: sz.CPU, MemoryMB: sz.MemoryMB, DiskMB: sz.DiskMBOrDefault(), Allowed: contains(p.plan.AllowedSizes, name)})
 	}
 	allowed := p.plan.AllowedSizes
 	if allowed == nil {
@@ -89,7 +91,7 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 	body := map[string]any{
 		"sandbox_id": row.ID, "sandbox_status": row.Status,
 		"sample_interval_seconds": int(s.sampler.Interval().Seconds()),
-		"cpu":                     nil, "memory": nil,
+		"cpu":                     nil, "memory": nil, "disk": nil,
 		"lifetime": map[string]any{
 			"cpu_seconds": round(float64(life.CPUMS)/1000, 2), "mem_mb_seconds": life.MemMBSeconds, "running_seconds": life.RunningSeconds,
 		},
@@ -111,6 +113,14 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 			list[i] = map[string]any{"t": fmtTime(sm.T), "cpu_percent": round(sm.CPUPercent, 1), "mem_bytes": sm.MemBytes}
 		}
 		body["samples"] = list
+		if rt, ok := s.node.Driver.Get(row.RuntimeID); ok {
+			if dr, ok := rt.(runtime.DiskReader); ok {
+				if d, err := dr.Disk(); err == nil && d.LimitBytes > 0 {
+					body["disk"] = map[string]any{"limit_bytes": d.LimitBytes, "usage_bytes": d.UsedBytes,
+						"usage_percent": round(float64(d.UsedBytes)/float64(d.LimitBytes)*100, 1)}
+				}
+			}
+		}
 	}
 	writeJSON(w, http.StatusOK, body)
 	return nil

@@ -97,6 +97,9 @@ type sandboxJSON struct {
 	CreatedAt      string            `json:"created_at"`
 	PausedAt       *string           `json:"paused_at"`
 	TerminatedAt   *string           `json:"terminated_at"`
+	// ErrorReason says why a sandbox in status error stopped (its
+	// memory limit, its task limit, a crash…); null otherwise.
+	ErrorReason *string `json:"error_reason"`
 }
 
 func toJSON(sb store.Sandbox) sandboxJSON {
@@ -113,5 +116,17 @@ func toJSON(sb store.Sandbox) sandboxJSON {
 		MemoryMB: sb.MemoryMB, Network: sb.Network, Region: sb.Region, TimeoutSeconds: sb.TimeoutSeconds,
 		ExpiresAt: fmtTimePtr(sb.ExpiresAt), EnvKeys: keys, Metadata: md, CreatedAt: fmtTime(sb.CreatedAt),
 		PausedAt: fmtTimePtr(sb.PausedAt), TerminatedAt: fmtTimePtr(sb.TerminatedAt),
+		ErrorReason: errorReason(sb),
 	}
+}
+
+func errorReason(sb store.Sandbox) *string {
+	if sb.Status != store.StatusError {
+		return nil
+	}
+	r := sb.ErrorMessage
+	if r == "" {
+		r = "the sandbox stopped unexpectedly"
+	}
+	return &r
 }

@@ -23,6 +23,7 @@ type opMetrics struct {
 	sampled      prometheus.Gauge
 	flushSeconds prometheus.Histogram
 	flushes      *prometheus.CounterVec
+	diskRefusals prometheus.Counter
 }
 
 // Latency buckets from 5 ms (an exec of /bin/true) to 2 min (a create's
@@ -52,7 +53,10 @@ func newOpMetrics(s *Server) *opMetrics {
 			Name: "orkestr_metering_flushes_total", Help: "Flushes of accrued usage to the store, by result (ok or error).",
 		}, []string{"result"}),
 	}
-	m.reg.MustRegister(m.create, m.exec, m.samplerLag, m.sampled, m.flushSeconds, m.flushes,
+	m.diskRefusals = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "orkestr_disk_reserve_refusals_total", Help: "Creates and resumes refused (503 host_disk_low) because the host's free disk was under disk_reserve_mb.",
+	})
+	m.reg.MustRegister(m.create, m.exec, m.samplerLag, m.sampled, m.flushSeconds, m.flushes, m.diskRefusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&stateCollector{s: s})
 	return m
@@ -109,6 +113,10 @@ var (
 	poolReadyDesc  = prometheus.NewDesc("orkestr_pool_ready", "Warm sandboxes waiting in a pool (network: off, or on for the networked pool).", []string{"template", "size", "network"}, nil)
 	poolTargetDesc = prometheus.NewDesc("orkestr_pool_target", "Warm sandboxes a pool is kept at (network: off, or on for the networked pool).", []string{"template", "size", "network"}, nil)
 	blockedDesc    = prometheus.NewDesc("orkestr_network_blocked_total", "Connections (logged drops) and DNS names the network policy refused since start, by reason (dns, rate, host, sibling, never, private, policy, spoof, conns, v6, in6, in).", []string{"reason"}, nil)
+	diskFreeDesc   = prometheus.NewDesc("orkestr_host_disk_free_bytes", "Free bytes of a filesystem sandboxes write to (path: the state or data directory).", []string{"path"}, nil)
+	diskTotalDesc  = prometheus.NewDesc("orkestr_host_disk_total_bytes", "Size of a filesystem sandboxes write to.", []string{"path"}, nil)
+	oomKillsDesc   = prometheus.NewDesc("orkestr_process_oom_kills_total", "Sandbox processes killed because their sandbox reached its memory limit (the sandbox lived on).", nil, nil)
+	diskResDesc    = prometheus.NewDesc("orkestr_host_disk_reserve_bytes", "Free disk kept in reserve: under it creates and resumes are refused.", nil, nil)
 	scrapeErrDesc  = prometheus.NewDesc("orkestr_store_up", "1 if the store answered the scrape's count of sandboxes.", nil, nil)
 )
 
@@ -122,6 +130,10 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- poolTargetDesc
 	ch <- scrapeErrDesc
 	ch <- blockedDesc
+	ch <- diskFreeDesc
+	ch <- diskTotalDesc
+	ch <- diskResDesc
+	ch <- oomKillsDesc
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -152,5 +164,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for reason, n := range c.s.node.NetworkBlocked() {
 			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.CounterValue, float64(n), reason)
 		}
+		spaces, _ := c.s.node.DiskSpaces()
+		for _, d := range spaces {
+			ch <- prometheus.MustNewConstMetric(diskFreeDesc, prometheus.GaugeValue, float64(d.FreeBytes), d.Path)
+			ch <- prometheus.MustNewConstMetric(diskTotalDesc, prometheus.GaugeValue, float64(d.TotalBytes), d.Path)
+		}
+		ch <- prometheus.MustNewConstMetric(diskResDesc, prometheus.GaugeValue, float64(c.s.node.DiskReserve()))
+		ch <- prometheus.MustNewConstMetric(oomKillsDesc, prometheus.CounterValue, float64(c.s.node.OOMKills()))
 	}
 }

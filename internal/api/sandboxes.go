@@ -137,6 +137,9 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	sort.Strings(envKeys)
 
+	if err := s.checkDisk(r); err != nil {
+		return err
+	}
 	now := s.now().UTC()
 	row := store.Sandbox{
 		ID: newSandboxID(), AccountID: p.account.ID, Status: store.StatusStarting, Template: req.Template,
@@ -510,6 +513,9 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return notBuilt(row.Template)
 	}
+	if err := s.checkDisk(r); err != nil {
+		return err
+	}
 	// Take a concurrency slot first, in one transaction with the count
 	// (status starting, the snapshot kept): concurrent resumes and creates
 	// cannot both take the last one, and a crash during the restore leaves
@@ -562,4 +568,21 @@ func contains(list []string, s string) bool {
 // builds it.
 func notBuilt(name string) error {
 	return apiErr(http.StatusServiceUnavailable, "unavailable", "Template %s is in the catalog but not built on this server (see \"built\" in GET /v1/templates); the operator can build it with `orkestrd admin template build %s`.", name, name).with("template", name)
+}
+
+// checkDisk refuses a new running sandbox while the host's free disk is
+// under the operator's reserve. The caller learns only that the server is
+// short of disk; the operator sees which filesystem in the log and in
+// /metrics.
+func (s *Server) checkDisk(r *http.Request) error {
+	err := s.node.CheckDisk()
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, node.ErrDiskReserve) {
+		return err
+	}
+	s.om.diskRefusals.Inc()
+	s.log.Warn("refusing a sandbox: host disk under the reserve", "request_id", requestID(r), "path", r.URL.Path, "err", err)
+	return apiErr(http.StatusServiceUnavailable, "host_disk_low", "This server is short of disk space and starts no sandboxes right now; retry later or elsewhere (the operator has been told).")
 }

@@ -20,6 +20,17 @@ type Size struct {
 	CPU      float64 `yaml:"cpu" json:"cpu"`
 	MemoryMB int     `yaml:"memory_mb" json:"memory_mb"`
 	PIDs     int64   `yaml:"pids" json:"-"`
+	// DiskMB caps what a sandbox can write to its filesystem (root
+	// changes and /workspace; /tmp is memory). 0: 4 × memory_mb.
+	DiskMB int `yaml:"disk_mb" json:"disk_mb"`
+}
+
+// DiskMBOrDefault is the size's disk quota in MiB.
+func (s Size) DiskMBOrDefault() int {
+	if s.DiskMB > 0 {
+		return s.DiskMB
+	}
+	return 4 * s.MemoryMB
 }
 
 // RateLimit is a token bucket per API key.
@@ -121,7 +132,21 @@ type Config struct {
 	// SandboxCAFiles are PEM files of CA certificates added to every
 	// sandbox's trust store (a TLS-inspecting proxy's CA).
 	SandboxCAFiles []string `yaml:"sandbox_ca_files"`
+	// DiskReserveMB is the host disk kept free: with less free space on
+	// the filesystem of the sandboxes' state or of the data directory,
+	// creates and resumes are refused (503 host_disk_low).
+	DiskReserveMB int64 `yaml:"disk_reserve_mb"`
+	// PoolMax is how far a warm pool grows when claims find it empty
+	// (pool_size is where it starts and shrinks back to when idle).
+	PoolMax int `yaml:"pool_max"`
+	// PoolMemoryMB is the budget of all warm pools together, counted at
+	// PooledSandboxMB each (an idle sandbox's measured footprint).
+	PoolMemoryMB int `yaml:"pool_memory_mb"`
 }
+
+// PooledSandboxMB is what one idle pooled sandbox is counted at against
+// pool_memory_mb (its PSS measured 18.5 MiB, docs/benchmarks.md, rounded up).
+const PooledSandboxMB = 24
 
 // Default returns the defaults of API.md.
 func Default() Config {
@@ -133,10 +158,13 @@ func Default() Config {
 		PoolSize:          2,
 		Network:           Network{Enabled: true, Range: "10.231.0.0/16", PoolSize: 1},
 		Sizes: map[string]Size{
-			"small":  {CPU: 0.5, MemoryMB: 512, PIDs: 512},
-			"medium": {CPU: 2, MemoryMB: 4096, PIDs: 2048},
-			"large":  {CPU: 4, MemoryMB: 8192, PIDs: 4096},
+			"small":  {CPU: 0.5, MemoryMB: 512, PIDs: 512, DiskMB: 2048},
+			"medium": {CPU: 2, MemoryMB: 4096, PIDs: 2048, DiskMB: 16384},
+			"large":  {CPU: 4, MemoryMB: 8192, PIDs: 4096, DiskMB: 32768},
 		},
+		DiskReserveMB: 2048,
+		PoolMax:       8,
+		PoolMemoryMB:  1024,
 		Plans: map[string]Plan{
 			"free": {AllowedSizes: []string{"small"}, MaxConcurrent: 1, SnapshotCap: 1,
 				UsageGBHoursIncluded: 10, UsageCPUHoursIncluded: 2, RateLimit: RateLimit{RequestsPerSecond: 20, Burst: 40}},
@@ -192,6 +220,15 @@ func Load(path string) (Config, error) {
 	if _, ok := raw["pool_size"]; ok {
 		c.PoolSize = file.PoolSize
 	}
+	if _, ok := raw["disk_reserve_mb"]; ok {
+		c.DiskReserveMB = file.DiskReserveMB
+	}
+	if _, ok := raw["pool_max"]; ok {
+		c.PoolMax = file.PoolMax
+	}
+	if _, ok := raw["pool_memory_mb"]; ok {
+		c.PoolMemoryMB = file.PoolMemoryMB
+	}
 	for k, v := range file.Sizes {
 		c.Sizes[k] = v
 	}
@@ -228,6 +265,9 @@ func (c Config) Validate() error {
 		if s.CPU <= 0 || s.MemoryMB < 64 {
 			return fmt.Errorf("config: size %s needs cpu > 0 and memory_mb >= 64", name)
 		}
+		if s.DiskMB < 0 || (s.DiskMB > 0 && s.DiskMB < 64) {
+			return fmt.Errorf("config: size %s: disk_mb must be >= 64 (or 0 for 4 × memory_mb)", name)
+		}
 	}
 	for name, p := range c.Plans {
 		for _, s := range p.AllowedSizes {
@@ -241,6 +281,12 @@ func (c Config) Validate() error {
 		if p.RateLimit.RequestsPerSecond <= 0 || p.RateLimit.Burst <= 0 {
 			return fmt.Errorf("config: plan %s needs a positive rate_limit", name)
 		}
+	}
+	if c.PoolMax < 0 || c.PoolMemoryMB < 0 {
+		return fmt.Errorf("config: pool_max and pool_memory_mb must be >= 0 (0: pools do not grow)")
+	}
+	if c.DiskReserveMB < 0 {
+		return fmt.Errorf("config: disk_reserve_mb must be >= 0 (0: no reserve)")
 	}
 	if c.Region == "" {
 		return fmt.Errorf("config: region must be set")

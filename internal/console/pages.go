@@ -105,6 +105,7 @@ type sandbox struct {
 	CreatedAt      time.Time         `json:"created_at"`
 	PausedAt       *time.Time        `json:"paused_at"`
 	TerminatedAt   *time.Time        `json:"terminated_at"`
+	ErrorReason    *string           `json:"error_reason"`
 }
 
 type kv struct{ Key, Value string }
@@ -489,6 +490,7 @@ type limits struct {
 		Size     string  `json:"size"`
 		CPU      float64 `json:"cpu"`
 		MemoryMB int     `json:"memory_mb"`
+		DiskMB   int     `json:"disk_mb"`
 		Allowed  bool    `json:"allowed"`
 	} `json:"sizes"`
 }

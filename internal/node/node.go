@@ -16,7 +16,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/netpolicy"
@@ -35,7 +38,7 @@ func Resources(sizes map[string]config.Size) map[string]runtime.Resources {
 		if pids == 0 {
 			pids = 512
 		}
-		out[name] = runtime.Resources{CPU: sz.CPU, MemoryBytes: int64(sz.MemoryMB) << 20, PIDs: pids}
+		out[name] = runtime.Resources{CPU: sz.CPU, MemoryBytes: int64(sz.MemoryMB) << 20, PIDs: pids, DiskBytes: int64(sz.DiskMBOrDefault()) << 20}
 	}
 	return out
 }
@@ -62,6 +65,11 @@ type Config struct {
 	// sandbox_ca_files): appended to its trust store, with the variables
 	// of gvisor.CAEnv under its environment.
 	ExtraCAs []byte
+	// DiskReserveBytes is the host disk kept free (see CheckDisk); 0: none.
+	DiskReserveBytes int64
+	// PoolDemand lets the warm pools grow with demand (pool.Demand);
+	// zero: every pool stays at PoolSize.
+	PoolDemand pool.Demand
 }
 
 // Instance names one data directory's runtime state on this host (state
@@ -84,6 +92,8 @@ type Node struct {
 	Driver    runtime.Driver
 	Pool      *pool.Pool
 	Templates template.Store
+
+	diskReserve atomic.Int64
 
 	mu       sync.Mutex
 	warm     map[string]string // template → the build its pool was filled from
@@ -121,8 +131,12 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Node{cfg: cfg, Driver: d, Pool: pool.New(d, cfg.Log), Templates: template.Store{Dir: cfg.TemplateDir},
-		warm: map[string]string{}, stopScan: make(chan struct{})}, nil
+	warnIfMemory(cfg.StateDir, cfg.Log)
+	n := &Node{cfg: cfg, Driver: d, Pool: pool.New(d, cfg.Log), Templates: template.Store{Dir: cfg.TemplateDir},
+		warm: map[string]string{}, stopScan: make(chan struct{})}
+	n.diskReserve.Store(cfg.DiskReserveBytes)
+	n.Pool.SetDemand(cfg.PoolDemand)
+	return n, nil
 }
 
 // Start reconciles what a previous process left (keeping the sandboxes keep
@@ -241,6 +255,15 @@ func (n *Node) NetworkBlocked() map[string]uint64 {
 	return nil
 }
 
+// OOMKills is how many sandbox processes were killed at their sandbox's
+// memory limit since start (0 for a driver that does not do that).
+func (n *Node) OOMKills() uint64 {
+	if d, ok := n.Driver.(interface{ OOMKills() uint64 }); ok {
+		return d.OOMKills()
+	}
+	return 0
+}
+
 // NetworkEnabled says whether restricted and open sandboxes can run here.
 func (n *Node) NetworkEnabled() bool { return n.cfg.Network != nil }
 
@@ -303,6 +326,81 @@ func (n *Node) withTemplateEnv(tmpl string, env map[string]string) map[string]st
 		out[k] = v
 	}
 	return out
+}
+
+// warnIfMemory warns when the state directory, where every sandbox's
+// copy-on-write layer (its disk) lives, is a tmpfs: /run is one on most
+// hosts, so what sandboxes write would take the host's memory.
+func warnIfMemory(stateDir string, log *slog.Logger) {
+	var st unix.Statfs_t
+	if unix.Statfs(stateDir, &st) == nil && st.Type == unix.TMPFS_MAGIC {
+		log.Warn("the state directory is a tmpfs: what sandboxes write to their disks takes host memory; give --state-dir a directory on disk", "state_dir", stateDir)
+	}
+}
+
+// ErrDiskReserve is returned by CheckDisk when the host's free disk is
+// under the operator's reserve.
+var ErrDiskReserve = errors.New("the host's free disk is under its reserve")
+
+// DiskSpace is the free space of one filesystem the node writes to.
+type DiskSpace struct {
+	Path       string // the directory whose filesystem this is
+	FreeBytes  uint64 // available to unprivileged writers
+	TotalBytes uint64
+}
+
+// DiskSpaces reads the free space where sandboxes write: the state
+// directory (their copy-on-write layers) and the data directory
+// (snapshots, the SQLite store). A filesystem holding both is listed once.
+func (n *Node) DiskSpaces() ([]DiskSpace, error) {
+	var out []DiskSpace
+	seen := map[uint64]bool{}
+	var errs []error
+	for _, p := range []string{n.cfg.StateDir, n.cfg.DataDir} {
+		if p == "" {
+			continue
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			errs = append(errs, fmt.Errorf("statfs %s: %w", p, err))
+			continue
+		}
+		var fi unix.Stat_t
+		if unix.Stat(p, &fi) == nil {
+			if seen[fi.Dev] {
+				continue
+			}
+			seen[fi.Dev] = true
+		}
+		out = append(out, DiskSpace{Path: p, FreeBytes: st.Bavail * uint64(st.Bsize), TotalBytes: st.Blocks * uint64(st.Bsize)})
+	}
+	return out, errors.Join(errs...)
+}
+
+// DiskReserve is the operator's reserve in bytes.
+func (n *Node) DiskReserve() int64 { return n.diskReserve.Load() }
+
+// SetDiskReserve changes the reserve while the node runs.
+func (n *Node) SetDiskReserve(bytes int64) { n.diskReserve.Store(bytes) }
+
+// CheckDisk refuses new sandboxes (creates and resumes) while any
+// filesystem the node writes to has less free space than the reserve:
+// the sandboxes already running, the store and the snapshots need it.
+func (n *Node) CheckDisk() error {
+	reserve := n.diskReserve.Load()
+	if reserve <= 0 {
+		return nil
+	}
+	spaces, err := n.DiskSpaces()
+	if err != nil {
+		return err
+	}
+	for _, d := range spaces {
+		if d.FreeBytes < uint64(reserve) {
+			return fmt.Errorf("%w: %s has %d MiB free, the reserve is %d MiB", ErrDiskReserve, d.Path, d.FreeBytes>>20, reserve>>20)
+		}
+	}
+	return nil
 }
 
 // Close empties the pools; with destroy set every sandbox goes too,

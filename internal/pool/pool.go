@@ -41,17 +41,41 @@ type Pool struct {
 	pools  map[Key]*bucket
 	closed bool
 	wg     sync.WaitGroup
+	demand Demand
+}
+
+// Demand makes pools follow demand: a pool that a claim finds empty
+// doubles its target, up to Max and within Budget over all pools; a pool
+// above its base target that sees no claim for IdleShrink halves it again.
+// The zero Demand keeps every pool at the target SetTarget gave it.
+type Demand struct {
+	Max        int           // most sandboxes one pool may be kept at
+	Budget     int           // most pooled sandboxes over all pools (the operator's memory budget)
+	IdleShrink time.Duration // default 2 min
+}
+
+// SetDemand sets how pools follow demand (see Demand).
+func (p *Pool) SetDemand(d Demand) {
+	if d.IdleShrink <= 0 {
+		d.IdleShrink = 2 * time.Minute
+	}
+	p.mu.Lock()
+	p.demand = d
+	p.mu.Unlock()
 }
 
 type bucket struct {
-	key     Key
-	spec    runtime.Spec
-	target  int
-	ready   []runtime.Sandbox
-	filling int // starts in progress
-	kick    chan struct{}
-	stop    chan struct{}
-	fails   int
+	key    Key
+	spec   runtime.Spec
+	base   int // the target SetTarget gave; demand moves target above it
+	target int
+	// lastClaim is when the pool last handed out (or missed) a sandbox.
+	lastClaim time.Time
+	ready     []runtime.Sandbox
+	filling   int // starts in progress
+	kick      chan struct{}
+	stop      chan struct{}
+	fails     int
 }
 
 // New returns an empty pool set; SetTarget starts filling.
@@ -77,7 +101,7 @@ func (p *Pool) SetTarget(key Key, spec runtime.Spec, n int) {
 	spec.Labels = map[string]string{"pool": key.String()}
 	spec.Networked = key.Networked
 	b.spec = spec
-	b.target = n
+	b.base, b.target = n, n
 	var extra []runtime.Sandbox
 	for len(b.ready) > n {
 		extra = append(extra, b.ready[len(b.ready)-1])
@@ -118,10 +142,22 @@ func (p *Pool) fill(b *bucket) {
 		if need > 0 {
 			b.filling++
 		}
+		// Only a pool grown above its base waits on a timer, to shrink:
+		// an idle pool at its base wakes nothing.
+		var shrink <-chan time.Time
+		if b.target > b.base {
+			shrink = time.After(p.demand.IdleShrink)
+		}
 		p.mu.Unlock()
 		if need <= 0 {
 			select {
 			case <-b.kick:
+				continue
+			case <-shrink:
+				p.mu.Lock()
+				extra := p.shrinkLocked(b)
+				p.mu.Unlock()
+				destroyAll(extra)
 				continue
 			case <-b.stop:
 				return
@@ -177,7 +213,12 @@ func (p *Pool) take(key Key) runtime.Sandbox {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b, ok := p.pools[key]
-	if !ok || len(b.ready) == 0 {
+	if !ok {
+		return nil
+	}
+	b.lastClaim = time.Now()
+	if len(b.ready) == 0 {
+		p.growLocked(b)
 		return nil
 	}
 	// Oldest first: its start is the longest settled.
@@ -185,6 +226,47 @@ func (p *Pool) take(key Key) runtime.Sandbox {
 	b.ready = b.ready[1:]
 	b.poke()
 	return sb
+}
+
+// growLocked doubles b's target after a claim found it empty, within the
+// demand's limits.
+func (p *Pool) growLocked(b *bucket) {
+	d := p.demand
+	if d.Max <= b.target || b.base <= 0 {
+		return
+	}
+	others := 0
+	for _, o := range p.pools {
+		if o != b {
+			others += o.target
+		}
+	}
+	want := min(max(b.target*2, b.target+1), d.Max)
+	if d.Budget > 0 {
+		want = min(want, d.Budget-others)
+	}
+	if want > b.target {
+		p.log.Info("warm pool grows with demand", "pool", b.key.String(), "from", b.target, "to", want)
+		b.target = want
+		b.poke()
+	}
+}
+
+// shrinkLocked halves b's target back toward its base when it saw no
+// claim for the demand's IdleShrink; it returns the sandboxes to destroy.
+func (p *Pool) shrinkLocked(b *bucket) []runtime.Sandbox {
+	if b.target <= b.base || time.Since(b.lastClaim) < p.demand.IdleShrink {
+		return nil
+	}
+	b.target = max(b.base, b.target/2)
+	b.lastClaim = time.Now() // the next halving waits a whole IdleShrink again
+	p.log.Info("warm pool shrinks while idle", "pool", b.key.String(), "to", b.target)
+	var extra []runtime.Sandbox
+	for len(b.ready) > b.target {
+		extra = append(extra, b.ready[len(b.ready)-1])
+		b.ready = b.ready[:len(b.ready)-1]
+	}
+	return extra
 }
 
 // ErrClosed is returned by Claim after Close.

@@ -215,3 +215,71 @@ func TestDeadPooledSandboxIsReplaced(t *testing.T) {
 		t.Fatalf("claim got warm=%v id=%s (victim %s)", warm, sb.ID(), victim.ID())
 	}
 }
+
+// TestPoolFollowsDemand: claims that find the pool empty grow its target
+// (up to Max, within Budget); idle, it shrinks back to its base and
+// destroys what it no longer needs.
+func TestPoolFollowsDemand(t *testing.T) {
+	p, key, spec, _ := setup(t, 1)
+	p.SetDemand(pool.Demand{Max: 4, Budget: 3, IdleShrink: 3 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	target := func() (ready, target int) {
+		for _, d := range p.Depths() {
+			if d.Key == key {
+				return d.Ready, d.Target
+			}
+		}
+		return 0, 0
+	}
+	// Rounds of concurrent claims: one is warm, the others find the pool
+	// empty and grow it, never past the budget.
+	claimRound := func(n int) {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sb, _, err := p.Claim(ctx, key, spec, runtime.Claim{Resources: testenv.Small})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				t.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+			}()
+		}
+		wg.Wait()
+	}
+	for round := 0; round < 3; round++ {
+		claimRound(3)
+		_, tg := target()
+		t.Logf("round %d: target %d", round, tg)
+		if tg > 3 {
+			t.Fatalf("target %d over the budget of 3", tg)
+		}
+		if tg == 3 {
+			break
+		}
+	}
+	if _, tg := target(); tg != 3 {
+		t.Fatalf("target after claims that found the pool empty: %d, want 3 (the budget; max 4)", tg)
+	}
+	if err := p.WaitFull(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := target(); r != 3 {
+		t.Fatalf("grown pool holds %d", r)
+	}
+	// Idle: it halves back to its base.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, tg := target()
+		if tg == 1 && r == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("idle pool still at %d ready, target %d", r, tg)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -21,11 +21,19 @@ import (
 type Resources struct {
 	CPU         float64 // vCPUs; becomes a CFS quota of CPU × period
 	MemoryBytes int64
-	PIDs        int64 // host tasks (threads and processes) the sandbox may hold
+	// PIDs caps the tasks (processes and threads) of the sandbox's
+	// commands, inside the sandbox: past it fork and clone fail there. The
+	// host limit of the sandbox is larger (gVisor needs host tasks of its
+	// own per sandbox process; see gvisor.HostTasks).
+	PIDs int64
+	// DiskBytes caps what the sandbox can write to its root filesystem
+	// (its copy-on-write layer, /workspace included); 0: no cap. Fixed
+	// when the sandbox starts: a claim or SetResources cannot change it.
+	DiskBytes int64 `json:",omitempty"`
 }
 
 func (r Resources) String() string {
-	return fmt.Sprintf("%.2g vCPU, %d MiB, %d pids", r.CPU, r.MemoryBytes>>20, r.PIDs)
+	return fmt.Sprintf("%.2g vCPU, %d MiB, %d pids, %d MiB disk", r.CPU, r.MemoryBytes>>20, r.PIDs, r.DiskBytes>>20)
 }
 
 // Spec describes a sandbox to create.
@@ -91,6 +99,9 @@ type ExecResult struct {
 	// Blocked lists what the network policy refused while the command
 	// ran (empty for a sandbox without a network).
 	Blocked []BlockedConnection
+	// OOMKilled: a process of the command was killed because the sandbox
+	// reached its memory limit (the sandbox keeps running).
+	OOMKilled bool
 }
 
 // FileInfo describes a file inside a sandbox.
@@ -110,12 +121,15 @@ type Stats struct {
 	MemoryBytes      uint64 // working set: usage minus reclaimable (inactive file) cache
 	MemoryLimitBytes uint64
 	MemoryFailures   uint64 // times the limit was hit
-	OOMKills         uint64
-	PIDs             uint64
-	PIDsLimit        uint64
-	CPUQuotaMicros   int64
-	CPUPeriodMicros  uint64
-	ReadAt           time.Time
+	OOMKills         uint64 // the host kernel's kills (each ends the sandbox)
+	// ProcessOOMKills counts the sandbox's processes killed at its memory
+	// limit so that the sandbox could live on.
+	ProcessOOMKills uint64
+	PIDs            uint64
+	PIDsLimit       uint64
+	CPUQuotaMicros  int64
+	CPUPeriodMicros uint64
+	ReadAt          time.Time
 }
 
 // Usage is what metering reads every second: a cheaper subset of Stats.
@@ -123,6 +137,17 @@ type Usage struct {
 	CPUNanos         uint64 // cumulative CPU time
 	MemoryBytes      uint64 // working set
 	MemoryLimitBytes uint64
+}
+
+// Disk is a reading of a sandbox's writable layer.
+type Disk struct {
+	UsedBytes  uint64 // host disk the sandbox's writes hold now
+	LimitBytes uint64 // its quota; 0: none
+}
+
+// DiskReader is implemented by sandboxes that can tell their disk use.
+type DiskReader interface {
+	Disk() (Disk, error)
 }
 
 // UsageReader is implemented by sandboxes that can read Usage more

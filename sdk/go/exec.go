@@ -44,6 +44,9 @@ type ExecResult struct {
 	ExitCode           int                 `json:"exit_code"`
 	DurationMS         int64               `json:"duration_ms"`
 	BlockedConnections []BlockedConnection `json:"blocked_connections"`
+	// OOMKilled: a process of the command was killed because the sandbox
+	// reached its memory limit; the sandbox keeps running.
+	OOMKilled bool `json:"oom_killed"`
 }
 
 type execBody struct {
@@ -137,6 +140,7 @@ type streamEvent struct {
 	ExitCode           int                 `json:"exit_code"`
 	DurationMS         int64               `json:"duration_ms"`
 	BlockedConnections []BlockedConnection `json:"blocked_connections"`
+	OOMKilled          bool                `json:"oom_killed"`
 	Error              *errorPayload       `json:"error"`
 }
 
@@ -175,7 +179,7 @@ func (st *ExecStream) next() (ExecChunk, bool) {
 		case StreamStdout, StreamStderr:
 			return ExecChunk{Stream: ev.Type, Data: ev.Data}, true
 		case "exit":
-			res := &ExecResult{ExitCode: ev.ExitCode, DurationMS: ev.DurationMS, BlockedConnections: ev.BlockedConnections}
+			res := &ExecResult{ExitCode: ev.ExitCode, DurationMS: ev.DurationMS, BlockedConnections: ev.BlockedConnections, OOMKilled: ev.OOMKilled}
 			if res.BlockedConnections == nil {
 				res.BlockedConnections = []BlockedConnection{}
 			}

@@ -51,6 +51,9 @@ type Sandbox struct {
 	CreatedAt      time.Time         `json:"created_at"`
 	PausedAt       *time.Time        `json:"paused_at"`
 	TerminatedAt   *time.Time        `json:"terminated_at"`
+	// ErrorReason says why a sandbox in status error stopped (e.g. it
+	// exceeded its memory limit as a whole); nil in other statuses.
+	ErrorReason *string `json:"error_reason"`
 
 	client *Client
 }

@@ -149,8 +149,10 @@ func (c *Channel) admit(conn *net.UnixConn) {
 	}
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
-	cfg.EnableKeepAlive = true
-	cfg.KeepAliveInterval = time.Second
+	// No keepalives from this side: the host learns that a sandbox
+	// died from its process (exitwatch.go), and every ping would wake
+	// the idle sandbox's kernel and agent (idle CPU, docs/benchmarks.md).
+	cfg.EnableKeepAlive = false
 	cfg.ConnectionWriteTimeout = 5 * time.Second
 	cfg.MaxStreamWindowSize = 1 << 20
 	sess, err := yamux.Client(&wire.CoalescingConn{Conn: conn, Reader: br}, cfg)

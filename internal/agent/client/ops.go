@@ -302,6 +302,14 @@ func (c *Channel) MkdirAll(ctx context.Context, path string, mode uint32) error 
 	return c.call(ctx, &wire.Request{Op: wire.OpMkdir, Path: path, Mode: mode}, &out)
 }
 
+// OOMKill asks the agent to kill the command process that holds the most
+// memory (wire.OpOOMKill).
+func (c *Channel) OOMKill(ctx context.Context) (wire.OOMKilled, error) {
+	var out wire.OOMKilled
+	err := c.call(ctx, &wire.Request{Op: wire.OpOOMKill}, &out)
+	return out, err
+}
+
 // IsWireError reports whether err is an error reported by the agent.
 func IsWireError(err error) bool {
 	_, ok := err.(*wire.Error)

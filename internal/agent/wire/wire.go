@@ -95,7 +95,20 @@ const (
 	OpStat      = "stat"
 	OpRemove    = "remove"
 	OpMkdir     = "mkdir"
+	// OpOOMKill asks the agent to kill the command process holding the
+	// most memory: the host sends it when the sandbox reaches its memory
+	// limit, so that one process dies instead of the whole sandbox.
+	// Reply: OOMKilled.
+	OpOOMKill = "oomkill"
 )
+
+// OOMKilled is the reply to OpOOMKill; PID 0 when no command process was
+// found.
+type OOMKilled struct {
+	PID      int    `json:"pid"`
+	Comm     string `json:"comm,omitempty"`
+	RSSBytes int64  `json:"rss_bytes,omitempty"`
+}
 
 // Hello is the first line an agent writes after dialing the host socket.
 type Hello struct {
@@ -135,6 +148,9 @@ type ExitStatus struct {
 	Signal     int   `json:"signal,omitempty"`
 	DurationMS int64 `json:"duration_ms"`
 	TimedOut   bool  `json:"timed_out,omitempty"`
+	// OOMKilled: a process of the command was killed because the sandbox
+	// reached its memory limit (OpOOMKill).
+	OOMKilled bool `json:"oom_killed,omitempty"`
 }
 
 // FileInfo describes one file or directory.

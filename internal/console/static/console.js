@@ -64,6 +64,8 @@ function startLive(sec) {
       memLine.setAttribute("points", points(mem, limit || Math.max.apply(null, mem.concat([1]))));
       document.getElementById("cpu-now").textContent = m.cpu ? m.cpu.usage_percent.toFixed(1) + " %" : "—";
       document.getElementById("mem-now").textContent = m.memory ? fmtBytes(m.memory.usage_bytes) + " of " + fmtBytes(m.memory.limit_bytes) : "—";
+      var disk = document.getElementById("disk-now");
+      if (disk) disk.textContent = m.disk ? fmtBytes(m.disk.usage_bytes) + " of " + fmtBytes(m.disk.limit_bytes) : "—";
       if (m.lifetime) {
         var l = m.lifetime;
         document.getElementById("life-cpu").textContent = l.cpu_seconds + " CPU-seconds (" + (l.cpu_seconds / 3600).toFixed(4) + " CPU-hours)";

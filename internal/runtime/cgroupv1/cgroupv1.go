@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Root is where the v1 hierarchies are mounted.
@@ -304,4 +306,41 @@ func readKV(path string) (map[string]uint64, error) {
 		}
 	}
 	return out, sc.Err()
+}
+
+// MemoryThreshold returns an eventfd that the kernel signals whenever the
+// group's memory usage crosses threshold bytes, upwards or downwards
+// (cgroup.event_control). It is non-blocking, so a Read waits in Go's
+// poller without holding a thread; closing it removes the event.
+func (g Group) MemoryThreshold(threshold int64) (*os.File, error) {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	usage, err := os.Open(g.file("memory", "memory.usage_in_bytes"))
+	if err != nil {
+		unix.Close(efd)
+		return nil, err
+	}
+	defer usage.Close()
+	if err := write(g.file("memory", "cgroup.event_control"), fmt.Sprintf("%d %d %d", efd, usage.Fd(), threshold)); err != nil {
+		unix.Close(efd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(efd), "memory-threshold"), nil
+}
+
+// MemoryAnon reads the group's memory usage and the part of it that is
+// anonymous or shared memory (gVisor's application memory and tmpfs): what
+// the kernel cannot reclaim without swap, unlike the page cache of the
+// sandbox's disk, which usage also counts.
+func (g Group) MemoryAnon() (usage, anon uint64, err error) {
+	if usage, err = readUint(g.file("memory", "memory.usage_in_bytes")); err != nil {
+		return 0, 0, err
+	}
+	kv, err := readKV(g.file("memory", "memory.stat"))
+	if err != nil {
+		return usage, 0, err
+	}
+	return usage, kv["total_active_anon"] + kv["total_inactive_anon"], nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -36,19 +37,22 @@ var defaultCaps = []string{
 func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Resources, netnsPath, resolvConf string) *specs.Spec {
 	quota := cgroupv1.QuotaMicros(res.CPU)
 	period := uint64(cgroupv1.CPUPeriodMicros)
-	mem := res.MemoryBytes
+	host := cgroupLimits(res)
+	mem := host.MemoryBytes
 	r := &specs.LinuxResources{
 		Memory: &specs.LinuxMemory{Limit: &mem},
 		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
 	}
+	args := []string{AgentPath}
 	if res.PIDs > 0 {
-		r.Pids = &specs.LinuxPids{Limit: res.PIDs}
+		r.Pids = &specs.LinuxPids{Limit: host.PIDs}
+		args = append(args, "--tasks-max", strconv.FormatInt(res.PIDs, 10))
 	}
 	netns := specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netnsPath}
 	spec := &specs.Spec{
 		Version: specs.Version,
 		Process: &specs.Process{
-			Args: []string{AgentPath},
+			Args: args,
 			Env:  []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 			Cwd:  "/",
 			User: specs.User{UID: 0, GID: 0},
@@ -66,7 +70,7 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
 			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
 			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev"}},
-			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: tmpOptions(res)},
 			{Destination: "/agent", Type: "bind", Source: agentDir, Options: []string{"rbind", "ro"}},
 			{Destination: wire.AgentDir, Type: "bind", Source: channelDir, Options: []string{"rbind", "rw"}},
 		},
@@ -85,6 +89,18 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 	return spec
 }
 
+// tmpOptions mounts /tmp as a tmpfs (sandbox memory, fast) of at most half
+// the sandbox's memory: filling it fails with ENOSPC instead of using up the
+// memory its processes need, and df shows that size. The root filesystem
+// and /workspace are disk, capped by the disk quota.
+func tmpOptions(res runtime.Resources) []string {
+	opts := []string{"nosuid", "nodev", "mode=1777"}
+	if res.MemoryBytes > 0 {
+		opts = append(opts, "size="+strconv.FormatInt(res.MemoryBytes/2, 10))
+	}
+	return opts
+}
+
 func writeBundle(dir string, spec *specs.Spec) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -96,6 +112,34 @@ func writeBundle(dir string, spec *specs.Spec) error {
 	return os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600)
 }
 
+// cgroupLimits are the host cgroup limits of a sandbox of r: above the
+// size, so that the sandbox itself reaches its limits first and one process
+// dies there, not the whole sandbox (see HostMemory and HostTasks).
 func cgroupLimits(r runtime.Resources) cgroupv1.Limits {
-	return cgroupv1.Limits{CPU: r.CPU, MemoryBytes: r.MemoryBytes, PIDs: r.PIDs}
+	return cgroupv1.Limits{CPU: r.CPU, MemoryBytes: HostMemory(r.MemoryBytes), PIDs: HostTasks(r.PIDs)}
+}
+
+// HostMemory is the host memory limit of a sandbox of mem bytes. At mem the
+// host tells the agent to kill the command process holding the most memory
+// (gVisor has no OOM killer of its own); the headroom above it (half of mem,
+// at least 256 MiB, at most 2 GiB) is the time that takes while a program
+// keeps allocating. Only a sandbox that outruns it is killed whole by the
+// host kernel.
+func HostMemory(mem int64) int64 {
+	if mem <= 0 {
+		return mem
+	}
+	return mem + min(max(mem/2, 256<<20), 2<<30)
+}
+
+// HostTasks is the host task limit of a sandbox whose commands may have
+// tasks tasks. Inside gVisor (systrap) every sandbox process costs about two
+// host tasks (a stub process and its thread), kept for reuse after it exits,
+// and the sentry and gofer have their own threads: four per task plus 256
+// keeps the host limit out of reach of a sandbox at its own limit.
+func HostTasks(tasks int64) int64 {
+	if tasks <= 0 {
+		return tasks
+	}
+	return 8*tasks + 256
 }

@@ -19,7 +19,9 @@ const counterLoop = `i=0; while true; do i=$((i+1)); echo $i > /workspace/count;
 
 func readCount(t *testing.T, sb runtime.Sandbox) int {
 	t.Helper()
-	s := strings.TrimSpace(sh(t, sb, "cat /workspace/count"))
+	// The loop's `echo $i > count` truncates before it writes: a read in
+	// between sees an empty file, so read until there is a number.
+	s := strings.TrimSpace(sh(t, sb, `for i in 1 2 3 4 5 6 7 8 9 10; do c=$(cat /workspace/count); [ -n "$c" ] && break; sleep 0.01; done; echo "$c"`))
 	n, err := strconv.Atoi(s)
 	if err != nil {
 		t.Fatalf("count %q: %v", s, err)

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -59,6 +60,7 @@ type Driver struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
+	oomKills  atomic.Uint64 // processes killed at their sandbox's memory limit
 }
 
 var _ runtime.Driver = (*Driver)(nil)
@@ -332,7 +334,7 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	}
 	// runsc must not die with ctx while the container is half made: the
 	// undo step deletes it instead.
-	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), m.Networked, args...)
+	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), m.Resources.DiskBytes, m.Networked, args...)
 	cmd.Stdout = console
 	cmd.Stderr = console
 	if err := cmd.Run(); err != nil {

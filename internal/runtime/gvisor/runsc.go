@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 )
 
@@ -24,7 +25,12 @@ type runsc struct {
 // A networked sandbox uses gVisor's own network stack on the veth of the
 // namespace named in its bundle (--network=sandbox): the host kernel sees
 // only the sandbox's packets, which is where the policy is enforced.
-func (r *runsc) globalArgs(overlayDir string, networked bool) []string {
+//
+// diskBytes caps the copy-on-write layer (gVisor's overlay upper layer is a
+// tmpfs backed by a sparse file in overlayDir; its size limit is the
+// sandbox's disk quota: writes past it fail with ENOSPC inside, and df
+// shows it). 0: no cap.
+func (r *runsc) globalArgs(overlayDir string, diskBytes int64, networked bool) []string {
 	network := "none"
 	if networked {
 		network = "sandbox"
@@ -40,7 +46,11 @@ func (r *runsc) globalArgs(overlayDir string, networked bool) []string {
 	if overlayDir != "" {
 		// Keep the copy-on-write layer's backing file out of the shared
 		// template directory.
-		args = append(args, "--overlay2", "root:dir="+overlayDir)
+		ov := "root:dir=" + overlayDir
+		if diskBytes > 0 {
+			ov += ",size=" + strconv.FormatInt(diskBytes, 10)
+		}
+		args = append(args, "--overlay2", ov)
 	}
 	if r.debugDir != "" {
 		args = append(args, "--debug", "--debug-log", r.debugDir+"/")
@@ -48,20 +58,20 @@ func (r *runsc) globalArgs(overlayDir string, networked bool) []string {
 	return args
 }
 
-func (r *runsc) command(ctx context.Context, overlayDir string, networked bool, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, r.bin, append(r.globalArgs(overlayDir, networked), args...)...)
+func (r *runsc) command(ctx context.Context, overlayDir string, diskBytes int64, networked bool, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, r.bin, append(r.globalArgs(overlayDir, diskBytes, networked), args...)...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	return cmd
 }
 
 // run executes a runsc command and returns a readable error with its stderr.
 func (r *runsc) run(ctx context.Context, overlayDir string, args ...string) ([]byte, error) {
-	return r.runNet(ctx, overlayDir, false, args...)
+	return r.runNet(ctx, overlayDir, 0, false, args...)
 }
 
 // runNet is run for a command whose flags must match a networked sandbox's.
-func (r *runsc) runNet(ctx context.Context, overlayDir string, networked bool, args ...string) ([]byte, error) {
-	cmd := r.command(ctx, overlayDir, networked, args...)
+func (r *runsc) runNet(ctx context.Context, overlayDir string, diskBytes int64, networked bool, args ...string) ([]byte, error) {
+	cmd := r.command(ctx, overlayDir, diskBytes, networked, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr

@@ -8,8 +8,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/orkestr-eu/orkestr/internal/agent/client"
 	"github.com/orkestr-eu/orkestr/internal/agent/wire"
@@ -32,9 +36,18 @@ type sandbox struct {
 	done     chan struct{}
 	unwatch  func()
 	destroyO sync.Once
+	// filestore is the /proc path of the copy-on-write layer's backing
+	// file, found on first use (see Disk).
+	filestore string
+	memEvents *os.File    // the memory threshold eventfd (oom.go)
+	relieving atomic.Bool // relieveMemory runs
+	oomKills  atomic.Uint64
 }
 
-var _ runtime.Sandbox = (*sandbox)(nil)
+var (
+	_ runtime.Sandbox    = (*sandbox)(nil)
+	_ runtime.DiskReader = (*sandbox)(nil)
+)
 
 func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
 	sb := &sandbox{d: d, ch: ch, pid: pid, m: m, done: make(chan struct{})}
@@ -45,6 +58,7 @@ func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
 		unwatch = func() {}
 	}
 	sb.unwatch = unwatch
+	sb.watchMemory()
 	return sb
 }
 
@@ -64,12 +78,13 @@ func (sb *sandbox) exited() {
 	if st, err := sb.d.cgroup(sb.m.ID).Read(); err == nil {
 		switch {
 		case st.OOMKills > 0 || st.UnderOOM:
-			reason = fmt.Errorf("%w (limit %d MiB)", runtime.ErrOutOfMemory, sb.m.Resources.MemoryBytes>>20)
+			reason = fmt.Errorf("%w (limit %d MiB; it outgrew it faster than its processes could be killed, up to the host limit of %d MiB)", runtime.ErrOutOfMemory, sb.m.Resources.MemoryBytes>>20, st.MemoryLimit>>20)
 		case st.PIDsLimitHits > 0:
 			// gVisor's sentry dies when the host refuses it a task (it
 			// needs host processes and threads for the sandbox's
-			// processes), so a fork bomb ends the whole sandbox.
-			reason = fmt.Errorf("%w: it reached its limit of %d tasks (processes and threads)", runtime.ErrStopped, st.PIDsLimit)
+			// processes). The sandbox's own cap keeps its commands under
+			// that, unless a command left the capping cgroup.
+			reason = fmt.Errorf("%w: it reached the host's limit of %d tasks (processes and threads; its own limit is %d)", runtime.ErrStopped, st.PIDsLimit, sb.m.Resources.PIDs)
 		}
 	}
 	sb.stop(reason)
@@ -85,6 +100,7 @@ func (sb *sandbox) stop(reason error) {
 	}
 	sb.mu.Unlock()
 	if first {
+		sb.unwatchMemory()
 		sb.ch.Fail(reason)
 		close(sb.done)
 	}
@@ -275,7 +291,7 @@ func (sb *sandbox) Exec(ctx context.Context, r runtime.ExecRequest) (runtime.Exe
 		return runtime.ExecResult{}, sb.mapErr(err)
 	}
 	return runtime.ExecResult{
-		ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut,
+		ExitCode: st.ExitCode, Signal: st.Signal, TimedOut: st.TimedOut, OOMKilled: st.OOMKilled,
 		Duration: time.Duration(st.DurationMS) * time.Millisecond,
 		Blocked:  sb.blocked(start, time.Now()),
 	}, nil
@@ -385,9 +401,21 @@ func (sb *sandbox) Stats(ctx context.Context) (runtime.Stats, error) {
 		}
 		return runtime.Stats{}, fmt.Errorf("read cgroup of %s: %w", sb.m.ID, err)
 	}
+	// The limits reported are the sandbox's own (its size), not the host
+	// cgroup's, which are set above them (cgroupLimits).
+	sb.mu.Lock()
+	res := sb.m.Resources
+	sb.mu.Unlock()
+	memLimit, pidsLimit := st.MemoryLimit, st.PIDsLimit
+	if res.MemoryBytes > 0 {
+		memLimit = uint64(res.MemoryBytes)
+	}
+	if res.PIDs > 0 {
+		pidsLimit = uint64(res.PIDs)
+	}
 	return runtime.Stats{
-		CPUNanos: st.CPUNanos, MemoryBytes: st.MemoryWorkingSet, MemoryLimitBytes: st.MemoryLimit,
-		MemoryFailures: st.MemoryFailcnt, OOMKills: st.OOMKills, PIDs: st.PIDs, PIDsLimit: st.PIDsLimit,
+		CPUNanos: st.CPUNanos, MemoryBytes: st.MemoryWorkingSet, MemoryLimitBytes: memLimit,
+		MemoryFailures: st.MemoryFailcnt, OOMKills: st.OOMKills, ProcessOOMKills: sb.oomKills.Load(), PIDs: st.PIDs, PIDsLimit: pidsLimit,
 		CPUQuotaMicros: st.CPUQuotaMicros, CPUPeriodMicros: st.CPUPeriodMicros, ReadAt: st.ReadAt,
 	}, nil
 }
@@ -401,17 +429,85 @@ func (sb *sandbox) Usage(ctx context.Context) (runtime.Usage, error) {
 		}
 		return runtime.Usage{}, fmt.Errorf("read cgroup of %s: %w", sb.m.ID, err)
 	}
+	sb.mu.Lock()
+	mem := sb.m.Resources.MemoryBytes
+	sb.mu.Unlock()
+	if mem > 0 {
+		u.MemoryLimit = uint64(mem)
+	}
 	return runtime.Usage{CPUNanos: u.CPUNanos, MemoryBytes: u.MemoryWorkingSet, MemoryLimitBytes: u.MemoryLimit}, nil
 }
 
 func (sb *sandbox) SetResources(r runtime.Resources) error {
+	sb.mu.Lock()
+	disk := sb.m.Resources.DiskBytes
+	sb.mu.Unlock()
+	if r.DiskBytes != 0 && r.DiskBytes != disk {
+		// runsc sizes the copy-on-write layer when the sandbox starts.
+		return fmt.Errorf("%w: the disk quota of a running sandbox is fixed (%d MiB); start one with %d MiB instead", runtime.ErrInvalidRequest, disk>>20, r.DiskBytes>>20)
+	}
+	r.DiskBytes = disk
 	if err := sb.d.cgroup(sb.m.ID).Apply(cgroupLimits(r)); err != nil {
 		return err
 	}
 	sb.mu.Lock()
+	memChanged := sb.m.Resources.MemoryBytes != r.MemoryBytes
 	sb.m.Resources = r
 	sb.mu.Unlock()
+	if memChanged && sb.stopped() == nil {
+		sb.unwatchMemory()
+		sb.watchMemory()
+	}
 	return nil
+}
+
+// Disk implements runtime.DiskReader. The copy-on-write layer is a sparse
+// file that runsc creates in the sandbox's overlay directory and unlinks at
+// once; the sandbox process keeps it open, so it is found among that
+// process's file descriptors, and its allocated blocks are what the
+// sandbox's writes cost the host's disk (gVisor punches holes for deleted
+// data, so this falls when files are removed).
+func (sb *sandbox) Disk() (runtime.Disk, error) {
+	sb.mu.Lock()
+	path, limit := sb.filestore, uint64(max(sb.m.Resources.DiskBytes, 0))
+	sb.mu.Unlock()
+	if path == "" {
+		var err error
+		if path, err = findFilestore(sb.pid, filepath.Join(sb.d.sandboxDir(sb.m.ID), "overlay")); err != nil {
+			if e := sb.stopped(); e != nil {
+				return runtime.Disk{}, e
+			}
+			return runtime.Disk{}, err
+		}
+		sb.mu.Lock()
+		sb.filestore = path
+		sb.mu.Unlock()
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		if e := sb.stopped(); e != nil {
+			return runtime.Disk{}, e
+		}
+		return runtime.Disk{}, fmt.Errorf("gvisor: disk use of %s: %w", sb.m.ID, err)
+	}
+	return runtime.Disk{UsedBytes: uint64(st.Blocks) * 512, LimitBytes: limit}, nil
+}
+
+// findFilestore returns the /proc path of the file descriptor by which
+// process pid holds a file created in dir.
+func findFilestore(pid int, dir string) (string, error) {
+	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(fdDir)
+	if err != nil {
+		return "", fmt.Errorf("gvisor: list the sandbox process's files: %w", err)
+	}
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join(fdDir, e.Name()))
+		if err == nil && strings.HasPrefix(target, dir+"/") {
+			return filepath.Join(fdDir, e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("gvisor: the sandbox process %d holds no file in %s", pid, dir)
 }
 
 // snapshotMeta is written beside the runsc image.
@@ -470,7 +566,7 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		undoPause()
 		return runtime.Snapshot{}, err
 	}
-	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Net != nil, "checkpoint", "--image-path", image, m.ID); err != nil {
+	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, "checkpoint", "--image-path", image, m.ID); err != nil {
 		undoPause()
 		if e := sb.stopped(); e != nil {
 			return runtime.Snapshot{}, e
@@ -523,6 +619,7 @@ func (sb *sandbox) Destroy(ctx context.Context) error {
 // adopt.
 func (sb *sandbox) detach() {
 	sb.unwatch()
+	sb.unwatchMemory()
 	_ = sb.ch.Close()
 	sb.d.forget(sb.m.ID)
 }

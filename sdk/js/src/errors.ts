@@ -15,6 +15,8 @@ export interface ExecResult {
   exitCode: number;
   durationMs: number;
   blockedConnections: BlockedConnection[];
+  /** A process of the command was killed at the sandbox's memory limit (the sandbox keeps running). */
+  oomKilled?: boolean;
 }
 
 export interface OrkestrErrorInit {

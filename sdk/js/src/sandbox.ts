@@ -154,6 +154,8 @@ export interface SandboxData {
   createdAt: Date;
   pausedAt: Date | null;
   terminatedAt: Date | null;
+  /** Why a sandbox in status "error" stopped; null otherwise. */
+  errorReason: string | null;
 }
 
 const MAX_STDIN = 1 << 20;
@@ -183,6 +185,7 @@ function sandboxData(raw: unknown): SandboxData {
     expiresAt: toDate(c["expiresAt"]),
     pausedAt: toDate(c["pausedAt"]),
     terminatedAt: toDate(c["terminatedAt"]),
+    errorReason: typeof c["errorReason"] === "string" ? (c["errorReason"] as string) : null,
   };
 }
 
@@ -228,6 +231,8 @@ export class Sandbox implements SandboxData {
   createdAt!: Date;
   pausedAt!: Date | null;
   terminatedAt!: Date | null;
+  /** Why a sandbox in status "error" stopped (e.g. it exceeded its memory limit as a whole); null otherwise. */
+  errorReason!: string | null;
 
   /** File operations; paths are absolute paths inside the sandbox. */
   readonly files: Files;
@@ -394,6 +399,7 @@ export class Sandbox implements SandboxData {
       exitCode: Number(raw["exit_code"] ?? -1),
       durationMs: Number(raw["duration_ms"] ?? 0),
       blockedConnections: blocked(raw["blocked_connections"]),
+      oomKilled: raw["oom_killed"] === true,
     };
     if (result.exitCode !== 0 && result.blockedConnections.length > 0) throw new NetworkPolicyError(result, requestId);
     return result;

@@ -75,6 +75,9 @@ class ExecResult:
     exit_code: int
     duration_ms: int
     blocked_connections: List[BlockedConnection] = field(default_factory=list)
+    #: A process of the command was killed at the sandbox's memory limit
+    #: (the sandbox keeps running).
+    oom_killed: bool = False
 
     @classmethod
     def _from(cls, d: Mapping[str, Any]) -> ExecResult:
@@ -86,6 +89,7 @@ class ExecResult:
             blocked_connections=[
                 BlockedConnection._from(b) for b in _list(d, "blocked_connections") if isinstance(b, dict)
             ],
+            oom_killed=d.get("oom_killed") is True,
         )
 
 
@@ -265,6 +269,7 @@ class SandboxFields:
     created_at: Optional[datetime]
     paused_at: Optional[datetime]
     terminated_at: Optional[datetime]
+    error_reason: Optional[str]
 
     def _set_fields(self, d: Mapping[str, Any]) -> None:
         self.id = _str(d, "id")
@@ -283,6 +288,8 @@ class SandboxFields:
         self.created_at = parse_opt_time(d.get("created_at"))
         self.paused_at = parse_opt_time(d.get("paused_at"))
         self.terminated_at = parse_opt_time(d.get("terminated_at"))
+        reason = d.get("error_reason")
+        self.error_reason = reason if isinstance(reason, str) else None
 
     def _blank(self, sandbox_id: str) -> None:
         self._set_fields({"id": sandbox_id})

@@ -1,0 +1,117 @@
+package gvisor
+
+import (
+	"context"
+	"time"
+)
+
+// The sandbox kernel (gVisor's sentry) has no OOM killer: a program that
+// allocates past the sandbox's memory used to reach the host cgroup's limit,
+// whose OOM killer then killed the sentry, and so the whole sandbox. Now the
+// host cgroup's limit has headroom above the size (HostMemory), and the
+// kernel signals an eventfd when the sandbox's usage crosses its size; the
+// host then asks the agent to kill the command process holding the most
+// memory, as a kernel's OOM killer would (exit 137, the exec says
+// oom_killed). Killing a host process of the sandbox instead is not an
+// option: gVisor ends the sandbox when any of its stub processes dies.
+
+// memoryPoll is how often usage is re-read while it is above the size, near
+// the limit and well under it.
+const (
+	memoryPollNear = 20 * time.Millisecond
+	memoryPollFar  = 250 * time.Millisecond
+)
+
+// watchMemory arms the threshold event of a started sandbox. Without it
+// (no memory cgroup events on this host) a sandbox over its size is still
+// held by the host limit, as a whole.
+func (sb *sandbox) watchMemory() {
+	limit := sb.m.Resources.MemoryBytes
+	if limit <= 0 {
+		return
+	}
+	f, err := sb.d.cgroup(sb.m.ID).MemoryThreshold(limit)
+	if err != nil {
+		sb.d.log.Warn("cannot watch the sandbox's memory; a program over its size ends the whole sandbox", "sandbox", sb.m.ID, "err", err)
+		return
+	}
+	sb.mu.Lock()
+	sb.memEvents = f
+	sb.mu.Unlock()
+	go func() {
+		buf := make([]byte, 8)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				return // closed: the sandbox stopped
+			}
+			if sb.relieving.CompareAndSwap(false, true) {
+				go func() {
+					defer sb.relieving.Store(false)
+					sb.relieveMemory(uint64(limit))
+				}()
+			}
+		}
+	}()
+}
+
+// unwatchMemory closes the threshold event.
+func (sb *sandbox) unwatchMemory() {
+	sb.mu.Lock()
+	f := sb.memEvents
+	sb.memEvents = nil
+	sb.mu.Unlock()
+	if f != nil {
+		_ = f.Close()
+	}
+}
+
+// relieveMemory runs while the sandbox's usage is at or above its size. The
+// usage also counts the page cache of the sandbox's disk, which the kernel
+// reclaims by itself, so a process is killed only when anonymous memory
+// (programs and tmpfs) reaches the size, and another one only if it still
+// grows after that and after a grace period (or deep into the headroom): a
+// killed process's memory takes gVisor a few hundred milliseconds to give
+// back.
+func (sb *sandbox) relieveMemory(limit uint64) {
+	g := sb.d.cgroup(sb.m.ID)
+	// After a kill, a grace period lets the victim's memory go before the
+	// next one dies for it; only a sandbox already halfway into its
+	// headroom loses another process sooner.
+	const grace = 500 * time.Millisecond
+	urgent := limit + uint64(HostMemory(int64(limit))-int64(limit))/2
+	var last uint64
+	var killedAt time.Time
+	for sb.stopped() == nil {
+		usage, anon, err := g.MemoryAnon()
+		if err != nil || usage < limit {
+			return
+		}
+		inGrace := !killedAt.IsZero() && time.Since(killedAt) < grace
+		if anon >= limit && (killedAt.IsZero() || anon > last) && (!inGrace || anon >= urgent) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			v, err := sb.ch.OOMKill(ctx)
+			cancel()
+			switch {
+			case err != nil:
+				sb.d.log.Warn("asking the agent to kill a process at the memory limit failed", "sandbox", sb.m.ID, "err", err)
+			case v.PID == 0:
+				sb.d.log.Warn("sandbox at its memory limit has no command process to kill", "sandbox", sb.m.ID, "anon_bytes", anon)
+			default:
+				sb.oomKills.Add(1)
+				sb.d.oomKills.Add(1)
+				sb.d.log.Info("killed a sandbox process at the memory limit", "sandbox", sb.m.ID, "pid", v.PID, "comm", v.Comm, "rss_bytes", v.RSSBytes, "limit_bytes", limit)
+			}
+			killedAt = time.Now()
+		}
+		last = anon
+		wait := memoryPollFar
+		if anon >= limit*9/10 {
+			wait = memoryPollNear
+		}
+		time.Sleep(wait)
+	}
+}
+
+// OOMKills is how many sandbox processes the driver killed at their
+// sandbox's memory limit since it started.
+func (d *Driver) OOMKills() uint64 { return d.oomKills.Load() }
