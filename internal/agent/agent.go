@@ -112,6 +112,11 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	cfg.KeepAliveInterval = time.Second
 	cfg.ConnectionWriteTimeout = 5 * time.Second
 	cfg.StreamOpenTimeout = 0
+	cfg.MaxStreamWindowSize = wire.StreamWindow
+	if uc, ok := conn.(*net.UnixConn); ok {
+		_ = uc.SetWriteBuffer(wire.SocketBuffer)
+		_ = uc.SetReadBuffer(wire.SocketBuffer)
+	}
 	sess, err := yamux.Server(&wire.CoalescingConn{Conn: conn, Reader: br}, cfg)
 	if err != nil {
 		return false, err

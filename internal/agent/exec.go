@@ -71,7 +71,8 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 	pump := func(f *os.File, k wire.Kind) {
 		defer pumps.Done()
 		defer f.Close()
-		buf := make([]byte, 32<<10)
+		growPipe(f)
+		buf := make([]byte, outputChunk)
 		for {
 			n, err := f.Read(buf)
 			if n > 0 {
@@ -183,6 +184,22 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 	}
 	<-hostGone
 	return hostDone
+}
+
+// outputChunk is the most of a command's output one read takes and one
+// frame carries: a command that writes fast fills the (grown) pipe, and
+// each read and each frame is a trapped syscall in the sandbox.
+const outputChunk = 256 << 10
+
+// pipeSize is asked for on the command's stdout and stderr pipes (64 KiB
+// by default), so a fast writer blocks less often and the agent reads more
+// per syscall. The pipe bounds what a stalled reader leaves in the sandbox.
+const pipeSize = 1 << 20
+
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+	}
 }
 
 // killTree kills pid, its process group and every descendant, including ones

@@ -152,7 +152,8 @@ func (c *Channel) admit(conn *net.UnixConn) {
 	cfg.EnableKeepAlive = true
 	cfg.KeepAliveInterval = time.Second
 	cfg.ConnectionWriteTimeout = 5 * time.Second
-	cfg.MaxStreamWindowSize = 1 << 20
+	cfg.MaxStreamWindowSize = wire.StreamWindow
+	setSocketBuffers(conn, wire.SocketBuffer)
 	sess, err := yamux.Client(&wire.CoalescingConn{Conn: conn, Reader: br}, cfg)
 	if err != nil {
 		conn.Close()
