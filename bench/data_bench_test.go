@@ -266,6 +266,7 @@ func BenchmarkDataExecStream(b *testing.B) {
 			b.Fatalf("stream: %d bytes, %v", cw.n, err)
 		}
 		sdk.add(mbps(n, time.Since(t0)))
+		b.Logf("sdk: %d chunks of %d bytes on average", cw.writes, cw.n/max(cw.writes, 1))
 		stop()
 		sdkCPU.add((selfCPU() - c0).Seconds() / (float64(n) / 1e9))
 		srvCPU.add((serverCPUTime(b, s) - s0).Seconds() / (float64(n) / 1e9))
@@ -290,6 +291,10 @@ func BenchmarkDataExecStream(b *testing.B) {
 	b.ReportMetric(agentPeakRSS(ctx, b, sb), "agent-peak-MiB")
 }
 
-type countingWriter struct{ n int64 }
+type countingWriter struct{ n, writes int64 }
 
-func (c *countingWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	c.writes++
+	return len(p), nil
+}

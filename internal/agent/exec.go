@@ -83,6 +83,11 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 			if err != nil {
 				return
 			}
+			if n >= lingerAfter && n < len(buf) {
+				// A bulk writer: let its output gather in the pipe so
+				// the next read and frame carry more than one write.
+				time.Sleep(outputLinger)
+			}
 		}
 	}
 	pumps.Add(2)
@@ -189,7 +194,18 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 // outputChunk is the most of a command's output one read takes and one
 // frame carries: a command that writes fast fills the (grown) pipe, and
 // each read and each frame is a trapped syscall in the sandbox.
-const outputChunk = 256 << 10
+const outputChunk = 1 << 20
+
+// After a read of at least lingerAfter bytes (a command writing in bulk,
+// not a prompt or a line of a log), the pump waits outputLinger before its
+// next read. Each read costs the agent a trapped syscall and each frame a
+// few more and a wakeup of the host; a command writing 8 KiB at a time
+// would otherwise cost a frame per write. Output is delayed by at most
+// outputLinger, and only while it arrives in bulk.
+const (
+	lingerAfter  = 4 << 10
+	outputLinger = time.Millisecond
+)
 
 // pipeSize is asked for on the command's stdout and stderr pipes (64 KiB
 // by default), so a fast writer blocks less often and the agent reads more
