@@ -175,6 +175,12 @@ func (a *Agent) serveRequest(r *wire.Reader, w *wire.Writer) (reusable bool) {
 	case wire.OpWrite:
 		writeFile(req.Path, req.Mode, r, w)
 		return false
+	case wire.OpUntar:
+		untar(&req, r, w)
+		return false
+	case wire.OpTar:
+		tarDir(&req, w)
+		return false
 	case wire.OpList:
 		listDir(req.Path, w)
 	case wire.OpStat:

@@ -109,6 +109,10 @@ const (
 	OpStat      = "stat"
 	OpRemove    = "remove"
 	OpMkdir     = "mkdir"
+	// OpUntar extracts the tar (plain, gzip or zstd) that follows in data
+	// frames into the directory Path; OpTar streams Path as a tar.
+	OpUntar = "untar"
+	OpTar   = "tar"
 )
 
 // Hello is the first line an agent writes after dialing the host socket.
@@ -126,6 +130,16 @@ type Request struct {
 	Mode      uint32     `json:"mode,omitempty"`
 	Recursive bool       `json:"recursive,omitempty"`
 	Configure *Configure `json:"configure,omitempty"`
+	// Limit bounds the bytes of file content an OpUntar may write.
+	Limit int64 `json:"limit,omitempty"`
+	// Compression of an OpTar: "", "gzip" or "zstd".
+	Compression string `json:"compression,omitempty"`
+}
+
+// Extracted is the reply to a finished OpUntar.
+type Extracted struct {
+	Entries int   `json:"entries"`
+	Bytes   int64 `json:"bytes"`
 }
 
 // Configure binds a pooled sandbox to its owner at claim time.
@@ -184,6 +198,10 @@ const (
 	CodeBadRequest  = "bad_request"
 	CodeNoSpace     = "no_space"
 	CodeInternal    = "internal"
+	// CodeInvalidArchive: an archive entry is hostile or malformed.
+	CodeInvalidArchive = "invalid_archive"
+	// CodeTooLarge: an archive expands past its limit.
+	CodeTooLarge = "too_large"
 )
 
 // Error is a failure reported by the agent.
