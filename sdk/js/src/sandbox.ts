@@ -69,8 +69,14 @@ export interface ExecOptions extends CallOptions {
 /** A piece of a running command's output. */
 export interface ExecChunk {
   stream: "stdout" | "stderr";
+  /** The output as text (UTF-8, a character split between chunks is joined). */
   data: string;
+  /** The output's bytes exactly as the command wrote them, UTF-8 or not. */
+  bytes: Uint8Array;
 }
+
+/** The exec stream's binary-safe framing, asked for in Accept. */
+const EXEC_FRAMES = "application/vnd.orkestr.exec-frames";
 
 export interface SizeInfo {
   size: string;
@@ -408,7 +414,9 @@ export class Sandbox implements SandboxData {
    */
   execStream(command: string, options: ExecOptions = {}): ExecStream {
     const body = execBody(command, options);
-    return new ExecStream(() => send(this.#conn, { method: "POST", path: this.#path("/exec/stream"), json: body, signal: options.signal }));
+    return new ExecStream(() =>
+      send(this.#conn, { method: "POST", path: this.#path("/exec/stream"), json: body, accept: EXEC_FRAMES, signal: options.signal }),
+    );
   }
 
   /**
@@ -528,6 +536,64 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
     }
   }
 
+  /** Yields the chunks of a framed stream; true once the closing event came. */
+  async *#frames(
+    reader: ReadableStreamDefaultReader<Uint8Array>,
+    status: number,
+    requestId: string | undefined,
+    settle: (exit: { exitCode: number; durationMs: number; blockedConnections: BlockedConnection[] }) => void,
+  ): AsyncGenerator<ExecChunk, boolean, undefined> {
+    const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+    const frames = readFrames(reader);
+    for (;;) {
+      const r = await frames.next();
+      if (r.done) {
+        throw new OrkestrError({
+          code: "stream_ended",
+          status,
+          requestId,
+          message: "the exec stream ended before the command did (connection lost?); the command may still be running",
+        });
+      }
+      const { type, payload } = r.value;
+      if (type === 1 || type === 2) {
+        const stream = type === 1 ? "stdout" : "stderr";
+        yield { stream, data: decoders[stream].decode(payload, { stream: true }), bytes: payload };
+        continue;
+      }
+      if (type !== 3 && type !== 4) continue; // unknown frames are skipped
+      let ev: Record<string, unknown>;
+      try {
+        const parsed: unknown = JSON.parse(new TextDecoder().decode(payload));
+        ev = isObject(parsed) ? parsed : {};
+      } catch {
+        throw new OrkestrError({ code: "invalid_response", status, requestId, message: "the exec stream sent a closing event that is not JSON" });
+      }
+      if (type === 3) {
+        const exit = {
+          exitCode: Number(ev["exit_code"] ?? -1),
+          durationMs: Number(ev["duration_ms"] ?? 0),
+          blockedConnections: blocked(ev["blocked_connections"]),
+        };
+        if (exit.exitCode !== 0 && exit.blockedConnections.length > 0) {
+          throw new NetworkPolicyError({ stdout: "", stderr: "", ...exit }, requestId);
+        }
+        settle(exit);
+        return true;
+      }
+      const e = isObject(ev["error"]) ? ev["error"] : {};
+      const code = typeof e["code"] === "string" && e["code"] !== "" ? e["code"] : "internal";
+      const message = typeof e["message"] === "string" ? e["message"] : "the command failed";
+      throw classify({
+        code,
+        status: statusOfCode(code),
+        message: requestId ? `${message} (request ${requestId})` : message,
+        requestId,
+        details: isObject(e["details"]) ? e["details"] : {},
+      });
+    }
+  }
+
   async *#read(): AsyncGenerator<ExecChunk, void, undefined> {
     const resp = await this.#start();
     const requestId = resp.headers.get("X-Request-Id") ?? undefined;
@@ -539,7 +605,12 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
     const settle = (exit: { exitCode: number; durationMs: number; blockedConnections: BlockedConnection[] }) => {
       this.#done = Promise.resolve(exit);
     };
+    const framed = (resp.headers.get("Content-Type") ?? "").split(";")[0]!.trim() === EXEC_FRAMES;
     try {
+      if (framed) {
+        finished = yield* this.#frames(reader, resp.status, requestId, settle);
+        return;
+      }
       for (;;) {
         const { done, value } = await reader.read();
         if (done) {
@@ -561,7 +632,8 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
           if (!isObject(ev)) continue;
           const type = ev["type"];
           if (type === "stdout" || type === "stderr") {
-            yield { stream: type, data: typeof ev["data"] === "string" ? ev["data"] : "" };
+            const data = typeof ev["data"] === "string" ? ev["data"] : "";
+            yield { stream: type, data, bytes: new TextEncoder().encode(data) };
           } else if (type === "exit") {
             finished = true;
             const exit = {
@@ -621,6 +693,60 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
   }
 }
 
+/** Reads the binary framing: per frame a type byte, a 4-byte big-endian length, the payload. */
+async function* readFrames(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): AsyncGenerator<{ type: number; payload: Uint8Array }, boolean, undefined> {
+  const parts: Uint8Array[] = [];
+  let have = 0;
+  // take returns the first n buffered bytes, copying only when they span parts.
+  const take = (n: number): Uint8Array => {
+    const first = parts[0]!;
+    if (first.length >= n) {
+      const out = first.subarray(0, n);
+      if (first.length === n) parts.shift();
+      else parts[0] = first.subarray(n);
+      have -= n;
+      return out;
+    }
+    const out = new Uint8Array(n);
+    let off = 0;
+    while (off < n) {
+      const p = parts[0]!;
+      const k = Math.min(p.length, n - off);
+      out.set(p.subarray(0, k), off);
+      off += k;
+      if (k === p.length) parts.shift();
+      else parts[0] = p.subarray(k);
+    }
+    have -= n;
+    return out;
+  };
+  let need = 5;
+  let type = -1;
+  for (;;) {
+    while (have >= need) {
+      if (type < 0) {
+        const h = take(5);
+        type = h[0]!;
+        need = ((h[1]! << 24) >>> 0) + (h[2]! << 16) + (h[3]! << 8) + h[4]!;
+        if (need > 16 << 20) throw new Error(`a frame of ${need} bytes`);
+      } else {
+        const payload = need === 0 ? new Uint8Array(0) : take(need);
+        yield { type, payload };
+        type = -1;
+        need = 5;
+      }
+    }
+    const { done, value } = await reader.read();
+    if (done) return have === 0 && type < 0;
+    if (value.length > 0) {
+      parts.push(value);
+      have += value.length;
+    }
+  }
+}
+
 /** File operations of one sandbox. Paths are absolute paths inside it. */
 export class Files {
   readonly #conn: Connection;
@@ -671,6 +797,59 @@ export class Files {
       const c = camelize(e) as Record<string, unknown>;
       return { ...(c as unknown as FileEntry), modifiedAt: toDate(c["modifiedAt"]) ?? new Date(NaN) };
     });
+  }
+
+  /**
+   * Extracts a tar archive (plain, gzip or zstd) into the directory `dir`
+   * (created if missing), streamed: `archive` may be a ReadableStream, so
+   * it never has to be in memory whole. Modes and symlinks are kept;
+   * entries that are absolute, climb out with "..", lead out through a
+   * symlink or are device nodes are refused (an OrkestrError with code
+   * `invalid_archive`). Not retried.
+   */
+  async writeArchive(
+    dir: string,
+    archive: Uint8Array | ReadableStream<Uint8Array>,
+    options: CallOptions = {},
+  ): Promise<{ path: string; entries: number; bytes: number }> {
+    const r = this.#req("PUT", "/files/archive", dir);
+    const raw =
+      archive instanceof Uint8Array
+        ? await call(this.#conn, { ...r, bytes: archive, signal: options.signal })
+        : await call(this.#conn, { ...r, stream: { body: archive, contentType: "application/x-tar" }, signal: options.signal });
+    const o = isObject(raw) ? raw : {};
+    return { path: String(o["path"] ?? dir), entries: Number(o["entries"] ?? 0), bytes: Number(o["bytes"] ?? 0) };
+  }
+
+  /**
+   * The directory `dir` as a tar archive (compressed with `compression`),
+   * as a stream of bytes; symlinks are archived as links.
+   */
+  async readArchive(
+    dir: string,
+    options: CallOptions & { compression?: "gzip" | "zstd" } = {},
+  ): Promise<ReadableStream<Uint8Array>> {
+    const r = this.#req("GET", "/files/archive", dir);
+    const resp = await send(this.#conn, { ...r, query: { ...r.query, compression: options.compression }, signal: options.signal });
+    if (!resp.body) throw new OrkestrError({ code: "invalid_response", status: resp.status, message: "the archive has no body" });
+    return resp.body;
+  }
+
+  /**
+   * Streams `data` into the file at `path` without holding it in memory
+   * (written to a temporary name and renamed into place when complete, so
+   * an upload cut short leaves the old file, or none). Not retried.
+   */
+  async writeStream(path: string, data: ReadableStream<Uint8Array>, options: CallOptions = {}): Promise<void> {
+    const r = this.#req("PUT", "/files", path);
+    await call(this.#conn, { ...r, stream: { body: data, contentType: "application/octet-stream" }, signal: options.signal });
+  }
+
+  /** The file at `path` as a stream of bytes, without holding it in memory. */
+  async readStream(path: string, options: CallOptions = {}): Promise<ReadableStream<Uint8Array>> {
+    const resp = await send(this.#conn, { ...this.#req("GET", "/files", path), signal: options.signal });
+    if (!resp.body) throw new OrkestrError({ code: "invalid_response", status: resp.status, message: "the file has no body" });
+    return resp.body;
   }
 
   /** Deletes a file, or a directory with everything in it. */

@@ -3,9 +3,10 @@ and async classes."""
 
 from __future__ import annotations
 
+import codecs
 import json
 from datetime import datetime
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from ._errors import STATUS_OF_CODE, NetworkPolicyError, OrkestrError, classify
 from ._models import ExecChunk, ExecResult
@@ -102,10 +103,50 @@ def check_network_policy(res: ExecResult, request_id: Optional[str]) -> None:
         raise NetworkPolicyError(res, request_id=request_id)
 
 
+EXEC_FRAMES = "application/vnd.orkestr.exec-frames"
+"""The exec stream's binary-safe framing, asked for in Accept: per frame a
+type byte (1 stdout, 2 stderr, 3 exit, 4 error), the payload's length as 4
+bytes big-endian, and the payload (output bytes; JSON for exit and error)."""
+
+MAX_FRAME = 16 << 20
+
+
+def is_framed(resp: Any) -> bool:
+    return str(resp.headers.get("content-type", "")).split(";")[0].strip() == EXEC_FRAMES
+
+
+class FrameDecoder:
+    """Splits a byte stream into (type, payload) frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> List[Tuple[int, bytes]]:
+        buf = self._buf
+        buf += data
+        out: List[Tuple[int, bytes]] = []
+        pos = 0
+        while len(buf) - pos >= 5:
+            n = int.from_bytes(buf[pos + 1:pos + 5], "big")
+            if n > MAX_FRAME:
+                raise OrkestrError(f"the exec stream sent a frame of {n} bytes", code="invalid_response")
+            if len(buf) - pos - 5 < n:
+                break
+            out.append((buf[pos], bytes(buf[pos + 5:pos + 5 + n])))
+            pos += 5 + n
+        del buf[:pos]
+        return out
+
+
 class StreamState:
     """Follows one exec stream's NDJSON lines."""
 
     def __init__(self) -> None:
+        self._frames = FrameDecoder()
+        self._decoders = {
+            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
+        }
         self.done = False
         self.result: Optional[ExecResult] = None
         self.error: Optional[OrkestrError] = None
@@ -136,7 +177,40 @@ class StreamState:
         typ = ev.get("type")
         if typ in ("stdout", "stderr"):
             data = ev.get("data")
-            return ExecChunk(stream=str(typ), data=data if isinstance(data, str) else "")
+            text = data if isinstance(data, str) else ""
+            return ExecChunk(stream=str(typ), data=text, raw=text.encode("utf-8", "surrogatepass"))
+        return self._event(ev)
+
+    def feed_bytes(self, data: Optional[bytes]) -> List[ExecChunk]:
+        """Take the next bytes of a framed stream (None at the end of the
+        body); return the chunks of output they complete."""
+        if data is None:
+            if not self.done:
+                self.feed(None)
+            return []
+        out: List[ExecChunk] = []
+        for typ, payload in self._frames.feed(data):
+            if typ in (1, 2):
+                stream = "stdout" if typ == 1 else "stderr"
+                text = self._decoders[stream].decode(payload)
+                out.append(ExecChunk(stream=stream, data=text, raw=payload))
+            elif typ in (3, 4):
+                try:
+                    ev = json.loads(payload)
+                except ValueError:
+                    ev = None
+                if not isinstance(ev, dict):
+                    self.done = True
+                    self.error = OrkestrError("the exec stream sent a closing event that is not JSON",
+                                              code="invalid_response", request_id=self.request_id)
+                    return out
+                self._event(ev)
+                return out
+            # Unknown frame types are skipped, for forward compatibility.
+        return out
+
+    def _event(self, ev: Dict[str, Any]) -> Optional[ExecChunk]:
+        typ = ev.get("type")
         if typ == "exit":
             self.done = True
             self.result = ExecResult._from({**ev, "stdout": "", "stderr": ""})

@@ -91,10 +91,14 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class ExecChunk:
-    """A piece of a running command's output; ``stream`` is "stdout" or "stderr"."""
+    """A piece of a running command's output; ``stream`` is "stdout" or
+    "stderr". ``data`` is the output as text (UTF-8; a character split
+    between chunks is joined, invalid bytes become U+FFFD), ``raw`` its
+    bytes exactly as the command wrote them."""
 
     stream: str
     data: str
+    raw: bytes = b""
 
 
 @dataclass(frozen=True)
