@@ -33,7 +33,9 @@ func filesCommands() []*command {
 							return err
 						}
 						return c.print(map[string]any{"sandbox_id": id, "path": path, "entries": x.Entries, "bytes": x.Bytes},
-							func(w io.Writer) { fmt.Fprintf(w, "extracted %d entries (%d bytes) into %s\n", x.Entries, x.Bytes, args[1]) })
+							func(w io.Writer) {
+								fmt.Fprintf(w, "extracted %d entries (%d bytes) into %s\n", x.Entries, x.Bytes, args[1])
+							})
 					}
 					var src io.Reader = c.stdin
 					if args[0] != "-" {

@@ -367,8 +367,8 @@ async def _acopy_out(resp: httpx.Response, out: BinaryIO) -> int:
 
 async def _achunks(data: Union[AsyncIterable[bytes], Iterable[bytes]]) -> AsyncIterator[bytes]:
     if hasattr(data, "__aiter__"):
-        async for b in data:  # type: ignore[union-attr]
+        async for b in data:
             yield bytes(b)
     else:
-        for b in data:  # type: ignore[union-attr]
+        for b in data:
             yield bytes(b)

@@ -3,10 +3,10 @@ and async classes."""
 
 from __future__ import annotations
 
-import codecs
 import json
 from datetime import datetime
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from collections import deque
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from ._errors import STATUS_OF_CODE, NetworkPolicyError, OrkestrError, classify
 from ._models import ExecChunk, ExecResult
@@ -116,26 +116,57 @@ def is_framed(resp: Any) -> bool:
 
 
 class FrameDecoder:
-    """Splits a byte stream into (type, payload) frames."""
+    """Splits a byte stream into (type, payload) frames. Received pieces are
+    kept as memoryviews and each payload is joined once, so a byte is copied
+    once however the frames and the pieces fall."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._parts: Deque[memoryview] = deque()
+        self._have = 0
+        self._type = -1
+        self._need = 5
+
+    def _take(self, n: int) -> bytes:
+        parts = self._parts
+        self._have -= n
+        out: List[memoryview] = []
+        while n > 0:
+            p = parts[0]
+            if len(p) <= n:
+                out.append(parts.popleft())
+                n -= len(p)
+            else:
+                out.append(p[:n])
+                parts[0] = p[n:]
+                n = 0
+        return out[0].tobytes() if len(out) == 1 else b"".join(out)
 
     def feed(self, data: bytes) -> List[Tuple[int, bytes]]:
-        buf = self._buf
-        buf += data
+        if data:
+            self._parts.append(memoryview(data))
+            self._have += len(data)
         out: List[Tuple[int, bytes]] = []
-        pos = 0
-        while len(buf) - pos >= 5:
-            n = int.from_bytes(buf[pos + 1:pos + 5], "big")
-            if n > MAX_FRAME:
-                raise OrkestrError(f"the exec stream sent a frame of {n} bytes", code="invalid_response")
-            if len(buf) - pos - 5 < n:
-                break
-            out.append((buf[pos], bytes(buf[pos + 5:pos + 5 + n])))
-            pos += 5 + n
-        del buf[:pos]
+        while self._have >= self._need:
+            if self._type < 0:
+                h = self._take(5)
+                self._type, self._need = h[0], int.from_bytes(h[1:5], "big")
+                if self._need > MAX_FRAME:
+                    raise OrkestrError(f"the exec stream sent a frame of {self._need} bytes", code="invalid_response")
+            else:
+                out.append((self._type, self._take(self._need) if self._need else b""))
+                self._type, self._need = -1, 5
         return out
+
+
+def _utf8_cut(b: bytes) -> int:
+    """Where b ends if an incomplete UTF-8 sequence at its end is held back."""
+    n = len(b)
+    for i in range(1, min(3, n) + 1):
+        c = b[n - i]
+        if c & 0xC0 != 0x80:  # a start byte (or ASCII)
+            need = 2 if c & 0xE0 == 0xC0 else 3 if c & 0xF0 == 0xE0 else 4 if c & 0xF8 == 0xF0 else 1
+            return n - i if need > i else n
+    return n
 
 
 class StreamState:
@@ -143,10 +174,9 @@ class StreamState:
 
     def __init__(self) -> None:
         self._frames = FrameDecoder()
-        self._decoders = {
-            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
-            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
-        }
+        # The incomplete UTF-8 sequence at the end of each stream's last
+        # chunk, decoded with the next one.
+        self._carry = {"stdout": b"", "stderr": b""}
         self.done = False
         self.result: Optional[ExecResult] = None
         self.error: Optional[OrkestrError] = None
@@ -192,9 +222,15 @@ class StreamState:
         for typ, payload in self._frames.feed(data):
             if typ in (1, 2):
                 stream = "stdout" if typ == 1 else "stderr"
-                text = self._decoders[stream].decode(payload)
-                out.append(ExecChunk(stream=stream, data=text, raw=payload))
+                carry = self._carry[stream]
+                cut = _utf8_cut(payload)
+                text = payload if not carry and cut == len(payload) else carry + payload[:cut]
+                self._carry[stream] = payload[cut:]
+                out.append(ExecChunk(stream, raw=payload, _text=text))
             elif typ in (3, 4):
+                # A character the output ended inside of becomes U+FFFD
+                # (its raw bytes came with the chunk before).
+                out.extend(ExecChunk(k, raw=b"", _text=v) for k, v in self._carry.items() if v)
                 try:
                     ev = json.loads(payload)
                 except ValueError:

@@ -417,5 +417,5 @@ def _chunks(data: Union[BinaryIO, Iterable[bytes]]) -> Iterator[bytes]:
                 return
             yield b
     else:
-        for b in data:  # type: ignore[union-attr]
+        for b in data:
             yield bytes(b)
