@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
@@ -16,7 +17,7 @@ func (s *Server) archiveSandbox(r *http.Request) (runtime.Archiver, string, erro
 	}
 	ar, ok := rt.(runtime.Archiver)
 	if !ok {
-		return nil, "", apiErr(http.StatusNotImplemented, "not_implemented", "This server's runtime cannot move directory archives.")
+		return nil, "", fmt.Errorf("runtime %T cannot move directory archives", rt)
 	}
 	return ar, path, nil
 }
