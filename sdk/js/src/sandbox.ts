@@ -543,7 +543,9 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
     requestId: string | undefined,
     settle: (exit: { exitCode: number; durationMs: number; blockedConnections: BlockedConnection[] }) => void,
   ): AsyncGenerator<ExecChunk, boolean, undefined> {
-    const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+    // The incomplete UTF-8 sequence at the end of each stream's last chunk,
+    // decoded with the next one; text is decoded only when `data` is read.
+    const carry: Record<"stdout" | "stderr", Uint8Array> = { stdout: new Uint8Array(0), stderr: new Uint8Array(0) };
     const frames = readFrames(reader);
     for (;;) {
       const r = await frames.next();
@@ -558,10 +560,24 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
       const { type, payload } = r.value;
       if (type === 1 || type === 2) {
         const stream = type === 1 ? "stdout" : "stderr";
-        yield { stream, data: decoders[stream].decode(payload, { stream: true }), bytes: payload };
+        const cut = utf8Cut(payload);
+        const prev = carry[stream];
+        let text = payload.subarray(0, cut);
+        if (prev.length > 0) {
+          text = new Uint8Array(prev.length + cut);
+          text.set(prev);
+          text.set(payload.subarray(0, cut), prev.length);
+        }
+        carry[stream] = payload.slice(cut);
+        yield lazyChunk(stream, payload, text);
         continue;
       }
       if (type !== 3 && type !== 4) continue; // unknown frames are skipped
+      // A character the output ended inside of becomes U+FFFD (its bytes
+      // came with the chunk before).
+      for (const stream of ["stdout", "stderr"] as const) {
+        if (carry[stream].length > 0) yield lazyChunk(stream, new Uint8Array(0), carry[stream]);
+      }
       let ev: Record<string, unknown>;
       try {
         const parsed: unknown = JSON.parse(new TextDecoder().decode(payload));
@@ -693,56 +709,87 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
   }
 }
 
-/** Reads the binary framing: per frame a type byte, a 4-byte big-endian length, the payload. */
+/** Where b ends if an incomplete UTF-8 sequence at its end is held back. */
+function utf8Cut(b: Uint8Array): number {
+  const n = b.length;
+  for (let i = 1; i <= Math.min(3, n); i++) {
+    const c = b[n - i]!;
+    if ((c & 0xc0) !== 0x80) {
+      const need = (c & 0xe0) === 0xc0 ? 2 : (c & 0xf0) === 0xe0 ? 3 : (c & 0xf8) === 0xf0 ? 4 : 1;
+      return need > i ? n - i : n;
+    }
+  }
+  return n;
+}
+
+/** A chunk whose text is decoded when `data` is first read. */
+function lazyChunk(stream: "stdout" | "stderr", bytes: Uint8Array, text: Uint8Array): ExecChunk {
+  let data: string | undefined;
+  return {
+    stream,
+    bytes,
+    get data(): string {
+      if (data === undefined) data = new TextDecoder().decode(text);
+      return data;
+    },
+  };
+}
+
+/**
+ * Reads the binary framing: per frame a type byte, a 4-byte big-endian
+ * length, the payload. Output payloads (types 1 and 2) are yielded piece by
+ * piece as views of what the connection delivered, never copied or joined;
+ * the JSON payloads of the closing events are joined.
+ */
 async function* readFrames(
   reader: ReadableStreamDefaultReader<Uint8Array>,
 ): AsyncGenerator<{ type: number; payload: Uint8Array }, boolean, undefined> {
-  const parts: Uint8Array[] = [];
-  let have = 0;
-  // take returns the first n buffered bytes, copying only when they span parts.
-  const take = (n: number): Uint8Array => {
-    const first = parts[0]!;
-    if (first.length >= n) {
-      const out = first.subarray(0, n);
-      if (first.length === n) parts.shift();
-      else parts[0] = first.subarray(n);
-      have -= n;
-      return out;
-    }
-    const out = new Uint8Array(n);
-    let off = 0;
-    while (off < n) {
-      const p = parts[0]!;
-      const k = Math.min(p.length, n - off);
-      out.set(p.subarray(0, k), off);
-      off += k;
-      if (k === p.length) parts.shift();
-      else parts[0] = p.subarray(k);
-    }
-    have -= n;
-    return out;
-  };
-  let need = 5;
+  const hdr = new Uint8Array(5);
+  let hdrHave = 0;
   let type = -1;
+  let left = 0; // payload bytes of the current frame still to come
+  let json: Uint8Array[] = [];
   for (;;) {
-    while (have >= need) {
-      if (type < 0) {
-        const h = take(5);
-        type = h[0]!;
-        need = ((h[1]! << 24) >>> 0) + (h[2]! << 16) + (h[3]! << 8) + h[4]!;
-        if (need > 16 << 20) throw new Error(`a frame of ${need} bytes`);
-      } else {
-        const payload = need === 0 ? new Uint8Array(0) : take(need);
-        yield { type, payload };
-        type = -1;
-        need = 5;
-      }
-    }
     const { done, value } = await reader.read();
-    if (done) return have === 0 && type < 0;
-    if (value.length > 0) {
-      parts.push(value);
-      have += value.length;
+    if (done) return hdrHave === 0 && type < 0;
+    let off = 0;
+    while (off < value.length) {
+      if (type < 0) {
+        const k = Math.min(5 - hdrHave, value.length - off);
+        hdr.set(value.subarray(off, off + k), hdrHave);
+        hdrHave += k;
+        off += k;
+        if (hdrHave < 5) break;
+        hdrHave = 0;
+        type = hdr[0]!;
+        left = ((hdr[1]! << 24) >>> 0) + (hdr[2]! << 16) + (hdr[3]! << 8) + hdr[4]!;
+        if (left > 16 << 20) throw new Error(`a frame of ${left} bytes`);
+        json = [];
+        if (left === 0) {
+          if (type === 3 || type === 4) yield { type, payload: new Uint8Array(0) };
+          type = -1;
+        }
+        continue;
+      }
+      const k = Math.min(left, value.length - off);
+      const piece = value.subarray(off, off + k);
+      off += k;
+      left -= k;
+      if (type === 3 || type === 4) {
+        json.push(piece);
+        if (left === 0) {
+          const all = new Uint8Array(json.reduce((n, p) => n + p.length, 0));
+          let at = 0;
+          for (const p of json) {
+            all.set(p, at);
+            at += p.length;
+          }
+          yield { type, payload: all };
+        }
+      } else if (k > 0) {
+        yield { type, payload: piece };
+      }
+      if (left === 0) type = -1;
     }
   }
 }
