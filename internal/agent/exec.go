@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -81,6 +82,9 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 				}
 			}
 			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					drainPipe(f, buf, func(b []byte) error { return send(k, b) })
+				}
 				return
 			}
 			if n >= lingerAfter && n < len(buf) {
@@ -211,6 +215,30 @@ const (
 // by default), so a fast writer blocks less often and the agent reads more
 // per syscall. The pipe bounds what a stalled reader leaves in the sandbox.
 const pipeSize = 1 << 20
+
+// drainPipe sends what is still in the pipe once the output grace has
+// passed: the deadline only stops waiting for output that has not been
+// written yet. A pump that was blocked sending (a slow reader) finds the
+// deadline passed with up to a pipe's worth of the command's output
+// unread, which must not be lost. At most pipeSize bytes are taken, so a
+// background process that keeps writing cannot hold the exec open.
+func drainPipe(f *os.File, buf []byte, send func([]byte) error) {
+	rc, err := f.SyscallConn()
+	if err != nil || f.SetReadDeadline(time.Time{}) != nil {
+		return
+	}
+	for taken := 0; taken < pipeSize; {
+		var n int
+		// The func never asks to wait: one non-blocking read.
+		if rc.Read(func(fd uintptr) bool { n, _ = unix.Read(int(fd), buf); return true }) != nil || n <= 0 {
+			return
+		}
+		if send(buf[:n]) != nil {
+			return
+		}
+		taken += n
+	}
+}
 
 func growPipe(f *os.File) {
 	if rc, err := f.SyscallConn(); err == nil {
