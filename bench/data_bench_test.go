@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -297,4 +298,47 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	c.n += int64(len(p))
 	c.writes++
 	return len(p), nil
+}
+
+// BenchmarkDataArchive: a tree of 10,000 files of 10,000 bytes (100 MB in
+// 100 directories) uploaded as one tar through the Go SDK and extracted by
+// the agent, against `tar -xf` of the same archive inside the sandbox.
+func BenchmarkDataArchive(b *testing.B) {
+	s := startServer(b, 0, templateName)
+	ctx := timeout(b, 30*time.Minute)
+	sb := s.create(ctx, "medium")
+	b.Cleanup(func() { s.terminate(sb) })
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	content := make([]byte, 10_000)
+	_, _ = rand.Read(content)
+	for i := range 10_000 {
+		if i%100 == 0 {
+			_ = tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%03d/", i/100), Typeflag: tar.TypeDir, Mode: 0o755})
+		}
+		_ = tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%03d/f%05d", i/100, i), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(content))})
+		_, _ = tw.Write(content)
+	}
+	_ = tw.Close()
+	archive := buf.Bytes()
+	files := sb.Files()
+	if _, err := files.WriteFrom(ctx, "/tmp/tree.tar", bytes.NewReader(archive)); err != nil {
+		b.Fatal(err)
+	}
+	var inside, api durations
+	for b.Loop() {
+		res := inSandbox(ctx, b, sb, "rm -rf /workspace/t && mkdir /workspace/t && tar -C /workspace/t -xf /tmp/tree.tar")
+		inside.add(time.Duration(res.DurationMS) * time.Millisecond)
+		inSandbox(ctx, b, sb, "rm -rf /workspace/t")
+		t0 := time.Now()
+		x, err := files.WriteArchive(ctx, "/workspace/t", bytes.NewReader(archive))
+		if err != nil || x.Entries != 10_100 {
+			b.Fatalf("archive: %+v %v", x, err)
+		}
+		api.add(time.Since(t0))
+		b.Logf("tar -x inside %v, API %v", inside[len(inside)-1], api[len(api)-1])
+	}
+	inside.report(b, "inside-tar-ms")
+	api.report(b, "api-ms")
+	b.ReportMetric(agentPeakRSS(ctx, b, sb), "agent-peak-MiB")
 }

@@ -146,18 +146,9 @@ func extract(root *os.Root, src io.Reader, limit int64) (wire.Extracted, error) 
 	}
 	defer closeZ()
 	tr := tar.NewReader(zr)
-	made := map[string]bool{".": true}
+	dirs := newDirCache(root)
+	defer dirs.close()
 	buf := make([]byte, 256<<10)
-	mkdirs := func(name string) error {
-		if made[name] {
-			return nil
-		}
-		if err := root.MkdirAll(name, 0o755); err != nil {
-			return err
-		}
-		made[name] = true
-		return nil
-	}
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -194,24 +185,31 @@ func extract(root *os.Root, src io.Reader, limit int64) (wire.Extracted, error) 
 		if h.Mode&0o1000 != 0 {
 			special |= fs.ModeSticky
 		}
-		if err := mkdirs(path.Dir(name)); err != nil {
+		// Each entry is created in its directory's own os.Root (opened
+		// beneath the target's and cached), so creating a file is one
+		// openat and nothing resolves outside the target.
+		parent, err := dirs.get(path.Dir(name))
+		if err != nil {
 			return res, entryErr(name, err)
 		}
+		base := path.Base(name)
 		switch h.Typeflag {
 		case tar.TypeDir:
-			if err := root.Mkdir(name, perm); err != nil && !errors.Is(err, fs.ErrExist) {
+			if err := parent.Mkdir(base, perm); err != nil && !errors.Is(err, fs.ErrExist) {
 				return res, entryErr(name, err)
 			}
-			made[name] = true
-			if err := root.Chmod(name, perm|special); err != nil {
+			if err := parent.Chmod(base, perm|special); err != nil {
 				return res, entryErr(name, err)
 			}
 		case tar.TypeReg, tar.TypeRegA:
 			if limit > 0 && res.Bytes+h.Size > limit {
 				return res, &archiveError{code: wire.CodeTooLarge, msg: fmt.Sprintf("the archive expands past the limit of %d bytes (at %s)", limit, name)}
 			}
-			replace(root, name)
-			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+			f, err := parent.OpenFile(base, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+			if errors.Is(err, fs.ErrExist) {
+				replace(parent, base)
+				f, err = parent.OpenFile(base, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+			}
 			if err != nil {
 				return res, entryErr(name, err)
 			}
@@ -234,11 +232,11 @@ func extract(root *os.Root, src io.Reader, limit int64) (wire.Extracted, error) 
 			if h.Linkname == "" || strings.ContainsRune(h.Linkname, 0) {
 				return res, refuse("symlink %s has an empty or invalid target", name)
 			}
-			replace(root, name)
+			replace(parent, base)
 			// The target is stored as written; it is resolved by whoever
 			// follows the link, inside the sandbox, and never by this
 			// extraction (later entries through it stay inside dir).
-			if err := root.Symlink(h.Linkname, name); err != nil {
+			if err := parent.Symlink(h.Linkname, base); err != nil {
 				return res, entryErr(name, err)
 			}
 		case tar.TypeLink:
@@ -256,6 +254,57 @@ func extract(root *os.Root, src io.Reader, limit int64) (wire.Extracted, error) 
 			res.Entries--
 		default:
 			return res, refuse("entry %s has unsupported type %q", name, h.Typeflag)
+		}
+	}
+}
+
+// dirCache holds an os.Root for each directory entries are created in.
+type dirCache struct {
+	root *os.Root
+	m    map[string]*os.Root
+}
+
+// maxCachedDirs bounds the directory handles held open at once.
+const maxCachedDirs = 256
+
+func newDirCache(root *os.Root) *dirCache {
+	return &dirCache{root: root, m: map[string]*os.Root{".": root}}
+}
+
+// get returns the Root of directory dir (relative to the target),
+// creating it and its parents (0755) as needed.
+func (c *dirCache) get(dir string) (*os.Root, error) {
+	if r, ok := c.m[dir]; ok {
+		return r, nil
+	}
+	parent, err := c.get(path.Dir(dir))
+	if err != nil {
+		return nil, err
+	}
+	base := path.Base(dir)
+	r, err := parent.OpenRoot(base)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = parent.Mkdir(base, 0o755); err == nil || errors.Is(err, fs.ErrExist) {
+			r, err = parent.OpenRoot(base)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(c.m) >= maxCachedDirs {
+		c.close()
+		c.m = map[string]*os.Root{".": c.root}
+		// The parent was closed with the rest: reopen the chain on the
+		// next miss; this handle stays valid on its own.
+	}
+	c.m[dir] = r
+	return r, nil
+}
+
+func (c *dirCache) close() {
+	for k, r := range c.m {
+		if k != "." {
+			_ = r.Close()
 		}
 	}
 }
