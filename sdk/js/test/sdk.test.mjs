@@ -329,7 +329,8 @@ describe("orkestr SDK against a real orkestrd", { skip, timeout: 600_000 }, () =
         const tgz = execFileSync("tar", ["-C", src, "-cz", "d"]);
         const x = await sbx.files.writeArchive("/workspace/tree", new Uint8Array(tgz));
         assert.deepEqual([x.entries, x.bytes], [3, 2]);
-        assert.equal((await sbx.exec("stat -c '%a %F' /workspace/tree/d/a; readlink /workspace/tree/d/l")).stdout, "750 regular file\na\n");
+        // Content read back, not stat's size: see the README's "What does not work yet".
+        assert.equal((await sbx.exec("stat -c %a /workspace/tree/d/a; cat /workspace/tree/d/a; echo; readlink /workspace/tree/d/l")).stdout, "750\nhi\na\n");
         const back = [];
         for await (const b of await sbx.files.readArchive("/workspace/tree")) back.push(b);
         const listing = spawnSync("tar", ["-tv"], { input: Buffer.concat(back) }).stdout.toString();

@@ -54,8 +54,9 @@ def test_exec_stream_bytes_files_and_archives(env: Server) -> None:
                 tf.add(f"{src}/d", arcname="d")
             x = sbx.files.write_archive("/workspace/tree", buf.getvalue())
             assert (x["entries"], x["bytes"]) == (3, 2)
-        res = sbx.exec("stat -c '%a %F' /workspace/tree/d/a; readlink /workspace/tree/d/l")
-        assert res.stdout == "750 regular file\na\n"
+        # Content read back, not stat's size: see "What does not work yet".
+        res = sbx.exec("stat -c %a /workspace/tree/d/a; cat /workspace/tree/d/a; echo; readlink /workspace/tree/d/l")
+        assert res.stdout == "750\nhi\na\n"
         back = io.BytesIO()
         sbx.files.read_archive_to("/workspace/tree", back, compression="gzip")
         with tarfile.open(fileobj=io.BytesIO(back.getvalue()), mode="r:gz") as tf:
