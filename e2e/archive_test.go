@@ -149,11 +149,19 @@ func TestArchiveRoundTrip(t *testing.T) {
 	if out := sh(t, ctx, sbx, "cat /workspace/cli/main && stat -c %a /workspace/cli/pkg/main.go"); out != "package main\n640\n" {
 		t.Fatalf("CLI put -r: %q", out)
 	}
-	dst := filepath.Join(local, "back.tar")
+	dst := filepath.Join(local, "back")
 	cli("files", "get", "-r", sbx.ID+":/workspace/cli", dst)
-	b, _ := os.ReadFile(dst)
-	if !bytes.Contains(b, []byte("package main\n")) || !bytes.Contains(b, []byte("pkg/main.go")) {
-		t.Fatalf("CLI get -r wrote %d bytes without the tree", len(b))
+	b, _ := os.ReadFile(filepath.Join(dst, "pkg/main.go"))
+	link, _ := os.Readlink(filepath.Join(dst, "main"))
+	fi, _ := os.Stat(filepath.Join(dst, "pkg/main.go"))
+	if string(b) != "package main\n" || link != "pkg/main.go" || fi == nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("CLI get -r: %q, link %q, %v", b, link, fi)
+	}
+	// A hostile sandbox cannot make get -r write outside the directory.
+	sh(t, ctx, sbx, "mkdir -p /workspace/evil && ln -s /tmp /workspace/evil/out && ln -s .. /workspace/evil/up")
+	cli("files", "get", "-r", sbx.ID+":/workspace/evil", filepath.Join(local, "evil"))
+	if l, _ := os.Readlink(filepath.Join(local, "evil/out")); l != "/tmp" {
+		t.Fatalf("the symlink came back as %q", l)
 	}
 }
 

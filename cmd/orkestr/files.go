@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/orkestr-eu/orkestr/internal/tarx"
 	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
 )
 
@@ -58,8 +59,9 @@ func filesCommands() []*command {
 		{
 			name: "get", synopsis: "[-r] [-z gzip|zstd] REMOTE [LOCAL|-]", min: 1, max: 2,
 			summary: "Download REMOTE (SANDBOX_ID:/path) to LOCAL, or to standard output without LOCAL or\n" +
-				"with -, streamed. With -r, REMOTE is a directory and LOCAL receives it as a tar\n" +
-				"(compressed with -z). With --json and LOCAL, a summary is printed.",
+				"with -, streamed. With -r, REMOTE is a directory: extracted into the directory LOCAL\n" +
+				"(created; entries that would land outside it are refused), or written to standard\n" +
+				"output as a tar (compressed with -z). With --json and LOCAL, a summary is printed.",
 			flags: func(fs *flag.FlagSet) action {
 				recursive := fs.Bool("r", false, "download the directory REMOTE as a tar archive")
 				compression := fs.String("z", "", "with -r: compress the archive with gzip or zstd")
@@ -82,6 +84,16 @@ func filesCommands() []*command {
 					if len(args) == 1 || args[1] == "-" {
 						_, err := read(c.stdout)
 						return err
+					}
+					if *recursive {
+						x, err := getDir(c, f, path, args[1])
+						if err != nil {
+							return err
+						}
+						return c.print(map[string]any{"sandbox_id": id, "path": path, "local": args[1], "entries": x.Entries, "bytes": x.Bytes},
+							func(w io.Writer) {
+								fmt.Fprintf(w, "extracted %d entries (%d bytes) into %s\n", x.Entries, x.Bytes, args[1])
+							})
 					}
 					// Only a complete download is left behind, and never
 					// a partial one at LOCAL: it goes to a temporary file
@@ -232,4 +244,24 @@ func writeTar(w io.Writer, dir string) error {
 		return err
 	}
 	return bw.Flush()
+}
+
+// getDir extracts the sandbox's directory remote into the local directory
+// dir (created). The archive comes from a sandbox and is treated as
+// hostile: tarx refuses entries that would land outside dir.
+func getDir(c *cli, f *orkestr.Files, remote, dir string) (tarx.Result, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return tarx.Result{}, err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return tarx.Result{}, err
+	}
+	defer root.Close()
+	rc, err := f.OpenArchive(c.ctx, remote, "zstd")
+	if err != nil {
+		return tarx.Result{}, err
+	}
+	defer rc.Close()
+	return tarx.Extract(root, rc, 0)
 }
