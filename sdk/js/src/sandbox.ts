@@ -71,8 +71,11 @@ export interface ExecChunk {
   stream: "stdout" | "stderr";
   /** The output as text (UTF-8, a character split between chunks is joined). */
   data: string;
-  /** The output's bytes exactly as the command wrote them, UTF-8 or not. */
-  bytes: Uint8Array;
+  /**
+   * The output's bytes exactly as the command wrote them, UTF-8 or not
+   * (not enumerable: a chunk prints and compares as `{ stream, data }`).
+   */
+  readonly bytes: Uint8Array;
 }
 
 /** The exec stream's binary-safe framing, asked for in Accept. */
@@ -649,7 +652,9 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
           const type = ev["type"];
           if (type === "stdout" || type === "stderr") {
             const data = typeof ev["data"] === "string" ? ev["data"] : "";
-            yield { stream: type, data, bytes: new TextEncoder().encode(data) };
+            const chunk = { stream: type, data };
+            Object.defineProperty(chunk, "bytes", { value: new TextEncoder().encode(data), enumerable: false });
+            yield chunk as ExecChunk;
           } else if (type === "exit") {
             finished = true;
             const exit = {
@@ -722,17 +727,22 @@ function utf8Cut(b: Uint8Array): number {
   return n;
 }
 
-/** A chunk whose text is decoded when `data` is first read. */
+/**
+ * A chunk whose text is decoded when `data` is first read. `bytes` is not
+ * enumerable, so a chunk still compares, prints and serializes as
+ * `{ stream, data }`.
+ */
 function lazyChunk(stream: "stdout" | "stderr", bytes: Uint8Array, text: Uint8Array): ExecChunk {
   let data: string | undefined;
-  return {
+  const chunk = {
     stream,
-    bytes,
     get data(): string {
       if (data === undefined) data = new TextDecoder().decode(text);
       return data;
     },
   };
+  Object.defineProperty(chunk, "bytes", { value: bytes, enumerable: false });
+  return chunk as ExecChunk;
 }
 
 /**
