@@ -52,6 +52,9 @@ Sandboxes:
 Files (REMOTE is SANDBOX_ID:/absolute/path):
   files put LOCAL|- REMOTE      upload a file (- reads standard input), streamed
   files get REMOTE [LOCAL|-]    download a file (to standard output without LOCAL or with -)
+  files put -r DIR REMOTE       upload a directory (sent as a tar, extracted in the sandbox)
+  files get -r [-z gzip|zstd] REMOTE [DIR|-]
+                                download a directory into DIR, or as a tar to standard output
   files ls  REMOTE              list a directory
   files rm  REMOTE              delete a file or directory
 

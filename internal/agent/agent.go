@@ -124,6 +124,11 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	cfg.KeepAliveInterval = 30 * time.Second
 	cfg.ConnectionWriteTimeout = 5 * time.Second
 	cfg.StreamOpenTimeout = 0
+	cfg.MaxStreamWindowSize = wire.StreamWindow
+	if uc, ok := conn.(*net.UnixConn); ok {
+		_ = uc.SetWriteBuffer(wire.SocketBuffer)
+		_ = uc.SetReadBuffer(wire.SocketBuffer)
+	}
 	sess, err := yamux.Server(&wire.CoalescingConn{Conn: conn, Reader: br}, cfg)
 	if err != nil {
 		return false, err
@@ -181,6 +186,12 @@ func (a *Agent) serveRequest(st net.Conn, r *wire.Reader, w *wire.Writer) (reusa
 		return false
 	case wire.OpWrite:
 		writeFile(req.Path, req.Mode, r, w)
+		return false
+	case wire.OpUntar:
+		untar(&req, r, w)
+		return false
+	case wire.OpTar:
+		tarDir(&req, w)
 		return false
 	case wire.OpList:
 		listDir(req.Path, w)

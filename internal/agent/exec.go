@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -71,7 +72,8 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 	pump := func(f *os.File, k wire.Kind) {
 		defer pumps.Done()
 		defer f.Close()
-		buf := make([]byte, 32<<10)
+		growPipe(f)
+		buf := make([]byte, outputChunk)
 		for {
 			n, err := f.Read(buf)
 			if n > 0 {
@@ -80,7 +82,15 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 				}
 			}
 			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					drainPipe(f, buf, func(b []byte) error { return send(k, b) })
+				}
 				return
+			}
+			if n >= lingerAfter && n < len(buf) {
+				// A bulk writer: let its output gather in the pipe so
+				// the next read and frame carry more than one write.
+				time.Sleep(outputLinger)
 			}
 		}
 	}
@@ -186,6 +196,57 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 	}
 	<-hostGone
 	return hostDone
+}
+
+// outputChunk is the most of a command's output one read takes and one
+// frame carries: a command that writes fast fills the (grown) pipe, and
+// each read and each frame is a trapped syscall in the sandbox.
+const outputChunk = 1 << 20
+
+// After a read of at least lingerAfter bytes (a command writing in bulk,
+// not a prompt or a line of a log), the pump waits outputLinger before its
+// next read. Each read costs the agent a trapped syscall and each frame a
+// few more and a wakeup of the host; a command writing 8 KiB at a time
+// would otherwise cost a frame per write. Output is delayed by at most
+// outputLinger, and only while it arrives in bulk.
+const (
+	lingerAfter  = 4 << 10
+	outputLinger = time.Millisecond
+)
+
+// pipeSize is asked for on the command's stdout and stderr pipes (64 KiB
+// by default), so a fast writer blocks less often and the agent reads more
+// per syscall. The pipe bounds what a stalled reader leaves in the sandbox.
+const pipeSize = 1 << 20
+
+// drainPipe sends what is still in the pipe once the output grace has
+// passed: the deadline only stops waiting for output that has not been
+// written yet. A pump that was blocked sending (a slow reader) finds the
+// deadline passed with up to a pipe's worth of the command's output
+// unread, which must not be lost. At most pipeSize bytes are taken, so a
+// background process that keeps writing cannot hold the exec open.
+func drainPipe(f *os.File, buf []byte, send func([]byte) error) {
+	rc, err := f.SyscallConn()
+	if err != nil || f.SetReadDeadline(time.Time{}) != nil {
+		return
+	}
+	for taken := 0; taken < pipeSize; {
+		var n int
+		// The func never asks to wait: one non-blocking read.
+		if rc.Read(func(fd uintptr) bool { n, _ = unix.Read(int(fd), buf); return true }) != nil || n <= 0 {
+			return
+		}
+		if send(buf[:n]) != nil {
+			return
+		}
+		taken += n
+	}
+}
+
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+	}
 }
 
 // killTree kills pid, its process group and every descendant, including ones

@@ -152,6 +152,11 @@ type ndjson struct {
 	enc *json.Encoder
 }
 
+// eventSink takes the stream's closing event (exit or error).
+type eventSink interface{ event(v map[string]any) error }
+
+func (n *ndjson) event(v map[string]any) error { return n.send(v) }
+
 func (n *ndjson) send(v any) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -209,22 +214,36 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
+	binary := wantsFrames(r)
+	if binary {
+		w.Header().Set("Content-Type", execFramesType)
+	} else {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	out := &ndjson{w: w, rc: http.NewResponseController(w), enc: enc}
-	_ = out.rc.Flush()
-	stdout := &chunkWriter{out: out, stream: "stdout"}
-	stderr := &chunkWriter{out: out, stream: "stderr"}
-	er.Stdout, er.Stderr = stdout, stderr
+	var out eventSink
+	var flushOut func()
+	if binary {
+		f := &frameSink{w: w, rc: http.NewResponseController(w)}
+		er.Stdout, er.Stderr = f.stream(frameStdout), f.stream(frameStderr)
+		out, flushOut = f, func() {}
+		_ = f.rc.Flush()
+	} else {
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false)
+		nd := &ndjson{w: w, rc: http.NewResponseController(w), enc: enc}
+		_ = nd.rc.Flush()
+		stdout := &chunkWriter{out: nd, stream: "stdout"}
+		stderr := &chunkWriter{out: nd, stream: "stderr"}
+		er.Stdout, er.Stderr = stdout, stderr
+		out, flushOut = nd, func() { stdout.flush(); stderr.flush() }
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), er.Timeout+30*time.Second)
 	defer cancel()
 	res, err := rt.Exec(ctx, er)
-	stdout.flush()
-	stderr.flush()
+	flushOut()
 	if err == nil && res.TimedOut {
 		err = apiErr(http.StatusRequestTimeout, "exec_timeout", "The command did not finish within %d seconds and was killed with its children.", int(er.Timeout.Seconds())).
 			with("duration_ms", res.Duration.Milliseconds())
@@ -239,9 +258,9 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request) error {
 		if details == nil {
 			details = map[string]any{}
 		}
-		_ = out.send(map[string]any{"type": "error", "error": map[string]any{"code": e.Code, "message": e.Message, "details": details}})
+		_ = out.event(map[string]any{"type": "error", "error": map[string]any{"code": e.Code, "message": e.Message, "details": details}})
 		return nil
 	}
-	_ = out.send(map[string]any{"type": "exit", "exit_code": res.ExitCode, "duration_ms": res.Duration.Milliseconds(), "blocked_connections": blockedJSON(res.Blocked), "oom_killed": res.OOMKilled})
+	_ = out.event(map[string]any{"type": "exit", "exit_code": res.ExitCode, "duration_ms": res.Duration.Milliseconds(), "blocked_connections": blockedJSON(res.Blocked), "oom_killed": res.OOMKilled})
 	return nil
 }

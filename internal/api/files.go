@@ -47,14 +47,19 @@ func fileError(err error) error {
 // lazyFileWriter sends the 200 headers with the first byte, so an error
 // found before any data can still become a JSON error response.
 type lazyFileWriter struct {
-	w       http.ResponseWriter
-	started bool
+	w           http.ResponseWriter
+	started     bool
+	contentType string // "": application/octet-stream
 }
 
 func (l *lazyFileWriter) start() {
 	if !l.started {
 		l.started = true
-		l.w.Header().Set("Content-Type", "application/octet-stream")
+		ct := l.contentType
+		if ct == "" {
+			ct = "application/octet-stream"
+		}
+		l.w.Header().Set("Content-Type", ct)
 		l.w.WriteHeader(http.StatusOK)
 	}
 }

@@ -38,6 +38,8 @@ func (s *Server) routeTable() []endpoint {
 		{Route{"PUT", "/v1/sandboxes/{id}/files"}, w, s.writeFile},
 		{Route{"DELETE", "/v1/sandboxes/{id}/files"}, w, s.deleteFile},
 		{Route{"GET", "/v1/sandboxes/{id}/files/list"}, r, s.listFiles},
+		{Route{"PUT", "/v1/sandboxes/{id}/files/archive"}, w, s.putArchive},
+		{Route{"GET", "/v1/sandboxes/{id}/files/archive"}, r, s.getArchive},
 		{Route{"GET", "/v1/sandboxes/{id}/metrics"}, r, s.metrics},
 		{Route{"GET", "/v1/sandboxes/{id}/pty"}, w, s.openPty},
 		{Route{"GET", "/v1/openapi.yaml"}, "", func(w http.ResponseWriter, r *http.Request) error { s.openapi(w, r); return nil }},

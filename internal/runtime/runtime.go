@@ -218,6 +218,23 @@ type Sandbox interface {
 	Err() error
 }
 
+// Archiver is implemented by sandboxes that move directory trees as tar
+// streams.
+type Archiver interface {
+	// Untar extracts a tar (plain, gzip or zstd) into dir inside the
+	// sandbox, creating dir; limit bounds the file content written.
+	Untar(ctx context.Context, dir string, limit int64, r io.Reader) (Extracted, error)
+	// Tar streams dir as a tar ("", "gzip" or "zstd") into w; w receives
+	// nothing if dir cannot be opened.
+	Tar(ctx context.Context, dir, compression string, w io.Writer) error
+}
+
+// Extracted says what an Untar created.
+type Extracted struct {
+	Entries int
+	Bytes   int64
+}
+
 // Driver runs sandboxes on one host.
 type Driver interface {
 	Name() string
@@ -261,4 +278,6 @@ var (
 	ErrAgent          = errors.New("sandbox agent unavailable")
 	ErrBusy           = errors.New("sandbox is busy")
 	ErrNoNetwork      = errors.New("networking is not available on this host")
+	ErrInvalidArchive = errors.New("invalid archive")
+	ErrTooLarge       = errors.New("too large")
 )

@@ -202,6 +202,8 @@ type request struct {
 	body        io.Reader
 	rewind      func() (io.Reader, error)
 	contentType string
+	// accept replaces application/json as the Accept header.
+	accept string
 }
 
 // idempotent reports whether the call may be repeated after a failure.
@@ -256,7 +258,11 @@ func (c *Client) do(ctx context.Context, r *request) (*http.Response, error) {
 		}
 		req.Header.Set("Authorization", "Bearer "+c.apiKey())
 		req.Header.Set("User-Agent", c.userAgent)
-		req.Header.Set("Accept", "application/json")
+		if r.accept != "" {
+			req.Header.Set("Accept", r.accept+", application/json;q=0.5")
+		} else {
+			req.Header.Set("Accept", "application/json")
+		}
 		switch {
 		case payload != nil:
 			req.Header.Set("Content-Type", "application/json")

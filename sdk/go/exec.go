@@ -1,16 +1,20 @@
 package orkestr
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"iter"
+	"mime"
 	"net"
 	"net/http"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // maxStdin is what fits in the API's 1 MiB JSON body limit.
@@ -106,7 +110,10 @@ const (
 	StreamStderr = "stderr"
 )
 
-// ExecChunk is a piece of a running command's output.
+// ExecChunk is a piece of a running command's output. Data holds the bytes
+// exactly as the command wrote them (a Go string may hold any bytes), also
+// when they are not UTF-8; a multi-byte character may be split between two
+// chunks.
 type ExecChunk struct {
 	Stream string `json:"stream"` // StreamStdout or StreamStderr
 	Data   string `json:"data"`
@@ -126,7 +133,8 @@ type ExecChunk struct {
 //	res, err := st.Wait()
 type ExecStream struct {
 	body      io.ReadCloser
-	dec       *json.Decoder
+	dec       *json.Decoder // NDJSON, from a server without the binary framing
+	frames    *bufio.Reader // the binary framing (execFramesType)
 	requestID string
 	done      bool
 	result    *ExecResult
@@ -156,19 +164,72 @@ func (s *Sandbox) ExecStream(ctx context.Context, command string, o ExecOptions)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.client.do(ctx, &request{method: http.MethodPost, path: path, json: body})
+	resp, err := s.client.do(ctx, &request{method: http.MethodPost, path: path, json: body, accept: execFramesType})
 	if err != nil {
 		return nil, err
 	}
-	return &ExecStream{body: resp.Body, dec: json.NewDecoder(resp.Body), requestID: resp.Header.Get("X-Request-Id")}, nil
+	st := &ExecStream{body: resp.Body, requestID: resp.Header.Get("X-Request-Id")}
+	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == execFramesType {
+		st.frames = bufio.NewReaderSize(resp.Body, 64<<10)
+	} else {
+		st.dec = json.NewDecoder(resp.Body)
+	}
+	return st, nil
+}
+
+// execFramesType is the exec stream's binary-safe framing: per frame a type
+// byte (1 stdout, 2 stderr, 3 exit, 4 error), a 4-byte big-endian length and
+// the payload (output bytes as written; JSON for exit and error).
+const execFramesType = "application/vnd.orkestr.exec-frames"
+
+// maxFrame bounds a frame the SDK accepts: the server sends at most 256 KiB
+// of output per frame.
+const maxFrame = 16 << 20
+
+// readEvent reads the next event of either format.
+func (st *ExecStream) readEvent() (streamEvent, error) {
+	var ev streamEvent
+	if st.frames == nil {
+		err := st.dec.Decode(&ev)
+		return ev, err
+	}
+	var hdr [5]byte
+	if _, err := io.ReadFull(st.frames, hdr[:]); err != nil {
+		return ev, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n > maxFrame {
+		return ev, fmt.Errorf("a frame of %d bytes (the server sends at most %d)", n, maxFrame)
+	}
+	// A fresh buffer per frame, never written again: the chunk's string
+	// can share it instead of copying it.
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(st.frames, payload); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return ev, err
+	}
+	switch hdr[0] {
+	case 1:
+		ev.Type, ev.Data = StreamStdout, unsafe.String(unsafe.SliceData(payload), len(payload))
+	case 2:
+		ev.Type, ev.Data = StreamStderr, unsafe.String(unsafe.SliceData(payload), len(payload))
+	case 3, 4:
+		if err := json.Unmarshal(payload, &ev); err != nil {
+			return ev, fmt.Errorf("a malformed closing event: %w", err)
+		}
+	}
+	// Unknown frame types are skipped, for forward compatibility.
+	return ev, nil
 }
 
 // next reads the stream up to the next chunk; false once the command has
 // ended or the stream failed (see Wait).
 func (st *ExecStream) next() (ExecChunk, bool) {
 	for !st.done {
-		var ev streamEvent
-		if err := st.dec.Decode(&ev); err != nil {
+		ev, err := st.readEvent()
+		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}

@@ -154,7 +154,8 @@ func (c *Channel) admit(conn *net.UnixConn) {
 	// the idle sandbox's kernel and agent (idle CPU, docs/benchmarks.md).
 	cfg.EnableKeepAlive = false
 	cfg.ConnectionWriteTimeout = 5 * time.Second
-	cfg.MaxStreamWindowSize = 1 << 20
+	cfg.MaxStreamWindowSize = wire.StreamWindow
+	setSocketBuffers(conn, wire.SocketBuffer)
 	sess, err := yamux.Client(&wire.CoalescingConn{Conn: conn, Reader: br}, cfg)
 	if err != nil {
 		conn.Close()

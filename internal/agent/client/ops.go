@@ -246,7 +246,9 @@ func (c *Channel) WriteFile(ctx context.Context, path string, mode uint32, src i
 	}
 	buf := make([]byte, wire.ChunkSize)
 	for {
-		n, rerr := src.Read(buf)
+		// Whole chunks: an HTTP body reads in pieces of what the socket
+		// had, and every frame costs the agent a trapped syscall.
+		n, rerr := fill(src, buf)
 		if n > 0 {
 			if err := w.Frame(wire.KindData, buf[:n]); err != nil {
 				// The agent may have failed (e.g. disk full) and said why.

@@ -45,13 +45,13 @@ func (c *CoalescingConn) Write(p []byte) (int, error) {
 		return c.Conn.Write(p)
 	}
 	if len(p) > coalesceMax {
-		// Copying a large body costs more than the write it saves.
-		held := c.held
+		// Copying a large body costs more than the write it saves: the
+		// two go out in one writev instead.
+		bufs := net.Buffers{c.held, p}
+		c.buf = c.held[:0]
 		c.held = nil
-		if _, err := c.Conn.Write(held); err != nil {
-			return 0, err
-		}
-		return c.Conn.Write(p)
+		n, err := bufs.WriteTo(c.Conn)
+		return max(0, int(n)-yamuxHeaderSize), err
 	}
 	out := append(c.held, p...)
 	c.held = nil

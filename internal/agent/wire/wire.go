@@ -53,8 +53,22 @@ func CheckPath(p string) error {
 	return nil
 }
 
-// ChunkSize bounds the payload of one data frame.
-const ChunkSize = 64 << 10
+// ChunkSize bounds the payload of one data frame. Inside gVisor every
+// syscall of the agent is trapped (tens of µs on a nested-virtualization
+// host), so bulk data moves in large pieces: one read of the file and one
+// write to the channel per 512 KiB.
+const ChunkSize = 512 << 10
+
+// StreamWindow is the yamux receive window of every stream on both ends:
+// how much one transfer may have in flight. A bulk transfer at disk speed
+// needs several chunks in flight to keep both ends busy across the
+// sandbox's slow wakeups; it is also what one stream can hold in memory
+// when its reader stalls.
+const StreamWindow = 4 << 20
+
+// SocketBuffer is the kernel buffer asked for on the channel's socket, so a
+// reader inside the sandbox gets large pieces per (trapped) read.
+const SocketBuffer = 4 << 20
 
 // MaxFrame bounds any frame a peer will accept.
 const MaxFrame = 1 << 20
@@ -100,6 +114,10 @@ const (
 	// limit, so that one process dies instead of the whole sandbox.
 	// Reply: OOMKilled.
 	OpOOMKill = "oomkill"
+	// OpUntar extracts the tar (plain, gzip or zstd) that follows in data
+	// frames into the directory Path; OpTar streams Path as a tar.
+	OpUntar = "untar"
+	OpTar   = "tar"
 )
 
 // OOMKilled is the reply to OpOOMKill; PID 0 when no command process was
@@ -125,6 +143,16 @@ type Request struct {
 	Mode      uint32     `json:"mode,omitempty"`
 	Recursive bool       `json:"recursive,omitempty"`
 	Configure *Configure `json:"configure,omitempty"`
+	// Limit bounds the bytes of file content an OpUntar may write.
+	Limit int64 `json:"limit,omitempty"`
+	// Compression of an OpTar: "", "gzip" or "zstd".
+	Compression string `json:"compression,omitempty"`
+}
+
+// Extracted is the reply to a finished OpUntar.
+type Extracted struct {
+	Entries int   `json:"entries"`
+	Bytes   int64 `json:"bytes"`
 }
 
 // Configure binds a pooled sandbox to its owner at claim time.
@@ -186,6 +214,10 @@ const (
 	CodeBadRequest  = "bad_request"
 	CodeNoSpace     = "no_space"
 	CodeInternal    = "internal"
+	// CodeInvalidArchive: an archive entry is hostile or malformed.
+	CodeInvalidArchive = "invalid_archive"
+	// CodeTooLarge: an archive expands past its limit.
+	CodeTooLarge = "too_large"
 )
 
 // Error is a failure reported by the agent.
@@ -203,29 +235,23 @@ type Writer struct {
 	buf []byte // header and a small payload, sent as one write
 }
 
-// smallFrame is the largest payload copied behind its header so the frame
-// goes out in one write: on a yamux stream every write is a frame of its
-// own, and inside gVisor every frame costs syscalls and a wakeup.
-const smallFrame = 16 << 10
-
 func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
 
-// Frame writes one frame.
+// Frame writes one frame. The payload is copied behind its header so the
+// frame goes out in one write: on a yamux stream every write is a frame of
+// its own, and inside gVisor every frame costs a syscall and a wakeup,
+// which cost more than copying even a ChunkSize payload.
 func (w *Writer) Frame(k Kind, payload []byte) error {
 	if len(payload) > MaxFrame {
 		return fmt.Errorf("%w: %d bytes exceeds %d", ErrFrameTooLarge, len(payload), MaxFrame)
 	}
 	w.hdr[0] = byte(k)
 	binary.BigEndian.PutUint32(w.hdr[1:], uint32(len(payload)))
-	if len(payload) <= smallFrame {
-		w.buf = append(append(w.buf[:0], w.hdr[:]...), payload...)
-		_, err := w.w.Write(w.buf)
-		return err
+	w.buf = append(append(w.buf[:0], w.hdr[:]...), payload...)
+	_, err := w.w.Write(w.buf)
+	if cap(w.buf) > 64<<10 && len(payload) < 16<<10 {
+		w.buf = nil // an idle exec stream does not keep a bulk buffer
 	}
-	if _, err := w.w.Write(w.hdr[:]); err != nil {
-		return err
-	}
-	_, err := w.w.Write(payload)
 	return err
 }
 

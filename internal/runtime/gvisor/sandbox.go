@@ -199,6 +199,10 @@ func (sb *sandbox) mapErr(err error) error {
 			base = runtime.ErrPermission
 		case wire.CodeBadRequest:
 			base = runtime.ErrInvalidRequest
+		case wire.CodeInvalidArchive:
+			base = runtime.ErrInvalidArchive
+		case wire.CodeTooLarge:
+			base = runtime.ErrTooLarge
 		default:
 			base = runtime.ErrAgent
 		}
@@ -338,6 +342,29 @@ func (sb *sandbox) WriteFile(ctx context.Context, path string, mode uint32, r io
 	defer sb.end()
 	n, err := sb.ch.WriteFile(ctx, path, mode, r)
 	return n, sb.mapErr(err)
+}
+
+func (sb *sandbox) Untar(ctx context.Context, dir string, limit int64, r io.Reader) (runtime.Extracted, error) {
+	if err := checkPath(dir); err != nil {
+		return runtime.Extracted{}, err
+	}
+	if err := sb.begin(); err != nil {
+		return runtime.Extracted{}, err
+	}
+	defer sb.end()
+	x, err := sb.ch.Untar(ctx, dir, limit, r)
+	return runtime.Extracted{Entries: x.Entries, Bytes: x.Bytes}, sb.mapErr(err)
+}
+
+func (sb *sandbox) Tar(ctx context.Context, dir, compression string, w io.Writer) error {
+	if err := checkPath(dir); err != nil {
+		return err
+	}
+	if err := sb.begin(); err != nil {
+		return err
+	}
+	defer sb.end()
+	return sb.mapErr(sb.ch.Tar(ctx, dir, compression, w))
 }
 
 func (sb *sandbox) List(ctx context.Context, path string) ([]runtime.FileInfo, error) {

@@ -171,6 +171,7 @@ const statusOf: Record<string, number> = {
   invalid_path: 400,
   payload_too_large: 413,
   no_capacity: 503,
+  invalid_archive: 400,
   unavailable: 503,
   internal: 500,
 };

@@ -103,6 +103,10 @@ export interface Request {
   json?: unknown;
   /** Sent as raw bytes. */
   bytes?: Uint8Array;
+  /** Sent as a raw body with this Content-Type (never retried). */
+  stream?: { body: ReadableStream<Uint8Array>; contentType: string };
+  /** Preferred over application/json in Accept. */
+  accept?: string;
   signal?: AbortSignal | undefined;
 }
 
@@ -128,7 +132,7 @@ export async function send(c: Connection, r: Request): Promise<Response> {
   }
   const headers: Record<string, string> = {
     Authorization: "Bearer " + c.apiKey(),
-    Accept: "application/json",
+    Accept: r.accept ? `${r.accept}, application/json;q=0.5` : "application/json",
   };
   // Browsers refuse to set User-Agent; elsewhere it names the SDK.
   if (typeof (globalThis as { window?: unknown }).window === "undefined") headers["User-Agent"] = `orkestr-js/${VERSION}`;
@@ -139,16 +143,21 @@ export async function send(c: Connection, r: Request): Promise<Response> {
   } else if (r.bytes !== undefined) {
     headers["Content-Type"] = "application/octet-stream";
     body = r.bytes as Uint8Array<ArrayBuffer>;
+  } else if (r.stream !== undefined) {
+    headers["Content-Type"] = r.stream.contentType;
+    body = r.stream.body;
   }
-  const retry = idempotent(r) && c.maxRetries > 0;
+  const retry = idempotent(r) && r.stream === undefined && c.maxRetries > 0;
   const deadline = Date.now() + c.retryBudgetMs;
   for (let attempt = 0; ; attempt++) {
     r.signal?.throwIfAborted();
     let failure: OrkestrError;
     let wait = 0;
     try {
-      const init: RequestInit = { method: r.method, headers };
+      const init: RequestInit & { duplex?: "half" } = { method: r.method, headers };
       if (body !== undefined) init.body = body;
+      // A streamed body needs half duplex (Node's fetch refuses it otherwise).
+      if (r.stream !== undefined) init.duplex = "half";
       if (r.signal) init.signal = r.signal;
       const resp = await c.fetch(url, init);
       if (resp.ok) return resp;

@@ -70,8 +70,17 @@ export interface ExecOptions extends CallOptions {
 /** A piece of a running command's output. */
 export interface ExecChunk {
   stream: "stdout" | "stderr";
+  /** The output as text (UTF-8, a character split between chunks is joined). */
   data: string;
+  /**
+   * The output's bytes exactly as the command wrote them, UTF-8 or not
+   * (not enumerable: a chunk prints and compares as `{ stream, data }`).
+   */
+  readonly bytes: Uint8Array;
 }
+
+/** The exec stream's binary-safe framing, asked for in Accept. */
+const EXEC_FRAMES = "application/vnd.orkestr.exec-frames";
 
 export interface SizeInfo {
   size: string;
@@ -415,7 +424,9 @@ export class Sandbox implements SandboxData {
    */
   execStream(command: string, options: ExecOptions = {}): ExecStream {
     const body = execBody(command, options);
-    return new ExecStream(() => send(this.#conn, { method: "POST", path: this.#path("/exec/stream"), json: body, signal: options.signal }));
+    return new ExecStream(() =>
+      send(this.#conn, { method: "POST", path: this.#path("/exec/stream"), json: body, accept: EXEC_FRAMES, signal: options.signal }),
+    );
   }
 
   /**
@@ -543,6 +554,80 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
     }
   }
 
+  /** Yields the chunks of a framed stream; true once the closing event came. */
+  async *#frames(
+    reader: ReadableStreamDefaultReader<Uint8Array>,
+    status: number,
+    requestId: string | undefined,
+    settle: (exit: { exitCode: number; durationMs: number; blockedConnections: BlockedConnection[] }) => void,
+  ): AsyncGenerator<ExecChunk, boolean, undefined> {
+    // The incomplete UTF-8 sequence at the end of each stream's last chunk,
+    // decoded with the next one; text is decoded only when `data` is read.
+    const carry: Record<"stdout" | "stderr", Uint8Array> = { stdout: new Uint8Array(0), stderr: new Uint8Array(0) };
+    const frames = readFrames(reader);
+    for (;;) {
+      const r = await frames.next();
+      if (r.done) {
+        throw new OrkestrError({
+          code: "stream_ended",
+          status,
+          requestId,
+          message: "the exec stream ended before the command did (connection lost?); the command may still be running",
+        });
+      }
+      const { type, payload } = r.value;
+      if (type === 1 || type === 2) {
+        const stream = type === 1 ? "stdout" : "stderr";
+        const cut = utf8Cut(payload);
+        const prev = carry[stream];
+        let text = payload.subarray(0, cut);
+        if (prev.length > 0) {
+          text = new Uint8Array(prev.length + cut);
+          text.set(prev);
+          text.set(payload.subarray(0, cut), prev.length);
+        }
+        carry[stream] = payload.slice(cut);
+        yield lazyChunk(stream, payload, text);
+        continue;
+      }
+      if (type !== 3 && type !== 4) continue; // unknown frames are skipped
+      // A character the output ended inside of becomes U+FFFD (its bytes
+      // came with the chunk before).
+      for (const stream of ["stdout", "stderr"] as const) {
+        if (carry[stream].length > 0) yield lazyChunk(stream, new Uint8Array(0), carry[stream]);
+      }
+      let ev: Record<string, unknown>;
+      try {
+        const parsed: unknown = JSON.parse(new TextDecoder().decode(payload));
+        ev = isObject(parsed) ? parsed : {};
+      } catch {
+        throw new OrkestrError({ code: "invalid_response", status, requestId, message: "the exec stream sent a closing event that is not JSON" });
+      }
+      if (type === 3) {
+        const exit = {
+          exitCode: Number(ev["exit_code"] ?? -1),
+          durationMs: Number(ev["duration_ms"] ?? 0),
+          blockedConnections: blocked(ev["blocked_connections"]),
+        };
+        if (exit.exitCode !== 0 && exit.blockedConnections.length > 0) {
+          throw new NetworkPolicyError({ stdout: "", stderr: "", ...exit }, requestId);
+        }
+        settle(exit);
+        return true;
+      }
+      const e = isObject(ev["error"]) ? ev["error"] : {};
+      const code = typeof e["code"] === "string" && e["code"] !== "" ? e["code"] : "internal";
+      const message = typeof e["message"] === "string" ? e["message"] : "the command failed";
+      throw classify({
+        code,
+        status: statusOfCode(code),
+        message: requestId ? `${message} (request ${requestId})` : message,
+        requestId,
+        details: isObject(e["details"]) ? e["details"] : {},
+      });
+    }
+  }
+
   async *#read(): AsyncGenerator<ExecChunk, void, undefined> {
     const resp = await this.#start();
     const requestId = resp.headers.get("X-Request-Id") ?? undefined;
@@ -554,7 +639,12 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
     const settle = (exit: { exitCode: number; durationMs: number; blockedConnections: BlockedConnection[] }) => {
       this.#done = Promise.resolve(exit);
     };
+    const framed = (resp.headers.get("Content-Type") ?? "").split(";")[0]!.trim() === EXEC_FRAMES;
     try {
+      if (framed) {
+        finished = yield* this.#frames(reader, resp.status, requestId, settle);
+        return;
+      }
       for (;;) {
         const { done, value } = await reader.read();
         if (done) {
@@ -576,7 +666,10 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
           if (!isObject(ev)) continue;
           const type = ev["type"];
           if (type === "stdout" || type === "stderr") {
-            yield { stream: type, data: typeof ev["data"] === "string" ? ev["data"] : "" };
+            const data = typeof ev["data"] === "string" ? ev["data"] : "";
+            const chunk = { stream: type, data };
+            Object.defineProperty(chunk, "bytes", { value: new TextEncoder().encode(data), enumerable: false });
+            yield chunk as ExecChunk;
           } else if (type === "exit") {
             finished = true;
             const exit = {
@@ -636,6 +729,96 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
   }
 }
 
+/** Where b ends if an incomplete UTF-8 sequence at its end is held back. */
+function utf8Cut(b: Uint8Array): number {
+  const n = b.length;
+  for (let i = 1; i <= Math.min(3, n); i++) {
+    const c = b[n - i]!;
+    if ((c & 0xc0) !== 0x80) {
+      const need = (c & 0xe0) === 0xc0 ? 2 : (c & 0xf0) === 0xe0 ? 3 : (c & 0xf8) === 0xf0 ? 4 : 1;
+      return need > i ? n - i : n;
+    }
+  }
+  return n;
+}
+
+/**
+ * A chunk whose text is decoded when `data` is first read. `bytes` is not
+ * enumerable, so a chunk still compares, prints and serializes as
+ * `{ stream, data }`.
+ */
+function lazyChunk(stream: "stdout" | "stderr", bytes: Uint8Array, text: Uint8Array): ExecChunk {
+  let data: string | undefined;
+  const chunk = {
+    stream,
+    get data(): string {
+      if (data === undefined) data = new TextDecoder().decode(text);
+      return data;
+    },
+  };
+  Object.defineProperty(chunk, "bytes", { value: bytes, enumerable: false });
+  return chunk as ExecChunk;
+}
+
+/**
+ * Reads the binary framing: per frame a type byte, a 4-byte big-endian
+ * length, the payload. Output payloads (types 1 and 2) are yielded piece by
+ * piece as views of what the connection delivered, never copied or joined;
+ * the JSON payloads of the closing events are joined.
+ */
+async function* readFrames(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): AsyncGenerator<{ type: number; payload: Uint8Array }, boolean, undefined> {
+  const hdr = new Uint8Array(5);
+  let hdrHave = 0;
+  let type = -1;
+  let left = 0; // payload bytes of the current frame still to come
+  let json: Uint8Array[] = [];
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return hdrHave === 0 && type < 0;
+    let off = 0;
+    while (off < value.length) {
+      if (type < 0) {
+        const k = Math.min(5 - hdrHave, value.length - off);
+        hdr.set(value.subarray(off, off + k), hdrHave);
+        hdrHave += k;
+        off += k;
+        if (hdrHave < 5) break;
+        hdrHave = 0;
+        type = hdr[0]!;
+        left = ((hdr[1]! << 24) >>> 0) + (hdr[2]! << 16) + (hdr[3]! << 8) + hdr[4]!;
+        if (left > 16 << 20) throw new Error(`a frame of ${left} bytes`);
+        json = [];
+        if (left === 0) {
+          if (type === 3 || type === 4) yield { type, payload: new Uint8Array(0) };
+          type = -1;
+        }
+        continue;
+      }
+      const k = Math.min(left, value.length - off);
+      const piece = value.subarray(off, off + k);
+      off += k;
+      left -= k;
+      if (type === 3 || type === 4) {
+        json.push(piece);
+        if (left === 0) {
+          const all = new Uint8Array(json.reduce((n, p) => n + p.length, 0));
+          let at = 0;
+          for (const p of json) {
+            all.set(p, at);
+            at += p.length;
+          }
+          yield { type, payload: all };
+        }
+      } else if (k > 0) {
+        yield { type, payload: piece };
+      }
+      if (left === 0) type = -1;
+    }
+  }
+}
+
 /** File operations of one sandbox. Paths are absolute paths inside it. */
 export class Files {
   readonly #conn: Connection;
@@ -686,6 +869,59 @@ export class Files {
       const c = camelize(e) as Record<string, unknown>;
       return { ...(c as unknown as FileEntry), modifiedAt: toDate(c["modifiedAt"]) ?? new Date(NaN) };
     });
+  }
+
+  /**
+   * Extracts a tar archive (plain, gzip or zstd) into the directory `dir`
+   * (created if missing), streamed: `archive` may be a ReadableStream, so
+   * it never has to be in memory whole. Modes and symlinks are kept;
+   * entries that are absolute, climb out with "..", lead out through a
+   * symlink or are device nodes are refused (an OrkestrError with code
+   * `invalid_archive`). Not retried.
+   */
+  async writeArchive(
+    dir: string,
+    archive: Uint8Array | ReadableStream<Uint8Array>,
+    options: CallOptions = {},
+  ): Promise<{ path: string; entries: number; bytes: number }> {
+    const r = this.#req("PUT", "/files/archive", dir);
+    const raw =
+      archive instanceof Uint8Array
+        ? await call(this.#conn, { ...r, bytes: archive, signal: options.signal })
+        : await call(this.#conn, { ...r, stream: { body: archive, contentType: "application/x-tar" }, signal: options.signal });
+    const o = isObject(raw) ? raw : {};
+    return { path: String(o["path"] ?? dir), entries: Number(o["entries"] ?? 0), bytes: Number(o["bytes"] ?? 0) };
+  }
+
+  /**
+   * The directory `dir` as a tar archive (compressed with `compression`),
+   * as a stream of bytes; symlinks are archived as links.
+   */
+  async readArchive(
+    dir: string,
+    options: CallOptions & { compression?: "gzip" | "zstd" } = {},
+  ): Promise<ReadableStream<Uint8Array>> {
+    const r = this.#req("GET", "/files/archive", dir);
+    const resp = await send(this.#conn, { ...r, query: { ...r.query, compression: options.compression }, signal: options.signal });
+    if (!resp.body) throw new OrkestrError({ code: "invalid_response", status: resp.status, message: "the archive has no body" });
+    return resp.body;
+  }
+
+  /**
+   * Streams `data` into the file at `path` without holding it in memory
+   * (written to a temporary name and renamed into place when complete, so
+   * an upload cut short leaves the old file, or none). Not retried.
+   */
+  async writeStream(path: string, data: ReadableStream<Uint8Array>, options: CallOptions = {}): Promise<void> {
+    const r = this.#req("PUT", "/files", path);
+    await call(this.#conn, { ...r, stream: { body: data, contentType: "application/octet-stream" }, signal: options.signal });
+  }
+
+  /** The file at `path` as a stream of bytes, without holding it in memory. */
+  async readStream(path: string, options: CallOptions = {}): Promise<ReadableStream<Uint8Array>> {
+    const resp = await send(this.#conn, { ...this.#req("GET", "/files", path), signal: options.signal });
+    if (!resp.body) throw new OrkestrError({ code: "invalid_response", status: resp.status, message: "the file has no body" });
+    return resp.body;
   }
 
   /** Deletes a file, or a directory with everything in it. */

@@ -299,6 +299,53 @@ describe("orkestr SDK against a real orkestrd", { skip, timeout: 600_000 }, () =
       assert.equal(n, 3_000_000);
     });
 
+    test("data plane: exec bytes exact (not UTF-8, no newline), streamed files, archives, hostile archive", async () => {
+      // Output that is not UTF-8 arrives byte-exact in chunk.bytes; data is its text.
+      const got = [];
+      let text = "";
+      for await (const ch of sbx.execStream("printf '\\377\\376\\000abc\\303'; sleep 0.2; printf '\\342\\202'; sleep 0.2; printf '\\254 end'")) {
+        got.push(...ch.bytes);
+        text += ch.data;
+      }
+      assert.equal(Buffer.from(got).toString("hex"), "fffe00616263c3e282ac20656e64");
+      assert.equal(text, "\ufffd\ufffd\u0000abc\ufffd\u20ac end");
+      // 20 MB of output: every byte, in order.
+      let n = 0;
+      for await (const ch of sbx.execStream("head -c 20000000 /dev/zero | tr '\\0' a")) {
+        n += ch.bytes.length;
+        assert.ok(ch.bytes.every((b) => b === 97));
+      }
+      assert.equal(n, 20_000_000);
+      // A streamed upload and download, byte-exact.
+      const big = new Uint8Array(8 << 20).map((_, i) => (i * 7) & 255);
+      await sbx.files.writeStream("/workspace/s.bin", new Blob([big]).stream());
+      const parts = [];
+      for await (const b of await sbx.files.readStream("/workspace/s.bin")) parts.push(b);
+      assert.ok(Buffer.concat(parts).equals(Buffer.from(big)));
+      // A directory up as tar.gz, down as tar.
+      const src = mkdtempSync(join(tmpdir(), "orkestr-js-tree-"));
+      try {
+        execFileSync("sh", ["-c", `mkdir -p ${src}/d && printf hi > ${src}/d/a && chmod 750 ${src}/d/a && ln -s a ${src}/d/l`]);
+        const tgz = execFileSync("tar", ["-C", src, "-cz", "d"]);
+        const x = await sbx.files.writeArchive("/workspace/tree", new Uint8Array(tgz));
+        assert.deepEqual([x.entries, x.bytes], [3, 2]);
+        // Content read back, not stat's size: see the README's "What does not work yet".
+        assert.equal((await sbx.exec("stat -c %a /workspace/tree/d/a; cat /workspace/tree/d/a; echo; readlink /workspace/tree/d/l")).stdout, "750\nhi\na\n");
+        const back = [];
+        for await (const b of await sbx.files.readArchive("/workspace/tree")) back.push(b);
+        const listing = spawnSync("tar", ["-tv"], { input: Buffer.concat(back) }).stdout.toString();
+        assert.match(listing, /d\/l -> a/);
+      } finally {
+        rmSync(src, { recursive: true, force: true });
+      }
+      // An archive that climbs out is refused with a clear 400.
+      const evil = execFileSync("sh", ["-c", "cd /tmp && tar -cP --transform 's,^,../../,' -f - /etc/hostname 2>/dev/null || tar -cPf - /etc/hostname"]);
+      await assert.rejects(
+        sbx.files.writeArchive("/workspace/tree", new Uint8Array(evil)),
+        (e) => e instanceof OrkestrError && e.code === "invalid_archive" && e.status === 400 && /absolute|climbs out/.test(e.message),
+      );
+    });
+
     test("files: write/writeBytes/read/readBytes/list/delete; hostile paths", async () => {
       await sbx.files.write("/workspace/data.json", '{"x": 1}');
       await sbx.files.writeBytes("/workspace/blob.bin", new Uint8Array([0, 1, 2]));

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Union
+from typing import Any, AsyncIterable, AsyncIterator, BinaryIO, Dict, Iterable, List, Mapping, Optional, Union
 
 import httpx
 
 from ._client import AsyncClient, _transport_error, default_async_client, sandbox_path
 from ._common import (
     DEFAULT_EXEC_TIMEOUT,
+    EXEC_FRAMES,
     StreamState,
+    is_framed,
     check_network_policy,
     create_body,
     exec_body,
@@ -238,6 +240,8 @@ class AsyncExecStream:
         self._extra = extra_timeout
         self._resp: Optional[httpx.Response] = None
         self._lines: Optional[AsyncIterator[str]] = None
+        self._bytes: Optional[AsyncIterator[bytes]] = None  # the binary framing
+        self._pending: List[ExecChunk] = []
         self._state = StreamState()
 
     @property
@@ -250,12 +254,31 @@ class AsyncExecStream:
     async def __anext__(self) -> ExecChunk:
         if self._state.done:
             raise StopAsyncIteration
-        if self._lines is None:
+        if self._lines is None and self._bytes is None:
             self._resp = await self._client.stream("POST", self._path, json_body=self._body,
-                                                   extra_timeout=self._extra)
+                                                   extra_timeout=self._extra, accept=EXEC_FRAMES)
             self._state.request_id = self._resp.headers.get("x-request-id")
-            self._lines = self._resp.aiter_lines()
+            if is_framed(self._resp):
+                self._bytes = self._resp.aiter_bytes()
+            else:
+                self._lines = self._resp.aiter_lines()
         try:
+            while self._bytes is not None:
+                if self._pending:
+                    return self._pending.pop(0)
+                if self._state.done:
+                    await self.aclose()
+                    self._state.raise_if_failed()
+                    raise StopAsyncIteration
+                data: Optional[bytes]
+                try:
+                    data = await self._bytes.__anext__()
+                except StopAsyncIteration:
+                    data = None
+                except httpx.TransportError as e:
+                    raise _transport_error(e, "POST", self._path) from None
+                self._pending.extend(self._state.feed_bytes(data))
+            assert self._lines is not None
             while True:
                 line: Optional[str]
                 try:
@@ -319,5 +342,50 @@ class AsyncFiles:
         out = await self._sbx.client.json("GET", self._path("/files/list"), params=file_params(path))
         return [FileEntry._from(e) for e in (out.get("entries") or []) if isinstance(e, dict)]
 
+    async def write_stream(self, path: str, data: Union[AsyncIterable[bytes], Iterable[bytes]]) -> None:
+        """Stream an (async) iterable of bytes into the file at ``path``
+        without holding it in memory. Not retried."""
+        await self._sbx.client.request("PUT", self._path("/files"), params=file_params(path), content=_achunks(data))
+
+    async def read_to(self, path: str, out: BinaryIO) -> int:
+        """Stream the file at ``path`` into the binary file object ``out``."""
+        return await _acopy_out(await self._sbx.client.stream("GET", self._path("/files"), params=file_params(path)), out)
+
+    async def write_archive(
+        self, dir: str, archive: Union[bytes, AsyncIterable[bytes], Iterable[bytes]]
+    ) -> Dict[str, Any]:
+        """Extract a tar archive (plain, gzip or zstd) into ``dir``, as
+        :meth:`orkestr.Files.write_archive`."""
+        body = archive if isinstance(archive, bytes) else _achunks(archive)
+        out = await self._sbx.client.json("PUT", self._path("/files/archive"), params=file_params(dir), content=body)
+        return out if isinstance(out, dict) else {}
+
+    async def read_archive_to(self, dir: str, out: BinaryIO, compression: Optional[str] = None) -> int:
+        """Stream the directory ``dir`` as a tar archive into ``out``."""
+        params = {**file_params(dir), **({"compression": compression} if compression else {})}
+        return await _acopy_out(await self._sbx.client.stream("GET", self._path("/files/archive"), params=params), out)
+
     async def delete(self, path: str) -> None:
         await self._sbx.client.request("DELETE", self._path("/files"), params=file_params(path))
+
+
+async def _acopy_out(resp: httpx.Response, out: BinaryIO) -> int:
+    n = 0
+    try:
+        async for b in resp.aiter_bytes(1 << 20):
+            out.write(b)
+            n += len(b)
+    except httpx.TransportError as e:
+        raise _transport_error(e, "GET", resp.request.url.path) from None
+    finally:
+        await resp.aclose()
+    return n
+
+
+async def _achunks(data: Union[AsyncIterable[bytes], Iterable[bytes]]) -> AsyncIterator[bytes]:
+    if hasattr(data, "__aiter__"):
+        async for b in data:
+            yield bytes(b)
+    else:
+        for b in data:
+            yield bytes(b)

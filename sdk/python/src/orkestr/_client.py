@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 import weakref
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Dict, Iterator, Mapping, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
@@ -35,7 +35,9 @@ _IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "HEAD"})
 _RETRY_STATUS = frozenset({429, 503})
 
 Params = Optional[Mapping[str, str]]
-Body = Union[bytes, None]
+# Raw bodies: bytes (retried like any idempotent call) or an iterator of
+# bytes, streamed as it is read and never retried.
+Body = Union[bytes, Iterator[bytes], AsyncIterator[bytes], None]
 
 
 class _Secret:
@@ -183,7 +185,7 @@ def error_from_response(status: int, headers: httpx.Headers, raw: bytes) -> Orke
     return classify(status, code, message, details, request_id, _retry_after_header(headers))
 
 
-def _encode_body(headers: Dict[str, str], json_body: Any, content: Body) -> Tuple[Dict[str, str], Optional[bytes]]:
+def _encode_body(headers: Dict[str, str], json_body: Any, content: Body) -> Tuple[Dict[str, str], Body]:
     """The request body and its Content-Type: JSON when json_body is given,
     else the raw bytes of content (if any)."""
     if json_body is not None:
@@ -326,10 +328,11 @@ class Client(_BaseClient):
         return resp
 
     def stream(
-        self, method: str, path: str, *, json_body: Any = None, extra_timeout: Optional[float] = None
+        self, method: str, path: str, *, json_body: Any = None, extra_timeout: Optional[float] = None,
+        params: Params = None, accept: Optional[str] = None,
     ) -> httpx.Response:
         """Send a call and return the 2xx answer with its body still open."""
-        return self._send(method, path, None, json_body, None, extra_timeout, stream=True)
+        return self._send(method, path, params, json_body, None, extra_timeout, stream=True, accept=accept)
 
     def json(self, method: str, path: str, **kw: Any) -> Any:
         return _decode_json(self.request(method, path, **kw), method, path)
@@ -343,9 +346,12 @@ class Client(_BaseClient):
         content: Body,
         extra_timeout: Optional[float],
         stream: bool,
+        accept: Optional[str] = None,
     ) -> httpx.Response:
         headers, data = _encode_body(self._cfg.headers(), json_body, content)
-        policy = _RetryPolicy(self._cfg, method, True)
+        if accept:
+            headers["Accept"] = accept + ", application/json;q=0.5"
+        policy = _RetryPolicy(self._cfg, method, data is None or isinstance(data, bytes))
         attempt = 0
         while True:
             http = self._pool()
@@ -430,9 +436,10 @@ class AsyncClient(_BaseClient):
         return await self._send(method, path, params, json_body, content, extra_timeout, stream=False)
 
     async def stream(
-        self, method: str, path: str, *, json_body: Any = None, extra_timeout: Optional[float] = None
+        self, method: str, path: str, *, json_body: Any = None, extra_timeout: Optional[float] = None,
+        params: Params = None, accept: Optional[str] = None,
     ) -> httpx.Response:
-        return await self._send(method, path, None, json_body, None, extra_timeout, stream=True)
+        return await self._send(method, path, params, json_body, None, extra_timeout, stream=True, accept=accept)
 
     async def json(self, method: str, path: str, **kw: Any) -> Any:
         return _decode_json(await self.request(method, path, **kw), method, path)
@@ -446,9 +453,12 @@ class AsyncClient(_BaseClient):
         content: Body,
         extra_timeout: Optional[float],
         stream: bool,
+        accept: Optional[str] = None,
     ) -> httpx.Response:
         headers, data = _encode_body(self._cfg.headers(), json_body, content)
-        policy = _RetryPolicy(self._cfg, method, True)
+        if accept:
+            headers["Accept"] = accept + ", application/json;q=0.5"
+        policy = _RetryPolicy(self._cfg, method, data is None or isinstance(data, bytes))
         attempt = 0
         while True:
             http = self._pool()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Dict, Mapping, Optional, Union
+from collections import deque
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from ._errors import STATUS_OF_CODE, NetworkPolicyError, OrkestrError, classify
 from ._models import ExecChunk, ExecResult
@@ -102,10 +103,80 @@ def check_network_policy(res: ExecResult, request_id: Optional[str]) -> None:
         raise NetworkPolicyError(res, request_id=request_id)
 
 
+EXEC_FRAMES = "application/vnd.orkestr.exec-frames"
+"""The exec stream's binary-safe framing, asked for in Accept: per frame a
+type byte (1 stdout, 2 stderr, 3 exit, 4 error), the payload's length as 4
+bytes big-endian, and the payload (output bytes; JSON for exit and error)."""
+
+MAX_FRAME = 16 << 20
+
+
+def is_framed(resp: Any) -> bool:
+    return str(resp.headers.get("content-type", "")).split(";")[0].strip() == EXEC_FRAMES
+
+
+class FrameDecoder:
+    """Splits a byte stream into (type, payload) frames. Received pieces are
+    kept as memoryviews and each payload is joined once, so a byte is copied
+    once however the frames and the pieces fall."""
+
+    def __init__(self) -> None:
+        self._parts: Deque[memoryview] = deque()
+        self._have = 0
+        self._type = -1
+        self._need = 5
+
+    def _take(self, n: int) -> bytes:
+        parts = self._parts
+        self._have -= n
+        out: List[memoryview] = []
+        while n > 0:
+            p = parts[0]
+            if len(p) <= n:
+                out.append(parts.popleft())
+                n -= len(p)
+            else:
+                out.append(p[:n])
+                parts[0] = p[n:]
+                n = 0
+        return out[0].tobytes() if len(out) == 1 else b"".join(out)
+
+    def feed(self, data: bytes) -> List[Tuple[int, bytes]]:
+        if data:
+            self._parts.append(memoryview(data))
+            self._have += len(data)
+        out: List[Tuple[int, bytes]] = []
+        while self._have >= self._need:
+            if self._type < 0:
+                h = self._take(5)
+                self._type, self._need = h[0], int.from_bytes(h[1:5], "big")
+                if self._need > MAX_FRAME:
+                    raise OrkestrError(f"the exec stream sent a frame of {self._need} bytes", code="invalid_response")
+            else:
+                out.append((self._type, self._take(self._need) if self._need else b""))
+                self._type, self._need = -1, 5
+        return out
+
+
+def _utf8_cut(b: bytes) -> int:
+    """Where b ends if an incomplete UTF-8 sequence at its end is held back."""
+    n = len(b)
+    for i in range(1, min(3, n) + 1):
+        c = b[n - i]
+        if c & 0xC0 != 0x80:  # a start byte (or ASCII)
+            need = 2 if c & 0xE0 == 0xC0 else 3 if c & 0xF0 == 0xE0 else 4 if c & 0xF8 == 0xF0 else 1
+            return n - i if need > i else n
+    return n
+
+
 class StreamState:
     """Follows one exec stream's NDJSON lines."""
 
     def __init__(self) -> None:
+        self._frames = FrameDecoder()
+        # The incomplete UTF-8 sequence at the end of each stream's last
+        # chunk, decoded with the next one.
+        self._carry = {"stdout": b"", "stderr": b""}
         self.done = False
         self.result: Optional[ExecResult] = None
         self.error: Optional[OrkestrError] = None
@@ -136,7 +207,46 @@ class StreamState:
         typ = ev.get("type")
         if typ in ("stdout", "stderr"):
             data = ev.get("data")
-            return ExecChunk(stream=str(typ), data=data if isinstance(data, str) else "")
+            text = data if isinstance(data, str) else ""
+            return ExecChunk(stream=str(typ), data=text, raw=text.encode("utf-8", "surrogatepass"))
+        return self._event(ev)
+
+    def feed_bytes(self, data: Optional[bytes]) -> List[ExecChunk]:
+        """Take the next bytes of a framed stream (None at the end of the
+        body); return the chunks of output they complete."""
+        if data is None:
+            if not self.done:
+                self.feed(None)
+            return []
+        out: List[ExecChunk] = []
+        for typ, payload in self._frames.feed(data):
+            if typ in (1, 2):
+                stream = "stdout" if typ == 1 else "stderr"
+                carry = self._carry[stream]
+                cut = _utf8_cut(payload)
+                text = payload if not carry and cut == len(payload) else carry + payload[:cut]
+                self._carry[stream] = payload[cut:]
+                out.append(ExecChunk(stream, raw=payload, _text=text))
+            elif typ in (3, 4):
+                # A character the output ended inside of becomes U+FFFD
+                # (its raw bytes came with the chunk before).
+                out.extend(ExecChunk(k, raw=b"", _text=v) for k, v in self._carry.items() if v)
+                try:
+                    ev = json.loads(payload)
+                except ValueError:
+                    ev = None
+                if not isinstance(ev, dict):
+                    self.done = True
+                    self.error = OrkestrError("the exec stream sent a closing event that is not JSON",
+                                              code="invalid_response", request_id=self.request_id)
+                    return out
+                self._event(ev)
+                return out
+            # Unknown frame types are skipped, for forward compatibility.
+        return out
+
+    def _event(self, ev: Dict[str, Any]) -> Optional[ExecChunk]:
+        typ = ev.get("type")
         if typ == "exit":
             self.done = True
             self.result = ExecResult._from({**ev, "stdout": "", "stderr": ""})

@@ -207,6 +207,7 @@ STATUS_OF_CODE: Dict[str, int] = {
     "invalid_path": 400,
     "payload_too_large": 413,
     "no_capacity": 503,
+    "invalid_archive": 400,
     "unavailable": 503,
     "internal": 500,
 }

@@ -93,12 +93,38 @@ class ExecResult:
         )
 
 
-@dataclass(frozen=True)
 class ExecChunk:
-    """A piece of a running command's output; ``stream`` is "stdout" or "stderr"."""
+    """A piece of a running command's output; ``stream`` is "stdout" or
+    "stderr". ``raw`` holds its bytes exactly as the command wrote them;
+    ``data`` the same as text (UTF-8, a character split between chunks is
+    joined into the later one, invalid bytes become U+FFFD), decoded when
+    first read, so a caller that wants only bytes pays for no decoding.
+    Chunks compare equal by stream and text."""
 
-    stream: str
-    data: str
+    __slots__ = ("stream", "raw", "_data", "_text")
+
+    def __init__(self, stream: str, data: Optional[str] = None, raw: bytes = b"", _text: Optional[bytes] = None) -> None:
+        self.stream = stream
+        self.raw = raw
+        self._data = data
+        self._text = _text
+
+    @property
+    def data(self) -> str:
+        if self._data is None:
+            self._data = (self._text or b"").decode("utf-8", "replace")
+        return self._data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExecChunk):
+            return NotImplemented
+        return self.stream == other.stream and self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash((self.stream, self.data))
+
+    def __repr__(self) -> str:
+        return f"ExecChunk(stream={self.stream!r}, data={self.data!r})"
 
 
 @dataclass(frozen=True)

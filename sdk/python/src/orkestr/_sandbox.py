@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 import httpx
 
 from ._client import Client, _transport_error, default_client, sandbox_path
 from ._common import (
     DEFAULT_EXEC_TIMEOUT,
+    EXEC_FRAMES,
     StreamState,
+    is_framed,
     check_network_policy,
     create_body,
     exec_body,
@@ -268,6 +270,8 @@ class ExecStream:
         self._extra = extra_timeout
         self._resp: Optional[httpx.Response] = None
         self._lines: Optional[Iterator[str]] = None
+        self._bytes: Optional[Iterator[bytes]] = None  # the binary framing
+        self._pending: List[ExecChunk] = []
         self._state = StreamState()
 
     @property
@@ -281,11 +285,31 @@ class ExecStream:
     def __next__(self) -> ExecChunk:
         if self._state.done:
             raise StopIteration
-        if self._lines is None:
-            self._resp = self._client.stream("POST", self._path, json_body=self._body, extra_timeout=self._extra)
+        if self._lines is None and self._bytes is None:
+            self._resp = self._client.stream("POST", self._path, json_body=self._body, extra_timeout=self._extra,
+                                             accept=EXEC_FRAMES)
             self._state.request_id = self._resp.headers.get("x-request-id")
-            self._lines = self._resp.iter_lines()
+            if is_framed(self._resp):
+                self._bytes = self._resp.iter_bytes()
+            else:
+                self._lines = self._resp.iter_lines()
         try:
+            while self._bytes is not None:
+                if self._pending:
+                    return self._pending.pop(0)
+                if self._state.done:
+                    self.close()
+                    self._state.raise_if_failed()
+                    raise StopIteration
+                data: Optional[bytes]
+                try:
+                    data = next(self._bytes)
+                except StopIteration:
+                    data = None
+                except httpx.TransportError as e:
+                    raise _transport_error(e, "POST", self._path) from None
+                self._pending.extend(self._state.feed_bytes(data))
+            assert self._lines is not None
             while True:
                 try:
                     line = next(self._lines)
@@ -355,6 +379,60 @@ class Files:
         out = self._sbx.client.json("GET", self._path("/files/list"), params=file_params(path))
         return [FileEntry._from(e) for e in (out.get("entries") or []) if isinstance(e, dict)]
 
+    def write_stream(self, path: str, data: Union[BinaryIO, Iterable[bytes]]) -> None:
+        """Stream a binary file object or an iterable of bytes into the file
+        at ``path`` without holding it in memory (written to a temporary name
+        and renamed into place when complete). Not retried."""
+        self._sbx.client.request("PUT", self._path("/files"), params=file_params(path), content=_chunks(data))
+
+    def read_to(self, path: str, out: BinaryIO) -> int:
+        """Stream the file at ``path`` into the binary file object ``out``
+        without holding it in memory; returns the bytes copied."""
+        return _copy_out(self._sbx.client.stream("GET", self._path("/files"), params=file_params(path)), out)
+
+    def write_archive(self, dir: str, archive: Union[bytes, BinaryIO, Iterable[bytes]]) -> Dict[str, Any]:
+        """Extract a tar archive (plain, gzip or zstd) into the directory
+        ``dir`` (created if missing), streamed. Modes and symlinks are kept;
+        entries that are absolute, climb out with "..", lead out through a
+        symlink or are device nodes are refused (OrkestrError with code
+        ``invalid_archive``). Returns {"path", "entries", "bytes"}. Not retried."""
+        body = archive if isinstance(archive, bytes) else _chunks(archive)
+        out = self._sbx.client.json("PUT", self._path("/files/archive"), params=file_params(dir), content=body)
+        return out if isinstance(out, dict) else {}
+
+    def read_archive_to(self, dir: str, out: BinaryIO, compression: Optional[str] = None) -> int:
+        """Stream the directory ``dir`` as a tar archive (``compression``
+        "gzip" or "zstd", default none) into ``out``; returns its size."""
+        params = {**file_params(dir), **({"compression": compression} if compression else {})}
+        return _copy_out(self._sbx.client.stream("GET", self._path("/files/archive"), params=params), out)
+
     def delete(self, path: str) -> None:
         """Delete the file, or the directory with everything in it."""
         self._sbx.client.request("DELETE", self._path("/files"), params=file_params(path))
+
+
+def _copy_out(resp: httpx.Response, out: BinaryIO) -> int:
+    n = 0
+    try:
+        for b in resp.iter_bytes(1 << 20):
+            out.write(b)
+            n += len(b)
+    except httpx.TransportError as e:
+        raise _transport_error(e, "GET", resp.request.url.path) from None
+    finally:
+        resp.close()
+    return n
+
+
+def _chunks(data: Union[BinaryIO, Iterable[bytes]]) -> Iterator[bytes]:
+    """The body of a streamed upload, in pieces of up to 1 MiB."""
+    read = getattr(data, "read", None)
+    if read is not None:
+        while True:
+            b = read(1 << 20)
+            if not b:
+                return
+            yield b
+    else:
+        for b in data:
+            yield bytes(b)

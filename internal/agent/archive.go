@@ -1,0 +1,229 @@
+package agent
+
+import (
+	"archive/tar"
+	"bufio"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/orkestr-eu/orkestr/internal/agent/wire"
+	"github.com/orkestr-eu/orkestr/internal/tarx"
+)
+
+// frameSource reads the data frames of an upload as one byte stream.
+type frameSource struct {
+	r   *wire.Reader
+	buf []byte
+	eof bool
+}
+
+// errHostGone means the host ended the upload without its end frame.
+var errHostGone = errors.New("the host went away during the upload")
+
+func (f *frameSource) Read(p []byte) (int, error) {
+	for len(f.buf) == 0 {
+		if f.eof {
+			return 0, io.EOF
+		}
+		k, b, err := f.r.Next()
+		if err != nil {
+			return 0, errHostGone
+		}
+		switch k {
+		case wire.KindData:
+			f.buf = b
+		case wire.KindEOF:
+			f.eof = true
+		default:
+			return 0, &tarx.Error{Code: tarx.CodeInvalid, Msg: fmt.Sprintf("unexpected frame %q in an archive upload", k)}
+		}
+	}
+	n := copy(p, f.buf)
+	f.buf = f.buf[n:]
+	return n, nil
+}
+
+// untar extracts a tar stream (plain, gzip or zstd) from the host into dir,
+// creating dir. Every entry is created through an os.Root of dir, so no
+// entry, and no symlink an entry made, can reach outside it; names that are
+// absolute or climb out with ".." are refused outright, and so are device
+// nodes, fifos and sockets. Symlinks are created as links, never followed
+// out. limit bounds the bytes of file content written (0: no bound).
+// Extraction stops at the first refused entry; the entries before it stay.
+func untar(req *wire.Request, r *wire.Reader, w *wire.Writer) {
+	dir := req.Path
+	if err := CheckPath(dir); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	dir = filepath.Clean(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		sendErr(w, err)
+		return
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	defer root.Close()
+	if err := w.JSON(wire.KindJSON, struct{}{}); err != nil {
+		return
+	}
+	src := &frameSource{r: r}
+	res, err := tarx.Extract(root, src, req.Limit)
+	if err != nil {
+		if errors.Is(err, errHostGone) {
+			return
+		}
+		var ae *tarx.Error
+		if errors.As(err, &ae) {
+			_ = w.Err(ae.Code, ae.Msg)
+			return
+		}
+		sendErr(w, err)
+		return
+	}
+	// Drain what follows the archive's end (tar pads with zero blocks).
+	if _, err := io.Copy(io.Discard, src); err != nil {
+		return
+	}
+	_ = w.JSON(wire.KindJSON, wire.Extracted{Entries: res.Entries, Bytes: res.Bytes})
+}
+
+// tarDir streams dir as a tar (compression "", "gzip" or "zstd") in data
+// frames. Symlinks are archived as links and never followed; device nodes,
+// fifos and sockets are skipped.
+func tarDir(req *wire.Request, w *wire.Writer) {
+	dir := req.Path
+	if err := CheckPath(dir); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	dir = filepath.Clean(dir)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	if !fi.IsDir() {
+		_ = w.Err(wire.CodeNotDir, dir+" is not a directory")
+		return
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	defer root.Close()
+	if err := w.JSON(wire.KindJSON, struct{}{}); err != nil {
+		return
+	}
+	fw := bufio.NewWriterSize(frameSink{w}, wire.ChunkSize)
+	var out io.Writer = fw
+	var closeZ func() error = func() error { return nil }
+	switch req.Compression {
+	case "gzip":
+		zw, _ := gzip.NewWriterLevel(fw, gzip.BestSpeed)
+		out, closeZ = zw, zw.Close
+	case "zstd":
+		zw, _ := zstd.NewWriter(fw, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+		out, closeZ = zw, zw.Close
+	}
+	tw := tar.NewWriter(out)
+	buf := make([]byte, 256<<10)
+	err = fs.WalkDir(root.FS(), ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if name == "." {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil // removed while walking
+		}
+		link := ""
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			if link, err = root.Readlink(name); err != nil {
+				return nil
+			}
+		case fi.Mode().IsRegular(), fi.IsDir():
+		default:
+			return nil // devices, fifos, sockets
+		}
+		h, err := tar.FileInfoHeader(fi, link)
+		if err != nil {
+			return err
+		}
+		h.Name = name
+		if fi.IsDir() {
+			h.Name += "/"
+		}
+		h.Uname, h.Gname = "", ""
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if !fi.Mode().IsRegular() {
+			return nil
+		}
+		f, err := root.OpenFile(name, os.O_RDONLY|noFollow, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		n, err := io.CopyBuffer(tw, io.LimitReader(f, h.Size), buf)
+		if err == nil && n < h.Size {
+			// Shrunk while archiving: pad, so the archive stays valid.
+			_, err = io.CopyN(tw, zeros{}, h.Size-n)
+		}
+		return err
+	})
+	if err == nil {
+		err = tw.Close()
+	}
+	if err == nil {
+		err = closeZ()
+	}
+	if err == nil {
+		err = fw.Flush()
+	}
+	if err != nil {
+		if errors.Is(err, errSinkGone) {
+			return
+		}
+		sendErr(w, err)
+		return
+	}
+	_ = w.Frame(wire.KindEOF, nil)
+}
+
+var errSinkGone = errors.New("the host went away")
+
+const noFollow = syscall.O_NOFOLLOW
+
+// frameSink writes data frames.
+type frameSink struct{ w *wire.Writer }
+
+func (f frameSink) Write(p []byte) (int, error) {
+	for off := 0; off < len(p); off += wire.ChunkSize {
+		end := min(len(p), off+wire.ChunkSize)
+		if err := f.w.Frame(wire.KindData, p[off:end]); err != nil {
+			return off, errSinkGone
+		}
+	}
+	return len(p), nil
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
