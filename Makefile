@@ -84,9 +84,10 @@ postgres: test-deps
 	su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='orkestr'\"" | grep -q 1 || \
 		su postgres -c "psql -qc \"CREATE ROLE orkestr LOGIN SUPERUSER PASSWORD 'orkestr'\""
 
-test: setup test-deps lint licenses-check postgres console-e2e-deps
+test: setup test-deps lint licenses-check release-tools postgres console-e2e-deps
 	@if [ "$$(id -u)" != 0 ]; then echo "make test starts real gVisor sandboxes and must run as root"; exit 1; fi
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
+		ORKESTR_RELEASE_TOOLS=$(TOOLS_BIN) \
 		$(GO) test $(TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory test-js-run
 	@$(MAKE) --no-print-directory test-python
@@ -139,3 +140,16 @@ licenses: $(TOOLS_BIN)/go-licenses
 	GO_LICENSES=$(TOOLS_BIN)/go-licenses RUNSC_VERSION=$(RUNSC_VERSION) scripts/licenses.sh write
 licenses-check: $(TOOLS_BIN)/go-licenses
 	GO_LICENSES=$(TOOLS_BIN)/go-licenses RUNSC_VERSION=$(RUNSC_VERSION) scripts/licenses.sh check
+
+# Release artifacts (scripts/dist.sh; docs/operating.md, "Release
+# artifacts"): make dist VERSION=1.2.3 [ARCHES="amd64 arm64"] [DIST_DIR=dist]
+# [IMAGE_PUSH=registry/orkestr:1.2.3]. make test builds only this host's
+# architecture (internal/release's TestDist).
+.PHONY: dist release-tools
+ARCHES   ?= amd64 arm64
+DIST_DIR ?= $(CURDIR)/dist
+release-tools: $(TOOLS_BIN)/nfpm $(TOOLS_BIN)/cyclonedx-gomod
+dist: release-tools runsc
+	@[ -n "$(VERSION)" ] || { echo "make dist needs VERSION=, e.g. make dist VERSION=1.2.3"; exit 2; }
+	VERSION='$(VERSION)' RUNSC_VERSION=$(RUNSC_VERSION) TOOLS_BIN=$(TOOLS_BIN) ARCHES='$(ARCHES)' DIST_DIR='$(DIST_DIR)' \
+		IMAGE_PUSH='$(IMAGE_PUSH)' scripts/dist.sh
