@@ -148,7 +148,16 @@ licenses-check: $(TOOLS_BIN)/go-licenses
 .PHONY: dist release-tools
 ARCHES   ?= amd64 arm64
 DIST_DIR ?= $(CURDIR)/dist
-release-tools: $(TOOLS_BIN)/nfpm $(TOOLS_BIN)/cyclonedx-gomod
+release-tools: $(TOOLS_BIN)/nfpm $(TOOLS_BIN)/cyclonedx-gomod $(TOOLS_BIN)/helm $(TOOLS_BIN)/kubernetes-validate/.installed
+
+# kubernetes-validate (PyPI, pinned with its dependencies) checks the Helm
+# chart's rendered manifests against the Kubernetes schemas it ships.
+$(TOOLS_BIN)/kubernetes-validate/.installed: tools/kubernetes-validate/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "kubernetes-validate needs python3 and python3-venv (Debian)"; exit 1; }
+	rm -rf $(TOOLS_BIN)/kubernetes-validate
+	$(PYTHON) -m venv $(TOOLS_BIN)/kubernetes-validate
+	$(TOOLS_BIN)/kubernetes-validate/bin/pip install -q --no-deps -r $<
+	touch $@
 dist: release-tools runsc
 	@[ -n "$(VERSION)" ] || { echo "make dist needs VERSION=, e.g. make dist VERSION=1.2.3"; exit 2; }
 	VERSION='$(VERSION)' RUNSC_VERSION=$(RUNSC_VERSION) TOOLS_BIN=$(TOOLS_BIN) ARCHES='$(ARCHES)' DIST_DIR='$(DIST_DIR)' \
