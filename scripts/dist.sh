@@ -80,7 +80,7 @@ for arch in $ARCHES; do
 	runsc_for "$arch" "$stage/bin/runsc"
 	cp LICENSE NOTICE THIRD_PARTY_LICENSES.csv THIRD_PARTY_LICENSES.runsc.csv README.md docs/operating.md "$stage/"
 	cp deploy/package/config.yaml "$stage/config.yaml"
-	cp deploy/systemd/*.service "$stage/systemd/"
+	cp deploy/systemd/* "$stage/systemd/"
 	echo "== linux/$arch: SBOMs"
 	for b in orkestrd orkestr orkestr-agent runsc; do
 		v=$VERSION; [ $b = runsc ] && v=$RUNSC_VERSION
@@ -91,10 +91,12 @@ for arch in $ARCHES; do
 	echo "== linux/$arch: tarball"
 	tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner -C "$DIST_DIR" -cf - "$name" | gzip -n > "$DIST_DIR/$name.tar.gz"
 	echo "== linux/$arch: Debian package"
-	# The package installs to /usr/bin (make install uses /usr/local/bin).
-	sed 's|/usr/local/bin/|/usr/bin/|g' deploy/systemd/orkestrd.service > "$tmp/orkestrd.service"
+	# The package installs to /usr/bin (make install uses /usr/local/bin):
+	# every unit of deploy/systemd/ with its paths changed.
+	rm -rf "$tmp/units" && mkdir -p "$tmp/units"
+	for u in deploy/systemd/*; do sed 's|/usr/local/bin/|/usr/bin/|g' "$u" > "$tmp/units/$(basename "$u")"; done
 	sed -e "s|\${DEB_ARCH}|$arch|g" -e "s|\${DEB_VERSION}|$VERSION|g" -e "s|\${STAGE}|$stage|g" \
-		-e "s|\${PKG_UNIT}|$tmp/orkestrd.service|g" -e "s|\${PKG_SCRIPTS}|$root/deploy/package|g" \
+		-e "s|\${PKG_UNITS}|$tmp/units|g" -e "s|\${PKG_SCRIPTS}|$root/deploy/package|g" \
 		deploy/package/nfpm.yaml > "$tmp/nfpm.yaml"
 	rm -f "$DIST_DIR/orkestr_${VERSION}_$arch.deb"
 	"$TOOLS_BIN/nfpm" package --config "$tmp/nfpm.yaml" --packager deb --target "$DIST_DIR/orkestr_${VERSION}_$arch.deb" >"$tmp/nfpm.log" 2>&1 ||

@@ -152,7 +152,7 @@ func TestDist(t *testing.T) {
 	t.Run("tarball", func(t *testing.T) {
 		files := untar(t, filepath.Join(dir, name+".tar.gz"))
 		for _, f := range []string{"bin/orkestrd", "bin/orkestr", "bin/orkestr-agent", "bin/runsc", "LICENSE", "NOTICE",
-			"THIRD_PARTY_LICENSES.csv", "THIRD_PARTY_LICENSES.runsc.csv", "config.yaml", "systemd/orkestrd.service", "sbom/orkestrd.cdx.json"} {
+			"THIRD_PARTY_LICENSES.csv", "THIRD_PARTY_LICENSES.runsc.csv", "config.yaml", "systemd/orkestr.service", "sbom/orkestrd.cdx.json"} {
 			h, ok := files[name+"/"+f]
 			if !ok {
 				t.Errorf("tarball has no %s", f)
@@ -309,11 +309,11 @@ func testDeb(t *testing.T, deb string) {
 			t.Fatalf("dpkg %v: %v\n%s", args, err, out)
 		}
 	}
-	hostUnit := "/etc/systemd/system/multi-user.target.wants/orkestrd.service"
+	hostUnit := "/etc/systemd/system/multi-user.target.wants/orkestr.service"
 	_, hostHadUnit := os.Lstat(hostUnit)
 	dpkg("--install", deb)
 	for _, f := range []string{"usr/bin/orkestrd", "usr/bin/orkestr", "usr/bin/orkestr-agent", "usr/bin/runsc",
-		"etc/orkestr/config.yaml", "lib/systemd/system/orkestrd.service", "usr/share/doc/orkestr/LICENSE", "usr/share/doc/orkestr/THIRD_PARTY_LICENSES.csv"} {
+		"etc/orkestr/config.yaml", "lib/systemd/system/orkestr.service", "usr/share/doc/orkestr/LICENSE", "usr/share/doc/orkestr/THIRD_PARTY_LICENSES.csv"} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
 			t.Errorf("installed package lacks /%s: %v", f, err)
 		}
@@ -322,7 +322,7 @@ func testDeb(t *testing.T, deb string) {
 	if st, err := os.Stat(filepath.Join(root, "var/lib/orkestr/data")); err != nil || st.Mode().Perm() != 0o700 {
 		t.Errorf("postinst did not create /var/lib/orkestr/data 0700: %v", err)
 	}
-	unit, err := os.ReadFile(filepath.Join(root, "lib/systemd/system/orkestrd.service"))
+	unit, err := os.ReadFile(filepath.Join(root, "lib/systemd/system/orkestr.service"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,6 +331,21 @@ func testDeb(t *testing.T, deb string) {
 	}
 	if !regexp.MustCompile(`(?m)^KillMode=process$`).Match(unit) {
 		t.Errorf("unit would kill the sandboxes on stop (no KillMode=process):\n%s", unit)
+	}
+	// systemd's own check of the unit (syntax, unknown keys, the binary),
+	// with ExecStart pointed into the throwaway root.
+	if sa, err := exec.LookPath("systemd-analyze"); err == nil {
+		verifyDir := t.TempDir()
+		local := strings.ReplaceAll(string(unit), "/usr/bin/orkestrd", filepath.Join(root, "usr/bin/orkestrd"))
+		if err := os.WriteFile(filepath.Join(verifyDir, "orkestr.service"), []byte(local), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(sa, "verify", "--man=no", filepath.Join(verifyDir, "orkestr.service")).CombinedOutput()
+		if err != nil || len(bytes.TrimSpace(out)) > 0 {
+			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+		}
+	} else {
+		t.Log("systemd-analyze is not installed: the unit is not verified by systemd")
 	}
 	if _, err := os.Lstat(hostUnit); (err == nil) != (hostHadUnit == nil) {
 		t.Errorf("installing into a throwaway root changed the host's %s", hostUnit)
@@ -424,9 +439,11 @@ func runInstalled(t *testing.T, root string) {
 	}
 	defer stop()
 	base := "http://" + addr
+	// A hung server fails the test instead of stalling it.
+	client := &http.Client{Timeout: 3 * time.Minute}
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		resp, err := http.Get(base + "/healthz")
+		resp, err := client.Get(base + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -447,7 +464,7 @@ func runInstalled(t *testing.T, root string) {
 		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+key)
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
