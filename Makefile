@@ -7,6 +7,8 @@
 #   make test-js setup, then only the TypeScript SDK's tests (sdk/js: npm ci, build, node --test)
 #   make test-python  only the Python SDK: venv, mypy --strict, pytest
 #   make bench   the benchmark harness (results in docs/benchmarks.md format)
+#   make licenses     regenerate THIRD_PARTY_LICENSES*.csv (go-licenses)
+#   make dist VERSION=1.2.3  release artifacts in dist/ (docs/operating.md, "Release artifacts")
 
 SHELL        := /bin/bash
 GO           ?= go
@@ -121,9 +123,10 @@ postgres: test-deps
 	su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='orkestr'\"" | grep -q 1 || \
 		su postgres -c "psql -qc \"CREATE ROLE orkestr LOGIN SUPERUSER PASSWORD 'orkestr'\""
 
-test: setup test-deps lint postgres console-e2e-deps
+test: setup test-deps lint licenses-check release-tools postgres console-e2e-deps
 	@if [ "$$(id -u)" != 0 ]; then echo "make test starts real gVisor sandboxes and must run as root"; exit 1; fi
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
+		ORKESTR_RELEASE_TOOLS=$(TOOLS_BIN) \
 		$(GO) test $(TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory test-js-run
 	@$(MAKE) --no-print-directory test-python
@@ -177,3 +180,44 @@ console-vendor:
 
 clean:
 	rm -f $(BIN)/orkestrd $(BIN)/orkestr $(BIN)/orkestr-agent
+
+# Release and packaging tools, each pinned by its own module in tools/NAME
+# (go.mod + go.sum; its `tool` line names the package) and built from the Go
+# module proxy into bin/tools, once.
+TOOLS_BIN := $(BIN)/tools
+tool-path = $(shell awk '$$1=="tool"{print $$2}' tools/$(1)/go.mod)
+$(TOOLS_BIN)/%: tools/%/go.mod tools/%/go.sum
+	@mkdir -p $(TOOLS_BIN)
+	@echo "building $* from the Go module proxy (tools/$*/go.mod)"
+	cd tools/$* && CGO_ENABLED=0 $(GO) build -trimpath -o $@ $(call tool-path,$*)
+
+# The third-party licences of the binaries and of runsc, listed by
+# go-licenses (scripts/licenses.sh). make test fails when the committed
+# report is stale or a dependency's licence is of a disallowed type.
+.PHONY: licenses licenses-check
+licenses: $(TOOLS_BIN)/go-licenses
+	GO_LICENSES=$(TOOLS_BIN)/go-licenses RUNSC_VERSION=$(RUNSC_VERSION) scripts/licenses.sh write
+licenses-check: $(TOOLS_BIN)/go-licenses
+	GO_LICENSES=$(TOOLS_BIN)/go-licenses RUNSC_VERSION=$(RUNSC_VERSION) scripts/licenses.sh check
+
+# Release artifacts (scripts/dist.sh; docs/operating.md, "Release
+# artifacts"): make dist VERSION=1.2.3 [ARCHES="amd64 arm64"] [DIST_DIR=dist]
+# [IMAGE_PUSH=registry/orkestr:1.2.3]. make test builds only this host's
+# architecture (internal/release's TestDist).
+.PHONY: dist release-tools
+ARCHES   ?= amd64 arm64
+DIST_DIR ?= $(CURDIR)/dist
+release-tools: $(TOOLS_BIN)/nfpm $(TOOLS_BIN)/cyclonedx-gomod $(TOOLS_BIN)/helm $(TOOLS_BIN)/kubernetes-validate/.installed
+
+# kubernetes-validate (PyPI, pinned with its dependencies) checks the Helm
+# chart's rendered manifests against the Kubernetes schemas it ships.
+$(TOOLS_BIN)/kubernetes-validate/.installed: tools/kubernetes-validate/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "kubernetes-validate needs python3 and python3-venv (Debian)"; exit 1; }
+	rm -rf $(TOOLS_BIN)/kubernetes-validate
+	$(PYTHON) -m venv $(TOOLS_BIN)/kubernetes-validate
+	$(TOOLS_BIN)/kubernetes-validate/bin/pip install -q --no-deps -r $<
+	touch $@
+dist: release-tools runsc
+	@[ -n "$(VERSION)" ] || { echo "make dist needs VERSION=, e.g. make dist VERSION=1.2.3"; exit 2; }
+	VERSION='$(VERSION)' RUNSC_VERSION=$(RUNSC_VERSION) TOOLS_BIN=$(TOOLS_BIN) ARCHES='$(ARCHES)' DIST_DIR='$(DIST_DIR)' \
+		IMAGE_PUSH='$(IMAGE_PUSH)' scripts/dist.sh

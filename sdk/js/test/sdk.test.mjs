@@ -726,12 +726,15 @@ describe("orkestr SDK against a real orkestrd", { skip, timeout: 600_000 }, () =
       return { code: r.status, out: r.stdout, err: r.stderr };
     };
 
-    test("the tarball holds only the builds, README and package.json; no runtime dependencies", () => {
+    test("the tarball holds only the builds, README, licence and package.json; no runtime dependencies", () => {
       const pkg = JSON.parse(readFileSync(join(proj, "node_modules/orkestr/package.json"), "utf8"));
       assert.equal(pkg.dependencies, undefined);
-      for (const f of ["dist/esm/index.js", "dist/esm/index.d.ts", "dist/cjs/index.js", "dist/cjs/index.d.ts", "dist/cjs/package.json", "README.md"]) {
+      assert.equal(pkg.license, "Apache-2.0");
+      for (const f of ["dist/esm/index.js", "dist/esm/index.d.ts", "dist/cjs/index.js", "dist/cjs/index.d.ts", "dist/cjs/package.json", "README.md", "LICENSE", "NOTICE"]) {
         assert.ok(existsSync(join(proj, "node_modules/orkestr", f)), f);
       }
+      // The licence text is the repository's, unchanged.
+      assert.equal(readFileSync(join(proj, "node_modules/orkestr/LICENSE"), "utf8"), readFileSync(join(sdkDir, "../../LICENSE"), "utf8"));
       assert.ok(!existsSync(join(proj, "node_modules/orkestr/src")) && !existsSync(join(proj, "node_modules/orkestr/test")));
       // The core imports no Node module.
       for (const f of ["esm/index.js", "esm/http.js", "esm/sandbox.js", "esm/errors.js"]) {

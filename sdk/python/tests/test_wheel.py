@@ -76,6 +76,13 @@ def test_wheel_builds_installs_and_imports(env: Server, tmp_path: Path) -> None:
     meta = zipfile.ZipFile(wheels[0]).read(
         next(n for n in names if n.endswith("METADATA"))).decode()
     assert "Requires-Python: >=3.9" in meta and "Requires-Dist: httpx" in meta
+    # Apache-2.0 (PEP 639): the SPDX expression and the licence text ship
+    # in the wheel and the sdist, identical to the repository's LICENSE.
+    assert "License-Expression: Apache-2.0" in meta, meta
+    lic = next(n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+    assert zipfile.ZipFile(wheels[0]).read(lic) == (ROOT.parent.parent / "LICENSE").read_bytes()
+    assert any(n.endswith(".dist-info/licenses/NOTICE") for n in names)
+    assert any(m.endswith("/LICENSE") for m in members), members
 
     python = _oldest_python()
     venv = tmp_path / "venv"
