@@ -307,7 +307,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		}
 		return out.String(), errb.String(), code
 	}
-	out, errs, code := cli("", "sandbox", "create", "--template", "debian-12", "--env", "GREETING=hej", "--metadata", "run=r1", "--json")
+	out, errs, code := cli("", "sandbox", "create", "--template", "python-3.11", "--env", "GREETING=hej", "--metadata", "run=r1", "--json")
 	if code != 0 {
 		t.Fatalf("create: %d %s", code, errs)
 	}
@@ -322,6 +322,13 @@ func TestCLIEndToEnd(t *testing.T) {
 	defer cli("", "sandbox", "rm", id)
 	if out, _, code := cli("", "sandbox", "exec", id, "--", "echo $GREETING; exit 7"); code != 7 || out != "hej\n" {
 		t.Fatalf("exec: %d %q", code, out)
+	}
+	// Several words after "--" are an argv, each word as written.
+	if out, errs, code := cli("", "sandbox", "exec", id, "--", "python3", "-c", "print(2**100)"); code != 0 || out != "1267650600228229401496703205376\n" {
+		t.Fatalf("exec argv: %d %q %s", code, out, errs)
+	}
+	if out, errs, code := cli("", "sandbox", "exec", id, "--", "echo", "$HOME", "a b"); code != 0 || out != "$HOME a b\n" {
+		t.Fatalf("exec argv: %d %q %s", code, out, errs)
 	}
 	if _, errs, code := cli("file contents", "files", "put", "-", id+":/workspace/f.txt"); code != 0 {
 		t.Fatalf("files put: %d %s", code, errs)

@@ -42,6 +42,7 @@ Sandboxes:
   sandbox ls     [--status S] [--limit N]
   sandbox get    ID
   sandbox exec   [--timeout SECONDS] [--env K=V]... [--cwd DIR] [--stdin] ID [--] COMMAND [ARG]...
+                 (COMMAND alone: a shell command line; with ARGs: an argv, each word as written)
   sandbox pause  ID
   sandbox resume ID
   sandbox rm     ID

@@ -94,9 +94,11 @@ func sandboxCommands() []*command {
 		}),
 		{
 			name: "exec", synopsis: "[flags] ID [--] COMMAND [ARG]...", min: 2, max: -1, stopAt: 1,
-			summary: "Run COMMAND (its words joined by spaces) with /bin/sh -c in the sandbox, streaming its\n" +
-				"output, and exit with its exit status. Flags go before ID. With --json the output is\n" +
-				"collected and printed as one JSON result.",
+			summary: "Run COMMAND in the sandbox, streaming its output, and exit with its exit status.\n" +
+				"With ARGs, each word is one argument, as written (shell-quoted for /bin/sh -c):\n" +
+				"  -- python3 -c 'print(2**100)'   -- echo '$HOME' \"a b\"   (prints $HOME a b)\n" +
+				"A single COMMAND word is a shell command line: -- 'echo $HOME; ls | wc -l'.\n" +
+				"Flags go before ID. With --json the output is collected and printed as one JSON result.",
 			flags: func(fs *flag.FlagSet) action {
 				var o orkestr.ExecOptions
 				env := kvFlag{}
@@ -109,11 +111,35 @@ func sandboxCommands() []*command {
 					if *stdin {
 						o.Stdin = c.stdin
 					}
-					return execCommand(c, c.client.Sandbox(args[0]), strings.Join(args[1:], " "), o)
+					return execCommand(c, c.client.Sandbox(args[0]), commandLine(args[1:]), o)
 				}
 			},
 		},
 	}
+}
+
+// commandLine turns the words after ID into the command /bin/sh -c runs.
+// One word is a command line for the shell, as written (pipes, variables,
+// several commands); several words are an argv, each quoted so that the
+// shell passes it on unchanged.
+func commandLine(words []string) string {
+	if len(words) == 1 {
+		return words[0]
+	}
+	quoted := make([]string, len(words))
+	for i, w := range words {
+		quoted[i] = shellWord(w)
+	}
+	return strings.Join(quoted, " ")
+}
+
+// shellWord quotes w for a POSIX shell unless it consists only of
+// characters no shell treats specially.
+func shellWord(w string) string {
+	if w != "" && strings.Trim(w, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-") == "" {
+		return w
+	}
+	return "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
 }
 
 // execCommand runs the command and turns its end into the exit status.
