@@ -65,6 +65,11 @@ const fillWait = 100 * time.Millisecond
 // spawn starts /bin/sh with fresh pipes. With zygote set it waits for its
 // script on fd 3 instead of running command.
 func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (*proc, error) {
+	return a.spawnAs(command, cwd, env, zygote, root)
+}
+
+// spawnAs is spawn for a command run as user u.
+func (a *Agent) spawnAs(command, cwd string, env map[string]string, zygote bool, u account) (*proc, error) {
 	var files []*os.File
 	var closeAfter []*os.File
 	fail := func(err error) (*proc, error) {
@@ -110,7 +115,7 @@ func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (
 	}
 	pid, exited, err := a.reaper.start("/bin/sh", argv, &os.ProcAttr{
 		Dir: cwd, Env: environ(env), Files: files,
-		Sys: &syscall.SysProcAttr{Setpgid: true},
+		Sys: &syscall.SysProcAttr{Setpgid: true, Credential: u.credential()},
 	})
 	for _, f := range files {
 		f.Close()
@@ -130,6 +135,13 @@ func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (
 // startCommand starts e's command, from the zygote when one is ready and
 // fits, and returns when the command was handed over.
 func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error) {
+	u, err := lookupUser(e.User)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if !u.isRoot() {
+		return a.startAs(e, cwd, u)
+	}
 	want := a.envMap(e.Env)
 	if p := a.takeZygote(); p != nil {
 		if start, ok := handOver(p, e.Command, cwd, want); ok {
@@ -149,6 +161,22 @@ func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error)
 	}
 	start := time.Now()
 	p, err := a.spawn(e.Command, cwd, want, false)
+	return p, start, err
+}
+
+// startAs starts e's command as user u. The ready zygote is root's, so a
+// shell is started for u alone and handed the script at once, which keeps
+// the command in its cgroup before it can fork.
+func (a *Agent) startAs(e *wire.Exec, cwd string, u account) (*proc, time.Time, error) {
+	want := a.envMapFor(e.Env, u)
+	if p, err := a.spawnAs("", "/", want, true, u); err == nil {
+		if start, ok := handOver(p, e.Command, cwd, want); ok {
+			return p, start, nil
+		}
+		a.discard(p)
+	}
+	start := time.Now()
+	p, err := a.spawnAs(e.Command, cwd, want, false, u)
 	return p, start, err
 }
 

@@ -112,6 +112,7 @@ type Request struct {
 	Mode      uint32     `json:"mode,omitempty"`
 	Recursive bool       `json:"recursive,omitempty"`
 	Configure *Configure `json:"configure,omitempty"`
+	Proc      *Proc      `json:"proc,omitempty"` // the OpProc* ops (process.go)
 }
 
 // Configure binds a pooled sandbox to its owner at claim time.
@@ -127,6 +128,9 @@ type Exec struct {
 	Cwd       string            `json:"cwd,omitempty"`
 	TimeoutMS int64             `json:"timeout_ms,omitempty"`
 	Stdin     bool              `json:"stdin,omitempty"`
+	// User runs the command as this user of the sandbox's /etc/passwd
+	// ("" is root).
+	User string `json:"user,omitempty"`
 }
 
 // ExitStatus ends an exec.
