@@ -39,6 +39,13 @@ func (s *Server) routeTable() []endpoint {
 		{Route{"DELETE", "/v1/sandboxes/{id}/files"}, w, s.deleteFile},
 		{Route{"GET", "/v1/sandboxes/{id}/files/list"}, r, s.listFiles},
 		{Route{"GET", "/v1/sandboxes/{id}/metrics"}, r, s.metrics},
+		{Route{"POST", "/v1/sandboxes/{id}/processes"}, w, s.startProcess},
+		{Route{"GET", "/v1/sandboxes/{id}/processes"}, r, s.listProcesses},
+		{Route{"GET", "/v1/sandboxes/{id}/processes/{pid}"}, r, s.getProcess},
+		{Route{"GET", "/v1/sandboxes/{id}/processes/{pid}/output"}, r, s.processOutput},
+		{Route{"POST", "/v1/sandboxes/{id}/processes/{pid}/stdin"}, w, s.processStdin},
+		{Route{"POST", "/v1/sandboxes/{id}/processes/{pid}/signal"}, w, s.signalProcess},
+		{Route{"POST", "/v1/sandboxes/{id}/processes/{pid}/wait"}, r, s.waitProcess},
 		{Route{"GET", "/v1/openapi.yaml"}, "", func(w http.ResponseWriter, r *http.Request) error { s.openapi(w, r); return nil }},
 	}
 }

@@ -163,7 +163,7 @@ func Prepare(rootfs string) error {
 			return fmt.Errorf("template rootfs: %s: %w", name, err)
 		}
 	}
-	return nil
+	return addUser(root)
 }
 
 // replaceUnless removes name (not following it) unless it is missing or
