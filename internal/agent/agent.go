@@ -190,6 +190,11 @@ func (a *Agent) serveRequest(r *wire.Reader, w *wire.Writer) (reusable bool) {
 		a.procInput(&req, w)
 	case wire.OpProcSignal:
 		a.procSignal(&req, w)
+	case wire.OpStatX, wire.OpExists, wire.OpMkdirX, wire.OpRename:
+		a.fsOp(&req, w)
+	case wire.OpWatch:
+		a.watch(&req, r, w)
+		return false
 	default:
 		_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("unknown op %q", req.Op))
 	}

@@ -113,6 +113,7 @@ type Request struct {
 	Recursive bool       `json:"recursive,omitempty"`
 	Configure *Configure `json:"configure,omitempty"`
 	Proc      *Proc      `json:"proc,omitempty"` // the OpProc* ops (process.go)
+	FS        *FS        `json:"fs,omitempty"`   // the ops of fsops.go
 }
 
 // Configure binds a pooled sandbox to its owner at claim time.
