@@ -119,6 +119,9 @@ func TestUsers(t *testing.T) {
 	if err != nil || res.ExitCode == 0 {
 		t.Fatalf("user wrote into /root: %+v %v", res, err)
 	}
+	if _, err := sb.Exec(ctx, "true", orkestr.ExecOptions{User: orkestr.UserUser, Cwd: "/root"}); err == nil || !strings.Contains(err.Error(), "cwd") {
+		t.Errorf("user in /root: %v", err)
+	}
 	for _, bad := range []string{"admin", "Root", "1000", "user\x00"} {
 		_, err := sb.Exec(ctx, "true", orkestr.ExecOptions{User: bad})
 		var e *orkestr.Error

@@ -122,6 +122,10 @@ func sendStartErr(w *wire.Writer, err error) {
 		_ = w.JSON(wire.KindError, we)
 		return
 	}
+	if errors.Is(err, os.ErrPermission) {
+		_ = w.Err(wire.CodePermission, "the user cannot enter the working directory: "+err.Error())
+		return
+	}
 	_ = w.Err(wire.CodeInternal, err.Error())
 }
 

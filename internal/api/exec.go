@@ -96,6 +96,8 @@ func execError(err error) error {
 	switch {
 	case errors.Is(err, runtime.ErrFileNotFound):
 		return invalid("cwd", "The working directory does not exist in the sandbox.")
+	case errors.Is(err, runtime.ErrPermission):
+		return invalid("cwd", "The user cannot enter the working directory; choose another cwd or user root.")
 	case errors.Is(err, runtime.ErrNoUser):
 		return invalid("user", "The sandbox's template has no unprivileged user; rebuild it (orkestrd admin template build) or run as root.")
 	case errors.Is(err, runtime.ErrInvalidRequest):

@@ -46,6 +46,11 @@ func (s *Server) routeTable() []endpoint {
 		{Route{"POST", "/v1/sandboxes/{id}/processes/{pid}/stdin"}, w, s.processStdin},
 		{Route{"POST", "/v1/sandboxes/{id}/processes/{pid}/signal"}, w, s.signalProcess},
 		{Route{"POST", "/v1/sandboxes/{id}/processes/{pid}/wait"}, r, s.waitProcess},
+		{Route{"GET", "/v1/sandboxes/{id}/files/stat"}, r, s.statFile},
+		{Route{"GET", "/v1/sandboxes/{id}/files/exists"}, r, s.fileExists},
+		{Route{"POST", "/v1/sandboxes/{id}/files/mkdir"}, w, s.makeDir},
+		{Route{"POST", "/v1/sandboxes/{id}/files/rename"}, w, s.renameFile},
+		{Route{"GET", "/v1/sandboxes/{id}/files/watch"}, r, s.watchFiles},
 		{Route{"GET", "/v1/openapi.yaml"}, "", func(w http.ResponseWriter, r *http.Request) error { s.openapi(w, r); return nil }},
 	}
 }
