@@ -152,7 +152,7 @@ func TestWatchFloodStaysBounded(t *testing.T) {
 	out, code := s.execOut(id, map[string]any{"timeout_seconds": 600, "command": `python3 -c "
 import os
 os.makedirs('/workspace/storm', exist_ok=True)
-for i in range(250000):
+for i in range(334000):
     with open('/workspace/storm/f%d' % (i % 1000), 'w') as f:
         f.write('x')
     if i % 1000 == 999:

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -33,6 +34,9 @@ const watchMask = unix.IN_CREATE | unix.IN_MODIFY | unix.IN_DELETE | unix.IN_MOV
 var pseudoFS = map[string]bool{"/proc": true, "/sys": true, "/dev": true, "/run/agent": true}
 
 type watcher struct {
+	mu        sync.Mutex // guards dirs, stopping, closed and the fd's life
+	stopping  bool
+	closed    bool
 	fd        int
 	root      string
 	recursive bool
@@ -64,7 +68,6 @@ func (a *Agent) watch(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		_ = w.Err(wire.CodeInternal, fmt.Sprintf("inotify: %v", err))
 		return
 	}
-	// Closing fd wakes the blocked read below when the host goes away.
 	hostGone := make(chan struct{})
 	go func() {
 		defer close(hostGone)
@@ -75,44 +78,110 @@ func (a *Agent) watch(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		}
 	}()
 	wt := &watcher{fd: fd, root: root, recursive: req.FS.Recursive, dirs: map[int]string{}}
-	closed := make(chan struct{})
-	go func() {
-		select {
-		case <-hostGone:
-		case <-closed:
-		}
-		unix.Close(fd)
-	}()
-	defer close(closed)
 	if err := wt.add(""); err != nil {
+		unix.Close(fd)
 		sendErr(w, err)
 		return
 	}
 	if wt.recursive {
 		wt.addTree("")
 	}
+	q := make(chan wire.WatchEvent, maxQueuedEvents)
+	if wt.limited {
+		q <- wire.WatchEvent{Type: "limit"}
+	}
+	go wt.readInto(q)
+	defer func() {
+		wt.stop()
+		for range q { // until readInto has closed the inotify fd
+		}
+	}()
+	go func() {
+		<-hostGone
+		wt.stop()
+	}()
 	if w.JSON(wire.KindJSON, wire.WatchStarted{Dirs: len(wt.dirs)}) != nil {
 		return
 	}
-	if wt.limited && w.JSON(wire.KindJSON, wire.WatchEvent{Type: "limit", Path: ""}) != nil {
+	// The kernel's queue is drained at once into a bounded one of ours
+	// (gVisor's inotify queue may not be bounded), which the stream
+	// empties at the host's pace; what does not fit is dropped and
+	// reported as one "overflow" event.
+	for ev := range q {
+		if w.JSON(wire.KindJSON, ev) != nil {
+			return
+		}
+	}
+}
+
+// stop ends readInto: removing every watch queues an IN_IGNORED event for
+// each, which wakes its blocked read (closing the fd would not).
+func (wt *watcher) stop() {
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	if wt.stopping || wt.closed {
+		wt.stopping = true
 		return
 	}
+	wt.stopping = true
+	for wd := range wt.dirs {
+		_, _ = unix.InotifyRmWatch(wt.fd, uint32(wd))
+	}
+}
+
+// maxQueuedEvents bounds the events a watch holds for a slow reader.
+const maxQueuedEvents = 16384
+
+// readInto reads inotify events into q until stop or the watched
+// directory goes, then closes the inotify fd and q.
+func (wt *watcher) readInto(q chan<- wire.WatchEvent) {
+	defer close(q)
+	defer func() {
+		wt.mu.Lock()
+		wt.closed = true
+		unix.Close(wt.fd)
+		wt.mu.Unlock()
+	}()
 	buf := make([]byte, 64<<10)
-	for {
-		n, err := unix.Read(fd, buf)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return // the host went away (fd closed) or inotify failed
-		}
-		events, rootGone := wt.parse(buf[:n])
-		for _, ev := range events {
-			if w.JSON(wire.KindJSON, ev) != nil {
+	overflowed := false
+	push := func(ev wire.WatchEvent) {
+		if overflowed {
+			select {
+			case q <- wire.WatchEvent{Type: "overflow"}:
+				overflowed = false
+			default:
 				return
 			}
 		}
+		select {
+		case q <- ev:
+		default:
+			overflowed = true
+		}
+	}
+	for {
+		n, err := unix.Read(wt.fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		wt.mu.Lock()
+		if err != nil || wt.stopping || len(wt.dirs) == 0 {
+			wt.mu.Unlock()
+			return
+		}
+		events, rootGone := wt.parse(buf[:n])
+		wt.mu.Unlock()
+		for _, ev := range events {
+			if ev.Type == "overflow" {
+				overflowed = true
+				continue
+			}
+			push(ev)
+		}
 		if rootGone {
+			if overflowed {
+				q <- wire.WatchEvent{Type: "overflow"}
+			}
 			return // the watched directory itself was removed or moved
 		}
 	}
