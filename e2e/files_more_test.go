@@ -148,7 +148,7 @@ func TestWatchFloodStaysBounded(t *testing.T) {
 	gate := make(chan struct{})
 	ws := s.watch(id, "/", true, gate)
 	defer ws.cancel()
-	// 1,000,000 changes: 250,000 files written, each a create and writes.
+	// About 1,000,000 events: 334,000 files created, written and removed.
 	out, code := s.execOut(id, map[string]any{"timeout_seconds": 600, "command": `python3 -c "
 import os
 os.makedirs('/workspace/storm', exist_ok=True)

@@ -58,6 +58,8 @@ func fsError(err error) error {
 	switch {
 	case errors.Is(err, runtime.ErrExists):
 		return apiErr(http.StatusConflict, "file_exists", "Something already exists at that path.").with("field", "path")
+	case errors.Is(err, runtime.ErrNotEmpty):
+		return apiErr(http.StatusConflict, "file_exists", "A non-empty directory is in the way.").with("field", "to")
 	case errors.Is(err, runtime.ErrCrossDevice):
 		return apiErr(http.StatusBadRequest, "invalid_path", "Cannot move between two filesystems of the sandbox (/tmp is one of its own); copy and delete instead.").with("field", "to")
 	case errors.Is(err, runtime.ErrPermission):
