@@ -130,3 +130,78 @@ func TestUsers(t *testing.T) {
 		}
 	}
 }
+
+// TestGoSDKFiles: stat, exists, mkdir, rename and a watch through the Go
+// SDK.
+func TestGoSDKFiles(t *testing.T) {
+	s := startAPI(t, serverOpts{})
+	c := sdkClient(t, s, s.key)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sb, err := c.CreateSandbox(ctx, orkestr.CreateParams{Template: "debian-12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Terminate(context.Background())
+	files := sb.Files()
+	st, err := files.MakeDir(ctx, "/workspace/proj/src", orkestr.MkdirOptions{User: orkestr.UserUser})
+	if err != nil || st.Type != "dir" || st.UID != 1000 || st.Owner == nil || *st.Owner != "user" {
+		t.Fatalf("mkdir: %+v %v", st, err)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	events := make(chan orkestr.WatchEvent, 16)
+	go func() {
+		defer close(events)
+		for ev, err := range files.Watch(wctx, "/workspace/proj", true) {
+			if err != nil {
+				return
+			}
+			events <- ev
+		}
+	}()
+	// The watch holds once it has answered; write until it has seen one.
+	var first orkestr.WatchEvent
+	for i := 0; first.Type == ""; i++ {
+		if err := files.Write(ctx, "/workspace/proj/src/main.py", "print(1)\n"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case first = <-events:
+		case <-time.After(500 * time.Millisecond):
+		}
+		if i > 100 {
+			t.Fatal("the watch saw nothing")
+		}
+	}
+	if !strings.HasPrefix(first.Path, "src/") {
+		t.Fatalf("first event: %+v", first)
+	}
+	if _, err := files.Rename(ctx, "/workspace/proj/src/main.py", "/workspace/proj/app.py", orkestr.RenameOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(30 * time.Second)
+	for found := false; !found; {
+		select {
+		case ev := <-events:
+			found = ev.Type == "rename" && ev.From == "src/main.py" && ev.Path == "app.py"
+		case <-deadline:
+			t.Fatal("no rename event")
+		}
+	}
+	stop()
+	if ok, err := files.Exists(ctx, "/workspace/proj/app.py", orkestr.FileOptions{}); err != nil || !ok {
+		t.Fatalf("exists: %v %v", ok, err)
+	}
+	if ok, err := files.Exists(ctx, "/workspace/proj/src/main.py", orkestr.FileOptions{}); err != nil || ok {
+		t.Fatalf("exists after the move: %v %v", ok, err)
+	}
+	st, err = files.Stat(ctx, "/workspace/proj/app.py", orkestr.FileOptions{User: orkestr.UserUser})
+	if err != nil || st.Size != 9 || st.Type != "file" || st.ModifiedAt == nil {
+		t.Fatalf("stat: %+v %v", st, err)
+	}
+	var e *orkestr.Error
+	if _, err := files.Rename(ctx, "/workspace/proj/app.py", "/etc/app.py", orkestr.RenameOptions{User: orkestr.UserUser}); !errors.As(err, &e) || e.Code != "permission_denied" {
+		t.Fatalf("rename into /etc as user: %v", err)
+	}
+}

@@ -330,6 +330,9 @@ func TestCLIEndToEnd(t *testing.T) {
 	if out, errs, code := cli("", "sandbox", "exec", id, "--", "echo", "$HOME", "a b"); code != 0 || out != "$HOME a b\n" {
 		t.Fatalf("exec argv: %d %q %s", code, out, errs)
 	}
+	if out, errs, code := cli("", "sandbox", "exec", "--user", "user", id, "--", "id", "-un"); code != 0 || out != "user\n" {
+		t.Fatalf("exec --user user: %d %q %s", code, out, errs)
+	}
 	if _, errs, code := cli("file contents", "files", "put", "-", id+":/workspace/f.txt"); code != 0 {
 		t.Fatalf("files put: %d %s", code, errs)
 	}

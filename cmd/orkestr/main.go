@@ -41,7 +41,7 @@ Sandboxes:
                  [--timeout SECONDS] [--env K=V]... [--metadata K=V]... [--region R]
   sandbox ls     [--status S] [--limit N]
   sandbox get    ID
-  sandbox exec   [--timeout SECONDS] [--env K=V]... [--cwd DIR] [--stdin] ID [--] COMMAND [ARG]...
+  sandbox exec   [--timeout SECONDS] [--env K=V]... [--cwd DIR] [--user root|user] [--stdin] ID [--] COMMAND [ARG]...
                  (COMMAND alone: a shell command line; with ARGs: an argv, each word as written)
   sandbox pause  ID
   sandbox resume ID

@@ -105,6 +105,7 @@ func sandboxCommands() []*command {
 				fs.IntVar(&o.TimeoutSeconds, "timeout", 0, "seconds until the command is killed (default 60)")
 				fs.Var(env, "env", "`K=V` environment variable for the command (repeatable)")
 				fs.StringVar(&o.Cwd, "cwd", "", "working directory (default /workspace)")
+				fs.StringVar(&o.User, "user", "", "run as root (default) or user (uid 1000, home /home/user)")
 				stdin := fs.Bool("stdin", false, "send standard input (UTF-8, up to 1 MiB) to the command")
 				return func(c *cli, args []string) error {
 					o.Env = env.orNil()
