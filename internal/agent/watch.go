@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -37,6 +38,7 @@ type watcher struct {
 	mu        sync.Mutex // guards dirs, stopping, closed and the fd's life
 	stopping  bool
 	closed    bool
+	dropped   atomic.Bool // changes were dropped since the last "overflow" was sent
 	fd        int
 	root      string
 	recursive bool
@@ -84,7 +86,7 @@ func (a *Agent) watch(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		return
 	}
 	if wt.recursive {
-		wt.addTree("")
+		wt.addTree("", nil)
 	}
 	q := make(chan wire.WatchEvent, maxQueuedEvents)
 	if wt.limited {
@@ -109,6 +111,10 @@ func (a *Agent) watch(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 	// reported as one "overflow" event.
 	for ev := range q {
 		if w.JSON(wire.KindJSON, ev) != nil {
+			return
+		}
+		// Changes were dropped while q was full: say so at this point.
+		if wt.dropped.Swap(false) && w.JSON(wire.KindJSON, wire.WatchEvent{Type: "overflow"}) != nil {
 			return
 		}
 	}
@@ -143,20 +149,11 @@ func (wt *watcher) readInto(q chan<- wire.WatchEvent) {
 		wt.mu.Unlock()
 	}()
 	buf := make([]byte, 64<<10)
-	overflowed := false
 	push := func(ev wire.WatchEvent) {
-		if overflowed {
-			select {
-			case q <- wire.WatchEvent{Type: "overflow"}:
-				overflowed = false
-			default:
-				return
-			}
-		}
 		select {
 		case q <- ev:
 		default:
-			overflowed = true
+			wt.dropped.Store(true)
 		}
 	}
 	for {
@@ -172,16 +169,13 @@ func (wt *watcher) readInto(q chan<- wire.WatchEvent) {
 		events, rootGone := wt.parse(buf[:n])
 		wt.mu.Unlock()
 		for _, ev := range events {
-			if ev.Type == "overflow" {
-				overflowed = true
+			if ev.Type == "overflow" { // the kernel's own queue overflowed
+				wt.dropped.Store(true)
 				continue
 			}
 			push(ev)
 		}
 		if rootGone {
-			if overflowed {
-				q <- wire.WatchEvent{Type: "overflow"}
-			}
 			return // the watched directory itself was removed or moved
 		}
 	}
@@ -203,18 +197,26 @@ func (wt *watcher) add(rel string) error {
 }
 
 // addTree adds every directory below rel, skipping pseudo filesystems.
-func (wt *watcher) addTree(rel string) {
+// With found set, it is told of every entry below rel: for a directory
+// that was just made, what appeared in it before its watch held.
+func (wt *watcher) addTree(rel string, found func(wire.WatchEvent)) {
 	_ = filepath.WalkDir(filepath.Join(wt.root, rel), func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return nil // vanished or unreadable: skip it
 		}
-		if !d.IsDir() || p == filepath.Join(wt.root, rel) {
+		if p == filepath.Join(wt.root, rel) {
+			return nil
+		}
+		r, _ := filepath.Rel(wt.root, p)
+		if found != nil {
+			found(wire.WatchEvent{Type: "create", Path: r, IsDir: d.IsDir()})
+		}
+		if !d.IsDir() {
 			return nil
 		}
 		if pseudoFS[p] {
 			return filepath.SkipDir
 		}
-		r, _ := filepath.Rel(wt.root, p)
 		if wt.add(r) != nil || wt.limited {
 			return filepath.SkipDir
 		}
@@ -262,13 +264,17 @@ func (wt *watcher) parse(b []byte) (events []wire.WatchEvent, rootGone bool) {
 		}
 		isDir := mask&unix.IN_ISDIR != 0
 		ev := wire.WatchEvent{Path: rel, IsDir: isDir}
+		// Whatever was made in a new directory before its watch held is
+		// reported as created (it may come twice: found, then its event).
+		found := func(e wire.WatchEvent) { events = append(events, e) }
 		switch {
 		case mask&unix.IN_CREATE != 0:
 			ev.Type = "create"
 			if isDir && wt.recursive {
+				events = append(events, ev)
 				_ = wt.add(rel)
-				// Whatever was made inside before the watch took hold.
-				wt.addTree(rel)
+				wt.addTree(rel, found)
+				continue
 			}
 		case mask&unix.IN_MODIFY != 0:
 			ev.Type = "write"
@@ -294,8 +300,10 @@ func (wt *watcher) parse(b []byte) (events []wire.WatchEvent, rootGone bool) {
 			}
 			ev.Type = "create" // moved in from outside the watch
 			if isDir && wt.recursive {
+				events = append(events, ev)
 				_ = wt.add(rel)
-				wt.addTree(rel)
+				wt.addTree(rel, found)
+				continue
 			}
 		default:
 			continue
