@@ -304,10 +304,11 @@ class Client(_BaseClient):
         return resp
 
     def stream(
-        self, method: str, path: str, *, json_body: Any = None, extra_timeout: Optional[float] = None
+        self, method: str, path: str, *, json_body: Any = None, extra_timeout: Optional[float] = None,
+        params: Params = None,
     ) -> httpx.Response:
         """Send a call and return the 2xx answer with its body still open."""
-        return self._send(method, path, None, json_body, None, extra_timeout, stream=True)
+        return self._send(method, path, params, json_body, None, extra_timeout, stream=True)
 
     def json(self, method: str, path: str, **kw: Any) -> Any:
         return _decode_json(self.request(method, path, **kw), method, path)
@@ -406,9 +407,10 @@ class AsyncClient(_BaseClient):
         return await self._send(method, path, params, json_body, content, extra_timeout, stream=False)
 
     async def stream(
-        self, method: str, path: str, *, json_body: Any = None, extra_timeout: Optional[float] = None
+        self, method: str, path: str, *, json_body: Any = None, extra_timeout: Optional[float] = None,
+        params: Params = None,
     ) -> httpx.Response:
-        return await self._send(method, path, None, json_body, None, extra_timeout, stream=True)
+        return await self._send(method, path, params, json_body, None, extra_timeout, stream=True)
 
     async def json(self, method: str, path: str, **kw: Any) -> Any:
         return _decode_json(await self.request(method, path, **kw), method, path)
