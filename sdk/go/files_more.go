@@ -125,42 +125,57 @@ type WatchEvent struct {
 	IsDir bool   `json:"is_dir"`
 }
 
-// Watch streams the changes under the directory path (and, with recursive,
-// its subdirectories) until ctx ends, the directory goes, or the sandbox
-// pauses (then the sequence yields ErrDetached). Errors are yielded once,
-// last.
-//
-//	for ev, err := range sbx.Files().Watch(ctx, "/workspace", true) {
-//		if err != nil {
-//			return err
-//		}
-//		fmt.Println(ev.Type, ev.Path)
-//	}
-func (f *Files) Watch(ctx context.Context, path string, recursive bool) iter.Seq2[WatchEvent, error] {
+// Watch is an open watch of a directory: the changes made after
+// OpenWatch returned are in Events, in order.
+type Watch struct {
+	body      io.ReadCloser
+	dec       *json.Decoder
+	ctx       context.Context
+	requestID string
+}
+
+// OpenWatch watches the directory path (with recursive, its
+// subdirectories too) and returns once the watch holds, so that a change
+// made after it is seen. Close ends it.
+func (f *Files) OpenWatch(ctx context.Context, path string, recursive bool) (*Watch, error) {
+	req, err := f.query("/watch", path, "")
+	if err != nil {
+		return nil, err
+	}
+	if recursive {
+		req.query.Set("recursive", "true")
+	}
+	resp, err := f.sb.client.do(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	w := &Watch{body: resp.Body, dec: json.NewDecoder(resp.Body), ctx: ctx, requestID: resp.Header.Get("X-Request-Id")}
+	var first struct {
+		Type string `json:"type"`
+	}
+	if err := w.dec.Decode(&first); err != nil || first.Type != "started" {
+		resp.Body.Close()
+		return nil, fmt.Errorf("orkestr: the watch did not start (%v)", err)
+	}
+	return w, nil
+}
+
+// Close ends the watch.
+func (w *Watch) Close() error { return w.body.Close() }
+
+// Events yields the changes until the directory goes (the sequence ends),
+// the watch is closed or its context ends, or the sandbox pauses
+// (ErrDetached). An error is yielded once, last.
+func (w *Watch) Events() iter.Seq2[WatchEvent, error] {
 	return func(yield func(WatchEvent, error) bool) {
-		req, err := f.query("/watch", path, "")
-		if err != nil {
-			yield(WatchEvent{}, err)
-			return
-		}
-		if recursive {
-			req.query.Set("recursive", "true")
-		}
-		resp, err := f.sb.client.do(ctx, req)
-		if err != nil {
-			yield(WatchEvent{}, err)
-			return
-		}
-		defer resp.Body.Close()
-		dec := json.NewDecoder(resp.Body)
 		for {
 			var ev struct {
 				WatchEvent
 				Error *errorPayload `json:"error"`
 			}
-			if err := dec.Decode(&ev); err != nil {
-				if ctx.Err() != nil {
-					err = ctx.Err()
+			if err := w.dec.Decode(&ev); err != nil {
+				if w.ctx.Err() != nil {
+					err = w.ctx.Err()
 				} else if errors.Is(err, io.EOF) {
 					err = io.ErrUnexpectedEOF
 				}
@@ -175,7 +190,7 @@ func (f *Files) Watch(ctx context.Context, path string, recursive bool) iter.Seq
 				yield(WatchEvent{}, ErrDetached)
 				return
 			case "error":
-				e := &Error{RequestID: resp.Header.Get("X-Request-Id"), Status: http.StatusInternalServerError, Details: map[string]any{}}
+				e := &Error{RequestID: w.requestID, Status: http.StatusInternalServerError, Details: map[string]any{}}
 				if ev.Error != nil {
 					e.Code, e.Message = ev.Error.Code, ev.Error.Message
 				}
@@ -185,6 +200,31 @@ func (f *Files) Watch(ctx context.Context, path string, recursive bool) iter.Seq
 				if !yield(ev.WatchEvent, nil) {
 					return
 				}
+			}
+		}
+	}
+}
+
+// Watch opens a watch (see OpenWatch) and yields its events; the watch
+// ends when the loop does.
+//
+//	for ev, err := range sbx.Files().Watch(ctx, "/workspace", true) {
+//		if err != nil {
+//			return err
+//		}
+//		fmt.Println(ev.Type, ev.Path)
+//	}
+func (f *Files) Watch(ctx context.Context, path string, recursive bool) iter.Seq2[WatchEvent, error] {
+	return func(yield func(WatchEvent, error) bool) {
+		w, err := f.OpenWatch(ctx, path, recursive)
+		if err != nil {
+			yield(WatchEvent{}, err)
+			return
+		}
+		defer w.Close()
+		for ev, err := range w.Events() {
+			if !yield(ev, err) || err != nil {
+				return
 			}
 		}
 	}
