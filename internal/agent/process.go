@@ -29,6 +29,10 @@ const procOutputBuffer = 1 << 20
 // maxEndedProcs bounds how many ended processes stay listed.
 const maxEndedProcs = 64
 
+// maxRunningProcs bounds the running background processes, and with them
+// the memory their output buffers can take (the sandbox's own memory).
+const maxRunningProcs = 256
+
 // stdinWriteTimeout bounds a write to a process that does not read its
 // stdin (its pipe is full).
 const stdinWriteTimeout = 10 * time.Second
@@ -157,6 +161,10 @@ func (a *Agent) procStart(e *wire.Exec, w *wire.Writer) {
 		_ = w.Err(wire.CodeNotFound, fmt.Sprintf("working directory %s does not exist or is not a directory", cwd))
 		return
 	}
+	if n := a.procs.running(); n >= maxRunningProcs {
+		_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("%d background processes are running, the most a sandbox may have; end some first", n))
+		return
+	}
 	user := e.User
 	if user == "" {
 		user = "root"
@@ -258,6 +266,20 @@ func (t *procTable) add(bp *bgProc) {
 		t.procs = map[int]*bgProc{}
 	}
 	t.procs[bp.info.PID] = bp // an ended process whose pid was reused is forgotten
+}
+
+func (t *procTable) running() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, p := range t.procs {
+		p.mu.Lock()
+		if !p.done {
+			n++
+		}
+		p.mu.Unlock()
+	}
+	return n
 }
 
 func (t *procTable) get(pid int) *bgProc {
