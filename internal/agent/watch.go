@@ -92,6 +92,7 @@ func (a *Agent) watch(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 	if wt.limited {
 		q <- wire.WatchEvent{Type: "limit"}
 	}
+	dirs := len(wt.dirs) // readInto owns wt.dirs from here on
 	go wt.readInto(q)
 	defer func() {
 		wt.stop()
@@ -102,7 +103,7 @@ func (a *Agent) watch(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		<-hostGone
 		wt.stop()
 	}()
-	if w.JSON(wire.KindJSON, wire.WatchStarted{Dirs: len(wt.dirs)}) != nil {
+	if w.JSON(wire.KindJSON, wire.WatchStarted{Dirs: dirs}) != nil {
 		return
 	}
 	// The kernel's queue is drained at once into a bounded one of ours
