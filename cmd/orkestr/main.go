@@ -43,6 +43,11 @@ Sandboxes:
   sandbox get    ID
   sandbox exec   [--timeout SECONDS] [--env K=V]... [--cwd DIR] [--user root|user] [--stdin] ID [--] COMMAND [ARG]...
                  (COMMAND alone: a shell command line; with ARGs: an argv, each word as written)
+  sandbox exec --detach [--env K=V]... [--cwd DIR] [--user U] ID [--] COMMAND [ARG]...
+                 start COMMAND in the background and print its pid
+  sandbox ps     ID                    its background processes
+  sandbox logs   ID PID                a background process's output until it ends
+  sandbox kill   [--signal N] ID PID   signal a background process (default 15, TERM)
   sandbox pause  ID
   sandbox resume ID
   sandbox rm     ID
@@ -144,7 +149,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprint(stderr, usageText)
 		return exitUsage
 	}
-	groups := map[string][]*command{"sandbox": sandboxCommands(), "files": filesCommands()}
+	groups := map[string][]*command{"sandbox": append(sandboxCommands(), processCommands()...), "files": filesCommands()}
 	if cmds, ok := groups[args[0]]; ok {
 		if len(args) < 2 {
 			fmt.Fprintf(stderr, "orkestr %s: missing verb\n\n%s", args[0], usageText)

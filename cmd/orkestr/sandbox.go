@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
@@ -107,8 +109,17 @@ func sandboxCommands() []*command {
 				fs.StringVar(&o.Cwd, "cwd", "", "working directory (default /workspace)")
 				fs.StringVar(&o.User, "user", "", "run as root (default) or user (uid 1000, home /home/user)")
 				stdin := fs.Bool("stdin", false, "send standard input (UTF-8, up to 1 MiB) to the command")
+				detach := fs.Bool("detach", false, "start the command in the background and print its pid (see sandbox ps, logs, kill)")
 				return func(c *cli, args []string) error {
 					o.Env = env.orNil()
+					if *detach {
+						p, err := c.client.Sandbox(args[0]).StartProcess(c.ctx, commandLine(args[1:]),
+							orkestr.ProcessOptions{Env: o.Env, Cwd: o.Cwd, User: o.User})
+						if err != nil {
+							return err
+						}
+						return c.print(p, func(w io.Writer) { fmt.Fprintln(w, p.PID) })
+					}
 					if *stdin {
 						o.Stdin = c.stdin
 					}
@@ -117,6 +128,70 @@ func sandboxCommands() []*command {
 			},
 		},
 	}
+}
+
+// processCommands are the verbs on background processes.
+func processCommands() []*command {
+	return []*command{
+		oneSandbox("ps", "List the sandbox's background processes (started with exec --detach).", func(c *cli, sb *orkestr.Sandbox) error {
+			list, err := sb.Processes(c.ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(list, func(w io.Writer) {
+				fmt.Fprintln(w, "PID\tUSER\tSTATUS\tSTARTED\tCOMMAND")
+				for _, p := range list {
+					status := "running"
+					if !p.Running && p.ExitCode != nil {
+						status = fmt.Sprintf("exited %d", *p.ExitCode)
+					}
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", p.PID, p.User, status, fmtTime(&p.StartedAt), p.Command)
+				}
+			})
+		}),
+		{
+			name: "logs", synopsis: "ID PID", min: 2, max: 2,
+			summary: "Print a background process's output (its last 1 MiB, then as it comes) until it ends;\n" +
+				"exit with its exit status. Ctrl-C stops reading; the process goes on.",
+			flags: func(fs *flag.FlagSet) action {
+				return func(c *cli, args []string) error {
+					p, err := processOf(c, args)
+					if err != nil {
+						return err
+					}
+					if err := p.Attach(c.ctx, orkestr.AttachOptions{Replay: true, Stdout: c.stdout, Stderr: c.stderr}); err != nil {
+						return err
+					}
+					if p.ExitCode == nil || *p.ExitCode < 0 || *p.ExitCode > 255 {
+						return exitCode(255)
+					}
+					return exitCode(*p.ExitCode)
+				}
+			},
+		},
+		{
+			name: "kill", synopsis: "[--signal SIG] ID PID", min: 2, max: 2,
+			summary: "Send a signal (default TERM) to a background process's group.",
+			flags: func(fs *flag.FlagSet) action {
+				sig := fs.Int("signal", 15, "signal number (15 TERM, 9 KILL, 2 INT, 1 HUP)")
+				return func(c *cli, args []string) error {
+					p, err := processOf(c, args)
+					if err != nil {
+						return err
+					}
+					return p.SendSignal(c.ctx, syscall.Signal(*sig))
+				}
+			},
+		},
+	}
+}
+
+func processOf(c *cli, args []string) (*orkestr.Process, error) {
+	pid, err := strconv.Atoi(args[1])
+	if err != nil || pid < 1 {
+		return nil, usagef("PID must be a positive number, not %q", args[1])
+	}
+	return c.client.Sandbox(args[0]).GetProcess(c.ctx, pid)
 }
 
 // commandLine turns the words after ID into the command /bin/sh -c runs.
