@@ -307,7 +307,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		}
 		return out.String(), errb.String(), code
 	}
-	out, errs, code := cli("", "sandbox", "create", "--template", "debian-12", "--env", "GREETING=hej", "--metadata", "run=r1", "--json")
+	out, errs, code := cli("", "sandbox", "create", "--template", "python-3.11", "--env", "GREETING=hej", "--metadata", "run=r1", "--json")
 	if code != 0 {
 		t.Fatalf("create: %d %s", code, errs)
 	}
@@ -322,6 +322,35 @@ func TestCLIEndToEnd(t *testing.T) {
 	defer cli("", "sandbox", "rm", id)
 	if out, _, code := cli("", "sandbox", "exec", id, "--", "echo $GREETING; exit 7"); code != 7 || out != "hej\n" {
 		t.Fatalf("exec: %d %q", code, out)
+	}
+	// Several words after "--" are an argv, each word as written.
+	if out, errs, code := cli("", "sandbox", "exec", id, "--", "python3", "-c", "print(2**100)"); code != 0 || out != "1267650600228229401496703205376\n" {
+		t.Fatalf("exec argv: %d %q %s", code, out, errs)
+	}
+	if out, errs, code := cli("", "sandbox", "exec", id, "--", "echo", "$HOME", "a b"); code != 0 || out != "$HOME a b\n" {
+		t.Fatalf("exec argv: %d %q %s", code, out, errs)
+	}
+	if out, errs, code := cli("", "sandbox", "exec", "--user", "user", id, "--", "id", "-un"); code != 0 || out != "user\n" {
+		t.Fatalf("exec --user user: %d %q %s", code, out, errs)
+	}
+	// Background processes from the CLI.
+	out, errs, code = cli("", "sandbox", "exec", "--detach", id, "--", "sh", "-c", "echo from the background; exit 3")
+	if code != 0 || strings.TrimSpace(out) == "" {
+		t.Fatalf("exec --detach: %d %q %s", code, out, errs)
+	}
+	pid := strings.TrimSpace(out)
+	if out, errs, code := cli("", "sandbox", "logs", id, pid); code != 3 || out != "from the background\n" {
+		t.Fatalf("logs: %d %q %s", code, out, errs)
+	}
+	if out, _, code := cli("", "sandbox", "ps", id); code != 0 || !strings.Contains(out, pid) || !strings.Contains(out, "exited 3") {
+		t.Fatalf("ps: %d %q", code, out)
+	}
+	out, _, _ = cli("", "sandbox", "exec", "--detach", id, "--", "sleep", "600")
+	if _, errs, code := cli("", "sandbox", "kill", "--signal", "9", id, strings.TrimSpace(out)); code != 0 {
+		t.Fatalf("kill: %d %s", code, errs)
+	}
+	if _, errs, code := cli("", "sandbox", "logs", id, "99999"); code != 1 || !strings.Contains(errs, "process_not_found") {
+		t.Fatalf("logs of a missing pid: %d %s", code, errs)
 	}
 	if _, errs, code := cli("file contents", "files", "put", "-", id+":/workspace/f.txt"); code != 0 {
 		t.Fatalf("files put: %d %s", code, errs)

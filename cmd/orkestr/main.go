@@ -41,10 +41,16 @@ Sandboxes:
                  [--timeout SECONDS] [--env K=V]... [--metadata K=V]... [--region R]
   sandbox ls     [--status S] [--limit N]
   sandbox get    ID
-  sandbox exec   [--timeout SECONDS] [--env K=V]... [--cwd DIR] [--stdin] ID [--] COMMAND [ARG]...
+  sandbox exec   [--timeout SECONDS] [--env K=V]... [--cwd DIR] [--user root|user] [--stdin] ID [--] COMMAND [ARG]...
+                 (COMMAND alone: a shell command line; with ARGs: an argv, each word as written)
   sandbox exec   -it [--env K=V]... [--cwd DIR] ID [--] COMMAND [ARG]...
                  on an interactive terminal, as docker exec -it (exit status: the command's)
   sandbox shell  [--cwd DIR] [--env K=V]... ID      an interactive login shell
+  sandbox exec --detach [--env K=V]... [--cwd DIR] [--user U] ID [--] COMMAND [ARG]...
+                 start COMMAND in the background and print its pid
+  sandbox ps     ID                    its background processes
+  sandbox logs   ID PID                a background process's output until it ends
+  sandbox kill   [--signal N] ID PID   signal a background process (default 15, TERM)
   sandbox pause  ID
   sandbox resume ID
   sandbox rm     ID
@@ -152,7 +158,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprint(stderr, usageText)
 		return exitUsage
 	}
-	groups := map[string][]*command{"sandbox": sandboxCommands(), "files": filesCommands()}
+	groups := map[string][]*command{"sandbox": append(sandboxCommands(), processCommands()...), "files": filesCommands()}
 	if cmds, ok := groups[args[0]]; ok {
 		if len(args) < 2 {
 			fmt.Fprintf(stderr, "orkestr %s: missing verb\n\n%s", args[0], usageText)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -212,7 +213,7 @@ func TestExecStreamsLiveAndExitsWithTheCommandsStatus(t *testing.T) {
 	a.on("POST /v1/sandboxes/sbx_1/exec/stream", func(w http.ResponseWriter, r *http.Request) {
 		var body map[string]any
 		_ = json.NewDecoder(r.Body).Decode(&body)
-		want := map[string]any{"command": "python -c 'import sys; sys.exit(3)' --flag", "timeout_seconds": 5.0,
+		want := map[string]any{"command": `python -c 'import sys; sys.exit(3)' --flag 'it'\''s'`, "timeout_seconds": 5.0,
 			"env": map[string]any{"A": "1"}, "cwd": "/tmp", "stdin": "input\n"}
 		if !reflect.DeepEqual(body, want) {
 			t.Errorf("body = %v", body)
@@ -232,7 +233,7 @@ func TestExecStreamsLiveAndExitsWithTheCommandsStatus(t *testing.T) {
 	out := &signalWriter{first: firstSeen}
 	var errOut bytes.Buffer
 	code := run(context.Background(), []string{"sandbox", "exec", "--timeout", "5", "--env", "A=1", "--cwd", "/tmp", "--stdin",
-		"sbx_1", "--", "python", "-c", "'import sys; sys.exit(3)'", "--flag"}, strings.NewReader("input\n"), out, &errOut)
+		"sbx_1", "--", "python", "-c", "import sys; sys.exit(3)", "--flag", "it's"}, strings.NewReader("input\n"), out, &errOut)
 	if code != 3 {
 		t.Errorf("exit %d, want the command's 3 (stderr %q)", code, errOut.String())
 	}
@@ -461,5 +462,35 @@ func TestUsage(t *testing.T) {
 	}
 	if r := runCLI(t, "", "usage", "--from", "last week"); r.code != exitUsage {
 		t.Errorf("usage --from 'last week': %+v", r)
+	}
+}
+
+// TestCommandLineKeepsEveryArgument runs the quoted command line through a
+// real /bin/sh and checks that each word arrives as one argument, unchanged.
+func TestCommandLineKeepsEveryArgument(t *testing.T) {
+	for _, words := range [][]string{
+		{"$HOME", "a b"},
+		{"print(2**100)"},
+		{"it's", `"double"`, `back\slash`, "", "*", "~", "a;b", "$(id)", "`id`", "tab\there", "new\nline", "-n", "ünï"},
+	} {
+		argv := append([]string{"printf", `[%s]\n`}, words...)
+		out, err := exec.Command("/bin/sh", "-c", commandLine(argv)).Output()
+		if err != nil {
+			t.Fatalf("%q: %v", commandLine(argv), err)
+		}
+		var want strings.Builder
+		for _, w := range words {
+			want.WriteString("[" + w + "]\n")
+		}
+		if string(out) != want.String() {
+			t.Errorf("%q printed %q, want %q", commandLine(argv), out, want.String())
+		}
+	}
+	// One word is a command line, for the shell to read.
+	if got := commandLine([]string{"echo $HOME | wc -c"}); got != "echo $HOME | wc -c" {
+		t.Errorf("single word changed: %q", got)
+	}
+	if got := commandLine([]string{"python3", "-c", "print(2**100)"}); got != `python3 -c 'print(2**100)'` {
+		t.Errorf("argv quoted as %q", got)
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
@@ -95,17 +97,21 @@ func sandboxCommands() []*command {
 		}),
 		{
 			name: "exec", synopsis: "[flags] ID [--] COMMAND [ARG]...", min: 2, max: -1, stopAt: 1,
-			summary: "Run COMMAND (its words joined by spaces) with /bin/sh -c in the sandbox, streaming its\n" +
-				"output, and exit with its exit status. Flags go before ID. With --json the output is\n" +
-				"collected and printed as one JSON result.",
+			summary: "Run COMMAND in the sandbox, streaming its output, and exit with its exit status.\n" +
+				"With ARGs, each word is one argument, as written (shell-quoted for /bin/sh -c):\n" +
+				"  -- python3 -c 'print(2**100)'   -- echo '$HOME' \"a b\"   (prints $HOME a b)\n" +
+				"A single COMMAND word is a shell command line: -- 'echo $HOME; ls | wc -l'.\n" +
+				"Flags go before ID. With --json the output is collected and printed as one JSON result.",
 			flags: func(fs *flag.FlagSet) action {
 				var o orkestr.ExecOptions
 				env := kvFlag{}
 				fs.IntVar(&o.TimeoutSeconds, "timeout", 0, "seconds until the command is killed (default 60)")
 				fs.Var(env, "env", "`K=V` environment variable for the command (repeatable)")
 				fs.StringVar(&o.Cwd, "cwd", "", "working directory (default /workspace)")
+				fs.StringVar(&o.User, "user", "", "run as root (default) or user (uid 1000, home /home/user)")
 				stdin := fs.Bool("stdin", false, "send standard input (UTF-8, up to 1 MiB) to the command")
 				tty := ttyFlags(fs)
+				detach := fs.Bool("detach", false, "start the command in the background and print its pid (see sandbox ps, logs, kill)")
 				return func(c *cli, args []string) error {
 					o.Env = env.orNil()
 					if *tty.i && !tty.on() {
@@ -114,17 +120,119 @@ func sandboxCommands() []*command {
 					if tty.on() && c.json {
 						return usagef("--json cannot be combined with a terminal (-t, -it)")
 					}
+					if tty.on() && *detach {
+						return usagef("--detach cannot be combined with a terminal (-t, -it)")
+					}
+					if tty.on() && o.User != "" && o.User != "root" {
+						return usagef("terminals run as root for now: drop --user or run without -t")
+					}
 					if tty.on() {
-						return runTerminal(c, c.client.Sandbox(args[0]), orkestr.TerminalOptions{Command: terminalCommandLine(args[1:]), Env: o.Env, Cwd: o.Cwd})
+						return runTerminal(c, c.client.Sandbox(args[0]), orkestr.TerminalOptions{Command: commandLine(args[1:]), Env: o.Env, Cwd: o.Cwd})
+					}
+					if *detach {
+						p, err := c.client.Sandbox(args[0]).StartProcess(c.ctx, commandLine(args[1:]),
+							orkestr.ProcessOptions{Env: o.Env, Cwd: o.Cwd, User: o.User})
+						if err != nil {
+							return err
+						}
+						return c.print(p, func(w io.Writer) { fmt.Fprintln(w, p.PID) })
 					}
 					if *stdin {
 						o.Stdin = c.stdin
 					}
-					return execCommand(c, c.client.Sandbox(args[0]), strings.Join(args[1:], " "), o)
+					return execCommand(c, c.client.Sandbox(args[0]), commandLine(args[1:]), o)
 				}
 			},
 		},
 	}
+}
+
+// processCommands are the verbs on background processes.
+func processCommands() []*command {
+	return []*command{
+		oneSandbox("ps", "List the sandbox's background processes (started with exec --detach).", func(c *cli, sb *orkestr.Sandbox) error {
+			list, err := sb.Processes(c.ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(list, func(w io.Writer) {
+				fmt.Fprintln(w, "PID\tUSER\tSTATUS\tSTARTED\tCOMMAND")
+				for _, p := range list {
+					status := "running"
+					if !p.Running && p.ExitCode != nil {
+						status = fmt.Sprintf("exited %d", *p.ExitCode)
+					}
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", p.PID, p.User, status, fmtTime(&p.StartedAt), p.Command)
+				}
+			})
+		}),
+		{
+			name: "logs", synopsis: "ID PID", min: 2, max: 2,
+			summary: "Print a background process's output (its last 1 MiB, then as it comes) until it ends;\n" +
+				"exit with its exit status. Ctrl-C stops reading; the process goes on.",
+			flags: func(fs *flag.FlagSet) action {
+				return func(c *cli, args []string) error {
+					p, err := processOf(c, args)
+					if err != nil {
+						return err
+					}
+					if err := p.Attach(c.ctx, orkestr.AttachOptions{Replay: true, Stdout: c.stdout, Stderr: c.stderr}); err != nil {
+						return err
+					}
+					if p.ExitCode == nil || *p.ExitCode < 0 || *p.ExitCode > 255 {
+						return exitCode(255)
+					}
+					return exitCode(*p.ExitCode)
+				}
+			},
+		},
+		{
+			name: "kill", synopsis: "[--signal SIG] ID PID", min: 2, max: 2,
+			summary: "Send a signal (default TERM) to a background process's group.",
+			flags: func(fs *flag.FlagSet) action {
+				sig := fs.Int("signal", 15, "signal number (15 TERM, 9 KILL, 2 INT, 1 HUP)")
+				return func(c *cli, args []string) error {
+					p, err := processOf(c, args)
+					if err != nil {
+						return err
+					}
+					return p.SendSignal(c.ctx, syscall.Signal(*sig))
+				}
+			},
+		},
+	}
+}
+
+func processOf(c *cli, args []string) (*orkestr.Process, error) {
+	pid, err := strconv.Atoi(args[1])
+	if err != nil || pid < 1 {
+		return nil, usagef("PID must be a positive number, not %q", args[1])
+	}
+	return c.client.Sandbox(args[0]).GetProcess(c.ctx, pid)
+}
+
+// commandLine turns the words after ID into the command /bin/sh -c runs.
+// One word is a command line for the shell, as written (pipes, variables,
+// several commands); several words are an argv, each quoted so that the
+// shell passes it on unchanged.
+func commandLine(words []string) string {
+	if len(words) == 1 {
+		return words[0]
+	}
+	quoted := make([]string, len(words))
+	for i, w := range words {
+		quoted[i] = shellWord(w)
+	}
+	return strings.Join(quoted, " ")
+}
+
+// shellWord quotes w for a POSIX shell unless it consists only of
+// characters no shell treats specially.
+func shellWord(w string) string {
+	if w != "" && strings.Trim(w, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-") == "" {
+		return w
+	}
+	return "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
 }
 
 // execCommand runs the command and turns its end into the exit status.

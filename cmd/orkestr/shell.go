@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"golang.org/x/term"
@@ -30,24 +29,6 @@ func shellCommand() *command {
 			}
 		},
 	}
-}
-
-// terminalCommandLine is the command a terminal runs for the words after
-// ID: one word is a shell command line as it is; several are each quoted,
-// so they reach the program as written.
-func terminalCommandLine(words []string) string {
-	if len(words) == 1 {
-		return words[0]
-	}
-	q := make([]string, len(words))
-	for i, w := range words {
-		if w != "" && strings.Trim(w, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:@,+%") == "" {
-			q[i] = w
-			continue
-		}
-		q[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
-	}
-	return strings.Join(q, " ")
 }
 
 // runTerminal runs o's program on a terminal in sb, wired to the local one:

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func TestTerminalCommandLine(t *testing.T) {
+func TestCommandLineForATerminal(t *testing.T) {
 	for _, c := range []struct {
 		words []string
 		want  string
@@ -17,7 +17,7 @@ func TestTerminalCommandLine(t *testing.T) {
 		{[]string{"printf", "%s|", "a b", "$HOME", "it's", ""}, `printf '%s|' 'a b' '$HOME' 'it'\''s' ''`},
 		{[]string{"python3", "-c", "print(2**100)"}, `python3 -c 'print(2**100)'`},
 	} {
-		if got := terminalCommandLine(c.words); got != c.want {
+		if got := commandLine(c.words); got != c.want {
 			t.Errorf("%q: %s, want %s", c.words, got, c.want)
 		}
 	}

@@ -47,6 +47,7 @@ type Agent struct {
 
 	reaper  *reaper
 	zygotes zygotes
+	procs   procTable // background processes (process.go)
 	groups  *execGroups
 	// oomGroups holds the cgroups of commands a process of which was
 	// killed by oomKill (cgroup dir -> true), for their exit status.
@@ -206,6 +207,22 @@ func (a *Agent) serveRequest(st net.Conn, r *wire.Reader, w *wire.Writer) (reusa
 		return false
 	case wire.OpOOMKill:
 		_ = w.JSON(wire.KindJSON, a.oomKill())
+	case wire.OpProcStart:
+		a.procStart(req.Exec, w)
+	case wire.OpProcList:
+		_ = w.JSON(wire.KindJSON, wire.ProcList{Processes: a.procs.list()})
+	case wire.OpProcAttach:
+		a.procAttach(&req, r, w)
+		return false
+	case wire.OpProcInput:
+		a.procInput(&req, w)
+	case wire.OpProcSignal:
+		a.procSignal(&req, w)
+	case wire.OpStatX, wire.OpExists, wire.OpMkdirX, wire.OpRename:
+		a.fsOp(&req, w)
+	case wire.OpWatch:
+		a.watch(&req, r, w)
+		return false
 	default:
 		_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("unknown op %q", req.Op))
 	}
@@ -244,11 +261,22 @@ var defaultEnv = map[string]string{
 // envMap is a command's environment: defaults, then the sandbox's, then the
 // call's own variables.
 func (a *Agent) envMap(call map[string]string) map[string]string {
+	return a.envMapFor(call, root)
+}
+
+// envMapFor is envMap for a command run as u: its HOME, USER and LOGNAME
+// come after the defaults, before the sandbox's and the call's variables.
+func (a *Agent) envMapFor(call map[string]string, u account) map[string]string {
 	merged := make(map[string]string, len(defaultEnv)+len(call))
 	for k, v := range defaultEnv {
 		merged[k] = v
 	}
 	a.mu.RLock()
+	u.env(merged, func(k string) bool {
+		_, inBase := a.baseEnv[k]
+		_, inCall := call[k]
+		return inBase || inCall
+	})
 	for k, v := range a.baseEnv {
 		merged[k] = v
 	}

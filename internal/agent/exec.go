@@ -53,7 +53,7 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 
 	p, start, err := a.startCommand(e, cwd)
 	if err != nil {
-		_ = w.Err(wire.CodeInternal, err.Error())
+		sendStartErr(w, err)
 		return reusableIfRefused
 	}
 	pid, exited, stdinW, outR, errR := p.pid, p.exited, p.stdinW, p.outR, p.errR

@@ -65,6 +65,11 @@ const fillWait = 100 * time.Millisecond
 // spawn starts /bin/sh with fresh pipes. With zygote set it waits for its
 // script on fd 3 instead of running command.
 func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (*proc, error) {
+	return a.spawnAs(command, cwd, env, zygote, root)
+}
+
+// spawnAs is spawn for a command run as user u.
+func (a *Agent) spawnAs(command, cwd string, env map[string]string, zygote bool, u account) (*proc, error) {
 	var files []*os.File
 	var closeAfter []*os.File
 	fail := func(err error) (*proc, error) {
@@ -107,10 +112,23 @@ func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (
 		closeAfter = append(closeAfter, statusR, statusW)
 		p.statusR, p.statusW = statusR, statusW
 		argv = zygoteArgv(os.Getpid(), statusW.Fd())
+	} else if !u.isRoot() {
+		// A user's shell cannot reopen a pipe of root's (a zygote's
+		// `. /proc/self/fd/3`), so it waits at a gate instead: it reads a
+		// line from fd 3 (no reopening) and then evaluates the command,
+		// which cannot start before the shell is in its cgroup.
+		gateR, gateW, err := os.Pipe()
+		if err != nil {
+			return fail(fmt.Errorf("gate pipe: %w", err))
+		}
+		files = append(files, gateR)
+		closeAfter = append(closeAfter, gateW)
+		p.script = gateW
+		argv = []string{"/bin/sh", "-c", `read -r __ork_gate <&3; exec 3<&-; unset __ork_gate; eval "$1"`, "sh", command}
 	}
 	pid, exited, err := a.reaper.start("/bin/sh", argv, &os.ProcAttr{
 		Dir: cwd, Env: environ(env), Files: files,
-		Sys: &syscall.SysProcAttr{Setpgid: true},
+		Sys: &syscall.SysProcAttr{Setpgid: true, Credential: u.credential()},
 	})
 	for _, f := range files {
 		f.Close()
@@ -130,6 +148,13 @@ func (a *Agent) spawn(command, cwd string, env map[string]string, zygote bool) (
 // startCommand starts e's command, from the zygote when one is ready and
 // fits, and returns when the command was handed over.
 func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error) {
+	u, err := lookupUser(e.User)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if !u.isRoot() {
+		return a.startAs(e, cwd, u)
+	}
 	want := a.envMap(e.Env)
 	if p := a.takeZygote(); p != nil {
 		if start, ok := handOver(p, e.Command, cwd, want); ok {
@@ -150,6 +175,26 @@ func (a *Agent) startCommand(e *wire.Exec, cwd string) (*proc, time.Time, error)
 	start := time.Now()
 	p, err := a.spawn(e.Command, cwd, want, false)
 	return p, start, err
+}
+
+// startAs starts e's command as user u. The ready zygote is root's, so a
+// shell is started for u alone, put in its cgroup, and then let through
+// its gate to run the command.
+func (a *Agent) startAs(e *wire.Exec, cwd string, u account) (*proc, time.Time, error) {
+	want := a.envMapFor(e.Env, u)
+	p, err := a.spawnAs(e.Command, cwd, want, false, u)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	start := time.Now()
+	_, werr := p.script.WriteString("go\n")
+	cerr := p.script.Close()
+	p.script = nil
+	if werr != nil || cerr != nil {
+		a.discard(p)
+		return nil, time.Time{}, fmt.Errorf("starting the command as %s: the shell did not take it", u.name)
+	}
+	return p, start, nil
 }
 
 // Exiting costs a gVisor process most of a millisecond (its address space

@@ -23,6 +23,7 @@ type execRequest struct {
 	Env            map[string]string `json:"env"`
 	Cwd            *string           `json:"cwd"`
 	Stdin          *string           `json:"stdin"`
+	User           *string           `json:"user"` // "root" (default) or "user"
 }
 
 type blockedConnection struct {
@@ -78,11 +79,15 @@ func (s *Server) prepareExec(r *http.Request) (runtime.Sandbox, runtime.ExecRequ
 			return nil, runtime.ExecRequest{}, err
 		}
 	}
+	user, err := checkUser(req.User)
+	if err != nil {
+		return nil, runtime.ExecRequest{}, err
+	}
 	rt, err := s.runningRuntime(r)
 	if err != nil {
 		return nil, runtime.ExecRequest{}, err
 	}
-	er := runtime.ExecRequest{Command: req.Command, Env: req.Env, Cwd: cwd, Timeout: time.Duration(timeout) * time.Second}
+	er := runtime.ExecRequest{Command: req.Command, Env: req.Env, Cwd: cwd, Timeout: time.Duration(timeout) * time.Second, User: user}
 	if req.Stdin != nil {
 		er.Stdin = bytes.NewReader([]byte(*req.Stdin))
 	}
@@ -94,6 +99,10 @@ func execError(err error) error {
 	switch {
 	case errors.Is(err, runtime.ErrFileNotFound):
 		return invalid("cwd", "The working directory does not exist in the sandbox.")
+	case errors.Is(err, runtime.ErrPermission):
+		return invalid("cwd", "The user cannot enter the working directory; choose another cwd or user root.")
+	case errors.Is(err, runtime.ErrNoUser):
+		return invalid("user", "The sandbox's template has no unprivileged user; rebuild it (orkestrd admin template build) or run as root.")
 	case errors.Is(err, runtime.ErrInvalidRequest):
 		return invalid("command", "The sandbox refused the command: %s", err.Error())
 	case errors.Is(err, runtime.ErrOutOfMemory):

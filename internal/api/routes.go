@@ -42,6 +42,18 @@ func (s *Server) routeTable() []endpoint {
 		{Route{"GET", "/v1/sandboxes/{id}/files/archive"}, r, s.getArchive},
 		{Route{"GET", "/v1/sandboxes/{id}/metrics"}, r, s.metrics},
 		{Route{"GET", "/v1/sandboxes/{id}/pty"}, w, s.openPty},
+		{Route{"POST", "/v1/sandboxes/{id}/processes"}, w, s.startProcess},
+		{Route{"GET", "/v1/sandboxes/{id}/processes"}, r, s.listProcesses},
+		{Route{"GET", "/v1/sandboxes/{id}/processes/{pid}"}, r, s.getProcess},
+		{Route{"GET", "/v1/sandboxes/{id}/processes/{pid}/output"}, r, s.processOutput},
+		{Route{"POST", "/v1/sandboxes/{id}/processes/{pid}/stdin"}, w, s.processStdin},
+		{Route{"POST", "/v1/sandboxes/{id}/processes/{pid}/signal"}, w, s.signalProcess},
+		{Route{"POST", "/v1/sandboxes/{id}/processes/{pid}/wait"}, r, s.waitProcess},
+		{Route{"GET", "/v1/sandboxes/{id}/files/stat"}, r, s.statFile},
+		{Route{"GET", "/v1/sandboxes/{id}/files/exists"}, r, s.fileExists},
+		{Route{"POST", "/v1/sandboxes/{id}/files/mkdir"}, w, s.makeDir},
+		{Route{"POST", "/v1/sandboxes/{id}/files/rename"}, w, s.renameFile},
+		{Route{"GET", "/v1/sandboxes/{id}/files/watch"}, r, s.watchFiles},
 		{Route{"GET", "/v1/openapi.yaml"}, "", func(w http.ResponseWriter, r *http.Request) error { s.openapi(w, r); return nil }},
 	}
 }

@@ -88,6 +88,7 @@ type ExecRequest struct {
 	Stdout  io.Writer // written as output is produced
 	Stderr  io.Writer
 	Signals <-chan syscall.Signal
+	User    string // "root" (default) or "user"; see process.go
 }
 
 // ExecResult is how a command ended.

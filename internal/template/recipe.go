@@ -101,9 +101,12 @@ func (s Store) BuildRecipe(ctx context.Context, name string, force bool, logw fu
 	if !ok {
 		return fmt.Errorf("no offline recipe for template %q (known: %s)", name, strings.Join(recipeNames(), ", "))
 	}
-	if _, err := s.Rootfs(name); err == nil && !force {
-		logw(fmt.Sprintf("template %s is already built in %s", name, s.Dir))
-		return nil
+	if rec, err := s.Record(name); err == nil && !force {
+		if rec.Layout >= CurrentLayout {
+			logw(fmt.Sprintf("template %s is already built in %s", name, s.Dir))
+			return nil
+		}
+		logw(fmt.Sprintf("template %s was built before the sandbox user existed; rebuilding it", name))
 	}
 	if r.Base != "" {
 		if err := s.BuildRecipe(ctx, r.Base, false, logw); err != nil {

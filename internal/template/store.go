@@ -68,7 +68,15 @@ type Record struct {
 	// not <name>/rootfs: an image's filesystem is unpacked once under
 	// .images/ and shared by every template built from that image.
 	Rootfs string `json:"rootfs,omitempty"`
+	// Layout is the version of what Prepare puts into every rootfs
+	// (CurrentLayout when built); an offline recipe built with an older
+	// one is rebuilt by the next `template build`.
+	Layout int `json:"layout,omitempty"`
 }
+
+// CurrentLayout: 1 mount points, hostname and resolv.conf; 2 the
+// unprivileged user "user".
+const CurrentLayout = 2
 
 // Store is a template directory.
 type Store struct{ Dir string }
@@ -163,7 +171,7 @@ func Prepare(rootfs string) error {
 			return fmt.Errorf("template rootfs: %s: %w", name, err)
 		}
 	}
-	return nil
+	return addUser(root)
 }
 
 // replaceUnless removes name (not following it) unless it is missing or
@@ -233,6 +241,7 @@ func (s Store) Install(stage string, rec Record) error {
 			return err
 		}
 	}
+	rec.Layout = CurrentLayout
 	b, _ := json.MarshalIndent(rec, "", "  ")
 	if err := os.WriteFile(filepath.Join(stage, "template.json"), b, 0o644); err != nil {
 		return err

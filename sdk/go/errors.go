@@ -185,7 +185,8 @@ var statusOf = map[string]int{
 	"invalid_request": 400, "unknown_template": 400, "unknown_region": 400,
 	"file_not_found": 404, "invalid_path": 400, "payload_too_large": 413,
 	"no_capacity": 503, "unavailable": 503, "internal": 500,
-	"invalid_archive": 400,
+	"invalid_archive":   400,
+	"process_not_found": 404, "process_stdin_closed": 409,
 }
 
 // classify maps an API error to its typed error by HTTP status and code,

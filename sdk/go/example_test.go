@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"syscall"
+	"time"
 
 	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
 )
@@ -91,4 +93,50 @@ func ExampleSandbox_Pause() {
 		log.Fatal(err)
 	}
 	fmt.Println(resumed.Status) // running
+}
+
+func ExampleSandbox_StartProcess() {
+	ctx := context.Background()
+	c, err := orkestr.NewClient()
+	if err != nil {
+		log.Fatal(err)
+	}
+	sbx := c.Sandbox(os.Getenv("SANDBOX_ID"))
+	// A dev server in the background, as the unprivileged user.
+	srv, err := sbx.StartProcess(ctx, "python3 -u -m http.server 8000", orkestr.ProcessOptions{User: orkestr.UserUser})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("pid", srv.PID)
+	// Its log so far and as it comes, until ctx ends (the server goes on).
+	logCtx, stop := context.WithTimeout(ctx, 10*time.Second)
+	defer stop()
+	_ = srv.Attach(logCtx, orkestr.AttachOptions{Replay: true, Stdout: os.Stdout, Stderr: os.Stderr})
+	if err := srv.SendSignal(ctx, syscall.SIGTERM); err != nil {
+		log.Fatal(err)
+	}
+	if err := srv.Wait(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("exit", *srv.ExitCode)
+}
+
+func ExampleFiles_OpenWatch() {
+	ctx := context.Background()
+	c, err := orkestr.NewClient()
+	if err != nil {
+		log.Fatal(err)
+	}
+	files := c.Sandbox(os.Getenv("SANDBOX_ID")).Files()
+	w, err := files.OpenWatch(ctx, "/workspace", true)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer w.Close()
+	for ev, err := range w.Events() {
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(ev.Type, ev.Path) // create src/main.py, write src/main.py, ...
+	}
 }

@@ -28,6 +28,8 @@ type ExecOptions struct {
 	// Stdin is read to its end before the command starts and sent as the
 	// command's standard input. It must be UTF-8 text of at most 1 MiB.
 	Stdin io.Reader
+	// User runs the command as UserRoot ("", the default) or UserUser.
+	User string
 }
 
 // BlockedConnection is a connection the sandbox's network policy dropped.
@@ -59,10 +61,11 @@ type execBody struct {
 	Env            map[string]string `json:"env,omitempty"`
 	Cwd            string            `json:"cwd,omitempty"`
 	Stdin          *string           `json:"stdin,omitempty"`
+	User           string            `json:"user,omitempty"`
 }
 
 func newExecBody(command string, o ExecOptions) (*execBody, error) {
-	b := &execBody{Command: command, TimeoutSeconds: o.TimeoutSeconds, Env: o.Env, Cwd: o.Cwd}
+	b := &execBody{Command: command, TimeoutSeconds: o.TimeoutSeconds, Env: o.Env, Cwd: o.Cwd, User: o.User}
 	if o.Stdin != nil {
 		raw, err := io.ReadAll(io.LimitReader(o.Stdin, maxStdin+1))
 		if err != nil {

@@ -143,6 +143,9 @@ type Request struct {
 	Mode      uint32     `json:"mode,omitempty"`
 	Recursive bool       `json:"recursive,omitempty"`
 	Configure *Configure `json:"configure,omitempty"`
+	Proc      *Proc      `json:"proc,omitempty"` // the OpProc* ops (process.go)
+	FS        *FS        `json:"fs,omitempty"`   // the ops of fsops.go
+
 	// Limit bounds the bytes of file content an OpUntar may write.
 	Limit int64 `json:"limit,omitempty"`
 	// Compression of an OpTar: "", "gzip" or "zstd".
@@ -168,6 +171,9 @@ type Exec struct {
 	Cwd       string            `json:"cwd,omitempty"`
 	TimeoutMS int64             `json:"timeout_ms,omitempty"`
 	Stdin     bool              `json:"stdin,omitempty"`
+	// User runs the command as this user of the sandbox's /etc/passwd
+	// ("" is root).
+	User string `json:"user,omitempty"`
 }
 
 // ExitStatus ends an exec.

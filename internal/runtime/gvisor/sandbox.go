@@ -42,6 +42,11 @@ type sandbox struct {
 	memEvents *os.File    // the memory threshold eventfd (oom.go)
 	relieving atomic.Bool // relieveMemory runs
 	oomKills  atomic.Uint64
+	// long is cancelled when a pause starts or the sandbox stops: it ends
+	// the calls that may run for ever (attached processes, watches) and
+	// are not waited for.
+	long       context.Context
+	cancelLong context.CancelFunc
 }
 
 var (
@@ -51,6 +56,7 @@ var (
 
 func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
 	sb := &sandbox{d: d, ch: ch, pid: pid, m: m, done: make(chan struct{})}
+	sb.long, sb.cancelLong = context.WithCancel(context.Background())
 	sb.idle = sync.NewCond(&sb.mu)
 	unwatch, err := watcher.watch(pid, sb.exited)
 	if err != nil {
@@ -101,6 +107,7 @@ func (sb *sandbox) stop(reason error) {
 	sb.mu.Unlock()
 	if first {
 		sb.unwatchMemory()
+		sb.cancelLong()
 		sb.ch.Fail(reason)
 		close(sb.done)
 	}
@@ -203,6 +210,10 @@ func (sb *sandbox) mapErr(err error) error {
 			base = runtime.ErrInvalidArchive
 		case wire.CodeTooLarge:
 			base = runtime.ErrTooLarge
+		case wire.CodeNoProcess:
+			base = runtime.ErrNoProcess
+		case wire.CodeNoUser:
+			base = runtime.ErrNoUser
 		default:
 			base = runtime.ErrAgent
 		}
@@ -289,7 +300,7 @@ func (sb *sandbox) Exec(ctx context.Context, r runtime.ExecRequest) (runtime.Exe
 	}
 	defer sb.end()
 	start := time.Now()
-	e := wire.Exec{Command: r.Command, Env: r.Env, Cwd: r.Cwd, TimeoutMS: r.Timeout.Milliseconds()}
+	e := wire.Exec{Command: r.Command, Env: r.Env, Cwd: r.Cwd, TimeoutMS: r.Timeout.Milliseconds(), User: r.User}
 	st, err := sb.ch.Exec(ctx, e, client.ExecIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Signals: r.Signals})
 	if err != nil {
 		return runtime.ExecResult{}, sb.mapErr(err)
@@ -575,6 +586,7 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		return runtime.Snapshot{}, fmt.Errorf("%w: already being paused", runtime.ErrBusy)
 	}
 	sb.pausing = true
+	sb.cancelLong()
 	deadline := time.AfterFunc(drainTimeout, func() { sb.ch.Disconnect() })
 	for sb.inflight > 0 && sb.stopErr == nil {
 		sb.idle.Wait()
@@ -585,6 +597,7 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 	undoPause := func() {
 		sb.mu.Lock()
 		sb.pausing = false
+		sb.long, sb.cancelLong = context.WithCancel(context.Background())
 		sb.mu.Unlock()
 	}
 

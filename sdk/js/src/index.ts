@@ -38,4 +38,17 @@ export {
   type OrkestrErrorInit,
 } from "./errors.js";
 export { Terminal, type TerminalOptions, type TerminalExit } from "./terminal.js";
+export {
+  Process,
+  Processes,
+  Detached,
+  type User,
+  type OutputChunk,
+  type StartOptions,
+  type OutputOptions,
+  type ProcessInfo,
+  type FileStat,
+  type WatchEvent,
+  type UserOptions,
+} from "./processes.js";
 export { VERSION, DEFAULT_BASE_URL, type ClientOptions, type CallOptions } from "./http.js";

@@ -23,6 +23,7 @@ import {
   snakify,
   toDate,
 } from "./http.js";
+import { FileCalls, Processes, type User } from "./processes.js";
 
 export type SandboxStatus = "starting" | "running" | "paused" | "terminated" | "error";
 export type SandboxSize = "small" | "medium" | "large";
@@ -65,6 +66,8 @@ export interface ExecOptions extends CallOptions {
   cwd?: string;
   /** Standard input of the command (UTF-8 text, at most 1 MiB). */
   stdin?: string;
+  /** "root" (default) or "user" (uid 1000, home /home/user). */
+  user?: User;
 }
 
 /** A piece of a running command's output. */
@@ -209,7 +212,7 @@ function execBody(command: string, o: ExecOptions): Record<string, unknown> {
       message: "stdin is larger than the API's 1 MiB limit; write it to a file with files.write and redirect it instead",
     });
   }
-  return snakify({ command, timeoutSeconds: o.timeoutSeconds, env: o.env, cwd: o.cwd, stdin: o.stdin }) as Record<
+  return snakify({ command, timeoutSeconds: o.timeoutSeconds, env: o.env, cwd: o.cwd, stdin: o.stdin, user: o.user }) as Record<
     string,
     unknown
   >;
@@ -245,12 +248,15 @@ export class Sandbox implements SandboxData {
 
   /** File operations; paths are absolute paths inside the sandbox. */
   readonly files: Files;
+  /** Background processes: start, list, attach, stdin, signals, wait. */
+  readonly processes: Processes;
   readonly #conn: Connection;
 
   private constructor(conn: Connection, data: SandboxData) {
     this.#conn = conn;
     Object.assign(this, data);
     this.files = new Files(conn, data.id);
+    this.processes = new Processes(conn, data.id);
   }
 
   /** Starts a sandbox and resolves once it runs. Never retried (a retry could start a second one). */
@@ -486,7 +492,7 @@ export class Sandbox implements SandboxData {
 
   /** Plain data, for JSON.stringify and console.log (no key, no handle). */
   toJSON(): SandboxData {
-    const { files: _f, ...rest } = this;
+    const { files: _f, processes: _p, ...rest } = this;
     return rest as SandboxData;
   }
 }
@@ -820,12 +826,13 @@ async function* readFrames(
 }
 
 /** File operations of one sandbox. Paths are absolute paths inside it. */
-export class Files {
+export class Files extends FileCalls {
   readonly #conn: Connection;
   readonly #id: string;
 
   /** @internal */
   constructor(conn: Connection, id: string) {
+    super(conn, id);
     this.#conn = conn;
     this.#id = id;
   }

@@ -25,6 +25,7 @@ import {
   SandboxNotFound,
   SandboxNotReady,
   SnapshotCapReached,
+  Detached,
 } from "../dist/esm/index.js";
 
 const skip = missingPrerequisite() || (!existsSync(join(sdkDir, "dist/esm/index.js")) && "run npm run build first");
@@ -428,6 +429,57 @@ describe("orkestr SDK against a real orkestrd", { skip, timeout: 600_000 }, () =
     await resumed.terminate();
     const gone = await resumed.files.read("/workspace/keep.txt").catch((e) => e);
     assert.ok(gone instanceof SandboxNotReady && gone.sandboxStatus === "terminated", String(gone));
+  });
+
+  test("processes and watches: Detached at a pause, the pid kept across it, AbortSignal, process_not_found", async () => {
+    const sbx = await Sandbox.create({ ...team, template: "debian-12" });
+    try {
+      const proc = await sbx.processes.start("echo started; sleep 600");
+      const seen = [];
+      const attached = (async () => {
+        for await (const c of proc.output({ replay: true })) seen.push(c.data);
+      })().catch((e) => e);
+      const watch = await sbx.files.watch("/workspace");
+      const watching = (async () => {
+        for await (const _ of watch) {
+          // nothing changes
+        }
+      })().catch((e) => e);
+      await sbx.pause();
+      const [a, w] = await Promise.all([attached, watching]);
+      assert.ok(a instanceof Detached && a.code === "detached", String(a));
+      assert.ok(w instanceof Detached, String(w));
+      assert.deepEqual(seen, ["started\n"]);
+      const resumed = await Sandbox.resume(sbx.id, team);
+      const again = await resumed.processes.get(proc.pid);
+      assert.equal(again.running, true);
+      // An aborted output loop detaches; the process goes on.
+      const ac = new AbortController();
+      const aborted = (async () => {
+        for await (const _ of again.output({ signal: ac.signal })) {
+          // nothing
+        }
+      })().catch((e) => e);
+      ac.abort();
+      assert.equal((await aborted)?.name, "AbortError");
+      assert.equal((await again.refresh()).running, true);
+      await again.kill(9);
+      await again.wait();
+      assert.deepEqual([again.running, again.exitCode, again.signal], [false, 137, 9]);
+      const missing = await resumed.processes.get(1).catch((e) => e);
+      assert.ok(missing instanceof OrkestrError && missing.code === "process_not_found" && missing.status === 404, String(missing));
+      const bin = await resumed.processes.start("cat");
+      await bin.sendStdin(new Uint8Array([104, 105, 0, 10]));
+      await bin.closeStdin();
+      let out = "";
+      for await (const c of bin.output({ replay: true })) out += c.data;
+      assert.equal(out, "hi\u0000\n");
+      const closed = await bin.sendStdin("late").catch((e) => e);
+      assert.equal(closed.code, "process_stdin_closed");
+      await resumed.terminate();
+    } finally {
+      await terminateAll(S.key);
+    }
   });
 
   test("SandboxNotFound: unknown ids, hostile ids, another account's sandbox", async () => {

@@ -43,6 +43,18 @@ from ._models import (
     SizeInfo,
     Template,
 )
+from ._processes import (
+    AsyncProcess,
+    AsyncProcesses,
+    AsyncWatch,
+    Detached,
+    FileStat,
+    Process,
+    Processes,
+    ProcessInfo,
+    Watch,
+    WatchEvent,
+)
 from ._sandbox import ExecStream, Files, Sandbox
 from ._terminal import AsyncTerminal, Terminal, TerminalExit
 from ._version import __version__
@@ -86,4 +98,14 @@ __all__ = [
     "SandboxNotReady",
     "ExecTimeout",
     "NetworkPolicyError",
+    "Detached",
+    "Process",
+    "AsyncProcess",
+    "Processes",
+    "AsyncProcesses",
+    "ProcessInfo",
+    "FileStat",
+    "WatchEvent",
+    "Watch",
+    "AsyncWatch",
 ]

@@ -25,6 +25,7 @@ from ._common import (
 from ._errors import OrkestrError
 from ._terminal import AsyncTerminal, _start_message
 from ._models import ExecChunk, ExecResult, FileEntry, Limits, Metrics, SandboxFields, Template
+from ._processes import AsyncFileCalls, AsyncProcesses
 
 __all__ = ["AsyncSandbox", "AsyncFiles", "AsyncExecStream"]
 
@@ -47,6 +48,11 @@ class AsyncSandbox(SandboxFields):
     @property
     def files(self) -> AsyncFiles:
         return AsyncFiles(self)
+
+    @property
+    def processes(self) -> AsyncProcesses:
+        """Background processes: start, list, get."""
+        return AsyncProcesses(self)
 
     @classmethod
     async def create(
@@ -173,8 +179,11 @@ class AsyncSandbox(SandboxFields):
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         stdin: Union[str, bytes, None] = None,
+        user: Optional[str] = None,
     ) -> ExecResult:
         body = exec_body(command, timeout_seconds, env, cwd, stdin)
+        if user is not None:
+            body["user"] = user
         resp = await self._client.request(
             "POST", sandbox_path(self.id, "/exec"), json_body=body,
             extra_timeout=float(timeout_seconds or DEFAULT_EXEC_TIMEOUT),
@@ -317,7 +326,7 @@ class AsyncExecStream:
         await self.aclose()
 
 
-class AsyncFiles:
+class AsyncFiles(AsyncFileCalls):
     """Files inside a sandbox, asyncio version of :class:`orkestr.Files`."""
 
     def __init__(self, sandbox: AsyncSandbox) -> None:

@@ -191,6 +191,10 @@ class NetworkPolicyError(OrkestrError):
 # (whose HTTP status is 200).
 STATUS_OF_CODE: Dict[str, int] = {
     "unauthenticated": 401,
+    "process_not_found": 404,
+    "process_stdin_closed": 409,
+    "file_exists": 409,
+    "permission_denied": 403,
     "insufficient_scope": 403,
     "rate_limited": 429,
     "size_not_allowed": 402,

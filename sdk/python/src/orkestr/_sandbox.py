@@ -26,6 +26,7 @@ from ._common import (
 from ._errors import OrkestrError
 from ._terminal import Terminal, _start_message
 from ._models import ExecChunk, ExecResult, FileEntry, Limits, Metrics, SandboxFields, Template
+from ._processes import FileCalls, Processes
 
 __all__ = ["Sandbox", "Files", "ExecStream"]
 
@@ -55,6 +56,11 @@ class Sandbox(SandboxFields):
     def files(self) -> Files:
         """File operations inside this sandbox."""
         return Files(self)
+
+    @property
+    def processes(self) -> Processes:
+        """Background processes: start, list, get."""
+        return Processes(self)
 
     # -- class methods --------------------------------------------------
 
@@ -191,6 +197,7 @@ class Sandbox(SandboxFields):
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[str] = None,
         stdin: Union[str, bytes, None] = None,
+        user: Optional[str] = None,
     ) -> ExecResult:
         """Run ``command`` with ``/bin/sh -c`` and wait for it. A non-zero
         exit code is returned, not raised; ExecTimeout (with the output so
@@ -198,6 +205,8 @@ class Sandbox(SandboxFields):
         NetworkPolicyError if it failed after blocked connections. Never
         retried."""
         body = exec_body(command, timeout_seconds, env, cwd, stdin)
+        if user is not None:
+            body["user"] = user
         resp = self._client.request(
             "POST", sandbox_path(self.id, "/exec"), json_body=body,
             extra_timeout=float(timeout_seconds or DEFAULT_EXEC_TIMEOUT),
@@ -350,7 +359,7 @@ class ExecStream:
         self.close()
 
 
-class Files:
+class Files(FileCalls):
     """Files inside a sandbox; paths are absolute paths inside it."""
 
     def __init__(self, sandbox: Sandbox) -> None:
