@@ -17,6 +17,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/api"
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/console"
+	"github.com/orkestr-eu/orkestr/internal/e2b"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
@@ -30,6 +31,8 @@ func serve(args []string) error {
 	configFile := fs.String("config", os.Getenv("ORKESTR_CONFIG"), "YAML config file (env ORKESTR_CONFIG)")
 	consoleURL := fs.String("console-url", os.Getenv("ORKESTR_CONSOLE_URL"), "public URL of this server (e.g. https://orkestr.example.com) for console links; with https the console's cookies are Secure (env ORKESTR_CONSOLE_URL)")
 	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN)")
+	e2bListen := fs.String("e2b-listen", os.Getenv("ORKESTR_E2B_LISTEN"), "address for the E2B-compatible API (the unmodified e2b SDKs with E2B_API_URL and E2B_SANDBOX_URL set to it), e.g. 127.0.0.1:3000; empty: off (env ORKESTR_E2B_LISTEN)")
+	e2bBase := fs.String("e2b-base-template", envOr("ORKESTR_E2B_BASE_TEMPLATE", "python-3.11"), "orkestr template that E2B's template \"base\" means (env ORKESTR_E2B_BASE_TEMPLATE)")
 	_ = fs.Parse(args)
 	cfg, err := config.Load(*configFile)
 	if err != nil {
@@ -126,6 +129,36 @@ func serve(args []string) error {
 		log.Info("operator metrics listening", "addr", mln.Addr().String(), "path", "/metrics")
 		go func() { _ = metricsSrv.Serve(mln) }()
 	}
+	var e2bSrv *http.Server
+	if *e2bListen != "" {
+		// The E2B-compatible API has its own listener: its paths (/sandboxes,
+		// /files, /health…) are E2B's, not /v1's.
+		secret, err := e2b.LoadSecret(ncfg.DataDir)
+		if err != nil {
+			ln.Close()
+			_ = n.Close(context.Background(), false)
+			return err
+		}
+		es, err := e2b.New(e2b.Options{Native: srvAPI, Store: st, Log: log, Secret: secret, Templates: map[string]string{"base": *e2bBase}})
+		if err != nil {
+			ln.Close()
+			_ = n.Close(context.Background(), false)
+			return err
+		}
+		eln, err := net.Listen("tcp", *e2bListen)
+		if err != nil {
+			ln.Close()
+			_ = n.Close(context.Background(), false)
+			return fmt.Errorf("e2b listener: %w", err)
+		}
+		e2bSrv = &http.Server{Handler: es.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+		// The SDKs speak HTTP/1.1 or, without TLS, HTTP/2 with prior knowledge.
+		e2bSrv.Protocols = new(http.Protocols)
+		e2bSrv.Protocols.SetHTTP1(true)
+		e2bSrv.Protocols.SetUnencryptedHTTP2(true)
+		log.Info("E2B-compatible API listening", "addr", eln.Addr().String(), "base_template", *e2bBase)
+		go func() { _ = e2bSrv.Serve(eln) }()
+	}
 	log.Info("orkestrd listening", "addr", ln.Addr().String(), "data_dir", ncfg.DataDir, "template_dir", ncfg.TemplateDir, "pool_size", ncfg.PoolSize, "region", cfg.Region)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -139,6 +172,9 @@ func serve(args []string) error {
 	_ = srv.Shutdown(sctx)
 	if metricsSrv != nil {
 		_ = metricsSrv.Shutdown(sctx)
+	}
+	if e2bSrv != nil {
+		_ = e2bSrv.Shutdown(sctx)
 	}
 	// The last metered seconds are flushed before the store closes.
 	stop()
