@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net/url"
 	"path"
+	"regexp"
 	"sync"
 	"time"
 
@@ -210,6 +211,9 @@ func (f *filesystemService) ListDir(ctx context.Context, req *connect.Request[pb
 	return connect.NewResponse(out), nil
 }
 
+// writeTemp matches the temporary files of orkestr's atomic writes.
+var writeTemp = regexp.MustCompile(`(^|/)\.[^/]+\.orkestr-[0-9]+$`)
+
 // watchEvent is a line of the native watch stream.
 type watchEvent struct {
 	Type  string `json:"type"`
@@ -221,6 +225,15 @@ type watchEvent struct {
 // fsEvents maps a native change to envd's events (a rename is a rename of
 // the old name and a create of the new one, as inotify reports it).
 func fsEvents(ev watchEvent) []*pb.FilesystemEvent {
+	// orkestr writes a file atomically: a temporary file beside it,
+	// renamed over it. envd writes in place, so the SDKs expect a create
+	// and a write of the file itself and nothing of the temporary file.
+	if ev.Type == "rename" && writeTemp.MatchString(ev.From) && ev.Path != "" {
+		return []*pb.FilesystemEvent{{Name: ev.Path, Type: pb.EventType_EVENT_TYPE_CREATE}, {Name: ev.Path, Type: pb.EventType_EVENT_TYPE_WRITE}}
+	}
+	if writeTemp.MatchString(ev.Path) {
+		return nil
+	}
 	switch ev.Type {
 	case "create":
 		return []*pb.FilesystemEvent{{Name: ev.Path, Type: pb.EventType_EVENT_TYPE_CREATE}}
@@ -283,8 +296,8 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[p
 		return err
 	}
 	lines := make(chan []byte, 16)
-	done := make(chan error, 1)
 	go func() {
+		defer close(lines)
 		for sc.Scan() {
 			select {
 			case lines <- append([]byte(nil), sc.Bytes()...):
@@ -292,7 +305,6 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[p
 				return
 			}
 		}
-		done <- sc.Err()
 	}()
 	tick := time.NewTicker(keepalive(req.Header()))
 	defer tick.Stop()
@@ -307,9 +319,10 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[p
 			if err := stream.Send(&pb.WatchDirResponse{Event: &pb.WatchDirResponse_Keepalive{Keepalive: &pb.WatchDirResponse_KeepAlive{}}}); err != nil {
 				return err
 			}
-		case <-done:
-			return nil
-		case line := <-lines:
+		case line, ok := <-lines:
+			if !ok {
+				return nil
+			}
 			var ev watchEvent
 			if json.Unmarshal(line, &ev) != nil {
 				continue

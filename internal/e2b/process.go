@@ -184,20 +184,22 @@ func (p *processService) follow(ctx context.Context, e *envdCtx, pid uint32, rep
 	if err := errorOf(resp); err != nil {
 		return rpcErr("attach to the process", err)
 	}
+	// The reader closes lines at the end of the stream, after every line,
+	// and leaves its error in readErr.
 	lines := make(chan []byte, 16)
-	readErr := make(chan error, 1)
+	var readErr error
 	go func() {
+		defer close(lines)
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 64<<10), 8<<20)
 		for sc.Scan() {
 			select {
 			case lines <- append([]byte(nil), sc.Bytes()...):
 			case <-ctx.Done():
-				readErr <- ctx.Err()
 				return
 			}
 		}
-		readErr <- sc.Err()
+		readErr = sc.Err()
 	}()
 	tick := time.NewTicker(keepalive(h))
 	defer tick.Stop()
@@ -209,15 +211,17 @@ func (p *processService) follow(ctx context.Context, e *envdCtx, pid uint32, rep
 			if err := send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Keepalive{Keepalive: &pb.ProcessEvent_KeepAlive{}}}); err != nil {
 				return err
 			}
-		case err := <-readErr:
-			if ctx.Err() != nil {
-				return p.ended(ctx, e, pidPath, ctx.Err())
+		case line, ok := <-lines:
+			if !ok {
+				if ctx.Err() != nil {
+					return p.ended(ctx, e, pidPath, ctx.Err())
+				}
+				err := readErr
+				if err == nil {
+					err = errors.New("the output stream ended without the process's end")
+				}
+				return connect.NewError(connect.CodeUnavailable, err)
 			}
-			if err == nil {
-				err = errors.New("the output stream ended without the process's end")
-			}
-			return connect.NewError(connect.CodeUnavailable, err)
-		case line := <-lines:
 			var ev struct {
 				Type       string          `json:"type"`
 				Data       string          `json:"data"`
@@ -273,7 +277,10 @@ func (p *processService) follow(ctx context.Context, e *envdCtx, pid uint32, rep
 // ended handles a stream whose request ended: at its deadline the process
 // is killed (the command's timeout), otherwise the client just left.
 func (p *processService) ended(ctx context.Context, e *envdCtx, pidPath string, err error) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	// The SDK aborts at its command timeout just as the request's own
+	// deadline (Connect-Timeout-Ms) passes: either ends the command.
+	dl, hasDeadline := ctx.Deadline()
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || (hasDeadline && ctx.Err() != nil && time.Until(dl) < time.Second) {
 		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_ = e.c.json(kctx, "POST", pidPath+"/signal", nil, map[string]any{"signal": "KILL"}, nil)
