@@ -77,6 +77,7 @@ func (s *Server) routes() {
 	m := http.NewServeMux()
 	h := func(pattern string, f handlerFunc) { m.HandleFunc(pattern, s.withKey(f)) }
 	h("POST /sandboxes", s.create)
+	h("POST /v2/sandboxes", s.create)
 	h("GET /sandboxes", s.listV1)
 	h("GET /v2/sandboxes", s.listV2)
 	h("GET /sandboxes/{id}", s.get)
@@ -85,6 +86,7 @@ func (s *Server) routes() {
 	h("POST /sandboxes/{id}/pause", s.pause)
 	h("POST /sandboxes/{id}/resume", s.resume)
 	h("POST /sandboxes/{id}/connect", s.connect)
+	h("POST /v2/sandboxes/{id}/connect", s.connect)
 	h("POST /sandboxes/{id}/refreshes", s.refresh)
 	h("GET /sandboxes/{id}/metrics", s.metrics)
 	for _, u := range []struct{ pattern, what string }{
@@ -203,10 +205,12 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, c *caller) {
 	if in.AllowInternetAccess != nil && !*in.AllowInternetAccess {
 		network = "off"
 	}
-	body := map[string]any{"template": tmpl, "network": network}
+	// E2B's default lifetime is 300 s (orkestr's own is longer).
+	timeout := 300
 	if in.Timeout != nil {
-		body["timeout_seconds"] = *in.Timeout
+		timeout = *in.Timeout
 	}
+	body := map[string]any{"template": tmpl, "network": network, "timeout_seconds": timeout}
 	if len(in.EnvVars) > 0 {
 		body["env"] = in.EnvVars
 	}
@@ -401,9 +405,14 @@ func (s *Server) resume(w http.ResponseWriter, r *http.Request, c *caller) {
 // the timeout is only ever extended, as E2B does.
 func (s *Server) connect(w http.ResponseWriter, r *http.Request, c *caller) {
 	var in struct {
-		Timeout *int `json:"timeout"`
+		Timeout *int  `json:"timeout"`
+		Memory  *bool `json:"memory"`
 	}
 	_ = decodeBody(r, &in)
+	if in.Memory != nil && !*in.Memory {
+		unsupported(w, "resuming from the filesystem only (onResume 'reboot'): a paused orkestr sandbox resumes with its memory")
+		return
+	}
 	id := r.PathValue("id")
 	sb, err := s.live(r.Context(), c, id)
 	if err != nil {
