@@ -132,11 +132,14 @@ e2b-proto:
 
 # The published e2b SDKs the E2B-compatibility tests (e2e/e2b_test.go) run:
 # npm e2b pinned by e2e/e2b/package-lock.json, PyPI e2b pinned in
-# e2e/e2b/requirements.txt, in a virtualenv (git-ignored).
+# e2e/e2b/requirements.txt (and the newest, requirements-latest.txt), each
+# in a virtualenv (git-ignored).
 e2b-sdk-deps: test-deps
 	@[ -d e2e/e2b/node_modules/e2b ] || (cd e2e/e2b && npm ci --no-audit --no-fund)
 	@[ -x e2e/e2b/.venv/bin/python ] || $(PYTHON) -m venv e2e/e2b/.venv
 	@e2e/e2b/.venv/bin/pip install -q -r e2e/e2b/requirements.txt
+	@[ -x e2e/e2b/.venv-latest/bin/python ] || $(PYTHON) -m venv e2e/e2b/.venv-latest
+	@e2e/e2b/.venv-latest/bin/pip install -q -r e2e/e2b/requirements-latest.txt
 
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh

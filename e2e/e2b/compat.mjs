@@ -21,7 +21,7 @@ async function check(name, fn) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 const tag = `js-${pkg}-${Date.now()}`
 
-const sbx = await Sandbox.create({ metadata: { suite: tag, n: '1' }, envs: { SBX_VAR: 'from-create' }, timeoutMs: 300_000 })
+const sbx = await Sandbox.create({ metadata: { suite: tag, n: '1', 'odd key%': 'a&b=c d' }, envs: { SBX_VAR: 'from-create' }, timeoutMs: 300_000 })
 try {
   await check('lifecycle: info, isRunning', async () => {
     const info = await sbx.getInfo()
@@ -172,6 +172,8 @@ try {
       assert.notEqual(first[0].sandboxId, second[0].sandboxId)
       const only = await Sandbox.list({ query: { metadata: { suite: tag, n: '2' }, state: ['running'] } }).nextItems()
       assert.deepEqual(only.map((s) => s.sandboxId), [other.sandboxId])
+      const odd = await Sandbox.list({ query: { metadata: { suite: tag, 'odd key%': 'a&b=c d' } } }).nextItems()
+      assert.deepEqual(odd.map((s) => s.sandboxId), [sbx.sandboxId])
       const paused = await Sandbox.list({ query: { metadata: { suite: tag }, state: ['paused'] } }).nextItems()
       assert.equal(paused.length, 0)
     } finally {

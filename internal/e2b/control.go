@@ -464,7 +464,8 @@ func (s *Server) listAll(ctx context.Context, c *caller, statuses []string) ([]s
 }
 
 // parseMetadataFilter reads E2B's metadata filter: one query value that is
-// itself a URL-encoded query string (k1=v1&k2=v2).
+// itself a query string whose keys and values the SDKs percent-encoded
+// once more before joining them (k%20x=v1&k2=v2).
 func parseMetadataFilter(v string) (map[string]string, error) {
 	if v == "" {
 		return nil, nil
@@ -475,9 +476,17 @@ func parseMetadataFilter(v string) (map[string]string, error) {
 	}
 	out := map[string]string{}
 	for k, vs := range q {
-		if len(vs) > 0 {
-			out[k] = vs[0]
+		if len(vs) == 0 {
+			continue
 		}
+		v := vs[0]
+		if u, err := url.PathUnescape(k); err == nil {
+			k = u
+		}
+		if u, err := url.PathUnescape(v); err == nil {
+			v = u
+		}
+		out[k] = v
 	}
 	return out, nil
 }
