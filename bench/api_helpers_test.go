@@ -110,7 +110,7 @@ type apiServer struct {
 // the API, the server is stopped with SIGTERM (which destroys the pool),
 // and anything left on the host (processes, cgroups, mounts, state) fails
 // the benchmark and is removed.
-func startServer(b *testing.B, poolSize int, template string) *apiServer {
+func startServer(b *testing.B, poolSize int, template string, extraArgs ...string) *apiServer {
 	b.Helper()
 	testenv.RequireRoot(b)
 	bin := orkestrdBinary(b)
@@ -146,6 +146,7 @@ func startServer(b *testing.B, poolSize int, template string) *apiServer {
 	cmd := exec.Command(bin, "serve", "--listen", addr, "--data-dir", dataDir, "--state-dir", stateDir,
 		"--runsc", testenv.Runsc(b), "--agent", agent, "--template-dir", templateDir,
 		"--pool-size="+strconv.Itoa(poolSize), "--config", cfgPath, "--log-level", "info")
+	cmd.Args = append(cmd.Args, extraArgs...)
 	// stdout carries only the one-time bootstrap key; stderr the log.
 	cmd.Stdout, cmd.Stderr = outf, logf
 	// If this process dies (a timeout's SIGQUIT), the server stops too.
