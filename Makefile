@@ -14,7 +14,7 @@ BIN          := $(CURDIR)/bin
 # downloaded from anywhere else. It must be a static (CGO_ENABLED=0) build.
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
-OFFLINE_TEMPLATES := debian-12 python-3.11 node-22
+OFFLINE_TEMPLATES := debian-12 python-3.11 node-22 e2b-base
 # What the server needs (make setup, make run), and what only the tests need
 # (make test): PostgreSQL for the store tests, runc as a benchmark baseline,
 # chromium for the console's browser test, Node and Python for the SDKs.

@@ -32,7 +32,7 @@ func serve(args []string) error {
 	consoleURL := fs.String("console-url", os.Getenv("ORKESTR_CONSOLE_URL"), "public URL of this server (e.g. https://orkestr.example.com) for console links; with https the console's cookies are Secure (env ORKESTR_CONSOLE_URL)")
 	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN)")
 	e2bListen := fs.String("e2b-listen", os.Getenv("ORKESTR_E2B_LISTEN"), "address for the E2B-compatible API (the unmodified e2b SDKs with E2B_API_URL and E2B_SANDBOX_URL set to it), e.g. 127.0.0.1:3000; empty: off (env ORKESTR_E2B_LISTEN)")
-	e2bBase := fs.String("e2b-base-template", envOr("ORKESTR_E2B_BASE_TEMPLATE", "python-3.11"), "orkestr template that E2B's template \"base\" means (env ORKESTR_E2B_BASE_TEMPLATE)")
+	e2bBase := fs.String("e2b-base-template", envOr("ORKESTR_E2B_BASE_TEMPLATE", "e2b-base"), "orkestr template that E2B's template \"base\" means (env ORKESTR_E2B_BASE_TEMPLATE)")
 	_ = fs.Parse(args)
 	cfg, err := config.Load(*configFile)
 	if err != nil {

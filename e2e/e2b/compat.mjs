@@ -54,6 +54,11 @@ try {
     assert.equal(root.stdout, 'root\n/root\n')
   })
 
+  await check('template base: bash, python3, node, git', async () => {
+    const r = await sbx.commands.run('python3 -c "print(6*7)" && node -e "console.log(6*7)" && git --version | cut -d" " -f1-2 && echo $BASH')
+    assert.equal(r.stdout, '42\n42\ngit version\n/bin/bash\n')
+  })
+
   await check('commands: envs, cwd, callbacks', async () => {
     const seen = []
     const r = await sbx.commands.run('echo "$A-$B"; pwd', {

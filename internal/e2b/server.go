@@ -65,7 +65,7 @@ func New(o Options) (*Server, error) {
 		o.Templates = map[string]string{}
 	}
 	if _, ok := o.Templates["base"]; !ok {
-		o.Templates["base"] = "node-22"
+		o.Templates["base"] = "e2b-base"
 	}
 	s := &Server{o: o}
 	s.procs.m = map[string]*procMeta{}
