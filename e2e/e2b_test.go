@@ -127,7 +127,9 @@ func e2bDo(t *testing.T, method, url string, hdr map[string]string, body io.Read
 func TestE2BHostile(t *testing.T) {
 	s, url := startE2B(t)
 	alias := e2bAlias(t, s.key)
-	key := func(k string) map[string]string { return map[string]string{"X-API-Key": k, "Content-Type": "application/json"} }
+	key := func(k string) map[string]string {
+		return map[string]string{"X-API-Key": k, "Content-Type": "application/json"}
+	}
 	expect := func(name string, r e2bResp, status int, msg string) {
 		t.Helper()
 		var e struct {
