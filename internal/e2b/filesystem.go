@@ -389,9 +389,19 @@ func (f *filesystemService) CreateWatcher(ctx context.Context, req *connect.Requ
 	reg.mu.Lock()
 	reg.m[id] = w
 	reg.mu.Unlock()
+	// A watcher nobody polled for pollWatcherIdle is dropped.
+	var idle *time.Timer
+	idle = time.AfterFunc(pollWatcherIdle, func() {
+		w.mu.Lock()
+		left := pollWatcherIdle - time.Since(w.lastPoll)
+		w.mu.Unlock()
+		if _, ok := f.s.watchers.getID(id); ok && left > 0 {
+			idle.Reset(left)
+			return
+		}
+		f.s.watchers.remove(id)
+	})
 	go func() {
-		idle := time.AfterFunc(pollWatcherIdle, func() { f.s.watchers.remove(id) })
-		defer idle.Stop()
 		for sc.Scan() {
 			var ev watchEvent
 			if json.Unmarshal(sc.Bytes(), &ev) != nil {
@@ -407,9 +417,6 @@ func (f *filesystemService) CreateWatcher(ctx context.Context, req *connect.Requ
 					break
 				}
 				w.events = append(w.events, fe)
-			}
-			if time.Since(w.lastPoll) < pollWatcherIdle {
-				idle.Reset(pollWatcherIdle)
 			}
 			w.mu.Unlock()
 		}
@@ -428,6 +435,13 @@ func (r *watcherRegistry) remove(id string) {
 	if w != nil {
 		w.stop()
 	}
+}
+
+func (r *watcherRegistry) getID(id string) (*pollWatcher, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w, ok := r.m[id]
+	return w, ok
 }
 
 func (r *watcherRegistry) get(e *envdCtx, id string) (*pollWatcher, error) {
