@@ -102,16 +102,31 @@ def sync_suite():
             sbx.commands.send_stdin(h.pid, "piped\n")
             sbx.commands.close_stdin(h.pid)
             assert h.wait().stdout == "piped\n"
-            h = sbx.commands.run("sleep 100", background=True, timeout=0)
+            h = sbx.commands.run("while true; do echo beat; sleep 0.2; done", background=True, timeout=0)
             assert h.pid in [p.pid for p in sbx.commands.list()]
+            h.disconnect()
+            seen = []
+            h2 = sbx.commands.connect(h.pid, timeout=0)
+            for stdout, _, _ in h2:
+                seen.append(stdout)
+                if stdout and "beat" in stdout:
+                    break
+            assert any(x and "beat" in x for x in seen), seen
             assert sbx.commands.kill(h.pid)
             try:
-                h.wait()
+                h2.wait()
                 raise AssertionError("a killed command exited normally")
             except CommandExitException:
                 pass
+            assert not sbx.commands.kill(h.pid)
 
-        check("sync commands: stdin, background, list, kill", background)
+        check("sync commands: stdin, background, list, connect, kill", background)
+
+        def metrics():
+            m = sbx.get_metrics()
+            assert isinstance(m, list), m
+
+        check("sync metrics", metrics)
 
         def files():
             w = sbx.files.write("docs/a.txt", "hello")
@@ -222,6 +237,23 @@ async def async_suite():
             await sbx.set_timeout(200)
 
         await acheck("async lifecycle: info, set_timeout", info)
+
+        async def pause_list():
+            other = await AsyncSandbox.create(metadata={"suite": TAG, "kind": "async"})
+            try:
+                p = AsyncSandbox.list(query=SandboxQuery(metadata={"suite": TAG, "kind": "async"}), limit=1)
+                a = await p.next_items()
+                b = await p.next_items()
+                assert len(a) == 1 and len(b) == 1 and a[0].sandbox_id != b[0].sandbox_id, (a, b)
+                await other.pause()
+                paused = await AsyncSandbox.list(query=SandboxQuery(metadata={"suite": TAG}, state=[SandboxState.PAUSED])).next_items()
+                assert [x.sandbox_id for x in paused] == [other.sandbox_id], paused
+                back = await AsyncSandbox.connect(other.sandbox_id)
+                assert (await back.commands.run("echo back")).stdout == "back\n"
+            finally:
+                await other.kill()
+
+        await acheck("async list paging, pause, connect resumes", pause_list)
     finally:
         await sbx.kill()
 
