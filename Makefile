@@ -17,7 +17,7 @@ BIN          := $(CURDIR)/bin
 # downloaded from anywhere else. It must be a static (CGO_ENABLED=0) build.
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
-OFFLINE_TEMPLATES := debian-12 python-3.11 node-22
+OFFLINE_TEMPLATES := debian-12 python-3.11 node-22 e2b-base
 # What the server needs (make setup, make run), and what only the tests need
 # (make test): PostgreSQL for the store tests, runc as a benchmark baseline,
 # chromium for the console's browser test, Node and Python for the SDKs.
@@ -25,7 +25,7 @@ DEB_PACKAGES      := debootstrap iproute2 nftables ca-certificates busybox-stati
 TEST_DEB_PACKAGES := postgresql runc chromium nodejs python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps console-vendor install uninstall
+.PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps console-vendor install uninstall e2b-proto e2b-sdk-deps
 
 setup: deps build runsc templates
 
@@ -123,7 +123,7 @@ postgres: test-deps
 	su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='orkestr'\"" | grep -q 1 || \
 		su postgres -c "psql -qc \"CREATE ROLE orkestr LOGIN SUPERUSER PASSWORD 'orkestr'\""
 
-test: setup test-deps lint licenses-check release-tools postgres console-e2e-deps
+test: setup test-deps lint licenses-check release-tools postgres console-e2e-deps e2b-sdk-deps
 	@if [ "$$(id -u)" != 0 ]; then echo "make test starts real gVisor sandboxes and must run as root"; exit 1; fi
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
 		ORKESTR_RELEASE_TOOLS=$(TOOLS_BIN) \
@@ -159,6 +159,34 @@ test-python: build test-deps
 	cd $(PY_SDK) && .venv/bin/mypy
 	cd $(PY_SDK) && ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) ORKESTR_BIN_DIR=$(BIN) \
 		.venv/bin/pytest -q -rs
+
+# The E2B-compatible API's protobuf code (internal/e2b/envdpb) is generated
+# from E2B's envd protos — spec/envd of github.com/e2b-dev/E2B at
+# E2B_COMMIT, checked out by hand: E2B_SPEC=/path/to/E2B/spec/envd — with
+# pinned buf and plugins from the Go module proxy. The output is committed,
+# so neither builds nor CI run this.
+E2B_COMMIT := b8029973aa7da5f741f7bb1a9f833b38a0885438
+BUF_VERSION := v1.61.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_CONNECT_GO_VERSION := v1.19.1
+e2b-proto:
+	@[ -n "$(E2B_SPEC)" ] || { echo "set E2B_SPEC to spec/envd of a checkout of github.com/e2b-dev/E2B at $(E2B_COMMIT)"; exit 1; }
+	GOBIN=$(CURDIR)/.tools $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	GOBIN=$(CURDIR)/.tools $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(CURDIR)/.tools $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(PROTOC_GEN_CONNECT_GO_VERSION)
+	rm -rf internal/e2b/envdpb
+	cd internal/e2b && PATH=$(CURDIR)/.tools:$$PATH buf generate $(abspath $(E2B_SPEC)) --template buf.gen.yaml
+
+# The published e2b SDKs the E2B-compatibility tests (e2e/e2b_test.go) run:
+# npm e2b pinned by e2e/e2b/package-lock.json, PyPI e2b pinned in
+# e2e/e2b/requirements.txt (and the newest, requirements-latest.txt), each
+# in a virtualenv (git-ignored).
+e2b-sdk-deps: test-deps
+	@[ -d e2e/e2b/node_modules/e2b ] || (cd e2e/e2b && npm ci --no-audit --no-fund)
+	@[ -x e2e/e2b/.venv/bin/python ] || $(PYTHON) -m venv e2e/e2b/.venv
+	@e2e/e2b/.venv/bin/pip install -q -r e2e/e2b/requirements.txt
+	@[ -x e2e/e2b/.venv-latest/bin/python ] || $(PYTHON) -m venv e2e/e2b/.venv-latest
+	@e2e/e2b/.venv-latest/bin/pip install -q -r e2e/e2b/requirements-latest.txt
 
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh

@@ -110,14 +110,14 @@ type apiServer struct {
 // the API, the server is stopped with SIGTERM (which destroys the pool),
 // and anything left on the host (processes, cgroups, mounts, state) fails
 // the benchmark and is removed.
-func startServer(b *testing.B, poolSize int, template string) *apiServer {
+func startServer(b *testing.B, poolSize int, template string, extraArgs ...string) *apiServer {
 	b.Helper()
-	return startServerWith(b, poolSize, template, "")
+	return startServerWith(b, poolSize, template, "", extraArgs...)
 }
 
 // startServerWith is startServer with extraConfig appended to the
-// server's YAML config.
-func startServerWith(b *testing.B, poolSize int, template, extraConfig string) *apiServer {
+// server's YAML config (and extraArgs to its command line).
+func startServerWith(b *testing.B, poolSize int, template, extraConfig string, extraArgs ...string) *apiServer {
 	b.Helper()
 	testenv.RequireRoot(b)
 	bin := orkestrdBinary(b)
@@ -153,6 +153,7 @@ func startServerWith(b *testing.B, poolSize int, template, extraConfig string) *
 	cmd := exec.Command(bin, "serve", "--listen", addr, "--data-dir", dataDir, "--state-dir", stateDir,
 		"--runsc", testenv.Runsc(b), "--agent", agent, "--template-dir", templateDir,
 		"--pool-size="+strconv.Itoa(poolSize), "--config", cfgPath, "--log-level", "info")
+	cmd.Args = append(cmd.Args, extraArgs...)
 	// stdout carries only the one-time bootstrap key; stderr the log.
 	cmd.Stdout, cmd.Stderr = outf, logf
 	// If this process dies (a timeout's SIGQUIT), the server stops too.

@@ -40,7 +40,7 @@ TIMEOUT=${TIMEOUT:-20m}
 BURST=${BURST:-100}
 GET_CLIENTS=${GET_CLIENTS:-64}
 GET_WINDOW=${GET_WINDOW:-3s}
-ONESHOT_NAMES=(APIBurstTTI APIGetThroughput RestoreChain)
+ONESHOT_NAMES=(APIBurstTTI APIGetThroughput RestoreChain E2BJSvsOrkestrTS)
 ONESHOT="^Benchmark($(IFS='|'; echo "${ONESHOT_NAMES[*]}"))\$"
 # The one-shot benchmarks that BENCH selects.
 oneshot=()

@@ -18,6 +18,7 @@ Usage:
   orkestrd admin key create --account NAME --scopes sandboxes:write [--expires 30d]
   orkestrd admin key list --account NAME
   orkestrd admin key revoke --account NAME KEY_ID_OR_PREFIX
+  orkestrd admin e2b-key                   print the e2b_ alias of the key on stdin (for the e2b SDKs)
   orkestrd admin user create --account NAME --email EMAIL [--url URL]
                                            add a console member; prints a one-time
                                            password-setup link
@@ -97,6 +98,9 @@ func admin(args []string) error {
 		case "revoke":
 			return keyRevoke(args[2:])
 		}
+	}
+	if len(args) >= 1 && args[0] == "e2b-key" {
+		return e2bKey(args[1:])
 	}
 	if len(args) >= 2 && args[0] == "user" {
 		switch args[1] {

@@ -20,6 +20,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/api"
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/console"
+	"github.com/orkestr-eu/orkestr/internal/e2b"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/store"
@@ -36,6 +37,8 @@ func serve(args []string) error {
 	consoleURL := fs.String("console-url", os.Getenv("ORKESTR_CONSOLE_URL"), "public URL of this server (e.g. https://orkestr.example.com) for console links; with https the console's cookies are Secure (env ORKESTR_CONSOLE_URL; config console_url)")
 	metricsListen := fs.String("metrics-listen", os.Getenv("ORKESTR_METRICS_LISTEN"), "address for operator metrics (Prometheus /metrics), e.g. 127.0.0.1:9477; empty: off (env ORKESTR_METRICS_LISTEN; config metrics_listen)")
 	grace := fs.Duration("shutdown-grace", 30*time.Second, "on SIGTERM/SIGINT, how long requests in flight may take to finish before their connections are closed")
+	e2bListen := fs.String("e2b-listen", os.Getenv("ORKESTR_E2B_LISTEN"), "address for the E2B-compatible API (the unmodified e2b SDKs with E2B_API_URL and E2B_SANDBOX_URL set to it), e.g. 127.0.0.1:3000; empty: off (env ORKESTR_E2B_LISTEN)")
+	e2bBase := fs.String("e2b-base-template", envOr("ORKESTR_E2B_BASE_TEMPLATE", "e2b-base"), "orkestr template that E2B's template \"base\" means (env ORKESTR_E2B_BASE_TEMPLATE)")
 	_ = fs.Parse(args)
 	cfg, err := loadConfig(*configFile)
 	if err != nil {
@@ -188,6 +191,36 @@ func serve(args []string) error {
 		log.Info("operator metrics listening", "addr", mln.Addr().String(), "path", "/metrics")
 		go func() { _ = metricsSrv.Serve(mln) }()
 	}
+	var e2bSrv *http.Server
+	if *e2bListen != "" {
+		// The E2B-compatible API has its own listener: its paths (/sandboxes,
+		// /files, /health…) are E2B's, not /v1's.
+		secret, err := e2b.LoadSecret(ncfg.DataDir)
+		if err != nil {
+			ln.Close()
+			_ = n.Close(context.Background(), false)
+			return err
+		}
+		es, err := e2b.New(e2b.Options{Native: srvAPI, Store: st, Log: log, Secret: secret, Templates: map[string]string{"base": *e2bBase}})
+		if err != nil {
+			ln.Close()
+			_ = n.Close(context.Background(), false)
+			return err
+		}
+		eln, err := net.Listen("tcp", *e2bListen)
+		if err != nil {
+			ln.Close()
+			_ = n.Close(context.Background(), false)
+			return fmt.Errorf("e2b listener: %w", err)
+		}
+		e2bSrv = &http.Server{Handler: es.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+		// The SDKs speak HTTP/1.1 or, without TLS, HTTP/2 with prior knowledge.
+		e2bSrv.Protocols = new(http.Protocols)
+		e2bSrv.Protocols.SetHTTP1(true)
+		e2bSrv.Protocols.SetUnencryptedHTTP2(true)
+		log.Info("E2B-compatible API listening", "addr", eln.Addr().String(), "base_template", *e2bBase)
+		go func() { _ = e2bSrv.Serve(eln) }()
+	}
 	log.Info("orkestrd listening", "addr", ln.Addr().String(), "scheme", scheme, "data_dir", ncfg.DataDir, "template_dir", ncfg.TemplateDir, "pool_size", ncfg.PoolSize, "region", cfg.Region)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -202,6 +235,12 @@ func serve(args []string) error {
 	log.Info("shutting down: no new connections; waiting for requests in flight", "grace", grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
+	e2bDone := make(chan error, 1)
+	if e2bSrv != nil {
+		go func() { e2bDone <- e2bSrv.Shutdown(sctx) }()
+	} else {
+		e2bDone <- nil
+	}
 	if serr := srv.Shutdown(sctx); serr != nil {
 		log.Warn("requests still running at the end of the grace period; closing their connections", "grace", grace.String())
 		_ = srv.Close()
@@ -213,6 +252,9 @@ func serve(args []string) error {
 	}
 	if metricsSrv != nil {
 		_ = metricsSrv.Close()
+	}
+	if e2bErr := <-e2bDone; e2bErr != nil {
+		_ = e2bSrv.Close()
 	}
 	// The last metered seconds are flushed before the store closes.
 	stop()

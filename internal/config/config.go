@@ -186,6 +186,8 @@ func Default() Config {
 				Sources: []TemplateSource{{Recipe: "python-3.11"}}},
 			{Name: "debian-12", Description: "Minimal Debian 12 shell environment (offline build)",
 				Sources: []TemplateSource{{Recipe: "debian-12"}}},
+			{Name: "e2b-base", Description: "E2B's base template: bash, Python 3.11 with pip, Node 22 with npm, git (offline build)",
+				Sources: []TemplateSource{{Recipe: "e2b-base"}}},
 		},
 	}
 }
