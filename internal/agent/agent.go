@@ -175,7 +175,12 @@ func (a *Agent) serveRequest(r *wire.Reader, w *wire.Writer) (reusable bool) {
 	case wire.OpStat:
 		statPath(req.Path, w)
 	case wire.OpRemove:
-		removePath(req.Path, req.Recursive, w)
+		// The host closes the stream if it gives up; the watcher reads it,
+		// so the stream cannot carry another request.
+		ctx, cancel := watchCancel(r)
+		defer cancel()
+		removePath(ctx, req.Path, req.Recursive, w)
+		return false
 	case wire.OpMkdir:
 		mkdirPath(req.Path, req.Mode, w)
 	default:

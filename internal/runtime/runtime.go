@@ -234,6 +234,11 @@ var (
 	ErrInvalidRequest = errors.New("invalid request")
 	ErrPermission     = errors.New("permission denied")
 	ErrAgent          = errors.New("sandbox agent unavailable")
+	// File errors the caller causes (issue 16): each becomes a 4xx.
+	ErrReadOnly  = errors.New("read-only file system")
+	ErrFileBusy  = errors.New("file busy (a mount point or in use)")
+	ErrIO        = errors.New("file cannot be read")
+	ErrFileLimit = errors.New("file operation over its bounds")
 	ErrBusy           = errors.New("sandbox is busy")
 	ErrNoNetwork      = errors.New("networking is not available on this host")
 )

@@ -183,6 +183,14 @@ func (sb *sandbox) mapErr(err error) error {
 			base = runtime.ErrPermission
 		case wire.CodeBadRequest:
 			base = runtime.ErrInvalidRequest
+		case wire.CodeReadOnly:
+			base = runtime.ErrReadOnly
+		case wire.CodeBusy:
+			base = runtime.ErrFileBusy
+		case wire.CodeIO:
+			base = runtime.ErrIO
+		case wire.CodeLimit:
+			base = runtime.ErrFileLimit
 		default:
 			base = runtime.ErrAgent
 		}
