@@ -68,6 +68,15 @@ func agentReason(err error, bases ...error) string {
 	return ""
 }
 
+// fileFailed maps a failed file operation: the sandbox ending under it is
+// named as such, anything else goes through fileError.
+func (s *Server) fileFailed(r *http.Request, rt runtime.Sandbox, err error) error {
+	if errors.Is(err, runtime.ErrStopped) || errors.Is(err, runtime.ErrOutOfMemory) || errors.Is(err, runtime.ErrAgent) {
+		return s.sandboxEnded(r, rt, err)
+	}
+	return fileError(err)
+}
+
 // lazyFileWriter sends the 200 headers with the first byte, so an error
 // found before any data can still become a JSON error response.
 type lazyFileWriter struct {
@@ -101,7 +110,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 			// broken transfer rather than a short file.
 			panic(http.ErrAbortHandler)
 		}
-		return fileError(err)
+		return s.fileFailed(r, rt, err)
 	}
 	lw.start()
 	return nil
@@ -122,7 +131,7 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request) error {
 		if errors.As(err, &mbe) {
 			return apiErr(http.StatusRequestEntityTooLarge, "payload_too_large", "Files are limited to %d bytes on this server.", s.cfg.MaxFileBytes)
 		}
-		return fileError(err)
+		return s.fileFailed(r, rt, err)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"path": path, "size": n})
 	return nil
@@ -137,7 +146,7 @@ func (s *Server) deleteFile(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to delete /.").with("field", "path")
 	}
 	if err := rt.Remove(r.Context(), path, true); err != nil {
-		return fileError(err)
+		return s.fileFailed(r, rt, err)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -159,7 +168,7 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) error {
 	}
 	ents, err := rt.List(r.Context(), path)
 	if err != nil {
-		return fileError(err)
+		return s.fileFailed(r, rt, err)
 	}
 	out := make([]fileEntry, len(ents))
 	for i, e := range ents {

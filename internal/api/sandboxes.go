@@ -233,9 +233,9 @@ func (s *Server) track(row store.Sandbox, rt runtime.Sandbox) {
 		}
 		s.running.CompareAndDelete(row.ID, liveSandbox{account: row.AccountID, rt: rt})
 		s.sampler.Untrack(row.ID)
-		reason := "the sandbox stopped unexpectedly"
+		reason := reasonStopped
 		if errors.Is(rt.Err(), runtime.ErrOutOfMemory) {
-			reason = "the sandbox was killed because it exceeded its memory limit"
+			reason = reasonOutOfMemory
 		}
 		unlock := s.lock(row.ID)
 		defer unlock()
@@ -371,7 +371,7 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	row, err = s.terminate(r.Context(), row, "terminated by request")
+	row, err = s.terminate(r.Context(), row, reasonTerminated)
 	if err != nil {
 		return err
 	}

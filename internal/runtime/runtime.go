@@ -239,6 +239,9 @@ var (
 	ErrFileBusy  = errors.New("file busy (a mount point or in use)")
 	ErrIO        = errors.New("file cannot be read")
 	ErrFileLimit = errors.New("file operation over its bounds")
-	ErrBusy           = errors.New("sandbox is busy")
-	ErrNoNetwork      = errors.New("networking is not available on this host")
+	// ErrAgentFailed: the agent answered but could not do what was asked
+	// for a reason it has no code for (its message says which).
+	ErrAgentFailed = errors.New("the sandbox agent failed the request")
+	ErrBusy        = errors.New("sandbox is busy")
+	ErrNoNetwork   = errors.New("networking is not available on this host")
 )

@@ -185,6 +185,8 @@ var statusOf = map[string]int{
 	"invalid_request": 400, "unknown_template": 400, "unknown_region": 400,
 	"file_not_found": 404, "invalid_path": 400, "payload_too_large": 413,
 	"no_capacity": 503, "unavailable": 503, "internal": 500,
+	"not_a_directory": 400, "permission_denied": 403, "read_only": 409, "busy": 409,
+	"io_error": 422, "limit_exceeded": 422,
 }
 
 // classify maps an API error to its typed error by HTTP status and code,

@@ -45,15 +45,15 @@ func TestFilesNeverEscapeThePath(t *testing.T) {
 		path string
 		want error
 	}{
-		{"/proc", runtime.ErrFileBusy},             // a mount point
-		{"/proc/1", runtime.ErrPermission},         // the agent's own process
-		{"/proc/1/root", runtime.ErrPermission},    // ... and its way to /
-		{"/proc/self/cwd", runtime.ErrPermission},  // self is the agent
-		{"/proc/self", runtime.ErrPermission},      // the link itself is on proc
-		{"/proc/" + pid, runtime.ErrReadOnly},      // another process: kernel filesystem
+		{"/proc", runtime.ErrFileBusy},            // a mount point
+		{"/proc/1", runtime.ErrPermission},        // the agent's own process
+		{"/proc/1/root", runtime.ErrPermission},   // ... and its way to /
+		{"/proc/self/cwd", runtime.ErrPermission}, // self is the agent
+		{"/proc/self", runtime.ErrPermission},     // the link itself is on proc
+		{"/proc/" + pid, runtime.ErrReadOnly},     // another process: kernel filesystem
 		{"/proc/" + pid + "/cwd", runtime.ErrReadOnly},
 		{"/proc/" + pid + "/root", runtime.ErrReadOnly},
-		{"/proc/" + pid + "/cwd/proc", runtime.ErrFileBusy}, // through the link: /proc
+		{"/proc/" + pid + "/cwd/proc", runtime.ErrFileBusy},  // through the link: /proc
 		{"/proc/" + pid + "/cwd/run", runtime.ErrPermission}, // holds /run/agent
 		{"/workspace/rootlink/proc", runtime.ErrFileBusy},
 		{"/workspace/rootlink/run/agent", runtime.ErrPermission},

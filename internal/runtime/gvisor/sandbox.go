@@ -191,6 +191,8 @@ func (sb *sandbox) mapErr(err error) error {
 			base = runtime.ErrIO
 		case wire.CodeLimit:
 			base = runtime.ErrFileLimit
+		case wire.CodeInternal:
+			base = runtime.ErrAgentFailed
 		default:
 			base = runtime.ErrAgent
 		}

@@ -171,6 +171,12 @@ const statusOf: Record<string, number> = {
   no_capacity: 503,
   unavailable: 503,
   internal: 500,
+  not_a_directory: 400,
+  permission_denied: 403,
+  read_only: 409,
+  busy: 409,
+  io_error: 422,
+  limit_exceeded: 422,
 };
 
 export function statusOfCode(code: string): number {

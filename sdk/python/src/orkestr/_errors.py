@@ -209,6 +209,12 @@ STATUS_OF_CODE: Dict[str, int] = {
     "no_capacity": 503,
     "unavailable": 503,
     "internal": 500,
+    "not_a_directory": 400,
+    "permission_denied": 403,
+    "read_only": 409,
+    "busy": 409,
+    "io_error": 422,
+    "limit_exceeded": 422,
 }
 
 
