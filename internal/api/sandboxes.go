@@ -284,6 +284,9 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
+	if err := noEmptyQuery(q, "status", "limit", "cursor"); err != nil {
+		return err
+	}
 	f := store.ListFilter{Limit: 50, Cursor: q.Get("cursor")}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
