@@ -6,6 +6,9 @@
 #   make test-js setup, then only the TypeScript SDK's tests (sdk/js: npm ci, build, node --test)
 #   make test-python  only the Python SDK: venv, mypy --strict, pytest
 #   make bench   the benchmark harness (results in docs/benchmarks.md format)
+#   make test-contract  only the schemathesis contract run (part of make test)
+#   make fuzz    a long schemathesis run (local use)
+#   make soak    a churn soak with kill -9 restarts (SOAK_MINUTES, default 60; not in CI)
 
 SHELL        := /bin/bash
 GO           ?= go
@@ -22,7 +25,7 @@ DEB_PACKAGES      := debootstrap iproute2 nftables ca-certificates busybox-stati
 TEST_DEB_PACKAGES := postgresql runc chromium nodejs python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps
+.PHONY: setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps schemathesis-venv test-contract fuzz soak
 
 setup: deps build runsc templates
 
@@ -88,6 +91,7 @@ test: setup test-deps lint postgres console-e2e-deps
 		$(GO) test $(TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory test-js-run
 	@$(MAKE) --no-print-directory test-python
+	@$(MAKE) --no-print-directory test-contract
 
 # The TypeScript SDK (sdk/js) against a real orkestrd its tests start: Node
 # 18+ and npm (Debian's nodejs), its devDependencies from the npm registry.
@@ -112,6 +116,28 @@ test-python: build test-deps
 	cd $(PY_SDK) && .venv/bin/mypy
 	cd $(PY_SDK) && ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) ORKESTR_BIN_DIR=$(BIN) \
 		.venv/bin/pytest -q -rs
+
+# The contract, property-based: schemathesis (pinned in
+# api/schemathesis/requirements.txt, from PyPI, in a git-ignored virtualenv)
+# against a real orkestrd with real gVisor sandboxes, driven by the served
+# /v1/openapi.yaml: every operation, every check, the stateful links, a fixed
+# seed and a bounded number of examples (a few minutes on 2 cores). Any
+# failure fails the build. `make fuzz` is the long run for local use
+# (FUZZ_MAX_TIME seconds, default 1800; FUZZ_SEED to vary).
+ST_DIR  := $(CURDIR)/api/schemathesis
+ST_VENV := $(ST_DIR)/.venv
+schemathesis-venv: test-deps
+	@[ -x $(ST_VENV)/bin/python ] || $(PYTHON) -m venv $(ST_VENV)
+	@$(ST_VENV)/bin/pip install -q -r $(ST_DIR)/requirements.txt
+
+test-contract: build schemathesis-venv
+	@if [ "$$(id -u)" != 0 ]; then echo "the contract run starts real gVisor sandboxes and must run as root"; exit 1; fi
+	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) SCHEMATHESIS_VENV=$(ST_VENV) \
+		$(ST_DIR)/run.sh quick
+
+fuzz: setup schemathesis-venv
+	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) SCHEMATHESIS_VENV=$(ST_VENV) \
+		$(ST_DIR)/run.sh long
 
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh
