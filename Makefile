@@ -139,6 +139,16 @@ fuzz: setup schemathesis-venv
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) SCHEMATHESIS_VENV=$(ST_VENV) \
 		$(ST_DIR)/run.sh long
 
+# The churn soak (not in CI): mixed load on a real orkestrd for
+# SOAK_MINUTES (default 60) with kill -9 and restarts at random moments,
+# then checks the host is back at its baseline and the store matches the
+# runtime and the meters (bench/soak).
+SOAK_MINUTES ?= 60
+soak: setup
+	@if [ "$$(id -u)" != 0 ]; then echo "the soak starts real gVisor sandboxes and must run as root"; exit 1; fi
+	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) \
+		$(GO) run ./bench/soak -duration $(SOAK_MINUTES)m $(SOAK_FLAGS)
+
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh
 
