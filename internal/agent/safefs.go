@@ -253,7 +253,30 @@ func guardWrite(path string) error {
 	if err := checkOwn(resolved, mounts()); err != nil {
 		return err
 	}
-	return checkWritable(fd, resolved)
+	if err := checkWritable(fd, resolved); err != nil {
+		return err
+	}
+	// A device, pipe or socket would be replaced by a regular file
+	// (PUT /dev/null): refuse instead. A link is replaced, not followed.
+	if fi, err := os.Lstat(path); err == nil {
+		if m := fi.Mode(); m&(os.ModeDevice|os.ModeCharDevice|os.ModeNamedPipe|os.ModeSocket) != 0 {
+			return refuse(wire.CodeBadRequest, "%s is a %s, not a regular file; the files API does not replace it", path, fileKind(m))
+		}
+	}
+	return nil
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeCharDevice != 0:
+		return "character device"
+	case m&os.ModeDevice != 0:
+		return "block device"
+	case m&os.ModeNamedPipe != 0:
+		return "named pipe"
+	default:
+		return "socket"
+	}
 }
 
 // watchCancel returns a context that ends when the host closes the stream

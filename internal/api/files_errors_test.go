@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestFileErrorsAreTheCallers: every file error a caller can cause is a
@@ -137,5 +138,25 @@ func TestExecNamesTheSandboxEnd(t *testing.T) {
 	details, _ := errObj["details"].(map[string]any)
 	if last["type"] != "error" || errObj["code"] != "sandbox_not_ready" || details["status"] != "terminated" || details["reason"] != "terminated" {
 		t.Errorf("stream under a terminate ended with %v", last)
+	}
+}
+
+// TestExecNamesTheExpiry: a sandbox that reaches its timeout under an exec
+// makes the exec say it expired.
+func TestExecNamesTheExpiry(t *testing.T) {
+	h := newHarness(t, testConfig(), true)
+	_, key := h.account("expiring", "team")
+	id := h.create(key)
+	done := make(chan resp, 1)
+	go func() {
+		done <- h.do("POST", "/v1/sandboxes/"+id+"/exec", key, map[string]any{"command": "sleep 60"})
+	}()
+	h.exec(key, id, "for i in $(seq 1 100); do grep -qx sleep /proc/[0-9]*/comm 2>/dev/null && exit 0; sleep 0.1; done; exit 1")
+	h.clock.Advance(48 * time.Hour) // past any timeout_seconds
+	r := <-done
+	var e errorBody
+	if err := json.Unmarshal(r.body, &e); err != nil || r.status != 409 || e.Error.Code != "sandbox_not_ready" ||
+		e.Error.Details["status"] != "terminated" || e.Error.Details["reason"] != "expired" {
+		t.Errorf("exec under an expiry: %d %s", r.status, r.body)
 	}
 }

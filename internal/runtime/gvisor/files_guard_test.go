@@ -141,6 +141,15 @@ func TestFilesNeverEscapeThePath(t *testing.T) {
 			t.Errorf("mkdir %s: got %v, want %v", c.path, err, c.want)
 		}
 	}
+	// Devices are not replaced by regular files.
+	for _, p := range []string{"/dev/null", "/dev/zero", "/dev/urandom"} {
+		if _, err := sb.WriteFile(ctx, p, 0, strings.NewReader("pwned")); !errors.Is(err, runtime.ErrInvalidRequest) {
+			t.Errorf("PUT %s: got %v, want ErrInvalidRequest", p, err)
+		}
+	}
+	if out := sh(t, sb, "test -c /dev/null && echo x > /dev/null && echo ok"); out != "ok\n" {
+		t.Errorf("/dev/null after the refused writes: %q", out)
+	}
 	intact(t, sb, "refused reads and writes")
 	// Files on ordinary mounts still work.
 	writeString(t, sb, "/tmp/ok", "fine")
