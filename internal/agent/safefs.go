@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -100,6 +101,23 @@ func fdPath(fd int) (string, error) {
 
 // mount is one line of /proc/self/mountinfo.
 type mount struct{ point, fstype string }
+
+// recentMounts is mounts() read at most once a second, for the checks on
+// every read, write and stat (a delete reads the table afresh).
+func recentMounts() []mount {
+	mountCache.Lock()
+	defer mountCache.Unlock()
+	if time.Since(mountCache.at) > time.Second {
+		mountCache.ms, mountCache.at = mounts(), time.Now()
+	}
+	return mountCache.ms
+}
+
+var mountCache struct {
+	sync.Mutex
+	ms []mount
+	at time.Time
+}
 
 // mounts lists the sandbox's mount points.
 func mounts() []mount {
@@ -239,7 +257,7 @@ func guardRead(path string) error {
 		return err
 	}
 	unix.Close(fd)
-	return checkOwn(resolved, mounts())
+	return checkOwn(resolved, recentMounts())
 }
 
 // guardWrite refuses writing into the agent's own files or onto a kernel
@@ -250,7 +268,7 @@ func guardWrite(path string) error {
 		return err
 	}
 	defer unix.Close(fd)
-	if err := checkOwn(resolved, mounts()); err != nil {
+	if err := checkOwn(resolved, recentMounts()); err != nil {
 		return err
 	}
 	if err := checkWritable(fd, resolved); err != nil {
@@ -493,7 +511,7 @@ func listSafely(path string, w *wire.Writer) error {
 	if err != nil {
 		return pathErr("resolve", path, err)
 	}
-	if err := checkOwn(resolved, mounts()); err != nil {
+	if err := checkOwn(resolved, recentMounts()); err != nil {
 		return err
 	}
 	var all []wire.FileInfo
