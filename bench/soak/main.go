@@ -539,11 +539,23 @@ func (s *soak) checkUsage(rows []store.Sandbox) {
 		if got > expected+usageSlackSec || got < expected-lost-usageSlackSec*float64(1+len(ivs)) {
 			bad++
 			if bad <= 5 {
-				s.failures = append(s.failures, fmt.Sprintf("usage of %s: %.0f s metered, %.1f s observed running (%.1f s of it while the server was down)", row.ID, got, expected, lost))
+				var spans []string
+				for _, iv := range ivs {
+					spans = append(spans, fmt.Sprintf("%s–%s", iv.from.Format("15:04:05.0"), iv.to.Format("15:04:05.0")))
+				}
+				s.failures = append(s.failures, fmt.Sprintf("usage of %s: %.0f s metered, %.1f s observed running (%.1f s of it while the server was down; created %s, ended %v; running %s)",
+					row.ID, got, expected, lost, row.CreatedAt.Format("15:04:05.0"), fmtTime(row.TerminatedAt), strings.Join(spans, ", ")))
 			}
 		}
 	}
 	fmt.Printf("  usage: %.0f running seconds metered, %.0f observed (%d sandboxes outside the tolerance)\n", sumUsage, sumExpected, bad)
+}
+
+func fmtTime(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.Local().Format("15:04:05.0")
 }
 
 func overlap(a, b interval) time.Duration {
