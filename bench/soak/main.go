@@ -342,7 +342,16 @@ func (s *soak) worker(ctx context.Context, n int) {
 			}
 		case op < 95:
 			if r, err := s.call("terminate", key, "DELETE", "/v1/sandboxes/"+t.id, nil); err == nil && r.status == 200 {
-				s.mark(t, false, time.Now())
+				// DELETE is idempotent: a sandbox that expired earlier ended
+				// at its terminated_at, not now.
+				end := time.Now()
+				var sb struct {
+					TerminatedAt *time.Time `json:"terminated_at"`
+				}
+				if json.Unmarshal(r.body, &sb) == nil && sb.TerminatedAt != nil && sb.TerminatedAt.Before(end) {
+					end = *sb.TerminatedAt
+				}
+				s.mark(t, false, end)
 			}
 		default:
 			_, _ = s.call("get", key, "GET", "/v1/sandboxes/"+t.id, nil)
