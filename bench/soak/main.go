@@ -119,6 +119,11 @@ type tracked struct {
 	id, key  string
 	running  []interval // closed intervals of observed running time
 	runSince time.Time  // open interval, if running
+	// unsure is when a pause, resume or terminate of it was cut by a kill:
+	// from then on the client does not know its state (a pause cut by a
+	// kill ends it, see docs/benchmarks.md), so usage is only bounded
+	// from above.
+	unsure time.Time
 }
 
 type soak struct {
@@ -296,6 +301,17 @@ func (s *soak) mark(t *tracked, running bool, at time.Time) {
 	}
 }
 
+func (s *soak) unsure(t *tracked, err error) {
+	if err == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t.unsure.IsZero() {
+		t.unsure = time.Now()
+	}
+}
+
 func (s *soak) worker(ctx context.Context, n int) {
 	key := s.keys[n%len(s.keys)]
 	modes := []string{"off", "restricted", "open"}
@@ -333,15 +349,21 @@ func (s *soak) worker(ctx context.Context, n int) {
 		case op < 70:
 			_, _ = s.call("file_delete", key, "DELETE", "/v1/sandboxes/"+t.id+"/files?path=/workspace/f"+strconv.Itoa(s.rand(20)), nil)
 		case op < 78:
-			if r, err := s.call("pause", key, "POST", "/v1/sandboxes/"+t.id+"/pause", nil); err == nil && r.status == 200 {
+			r, err := s.call("pause", key, "POST", "/v1/sandboxes/"+t.id+"/pause", nil)
+			if err == nil && r.status == 200 {
 				s.mark(t, false, time.Now())
 			}
+			s.unsure(t, err)
 		case op < 88:
-			if r, err := s.call("resume", key, "POST", "/v1/sandboxes/"+t.id+"/resume", nil); err == nil && r.status == 200 {
+			r, err := s.call("resume", key, "POST", "/v1/sandboxes/"+t.id+"/resume", nil)
+			if err == nil && r.status == 200 {
 				s.mark(t, true, time.Now())
 			}
+			s.unsure(t, err)
 		case op < 95:
-			if r, err := s.call("terminate", key, "DELETE", "/v1/sandboxes/"+t.id, nil); err == nil && r.status == 200 {
+			r, err := s.call("terminate", key, "DELETE", "/v1/sandboxes/"+t.id, nil)
+			s.unsure(t, err)
+			if err == nil && r.status == 200 {
 				// DELETE is idempotent: a sandbox that expired earlier ended
 				// at its terminated_at, not now.
 				end := time.Now()
@@ -541,6 +563,10 @@ func (s *soak) checkUsage(rows []store.Sandbox) {
 			for _, d := range s.down {
 				lost += overlap(iv, d).Seconds() + usageKillSec*boolf(overlap(iv, d) > 0)
 			}
+			if !t.unsure.IsZero() && iv.to.After(t.unsure) {
+				// Unknown from the cut request on: bounded from above only.
+				lost += iv.to.Sub(maxTime(iv.from, t.unsure)).Seconds()
+			}
 		}
 		got := usage[row.ID]
 		sumUsage += got
@@ -579,6 +605,13 @@ func overlap(a, b interval) time.Duration {
 		return 0
 	}
 	return to.Sub(from)
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func boolf(b bool) float64 {
