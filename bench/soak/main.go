@@ -124,6 +124,7 @@ type tracked struct {
 	// kill ends it, see docs/benchmarks.md), so usage is only bounded
 	// from above.
 	unsure time.Time
+	gone   bool // terminated (or ended in error): no longer picked
 }
 
 type soak struct {
@@ -278,7 +279,7 @@ func (s *soak) pick(key string) *tracked {
 	defer s.mu.Unlock()
 	var mine []*tracked
 	for _, t := range s.sandboxes {
-		if t.key == key {
+		if t.key == key && !t.gone {
 			mine = append(mine, t)
 		}
 	}
@@ -298,6 +299,30 @@ func (s *soak) mark(t *tracked, running bool, at time.Time) {
 	case !running && !t.runSince.IsZero():
 		t.running = append(t.running, interval{t.runSince, at})
 		t.runSince = time.Time{}
+	}
+}
+
+// ended notes a sandbox the server says is over, so the load moves on to
+// live ones.
+func (s *soak) ended(t *tracked, r response, err error) {
+	if err != nil || t == nil {
+		return
+	}
+	var e struct {
+		Error struct {
+			Details struct{ Status string } `json:"details"`
+		} `json:"error"`
+		Status string `json:"status"`
+	}
+	_ = json.Unmarshal(r.body, &e)
+	st := e.Error.Details.Status
+	if r.status == 200 && (e.Status == "terminated" || e.Status == "error") {
+		st = e.Status
+	}
+	if st == "terminated" || st == "error" {
+		s.mu.Lock()
+		t.gone = true
+		s.mu.Unlock()
 	}
 }
 
@@ -333,8 +358,9 @@ func (s *soak) worker(ctx context.Context, n int) {
 				time.Sleep(200 * time.Millisecond)
 			}
 		case op < 40:
-			_, _ = s.call("exec", key, "POST", "/v1/sandboxes/"+t.id+"/exec",
+			r, err := s.call("exec", key, "POST", "/v1/sandboxes/"+t.id+"/exec",
 				map[string]any{"command": "echo hi; head -c 20000 /dev/urandom | sha256sum; ls /workspace | wc -l", "timeout_seconds": 30})
+			s.ended(t, r, err)
 		case op < 50:
 			_, _ = s.call("exec_stream", key, "POST", "/v1/sandboxes/"+t.id+"/exec/stream",
 				map[string]any{"command": "for i in 1 2 3; do echo line $i; sleep 0.1; done", "timeout_seconds": 30})
@@ -345,7 +371,8 @@ func (s *soak) worker(ctx context.Context, n int) {
 				_, _ = s.call("file_read", key, "GET", "/v1/sandboxes/"+t.id+"/files?path="+name, nil)
 			}
 		case op < 66:
-			_, _ = s.call("file_list", key, "GET", "/v1/sandboxes/"+t.id+"/files/list?path=/workspace", nil)
+			r, err := s.call("file_list", key, "GET", "/v1/sandboxes/"+t.id+"/files/list?path=/workspace", nil)
+			s.ended(t, r, err)
 		case op < 70:
 			_, _ = s.call("file_delete", key, "DELETE", "/v1/sandboxes/"+t.id+"/files?path=/workspace/f"+strconv.Itoa(s.rand(20)), nil)
 		case op < 78:
@@ -363,6 +390,7 @@ func (s *soak) worker(ctx context.Context, n int) {
 		case op < 95:
 			r, err := s.call("terminate", key, "DELETE", "/v1/sandboxes/"+t.id, nil)
 			s.unsure(t, err)
+			s.ended(t, r, err)
 			if err == nil && r.status == 200 {
 				// DELETE is idempotent: a sandbox that expired earlier ended
 				// at its terminated_at, not now.
@@ -376,7 +404,8 @@ func (s *soak) worker(ctx context.Context, n int) {
 				s.mark(t, false, end)
 			}
 		default:
-			_, _ = s.call("get", key, "GET", "/v1/sandboxes/"+t.id, nil)
+			r, err := s.call("get", key, "GET", "/v1/sandboxes/"+t.id, nil)
+			s.ended(t, r, err)
 			_, _ = s.call("list", key, "GET", "/v1/sandboxes?limit=20", nil)
 		}
 	}
