@@ -478,22 +478,33 @@ func (s *soak) rows() []store.Sandbox {
 }
 
 func (s *soak) liveIDs(key string) []string {
-	r, err := s.call("list", key, "GET", "/v1/sandboxes?limit=200", nil)
-	if err != nil || r.status != 200 {
-		s.fail("listing at the end: %v %d", err, r.status)
-		return nil
-	}
-	var page struct {
-		Data []struct{ ID, Status string }
-	}
-	_ = json.Unmarshal(r.body, &page)
 	var out []string
-	for _, sb := range page.Data {
-		if sb.Status != "terminated" {
-			out = append(out, sb.ID)
+	cursor := ""
+	for {
+		path := "/v1/sandboxes?limit=200"
+		if cursor != "" {
+			path += "&cursor=" + cursor
 		}
+		r, err := s.call("list", key, "GET", path, nil)
+		if err != nil || r.status != 200 {
+			s.fail("listing at the end: %v %d", err, r.status)
+			return out
+		}
+		var page struct {
+			Data       []struct{ ID, Status string }
+			NextCursor *string `json:"next_cursor"`
+		}
+		_ = json.Unmarshal(r.body, &page)
+		for _, sb := range page.Data {
+			if sb.Status != "terminated" {
+				out = append(out, sb.ID)
+			}
+		}
+		if page.NextCursor == nil || *page.NextCursor == "" {
+			return out
+		}
+		cursor = *page.NextCursor
 	}
-	return out
 }
 
 // checkRuntime: every running row has its runtime sandbox running, and
