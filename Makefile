@@ -9,6 +9,9 @@
 #   make bench   the benchmark harness (results in docs/benchmarks.md format)
 #   make licenses     regenerate THIRD_PARTY_LICENSES*.csv (go-licenses)
 #   make dist VERSION=1.2.3  release artifacts in dist/ (docs/operating.md, "Release artifacts")
+#   make test-contract  only the schemathesis contract run (part of make test)
+#   make fuzz    a long schemathesis run (local use)
+#   make soak    a churn soak with kill -9 restarts (SOAK_MINUTES, default 60; not in CI)
 
 SHELL        := /bin/bash
 GO           ?= go
@@ -25,7 +28,7 @@ DEB_PACKAGES      := debootstrap iproute2 nftables ca-certificates busybox-stati
 TEST_DEB_PACKAGES := postgresql runc chromium nodejs python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
 
-.PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps console-vendor install uninstall e2b-proto e2b-sdk-deps
+.PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps console-vendor install uninstall e2b-proto e2b-sdk-deps schemathesis-venv test-contract fuzz soak
 
 setup: deps build runsc templates
 
@@ -130,6 +133,7 @@ test: setup test-deps lint licenses-check release-tools postgres console-e2e-dep
 		$(GO) test $(TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory test-js-run
 	@$(MAKE) --no-print-directory test-python
+	@$(MAKE) --no-print-directory test-contract
 
 # The fast tier: what needs neither root, gVisor nor PostgreSQL (tests that do
 # skip themselves under -short). `make test` runs everything, this included.
@@ -187,6 +191,37 @@ e2b-sdk-deps: test-deps
 	@e2e/e2b/.venv/bin/pip install -q -r e2e/e2b/requirements.txt
 	@[ -x e2e/e2b/.venv-latest/bin/python ] || $(PYTHON) -m venv e2e/e2b/.venv-latest
 	@e2e/e2b/.venv-latest/bin/pip install -q -r e2e/e2b/requirements-latest.txt
+# The contract, property-based: schemathesis (pinned in
+# api/schemathesis/requirements.txt, from PyPI, in a git-ignored virtualenv)
+# against a real orkestrd with real gVisor sandboxes, driven by the served
+# /v1/openapi.yaml: every operation, every check, the stateful links, a fixed
+# seed and a bounded number of examples (a few minutes on 2 cores). Any
+# failure fails the build. `make fuzz` is the long run for local use
+# (FUZZ_MAX_TIME seconds, default 1800; FUZZ_SEED to vary).
+ST_DIR  := $(CURDIR)/api/schemathesis
+ST_VENV := $(ST_DIR)/.venv
+schemathesis-venv: test-deps
+	@[ -x $(ST_VENV)/bin/python ] || $(PYTHON) -m venv $(ST_VENV)
+	@$(ST_VENV)/bin/pip install -q -r $(ST_DIR)/requirements.txt
+
+test-contract: build schemathesis-venv
+	@if [ "$$(id -u)" != 0 ]; then echo "the contract run starts real gVisor sandboxes and must run as root"; exit 1; fi
+	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) SCHEMATHESIS_VENV=$(ST_VENV) \
+		$(ST_DIR)/run.sh quick
+
+fuzz: setup schemathesis-venv
+	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) SCHEMATHESIS_VENV=$(ST_VENV) \
+		$(ST_DIR)/run.sh long
+
+# The churn soak (not in CI): mixed load on a real orkestrd for
+# SOAK_MINUTES (default 60) with kill -9 and restarts at random moments,
+# then checks the host is back at its baseline and the store matches the
+# runtime and the meters (bench/soak).
+SOAK_MINUTES ?= 60
+soak: setup
+	@if [ "$$(id -u)" != 0 ]; then echo "the soak starts real gVisor sandboxes and must run as root"; exit 1; fi
+	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) \
+		$(GO) run ./bench/soak -duration $(SOAK_MINUTES)m $(SOAK_FLAGS)
 
 bench: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh

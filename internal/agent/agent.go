@@ -199,7 +199,12 @@ func (a *Agent) serveRequest(st net.Conn, r *wire.Reader, w *wire.Writer) (reusa
 	case wire.OpStat:
 		statPath(req.Path, w)
 	case wire.OpRemove:
-		removePath(req.Path, req.Recursive, w)
+		// The host closes the stream if it gives up; the watcher reads it,
+		// so the stream cannot carry another request.
+		ctx, cancel := watchCancel(r)
+		defer cancel()
+		removePath(ctx, req.Path, req.Recursive, w)
+		return false
 	case wire.OpMkdir:
 		mkdirPath(req.Path, req.Mode, w)
 	case wire.OpPty:

@@ -1,13 +1,13 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"syscall"
 
 	"github.com/orkestr-eu/orkestr/internal/agent/wire"
@@ -27,7 +27,20 @@ func sendErr(w *wire.Writer, err error) {
 
 func errCode(err error) string {
 	var errno syscall.Errno
+	var fe *fileErr
 	switch {
+	case errors.As(err, &fe):
+		return fe.code
+	case errors.As(err, &errno) && errno == syscall.EROFS:
+		return wire.CodeReadOnly
+	case errors.As(err, &errno) && (errno == syscall.EBUSY || errno == syscall.ETXTBSY):
+		return wire.CodeBusy
+	case errors.As(err, &errno) && (errno == syscall.EIO || errno == syscall.ENXIO):
+		return wire.CodeIO
+	case errors.As(err, &errno) && (errno == syscall.ELOOP || errno == syscall.EINVAL || errno == syscall.EXDEV):
+		return wire.CodeInvalidPath
+	case errors.As(err, &errno) && errno == syscall.EDQUOT, errors.As(err, &errno) && errno == syscall.EFBIG:
+		return wire.CodeNoSpace
 	case errors.Is(err, fs.ErrNotExist):
 		return wire.CodeNotFound
 	case errors.As(err, &errno) && errno == syscall.ENOTDIR:
@@ -63,6 +76,10 @@ func info(path string, fi fs.FileInfo) wire.FileInfo {
 func readFile(path string, w *wire.Writer) {
 	if err := CheckPath(path); err != nil {
 		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	if err := guardRead(path); err != nil {
+		sendErr(w, err)
 		return
 	}
 	f, err := os.Open(path)
@@ -117,6 +134,10 @@ func writeFile(path string, mode uint32, r *wire.Reader, w *wire.Writer) {
 	path = filepath.Clean(path)
 	if path == "/" {
 		_ = w.Err(wire.CodeIsDir, "/ is a directory")
+		return
+	}
+	if err := guardWrite(path); err != nil {
+		sendErr(w, err)
 		return
 	}
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
@@ -183,35 +204,9 @@ func writeFile(path string, mode uint32, r *wire.Reader, w *wire.Writer) {
 }
 
 func listDir(path string, w *wire.Writer) {
-	if err := CheckPath(path); err != nil {
-		_ = w.Err(wire.CodeInvalidPath, err.Error())
-		return
-	}
-	path = filepath.Clean(path)
-	fi, err := os.Stat(path)
-	if err != nil {
+	if err := listSafely(path, w); err != nil {
 		sendErr(w, err)
-		return
 	}
-	if !fi.IsDir() {
-		_ = w.Err(wire.CodeNotDir, path+" is not a directory")
-		return
-	}
-	ents, err := os.ReadDir(path)
-	if err != nil {
-		sendErr(w, err)
-		return
-	}
-	out := wire.List{Entries: make([]wire.FileInfo, 0, len(ents))}
-	for _, e := range ents {
-		fi, err := e.Info()
-		if err != nil {
-			continue // removed while listing
-		}
-		out.Entries = append(out.Entries, info(filepath.Join(path, e.Name()), fi))
-	}
-	sort.Slice(out.Entries, func(i, j int) bool { return out.Entries[i].Name < out.Entries[j].Name })
-	_ = w.JSON(wire.KindJSON, out)
 }
 
 func statPath(path string, w *wire.Writer) {
@@ -220,6 +215,10 @@ func statPath(path string, w *wire.Writer) {
 		return
 	}
 	path = filepath.Clean(path)
+	if err := guardRead(path); err != nil {
+		sendErr(w, err)
+		return
+	}
 	fi, err := os.Lstat(path)
 	if err != nil {
 		sendErr(w, err)
@@ -228,27 +227,10 @@ func statPath(path string, w *wire.Writer) {
 	_ = w.JSON(wire.KindJSON, info(path, fi))
 }
 
-func removePath(path string, recursive bool, w *wire.Writer) {
-	if err := CheckPath(path); err != nil {
-		_ = w.Err(wire.CodeInvalidPath, err.Error())
-		return
-	}
-	path = filepath.Clean(path)
-	if path == "/" {
-		_ = w.Err(wire.CodeInvalidPath, "refusing to remove /")
-		return
-	}
-	if _, err := os.Lstat(path); err != nil {
-		sendErr(w, err)
-		return
-	}
-	var err error
-	if recursive {
-		err = os.RemoveAll(path)
-	} else {
-		err = os.Remove(path)
-	}
-	if err != nil {
+// removePath deletes path, a whole tree when recursive, within the bounds
+// of safefs.go; ctx ends when the host gives up on the request.
+func removePath(ctx context.Context, path string, recursive bool, w *wire.Writer) {
+	if err := removeSafely(ctx, path, recursive); err != nil {
 		sendErr(w, err)
 		return
 	}
@@ -258,6 +240,10 @@ func removePath(path string, recursive bool, w *wire.Writer) {
 func mkdirPath(path string, mode uint32, w *wire.Writer) {
 	if err := CheckPath(path); err != nil {
 		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return
+	}
+	if err := guardWrite(path); err != nil {
+		sendErr(w, err)
 		return
 	}
 	perm := fs.FileMode(mode).Perm()

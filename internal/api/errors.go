@@ -67,6 +67,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if body.Error.Details == nil {
 		body.Error.Details = map[string]any{}
 	}
+	if e.Status == http.StatusUnauthorized {
+		// RFC 9110 §11.6.1 / RFC 6750 §3: a 401 names its scheme.
+		w.Header().Set("WWW-Authenticate", `Bearer realm="orkestr"`)
+	}
 	writeJSON(w, e.Status, body)
 }
 

@@ -139,7 +139,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 	res, err := rt.Exec(ctx, er)
 	if err != nil {
-		return execError(err)
+		return s.sandboxEnded(r, rt, err)
 	}
 	if res.TimedOut {
 		return apiErr(http.StatusRequestTimeout, "exec_timeout", "The command did not finish within %d seconds and was killed with its children.", int(er.Timeout.Seconds())).
@@ -259,7 +259,7 @@ func (s *Server) execStream(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err != nil {
 		var e *Error
-		if !errors.As(execError(err), &e) {
+		if !errors.As(s.sandboxEnded(r, rt, err), &e) {
 			s.log.Error("exec stream failed", "request_id", requestID(r), "err", err)
 			e = errInternal
 		}

@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 )
@@ -29,19 +30,51 @@ func fileError(err error) error {
 	case errors.Is(err, runtime.ErrFileNotFound):
 		return apiErr(http.StatusNotFound, "file_not_found", "No such file or directory in the sandbox.")
 	case errors.Is(err, runtime.ErrInvalidPath):
-		return apiErr(http.StatusBadRequest, "invalid_path", "The path is invalid.").with("field", "path")
+		return apiErr(http.StatusBadRequest, "invalid_path", "The path is invalid%s.", agentReason(err, runtime.ErrInvalidPath)).with("field", "path")
 	case errors.Is(err, runtime.ErrIsDir):
 		return apiErr(http.StatusBadRequest, "invalid_path", "The path is a directory.").with("field", "path")
 	case errors.Is(err, runtime.ErrNotDir):
-		return apiErr(http.StatusBadRequest, "invalid_path", "A component of the path is not a directory.").with("field", "path")
+		return apiErr(http.StatusBadRequest, "not_a_directory", "The path or one of its parents is not a directory%s.", agentReason(err, runtime.ErrNotDir)).with("field", "path")
 	case errors.Is(err, runtime.ErrNoSpace):
 		return apiErr(http.StatusRequestEntityTooLarge, "payload_too_large", "The sandbox has no space left for this file.")
 	case errors.Is(err, runtime.ErrInvalidRequest):
 		return apiErr(http.StatusBadRequest, "invalid_path", "The path is not a regular file or directory.").with("field", "path")
 	case errors.Is(err, runtime.ErrPermission):
-		return apiErr(http.StatusBadRequest, "invalid_path", "Permission denied in the sandbox.").with("field", "path")
+		return apiErr(http.StatusForbidden, "permission_denied", "Permission denied in the sandbox%s.", agentReason(err, runtime.ErrPermission)).with("field", "path")
+	case errors.Is(err, runtime.ErrReadOnly):
+		return apiErr(http.StatusConflict, "read_only", "The path is on a read-only filesystem%s.", agentReason(err, runtime.ErrReadOnly)).with("field", "path")
+	case errors.Is(err, runtime.ErrFileBusy), errors.Is(err, runtime.ErrNotEmpty):
+		return apiErr(http.StatusConflict, "busy", "The path is busy (a mount point, or in use)%s.", agentReason(err, runtime.ErrFileBusy, runtime.ErrNotEmpty)).with("field", "path")
+	case errors.Is(err, runtime.ErrIO):
+		return apiErr(http.StatusUnprocessableEntity, "io_error", "The file cannot be read%s.", agentReason(err, runtime.ErrIO)).with("field", "path")
+	case errors.Is(err, runtime.ErrFileLimit):
+		return apiErr(http.StatusUnprocessableEntity, "limit_exceeded", "The operation went over its bounds%s.", agentReason(err, runtime.ErrFileLimit)).with("field", "path")
 	}
 	return execError(err)
+}
+
+// agentReason is the agent's own account of a file error (it names paths
+// inside the sandbox only), as ": reason", or "" when there is none.
+func agentReason(err error, bases ...error) string {
+	msg := err.Error()
+	for _, b := range bases {
+		if rest, ok := strings.CutPrefix(msg, b.Error()+": "); ok {
+			if len(rest) > 500 {
+				rest = rest[:500] + "…"
+			}
+			return ": " + strings.ToValidUTF8(rest, "")
+		}
+	}
+	return ""
+}
+
+// fileFailed maps a failed file operation: the sandbox ending under it is
+// named as such, anything else goes through fileError.
+func (s *Server) fileFailed(r *http.Request, rt runtime.Sandbox, err error) error {
+	if errors.Is(err, runtime.ErrStopped) || errors.Is(err, runtime.ErrOutOfMemory) || errors.Is(err, runtime.ErrAgent) {
+		return s.sandboxEnded(r, rt, err)
+	}
+	return fileError(err)
 }
 
 // lazyFileWriter sends the 200 headers with the first byte, so an error
@@ -82,7 +115,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 			// broken transfer rather than a short file.
 			panic(http.ErrAbortHandler)
 		}
-		return fileError(err)
+		return s.fileFailed(r, rt, err)
 	}
 	lw.start()
 	return nil
@@ -103,7 +136,7 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request) error {
 		if errors.As(err, &mbe) {
 			return apiErr(http.StatusRequestEntityTooLarge, "payload_too_large", "Files are limited to %d bytes on this server.", s.cfg.MaxFileBytes)
 		}
-		return fileError(err)
+		return s.fileFailed(r, rt, err)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"path": path, "size": n})
 	return nil
@@ -118,7 +151,7 @@ func (s *Server) deleteFile(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to delete /.").with("field", "path")
 	}
 	if err := rt.Remove(r.Context(), path, true); err != nil {
-		return fileError(err)
+		return s.fileFailed(r, rt, err)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -140,7 +173,7 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) error {
 	}
 	ents, err := rt.List(r.Context(), path)
 	if err != nil {
-		return fileError(err)
+		return s.fileFailed(r, rt, err)
 	}
 	out := make([]fileEntry, len(ents))
 	for i, e := range ents {

@@ -77,6 +77,9 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := noEmptyQuery(r.URL.Query(), "since"); err != nil {
+		return err
+	}
 	var since time.Time
 	if v := r.URL.Query().Get("since"); v != "" {
 		if since, err = time.Parse(time.RFC3339Nano, v); err != nil {

@@ -107,7 +107,7 @@ func (s *Server) deadlineLoop(ctx context.Context) {
 		now := s.now()
 		for _, row := range rows {
 			if row.ExpiresAt != nil && !now.Before(*row.ExpiresAt) {
-				if _, err := s.terminate(ctx, row, "timeout reached"); err != nil {
+				if _, err := s.terminate(ctx, row, reasonExpired); err != nil {
 					s.log.Warn("terminating an expired sandbox", "sandbox", row.ID, "err", err)
 				}
 			}

@@ -294,7 +294,7 @@ func TestUsageHostileInput(t *testing.T) {
 	}
 	for _, c := range []struct{ query, field string }{
 		{"granularity=week", "granularity"},
-		{"granularity=", ""}, // empty is the default
+		{"granularity=", "granularity"}, // empty is a mistake, not the default (docs/api.md, One contract)
 		{"format=xml", "format"},
 		{"from=yesterday", "from"},
 		{"from=2026-13-01", "from"},

@@ -2,6 +2,8 @@ package api
 
 import (
 	"net/http"
+	"slices"
+	"strings"
 
 	"github.com/orkestr-eu/orkestr/api"
 	"github.com/orkestr-eu/orkestr/internal/store"
@@ -79,11 +81,50 @@ func (s *Server) routes() {
 		s.mux.HandleFunc(e.Method+" "+e.Path, s.authed(e.scope, e.h))
 		s.accountMux.HandleFunc(e.Method+" "+e.Path, s.asAccount(e.h))
 	}
+	table := s.routeTable()
 	notFound := func(w http.ResponseWriter, r *http.Request) {
+		if allow := allowedMethods(table, r.URL.Path); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			s.writeError(w, r, apiErr(http.StatusMethodNotAllowed, "method_not_allowed", "%s is not a method of %s; it allows %s. See /v1/openapi.yaml.", r.Method, r.URL.Path, strings.Join(allow, ", ")).
+				with("allow", allow))
+			return
+		}
 		s.writeError(w, r, apiErr(http.StatusNotFound, "not_found", "No such endpoint: %s %s. See /v1/openapi.yaml.", r.Method, r.URL.Path))
 	}
 	s.mux.HandleFunc("/", notFound)
 	s.accountMux.HandleFunc("/", notFound)
+}
+
+// allowedMethods lists the methods of the endpoints whose pattern matches
+// path ({x} matches one segment), in the route table's order; none if no
+// endpoint has this path.
+func allowedMethods(table []endpoint, path string) []string {
+	var out []string
+	for _, e := range table {
+		if matchPattern(e.Path, path) && !slices.Contains(out, e.Method) {
+			out = append(out, e.Method)
+		}
+	}
+	return out
+}
+
+func matchPattern(pattern, path string) bool {
+	ps, xs := strings.Split(pattern, "/"), strings.Split(path, "/")
+	if len(ps) != len(xs) {
+		return false
+	}
+	for i, p := range ps {
+		if strings.HasPrefix(p, "{") && strings.HasSuffix(p, "}") {
+			if xs[i] == "" {
+				return false
+			}
+			continue
+		}
+		if p != xs[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {

@@ -236,9 +236,9 @@ func (s *Server) track(row store.Sandbox, rt runtime.Sandbox) {
 		}
 		s.running.CompareAndDelete(row.ID, liveSandbox{account: row.AccountID, rt: rt})
 		s.sampler.Untrack(row.ID)
-		reason := "the sandbox stopped unexpectedly"
+		reason := reasonStopped
 		if errors.Is(rt.Err(), runtime.ErrOutOfMemory) {
-			reason = "the sandbox was killed because it exceeded its memory limit"
+			reason = reasonOutOfMemory
 		}
 		unlock := s.lock(row.ID)
 		defer unlock()
@@ -287,6 +287,9 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
+	if err := noEmptyQuery(q, "status", "limit", "cursor"); err != nil {
+		return err
+	}
 	f := store.ListFilter{Limit: 50, Cursor: q.Get("cursor")}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -374,7 +377,7 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	row, err = s.terminate(r.Context(), row, "terminated by request")
+	row, err = s.terminate(r.Context(), row, reasonTerminated)
 	if err != nil {
 		return err
 	}

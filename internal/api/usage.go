@@ -131,6 +131,9 @@ func parseUsageTime(field, v string) (time.Time, error) {
 func (s *Server) getUsage(w http.ResponseWriter, r *http.Request) error {
 	p := caller(r)
 	q := r.URL.Query()
+	if err := noEmptyQuery(q, "granularity", "format", "from", "to"); err != nil {
+		return err
+	}
 	gran := q.Get("granularity")
 	var period, maxRange time.Duration
 	switch gran {

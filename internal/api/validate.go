@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"unicode/utf8"
@@ -13,7 +14,7 @@ var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,255}$`)
 
 const (
 	maxEnvVars       = 200
-	maxEnvValueBytes = 64 << 10
+	maxEnvValueChars = 64 << 10
 	maxMetadataKeys  = 64
 	maxMetadataKey   = 128
 	maxMetadataValue = 1024
@@ -32,8 +33,8 @@ func checkEnv(field string, env map[string]string) error {
 		if strings.IndexByte(v, 0) >= 0 {
 			return invalid(field, "The value of environment variable %s contains a NUL byte.", k)
 		}
-		if len(v) > maxEnvValueBytes {
-			return invalid(field, "The value of environment variable %s is longer than %d bytes.", k, maxEnvValueBytes)
+		if utf8.RuneCountInString(v) > maxEnvValueChars {
+			return invalid(field, "The value of environment variable %s is longer than %d characters.", k, maxEnvValueChars)
 		}
 	}
 	return nil
@@ -44,11 +45,11 @@ func checkMetadata(md map[string]string) error {
 		return invalid("metadata", "At most %d metadata keys are allowed.", maxMetadataKeys)
 	}
 	for k, v := range md {
-		if k == "" || len(k) > maxMetadataKey || hasControl(k) {
+		if k == "" || utf8.RuneCountInString(k) > maxMetadataKey || hasControl(k) {
 			return invalid("metadata", "Metadata key %q is invalid: 1 to %d characters, no control characters.", truncate(k, 64), maxMetadataKey)
 		}
-		if len(v) > maxMetadataValue || strings.IndexByte(v, 0) >= 0 || !utf8.ValidString(v) {
-			return invalid("metadata", "The value of metadata key %q is longer than %d bytes, contains NUL or is not UTF-8.", truncate(k, 64), maxMetadataValue)
+		if utf8.RuneCountInString(v) > maxMetadataValue || strings.IndexByte(v, 0) >= 0 || !utf8.ValidString(v) {
+			return invalid("metadata", "The value of metadata key %q is longer than %d characters, contains NUL or is not UTF-8.", truncate(k, 64), maxMetadataValue)
 		}
 	}
 	return nil
@@ -88,4 +89,20 @@ func checkSandboxID(id string) bool {
 		}
 	}
 	return true
+}
+
+// noEmptyQuery refuses an optional query parameter that is given with an
+// empty value (?status=): the contract has no empty value for any of
+// them, so it is a mistake, not a way to leave the parameter out.
+func noEmptyQuery(q url.Values, names ...string) error {
+	for _, n := range names {
+		if vs, ok := q[n]; ok {
+			for _, v := range vs {
+				if v == "" {
+					return invalid(n, "Query parameter %s is empty; give a value or leave it out.", n)
+				}
+			}
+		}
+	}
+	return nil
 }

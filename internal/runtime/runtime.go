@@ -277,6 +277,14 @@ var (
 	ErrInvalidRequest = errors.New("invalid request")
 	ErrPermission     = errors.New("permission denied")
 	ErrAgent          = errors.New("sandbox agent unavailable")
+	// File errors the caller causes (issue 16): each becomes a 4xx.
+	ErrReadOnly  = errors.New("read-only file system")
+	ErrFileBusy  = errors.New("file busy (a mount point or in use)")
+	ErrIO        = errors.New("file cannot be read")
+	ErrFileLimit = errors.New("file operation over its bounds")
+	// ErrAgentFailed: the agent answered but could not do what was asked
+	// for a reason it has no code for (its message says which).
+	ErrAgentFailed    = errors.New("the sandbox agent failed the request")
 	ErrBusy           = errors.New("sandbox is busy")
 	ErrNoNetwork      = errors.New("networking is not available on this host")
 	ErrInvalidArchive = errors.New("invalid archive")

@@ -186,7 +186,9 @@ var statusOf = map[string]int{
 	"file_not_found": 404, "invalid_path": 400, "payload_too_large": 413,
 	"no_capacity": 503, "unavailable": 503, "internal": 500,
 	"invalid_archive":   400,
-	"process_not_found": 404, "process_stdin_closed": 409,
+	"process_not_found": 404, "process_stdin_closed": 409, "file_exists": 409,
+	"not_a_directory": 400, "permission_denied": 403, "read_only": 409, "busy": 409,
+	"io_error": 422, "limit_exceeded": 422,
 }
 
 // classify maps an API error to its typed error by HTTP status and code,

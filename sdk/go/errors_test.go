@@ -92,6 +92,7 @@ func TestErrorMapping(t *testing.T) {
 		{400, "invalid_request"}, {400, "unknown_template"}, {400, "unknown_region"}, {404, "file_not_found"},
 		{400, "invalid_path"}, {413, "payload_too_large"}, {503, "no_capacity"}, {503, "unavailable"}, {500, "internal"},
 		{403, "forbidden_something"}, {404, "not_found"},
+		{400, "not_a_directory"}, {403, "permission_denied"}, {409, "read_only"}, {409, "busy"}, {422, "io_error"}, {422, "limit_exceeded"},
 	}
 	for _, p := range plain {
 		cases = append(cases, struct {

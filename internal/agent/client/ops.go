@@ -278,11 +278,26 @@ func (c *Channel) WriteFile(ctx context.Context, path string, mode uint32, src i
 	return out.Size, nil
 }
 
-// List lists a directory.
+// List lists a directory. A large one arrives in several frames.
 func (c *Channel) List(ctx context.Context, path string) ([]wire.FileInfo, error) {
-	var out wire.List
-	err := c.call(ctx, &wire.Request{Op: wire.OpList, Path: path}, &out)
-	return out.Entries, err
+	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpList, Path: path})
+	if err != nil {
+		return nil, err
+	}
+	var all []wire.FileInfo
+	for {
+		var out wire.List
+		err := r.ExpectJSON(&out)
+		if err != nil {
+			end(IsWireError(err))
+			return nil, c.wrap(ctx, err)
+		}
+		all = append(all, out.Entries...)
+		if !out.More {
+			end(true)
+			return all, nil
+		}
+	}
 }
 
 // Stat describes one path without following a final symlink.
@@ -292,10 +307,16 @@ func (c *Channel) Stat(ctx context.Context, path string) (wire.FileInfo, error) 
 	return out, err
 }
 
-// Remove deletes a file, or a directory tree when recursive.
+// Remove deletes a file, or a directory tree when recursive. The agent
+// watches the stream to stop when ctx ends, so it is never reused.
 func (c *Channel) Remove(ctx context.Context, path string, recursive bool) error {
+	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpRemove, Path: path, Recursive: recursive})
+	if err != nil {
+		return err
+	}
+	defer end(false)
 	var out struct{}
-	return c.call(ctx, &wire.Request{Op: wire.OpRemove, Path: path, Recursive: recursive}, &out)
+	return c.wrap(ctx, r.ExpectJSON(&out))
 }
 
 // MkdirAll creates a directory and its parents.

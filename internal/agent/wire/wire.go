@@ -201,6 +201,9 @@ type FileInfo struct {
 // List is the reply to OpList.
 type List struct {
 	Entries []FileInfo `json:"entries"`
+	// More says another List frame follows with further entries: a
+	// large directory is sent in frames that each fit MaxFrame.
+	More bool `json:"more,omitempty"`
 }
 
 // Written is the reply to a finished OpWrite.
@@ -224,6 +227,12 @@ const (
 	CodeInvalidArchive = "invalid_archive"
 	// CodeTooLarge: an archive expands past its limit.
 	CodeTooLarge = "too_large"
+
+	// Refusals of the files API (issue 16).
+	CodeReadOnly = "read_only"      // a read-only or kernel filesystem (/proc, /sys)
+	CodeBusy     = "busy"           // a mount point, or a file in use
+	CodeIO       = "io_error"       // the file cannot be read (e.g. /proc/<pid>/mem)
+	CodeLimit    = "limit_exceeded" // a request over its bounds (entries, depth, time)
 )
 
 // Error is a failure reported by the agent.

@@ -214,6 +214,16 @@ func (sb *sandbox) mapErr(err error) error {
 			base = runtime.ErrNoProcess
 		case wire.CodeNoUser:
 			base = runtime.ErrNoUser
+		case wire.CodeReadOnly:
+			base = runtime.ErrReadOnly
+		case wire.CodeBusy:
+			base = runtime.ErrFileBusy
+		case wire.CodeIO:
+			base = runtime.ErrIO
+		case wire.CodeLimit:
+			base = runtime.ErrFileLimit
+		case wire.CodeInternal:
+			base = runtime.ErrAgentFailed
 		default:
 			base = runtime.ErrAgent
 		}

@@ -178,6 +178,11 @@ const statusOf: Record<string, number> = {
   invalid_archive: 400,
   unavailable: 503,
   internal: 500,
+  not_a_directory: 400,
+  read_only: 409,
+  busy: 409,
+  io_error: 422,
+  limit_exceeded: 422,
 };
 
 export function statusOfCode(code: string): number {
