@@ -193,7 +193,9 @@ func TestNetworkPolicyOverHTTP(t *testing.T) {
 			t.Errorf("orkestr_network_blocked_total{reason=%q} not counted:\n%s", r, text)
 		}
 	}
-	if metricValue(t, text, `orkestr_pool_target{network="on",size="small",template="python-3.11"}`) != 1 {
+	// At least the configured 1: a claim that found the pool empty may
+	// have doubled it (the pool follows demand).
+	if metricValue(t, text, `orkestr_pool_target{network="on",size="small",template="python-3.11"}`) < 1 {
 		t.Errorf("networked pool not in the metrics:\n%s", text)
 	}
 

@@ -232,6 +232,10 @@ func serve(args []string) error {
 	// refused), requests in flight get until the grace period ends, then
 	// their connections are closed. Sandboxes are left running for the
 	// next start to adopt.
+	// The listener closes before the log says so: from that line on, new
+	// connections are refused (srv.Shutdown below would close it too, but
+	// only after the line).
+	_ = ln.Close()
 	log.Info("shutting down: no new connections; waiting for requests in flight", "grace", grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()

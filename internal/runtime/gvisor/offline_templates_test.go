@@ -51,6 +51,16 @@ var offlineChecks = map[string][]struct{ cmd, stdout string }{
 		{`node -e 'console.log(1+1)'`, `^2\n$`},
 		{`cd /tmp && npm init -y >/dev/null && node -p 'require("./package.json").name'`, `^tmp\n$`},
 	},
+	// What E2B's "base" promises the e2b SDKs (internal/e2b): bash,
+	// Python with pip, Node with npm, git, and the user `user`.
+	"e2b-base": {
+		{`bash -c 'echo $BASH_VERSION'`, `^5\.\d+\S*\n$`},
+		{`python3 --version`, `^Python 3\.11\.\d+\n$`},
+		{`pip --version`, `^pip \S+ from \S+ \(python 3\.11\)\n$`},
+		{`node -v && npm -v`, `^v22\.\d+\.\d+\n10\.\d+\.\d+\n$`},
+		{`git --version`, `^git version 2\.\d+\.\d+\n$`},
+		{`id -u user && getent passwd user | cut -d: -f6`, `^1000\n/home/user\n$`},
+	},
 }
 
 // TestOfflineTemplates starts a sandbox of every offline template `make
