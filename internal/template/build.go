@@ -51,9 +51,15 @@ func (b Builder) Build(ctx context.Context, e Entry, force bool) error {
 	if logw == nil {
 		logw = func(string) {}
 	}
-	if _, err := b.Store.Rootfs(e.Name); err == nil && !force {
-		logw(fmt.Sprintf("template %s is already built in %s", e.Name, b.Store.Dir))
-		return nil
+	if rec, err := b.Store.Record(e.Name); err == nil && !force {
+		// An offline recipe built before the current layout (the sandbox
+		// user) is rebuilt, as BuildRecipe does; an image is only
+		// rebuilt with force (it may come from a registry out of reach).
+		if rec.Layout >= CurrentLayout || !hasRecipe(e) {
+			logw(fmt.Sprintf("template %s is already built in %s", e.Name, b.Store.Dir))
+			return nil
+		}
+		logw(fmt.Sprintf("template %s was built before the sandbox user existed; rebuilding it", e.Name))
 	}
 	if len(e.Sources) == 0 {
 		return fmt.Errorf("template %s has no sources in the catalog", e.Name)
@@ -194,4 +200,14 @@ func writeImageMeta(dir string, img oci.Image, replace bool) error {
 		return err
 	}
 	return os.Rename(tmp, p)
+}
+
+// hasRecipe says whether one of e's sources is an offline recipe.
+func hasRecipe(e Entry) bool {
+	for _, src := range e.Sources {
+		if src.Recipe != "" {
+			return true
+		}
+	}
+	return false
 }
