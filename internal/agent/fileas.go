@@ -148,6 +148,18 @@ func FileHelperMain(in *os.File, out *os.File) int {
 	case wire.OpRemove:
 		removePath(req.Path, req.Recursive, w)
 	case wire.OpWatch:
+		// inotify does not check that the user may read the directory
+		// (gVisor's), so the helper does, as opening it would.
+		if req.FS != nil {
+			if err := CheckPath(req.FS.Path); err == nil {
+				d, err := os.Open(req.FS.Path)
+				if err != nil {
+					sendErr(w, err)
+					return 0
+				}
+				d.Close()
+			}
+		}
 		(&Agent{}).watch(&req, r, w)
 	default:
 		_ = w.Err(wire.CodeBadRequest, fmt.Sprintf("file helper: op %q", req.Op))
