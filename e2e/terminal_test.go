@@ -323,8 +323,28 @@ func TestTerminalAsUser(t *testing.T) {
 	if code != 5 || !strings.Contains(out, "me=user in=/home/user sh=/bin/bash\r\n") || !strings.Contains(out, "user@") {
 		t.Errorf("user login shell: %d %q", code, out)
 	}
-	// Refusals: an unknown user name, a directory the user cannot enter.
+	// The Go SDK's files as user: the user's permissions, the user's files.
+	uf := sbx.FilesAs(orkestr.UserUser)
 	var apiErr *orkestr.Error
+	if _, err := uf.Read(ctx, "/root/only-root"); !errors.As(err, &apiErr) || apiErr.Code != "permission_denied" {
+		t.Errorf("SDK read /root as user: %v", err)
+	}
+	if err := uf.Write(ctx, "/home/user/sdk/f.txt", "mine"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := uf.Stat(ctx, "/home/user/sdk/f.txt", orkestr.FileOptions{}); err != nil || st.UID != 1000 || st.Size != 4 {
+		t.Errorf("SDK stat of the user's file: %+v %v", st, err)
+	}
+	if ents, err := uf.List(ctx, "/home/user/sdk"); err != nil || len(ents) != 1 || ents[0].Name != "f.txt" {
+		t.Errorf("SDK list as user: %+v %v", ents, err)
+	}
+	if err := uf.Delete(ctx, "/root/only-root"); !errors.As(err, &apiErr) || apiErr.Code != "permission_denied" {
+		t.Errorf("SDK delete /root as user: %v", err)
+	}
+	if _, err := uf.OpenArchive(ctx, "/home/user", ""); err == nil {
+		t.Error("archive as user was not refused")
+	}
+	// Refusals: an unknown user name, a directory the user cannot enter.
 	if _, err := sbx.Terminal(ctx, orkestr.TerminalOptions{User: "admin"}); !errors.As(err, &apiErr) || apiErr.Code != "invalid_request" || apiErr.Details["field"] != "user" {
 		t.Errorf("user admin: %v", err)
 	}
