@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -275,6 +276,78 @@ func TestFileCallsAsUsers(t *testing.T) {
 	} {
 		if r := s.do(c.method, c.path, s.key, c.body); r.status != c.status {
 			t.Errorf("%s %s %v: %d %s, want %d", c.method, c.path, c.body, r.status, r.body, c.status)
+		}
+	}
+}
+
+// TestFileTransfersAsUsers: read, write, list, delete and watch as the
+// unprivileged user follow its permissions, and what it writes is its own;
+// root's calls are unchanged.
+func TestFileTransfersAsUsers(t *testing.T) {
+	s := startAPI(t, serverOpts{})
+	id := s.create(s.key, nil)
+	defer s.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
+	files := "/v1/sandboxes/" + id + "/files"
+	s.execOut(id, map[string]any{"command": "echo secret > /root/only-root && chmod 600 /root/only-root && mkdir -m 700 /workspace/private && touch /workspace/private/x && echo shared > /workspace/shared"})
+
+	// Reading: the user cannot read /root; root can; a world-readable file is fine.
+	if r := s.do("GET", files+"?path=/root/only-root&user=user", s.key, nil); r.status != 403 || r.errCode() != "permission_denied" || strings.Contains(string(r.body), "secret") {
+		t.Fatalf("read /root as user: %d %s", r.status, r.body)
+	}
+	if r := s.do("GET", files+"?path=/root/only-root&user=root", s.key, nil); r.status != 200 || string(r.body) != "secret\n" {
+		t.Fatalf("read /root as root: %d %s", r.status, r.body)
+	}
+	if r := s.do("GET", files+"?path=/workspace/shared&user=user", s.key, nil); r.status != 200 || string(r.body) != "shared\n" {
+		t.Fatalf("read as user: %d %s", r.status, r.body)
+	}
+	// Writing: not into /etc; into the user's home, with new parents, as uid 1000.
+	if r := s.do("PUT", files+"?path=/etc/evil&user=user", s.key, "x"); r.status != 403 || r.errCode() != "permission_denied" {
+		t.Fatalf("write /etc as user: %d %s", r.status, r.body)
+	}
+	if out, _ := s.execOut(id, map[string]any{"command": "test -e /etc/evil && echo there || echo absent"}); out != "absent\n" {
+		t.Fatalf("/etc/evil: %q", out)
+	}
+	big := strings.Repeat("0123456789abcdef", 200_000) // 3.2 MB: several chunks through the helper
+	if r := s.do("PUT", files+"?path=/home/user/new/dir/f.bin&user=user", s.key, big); r.status != 200 || r.json(t)["size"] != float64(len(big)) {
+		t.Fatalf("write as user: %d %s", r.status, r.body)
+	}
+	if out, _ := s.execOut(id, map[string]any{"command": "stat -c '%u:%g %a' /home/user/new /home/user/new/dir /home/user/new/dir/f.bin"}); out != "1000:1000 755\n1000:1000 755\n1000:1000 644\n" {
+		t.Fatalf("owners of what user wrote: %q", out)
+	}
+	if r := s.do("GET", files+"?path=/home/user/new/dir/f.bin&user=user", s.key, nil); r.status != 200 || string(r.body) != big {
+		t.Fatalf("read back as user: %d, %d bytes", r.status, len(r.body))
+	}
+	if r := s.do("PUT", files+"?path=/workspace/by-root", s.key, "r"); r.status != 200 {
+		t.Fatalf("write as root: %d %s", r.status, r.body)
+	}
+	if out, _ := s.execOut(id, map[string]any{"command": "stat -c %u /workspace/by-root"}); out != "0\n" {
+		t.Fatalf("root's file: %q", out)
+	}
+	// Listing: not a directory the user cannot read.
+	if r := s.do("GET", files+"/list?path=/workspace/private&user=user", s.key, nil); r.status != 403 || r.errCode() != "permission_denied" {
+		t.Fatalf("list private as user: %d %s", r.status, r.body)
+	}
+	if r := s.do("GET", files+"/list?path=/home/user/new/dir&user=user", s.key, nil); r.status != 200 || !strings.Contains(string(r.body), `"f.bin"`) {
+		t.Fatalf("list as user: %d %s", r.status, r.body)
+	}
+	// Deleting: not root's files; the user's own, yes. The stream stays
+	// usable after a refused list or delete.
+	if r := s.do("DELETE", files+"?path=/workspace/private/x&user=user", s.key, nil); r.status != 403 || r.errCode() != "permission_denied" {
+		t.Fatalf("delete root's file as user: %d %s", r.status, r.body)
+	}
+	if r := s.do("DELETE", files+"?path=/home/user/new&user=user", s.key, nil); r.status != 204 {
+		t.Fatalf("delete as user: %d %s", r.status, r.body)
+	}
+	if out, _ := s.execOut(id, map[string]any{"command": "test -e /workspace/private/x && test ! -e /home/user/new && echo ok"}); out != "ok\n" {
+		t.Fatalf("after deletes: %q", out)
+	}
+	// Watching: not a directory the user cannot read.
+	if r := s.do("GET", files+"/watch?path=/workspace/private&user=user", s.key, nil); r.status != 403 || r.errCode() != "permission_denied" {
+		t.Fatalf("watch private as user: %d %s", r.status, r.body)
+	}
+	for _, bad := range []string{"admin", "Root", "1000", ""} {
+		if r := s.do("GET", files+"?path=/workspace/shared&user="+bad, s.key, nil); r.status != 400 || r.errCode() != "invalid_request" {
+			t.Errorf("user %q: %d %s", bad, r.status, r.body)
 		}
 	}
 }

@@ -258,8 +258,97 @@ func TestCLITerminalPiped(t *testing.T) {
 	if code != 3 {
 		t.Errorf("exec -it 'exit 3': %d %q", code, out)
 	}
+	out, code = run("id -u; echo $HOME; exit 6\n", "sandbox", "shell", "--user", "user", id)
+	if code != 6 || !strings.Contains(out, "1000") || !strings.Contains(out, "/home/user") {
+		t.Errorf("shell --user user: %d %q", code, out)
+	}
+	out, code = run("", "sandbox", "exec", "-it", "--user", "user", id, "--", "id -u")
+	if code != 0 || strings.TrimSpace(out) != "1000" {
+		t.Errorf("exec -it --user user: %d %q", code, out)
+	}
 	out, code = run("", "sandbox", "exec", "-it", "sbx_01JZZZZZZZZZZZZZZZZZZZZZZZ", "--", "true")
 	if code != 125 || !strings.Contains(out, "sandbox_not_found") {
 		t.Errorf("unknown sandbox: %d %q", code, out)
+	}
+}
+
+// TestTerminalAsUser: a terminal may run as user (uid 1000): its login
+// shell, HOME and permissions are that user's, and it owns its terminal.
+func TestTerminalAsUser(t *testing.T) {
+	s := startAPI(t, serverOpts{})
+	c := sdkClient(t, s, s.key)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sbx, err := c.CreateSandbox(ctx, orkestr.CreateParams{Template: "debian-12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sbx.Terminate(context.Background())
+	if res, err := sbx.Exec(ctx, "echo secret >/root/only-root && chmod 600 /root/only-root", orkestr.ExecOptions{}); err != nil || res.ExitCode != 0 {
+		t.Fatalf("setup: %+v %v", res, err)
+	}
+	read := func(o orkestr.TerminalOptions, input string) (string, int) {
+		t.Helper()
+		term, err := sbx.Terminal(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer term.Close()
+		if input != "" {
+			if _, err := term.Write([]byte(input)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, err := io.ReadAll(term)
+		if err != nil {
+			t.Fatalf("reading: %v (%q)", err, out)
+		}
+		ex := term.Exit()
+		if ex == nil {
+			t.Fatalf("no exit status (%q)", out)
+		}
+		return string(out), ex.ExitCode
+	}
+	const probe = `echo "id=$(id -u):$(id -g) home=$HOME tty=$(stat -c %u "$(tty)")"; cat /root/only-root || echo cannot-read`
+	out, code := read(orkestr.TerminalOptions{Command: probe, User: orkestr.UserUser}, "")
+	if code != 0 || !strings.Contains(out, "id=1000:1000 home=/home/user tty=1000\r\n") || !strings.Contains(out, "cannot-read") || strings.Contains(out, "secret") {
+		t.Errorf("user terminal: %d %q", code, out)
+	}
+	out, code = read(orkestr.TerminalOptions{Command: probe}, "")
+	if code != 0 || !strings.Contains(out, "id=0:0 home=/root tty=0\r\n") || !strings.Contains(out, "secret") {
+		t.Errorf("root terminal: %d %q", code, out)
+	}
+	// The login shell is the user's: it prints who it is and exits.
+	out, code = read(orkestr.TerminalOptions{User: orkestr.UserUser}, "echo \"me=$(id -un) in=$HOME sh=$0\"; exit 5\r")
+	if code != 5 || !strings.Contains(out, "me=user in=/home/user sh=/bin/bash\r\n") || !strings.Contains(out, "user@") {
+		t.Errorf("user login shell: %d %q", code, out)
+	}
+	// The Go SDK's files as user: the user's permissions, the user's files.
+	uf := sbx.FilesAs(orkestr.UserUser)
+	var apiErr *orkestr.Error
+	if _, err := uf.Read(ctx, "/root/only-root"); !errors.As(err, &apiErr) || apiErr.Code != "permission_denied" {
+		t.Errorf("SDK read /root as user: %v", err)
+	}
+	if err := uf.Write(ctx, "/home/user/sdk/f.txt", "mine"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := uf.Stat(ctx, "/home/user/sdk/f.txt", orkestr.FileOptions{}); err != nil || st.UID != 1000 || st.Size != 4 {
+		t.Errorf("SDK stat of the user's file: %+v %v", st, err)
+	}
+	if ents, err := uf.List(ctx, "/home/user/sdk"); err != nil || len(ents) != 1 || ents[0].Name != "f.txt" {
+		t.Errorf("SDK list as user: %+v %v", ents, err)
+	}
+	if err := uf.Delete(ctx, "/root/only-root"); !errors.As(err, &apiErr) || apiErr.Code != "permission_denied" {
+		t.Errorf("SDK delete /root as user: %v", err)
+	}
+	if _, err := uf.OpenArchive(ctx, "/home/user", ""); err == nil {
+		t.Error("archive as user was not refused")
+	}
+	// Refusals: an unknown user name, a directory the user cannot enter.
+	if _, err := sbx.Terminal(ctx, orkestr.TerminalOptions{User: "admin"}); !errors.As(err, &apiErr) || apiErr.Code != "invalid_request" || apiErr.Details["field"] != "user" {
+		t.Errorf("user admin: %v", err)
+	}
+	if _, err := sbx.Terminal(ctx, orkestr.TerminalOptions{User: orkestr.UserUser, Cwd: "/root"}); !errors.As(err, &apiErr) || apiErr.Code != "invalid_request" || !strings.Contains(apiErr.Message, "working directory") {
+		t.Errorf("user in /root: %v", err)
 	}
 }

@@ -16,6 +16,9 @@ func main() {
 	if len(os.Args) == 2 && os.Args[1] == agent.FSHelperArg {
 		os.Exit(agent.FSHelperMain(os.Stdin, os.Stdout))
 	}
+	if len(os.Args) == 2 && os.Args[1] == agent.FileHelperArg {
+		os.Exit(agent.FileHelperMain(os.Stdin, os.Stdout))
+	}
 	dir := flag.String("dir", wire.AgentDir, "directory holding the host socket and token")
 	verbose := flag.Bool("v", false, "log debug messages to stderr")
 	tasksMax := flag.Int64("tasks-max", 0, "cap on the tasks (processes and threads) of all commands together; 0: none")

@@ -123,11 +123,8 @@ func sandboxCommands() []*command {
 					if tty.on() && *detach {
 						return usagef("--detach cannot be combined with a terminal (-t, -it)")
 					}
-					if tty.on() && o.User != "" && o.User != "root" {
-						return usagef("terminals run as root for now: drop --user or run without -t")
-					}
 					if tty.on() {
-						return runTerminal(c, c.client.Sandbox(args[0]), orkestr.TerminalOptions{Command: commandLine(args[1:]), Env: o.Env, Cwd: o.Cwd})
+						return runTerminal(c, c.client.Sandbox(args[0]), orkestr.TerminalOptions{Command: commandLine(args[1:]), Env: o.Env, Cwd: o.Cwd, User: o.User})
 					}
 					if *detach {
 						p, err := c.client.Sandbox(args[0]).StartProcess(c.ctx, commandLine(args[1:]),

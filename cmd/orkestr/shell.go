@@ -16,7 +16,7 @@ import (
 // shellCommand is `sandbox shell ID`: root's login shell on a terminal.
 func shellCommand() *command {
 	return &command{
-		name: "shell", synopsis: "[--cwd DIR] [--env K=V]... ID", min: 1, max: 1,
+		name: "shell", synopsis: "[--user user] [--cwd DIR] [--env K=V]... ID", min: 1, max: 1,
 		summary: "Open an interactive login shell in the sandbox, as `docker exec -it ID bash` would:\n" +
 			"the local terminal is put in raw mode, its size follows the window, Ctrl-C goes to the\n" +
 			"remote side, and orkestr exits with the shell's exit status.",
@@ -24,8 +24,9 @@ func shellCommand() *command {
 			env := kvFlag{}
 			cwd := fs.String("cwd", "", "working directory (default /workspace)")
 			fs.Var(env, "env", "`K=V` environment variable (repeatable)")
+			user := fs.String("user", "", "run as root (default) or user (uid 1000, home /home/user)")
 			return func(c *cli, args []string) error {
-				return runTerminal(c, c.client.Sandbox(args[0]), orkestr.TerminalOptions{Env: env.orNil(), Cwd: *cwd})
+				return runTerminal(c, c.client.Sandbox(args[0]), orkestr.TerminalOptions{Env: env.orNil(), Cwd: *cwd, User: *user})
 			}
 		},
 	}

@@ -40,6 +40,11 @@ func (a *Agent) pty(st net.Conn, r *wire.Reader, w *wire.Writer) {
 		_ = w.Err(wire.CodeBadRequest, msg)
 		return
 	}
+	u, err := lookupUser(spec.User)
+	if err != nil {
+		sendStartErr(w, err)
+		return
+	}
 	cwd := spec.Cwd
 	if cwd == "" {
 		cwd = "/workspace"
@@ -59,7 +64,11 @@ func (a *Agent) pty(st net.Conn, r *wire.Reader, w *wire.Writer) {
 		_ = w.Err(wire.CodeInternal, "set the terminal size: "+err.Error())
 		return
 	}
-	env := a.envMap(spec.Env)
+	// The terminal is the user's, as login(1) makes it.
+	if !u.isRoot() {
+		_ = slave.Chown(int(u.uid), int(u.gid))
+	}
+	env := a.envMapFor(spec.Env, u)
 	if _, ok := spec.Env["TERM"]; !ok {
 		env["TERM"] = "xterm-256color"
 	}
@@ -73,18 +82,18 @@ func (a *Agent) pty(st net.Conn, r *wire.Reader, w *wire.Writer) {
 	}
 	body := spec.Command
 	if body == "" {
-		body = "exec " + shellQuote(loginShell()) + " -l"
+		body = "exec " + shellQuote(loginShell(u.uid)) + " -l"
 	}
 	argv := []string{"/bin/sh", "-c", "read -r _ <&3; exec 3<&-; " + body}
 	pid, exited, err := a.reaper.start("/bin/sh", argv, &os.ProcAttr{
 		Dir: cwd, Env: environ(env), Files: []*os.File{slave, slave, slave, gateR},
-		Sys: &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0},
+		Sys: &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Credential: u.credential()},
 	})
 	slave.Close()
 	gateR.Close()
 	if err != nil {
 		gateW.Close()
-		_ = w.Err(wire.CodeInternal, "start the terminal's program: "+err.Error())
+		sendStartErr(w, fmt.Errorf("start the terminal's program: %w", err))
 		return
 	}
 	start := time.Now()
@@ -268,16 +277,17 @@ func setSize(master *os.File, rows, cols int) error {
 	return unix.IoctlSetWinsize(int(master.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(rows), Col: uint16(cols)})
 }
 
-// loginShell is root's shell from /etc/passwd when it is there and
+// loginShell is uid's shell from /etc/passwd when it is there and
 // executable, else /bin/sh.
-func loginShell() string {
+func loginShell(uid uint32) string {
+	want := strconv.FormatUint(uint64(uid), 10)
 	f, err := os.Open("/etc/passwd")
 	if err == nil {
 		defer f.Close()
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			fs := strings.Split(sc.Text(), ":")
-			if len(fs) == 7 && fs[2] == "0" {
+			if len(fs) == 7 && fs[2] == want {
 				if fi, err := os.Stat(fs[6]); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
 					return fs[6]
 				}

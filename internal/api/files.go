@@ -25,6 +25,34 @@ func (s *Server) fileSandbox(r *http.Request) (runtime.Sandbox, string, error) {
 	return rt, path, nil
 }
 
+// fileAs reads ?user= of a read, write, list or delete and returns the
+// sandbox's calls for that user; nil for root, whose calls are rt's own.
+func fileAs(r *http.Request, rt runtime.Sandbox) (runtime.UserFiles, string, error) {
+	var user *string
+	if q := r.URL.Query(); len(q["user"]) > 0 {
+		u := q.Get("user")
+		user = &u
+	}
+	u, err := checkUser(user)
+	if err != nil || u == runtime.UserRoot {
+		return nil, u, err
+	}
+	uf, ok := rt.(runtime.UserFiles)
+	if !ok {
+		return nil, "", apiErr(http.StatusNotImplemented, "not_implemented", "This server's runtime cannot do file calls as user; use root.")
+	}
+	return uf, u, nil
+}
+
+// userFileError maps a file call's failure; a user's lacking permissions
+// are a 403, as for the extended file calls.
+func userFileError(err error, user string) error {
+	if user != runtime.UserRoot {
+		return fsError(err)
+	}
+	return fileError(err)
+}
+
 func fileError(err error) error {
 	switch {
 	case errors.Is(err, runtime.ErrFileNotFound):
@@ -70,11 +98,11 @@ func agentReason(err error, bases ...error) string {
 
 // fileFailed maps a failed file operation: the sandbox ending under it is
 // named as such, anything else goes through fileError.
-func (s *Server) fileFailed(r *http.Request, rt runtime.Sandbox, err error) error {
+func (s *Server) fileFailed(r *http.Request, rt runtime.Sandbox, err error, user string) error {
 	if errors.Is(err, runtime.ErrStopped) || errors.Is(err, runtime.ErrOutOfMemory) || errors.Is(err, runtime.ErrAgent) {
 		return s.sandboxEnded(r, rt, err)
 	}
-	return fileError(err)
+	return userFileError(err, user)
 }
 
 // lazyFileWriter sends the 200 headers with the first byte, so an error
@@ -107,15 +135,23 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	uf, user, err := fileAs(r, rt)
+	if err != nil {
+		return err
+	}
 	lw := &lazyFileWriter{w: w}
-	_, err = rt.ReadFile(r.Context(), path, lw)
+	if uf != nil {
+		_, err = uf.ReadFileAs(r.Context(), user, path, lw)
+	} else {
+		_, err = rt.ReadFile(r.Context(), path, lw)
+	}
 	if err != nil {
 		if lw.started {
 			// Headers are gone: abort the response so the client sees a
 			// broken transfer rather than a short file.
 			panic(http.ErrAbortHandler)
 		}
-		return s.fileFailed(r, rt, err)
+		return s.fileFailed(r, rt, err, user)
 	}
 	lw.start()
 	return nil
@@ -129,14 +165,23 @@ func (s *Server) writeFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	uf, user, err := fileAs(r, rt)
+	if err != nil {
+		return err
+	}
 	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxFileBytes)
-	n, err := rt.WriteFile(r.Context(), path, 0, body)
+	var n int64
+	if uf != nil {
+		n, err = uf.WriteFileAs(r.Context(), user, path, 0, body)
+	} else {
+		n, err = rt.WriteFile(r.Context(), path, 0, body)
+	}
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return apiErr(http.StatusRequestEntityTooLarge, "payload_too_large", "Files are limited to %d bytes on this server.", s.cfg.MaxFileBytes)
 		}
-		return s.fileFailed(r, rt, err)
+		return s.fileFailed(r, rt, err, user)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"path": path, "size": n})
 	return nil
@@ -150,8 +195,17 @@ func (s *Server) deleteFile(w http.ResponseWriter, r *http.Request) error {
 	if path == "/" {
 		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to delete /.").with("field", "path")
 	}
-	if err := rt.Remove(r.Context(), path, true); err != nil {
-		return s.fileFailed(r, rt, err)
+	uf, user, err := fileAs(r, rt)
+	if err != nil {
+		return err
+	}
+	if uf != nil {
+		err = uf.RemoveAs(r.Context(), user, path, true)
+	} else {
+		err = rt.Remove(r.Context(), path, true)
+	}
+	if err != nil {
+		return s.fileFailed(r, rt, err, user)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -171,9 +225,18 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	ents, err := rt.List(r.Context(), path)
+	uf, user, err := fileAs(r, rt)
 	if err != nil {
-		return s.fileFailed(r, rt, err)
+		return err
+	}
+	var ents []runtime.FileInfo
+	if uf != nil {
+		ents, err = uf.ListAs(r.Context(), user, path)
+	} else {
+		ents, err = rt.List(r.Context(), path)
+	}
+	if err != nil {
+		return s.fileFailed(r, rt, err, user)
 	}
 	out := make([]fileEntry, len(ents))
 	for i, e := range ents {

@@ -230,9 +230,6 @@ func (s *Server) watchFiles(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return invalid("recursive", "Query parameter recursive must be true or false.")
 	}
-	if req.User != runtime.UserRoot {
-		return invalid("user", "Watches run as root.")
-	}
 	f, err := s.fileOps(r)
 	if err != nil {
 		return err

@@ -20,7 +20,7 @@ import (
 // Terminals over WebSocket (docs/api.md "Terminals"). Binary messages are
 // terminal bytes, both ways; text messages are JSON control messages:
 //
-//	client → server: {"type":"start", command, env, cwd, rows, cols} first,
+//	client → server: {"type":"start", command, env, cwd, rows, cols, user} first,
 //	                 then {"type":"resize","rows":R,"cols":C} at any time
 //	server → client: {"type":"started","pid":N}, then output, then
 //	                 {"type":"exit","exit_code":N,"duration_ms":D} and a
@@ -80,6 +80,7 @@ type ptyControl struct {
 	Cwd     *string           `json:"cwd"`
 	Rows    *int              `json:"rows"`
 	Cols    *int              `json:"cols"`
+	User    *string           `json:"user"`
 }
 
 func (s *Server) openPty(w http.ResponseWriter, r *http.Request) error {
@@ -265,6 +266,9 @@ func parsePtyStart(typ websocket.MessageType, msg []byte) (runtime.TerminalReque
 		return req, err
 	}
 	req.Rows, req.Cols = rows, cols
+	if req.User, err = checkUser(c.User); err != nil {
+		return req, err
+	}
 	return req, nil
 }
 

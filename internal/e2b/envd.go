@@ -156,7 +156,7 @@ func (s *Server) envdFail(w http.ResponseWriter, step string, err error) {
 func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
 	e := envdFrom(r.Context())
 	p := e.resolve(r.URL.Query().Get("path"))
-	resp, err := e.c.do(r.Context(), "GET", e.sbPath("/files"), url.Values{"path": {p}}, nil, "")
+	resp, err := e.c.do(r.Context(), "GET", e.sbPath("/files"), url.Values{"path": {p}, "user": {e.user}}, nil, "")
 	if err != nil {
 		s.fail(w, "read the file", err)
 		return
@@ -285,16 +285,11 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// writeOne writes a file through the native API. As user, the parents are
-// made as that user first (so the kernel checks its permissions and they
-// are its own) and the file is given to it after the write.
+// writeOne writes a file through the native API as the SDK's user: the
+// kernel checks its permissions, and the file and the parents it makes are
+// its own.
 func (s *Server) writeOne(ctx context.Context, e *envdCtx, p string, body io.Reader) (writeInfo, error) {
-	if e.user == "user" && path.Dir(p) != "/" {
-		if err := e.c.json(ctx, "POST", e.sbPath("/files/mkdir"), nil, map[string]any{"path": path.Dir(p), "parents": true, "user": "user"}, nil); err != nil {
-			return writeInfo{}, err
-		}
-	}
-	resp, err := e.c.do(ctx, "PUT", e.sbPath("/files"), url.Values{"path": {p}}, body, "application/octet-stream")
+	resp, err := e.c.do(ctx, "PUT", e.sbPath("/files"), url.Values{"path": {p}, "user": {e.user}}, body, "application/octet-stream")
 	if err != nil {
 		return writeInfo{}, err
 	}
@@ -303,19 +298,6 @@ func (s *Server) writeOne(ctx context.Context, e *envdCtx, p string, body io.Rea
 	resp.Body.Close()
 	if err != nil {
 		return writeInfo{}, err
-	}
-	if e.user == "user" {
-		var res struct {
-			ExitCode int    `json:"exit_code"`
-			Stderr   string `json:"stderr"`
-		}
-		cmd := "chown 1000:1000 -- " + shellQuote(p)
-		if err := e.c.json(ctx, "POST", e.sbPath("/exec"), nil, map[string]any{"command": cmd, "timeout_seconds": 30}, &res); err != nil {
-			return writeInfo{}, err
-		}
-		if res.ExitCode != 0 {
-			return writeInfo{}, &nativeError{Status: http.StatusInternalServerError, Message: "The file was written but could not be given to user: " + strings.TrimSpace(res.Stderr)}
-		}
 	}
 	return writeInfo{Name: path.Base(p), Type: "file", Path: p}, nil
 }

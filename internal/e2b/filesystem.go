@@ -135,7 +135,7 @@ func (f *filesystemService) Move(ctx context.Context, req *connect.Request[pb.Mo
 func (f *filesystemService) Remove(ctx context.Context, req *connect.Request[pb.RemoveRequest]) (*connect.Response[pb.RemoveResponse], error) {
 	e := envdFrom(ctx)
 	p := e.resolve(req.Msg.GetPath())
-	resp, err := e.c.do(ctx, "DELETE", e.sbPath("/files"), url.Values{"path": {p}}, nil, "")
+	resp, err := e.c.do(ctx, "DELETE", e.sbPath("/files"), url.Values{"path": {p}, "user": {e.user}}, nil, "")
 	if err != nil {
 		return nil, rpcErr("remove the path", err)
 	}
@@ -180,7 +180,7 @@ func (f *filesystemService) ListDir(ctx context.Context, req *connect.Request[pb
 		var res struct {
 			Entries []listEntry `json:"entries"`
 		}
-		if err := e.c.json(ctx, "GET", e.sbPath("/files/list"), url.Values{"path": {d.path}}, nil, &res); err != nil {
+		if err := e.c.json(ctx, "GET", e.sbPath("/files/list"), url.Values{"path": {d.path}, "user": {e.user}}, nil, &res); err != nil {
 			if d.path != root {
 				continue // gone or unreadable since its parent was listed
 			}
@@ -255,7 +255,7 @@ func fsEvents(ev watchEvent) []*pb.FilesystemEvent {
 
 // openWatch starts a native watch and returns its lines once it started.
 func openWatch(ctx context.Context, e *envdCtx, p string, recursive bool) (*bufio.Scanner, func(), error) {
-	q := url.Values{"path": {p}}
+	q := url.Values{"path": {p}, "user": {e.user}}
 	if recursive {
 		q.Set("recursive", "true")
 	}

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"io"
 	"time"
 )
 
@@ -54,6 +55,16 @@ type FileOps interface {
 	// change until ctx ends, the watched directory goes (nil), or the
 	// sandbox pauses or stops (ErrDetached).
 	Watch(ctx context.Context, r FSRequest, started func(dirs int), onEvent func(WatchEvent) error) error
+}
+
+// UserFiles is implemented by sandboxes whose read, write, list and remove
+// can be done as a user other than root ("" or UserRoot is root): that
+// user's permissions decide, and what it writes belongs to it.
+type UserFiles interface {
+	ReadFileAs(ctx context.Context, user, path string, w io.Writer) (FileInfo, error)
+	WriteFileAs(ctx context.Context, user, path string, mode uint32, r io.Reader) (int64, error)
+	ListAs(ctx context.Context, user, path string) ([]FileInfo, error)
+	RemoveAs(ctx context.Context, user, path string, recursive bool) error
 }
 
 // Errors of the extended file calls.

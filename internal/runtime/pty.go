@@ -8,10 +8,11 @@ import (
 
 // TerminalRequest describes a program to run on a terminal in a sandbox.
 type TerminalRequest struct {
-	Command    string // run by /bin/sh -c; "" for root's login shell
+	Command    string // run by /bin/sh -c; "" for the user's login shell
 	Env        map[string]string
 	Cwd        string // "" for /workspace
 	Rows, Cols int    // 0 for 24×80
+	User       string // UserRoot (default) or UserUser
 }
 
 // Terminal is an open terminal session. Write sends typed bytes; Output

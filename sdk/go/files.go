@@ -17,11 +17,18 @@ import (
 // Files reads and writes files inside a sandbox. Paths are absolute paths
 // inside the sandbox. Obtain it with Sandbox.Files.
 type Files struct {
-	sb *Sandbox
+	sb   *Sandbox
+	user string // "" (root) or UserUser
 }
 
-// Files returns the sandbox's file operations.
+// Files returns the sandbox's file operations, done as root.
 func (s *Sandbox) Files() *Files { return &Files{sb: s} }
+
+// FilesAs returns the sandbox's file operations done as user (UserRoot or
+// UserUser): the user's permissions decide (a refusal is an *Error with
+// Code "permission_denied"), and what it writes belongs to it. A
+// FileOptions.User given to a call overrides it.
+func (s *Sandbox) FilesAs(user string) *Files { return &Files{sb: s, user: user} }
 
 // FileEntry is one entry of a directory listing.
 type FileEntry struct {
@@ -41,7 +48,11 @@ func (f *Files) request(method, suffix, path string) (*request, error) {
 	if path == "" {
 		return nil, errors.New("orkestr: empty file path")
 	}
-	return &request{method: method, path: p, query: url.Values{"path": {path}}}, nil
+	q := url.Values{"path": {path}}
+	if f.user != "" {
+		q.Set("user", f.user)
+	}
+	return &request{method: method, path: p, query: q}, nil
 }
 
 // Write writes content to the file at path, replacing it and creating its
@@ -204,8 +215,11 @@ type Extracted struct {
 // kept; entries that are absolute, climb out with "..", lead through a
 // symlink out of dir, or are device nodes are refused with an *Error of
 // code invalid_archive (entries before the refused one stay). It is not
-// retried.
+// retried. Archives are root's: a FilesAs(UserUser) refuses them.
 func (f *Files) WriteArchive(ctx context.Context, dir string, archive io.Reader) (*Extracted, error) {
+	if f.user != "" && f.user != UserRoot {
+		return nil, errors.New("orkestr: archives are written and read as root only; use Sandbox.Files")
+	}
 	req, err := f.request(http.MethodPut, "/files/archive", dir)
 	if err != nil {
 		return nil, err
@@ -224,6 +238,9 @@ func (f *Files) WriteArchive(ctx context.Context, dir string, archive io.Reader)
 // compression ("", "gzip" or "zstd"). Symlinks are archived as links;
 // device nodes, fifos and sockets are left out. Close it when done.
 func (f *Files) OpenArchive(ctx context.Context, dir, compression string) (io.ReadCloser, error) {
+	if f.user != "" && f.user != UserRoot {
+		return nil, errors.New("orkestr: archives are written and read as root only; use Sandbox.Files")
+	}
 	req, err := f.request(http.MethodGet, "/files/archive", dir)
 	if err != nil {
 		return nil, err

@@ -35,12 +35,22 @@ type FileOptions struct {
 	User string // UserRoot ("", the default) or UserUser
 }
 
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
 func (f *Files) query(suffix, path, user string) (*request, error) {
 	p, err := sandboxPath(f.sb.ID, "/files"+suffix)
 	if err != nil {
 		return nil, err
 	}
 	q := url.Values{"path": {path}}
+	if user == "" {
+		user = f.user
+	}
 	if user != "" {
 		q.Set("user", user)
 	}
@@ -88,8 +98,8 @@ func (f *Files) MakeDir(ctx context.Context, path string, o MkdirOptions) (*File
 	if o.Mode != 0 {
 		body["mode"] = o.Mode
 	}
-	if o.User != "" {
-		body["user"] = o.User
+	if u := orDefault(o.User, f.user); u != "" {
+		body["user"] = u
 	}
 	st := &FileStat{}
 	return st, f.sb.client.call(ctx, &request{method: http.MethodPost, path: p, json: body}, st)
@@ -109,8 +119,8 @@ func (f *Files) Rename(ctx context.Context, from, to string, o RenameOptions) (*
 		return nil, err
 	}
 	body := map[string]any{"from": from, "to": to, "overwrite": o.Overwrite}
-	if o.User != "" {
-		body["user"] = o.User
+	if u := orDefault(o.User, f.user); u != "" {
+		body["user"] = u
 	}
 	st := &FileStat{}
 	return st, f.sb.client.call(ctx, &request{method: http.MethodPost, path: p, json: body}, st)

@@ -14,13 +14,15 @@ import (
 )
 
 // TerminalOptions choose what a terminal runs. The zero value is root's
-// login shell, 24×80, in /workspace.
+// login shell, 24×80, in /workspace; User "user" runs it as uid 1000
+// (HOME /home/user, that user's login shell).
 type TerminalOptions struct {
 	Command string            // run by /bin/sh -c; "" for the login shell
 	Env     map[string]string // added to the sandbox's environment
 	Cwd     string            // "" for /workspace
 	Rows    int               // 0 for 24
 	Cols    int               // 0 for 80
+	User    string            // "root" ("" too) or "user"
 }
 
 // TerminalExit is how a terminal's program ended.
@@ -86,6 +88,9 @@ func (s *Sandbox) Terminal(ctx context.Context, o TerminalOptions) (*Terminal, e
 	}
 	if o.Cwd != "" {
 		start["cwd"] = o.Cwd
+	}
+	if o.User != "" {
+		start["user"] = o.User
 	}
 	if o.Rows != 0 {
 		start["rows"] = o.Rows

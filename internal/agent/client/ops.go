@@ -152,7 +152,13 @@ func (c *Channel) sendInput(w *wire.Writer, io_ ExecIO, finished <-chan struct{}
 // ReadFile streams a file from the sandbox into dst and returns its info.
 // Nothing is written to dst if the file cannot be opened.
 func (c *Channel) ReadFile(ctx context.Context, path string, dst io.Writer) (wire.FileInfo, error) {
-	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpRead, Path: path})
+	return c.ReadFileAs(ctx, "", path, dst)
+}
+
+// ReadFileAs is ReadFile as user ("" is root): the user's permissions
+// decide.
+func (c *Channel) ReadFileAs(ctx context.Context, user, path string, dst io.Writer) (wire.FileInfo, error) {
+	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpRead, Path: path, User: user})
 	if err != nil {
 		return wire.FileInfo{}, err
 	}
@@ -235,7 +241,13 @@ func (f *fileReader) Close() error { f.done(); return nil }
 // WriteFile streams src into path (parents created, replaced atomically) and
 // returns the bytes written. mode 0 means 0644.
 func (c *Channel) WriteFile(ctx context.Context, path string, mode uint32, src io.Reader) (int64, error) {
-	r, w, end, err := c.stream(ctx, &wire.Request{Op: wire.OpWrite, Path: path, Mode: mode})
+	return c.WriteFileAs(ctx, "", path, mode, src)
+}
+
+// WriteFileAs is WriteFile as user ("" is root): the user's permissions
+// decide, and the file and the parents it makes belong to the user.
+func (c *Channel) WriteFileAs(ctx context.Context, user, path string, mode uint32, src io.Reader) (int64, error) {
+	r, w, end, err := c.stream(ctx, &wire.Request{Op: wire.OpWrite, Path: path, Mode: mode, User: user})
 	if err != nil {
 		return 0, err
 	}
@@ -280,7 +292,13 @@ func (c *Channel) WriteFile(ctx context.Context, path string, mode uint32, src i
 
 // List lists a directory. A large one arrives in several frames.
 func (c *Channel) List(ctx context.Context, path string) ([]wire.FileInfo, error) {
-	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpList, Path: path})
+	return c.ListAs(ctx, "", path)
+}
+
+// ListAs is List as user ("" is root). A large directory arrives in
+// several frames (wire.List.More).
+func (c *Channel) ListAs(ctx context.Context, user, path string) ([]wire.FileInfo, error) {
+	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpList, Path: path, User: user})
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +328,12 @@ func (c *Channel) Stat(ctx context.Context, path string) (wire.FileInfo, error) 
 // Remove deletes a file, or a directory tree when recursive. The agent
 // watches the stream to stop when ctx ends, so it is never reused.
 func (c *Channel) Remove(ctx context.Context, path string, recursive bool) error {
-	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpRemove, Path: path, Recursive: recursive})
+	return c.RemoveAs(ctx, "", path, recursive)
+}
+
+// RemoveAs is Remove as user ("" is root).
+func (c *Channel) RemoveAs(ctx context.Context, user, path string, recursive bool) error {
+	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpRemove, Path: path, Recursive: recursive, User: user})
 	if err != nil {
 		return err
 	}

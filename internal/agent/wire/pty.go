@@ -25,12 +25,15 @@ const (
 // Pty describes the program a terminal runs.
 type Pty struct {
 	// Command is run by /bin/sh -c like an exec's; empty starts the login
-	// shell of root (from /etc/passwd, /bin/sh if none) with -l.
+	// shell of the user (from /etc/passwd, /bin/sh if none) with -l.
 	Command string            `json:"command,omitempty"`
 	Env     map[string]string `json:"env,omitempty"`
 	Cwd     string            `json:"cwd,omitempty"`
 	Rows    int               `json:"rows,omitempty"`
 	Cols    int               `json:"cols,omitempty"`
+	// User runs the program as this user of the sandbox's /etc/passwd
+	// ("" is root).
+	User string `json:"user,omitempty"`
 }
 
 // PtyStarted is the agent's reply once the program runs.

@@ -150,6 +150,10 @@ type Request struct {
 	Limit int64 `json:"limit,omitempty"`
 	// Compression of an OpTar: "", "gzip" or "zstd".
 	Compression string `json:"compression,omitempty"`
+	// User does an OpRead, OpWrite, OpList or OpRemove as this user of
+	// the sandbox's /etc/passwd ("" is root): its permissions decide, and
+	// what it writes is its own.
+	User string `json:"user,omitempty"`
 }
 
 // Extracted is the reply to a finished OpUntar.

@@ -20,7 +20,7 @@ func (sb *sandbox) OpenTerminal(ctx context.Context, r runtime.TerminalRequest) 
 		return nil, err
 	}
 	defer sb.end()
-	t, err := sb.ch.OpenTerminal(ctx, wire.Pty{Command: r.Command, Env: r.Env, Cwd: r.Cwd, Rows: r.Rows, Cols: r.Cols})
+	t, err := sb.ch.OpenTerminal(ctx, wire.Pty{Command: r.Command, Env: r.Env, Cwd: r.Cwd, Rows: r.Rows, Cols: r.Cols, User: r.User})
 	if err != nil {
 		return nil, sb.mapErr(err)
 	}

@@ -342,6 +342,10 @@ func fileInfo(fi wire.FileInfo) runtime.FileInfo {
 }
 
 func (sb *sandbox) ReadFile(ctx context.Context, path string, w io.Writer) (runtime.FileInfo, error) {
+	return sb.ReadFileAs(ctx, "", path, w)
+}
+
+func (sb *sandbox) ReadFileAs(ctx context.Context, user, path string, w io.Writer) (runtime.FileInfo, error) {
 	if err := checkPath(path); err != nil {
 		return runtime.FileInfo{}, err
 	}
@@ -349,11 +353,15 @@ func (sb *sandbox) ReadFile(ctx context.Context, path string, w io.Writer) (runt
 		return runtime.FileInfo{}, err
 	}
 	defer sb.end()
-	fi, err := sb.ch.ReadFile(ctx, path, w)
+	fi, err := sb.ch.ReadFileAs(ctx, user, path, w)
 	return fileInfo(fi), sb.mapErr(err)
 }
 
 func (sb *sandbox) WriteFile(ctx context.Context, path string, mode uint32, r io.Reader) (int64, error) {
+	return sb.WriteFileAs(ctx, "", path, mode, r)
+}
+
+func (sb *sandbox) WriteFileAs(ctx context.Context, user, path string, mode uint32, r io.Reader) (int64, error) {
 	if err := checkPath(path); err != nil {
 		return 0, err
 	}
@@ -361,7 +369,7 @@ func (sb *sandbox) WriteFile(ctx context.Context, path string, mode uint32, r io
 		return 0, err
 	}
 	defer sb.end()
-	n, err := sb.ch.WriteFile(ctx, path, mode, r)
+	n, err := sb.ch.WriteFileAs(ctx, user, path, mode, r)
 	return n, sb.mapErr(err)
 }
 
@@ -389,6 +397,10 @@ func (sb *sandbox) Tar(ctx context.Context, dir, compression string, w io.Writer
 }
 
 func (sb *sandbox) List(ctx context.Context, path string) ([]runtime.FileInfo, error) {
+	return sb.ListAs(ctx, "", path)
+}
+
+func (sb *sandbox) ListAs(ctx context.Context, user, path string) ([]runtime.FileInfo, error) {
 	if err := checkPath(path); err != nil {
 		return nil, err
 	}
@@ -396,7 +408,7 @@ func (sb *sandbox) List(ctx context.Context, path string) ([]runtime.FileInfo, e
 		return nil, err
 	}
 	defer sb.end()
-	ents, err := sb.ch.List(ctx, path)
+	ents, err := sb.ch.ListAs(ctx, user, path)
 	if err != nil {
 		return nil, sb.mapErr(err)
 	}
@@ -420,6 +432,10 @@ func (sb *sandbox) Stat(ctx context.Context, path string) (runtime.FileInfo, err
 }
 
 func (sb *sandbox) Remove(ctx context.Context, path string, recursive bool) error {
+	return sb.RemoveAs(ctx, "", path, recursive)
+}
+
+func (sb *sandbox) RemoveAs(ctx context.Context, user, path string, recursive bool) error {
 	if err := checkPath(path); err != nil {
 		return err
 	}
@@ -427,7 +443,7 @@ func (sb *sandbox) Remove(ctx context.Context, path string, recursive bool) erro
 		return err
 	}
 	defer sb.end()
-	return sb.mapErr(sb.ch.Remove(ctx, path, recursive))
+	return sb.mapErr(sb.ch.RemoveAs(ctx, user, path, recursive))
 }
 
 func (sb *sandbox) MkdirAll(ctx context.Context, path string, mode uint32) error {

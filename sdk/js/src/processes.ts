@@ -348,11 +348,11 @@ export class FileCalls {
    * Iteration ends when the directory is removed; breaking out or aborting
    * the signal ends the watch; it throws Detached when the sandbox pauses.
    */
-  async watch(path: string, options: CallOptions & { recursive?: boolean } = {}): Promise<AsyncGenerator<WatchEvent, void, undefined>> {
+  async watch(path: string, options: UserOptions & { recursive?: boolean } = {}): Promise<AsyncGenerator<WatchEvent, void, undefined>> {
     const resp = await send(this.#conn, {
       method: "GET",
       path: this.#path("/watch"),
-      query: { path, recursive: options.recursive ? "true" : undefined },
+      query: { path, recursive: options.recursive ? "true" : undefined, user: options.user },
       signal: options.signal,
     });
     const lines = ndjson(resp, "watch");

@@ -23,7 +23,7 @@ import {
   snakify,
   toDate,
 } from "./http.js";
-import { FileCalls, Processes, type User } from "./processes.js";
+import { FileCalls, Processes, type User, type UserOptions } from "./processes.js";
 
 export type SandboxStatus = "starting" | "running" | "paused" | "terminated" | "error";
 export type SandboxSize = "small" | "medium" | "large";
@@ -837,40 +837,40 @@ export class Files extends FileCalls {
     this.#id = id;
   }
 
-  #req(method: "GET" | "PUT" | "DELETE", suffix: string, path: string) {
+  #req(method: "GET" | "PUT" | "DELETE", suffix: string, path: string, user?: User) {
     if (typeof path !== "string" || path === "") {
       throw new OrkestrError({ code: "invalid_argument", status: 0, message: "a file path must be a non-empty absolute path, e.g. /workspace/main.py" });
     }
-    return { method, path: `/sandboxes/${segment(this.#id, "sandbox id")}${suffix}`, query: { path } };
+    return { method, path: `/sandboxes/${segment(this.#id, "sandbox id")}${suffix}`, query: { path, user } };
   }
 
   /** Writes text (as UTF-8), replacing the file and creating its parent directories. */
-  async write(path: string, content: string, options: CallOptions = {}): Promise<void> {
+  async write(path: string, content: string, options: UserOptions = {}): Promise<void> {
     await this.writeBytes(path, new TextEncoder().encode(content), options);
   }
 
   /** Writes bytes, replacing the file and creating its parent directories. */
-  async writeBytes(path: string, data: Uint8Array, options: CallOptions = {}): Promise<void> {
+  async writeBytes(path: string, data: Uint8Array, options: UserOptions = {}): Promise<void> {
     if (!(data instanceof Uint8Array)) {
       throw new OrkestrError({ code: "invalid_argument", status: 0, message: "writeBytes needs a Uint8Array" });
     }
-    await call(this.#conn, { ...this.#req("PUT", "/files", path), bytes: data, signal: options.signal });
+    await call(this.#conn, { ...this.#req("PUT", "/files", path, options.user), bytes: data, signal: options.signal });
   }
 
   /** The file's content as bytes. */
-  async readBytes(path: string, options: CallOptions = {}): Promise<Uint8Array> {
-    const resp = await send(this.#conn, { ...this.#req("GET", "/files", path), signal: options.signal });
+  async readBytes(path: string, options: UserOptions = {}): Promise<Uint8Array> {
+    const resp = await send(this.#conn, { ...this.#req("GET", "/files", path, options.user), signal: options.signal });
     return new Uint8Array(await resp.arrayBuffer());
   }
 
   /** The file's content decoded as UTF-8 (invalid bytes become U+FFFD). */
-  async read(path: string, options: CallOptions = {}): Promise<string> {
+  async read(path: string, options: UserOptions = {}): Promise<string> {
     return new TextDecoder().decode(await this.readBytes(path, options));
   }
 
   /** The entries of a directory, not recursive, sorted by name. */
-  async list(path: string, options: CallOptions = {}): Promise<FileEntry[]> {
-    const raw = await call(this.#conn, { ...this.#req("GET", "/files/list", path), signal: options.signal });
+  async list(path: string, options: UserOptions = {}): Promise<FileEntry[]> {
+    const raw = await call(this.#conn, { ...this.#req("GET", "/files/list", path, options.user), signal: options.signal });
     const entries = isObject(raw) && Array.isArray(raw["entries"]) ? raw["entries"] : [];
     return entries.filter(isObject).map((e) => {
       const c = camelize(e) as Record<string, unknown>;
@@ -919,20 +919,20 @@ export class Files extends FileCalls {
    * (written to a temporary name and renamed into place when complete, so
    * an upload cut short leaves the old file, or none). Not retried.
    */
-  async writeStream(path: string, data: ReadableStream<Uint8Array>, options: CallOptions = {}): Promise<void> {
-    const r = this.#req("PUT", "/files", path);
+  async writeStream(path: string, data: ReadableStream<Uint8Array>, options: UserOptions = {}): Promise<void> {
+    const r = this.#req("PUT", "/files", path, options.user);
     await call(this.#conn, { ...r, stream: { body: data, contentType: "application/octet-stream" }, signal: options.signal });
   }
 
   /** The file at `path` as a stream of bytes, without holding it in memory. */
-  async readStream(path: string, options: CallOptions = {}): Promise<ReadableStream<Uint8Array>> {
-    const resp = await send(this.#conn, { ...this.#req("GET", "/files", path), signal: options.signal });
+  async readStream(path: string, options: UserOptions = {}): Promise<ReadableStream<Uint8Array>> {
+    const resp = await send(this.#conn, { ...this.#req("GET", "/files", path, options.user), signal: options.signal });
     if (!resp.body) throw new OrkestrError({ code: "invalid_response", status: resp.status, message: "the file has no body" });
     return resp.body;
   }
 
   /** Deletes a file, or a directory with everything in it. */
-  async delete(path: string, options: CallOptions = {}): Promise<void> {
-    await call(this.#conn, { ...this.#req("DELETE", "/files", path), signal: options.signal });
+  async delete(path: string, options: UserOptions = {}): Promise<void> {
+    await call(this.#conn, { ...this.#req("DELETE", "/files", path, options.user), signal: options.signal });
   }
 }

@@ -10,7 +10,7 @@ import { readError, type CallOptions, type Connection } from "./http.js";
 
 /** What a terminal runs; every field is optional. */
 export interface TerminalOptions extends CallOptions {
-  /** Run by `/bin/sh -c`; default: root's login shell. */
+  /** Run by `/bin/sh -c`; default: the user's login shell. */
   command?: string | undefined;
   /** Added to the sandbox's environment (TERM is xterm-256color unless set here). */
   env?: Record<string, string> | undefined;
@@ -19,6 +19,8 @@ export interface TerminalOptions extends CallOptions {
   /** Size, 1 to 1000; default 24 rows by 80 columns. */
   rows?: number | undefined;
   cols?: number | undefined;
+  /** "root" (default) or "user" (uid 1000, HOME /home/user, its login shell). */
+  user?: "root" | "user" | undefined;
 }
 
 /** How a terminal's program ended. */
@@ -441,6 +443,7 @@ export async function openTerminal(conn: Connection, path: string, o: TerminalOp
   if (o.cwd !== undefined) start["cwd"] = o.cwd;
   if (o.rows !== undefined) start["rows"] = o.rows;
   if (o.cols !== undefined) start["cols"] = o.cols;
+  if (o.user !== undefined) start["user"] = o.user;
   const onAbort = () => term._abort(o.signal?.reason);
   o.signal?.addEventListener("abort", onAbort, { once: true });
   try {

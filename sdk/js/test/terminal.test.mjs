@@ -45,6 +45,25 @@ describe("terminals against a real orkestrd", { skip, timeout: 300_000 }, () => 
     await S?.stop();
   });
 
+  test("as user: its uid, HOME and permissions; files too", async () => {
+    await sbx.files.write("/root/only-root", "secret");
+    const term = await sbx.terminal({ user: "user", command: 'echo "id=$(id -u) home=$HOME"; cat /root/only-root || echo cannot-read' });
+    const out = collect(term);
+    await out.done;
+    assert.match(out.text, /id=1000 home=\/home\/user\r\n/);
+    assert.match(out.text, /cannot-read/);
+    assert.doesNotMatch(out.text, /secret/);
+    await assert.rejects(sbx.files.read("/root/only-root", { user: "user" }), (e) => e instanceof OrkestrError && e.code === "permission_denied");
+    await assert.rejects(sbx.files.write("/etc/evil", "x", { user: "user" }), (e) => e instanceof OrkestrError && e.code === "permission_denied");
+    await sbx.files.write("/home/user/ts/f.txt", "mine", { user: "user" });
+    assert.equal((await sbx.files.stat("/home/user/ts/f.txt")).uid, 1000);
+    assert.equal(await sbx.files.read("/home/user/ts/f.txt", { user: "user" }), "mine");
+    assert.deepEqual((await sbx.files.list("/home/user/ts", { user: "user" })).map((e) => e.name), ["f.txt"]);
+    await assert.rejects(sbx.files.delete("/root/only-root", { user: "user" }), (e) => e instanceof OrkestrError && e.code === "permission_denied");
+    await sbx.files.delete("/home/user/ts", { user: "user" });
+    assert.equal(await sbx.files.exists("/home/user/ts"), false);
+  });
+
   test("size, resize, typed input and the exit status", async () => {
     const term = await sbx.terminal({ command: 'stty size; read l; stty size; echo "got $l $V"; exit 7', rows: 12, cols: 34, env: { V: "v1" } });
     assert.ok(term instanceof Terminal);

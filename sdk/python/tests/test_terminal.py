@@ -139,3 +139,42 @@ def test_async_terminal(env: Server) -> None:
             await orkestr.aclose_default_clients()
 
     asyncio.run(main())
+
+
+def test_terminal_and_files_as_user(sbx: Sandbox) -> None:
+    sbx.files.write("/root/only-root", "secret")
+    with sbx.terminal('echo "id=$(id -u) home=$HOME"; cat /root/only-root || echo cannot-read', user="user") as term:
+        screen = b"".join(term)
+    assert b"id=1000 home=/home/user\r\n" in screen and b"cannot-read" in screen and b"secret" not in screen
+    for call in (lambda: sbx.files.read("/root/only-root", user="user"),
+                 lambda: sbx.files.write("/etc/evil", "x", user="user"),
+                 lambda: sbx.files.list("/root", user="user"),
+                 lambda: sbx.files.delete("/root/only-root", user="user")):
+        with pytest.raises(OrkestrError) as e:
+            call()
+        assert e.value.code == "permission_denied"
+    sbx.files.write("/home/user/py/f.txt", "mine", user="user")
+    assert sbx.files.stat("/home/user/py/f.txt").uid == 1000
+    assert sbx.files.read("/home/user/py/f.txt", user="user") == "mine"
+    assert [e.name for e in sbx.files.list("/home/user/py", user="user")] == ["f.txt"]
+
+
+def test_async_terminal_and_files_as_user(env: Server) -> None:
+    async def main() -> None:
+        sbx = await AsyncSandbox.create(template=SHELL_TEMPLATE)
+        try:
+            async with await sbx.terminal("id -u", user="user") as term:
+                seen = bytearray()
+                async for chunk in term:
+                    seen += chunk
+            assert b"1000\r\n" in seen
+            await sbx.files.write("/home/user/a.txt", "a", user="user")
+            assert (await sbx.files.stat("/home/user/a.txt")).uid == 1000
+            with pytest.raises(OrkestrError) as e:
+                await sbx.files.read_bytes("/etc/shadow", user="user")
+            assert e.value.code == "permission_denied"
+        finally:
+            await sbx.terminate()
+            await orkestr.aclose_default_clients()
+
+    asyncio.run(main())

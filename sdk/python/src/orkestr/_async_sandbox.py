@@ -215,11 +215,13 @@ class AsyncSandbox(SandboxFields):
         cwd: Optional[str] = None,
         rows: Optional[int] = None,
         cols: Optional[int] = None,
+        user: Optional[str] = None,
     ) -> AsyncTerminal:
         """Open an interactive terminal (a PTY) running ``command`` with
-        ``/bin/sh -c``, or root's login shell; see AsyncTerminal. Use it
+        ``/bin/sh -c``, or the login shell of ``user`` ("root", the default, or
+        "user": uid 1000, HOME /home/user); see AsyncTerminal. Use it
         with ``async with``: leaving it hangs up."""
-        start = _start_message(command, env, cwd, rows, cols)
+        start = _start_message(command, env, cwd, rows, cols, user)
         cfg = self._client._cfg
         return await AsyncTerminal._open(cfg.base_url, cfg.key.get(), sandbox_path(self.id, "/pty"), start, min(cfg.timeout, 60.0))
 
@@ -335,30 +337,30 @@ class AsyncFiles(AsyncFileCalls):
     def _path(self, suffix: str) -> str:
         return sandbox_path(self._sbx.id, suffix)
 
-    async def write(self, path: str, content: str) -> None:
-        await self.write_bytes(path, content.encode("utf-8"))
+    async def write(self, path: str, content: str, *, user: Optional[str] = None) -> None:
+        await self.write_bytes(path, content.encode("utf-8"), user=user)
 
-    async def write_bytes(self, path: str, data: Union[bytes, bytearray, memoryview]) -> None:
-        await self._sbx.client.request("PUT", self._path("/files"), params=file_params(path), content=bytes(data))
+    async def write_bytes(self, path: str, data: Union[bytes, bytearray, memoryview], *, user: Optional[str] = None) -> None:
+        await self._sbx.client.request("PUT", self._path("/files"), params=file_params(path, user), content=bytes(data))
 
-    async def read_bytes(self, path: str) -> bytes:
-        return (await self._sbx.client.request("GET", self._path("/files"), params=file_params(path))).content
+    async def read_bytes(self, path: str, *, user: Optional[str] = None) -> bytes:
+        return (await self._sbx.client.request("GET", self._path("/files"), params=file_params(path, user))).content
 
-    async def read(self, path: str, encoding: str = "utf-8") -> str:
-        return (await self.read_bytes(path)).decode(encoding)
+    async def read(self, path: str, encoding: str = "utf-8", *, user: Optional[str] = None) -> str:
+        return (await self.read_bytes(path, user=user)).decode(encoding)
 
-    async def list(self, path: str) -> List[FileEntry]:
-        out = await self._sbx.client.json("GET", self._path("/files/list"), params=file_params(path))
+    async def list(self, path: str, *, user: Optional[str] = None) -> List[FileEntry]:
+        out = await self._sbx.client.json("GET", self._path("/files/list"), params=file_params(path, user))
         return [FileEntry._from(e) for e in (out.get("entries") or []) if isinstance(e, dict)]
 
-    async def write_stream(self, path: str, data: Union[AsyncIterable[bytes], Iterable[bytes]]) -> None:
+    async def write_stream(self, path: str, data: Union[AsyncIterable[bytes], Iterable[bytes]], *, user: Optional[str] = None) -> None:
         """Stream an (async) iterable of bytes into the file at ``path``
         without holding it in memory. Not retried."""
-        await self._sbx.client.request("PUT", self._path("/files"), params=file_params(path), content=_achunks(data))
+        await self._sbx.client.request("PUT", self._path("/files"), params=file_params(path, user), content=_achunks(data))
 
-    async def read_to(self, path: str, out: BinaryIO) -> int:
+    async def read_to(self, path: str, out: BinaryIO, *, user: Optional[str] = None) -> int:
         """Stream the file at ``path`` into the binary file object ``out``."""
-        return await _acopy_out(await self._sbx.client.stream("GET", self._path("/files"), params=file_params(path)), out)
+        return await _acopy_out(await self._sbx.client.stream("GET", self._path("/files"), params=file_params(path, user)), out)
 
     async def write_archive(
         self, dir: str, archive: Union[bytes, AsyncIterable[bytes], Iterable[bytes]]
@@ -374,8 +376,8 @@ class AsyncFiles(AsyncFileCalls):
         params = {**file_params(dir), **({"compression": compression} if compression else {})}
         return await _acopy_out(await self._sbx.client.stream("GET", self._path("/files/archive"), params=params), out)
 
-    async def delete(self, path: str) -> None:
-        await self._sbx.client.request("DELETE", self._path("/files"), params=file_params(path))
+    async def delete(self, path: str, *, user: Optional[str] = None) -> None:
+        await self._sbx.client.request("DELETE", self._path("/files"), params=file_params(path, user))
 
 
 async def _acopy_out(resp: httpx.Response, out: BinaryIO) -> int:

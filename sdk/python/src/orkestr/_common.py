@@ -92,9 +92,11 @@ def metrics_params(since: Optional[datetime]) -> Optional[Dict[str, str]]:
     return {"since": format_time(since)} if since is not None else None
 
 
-def file_params(path: str) -> Dict[str, str]:
+def file_params(path: str, user: Optional[str] = None) -> Dict[str, str]:
     if not isinstance(path, str) or not path:
         raise ValueError("orkestr: empty file path; give an absolute path inside the sandbox")
+    if user is not None:
+        return {"path": path, "user": user}
     return {"path": path}
 
 

@@ -370,9 +370,12 @@ class FileCalls:
             body["user"] = user
         return FileStat._from(self._sbx.client.json("POST", sandbox_path(self._sbx.id, "/files/rename"), json_body=body))
 
-    def watch(self, path: str, *, recursive: bool = False) -> Watch:
-        """Watch a directory: ``with sbx.files.watch("/workspace") as w: for ev in w: ...``."""
+    def watch(self, path: str, *, recursive: bool = False, user: Optional[str] = None) -> Watch:
+        """Watch a directory: ``with sbx.files.watch("/workspace") as w: for ev in w: ...``;
+        as ``user``, only a directory the user may read."""
         params = {"path": path}
+        if user is not None:
+            params["user"] = user
         if recursive:
             params["recursive"] = "true"
         return Watch(self._sbx.client, sandbox_path(self._sbx.id, "/files/watch"), params)
@@ -559,8 +562,10 @@ class AsyncFileCalls:
         return FileStat._from(await self._sbx.client.json("POST", sandbox_path(self._sbx.id, "/files/rename"),
                                                           json_body=body))
 
-    def watch(self, path: str, *, recursive: bool = False) -> AsyncWatch:
+    def watch(self, path: str, *, recursive: bool = False, user: Optional[str] = None) -> AsyncWatch:
         params = {"path": path}
+        if user is not None:
+            params["user"] = user
         if recursive:
             params["recursive"] = "true"
         return AsyncWatch(self._sbx.client, sandbox_path(self._sbx.id, "/files/watch"), params)

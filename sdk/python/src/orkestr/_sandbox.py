@@ -239,11 +239,13 @@ class Sandbox(SandboxFields):
         cwd: Optional[str] = None,
         rows: Optional[int] = None,
         cols: Optional[int] = None,
+        user: Optional[str] = None,
     ) -> Terminal:
         """Open an interactive terminal (a PTY) running ``command`` with
-        ``/bin/sh -c``, or root's login shell; see Terminal. Use it as a
+        ``/bin/sh -c``, or the login shell of ``user`` ("root", the default, or
+        "user": uid 1000, HOME /home/user); see Terminal. Use it as a
         context manager: leaving it hangs up."""
-        start = _start_message(command, env, cwd, rows, cols)
+        start = _start_message(command, env, cwd, rows, cols, user)
         cfg = self._client._cfg
         return Terminal._open(cfg.base_url, cfg.key.get(), sandbox_path(self.id, "/pty"), start, min(cfg.timeout, 60.0))
 
@@ -368,36 +370,36 @@ class Files(FileCalls):
     def _path(self, suffix: str) -> str:
         return sandbox_path(self._sbx.id, suffix)
 
-    def write(self, path: str, content: str) -> None:
+    def write(self, path: str, content: str, *, user: Optional[str] = None) -> None:
         """Write text (UTF-8), replacing the file and creating parent directories."""
-        self.write_bytes(path, content.encode("utf-8"))
+        self.write_bytes(path, content.encode("utf-8"), user=user)
 
-    def write_bytes(self, path: str, data: Union[bytes, bytearray, memoryview]) -> None:
+    def write_bytes(self, path: str, data: Union[bytes, bytearray, memoryview], *, user: Optional[str] = None) -> None:
         """Write bytes, replacing the file and creating parent directories."""
-        self._sbx.client.request("PUT", self._path("/files"), params=file_params(path), content=bytes(data))
+        self._sbx.client.request("PUT", self._path("/files"), params=file_params(path, user), content=bytes(data))
 
-    def read_bytes(self, path: str) -> bytes:
-        return self._sbx.client.request("GET", self._path("/files"), params=file_params(path)).content
+    def read_bytes(self, path: str, *, user: Optional[str] = None) -> bytes:
+        return self._sbx.client.request("GET", self._path("/files"), params=file_params(path, user)).content
 
-    def read(self, path: str, encoding: str = "utf-8") -> str:
+    def read(self, path: str, encoding: str = "utf-8", *, user: Optional[str] = None) -> str:
         """The file as text; UnicodeDecodeError if it is not (use read_bytes)."""
-        return self.read_bytes(path).decode(encoding)
+        return self.read_bytes(path, user=user).decode(encoding)
 
-    def list(self, path: str) -> List[FileEntry]:
+    def list(self, path: str, *, user: Optional[str] = None) -> List[FileEntry]:
         """The entries of the directory at ``path``, sorted by name."""
-        out = self._sbx.client.json("GET", self._path("/files/list"), params=file_params(path))
+        out = self._sbx.client.json("GET", self._path("/files/list"), params=file_params(path, user))
         return [FileEntry._from(e) for e in (out.get("entries") or []) if isinstance(e, dict)]
 
-    def write_stream(self, path: str, data: Union[BinaryIO, Iterable[bytes]]) -> None:
+    def write_stream(self, path: str, data: Union[BinaryIO, Iterable[bytes]], *, user: Optional[str] = None) -> None:
         """Stream a binary file object or an iterable of bytes into the file
         at ``path`` without holding it in memory (written to a temporary name
         and renamed into place when complete). Not retried."""
-        self._sbx.client.request("PUT", self._path("/files"), params=file_params(path), content=_chunks(data))
+        self._sbx.client.request("PUT", self._path("/files"), params=file_params(path, user), content=_chunks(data))
 
-    def read_to(self, path: str, out: BinaryIO) -> int:
+    def read_to(self, path: str, out: BinaryIO, *, user: Optional[str] = None) -> int:
         """Stream the file at ``path`` into the binary file object ``out``
         without holding it in memory; returns the bytes copied."""
-        return _copy_out(self._sbx.client.stream("GET", self._path("/files"), params=file_params(path)), out)
+        return _copy_out(self._sbx.client.stream("GET", self._path("/files"), params=file_params(path, user)), out)
 
     def write_archive(self, dir: str, archive: Union[bytes, BinaryIO, Iterable[bytes]]) -> Dict[str, Any]:
         """Extract a tar archive (plain, gzip or zstd) into the directory
@@ -415,9 +417,9 @@ class Files(FileCalls):
         params = {**file_params(dir), **({"compression": compression} if compression else {})}
         return _copy_out(self._sbx.client.stream("GET", self._path("/files/archive"), params=params), out)
 
-    def delete(self, path: str) -> None:
+    def delete(self, path: str, *, user: Optional[str] = None) -> None:
         """Delete the file, or the directory with everything in it."""
-        self._sbx.client.request("DELETE", self._path("/files"), params=file_params(path))
+        self._sbx.client.request("DELETE", self._path("/files"), params=file_params(path, user))
 
 
 def _copy_out(resp: httpx.Response, out: BinaryIO) -> int:

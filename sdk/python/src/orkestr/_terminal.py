@@ -49,6 +49,7 @@ def _start_message(
     cwd: Optional[str],
     rows: Optional[int],
     cols: Optional[int],
+    user: Optional[str] = None,
 ) -> str:
     _check_size(rows, "rows")
     _check_size(cols, "cols")
@@ -63,6 +64,8 @@ def _start_message(
         m["rows"] = rows
     if cols is not None:
         m["cols"] = cols
+    if user is not None:
+        m["user"] = user
     return json.dumps(m)
 
 
