@@ -267,6 +267,12 @@ func (c *Channel) Close() error {
 // carry another; otherwise it is closed. The stream is closed when ctx ends,
 // which the agent takes as the caller going away.
 func (c *Channel) stream(ctx context.Context, req *wire.Request) (*wire.Reader, *wire.Writer, func(reusable bool), error) {
+	// A call whose context is already done sends nothing: the cancel below
+	// closes the stream from another goroutine, which could lose the race
+	// against the request's one write and let a command run anyway.
+	if err := ctx.Err(); err != nil {
+		return nil, nil, nil, err
+	}
 	s, err := c.session(ctx)
 	if err != nil {
 		return nil, nil, nil, err
