@@ -72,15 +72,22 @@ func fsError(err error) error {
 
 // fileOps finds the running sandbox of an extended file call.
 func (s *Server) fileOps(r *http.Request) (runtime.FileOps, error) {
+	return runningAs[runtime.FileOps](s, r, "This server's runtime does not have these file calls.")
+}
+
+// runningAs finds the running sandbox of r as the optional runtime
+// interface T; a runtime without it is 501 with lacks as the message.
+func runningAs[T any](s *Server, r *http.Request, lacks string) (T, error) {
+	var none T
 	rt, err := s.runningRuntime(r)
 	if err != nil {
-		return nil, err
+		return none, err
 	}
-	f, ok := rt.(runtime.FileOps)
+	v, ok := rt.(T)
 	if !ok {
-		return nil, apiErr(http.StatusNotImplemented, "not_implemented", "This server's runtime does not have these file calls.")
+		return none, apiErr(http.StatusNotImplemented, "not_implemented", "%s", lacks)
 	}
-	return f, nil
+	return v, nil
 }
 
 // queryFS reads ?path= (exactly once) and ?user= of a GET file call.

@@ -77,15 +77,7 @@ func processError(err error, pid string) error {
 
 // processSandbox finds the running sandbox of a process call.
 func (s *Server) processSandbox(r *http.Request) (runtime.Processes, error) {
-	rt, err := s.runningRuntime(r)
-	if err != nil {
-		return nil, err
-	}
-	ps, ok := rt.(runtime.Processes)
-	if !ok {
-		return nil, apiErr(http.StatusNotImplemented, "not_implemented", "This server's runtime does not run background processes.")
-	}
-	return ps, nil
+	return runningAs[runtime.Processes](s, r, "This server's runtime does not run background processes.")
 }
 
 // pathPID parses {pid}: anything that is not a pid cannot name one.
