@@ -230,12 +230,8 @@ func (s *Server) watchFiles(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	switch v := r.URL.Query().Get("recursive"); v {
-	case "", "false", "0":
-	case "true", "1":
-		req.Recursive = true
-	default:
-		return invalid("recursive", "Query parameter recursive must be true or false.")
+	if req.Recursive, err = queryBool(r, "recursive"); err != nil {
+		return err
 	}
 	f, err := s.fileOps(r)
 	if err != nil {
@@ -281,4 +277,16 @@ func (s *Server) watchFiles(w http.ResponseWriter, r *http.Request) error {
 		_ = out.send(map[string]any{"type": "error", "error": map[string]any{"code": e.Code, "message": e.Message, "details": map[string]any{}}})
 	}
 	return nil
+}
+
+// queryBool reads the boolean query parameter name: true/1, false/0, or
+// absent (false).
+func queryBool(r *http.Request, name string) (bool, error) {
+	switch r.URL.Query().Get(name) {
+	case "", "false", "0":
+		return false, nil
+	case "true", "1":
+		return true, nil
+	}
+	return false, invalid(name, "Query parameter %s must be true or false.", name)
 }

@@ -310,13 +310,9 @@ func (s *Server) processOutput(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	replay := false
-	switch v := r.URL.Query().Get("replay"); v {
-	case "", "false", "0":
-	case "true", "1":
-		replay = true
-	default:
-		return invalid("replay", "Query parameter replay must be true or false.")
+	replay, err := queryBool(r, "replay")
+	if err != nil {
+		return err
 	}
 	ps, err := s.processSandbox(r)
 	if err != nil {
