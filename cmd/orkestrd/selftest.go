@@ -11,6 +11,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 )
 
@@ -42,7 +43,7 @@ func selftest(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	defer n.Close(context.Background(), true)
-	if _, err := n.Start(ctx, nil); err != nil {
+	if _, err := n.Reconcile(ctx, nodeapi.Keep{}); err != nil {
 		return err
 	}
 	step := func(name string, f func() error) error {
@@ -55,7 +56,8 @@ func selftest(args []string) error {
 	}
 	var sb runtime.Sandbox
 	if err := step("create "+*tmpl, func() (err error) {
-		sb, _, err = n.Create(ctx, *tmpl, "small", "", runtime.Claim{Env: map[string]string{"GREETING": "hello"}})
+		sb, err = n.Create(ctx, nodeapi.CreateRequest{SandboxID: "sbx_selftest", Template: *tmpl, Size: "small",
+			Claim: runtime.Claim{Env: map[string]string{"GREETING": "hello"}}})
 		return err
 	}); err != nil {
 		return err

@@ -107,6 +107,7 @@ func serve(args []string) error {
 	if err := bootstrap(ctx, st); err != nil {
 		return err
 	}
+	ncfg.Region, ncfg.Recorder = cfg.Region, st
 	n, err := node.Open(ncfg)
 	if err != nil {
 		return err

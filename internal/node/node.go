@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/metering"
 	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
@@ -70,6 +71,21 @@ type Config struct {
 	// PoolDemand lets the warm pools grow with demand (pool.Demand);
 	// zero: every pool stays at PoolSize.
 	PoolDemand pool.Demand
+
+	// ID and Region name the node in the fleet; Address is the base URL
+	// of its node API ("" in process).
+	ID, Region, Address string
+	// Slots caps the sandboxes the node runs at once; 0: one per 128 MiB
+	// of host memory.
+	Slots int
+	// SnapshotDir is where checkpoints are kept; default DataDir/snapshots.
+	SnapshotDir string
+	// Recorder receives metered usage and sandboxes that stopped on their
+	// own (the store); required.
+	Recorder Recorder
+	// Metering tunes the sampler (Interval, FlushEvery, Clock, hooks); its
+	// Sink is the Recorder.
+	Metering metering.Config
 }
 
 // Instance names one data directory's runtime state on this host (state
@@ -98,6 +114,11 @@ type Node struct {
 	mu       sync.Mutex
 	warm     map[string]string // template → the build its pool was filled from
 	stopScan chan struct{}
+
+	sampler    *metering.Sampler
+	live       liveSet  // runtime id -> *live: what this node runs for the store
+	destroying sync.Map // runtime ids stopped on purpose (their watcher records nothing)
+	startOnce  sync.Once
 }
 
 // templateScanEvery is how often the node looks for templates built (or
@@ -134,24 +155,26 @@ func Open(cfg Config) (*Node, error) {
 	warnIfMemory(cfg.StateDir, cfg.Log)
 	n := &Node{cfg: cfg, Driver: d, Pool: pool.New(d, cfg.Log), Templates: template.Store{Dir: cfg.TemplateDir},
 		warm: map[string]string{}, stopScan: make(chan struct{})}
+	if cfg.Recorder == nil {
+		cfg.Recorder = discard{}
+	}
+	if cfg.ID == "" {
+		cfg.ID = "local"
+	}
+	mc := cfg.Metering
+	mc.Sink, mc.Log = cfg.Recorder, cfg.Log
+	n.sampler = metering.New(mc)
 	n.diskReserve.Store(cfg.DiskReserveBytes)
 	n.Pool.SetDemand(cfg.PoolDemand)
 	return n, nil
 }
 
-// Start reconciles what a previous process left (keeping the sandboxes keep
-// wants) and starts the warm pools.
-func (n *Node) Start(ctx context.Context, keep func(runtime.Info) bool) (runtime.ReconcileReport, error) {
-	rep, err := n.Driver.Reconcile(ctx, keep)
-	if err != nil {
-		return rep, fmt.Errorf("reconcile: %w", err)
-	}
-	if err := n.syncPools(); err != nil {
-		return rep, err
-	}
-	go n.scanTemplates()
-	return rep, nil
-}
+// RunMetering samples and meters the node's sandboxes until ctx ends;
+// WaitMetering returns once the last usage is in the store.
+func (n *Node) RunMetering(ctx context.Context) { n.sampler.Run(ctx) }
+
+// WaitMetering waits for RunMetering's final flush.
+func (n *Node) WaitMetering() { n.sampler.Wait() }
 
 // scanTemplates keeps the pools in step with the template store.
 func (n *Node) scanTemplates() {
@@ -283,10 +306,10 @@ func (n *Node) Spec(tmpl, size string) (runtime.Spec, error) {
 	return runtime.Spec{Template: tmpl, Rootfs: rootfs, Resources: res}, nil
 }
 
-// Create claims a warm sandbox (or starts one) for template and size,
+// create claims a warm sandbox (or starts one) for template and size,
 // with claim.Network as its network mode. account picks the account's
 // additions to the allow-list.
-func (n *Node) Create(ctx context.Context, tmpl, size, account string, claim runtime.Claim) (runtime.Sandbox, bool, error) {
+func (n *Node) create(ctx context.Context, tmpl, size, account string, claim runtime.Claim) (runtime.Sandbox, bool, error) {
 	spec, err := n.Spec(tmpl, size)
 	if err != nil {
 		return nil, false, err

@@ -61,6 +61,15 @@ const (
 	StatusError      Status = "error"
 )
 
+// Why a sandbox ended, as its record keeps it (Sandbox.ErrorMessage).
+const (
+	EndTerminated  = "terminated by request"
+	EndExpired     = "timeout reached"
+	EndOutOfMemory = "the sandbox was killed because it exceeded its memory limit"
+	EndStopped     = "the sandbox stopped unexpectedly"
+	EndNodeLost    = "node_lost: the node running the sandbox stopped answering"
+)
+
 // Sandbox is the durable record of one sandbox. Env values are never
 // stored: they live only inside the sandbox (and its snapshots).
 type Sandbox struct {
@@ -135,6 +144,10 @@ type Store interface {
 	// SandboxesByStatus returns every sandbox (of all accounts) in one of
 	// the statuses, for reconciliation and the deadline sweeper.
 	SandboxesByStatus(ctx context.Context, statuses ...Status) ([]Sandbox, error)
+	// EndSandbox moves a running (or starting) sandbox that still has
+	// runtimeID to status with reason, for a node that saw it stop on its
+	// own; false if the record moved on meanwhile.
+	EndSandbox(ctx context.Context, sandboxID, runtimeID string, status Status, reason string) (bool, error)
 
 	UsageStore
 	MemberStore
