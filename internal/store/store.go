@@ -1,7 +1,8 @@
-// Package store is the durable record of accounts, API keys and sandboxes.
-// Every state change the API acknowledges is committed here first. The
-// implementations (package sqlstore: SQLite, the embedded default, and
-// PostgreSQL) share one schema and one test suite.
+// Package store is the durable record of accounts, API keys, sandboxes and
+// the fleet's nodes and leases. Every state change the API acknowledges is
+// committed here first. The implementations (package sqlstore: SQLite,
+// the embedded default, and PostgreSQL) share one schema and one test
+// suite.
 package store
 
 import (
@@ -151,6 +152,8 @@ type Store interface {
 
 	UsageStore
 	MemberStore
+	NodeStore
+	LeaseStore
 
 	Close() error
 }
