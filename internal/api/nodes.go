@@ -132,4 +132,6 @@ func (noNodes) Node(context.Context, string) (nodeapi.Node, error) {
 func (noNodes) Place(context.Context, Placement) (string, nodeapi.Node, error) {
 	return "", nil, fmt.Errorf("%w: this server runs no nodes", ErrNoCapacity)
 }
-func (noNodes) Catalog(context.Context) (Catalog, error) { return Catalog{Templates: map[string]bool{}}, nil }
+func (noNodes) Catalog(context.Context) (Catalog, error) {
+	return Catalog{Templates: map[string]bool{}}, nil
+}

@@ -51,8 +51,8 @@ func (discard) EndSandbox(context.Context, string, string, store.Status, string)
 // live is what the node knows of a sandbox it runs for the store.
 type live struct {
 	sandboxID, account string
-	res               runtime.Resources
-	rt                runtime.Sandbox
+	res                runtime.Resources
+	rt                 runtime.Sandbox
 }
 
 // ID is the node's id in the fleet.

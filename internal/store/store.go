@@ -145,10 +145,6 @@ type Store interface {
 	// SandboxesByStatus returns every sandbox (of all accounts) in one of
 	// the statuses, for reconciliation and the deadline sweeper.
 	SandboxesByStatus(ctx context.Context, statuses ...Status) ([]Sandbox, error)
-	// EndSandbox moves a running (or starting) sandbox that still has
-	// runtimeID to status with reason, for a node that saw it stop on its
-	// own; false if the record moved on meanwhile.
-	EndSandbox(ctx context.Context, sandboxID, runtimeID string, status Status, reason string) (bool, error)
 
 	UsageStore
 	MemberStore
