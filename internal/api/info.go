@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
@@ -68,6 +70,42 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
 	for _, t := range s.cfg.Templates {
 		out = append(out, tmpl{Name: t.Name, Description: t.Description, Default: t.Default, Built: cat.hasTemplate(t.Name)})
 	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": out})
+	return nil
+}
+
+// listRegions lists the regions of the nodes with their state; the
+// operator's default region first.
+func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
+	cat, err := s.nodes.Catalog(r.Context())
+	if err != nil {
+		return err
+	}
+	type region struct {
+		Name       string  `json:"name"`
+		State      string  `json:"state"`
+		Default    bool    `json:"default"`
+		Nodes      int     `json:"nodes"`
+		NodesAlive int     `json:"nodes_alive"`
+		CPUs       float64 `json:"cpus"`
+		MemoryMB   int64   `json:"memory_mb"`
+		Sandboxes  int     `json:"sandboxes"`
+		Slots      int     `json:"slots"`
+	}
+	out := []region{}
+	for _, rs := range cat.Regions {
+		out = append(out, region{Name: rs.Name, State: rs.State, Default: rs.Name == s.cfg.Region, Nodes: rs.Nodes, NodesAlive: rs.Alive,
+			CPUs: rs.Capacity.CPUs, MemoryMB: rs.Capacity.MemoryBytes >> 20, Sandboxes: rs.Allocated.Slots, Slots: rs.Capacity.Slots})
+	}
+	slices.SortStableFunc(out, func(a, b region) int {
+		if a.Default != b.Default {
+			if a.Default {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
 	writeJSON(w, http.StatusOK, map[string]any{"data": out})
 	return nil
 }

@@ -27,6 +27,9 @@ func (s *Server) deadlineLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		if s.leader != nil && !s.leader() {
+			continue
+		}
 		rows, err := s.store.SandboxesByStatus(ctx, store.StatusRunning)
 		if err != nil {
 			continue

@@ -8,6 +8,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
+	"github.com/orkestr-eu/orkestr/internal/scheduler"
 )
 
 // Nodes is how the API reaches the hosts that run sandboxes: the one
@@ -34,19 +35,7 @@ type Placement struct {
 type Catalog struct {
 	Templates map[string]bool // built on at least one live node
 	Network   bool            // some live node runs networked sandboxes
-	Regions   []RegionInfo
-}
-
-// RegionInfo is a region as GET /v1/regions shows it.
-type RegionInfo struct {
-	Name      string  `json:"name"`
-	State     string  `json:"state"` // available, degraded, unavailable
-	Default   bool    `json:"default"`
-	Nodes     int     `json:"nodes"`
-	NodesLive int     `json:"nodes_live"`
-	CPUs      float64 `json:"cpus"`
-	MemoryMB  int64   `json:"memory_mb"`
-	Running   int     `json:"running"`
+	Regions   []scheduler.RegionState
 }
 
 // Placement failures: the API answers 503 with these codes.
@@ -86,27 +75,12 @@ func (l localNodes) Catalog(ctx context.Context) (Catalog, error) {
 	for _, t := range info.Templates {
 		c.Templates[t] = true
 	}
-	c.Regions = []RegionInfo{regionOf(info.Region, []nodeapi.Info{info}, 1)}
+	c.Regions = scheduler.Policy{}.Regions([]scheduler.Candidate{{
+		ID: info.ID, Region: info.Region, Templates: info.Templates, NetworkEnabled: info.NetworkEnabled, DiskLow: info.DiskLow,
+		Capacity:  scheduler.Resources(info.Capacity),
+		Allocated: scheduler.Resources(info.Allocated),
+	}})
 	return c, nil
-}
-
-// regionOf sums the live nodes of a region.
-func regionOf(name string, live []nodeapi.Info, total int) RegionInfo {
-	r := RegionInfo{Name: name, Nodes: total, NodesLive: len(live)}
-	for _, n := range live {
-		r.CPUs += n.Capacity.CPUs
-		r.MemoryMB += n.Capacity.MemoryBytes >> 20
-		r.Running += n.Running
-	}
-	switch {
-	case len(live) == 0:
-		r.State = "unavailable"
-	case len(live) < total:
-		r.State = "degraded"
-	default:
-		r.State = "available"
-	}
-	return r
 }
 
 // hasTemplate reports whether a catalog has the template built.

@@ -25,6 +25,7 @@ import (
 type Server struct {
 	store     store.Store
 	nodes     Nodes
+	leader    func() bool
 	local     *node.Node // the in-process node of a single box (nil in a fleet's control plane)
 	cfg       config.Config
 	log       *slog.Logger
@@ -66,6 +67,9 @@ type Options struct {
 	Log     *slog.Logger
 	DataDir string           // the server's data directory (the E2B secret lives there)
 	Now     func() time.Time // for tests; time.Now by default (Clock wins if both are set)
+	// Leader says whether this replica runs the singleton loops
+	// (deadlines) now; nil: always (one box).
+	Leader func() bool
 	// Clock is the time of deadlines, rate limits, plan months and the
 	// hour metered usage is attributed to; tests inject one to cross a
 	// month. Default: Now, else the system clock.
@@ -84,7 +88,7 @@ func New(o Options) *Server {
 		o.Log = slog.Default()
 	}
 	s := &Server{
-		store: o.Store, nodes: o.Nodes, local: o.Node, cfg: o.Config, log: o.Log, now: o.Clock.Now,
+		store: o.Store, nodes: o.Nodes, local: o.Node, leader: o.Leader, cfg: o.Config, log: o.Log, now: o.Clock.Now,
 		limits:    newLimiter(o.Clock.Now),
 		authFails: newFailLimiter(o.Clock.Now),
 		dataDir:   o.DataDir,

@@ -53,6 +53,24 @@ type live struct {
 	sandboxID, account string
 	res                runtime.Resources
 	rt                 runtime.Sandbox
+	since              time.Time
+}
+
+// Running is a sandbox the node runs for the store.
+type Running struct {
+	RuntimeID, SandboxID string
+	Since                time.Time // when this node started (or adopted) it
+}
+
+// Running lists the sandboxes the node runs for the store.
+func (n *Node) Running() []Running {
+	var out []Running
+	n.live.Range(func(k, v any) bool {
+		l := v.(*live)
+		out = append(out, Running{RuntimeID: k.(string), SandboxID: l.sandboxID, Since: l.since})
+		return true
+	})
+	return out
 }
 
 // ID is the node's id in the fleet.
@@ -333,7 +351,7 @@ func (n *Node) Metrics(ctx context.Context, runtimeID string, since time.Time) (
 // track meters a sandbox from now on and watches it: if it stops on its
 // own (out of memory, crash) the store's record says so.
 func (n *Node) track(sandboxID, account string, rt runtime.Sandbox, res runtime.Resources) {
-	l := &live{sandboxID: sandboxID, account: account, res: res, rt: rt}
+	l := &live{sandboxID: sandboxID, account: account, res: res, rt: rt, since: time.Now()}
 	n.live.Store(rt.ID(), l)
 	n.sampler.Track(sandboxID, account, rt, res.CPU, int(res.MemoryBytes>>20))
 	go func() {
