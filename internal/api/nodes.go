@@ -86,6 +86,16 @@ func (l localNodes) Catalog(ctx context.Context) (Catalog, error) {
 // hasTemplate reports whether a catalog has the template built.
 func (c Catalog) hasTemplate(name string) bool { return c.Templates[name] }
 
+// live reports whether any node is alive.
+func (c Catalog) live() bool {
+	for _, r := range c.Regions {
+		if r.Alive > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // regionNames lists the catalog's regions.
 func (c Catalog) regionNames() []string {
 	var out []string

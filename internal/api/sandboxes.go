@@ -89,7 +89,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !cat.hasTemplate(req.Template) {
+	if !cat.hasTemplate(req.Template) && cat.live() {
+		// (With no live node at all, placement says so instead.)
 		return notBuilt(req.Template)
 	}
 	size := "small"
@@ -146,7 +147,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	sort.Strings(envKeys)
 
-	nodeID, nd, err := s.place(r, Placement{Region: region, Template: req.Template, Size: size, Networked: network != "off"})
+	pl := Placement{Region: region, Template: req.Template, Size: size, Networked: network != "off"}
+	nodeID, nd, err := s.place(r, pl)
 	if err != nil {
 		return err
 	}
@@ -170,8 +172,23 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	// either fully there or marked failed, never half made.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
 	defer cancel()
-	rt, err := nd.Create(ctx, nodeapi.CreateRequest{SandboxID: row.ID, AccountID: row.AccountID, Template: row.Template, Size: row.Size,
-		Claim: runtime.Claim{Env: req.Env, Hostname: "sandbox", Network: row.Network}})
+	var rt runtime.Sandbox
+	for attempt := 1; ; attempt++ {
+		rt, err = nd.Create(ctx, nodeapi.CreateRequest{SandboxID: row.ID, AccountID: row.AccountID, Template: row.Template, Size: row.Size,
+			Claim: runtime.Claim{Env: req.Env, Hostname: "sandbox", Network: row.Network}})
+		if err == nil || attempt == placeAttempts || !(errors.Is(err, nodeapi.ErrNoCapacity) || errors.Is(err, nodeapi.ErrUnreachable) || errors.Is(err, nodeapi.ErrDiskLow)) {
+			break
+		}
+		// The node filled up (or went away) since its last heartbeat:
+		// another one may take it.
+		pl.Exclude = append(pl.Exclude, row.Node)
+		next, nnd, perr := s.nodes.Place(ctx, pl)
+		if perr != nil {
+			break
+		}
+		s.log.Info("a node could not take a sandbox; placing it again", "request_id", requestID(r), "sandbox", row.ID, "node", row.Node, "next", next, "err", err)
+		row.Node, nd = next, nnd
+	}
 	if err != nil {
 		row.Status = store.StatusError
 		row.ErrorMessage = "start failed"
@@ -204,6 +221,10 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusCreated, toJSON(row))
 	return nil
 }
+
+// placeAttempts bounds the nodes a create tries when the chosen one turns
+// out to be full or gone.
+const placeAttempts = 3
 
 // liveSandbox is an entry of Server.running.
 type liveSandbox struct {
