@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -150,6 +152,7 @@ func (s *Store) ListNodes(ctx context.Context) ([]store.Node, error) {
 	}
 	defer rows.Close()
 	var out []store.Node
+	seenTemplates, seenWarm := map[string][]string{}, map[string]map[string]int{}
 	for rows.Next() {
 		var n store.Node
 		var apiVersion, capSlots, allocSlots, running, netOn, diskLow, registered, heartbeat, now int64
@@ -162,12 +165,25 @@ func (s *Store) ListNodes(ctx context.Context) ([]store.Node, error) {
 		}
 		n.APIVersion, n.Capacity.Slots, n.Allocated.Slots, n.Running = int(apiVersion), int(capSlots), int(allocSlots), int(running)
 		n.NetworkEnabled, n.DiskLow = netOn != 0, diskLow != 0
-		if err := json.Unmarshal([]byte(templates), &n.Templates); err != nil {
-			return nil, fmt.Errorf("node %q: decoding templates: %w", n.ID, err)
+		// Nodes mostly report the same lists: each distinct text is decoded
+		// once per call (a fifth of the cost at 1,000 nodes), and every
+		// node gets its own copy.
+		tl, ok := seenTemplates[templates]
+		if !ok {
+			if err := json.Unmarshal([]byte(templates), &tl); err != nil {
+				return nil, fmt.Errorf("node %q: decoding templates: %w", n.ID, err)
+			}
+			seenTemplates[templates] = tl
 		}
-		if err := json.Unmarshal([]byte(warm), &n.Warm); err != nil {
-			return nil, fmt.Errorf("node %q: decoding warm: %w", n.ID, err)
+		n.Templates = slices.Clone(tl)
+		wm, ok := seenWarm[warm]
+		if !ok {
+			if err := json.Unmarshal([]byte(warm), &wm); err != nil {
+				return nil, fmt.Errorf("node %q: decoding warm: %w", n.ID, err)
+			}
+			seenWarm[warm] = wm
 		}
+		n.Warm = maps.Clone(wm)
 		n.RegisteredAt, n.HeartbeatAt = fromMS(registered), fromMS(heartbeat)
 		// A clock stepped back reads as "just now", not as a negative age.
 		n.HeartbeatAge = time.Duration(max(now-heartbeat, 0)) * time.Millisecond
