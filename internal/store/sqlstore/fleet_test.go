@@ -109,6 +109,20 @@ func TestNodesHeartbeat(t *testing.T) {
 			t.Fatalf("nil templates read back as %#v", nodes[0].Templates)
 		}
 
+		// Nodes with the same lists get their own copies.
+		c := testNode("node-c", "fsn1")
+		d2 := testNode("node-d", "fsn1")
+		ok(t, "heartbeat c", s.Heartbeat(bg, c))
+		ok(t, "heartbeat d", s.Heartbeat(bg, d2))
+		nodes, err = s.ListNodes(bg)
+		ok(t, "ListNodes", err)
+		nodes[2].Templates[0], nodes[2].Warm["python-3.11"] = "changed", 99
+		if nodes[3].ID != "node-d" || nodes[3].Templates[0] != "debian-12" || nodes[3].Warm["python-3.11"] != 2 {
+			t.Fatalf("ListNodes shares lists between nodes: %+v", nodes[3])
+		}
+		ok(t, "RemoveNode c", s.RemoveNode(bg, "node-c"))
+		ok(t, "RemoveNode d", s.RemoveNode(bg, "node-d"))
+
 		ok(t, "RemoveNode", s.RemoveNode(bg, "node-0"))
 		isErr(t, "RemoveNode again", s.RemoveNode(bg, "node-0"), store.ErrNotFound)
 		nodes, _ = s.ListNodes(bg)
