@@ -64,6 +64,13 @@ type NodeStore interface {
 	// of the node like EndSandbox with StatusError and reason, and returns
 	// them as stored. Paused sandboxes (their snapshots) are left alone.
 	LoseNode(ctx context.Context, nodeID, reason string) ([]Sandbox, error)
+	// LoseNodeIfLapsed is LoseNode if the node's last heartbeat is older
+	// than lapse by the database's clock (or it has no record), decided in
+	// the same transaction with the node's row locked, so a heartbeat that
+	// arrives meanwhile either comes first (nothing is lost, lapsed false)
+	// or waits and finds its sandboxes ended. For the node-loss sweeper,
+	// which read the ages a moment earlier.
+	LoseNodeIfLapsed(ctx context.Context, nodeID string, lapse time.Duration, reason string) (lost []Sandbox, lapsed bool, err error)
 	// SandboxesOnNode returns the node's sandboxes (of all accounts) in
 	// one of the statuses, or in any status if none is given, oldest
 	// first.

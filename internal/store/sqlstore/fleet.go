@@ -229,20 +229,60 @@ func (s *Store) LoseNode(ctx context.Context, nodeID, reason string) ([]store.Sa
 		// Rows not yet placed have node ''; they are not a node's.
 		return nil, errors.New("LoseNode: node id is required")
 	}
-	now := toMS(s.now())
 	var out []store.Sandbox
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		rows, err := s.query(ctx, tx, `UPDATE sandboxes SET status = ?, error_message = ?, runtime_id = '', expires_at = NULL,
-				terminated_at = ?, updated_at = ?, version = version + 1
-			WHERE node = ? AND status IN (?, ?)
-			RETURNING `+sandboxCols,
-			string(store.StatusError), reason, now, now, nodeID, string(store.StatusStarting), string(store.StatusRunning))
-		if err != nil {
-			return err
-		}
-		out, err = s.scanSandboxes(rows)
+		var err error
+		out, err = s.loseNode(ctx, tx, nodeID, reason)
 		return err
 	})
+	return out, err
+}
+
+// LoseNodeIfLapsed is LoseNode if the node's heartbeat is older than
+// lapse by the database's clock; the node's row stays locked (PostgreSQL;
+// SQLite's transaction holds the write lock) until the sandboxes are
+// ended, so a concurrent heartbeat is wholly before or after.
+func (s *Store) LoseNodeIfLapsed(ctx context.Context, nodeID string, lapse time.Duration, reason string) ([]store.Sandbox, bool, error) {
+	if nodeID == "" {
+		return nil, false, errors.New("LoseNodeIfLapsed: node id is required")
+	}
+	if lapse <= 0 {
+		return nil, false, fmt.Errorf("LoseNodeIfLapsed: lapse %v must be positive", lapse)
+	}
+	var out []store.Sandbox
+	lapsed := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var age int64
+		err := s.queryRow(ctx, tx, "SELECT "+s.d.nowMS+" - heartbeat_at FROM nodes WHERE id = ?"+s.d.lockAccount, nodeID).Scan(&age)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			// No record, no heartbeat.
+		case err != nil:
+			return err
+		case time.Duration(age)*time.Millisecond <= lapse:
+			return nil
+		}
+		lapsed = true
+		out, err = s.loseNode(ctx, tx, nodeID, reason)
+		return err
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return out, lapsed, nil
+}
+
+func (s *Store) loseNode(ctx context.Context, tx *sql.Tx, nodeID, reason string) ([]store.Sandbox, error) {
+	now := toMS(s.now())
+	rows, err := s.query(ctx, tx, `UPDATE sandboxes SET status = ?, error_message = ?, runtime_id = '', expires_at = NULL,
+			terminated_at = ?, updated_at = ?, version = version + 1
+		WHERE node = ? AND status IN (?, ?)
+		RETURNING `+sandboxCols,
+		string(store.StatusError), reason, now, now, nodeID, string(store.StatusStarting), string(store.StatusRunning))
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.scanSandboxes(rows)
 	if err != nil {
 		return nil, err
 	}

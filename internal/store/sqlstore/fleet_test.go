@@ -560,3 +560,55 @@ func TestConcurrentAdmissionAcrossReplicas(t *testing.T) {
 		}
 	})
 }
+
+// TestLoseNodeIfLapsed: a node is lost only if its heartbeat is older
+// than the lapse when the transaction looks, by the database's clock.
+func TestLoseNodeIfLapsed(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		a := mkAccount(t, s, "a")
+		sb := newSandbox(a.ID, msNow())
+		sb.Node = "node-a"
+		mkSandbox(t, s, sb)
+		ok(t, "heartbeat", s.Heartbeat(bg, testNode("node-a", "fsn1")))
+
+		for _, lapse := range []time.Duration{0, -time.Second} {
+			if _, _, err := s.LoseNodeIfLapsed(bg, "node-a", lapse, "node_lost"); err == nil {
+				t.Fatalf("lapse %v accepted", lapse)
+			}
+		}
+		if _, _, err := s.LoseNodeIfLapsed(bg, "", time.Second, "node_lost"); err == nil {
+			t.Fatal("empty node id accepted")
+		}
+		lost, lapsed, err := s.LoseNodeIfLapsed(bg, "node-a", 15*time.Second, "node_lost")
+		ok(t, "fresh node", err)
+		if lapsed || len(lost) != 0 {
+			t.Fatalf("a node that just sent a heartbeat was lost: %v %v", lapsed, lost)
+		}
+		if cur, _ := s.GetSandbox(bg, a.ID, sb.ID); cur.Status != store.StatusRunning || cur.Version != 0 {
+			t.Fatalf("sandbox of a live node changed: %+v", cur)
+		}
+		// 20 s without a heartbeat, by the database's clock.
+		_, err = d.raw(t).Exec("UPDATE nodes SET heartbeat_at = heartbeat_at - 20000")
+		ok(t, "age", err)
+		lost, lapsed, err = s.LoseNodeIfLapsed(bg, "node-a", time.Minute, "node_lost")
+		ok(t, "under a longer lapse", err)
+		if lapsed || len(lost) != 0 {
+			t.Fatal("lost under a lapse it is within")
+		}
+		lost, lapsed, err = s.LoseNodeIfLapsed(bg, "node-a", 15*time.Second, "node_lost")
+		ok(t, "lapsed node", err)
+		if !lapsed || len(lost) != 1 || lost[0].ID != sb.ID || lost[0].Status != store.StatusError || lost[0].ErrorMessage != "node_lost" {
+			t.Fatalf("lapsed node: %v %+v", lapsed, lost)
+		}
+		// A node without a record has no heartbeat: lapsed.
+		other := newSandbox(a.ID, msNow())
+		other.Node = "node-gone"
+		mkSandbox(t, s, other)
+		lost, lapsed, err = s.LoseNodeIfLapsed(bg, "node-gone", 15*time.Second, "node_lost")
+		ok(t, "unregistered node", err)
+		if !lapsed || len(lost) != 1 || lost[0].ID != other.ID {
+			t.Fatalf("unregistered node: %v %+v", lapsed, lost)
+		}
+	})
+}

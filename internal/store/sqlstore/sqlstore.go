@@ -201,7 +201,8 @@ type dialect struct {
 	// numbered placeholders ($1, $2, ...) instead of '?'.
 	dollar bool
 	// lockAccount is appended to "SELECT id FROM accounts WHERE id = ?"
-	// to serialize an account's conditional writes.
+	// to serialize an account's conditional writes (and to a SELECT of a
+	// node's row in LoseNodeIfLapsed, against its heartbeats).
 	lockAccount string
 	// binaryCollation replaces {{binary_collation}} in migrations.
 	binaryCollation string
