@@ -406,9 +406,14 @@ type RegionState struct {
 	Allocated Resources `json:"allocated"`
 }
 
-// Regions summarizes nodes by region, by name.
+// Regions summarizes nodes by region, by name. The default region is
+// listed even without nodes (unavailable), so a fleet whose nodes have not
+// registered yet says so.
 func (p Policy) Regions(nodes []Candidate) []RegionState {
 	by := map[string]*RegionState{}
+	if p.DefaultRegion != "" {
+		by[p.DefaultRegion] = &RegionState{Name: p.DefaultRegion}
+	}
 	usable := map[string]int{}
 	for _, c := range nodes {
 		r := by[c.Region]

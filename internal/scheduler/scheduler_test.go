@@ -360,6 +360,14 @@ func TestRegions(t *testing.T) {
 	if _, err := json.Marshal(got); err != nil {
 		t.Fatalf("regions do not encode: %v", err)
 	}
+	// The default region is listed without nodes.
+	want = scheduler.RegionState{Name: "fsn1", State: "unavailable"}
+	if got := (scheduler.Policy{DefaultRegion: "fsn1"}).Regions(nil); len(got) != 1 || !reflect.DeepEqual(got[0], want) {
+		t.Fatalf("default region without nodes: %+v", got)
+	}
+	if got := (scheduler.Policy{DefaultRegion: "fsn1"}).Regions(nodes); len(got) != 6 || !reflect.DeepEqual(got[2], fsn) {
+		t.Fatalf("default region with nodes: %+v", got)
+	}
 }
 
 func TestFromNode(t *testing.T) {
