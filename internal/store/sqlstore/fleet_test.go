@@ -4,7 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"os/exec"
 	"reflect"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -611,4 +615,123 @@ func TestLoseNodeIfLapsed(t *testing.T) {
 			t.Fatalf("unregistered node: %v %+v", lapsed, lost)
 		}
 	})
+}
+
+const (
+	admitURLEnv     = "ORKESTR_TEST_ADMIT_URL"
+	admitAccountEnv = "ORKESTR_TEST_ADMIT_ACCOUNT"
+	admitAtEnv      = "ORKESTR_TEST_ADMIT_AT" // unix ms to start at
+	admitLimit      = 7
+	admitPerProcess = 10
+)
+
+// TestAdmissionAcrossProcesses: separate processes (this test binary, see
+// TestHelperAdmitProcess), as control-plane replicas on separate hosts
+// would be, each race creates against the account's concurrency limit and
+// try one lease at the same moment: together they admit exactly the
+// limit, and one of them holds the lease.
+func TestAdmissionAcrossProcesses(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		s := d.open(t)
+		a := mkAccount(t, s, "a")
+		const procs = 3
+		// Start together, once every process has opened its store.
+		at := time.Now().Add(2 * time.Second).UnixMilli()
+		var wg sync.WaitGroup
+		outs := make([][]byte, procs)
+		errs := make([]error, procs)
+		for i := range procs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cmd := exec.Command(os.Args[0], "-test.run=^TestHelperAdmitProcess$", "-test.count=1", "-test.v")
+				cmd.Env = append(os.Environ(), admitURLEnv+"="+d.url, admitAccountEnv+"="+a.ID,
+					admitAtEnv+"="+strconv.FormatInt(at, 10), helperNameEnv+"="+fmt.Sprintf("proc-%d", i))
+				outs[i], errs[i] = cmd.CombinedOutput()
+			}()
+		}
+		wg.Wait()
+		admitted, leases := 0, 0
+		for i := range procs {
+			if errs[i] != nil {
+				t.Fatalf("process %d: %v\n%s", i, errs[i], outs[i])
+			}
+			var n, held int
+			m := regexp.MustCompile(`admitted=(\d+) lease=(\d)`).FindSubmatch(outs[i])
+			if m == nil {
+				t.Fatalf("process %d printed no result:\n%s", i, outs[i])
+			}
+			n, _ = strconv.Atoi(string(m[1]))
+			held, _ = strconv.Atoi(string(m[2]))
+			admitted += n
+			leases += held
+		}
+		if admitted != admitLimit || leases != 1 {
+			t.Fatalf("%d processes admitted %d creates (limit %d) and %d held the lease (want 1)", procs, admitted, admitLimit, leases)
+		}
+		active, err := s.SandboxesByStatus(bg, store.StatusStarting, store.StatusRunning)
+		ok(t, "SandboxesByStatus", err)
+		if len(active) != admitLimit {
+			t.Fatalf("%d active sandboxes stored, want %d", len(active), admitLimit)
+		}
+	})
+}
+
+// TestHelperAdmitProcess is a child of TestAdmissionAcrossProcesses; on
+// its own it does nothing.
+func TestHelperAdmitProcess(t *testing.T) {
+	u := os.Getenv(admitURLEnv)
+	if u == "" {
+		t.Skip("helper process for TestAdmissionAcrossProcesses")
+	}
+	s, err := sqlstore.Open(bg, u)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	account, name := os.Getenv(admitAccountEnv), os.Getenv(helperNameEnv)
+	at, err := strconv.ParseInt(os.Getenv(admitAtEnv), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Warm the pool so the race is not decided by connecting.
+	if _, err := s.ListNodes(bg); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(time.UnixMilli(at)))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	admitted, held := 0, false
+	for range admitPerProcess {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.CreateSandbox(bg, newSandbox(account, msNow()), admitLimit)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				admitted++
+			case !errors.Is(err, store.ErrLimit):
+				t.Errorf("CreateSandbox: %v", err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		h, err := s.TryLease(bg, "deadlines", name, time.Hour)
+		if err != nil {
+			t.Errorf("TryLease: %v", err)
+		}
+		mu.Lock()
+		held = h
+		mu.Unlock()
+	}()
+	wg.Wait()
+	lease := 0
+	if held {
+		lease = 1
+	}
+	fmt.Printf("admitted=%d lease=%d\n", admitted, lease)
 }
