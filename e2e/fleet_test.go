@@ -202,6 +202,20 @@ func (n *fleetNode) start() {
 	if err := n.cmd.Start(); err != nil {
 		n.t.Fatal(err)
 	}
+	// Listening means reconciled: the node opens its API after settling
+	// what the store gives it.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		c, err := net.DialTimeout("tcp", n.nodeIP+":7070", time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("node %s does not listen after 2 minutes:\n%s", n.id, n.logText())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // kill stops the node at once (kill -9): its sandboxes' processes outlive

@@ -136,7 +136,7 @@ func nodeCmd(args []string) error {
 	}
 	mctx, mstop := context.WithCancel(context.Background())
 	go n.RunMetering(mctx)
-	bctx, bstop := context.WithCancel(ctx)
+	bctx, bstop := context.WithCancel(context.Background())
 	go fleet.Heartbeat(bctx, st, n, cfg.Node.HeartbeatEvery(), log)
 	go fleet.Sweep(bctx, st, n, 10*time.Second, log)
 
@@ -161,13 +161,15 @@ func nodeCmd(args []string) error {
 	// heartbeat stops (the control plane declares the node lost if it does
 	// not come back in time); sandboxes keep running for the next start.
 	_ = ln.Close()
-	bstop()
 	log.Info("shutting down: waiting for calls in flight", "grace", grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
 	if serr := srv.Shutdown(sctx); serr != nil {
 		_ = srv.Close()
 	}
+	// The heartbeat went on while calls drained (the node was not lost);
+	// new calls found the listener closed and went elsewhere.
+	bstop()
 	mstop()
 	n.WaitMetering()
 	cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -212,9 +212,10 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	started := s.now().UTC()
 	exp := started.Add(time.Duration(timeout) * time.Second)
 	row.Status, row.RuntimeID, row.ExpiresAt = store.StatusRunning, rt.ID(), &exp
+	made := row
 	row, err = s.store.UpdateSandbox(ctx, row, 0)
 	if err != nil {
-		s.destroyRuntime(row.Node, rt.ID())
+		s.destroyRuntime(made.Node, rt.ID())
 		return err
 	}
 	s.track(row, rt)
@@ -249,6 +250,9 @@ func (s *Server) runningRuntime(r *http.Request) (runtime.Sandbox, error) {
 		return nil, notReady(string(row.Status))
 	}
 	rt, err := s.runtimeOf(r.Context(), row)
+	if errors.Is(err, nodeapi.ErrUnreachable) {
+		return nil, s.nodeDown(r, row, err)
+	}
 	if err != nil {
 		return nil, notReady("error")
 	}
@@ -572,8 +576,9 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	snap := row.SnapshotDir
 	exp := s.now().UTC().Add(time.Duration(row.RemainingMS) * time.Millisecond)
 	row.Status, row.RuntimeID, row.ExpiresAt, row.PausedAt, row.SnapshotDir, row.RemainingMS = store.StatusRunning, rt.ID(), &exp, nil, "", 0
+	restored := row
 	if row, err = s.store.UpdateSandbox(ctx, row, 0); err != nil {
-		s.destroyRuntime(row.Node, rt.ID())
+		s.destroyRuntime(restored.Node, rt.ID())
 		return err
 	}
 	s.removeSnapshot(row.Node, snap)

@@ -67,11 +67,11 @@ func NewNodes(o Options) *Nodes {
 
 var _ api.Nodes = (*Nodes)(nil)
 
-// nodes is the store's node list, at most listFor old.
-func (f *Nodes) nodes(ctx context.Context) ([]store.Node, error) {
+// nodes is the store's node list, at most listFor old (fresh: read now).
+func (f *Nodes) nodes(ctx context.Context, fresh bool) ([]store.Node, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.list != nil && time.Since(f.listAt) < listFor {
+	if !fresh && f.list != nil && time.Since(f.listAt) < listFor {
 		return f.list, nil
 	}
 	list, err := f.store.ListNodes(ctx)
@@ -102,24 +102,31 @@ func (f *Nodes) client(n store.Node) (*nodeapi.Client, error) {
 
 // Node implements api.Nodes.
 func (f *Nodes) Node(ctx context.Context, id string) (nodeapi.Node, error) {
-	list, err := f.nodes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, n := range list {
-		if n.ID == id {
-			if !f.policy.Alive(scheduler.FromNode(n)) {
-				return nil, fmt.Errorf("%w: node %s last answered %s ago", nodeapi.ErrUnreachable, id, n.HeartbeatAge.Round(time.Second))
+	var last error
+	// A node missing or silent in the cached list may have come back
+	// since: the list is read again before it is given up.
+	for _, fresh := range []bool{false, true} {
+		list, err := f.nodes(ctx, fresh)
+		if err != nil {
+			return nil, err
+		}
+		last = fmt.Errorf("%w: no node %q is registered", nodeapi.ErrUnreachable, id)
+		for _, n := range list {
+			if n.ID != id {
+				continue
 			}
-			return f.client(n)
+			if f.policy.Alive(scheduler.FromNode(n)) {
+				return f.client(n)
+			}
+			last = fmt.Errorf("%w: node %s last answered %s ago", nodeapi.ErrUnreachable, id, n.HeartbeatAge.Round(time.Second))
 		}
 	}
-	return nil, fmt.Errorf("%w: no node %q is registered", nodeapi.ErrUnreachable, id)
+	return nil, last
 }
 
 // Place implements api.Nodes.
 func (f *Nodes) Place(ctx context.Context, p api.Placement) (string, nodeapi.Node, error) {
-	list, err := f.nodes(ctx)
+	list, err := f.nodes(ctx, len(p.Exclude) > 0)
 	if err != nil {
 		return "", nil, err
 	}
@@ -165,7 +172,7 @@ func (f *Nodes) Place(ctx context.Context, p api.Placement) (string, nodeapi.Nod
 
 // Catalog implements api.Nodes.
 func (f *Nodes) Catalog(ctx context.Context) (api.Catalog, error) {
-	list, err := f.nodes(ctx)
+	list, err := f.nodes(ctx, false)
 	if err != nil {
 		return api.Catalog{}, err
 	}

@@ -91,7 +91,9 @@ func WatchNodes(ctx context.Context, st store.Store, lease *Lease, timeout time.
 			if n.HeartbeatAge <= timeout {
 				continue
 			}
-			lost, err := st.LoseNode(ctx, n.ID, store.EndNodeLost)
+			// Decided again under the node's row lock by the store's clock:
+			// a heartbeat since the list was read wins.
+			lost, _, err := st.LoseNodeIfLapsed(ctx, n.ID, timeout, store.EndNodeLost)
 			if err != nil {
 				log.Error("recording a lost node's sandboxes", "node", n.ID, "err", err)
 				continue

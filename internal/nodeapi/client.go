@@ -138,6 +138,10 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 		}
 		c.setHeaders(req.Header)
 		req.Header.Set("Content-Type", "application/json")
+		// Marks the call replayable for net/http: a kept-alive connection
+		// that a restarted node closed is retried on a new one instead of
+		// failing the call (only when the node never read the request).
+		req.Header.Set("Idempotency-Key", path)
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return c.callErr(ctx, err)
