@@ -107,7 +107,10 @@ func forward(t *testing.T, addr, target string) {
 	}()
 }
 
-func newFleet(t *testing.T, nodes []struct{ id, region string; slots int }) *fleet {
+func newFleet(t *testing.T, nodes []struct {
+	id, region string
+	slots      int
+}) *fleet {
 	t.Helper()
 	testenv.RequireRoot(t)
 	f := &fleet{t: t, db: testenv.FreshPostgres(t)}
@@ -563,4 +566,3 @@ func TestFleet(t *testing.T) {
 		}
 	})
 }
-
