@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -115,7 +116,19 @@ func serve(args []string) error {
 		lease := fleet.NewLease(st, "singletons", 10*time.Second, log)
 		go lease.Run(ctx)
 		go fleet.WatchNodes(ctx, st, lease, cfg.Fleet.HeartbeatTimeout(), log)
-		opts.Nodes, opts.Leader = fleet.NewNodes(fleet.Options{Store: st, Config: cfg, Log: log}), lease.Held
+		var nodeTLS *tls.Config
+		if cfg.Fleet.NodeCAFile != "" {
+			pem, err := os.ReadFile(cfg.Fleet.NodeCAFile)
+			if err != nil {
+				return fmt.Errorf("fleet.node_ca_file: %w", err)
+			}
+			roots := x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("fleet.node_ca_file %s holds no PEM certificate", cfg.Fleet.NodeCAFile)
+			}
+			nodeTLS = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		}
+		opts.Nodes, opts.Leader = fleet.NewNodes(fleet.Options{Store: st, Config: cfg, TLS: nodeTLS, Log: log}), lease.Held
 		log.Info("control plane of a fleet: sandboxes run on the registered nodes", "holder", lease.Holder(), "heartbeat_timeout", cfg.Fleet.HeartbeatTimeout().String())
 	} else {
 		ncfg.Region, ncfg.Recorder = cfg.Region, st
