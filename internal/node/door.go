@@ -21,6 +21,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/buildinfo"
 	"github.com/orkestr-eu/orkestr/internal/metering"
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
+	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/template"
@@ -98,7 +99,7 @@ func (n *Node) Info(ctx context.Context) (nodeapi.Info, error) {
 		info.Allocated.Slots++
 		return true
 	})
-	built, err := n.Templates.List()
+	built, err := n.templates.List()
 	if err != nil {
 		return info, err
 	}
@@ -106,7 +107,7 @@ func (n *Node) Info(ctx context.Context) (nodeapi.Info, error) {
 		info.Templates = append(info.Templates, t.Name)
 	}
 	slices.Sort(info.Templates)
-	for _, d := range n.Pool.Depths() {
+	for _, d := range n.pool.Depths() {
 		info.Warm[d.Key.Template] += d.Ready
 	}
 	return info, nil
@@ -191,7 +192,7 @@ func (n *Node) Sandbox(_ context.Context, runtimeID string) (runtime.Sandbox, er
 	if v, ok := n.live.Load(runtimeID); ok {
 		return v.(*live).rt, nil
 	}
-	if rt, ok := n.Driver.Get(runtimeID); ok {
+	if rt, ok := n.driver.Get(runtimeID); ok {
 		return rt, nil
 	}
 	return nil, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
@@ -254,11 +255,11 @@ func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.S
 	if err := n.admit(); err != nil {
 		return nil, err
 	}
-	rootfs, err := n.Templates.Rootfs(r.Template)
+	rootfs, err := n.templates.Rootfs(r.Template)
 	if err != nil {
 		return nil, contractError(err)
 	}
-	rt, err := n.Driver.Restore(ctx, dir, rootfs, map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID})
+	rt, err := n.driver.Restore(ctx, dir, rootfs, map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID})
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +295,7 @@ func (n *Node) Destroy(ctx context.Context, runtimeID string) error {
 // (and meters them again), destroys every other one, removes every
 // snapshot keep does not list, and starts the warm pools.
 func (n *Node) Reconcile(ctx context.Context, keep nodeapi.Keep) (runtime.ReconcileReport, error) {
-	rep, err := n.Driver.Reconcile(ctx, func(i runtime.Info) bool {
+	rep, err := n.driver.Reconcile(ctx, func(i runtime.Info) bool {
 		id, ok := keep.Sandboxes[i.ID]
 		return ok && i.Labels["sandbox_id"] == id
 	})
@@ -302,7 +303,7 @@ func (n *Node) Reconcile(ctx context.Context, keep nodeapi.Keep) (runtime.Reconc
 		return rep, fmt.Errorf("reconcile: %w", err)
 	}
 	for _, id := range rep.Adopted {
-		if rt, ok := n.Driver.Get(id); ok {
+		if rt, ok := n.driver.Get(id); ok {
 			info := rt.Info()
 			n.track(info.Labels["sandbox_id"], info.Labels["account_id"], rt, info.Resources)
 		}
@@ -395,3 +396,18 @@ func (n *Node) untrack(runtimeID string, planned bool) {
 
 // liveSet is the node's running sandboxes by runtime id.
 type liveSet = sync.Map
+
+// Templates lists the templates built on this host.
+func (n *Node) Templates() ([]template.Record, error) { return n.templates.List() }
+
+// PoolDepths reports every warm pool's ready sandboxes and target.
+func (n *Node) PoolDepths() []pool.Depth { return n.pool.Depths() }
+
+// RuntimeName names the node's driver ("gvisor").
+func (n *Node) RuntimeName() string { return n.driver.Name() }
+
+// RuntimeSandboxes counts every sandbox the driver runs, pooled included.
+func (n *Node) RuntimeSandboxes(ctx context.Context) int {
+	list, _ := n.driver.List(ctx)
+	return len(list)
+}
