@@ -1,6 +1,7 @@
 package runtimetest
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -270,6 +271,22 @@ func (s *suite) archiver(t *testing.T) {
 	}
 	if _, err := a.Untar(ctx, "/workspace/limited", 100, bytes.NewReader(big.Bytes())); err == nil {
 		t.Error("an untar over its limit succeeded")
+	}
+	// An archive far larger than the limit (and than any stream window) is
+	// refused as well, not left hanging.
+	var huge bytes.Buffer
+	tw := tar.NewWriter(&huge)
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<20)
+	if err := tw.WriteHeader(&tar.Header{Name: "huge.bin", Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = tw.Write(body)
+	_ = tw.Close()
+	if _, err := a.Untar(ctx, "/workspace/limited-huge", 1<<20, &huge); err == nil {
+		t.Error("a 16 MiB untar under a 1 MiB limit succeeded")
+	}
+	if got := s.sh(t, sb, "echo alive"); got != "alive\n" {
+		t.Fatalf("after refused archives: %q", got)
 	}
 }
 
