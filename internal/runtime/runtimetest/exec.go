@@ -231,6 +231,22 @@ func (s *suite) exec(t *testing.T) {
 		}
 	})
 
+	t.Run("Users", func(t *testing.T) {
+		if got := s.run(t, sb, runtime.ExecRequest{Command: `echo "$HOME"`, User: runtime.UserUser}).Stdout; got != "/home/user\n" {
+			t.Errorf("HOME of the user: %q", got)
+		}
+		if got := s.run(t, sb, runtime.ExecRequest{Command: `echo "$HOME"`, User: runtime.UserRoot}).Stdout; got != "/root\n" {
+			t.Errorf("HOME of root: %q", got)
+		}
+		_, err := s.tryRun(t, sb, runtime.ExecRequest{Command: "true", User: "no-such-user"})
+		wantErr(t, "exec as an unknown user", err, runtime.ErrNoUser)
+		if s.h.Caps.RealCommands {
+			if got := s.run(t, sb, runtime.ExecRequest{Command: "id -u; id -u -n", User: runtime.UserUser}).Stdout; got != "1000\nuser\n" {
+				t.Errorf("id as the user: %q", got)
+			}
+		}
+	})
+
 	t.Run("Concurrent", func(t *testing.T) {
 		var wg sync.WaitGroup
 		for i := range 8 {

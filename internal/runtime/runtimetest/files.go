@@ -49,6 +49,12 @@ func (s *suite) files(t *testing.T) {
 		if fi, err := sb.Stat(ctx, "/workspace/rt/bin.dat"); err != nil || fi.Mode != 0o644 || fi.Size != 5 {
 			t.Fatalf("stat after overwrite: %+v %v", fi, err)
 		}
+		if _, err := sb.WriteFile(ctx, "/workspace/rt/run.sh", 0o755, strings.NewReader("#!/bin/sh\n")); err != nil {
+			t.Fatal(err)
+		}
+		if fi, err := sb.Stat(ctx, "/workspace/rt/run.sh"); err != nil || fi.Mode != 0o755 {
+			t.Fatalf("an executable upload: %+v %v", fi, err)
+		}
 		s.write(t, sb, "/workspace/rt/empty", "")
 		if fi, err := sb.Stat(ctx, "/workspace/rt/empty"); err != nil || fi.Size != 0 || fi.IsDir {
 			t.Fatalf("empty file: %+v %v", fi, err)
@@ -84,6 +90,24 @@ func (s *suite) files(t *testing.T) {
 		}
 		if !bytes.Equal(down.Sum(nil), up.Sum(nil)) {
 			t.Fatal("the download differs from the upload")
+		}
+		// A download cut short by its context ends with the context's
+		// error; one whose writer fails ends with an error too.
+		cctx, cancel := context.WithCancel(ctx)
+		var got int
+		_, err = sb.ReadFile(cctx, "/workspace/big.bin", writerFunc(func(p []byte) (int, error) {
+			if got += len(p); got > 1<<20 {
+				cancel()
+			}
+			return len(p), nil
+		}))
+		wantErr(t, "a cancelled download", err, context.Canceled)
+		if got >= size {
+			t.Errorf("a download cancelled after 1 MiB delivered all %d bytes", got)
+		}
+		broken := errors.New("the caller's writer failed")
+		if _, err := sb.ReadFile(ctx, "/workspace/big.bin", writerFunc(func([]byte) (int, error) { return 0, broken })); err == nil {
+			t.Error("a download into a failing writer succeeded")
 		}
 		if err := sb.Remove(ctx, "/workspace/big.bin", false); err != nil {
 			t.Fatal(err)
@@ -370,6 +394,10 @@ func (s *suite) names(t *testing.T, sb runtime.Sandbox, dir string) []string {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, errors.New("the upload's source failed") }
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 type readerFunc func([]byte) (int, error)
 

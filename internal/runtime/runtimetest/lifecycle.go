@@ -105,6 +105,9 @@ func (s *suite) lifecycle(t *testing.T) {
 		if got := s.sh(t, sb, `printf '%s|%s' "$CLAIM_A" "$CLAIM_B"`); got != "a value|it's \"quoted\" $x\nand two lines" {
 			t.Fatalf("env after the claim: %q", got)
 		}
+		if got := s.sh(t, sb, "cat /etc/hostname"); got != "claimed\n" {
+			t.Errorf("/etc/hostname after a claim with a hostname: %q", got)
+		}
 		// A second claim replaces the env.
 		if err := sb.Configure(s.ctx(t), runtime.Claim{Env: map[string]string{"CLAIM_B": "again"}}); err != nil {
 			t.Fatal(err)
@@ -159,6 +162,42 @@ func (s *suite) lifecycle(t *testing.T) {
 		// The other sandbox is untouched.
 		if got := s.sh(t, other, "echo alive"); got != "alive\n" {
 			t.Fatalf("the other sandbox: %q", got)
+		}
+	})
+
+	t.Run("DestroyEndsCallsInFlight", func(t *testing.T) {
+		d := s.driver(t)
+		sb := s.create(t, d, nil)
+		sw := newStreamWriter()
+		errc := make(chan error, 1)
+		go func() {
+			_, err := sb.Exec(context.Background(), runtime.ExecRequest{Command: "echo started; sleep 1000", Stdout: sw})
+			errc <- err
+		}()
+		if !sw.waitFor("started\n", 30*time.Second) {
+			t.Fatal("the command did not start")
+		}
+		if err := sb.Destroy(s.ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-errc:
+			wantErr(t, "an exec across a destroy", err, runtime.ErrStopped)
+		case <-time.After(30 * time.Second):
+			t.Fatal("an exec outlived its sandbox")
+		}
+	})
+
+	t.Run("CreateWithADoneContext", func(t *testing.T) {
+		d := s.driver(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if sb, err := d.Create(ctx, s.spec(nil)); err == nil {
+			destroy(t, sb)
+			t.Fatal("a create whose context was done succeeded")
+		}
+		if list, _ := d.List(s.ctx(t)); len(list) != 0 {
+			t.Errorf("a cancelled create left %d sandboxes", len(list))
 		}
 	})
 
