@@ -16,8 +16,10 @@
 // Where it differs from a real driver: commands are interpreted (no real
 // processes, so no /proc, pipes or background jobs); a background process
 // restored from a checkpoint resumes at the command it was running, which
-// starts again (exact for cat, not for a half-done sleep); there is no
-// terminal, archive, user or network policy support; Stats are made up
+// starts again (exact for cat, not for a half-done sleep); archives are
+// refused where they would extract through any link (the agent allows
+// links that stay inside the target); there is no terminal, per-user file
+// call or network policy support, and no permissions; Stats are made up
 // from what the sandbox holds (memory: a base plus its files).
 package fake
 

@@ -285,6 +285,33 @@ func (s *suite) archiver(t *testing.T) {
 	if _, err := a.Untar(ctx, "/workspace/limited-huge", 1<<20, &huge); err == nil {
 		t.Error("a 16 MiB untar under a 1 MiB limit succeeded")
 	}
+	// Hostile archives are refused and create nothing outside their target.
+	for name, entries := range map[string][]tar.Header{
+		"dotdot":        {{Name: "../escape.txt", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5}},
+		"absolute":      {{Name: "/abs-escape.txt", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5}},
+		"through link":  {{Name: "ln", Typeflag: tar.TypeSymlink, Linkname: "/etc"}, {Name: "ln/link-escape.txt", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5}},
+		"device":        {{Name: "null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3}},
+		"fifo":          {{Name: "fifo", Typeflag: tar.TypeFifo, Mode: 0o644}},
+		"dotdot inside": {{Name: "a/../../escape.txt", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5}},
+	} {
+		var b bytes.Buffer
+		tw := tar.NewWriter(&b)
+		for _, h := range entries {
+			if err := tw.WriteHeader(&h); err != nil {
+				t.Fatal(err)
+			}
+			if h.Size > 0 {
+				_, _ = tw.Write([]byte("pwned"))
+			}
+		}
+		_ = tw.Close()
+		_, err := a.Untar(ctx, "/workspace/hostile/"+strings.ReplaceAll(name, " ", "-"), 1<<20, &b)
+		wantErr(t, "untar "+name, err, runtime.ErrInvalidArchive)
+	}
+	for _, p := range []string{"/workspace/hostile/escape.txt", "/workspace/escape.txt", "/abs-escape.txt", "/etc/link-escape.txt"} {
+		_, err := sb.Stat(ctx, p)
+		wantErr(t, "stat "+p+" after hostile archives", err, runtime.ErrFileNotFound)
+	}
 	if got := s.sh(t, sb, "echo alive"); got != "alive\n" {
 		t.Fatalf("after refused archives: %q", got)
 	}
