@@ -188,7 +188,7 @@ func (sb *Sandbox) extractEntry(p string, h *tar.Header, data []byte) error {
 	mode := uint32(h.Mode) & 0o7777
 	switch h.Typeflag {
 	case tar.TypeDir:
-		d, _, err := t.mkdirAll(p, mode, func(abs string) { sb.emitLocked("create", abs, true, "") })
+		d, _, err := t.mkdirAll(p, mode, 0, func(abs string) { sb.emitLocked("create", abs, true, "") })
 		if err == nil && mode != 0 {
 			d.Mode = mode
 		}
@@ -197,7 +197,7 @@ func (sb *Sandbox) extractEntry(p string, h *tar.Header, data []byte) error {
 		if h.Linkname == "" || strings.ContainsRune(h.Linkname, 0) {
 			return fmt.Errorf("%w: symlink %s has an empty or invalid target", runtime.ErrInvalidArchive, h.Name)
 		}
-		dirNode, dirAbs, err := t.mkdirAll(parent, 0o755, nil)
+		dirNode, dirAbs, err := t.mkdirAll(parent, 0o755, 0, nil)
 		if err != nil {
 			return err
 		}
@@ -212,7 +212,7 @@ func (sb *Sandbox) extractEntry(p string, h *tar.Header, data []byte) error {
 		sb.emitLocked("create", path.Join(dirAbs, name), false, "")
 		return nil
 	}
-	return sb.writeLocked(p, data, mode, false)
+	return sb.writeLocked(p, data, mode, false, 0)
 }
 
 func entryName(n string) (string, error) {

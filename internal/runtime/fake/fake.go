@@ -18,9 +18,11 @@
 // restored from a checkpoint resumes at the command it was running, which
 // starts again (exact for cat, not for a half-done sleep); archives are
 // refused where they would extract through any link (the agent allows
-// links that stay inside the target); there is no terminal, per-user file
-// call or network policy support, and no permissions; Stats are made up
-// from what the sandbox holds (memory: a base plus its files).
+// links that stay inside the target); users have a plain permission model
+// (owner and other bits of the directory written or the file read; the
+// user owns /workspace and /home/user), no groups; there is no terminal or
+// network policy; Stats are made up from what the sandbox holds (memory: a
+// base plus its files).
 package fake
 
 import (

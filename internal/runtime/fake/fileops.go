@@ -54,6 +54,10 @@ func (sb *Sandbox) Mkdir(ctx context.Context, r runtime.FSRequest) (runtime.Stat
 	if mode == 0 {
 		mode = 0o755
 	}
+	uid, err := uidOf(r.User)
+	if err != nil {
+		return runtime.Stat{}, err
+	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
 	if sb.stopErr != nil {
@@ -68,7 +72,10 @@ func (sb *Sandbox) Mkdir(ctx context.Context, r runtime.FSRequest) (runtime.Stat
 		return runtime.Stat{}, fmt.Errorf("%w: %s", runtime.ErrExists, p)
 	}
 	if r.Parents {
-		if _, _, err := t.mkdirAll(path.Dir(p), mode, func(abs string) { sb.emitLocked("create", abs, true, "") }); err != nil {
+		if !mayWrite(t.deepestDir(path.Dir(p)), uid) {
+			return runtime.Stat{}, fmt.Errorf("%w: %s", runtime.ErrPermission, p)
+		}
+		if _, _, err := t.mkdirAll(path.Dir(p), mode, uid, func(abs string) { sb.emitLocked("create", abs, true, "") }); err != nil {
 			return runtime.Stat{}, err
 		}
 		if w, err = t.resolve(p, false); err != nil {
@@ -81,7 +88,11 @@ func (sb *Sandbox) Mkdir(ctx context.Context, r runtime.FSRequest) (runtime.Stat
 	if w.dir == nil {
 		return runtime.Stat{}, fmt.Errorf("%w: %s", runtime.ErrExists, p)
 	}
+	if !mayWrite(w.dir, uid) {
+		return runtime.Stat{}, fmt.Errorf("%w: %s", runtime.ErrPermission, p)
+	}
 	n := newDir(mode)
+	n.UID = uid
 	w.dir.Children[w.name] = n
 	w.dir.Modified = n.Modified
 	sb.emitLocked("create", w.abs, true, "")

@@ -10,9 +10,20 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 )
 
+var _ runtime.UserFiles = (*Sandbox)(nil)
+
 // ReadFile implements runtime.Sandbox.
 func (sb *Sandbox) ReadFile(ctx context.Context, p string, w io.Writer) (runtime.FileInfo, error) {
+	return sb.ReadFileAs(ctx, "", p, w)
+}
+
+// ReadFileAs implements runtime.UserFiles.
+func (sb *Sandbox) ReadFileAs(ctx context.Context, user, p string, w io.Writer) (runtime.FileInfo, error) {
 	if err := checkPath(p); err != nil {
+		return runtime.FileInfo{}, err
+	}
+	uid, err := uidOf(user)
+	if err != nil {
 		return runtime.FileInfo{}, err
 	}
 	sb.mu.Lock()
@@ -27,6 +38,9 @@ func (sb *Sandbox) ReadFile(ctx context.Context, p string, w io.Writer) (runtime
 	}
 	if wh.n.Kind == kindDir {
 		return runtime.FileInfo{}, fmt.Errorf("%w: %s", runtime.ErrIsDir, p)
+	}
+	if !mayRead(wh.n, uid) {
+		return runtime.FileInfo{}, fmt.Errorf("%w: %s", runtime.ErrPermission, p)
 	}
 	// A file's contents are never changed in place (writes replace the
 	// node's slice), so they are read outside the lock.
@@ -55,7 +69,17 @@ func baseName(p string) string {
 // WriteFile implements runtime.Sandbox: the upload is read whole, then
 // replaces the file at once; a failed upload changes nothing.
 func (sb *Sandbox) WriteFile(ctx context.Context, p string, mode uint32, r io.Reader) (int64, error) {
+	return sb.WriteFileAs(ctx, "", p, mode, r)
+}
+
+// WriteFileAs implements runtime.UserFiles: what the user writes is the
+// user's, and only where it may write.
+func (sb *Sandbox) WriteFileAs(ctx context.Context, user, p string, mode uint32, r io.Reader) (int64, error) {
 	if err := checkPath(p); err != nil {
+		return 0, err
+	}
+	uid, err := uidOf(user)
+	if err != nil {
 		return 0, err
 	}
 	p = path.Clean(p)
@@ -96,7 +120,7 @@ func (sb *Sandbox) WriteFile(ctx context.Context, p string, mode uint32, r io.Re
 	if sb.stopErr != nil {
 		return 0, sb.stopErr
 	}
-	if err := sb.writeLocked(p, data, mode, false); err != nil {
+	if err := sb.writeLocked(p, data, mode, false, uid); err != nil {
 		return 0, err
 	}
 	return int64(len(data)), nil
@@ -105,7 +129,7 @@ func (sb *Sandbox) WriteFile(ctx context.Context, p string, mode uint32, r io.Re
 // writeLocked puts data at p, making its parents; with follow a final
 // link is written through (as a shell's > does), otherwise replaced (as an
 // upload's rename does).
-func (sb *Sandbox) writeLocked(p string, data []byte, mode uint32, follow bool) error {
+func (sb *Sandbox) writeLocked(p string, data []byte, mode uint32, follow bool, uid uint32) error {
 	if mode == 0 {
 		mode = 0o644
 	}
@@ -115,7 +139,10 @@ func (sb *Sandbox) writeLocked(p string, data []byte, mode uint32, follow bool) 
 			p = w.abs
 		}
 	}
-	dir, dirAbs, err := t.mkdirAll(path.Dir(p), 0o755, func(abs string) { sb.emitLocked("create", abs, true, "") })
+	if !mayWrite(t.deepestDir(path.Dir(p)), uid) {
+		return fmt.Errorf("%w: %s", runtime.ErrPermission, p)
+	}
+	dir, dirAbs, err := t.mkdirAll(path.Dir(p), 0o755, uid, func(abs string) { sb.emitLocked("create", abs, true, "") })
 	if err != nil {
 		return err
 	}
@@ -132,7 +159,7 @@ func (sb *Sandbox) writeLocked(p string, data []byte, mode uint32, follow bool) 
 		return fmt.Errorf("%w: %s", runtime.ErrNoSpace, p)
 	}
 	now := time.Now().UTC()
-	dir.Children[name] = &node{Kind: kindFile, Mode: mode & 0o7777, Data: data, Modified: now}
+	dir.Children[name] = &node{Kind: kindFile, Mode: mode & 0o7777, Data: data, Modified: now, UID: uid}
 	dir.Modified = now
 	t.Used += int64(len(data)) - oldSize
 	ev := "create"
@@ -144,13 +171,13 @@ func (sb *Sandbox) writeLocked(p string, data []byte, mode uint32, follow bool) 
 }
 
 // writeShellFile is a command's `> FILE`.
-func (sb *Sandbox) writeShellFile(p string, data []byte) error {
+func (sb *Sandbox) writeShellFile(p string, data []byte, uid uint32) error {
 	if err := checkPath(p); err != nil {
 		return err
 	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	return sb.writeLocked(path.Clean(p), data, 0o644, true)
+	return sb.writeLocked(path.Clean(p), data, 0o644, true, uid)
 }
 
 // readShellFile is a command's cat FILE.
@@ -171,7 +198,7 @@ func (sb *Sandbox) readShellFile(p string) ([]byte, error) {
 }
 
 // symlink is a command's ln -s.
-func (sb *Sandbox) symlink(target, link string) error {
+func (sb *Sandbox) symlink(target, link string, uid uint32) error {
 	if err := checkPath(link); err != nil {
 		return err
 	}
@@ -184,8 +211,11 @@ func (sb *Sandbox) symlink(target, link string) error {
 	if w.dir == nil || w.n != nil {
 		return fmt.Errorf("%w: %s", runtime.ErrExists, link)
 	}
+	if !mayWrite(w.dir, uid) {
+		return fmt.Errorf("%w: %s", runtime.ErrPermission, link)
+	}
 	now := time.Now().UTC()
-	w.dir.Children[w.name] = &node{Kind: kindLink, Mode: 0o777, Target: target, Modified: now}
+	w.dir.Children[w.name] = &node{Kind: kindLink, Mode: 0o777, Target: target, Modified: now, UID: uid}
 	w.dir.Modified = now
 	sb.emitLocked("create", w.abs, false, "")
 	return nil
@@ -193,7 +223,16 @@ func (sb *Sandbox) symlink(target, link string) error {
 
 // List implements runtime.Sandbox.
 func (sb *Sandbox) List(ctx context.Context, p string) ([]runtime.FileInfo, error) {
+	return sb.ListAs(ctx, "", p)
+}
+
+// ListAs implements runtime.UserFiles.
+func (sb *Sandbox) ListAs(ctx context.Context, user, p string) ([]runtime.FileInfo, error) {
 	if err := checkPath(p); err != nil {
+		return nil, err
+	}
+	uid, err := uidOf(user)
+	if err != nil {
 		return nil, err
 	}
 	sb.mu.Lock()
@@ -207,6 +246,9 @@ func (sb *Sandbox) List(ctx context.Context, p string) ([]runtime.FileInfo, erro
 	}
 	if w.n.Kind != kindDir {
 		return nil, fmt.Errorf("%w: %s", runtime.ErrNotDir, p)
+	}
+	if !mayRead(w.n, uid) {
+		return nil, fmt.Errorf("%w: %s", runtime.ErrPermission, p)
 	}
 	return list(path.Clean(p), w.n), nil
 }
@@ -233,7 +275,16 @@ func (sb *Sandbox) Stat(ctx context.Context, p string) (runtime.FileInfo, error)
 
 // Remove implements runtime.Sandbox; a link is removed, not its target.
 func (sb *Sandbox) Remove(ctx context.Context, p string, recursive bool) error {
+	return sb.RemoveAs(ctx, "", p, recursive)
+}
+
+// RemoveAs implements runtime.UserFiles.
+func (sb *Sandbox) RemoveAs(ctx context.Context, user, p string, recursive bool) error {
 	if err := checkPath(p); err != nil {
+		return err
+	}
+	uid, err := uidOf(user)
+	if err != nil {
 		return err
 	}
 	p = path.Clean(p)
@@ -255,6 +306,10 @@ func (sb *Sandbox) Remove(ctx context.Context, p string, recursive bool) error {
 	if w.n.Kind == kindDir && len(w.n.Children) > 0 && !recursive {
 		return fmt.Errorf("%w: %s", runtime.ErrNotEmpty, p)
 	}
+	sticky := w.dir.Mode&0o1000 != 0 && uid != 0 && w.n.UID != uid && w.dir.UID != uid
+	if !mayWrite(w.dir, uid) || sticky || uid != 0 && w.n.Kind == kindDir && !ownsTree(w.n, uid) {
+		return fmt.Errorf("%w: %s", runtime.ErrPermission, p)
+	}
 	delete(w.dir.Children, w.name)
 	w.dir.Modified = time.Now().UTC()
 	sb.st.Tree.Used -= bytesIn(w.n)
@@ -272,6 +327,19 @@ func (sb *Sandbox) MkdirAll(ctx context.Context, p string, mode uint32) error {
 	if sb.stopErr != nil {
 		return sb.stopErr
 	}
-	_, _, err := sb.st.Tree.mkdirAll(path.Clean(p), mode, func(abs string) { sb.emitLocked("create", abs, true, "") })
+	_, _, err := sb.st.Tree.mkdirAll(path.Clean(p), mode, 0, func(abs string) { sb.emitLocked("create", abs, true, "") })
 	return err
+}
+
+// ownsTree says whether uid may remove everything below dir.
+func ownsTree(dir *node, uid uint32) bool {
+	if !mayWrite(dir, uid) {
+		return false
+	}
+	for _, c := range dir.Children {
+		if c.Kind == kindDir && !ownsTree(c, uid) {
+			return false
+		}
+	}
+	return true
 }

@@ -27,6 +27,7 @@ type node struct {
 	Target   string
 	Children map[string]*node
 	Modified time.Time
+	UID      uint32 // owner: 0 root, 1000 the user
 }
 
 func newDir(mode uint32) *node {
@@ -53,6 +54,9 @@ func baseTree() *tree {
 		}
 	}
 	t.Root.Children["tmp"].Mode = 0o1777
+	t.Root.Children["root"].Mode = 0o700
+	t.Root.Children["workspace"].UID = userUID
+	t.Root.Children["home"].Children["user"].UID = userUID
 	t.Root.Children["etc"].Children["hostname"] = &node{Kind: kindFile, Mode: 0o644, Data: []byte("sandbox\n"), Modified: time.Now().UTC()}
 	t.Used = int64(len("sandbox\n"))
 	return t
@@ -156,7 +160,7 @@ func (t *tree) resolve(p string, followLast bool) (where, error) {
 
 // mkdirAll makes p and its missing parents, following links; a
 // non-directory (or a dangling link) in the way is ErrNotDir.
-func (t *tree) mkdirAll(p string, mode uint32, made func(abs string)) (*node, string, error) {
+func (t *tree) mkdirAll(p string, mode uint32, uid uint32, made func(abs string)) (*node, string, error) {
 	if mode == 0 {
 		mode = 0o755
 	}
@@ -173,6 +177,7 @@ func (t *tree) mkdirAll(p string, mode uint32, made func(abs string)) (*node, st
 		switch {
 		case lw.n == nil:
 			d := newDir(mode)
+			d.UID = uid
 			lw.dir.Children[lw.name] = d
 			lw.dir.Modified = time.Now().UTC()
 			if made != nil {
@@ -235,10 +240,51 @@ func (n *node) typ() string {
 }
 
 func statOf(name, p string, n *node) runtime.Stat {
-	return runtime.Stat{
-		Exists: true, Name: name, Path: p, Type: n.typ(), Size: n.size(), Mode: n.Mode,
-		Owner: "root", Group: "root", Accessed: n.Modified, Modified: n.Modified, Changed: n.Modified, Target: n.Target,
+	owner := runtime.UserRoot
+	if n.UID == userUID {
+		owner = runtime.UserUser
 	}
+	return runtime.Stat{
+		Exists: true, Name: name, Path: p, Type: n.typ(), Size: n.size(), Mode: n.Mode, UID: n.UID, GID: n.UID,
+		Owner: owner, Group: owner, Accessed: n.Modified, Modified: n.Modified, Changed: n.Modified, Target: n.Target,
+	}
+}
+
+// userUID is the uid of runtime.UserUser; root's is 0.
+const userUID = 1000
+
+// uidOf maps a call's user to its uid.
+func uidOf(user string) (uint32, error) {
+	switch user {
+	case "", runtime.UserRoot:
+		return 0, nil
+	case runtime.UserUser:
+		return userUID, nil
+	}
+	return 0, fmt.Errorf("%w: %q", runtime.ErrNoUser, user)
+}
+
+// mayWrite says whether uid may create and remove entries in dir (the
+// owner's and others' write bits; root may always).
+func mayWrite(dir *node, uid uint32) bool {
+	return uid == 0 || dir.UID == uid && dir.Mode&0o200 != 0 || dir.Mode&0o002 != 0
+}
+
+// mayRead says whether uid may read n.
+func mayRead(n *node, uid uint32) bool {
+	return uid == 0 || n.UID == uid && n.Mode&0o400 != 0 || n.Mode&0o004 != 0
+}
+
+// deepestDir is the deepest directory that exists on the way to p
+// (links followed).
+func (t *tree) deepestDir(p string) *node {
+	comps := split(p)
+	for i := len(comps); i > 0; i-- {
+		if w, err := t.resolve("/"+strings.Join(comps[:i], "/"), true); err == nil && w.n != nil && w.n.Kind == kindDir {
+			return w.n
+		}
+	}
+	return t.Root
 }
 
 // bytesIn counts the file contents under n.

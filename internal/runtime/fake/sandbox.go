@@ -244,7 +244,7 @@ func (sb *Sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 	}
 	if c.Hostname != "" {
 		sb.st.Hostname = c.Hostname
-		sb.writeLocked("/etc/hostname", []byte(c.Hostname+"\n"), 0o644, true)
+		_ = sb.writeLocked("/etc/hostname", []byte(c.Hostname+"\n"), 0o644, true, 0)
 	}
 	if sb.st.Labels == nil {
 		sb.st.Labels = map[string]string{}
@@ -356,10 +356,9 @@ func (sb *Sandbox) prepare(command string, env map[string]string, cwd, user stri
 	if n+len(command) > maxRequest {
 		return nil, nil, fmt.Errorf("%w: the command and its environment are %d bytes, over %d", runtime.ErrInvalidRequest, n+len(command), maxRequest)
 	}
-	switch user {
-	case "", runtime.UserRoot, runtime.UserUser:
-	default:
-		return nil, nil, fmt.Errorf("%w: %q", runtime.ErrNoUser, user)
+	uid, err := uidOf(user)
+	if err != nil {
+		return nil, nil, err
 	}
 	if cwd == "" {
 		cwd = "/workspace"
@@ -386,7 +385,7 @@ func (sb *Sandbox) prepare(command string, env map[string]string, cwd, user stri
 		return all[name]
 	}
 	cmds, err := parse(command, lookup)
-	sh := &shell{sb: sb, cwd: path.Clean(cwd)}
+	sh := &shell{sb: sb, cwd: path.Clean(cwd), uid: uid}
 	if err != nil {
 		// The shell's own answer to a script it cannot parse.
 		cmds = []simple{{Args: []string{"printf", "sh: 1: Syntax error: %s\\n", "unterminated quote or redirection"}, StdoutTo: "&2"}, {Args: []string{"exit", "2"}}}

@@ -177,6 +177,7 @@ type status struct {
 // shell runs parsed commands against a sandbox's files.
 type shell struct {
 	sb     *Sandbox
+	uid    uint32 // whose the files it makes are
 	cwd    string
 	stdin  io.Reader
 	stdout io.Writer
@@ -215,7 +216,7 @@ func (sh *shell) run(cmds []simple, from int, step func(int)) status {
 			return sh.killStatus()
 		}
 		if file != nil {
-			if err := sh.sb.writeShellFile(sh.abs(c.StdoutTo), file.Bytes()); err != nil {
+			if err := sh.sb.writeShellFile(sh.abs(c.StdoutTo), file.Bytes(), sh.uid); err != nil {
 				fmt.Fprintf(sh.stderr, "sh: 1: cannot create %s: %v\n", c.StdoutTo, err)
 				st = status{Code: 2}
 			}
@@ -325,7 +326,7 @@ func (sh *shell) builtin(args []string, out io.Writer) (st status, exit bool) {
 			fmt.Fprintln(sh.stderr, "ln: only ln -s TARGET LINK is known to the fake driver")
 			return status{Code: 1}, false
 		}
-		if err := sh.sb.symlink(args[2], sh.abs(args[3])); err != nil {
+		if err := sh.sb.symlink(args[2], sh.abs(args[3]), sh.uid); err != nil {
 			fmt.Fprintf(sh.stderr, "ln: failed to create symbolic link '%s': %v\n", args[3], err)
 			return status{Code: 1}, false
 		}

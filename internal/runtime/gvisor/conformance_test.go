@@ -38,7 +38,7 @@ func TestConformance(t *testing.T) {
 		Spec: runtime.Spec{Template: "debian-12", Rootfs: testenv.Rootfs(t, "debian-12"), Resources: testenv.Small},
 		Caps: runtimetest.Capabilities{
 			RealCommands: true, Checkpoint: true, CheckpointMemory: true, Processes: true, Terminal: true,
-			FileOps: true, Archiver: true, Disk: true, Usage: true, Reconcile: true,
+			FileOps: true, Archiver: true, UserFiles: true, Disk: true, Usage: true, Reconcile: true,
 		},
 	})
 }

@@ -344,3 +344,58 @@ func (s *suite) terminal(t *testing.T) {
 		t.Fatalf("terminal: %+v %v, screen %q", res, err, sw.String())
 	}
 }
+
+func (s *suite) userFiles(t *testing.T) {
+	s.need(t, s.h.Caps.UserFiles, "UserFiles")
+	_, sb := s.sandbox(t)
+	u, ok := sb.(runtime.UserFiles)
+	if !ok {
+		t.Fatal("the sandbox does not implement runtime.UserFiles")
+	}
+	ctx := s.ctx(t)
+	const user = runtime.UserUser
+	if n, err := u.WriteFileAs(ctx, user, "/workspace/u/mine.txt", 0o600, strings.NewReader("the user's")); err != nil || n != 10 {
+		t.Fatalf("write as the user: %d %v", n, err)
+	}
+	var b bytes.Buffer
+	if _, err := u.ReadFileAs(ctx, user, "/workspace/u/mine.txt", &b); err != nil || b.String() != "the user's" {
+		t.Fatalf("read as the user: %q %v", b.String(), err)
+	}
+	if ents, err := u.ListAs(ctx, user, "/workspace/u"); err != nil || len(ents) != 1 || ents[0].Name != "mine.txt" {
+		t.Fatalf("list as the user: %+v %v", ents, err)
+	}
+	if f, ok := sb.(runtime.FileOps); ok {
+		if st, err := f.StatPath(ctx, runtime.FSRequest{Path: "/workspace/u/mine.txt"}); err != nil || st.UID != 1000 || st.Owner != user {
+			t.Errorf("a file the user wrote: %+v %v", st, err)
+		}
+	}
+	// The user's permissions decide.
+	_, err := u.WriteFileAs(ctx, user, "/etc/user-pwned", 0, strings.NewReader("x"))
+	wantErr(t, "write into /etc as the user", err, runtime.ErrPermission)
+	_, err = sb.Stat(ctx, "/etc/user-pwned")
+	wantErr(t, "the refused file", err, runtime.ErrFileNotFound)
+	wantErr(t, "remove /etc/hostname as the user", u.RemoveAs(ctx, user, "/etc/hostname", false), runtime.ErrPermission)
+	if _, err := sb.Stat(ctx, "/etc/hostname"); err != nil {
+		t.Errorf("/etc/hostname after a refused remove: %v", err)
+	}
+	if _, err := sb.WriteFile(ctx, "/root/secret", 0o600, strings.NewReader("root's")); err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	_, err = u.ReadFileAs(ctx, user, "/root/secret", &b)
+	wantErr(t, "read root's secret as the user", err, runtime.ErrPermission)
+	if b.Len() != 0 {
+		t.Errorf("a refused read gave %q", b.String())
+	}
+	// Root reads and removes what the user wrote.
+	if got := s.read(t, sb, "/workspace/u/mine.txt"); got != "the user's" {
+		t.Errorf("root reads %q", got)
+	}
+	if err := u.RemoveAs(ctx, user, "/workspace/u", true); err != nil {
+		t.Fatalf("remove as the user: %v", err)
+	}
+	_, err = u.WriteFileAs(ctx, "no-such-user", "/workspace/x", 0, strings.NewReader("x"))
+	wantErr(t, "write as an unknown user", err, runtime.ErrNoUser)
+	_, err = u.ListAs(ctx, "no-such-user", "/workspace")
+	wantErr(t, "list as an unknown user", err, runtime.ErrNoUser)
+}

@@ -56,6 +56,10 @@ type Capabilities struct {
 	FileOps bool
 	// Archiver: sandboxes implement runtime.Archiver.
 	Archiver bool
+	// UserFiles: sandboxes implement runtime.UserFiles, and the template
+	// has the user (runtime.UserUser) owning /workspace and no write access
+	// to /etc or read access to root's 0600 files.
+	UserFiles bool
 	// Disk: sandboxes implement runtime.DiskReader and enforce
 	// Resources.DiskBytes (writes past it fail with ErrNoSpace).
 	Disk bool
@@ -101,6 +105,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Processes", s.processes)
 	t.Run("FileOps", s.fileOps)
 	t.Run("Archiver", s.archiver)
+	t.Run("UserFiles", s.userFiles)
 	t.Run("Terminal", s.terminal)
 	t.Run("Network", s.network)
 }
