@@ -44,3 +44,12 @@ func TestConformance(t *testing.T) {
 	})
 	t.Logf("conformance suite against the fake: %v", time.Since(start))
 }
+
+func TestConformanceNetworked(t *testing.T) {
+	runtimetest.Run(t, runtimetest.Harness{
+		NewDriver: func(t *testing.T) runtime.Driver { return newDriver(t, fake.NewHost(fake.Options{Network: true})) },
+		Spec:      runtime.Spec{Template: "fake-template", Rootfs: t.TempDir(), Resources: small},
+		Caps:      runtimetest.Capabilities{Checkpoint: true, Network: true},
+		Only:      []string{"Network"},
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -265,9 +266,11 @@ func (s *suite) network(t *testing.T) {
 		}
 		return
 	}
+	// A pooled networked sandbox denies everything until its claim.
+	sp.Labels = map[string]string{"pool": "tmpl/small/net"}
 	sb := s.createSpec(t, d, sp)
-	if n := sb.Info().Network; n == runtime.NetworkOff || n == "" {
-		t.Errorf("a networked sandbox reports network %q", n)
+	if n := sb.Info().Network; n != "deny" {
+		t.Errorf("a pooled networked sandbox reports network %q, want deny", n)
 	}
 	wantErr(t, "network off on a networked sandbox", sb.Configure(s.ctx(t), runtime.Claim{Network: runtime.NetworkOff}), runtime.ErrInvalidRequest)
 	if err := sb.Configure(s.ctx(t), runtime.Claim{Network: runtime.NetworkRestricted}); err != nil {
@@ -275,5 +278,23 @@ func (s *suite) network(t *testing.T) {
 	}
 	if n := sb.Info().Network; n != runtime.NetworkRestricted {
 		t.Errorf("network after a restricted claim: %q", n)
+	}
+	if got := s.sh(t, sb, "echo networked"); got != "networked\n" {
+		t.Fatalf("exec in a networked sandbox: %q", got)
+	}
+	if !s.h.Caps.Checkpoint {
+		return
+	}
+	// A restored sandbox has the network it was paused with.
+	dir := filepath.Join(t.TempDir(), "snap")
+	if _, err := sb.Checkpoint(s.ctx(t), dir); err != nil {
+		t.Fatal(err)
+	}
+	r := s.restore(t, d, dir, nil)
+	if n := r.Info().Network; n != runtime.NetworkRestricted {
+		t.Errorf("network after restore: %q", n)
+	}
+	if got := s.sh(t, r, "echo restored"); got != "restored\n" {
+		t.Fatalf("exec in a restored networked sandbox: %q", got)
 	}
 }
