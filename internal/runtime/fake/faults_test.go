@@ -157,6 +157,13 @@ func TestInterpreter(t *testing.T) {
 			t.Errorf("%q: stdout %q stderr %q; want %q and %q", tc.cmd, o.String(), e.String(), tc.out, tc.errOut)
 		}
 	}
+	var o bytes.Buffer
+	if _, err := sb.Exec(context.Background(), runtime.ExecRequest{
+		Command: `X=1 Y="two words"; echo "$X|$Y"; false; echo $?; read -r L; echo "[$L]"; cat`,
+		Stdin:   strings.NewReader("first line\nthe rest\n"), Stdout: &o,
+	}); err != nil || o.String() != "1|two words\n1\n[first line]\nthe rest\n" {
+		t.Errorf("variables, $? and read: %q %v", o.String(), err)
+	}
 	if res, _, _ := run(t, sb, `echo "open`); res.ExitCode != 2 {
 		t.Errorf("a syntax error exits %d, want 2", res.ExitCode)
 	}

@@ -378,17 +378,18 @@ func (sb *Sandbox) prepare(command string, env map[string]string, cwd, user stri
 		return nil, nil, fmt.Errorf("%w: working directory %s does not exist or is not a directory", runtime.ErrFileNotFound, cwd)
 	}
 	maps.Copy(all, env)
-	lookup := func(name string) string {
-		if name == "$" {
-			return "1"
-		}
-		return all[name]
-	}
-	cmds, err := parse(command, lookup)
-	sh := &shell{sb: sb, cwd: path.Clean(cwd), uid: uid}
+	cmds, err := parse(command)
+	sh := &shell{sb: sb, cwd: path.Clean(cwd), uid: uid, vars: all}
 	if err != nil {
 		// The shell's own answer to a script it cannot parse.
-		cmds = []simple{{Args: []string{"printf", "sh: 1: Syntax error: %s\\n", "unterminated quote or redirection"}, StdoutTo: "&2"}, {Args: []string{"exit", "2"}}}
+		lit := func(ss ...string) []word {
+			out := make([]word, len(ss))
+			for i, s := range ss {
+				out[i] = word{{Lit: s}}
+			}
+			return out
+		}
+		cmds = []simple{{Args: lit("printf", "sh: 1: Syntax error: %s\\n", "unterminated quote or redirection"), StdoutTo: "&2"}, {Args: lit("exit", "2")}}
 	}
 	return sh, cmds, nil
 }

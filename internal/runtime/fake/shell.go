@@ -12,35 +12,55 @@ import (
 	"time"
 )
 
-// simple is one simple command: its words, expanded, and where its
-// standard output goes ("" stdout, "&2" stderr, else a file).
+// seg is a piece of a word: literal text, or a variable expanded when the
+// command runs ($NAME, ${NAME}, $$, $?).
+type seg struct {
+	Lit   string
+	Var   string
+	IsVar bool
+}
+
+// word is one word of a command, before expansion.
+type word []seg
+
+// simple is one simple command: its words and where its standard output
+// goes (StdoutTo "&2": stderr; else a file named by File).
 type simple struct {
-	Args     []string
+	Args     []word
 	StdoutTo string
+	File     word
 }
 
 var errSyntax = errors.New("syntax error")
 
-// parse splits a script into simple commands, expanding $NAME, ${NAME} and
-// $$ with lookup. It knows `;`, newlines, quotes, backslashes, comments and
-// the redirections `>&2` and `> FILE`: the basic vocabulary of the
-// conformance suite (package runtimetest), nothing more.
-func parse(script string, lookup func(string) string) ([]simple, error) {
+// parse splits a script into simple commands. It knows `;`, newlines,
+// quotes, backslashes, comments, $NAME, ${NAME}, $$, $? and the
+// redirections `>&2` and `> FILE`: the basic vocabulary of the conformance
+// suite (package runtimetest), and little more.
+func parse(script string) ([]simple, error) {
 	var cmds []simple
 	var cur simple
-	var word strings.Builder
+	var w word
+	var lit strings.Builder
 	inWord, redirect := false, false
+	flush := func() {
+		if lit.Len() > 0 {
+			w = append(w, seg{Lit: lit.String()})
+			lit.Reset()
+		}
+	}
 	endWord := func() {
 		if !inWord {
 			return
 		}
+		flush()
 		if redirect {
-			cur.StdoutTo = word.String()
+			cur.StdoutTo, cur.File = "file", w
 			redirect = false
 		} else {
-			cur.Args = append(cur.Args, word.String())
+			cur.Args = append(cur.Args, w)
 		}
-		word.Reset()
+		w = nil
 		inWord = false
 	}
 	endCmd := func() {
@@ -52,28 +72,30 @@ func parse(script string, lookup func(string) string) ([]simple, error) {
 	}
 	expand := func(i int) int { // script[i] == '$'; returns the next index
 		rest := script[i+1:]
+		name, next := "", i+1
 		switch {
-		case strings.HasPrefix(rest, "$"):
-			word.WriteString(lookup("$"))
-			return i + 2
+		case strings.HasPrefix(rest, "$"), strings.HasPrefix(rest, "?"):
+			name, next = rest[:1], i+2
 		case strings.HasPrefix(rest, "{"):
 			end := strings.IndexByte(rest, '}')
 			if end < 0 {
 				return -1
 			}
-			word.WriteString(lookup(rest[1:end]))
-			return i + 2 + end
+			name, next = rest[1:end], i+2+end
+		default:
+			n := 0
+			for n < len(rest) && (rest[n] == '_' || rest[n] >= 'a' && rest[n] <= 'z' || rest[n] >= 'A' && rest[n] <= 'Z' || n > 0 && rest[n] >= '0' && rest[n] <= '9') {
+				n++
+			}
+			if n == 0 {
+				lit.WriteByte('$')
+				return i + 1
+			}
+			name, next = rest[:n], i+1+n
 		}
-		n := 0
-		for n < len(rest) && (rest[n] == '_' || rest[n] >= 'a' && rest[n] <= 'z' || rest[n] >= 'A' && rest[n] <= 'Z' || n > 0 && rest[n] >= '0' && rest[n] <= '9') {
-			n++
-		}
-		if n == 0 {
-			word.WriteByte('$')
-			return i + 1
-		}
-		word.WriteString(lookup(rest[:n]))
-		return i + 1 + n
+		flush()
+		w = append(w, seg{Var: name, IsVar: true})
+		return next
 	}
 	for i := 0; i < len(script); {
 		c := script[i]
@@ -106,7 +128,7 @@ func parse(script string, lookup func(string) string) ([]simple, error) {
 		case c == '\\':
 			if i+1 < len(script) {
 				if script[i+1] != '\n' {
-					word.WriteByte(script[i+1])
+					lit.WriteByte(script[i+1])
 					inWord = true
 				}
 				i += 2
@@ -118,7 +140,7 @@ func parse(script string, lookup func(string) string) ([]simple, error) {
 			if end < 0 {
 				return nil, errSyntax
 			}
-			word.WriteString(script[i+1 : i+1+end])
+			lit.WriteString(script[i+1 : i+1+end])
 			inWord = true
 			i += end + 2
 		case c == '"':
@@ -135,7 +157,7 @@ func parse(script string, lookup func(string) string) ([]simple, error) {
 				}
 				if d == '\\' && i+1 < len(script) && strings.IndexByte("\\\"$`\n", script[i+1]) >= 0 {
 					if script[i+1] != '\n' {
-						word.WriteByte(script[i+1])
+						lit.WriteByte(script[i+1])
 					}
 					i += 2
 					continue
@@ -146,7 +168,7 @@ func parse(script string, lookup func(string) string) ([]simple, error) {
 					}
 					continue
 				}
-				word.WriteByte(d)
+				lit.WriteByte(d)
 				i++
 			}
 		case c == '$':
@@ -155,7 +177,7 @@ func parse(script string, lookup func(string) string) ([]simple, error) {
 				return nil, errSyntax
 			}
 		default:
-			word.WriteByte(c)
+			lit.WriteByte(c)
 			inWord = true
 			i++
 		}
@@ -165,6 +187,38 @@ func parse(script string, lookup func(string) string) ([]simple, error) {
 	}
 	endCmd()
 	return cmds, nil
+}
+
+// expand is w with its variables' values.
+func (sh *shell) expand(w word) string {
+	var b strings.Builder
+	for _, s := range w {
+		switch {
+		case !s.IsVar:
+			b.WriteString(s.Lit)
+		case s.Var == "$":
+			b.WriteString("1")
+		case s.Var == "?":
+			b.WriteString(strconv.Itoa(sh.last))
+		default:
+			b.WriteString(sh.vars[s.Var])
+		}
+	}
+	return b.String()
+}
+
+// assignment splits NAME=value.
+func assignment(arg string) (name, value string, ok bool) {
+	i := strings.IndexByte(arg, '=')
+	if i <= 0 {
+		return "", "", false
+	}
+	for j, c := range arg[:i] {
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || j > 0 && c >= '0' && c <= '9') {
+			return "", "", false
+		}
+	}
+	return arg[:i], arg[i+1:], true
 }
 
 // status is how a script or one command ended.
@@ -179,6 +233,8 @@ type shell struct {
 	sb     *Sandbox
 	uid    uint32 // whose the files it makes are
 	cwd    string
+	vars   map[string]string // the environment and the script's variables
+	last   int               // $?
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
@@ -200,6 +256,24 @@ func (sh *shell) run(cmds []simple, from int, step func(int)) status {
 			return sh.killStatus()
 		}
 		c := cmds[i]
+		args := make([]string, 0, len(c.Args))
+		for _, w := range c.Args {
+			args = append(args, sh.expand(w))
+		}
+		// Leading NAME=value words set variables of the script.
+		for len(args) > 0 {
+			name, value, ok := assignment(args[0])
+			if !ok {
+				break
+			}
+			sh.vars[name] = value
+			args = args[1:]
+		}
+		if len(args) == 0 {
+			st = status{}
+			sh.last = 0
+			continue
+		}
 		out := sh.stdout
 		var file *bytes.Buffer
 		switch c.StdoutTo {
@@ -211,16 +285,18 @@ func (sh *shell) run(cmds []simple, from int, step func(int)) status {
 			out = file
 		}
 		var exit bool
-		st, exit = sh.builtin(c.Args, out)
+		st, exit = sh.builtin(args, out)
 		if sh.isKilled() {
 			return sh.killStatus()
 		}
 		if file != nil {
-			if err := sh.sb.writeShellFile(sh.abs(c.StdoutTo), file.Bytes(), sh.uid); err != nil {
-				fmt.Fprintf(sh.stderr, "sh: 1: cannot create %s: %v\n", c.StdoutTo, err)
+			name := sh.expand(c.File)
+			if err := sh.sb.writeShellFile(sh.abs(name), file.Bytes(), sh.uid); err != nil {
+				fmt.Fprintf(sh.stderr, "sh: 1: cannot create %s: %v\n", name, err)
 				st = status{Code: 2}
 			}
 		}
+		sh.last = st.Code
 		if exit || st.Signal != 0 {
 			return st
 		}
@@ -281,6 +357,25 @@ func (sh *shell) builtin(args []string, out io.Writer) (st status, exit bool) {
 			return status{Code: 2}, false
 		}
 		_, _ = io.WriteString(out, printf(args[1], args[2:]))
+		return status{}, false
+	case "read":
+		// read [-r] NAME: one line of stdin, without its newline.
+		a := args[1:]
+		if len(a) > 0 && a[0] == "-r" {
+			a = a[1:]
+		}
+		if len(a) != 1 {
+			fmt.Fprintln(sh.stderr, "read: only read [-r] NAME is known to the fake driver")
+			return status{Code: 2}, false
+		}
+		line, err := readLine(sh.stdin)
+		sh.vars[a[0]] = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+		if sh.isKilled() {
+			return sh.killStatus(), true
+		}
+		if err != nil && line == "" {
+			return status{Code: 1}, false
+		}
 		return status{}, false
 	case "pwd":
 		_, _ = io.WriteString(out, sh.cwd+"\n")
@@ -394,6 +489,25 @@ func printf(format string, args []string) string {
 		args = args[min(used, len(args)):]
 		if used == 0 || len(args) == 0 {
 			return b.String()
+		}
+	}
+}
+
+// readLine reads up to a newline one byte at a time, so nothing after it is
+// taken from the input.
+func readLine(r io.Reader) (string, error) {
+	var b strings.Builder
+	one := make([]byte, 1)
+	for {
+		n, err := r.Read(one)
+		if n == 1 {
+			b.WriteByte(one[0])
+			if one[0] == '\n' {
+				return b.String(), nil
+			}
+		}
+		if err != nil {
+			return b.String(), err
 		}
 	}
 }
