@@ -3,8 +3,8 @@
 // snapshots. A sandbox is a tree of files in memory and a tiny command
 // interpreter that knows the basic vocabulary of the conformance suite
 // (package runtimetest: echo, printf, cat, exit, sleep, pwd, true, false,
-// ln -s, `;`, quotes, $NAME, `>&2`, `> FILE`) plus `oom`, which ends like a
-// process killed at the memory limit. It passes the conformance suite with
+// ln -s, `;`, quotes, $NAME, `>&2`, `> FILE`) plus NAME=value, $?, read and
+// `oom`, which ends like a process killed at the memory limit. It passes the conformance suite with
 // the capabilities it declares (Capabilities), in a fraction of a second.
 //
 // Drivers live on a Host: a driver closed without destroying leaves its
@@ -20,9 +20,10 @@
 // refused where they would extract through any link (the agent allows
 // links that stay inside the target); users have a plain permission model
 // (owner and other bits of the directory written or the file read; the
-// user owns /workspace and /home/user), no groups; there is no terminal or
-// network policy; Stats are made up from what the sandbox holds (memory: a
-// base plus its files).
+// user owns /workspace and /home/user), no groups; terminals echo and
+// translate line ends but draw nothing (no job control, no screen); network
+// policies are only recorded; Stats are made up from what the sandbox holds
+// (memory: a base plus its files).
 package fake
 
 import (

@@ -12,7 +12,7 @@ import (
 
 // capabilities is what the fake declares to the conformance suite.
 var capabilities = runtimetest.Capabilities{
-	Checkpoint: true, Processes: true, FileOps: true, Archiver: true, UserFiles: true, Disk: true, Usage: true, Reconcile: true,
+	Checkpoint: true, Processes: true, FileOps: true, Archiver: true, UserFiles: true, Terminal: true, Disk: true, Usage: true, Reconcile: true,
 }
 
 var small = runtime.Resources{CPU: 0.5, MemoryBytes: 512 << 20, PIDs: 512}

@@ -213,3 +213,28 @@ func TestNetworkedHost(t *testing.T) {
 		t.Errorf("after the claim: network %q", n)
 	}
 }
+
+func TestLoginShellTerminal(t *testing.T) {
+	d := newDriver(t, fake.NewHost(fake.Options{}))
+	sb := create(t, d)
+	term, err := sb.OpenTerminal(context.Background(), runtime.TerminalRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer term.Close()
+	if _, err := term.Write([]byte("X=4; echo \"hi $X\"\rexit $X\r")); err != nil {
+		t.Fatal(err)
+	}
+	var screen bytes.Buffer
+	res, err := term.Output(&screen)
+	if err != nil || res.ExitCode != 4 {
+		t.Fatalf("login shell: %+v %v", res, err)
+	}
+	// The echo of what was typed and the prompts interleave as the shell
+	// runs; the command's output is there, as a terminal shows it.
+	for _, want := range []string{"X=4; echo \"hi $X\"\r\n", "exit $X\r\n", "$ ", "hi 4\r\n"} {
+		if !strings.Contains(screen.String(), want) {
+			t.Fatalf("screen %q does not show %q", screen.String(), want)
+		}
+	}
+}

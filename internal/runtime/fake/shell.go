@@ -235,6 +235,7 @@ type shell struct {
 	cwd    string
 	vars   map[string]string // the environment and the script's variables
 	last   int               // $?
+	exited bool              // the script ran exit
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
@@ -298,6 +299,7 @@ func (sh *shell) run(cmds []simple, from int, step func(int)) status {
 		}
 		sh.last = st.Code
 		if exit || st.Signal != 0 {
+			sh.exited = sh.exited || exit
 			return st
 		}
 	}

@@ -343,6 +343,54 @@ func (s *suite) terminal(t *testing.T) {
 	if err != nil || res.ExitCode != 3 || !strings.Contains(sw.String(), "got typed") {
 		t.Fatalf("terminal: %+v %v, screen %q", res, err, sw.String())
 	}
+
+	// A signal ends the program with it; a hang-up ends one that runs on.
+	for _, end := range []string{"signal", "close"} {
+		term, err := op.OpenTerminal(s.ctx(t), runtime.TerminalRequest{Command: "echo ready; sleep 1000"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sw := newStreamWriter()
+		done := make(chan runtime.ExecResult, 1)
+		go func() {
+			res, _ := term.Output(sw)
+			done <- res
+		}()
+		if !sw.waitFor("ready", 30*time.Second) {
+			t.Fatalf("the terminal shows %q", sw.String())
+		}
+		if end == "signal" {
+			if err := term.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			_ = term.Close()
+		}
+		select {
+		case res := <-done:
+			if end == "signal" && res.Signal != int(syscall.SIGKILL) {
+				t.Errorf("SIGKILL on a terminal: %+v", res)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s did not end the terminal's program", end)
+		}
+		_ = term.Close()
+	}
+
+	// Refusals.
+	_, err = op.OpenTerminal(s.ctx(t), runtime.TerminalRequest{Command: "true", Cwd: "/nope"})
+	wantErr(t, "a terminal in a missing cwd", err, runtime.ErrFileNotFound)
+	for _, req := range []runtime.TerminalRequest{
+		{Command: "true", Rows: 1001, Cols: 80}, {Command: "true", Rows: -1}, {Command: "a\x00b"},
+		{Command: "true", Env: map[string]string{"A=B": "x"}}, {Command: "true", Env: map[string]string{"A": "x\x00"}},
+	} {
+		if term, err := op.OpenTerminal(s.ctx(t), req); !errors.Is(err, runtime.ErrInvalidRequest) {
+			if err == nil {
+				_ = term.Close()
+			}
+			t.Errorf("terminal %+v: got %v, want ErrInvalidRequest", req, err)
+		}
+	}
 }
 
 func (s *suite) userFiles(t *testing.T) {
