@@ -9,7 +9,8 @@
 //
 // Drivers live on a Host: a driver closed without destroying leaves its
 // sandboxes running on the host for the next driver's Reconcile, as a
-// restarted server would find them. Faults make creates, restores, claims
+// restarted server would find them (Close(ctx, false) is also how a test
+// makes a driver's process die: nothing of it runs on). Faults make creates, restores, claims
 // and commands fail, and Sandbox.Kill stops a sandbox as a crash or the
 // out-of-memory killer would, so callers can test their error paths.
 //
