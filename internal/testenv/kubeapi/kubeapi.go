@@ -118,6 +118,9 @@ func Start(t testing.TB, opts Options) *Server {
 	s.start(t, "kube-apiserver", bin,
 		"--etcd-servers="+clientURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+port,
+		// A loopback address may not be published as the kubernetes
+		// Service's endpoint; nothing here would use it.
+		"--endpoint-reconciler-type=none",
 		"--cert-dir="+certDir,
 		"--token-auth-file="+tokenFile,
 		"--authorization-mode=RBAC",
@@ -363,4 +366,12 @@ func (s *Server) Helm(t testing.TB, args ...string) (string, error) {
 		return stdout.String(), fmt.Errorf("helm %s: %v: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	return stdout.String(), nil
+}
+
+// Namespace creates a namespace with labels and its "default" service
+// account, which the controller-manager (not running here) would make.
+func (s *Server) Namespace(t testing.TB, name string, labels map[string]string) {
+	t.Helper()
+	s.Do(t, "POST", "/api/v1/namespaces", map[string]any{"metadata": map[string]any{"name": name, "labels": labels}}, nil)
+	s.Do(t, "POST", "/api/v1/namespaces/"+name+"/serviceaccounts", map[string]any{"metadata": map[string]any{"name": "default"}}, nil)
 }

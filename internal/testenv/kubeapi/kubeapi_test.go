@@ -9,7 +9,7 @@ import (
 // and --allow-privileged is honoured.
 func TestAPIServer(t *testing.T) {
 	s := Start(t, Options{AllowPrivileged: false})
-	s.Do(t, "POST", "/api/v1/namespaces", map[string]any{"metadata": map[string]any{"name": "harness"}}, nil)
+	s.Namespace(t, "harness", nil)
 	pod := func(privileged bool) map[string]any {
 		return map[string]any{
 			"metadata": map[string]any{"name": "p"},
