@@ -10,6 +10,7 @@
 #   make licenses     regenerate THIRD_PARTY_LICENSES*.csv (go-licenses)
 #   make dist VERSION=1.2.3  release artifacts in dist/ (docs/operating.md, "Release artifacts")
 #   make test-contract  only the schemathesis contract run (part of make test)
+#   make test-k8s  the Helm chart in a real kube-apiserver + etcd, pod discovery (not in make test)
 #   make fuzz    a long schemathesis run (local use)
 #   make soak    a churn soak with kill -9 restarts (SOAK_MINUTES, default 60; not in CI)
 
