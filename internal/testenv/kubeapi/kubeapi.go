@@ -63,6 +63,9 @@ func Binary() string { return os.Getenv("ORKESTR_KUBE_APISERVER") }
 // the test ends.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: this test starts etcd and kube-apiserver (make test-k8s)")
+	}
 	bin := Binary()
 	if bin == "" {
 		t.Skip("ORKESTR_KUBE_APISERVER is not set: the Kubernetes tier runs with `make test-k8s`")
