@@ -305,5 +305,5 @@ k8s-deps: $(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/helm $(K8S_CRDS)/monitoring.c
 	$(call install-debs,$(K8S_DEB_PACKAGES))
 test-k8s: build k8s-deps
 	ORKESTR_KUBE_APISERVER=$(TOOLS_BIN)/kube-apiserver ORKESTR_RELEASE_TOOLS=$(TOOLS_BIN) ORKESTR_K8S_CRDS=$(K8S_CRDS) ORKESTR_BIN_DIR=$(BIN) \
-		$(GO) test -count=1 -timeout 20m -run 'TestAPIServer|TestPodDiscoveryOnKubeAPIServer|TestHelmChartOnKubeAPIServer' \
+		$(GO) test -count=1 -timeout 20m -run 'TestAPIServer|TestPodDiscoveryOnKubeAPIServer|TestHelmChartOnKubeAPIServer|TestHelmChartNeedsAllowPrivileged' \
 		./internal/testenv/kubeapi/ ./internal/kubediscovery/ ./internal/release/

@@ -556,3 +556,21 @@ func installServiceMonitorCRD(t *testing.T, api *kubeapi.Server) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// An API server without --allow-privileged refuses the node DaemonSet
+// itself (its pod template), so helm install fails and says why: the
+// chart's README names the flag.
+func TestHelmChartNeedsAllowPrivileged(t *testing.T) {
+	api := kubeapi.Start(t, kubeapi.Options{AllowPrivileged: false})
+	api.Namespace(t, "sandboxes", map[string]string{"pod-security.kubernetes.io/enforce": "privileged"})
+	out, err := api.Helm(t, "install", "rel", kubeapi.Chart(), "--namespace", "sandboxes")
+	if err == nil || !strings.Contains(err.Error(), "privileged") || !strings.Contains(err.Error(), "disallowed by cluster policy") {
+		t.Fatalf("helm install without --allow-privileged: %v\n%s", err, out)
+	}
+	// The control plane alone (no node DaemonSet) is not privileged.
+	api.Namespace(t, "control", nil)
+	if out, err := api.Helm(t, "install", "cp", kubeapi.Chart(), "--namespace", "control", "--set", "node.enabled=false",
+		"--set", "controlPlane.enabled=true", "--set", "secrets.databaseURL=postgres://o:pw@db/o", "--set", "serviceMonitor.enabled=false"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
