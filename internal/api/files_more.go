@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"path"
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
@@ -163,6 +164,9 @@ func (s *Server) makeDir(w http.ResponseWriter, r *http.Request) error {
 	if err := checkPath("path", req.Path); err != nil {
 		return err
 	}
+	if isRoot(req.Path) {
+		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to make /: it always exists; name a directory below it.").with("field", "path")
+	}
 	user, err := checkUser(req.User)
 	if err != nil {
 		return err
@@ -202,8 +206,11 @@ func (s *Server) renameFile(w http.ResponseWriter, r *http.Request) error {
 	if err := checkPath("to", req.To); err != nil {
 		return err
 	}
-	if req.From == "/" || req.To == "/" {
-		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to move / or onto /.").with("field", "from")
+	if isRoot(req.From) {
+		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to move /.").with("field", "from")
+	}
+	if isRoot(req.To) {
+		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to move anything onto /.").with("field", "to")
 	}
 	user, err := checkUser(req.User)
 	if err != nil {
@@ -280,13 +287,24 @@ func (s *Server) watchFiles(w http.ResponseWriter, r *http.Request) error {
 }
 
 // queryBool reads the boolean query parameter name: true/1, false/0, or
-// absent (false).
+// absent (false). Given empty (?recursive=), it is a mistake, as for every
+// query parameter (docs/api.md, "One contract").
 func queryBool(r *http.Request, name string) (bool, error) {
-	switch r.URL.Query().Get(name) {
-	case "", "false", "0":
+	q := r.URL.Query()
+	if _, ok := q[name]; !ok {
+		return false, nil
+	}
+	switch q.Get(name) {
+	case "false", "0":
 		return false, nil
 	case "true", "1":
 		return true, nil
 	}
 	return false, invalid(name, "Query parameter %s must be true or false.", name)
+}
+
+// isRoot reports whether an absolute path names / in any spelling ("//",
+// "/.", "/./"): the calls that refuse / refuse all of them.
+func isRoot(p string) bool {
+	return path.Clean(p) == "/"
 }

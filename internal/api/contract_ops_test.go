@@ -1,0 +1,149 @@
+package api
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// The contract of the operations added after the first contract run
+// (processes, stat/exists/mkdir/rename/watch, archives), where the
+// schemathesis run found the server and api/openapi.yaml apart: each
+// refusal is checked with its code and field, and next to it the nearest
+// request that is accepted, against a real sandbox.
+
+// rawDo sends body as it is (nil: no body at all; chunked: without a
+// Content-Length).
+func (h *harness) rawDo(method, path, key string, body []byte, chunked bool) resp {
+	h.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+		if chunked {
+			rd = io.MultiReader(rd) // hides the length from net/http
+		}
+	}
+	req, err := http.NewRequest(method, h.http.URL+path, rd)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/x-tar")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return resp{res.StatusCode, res.Header, b}
+}
+
+func wantError(t *testing.T, what string, r resp, status int, code, field string) {
+	t.Helper()
+	if r.status != status || r.code() != code {
+		t.Errorf("%s: %d %s, want %d %s", what, r.status, r.body, status, code)
+		return
+	}
+	if field == "" {
+		return
+	}
+	d, _ := r.json(t)["error"].(map[string]any)["details"].(map[string]any)
+	if d["field"] != field {
+		t.Errorf("%s: details %v, want field %s", what, d, field)
+	}
+}
+
+func oneFileTar(t *testing.T, name, content string) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(content)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte(content)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func TestContractOfTheNewOperations(t *testing.T) {
+	h := newHarness(t, testConfig(), true)
+	_, key := h.account("contract-ops", "team")
+	id := h.create(key)
+	base := "/v1/sandboxes/" + id
+
+	// mkdir and rename refuse / in every spelling, naming the field; a
+	// name that only starts with a dot is a name.
+	for _, p := range []string{"/", "//", "/.", "/./", "//./."} {
+		wantError(t, "mkdir "+p, h.do("POST", base+"/files/mkdir", key, map[string]any{"path": p}), 400, "invalid_path", "path")
+		wantError(t, "rename from "+p, h.do("POST", base+"/files/rename", key, map[string]any{"from": p, "to": "/workspace/x"}), 400, "invalid_path", "from")
+		wantError(t, "rename to "+p, h.do("POST", base+"/files/rename", key, map[string]any{"from": "/workspace", "to": p}), 400, "invalid_path", "to")
+	}
+	if r := h.do("POST", base+"/files/mkdir", key, map[string]any{"path": "/.x", "mode": nil, "parents": nil, "user": nil}); r.status != 200 || r.json(t)["path"] != "/.x" {
+		t.Errorf("mkdir /.x with nulls: %d %s", r.status, r.body)
+	}
+	if r := h.do("POST", base+"/files/rename", key, map[string]any{"from": "/.x", "to": "/.y", "overwrite": nil}); r.status != 200 || r.json(t)["path"] != "/.y" {
+		t.Errorf("rename /.x to /.y with overwrite null: %d %s", r.status, r.body)
+	}
+
+	// PUT archive: no body is a mistake, whether said by Content-Length: 0
+	// or by an empty chunked body; a tar is extracted.
+	arch := base + "/files/archive?path=/workspace/arch"
+	wantError(t, "archive without a body", h.rawDo("PUT", arch, key, nil, false), 400, "invalid_request", "body")
+	wantError(t, "archive with an empty chunked body", h.rawDo("PUT", arch, key, []byte{}, true), 400, "invalid_request", "body")
+	wantError(t, "archive of JSON", h.rawDo("PUT", arch, key, []byte(`{"a":1}`), false), 400, "invalid_archive", "")
+	if r := h.rawDo("PUT", arch, key, oneFileTar(t, "f.txt", "hello"), true); r.status != 200 || r.json(t)["entries"] != 1.0 {
+		t.Errorf("archive of one file: %d %s", r.status, r.body)
+	}
+	if out := h.exec(key, id, "cat /workspace/arch/f.txt"); out != "hello" {
+		t.Errorf("extracted: %q", out)
+	}
+	// An archive GET of a file is the path's mistake, before any byte.
+	wantError(t, "archive of a file", h.do("GET", base+"/files/archive?path=/workspace/arch/f.txt", key, nil), 400, "not_a_directory", "path")
+
+	// Query values given empty are mistakes, as on every route.
+	wantError(t, "compression=", h.do("GET", base+"/files/archive?path=/workspace&compression=", key, nil), 400, "invalid_request", "compression")
+	wantError(t, "recursive=", h.do("GET", base+"/files/watch?path=/workspace&recursive=", key, nil), 400, "invalid_request", "recursive")
+	if r := h.do("GET", base+"/files/archive?path=/workspace&compression=none", key, nil); r.status != 200 || r.header.Get("Content-Type") != "application/x-tar" {
+		t.Errorf("compression=none: %d %s", r.status, r.header.Get("Content-Type"))
+	}
+
+	// Processes: stdin takes data or data_base64 (strict base64), never
+	// both; a signal name is ASCII in any case, with or without SIG.
+	r := h.do("POST", base+"/processes", key, map[string]any{"command": "cat", "cwd": nil, "env": nil, "user": nil})
+	if r.status != 201 {
+		t.Fatalf("start cat with nulls: %d %s", r.status, r.body)
+	}
+	pid := strconv.Itoa(int(r.json(t)["pid"].(float64)))
+	proc := base + "/processes/" + pid
+	wantError(t, "stdin with both", h.do("POST", proc+"/stdin", key, map[string]any{"data": "", "data_base64": ""}), 400, "invalid_request", "data")
+	wantError(t, "stdin with neither", h.do("POST", proc+"/stdin", key, map[string]any{"eof": false}), 400, "invalid_request", "data")
+	wantError(t, "base64 with a line break", h.do("POST", proc+"/stdin", key, map[string]any{"data_base64": "aGk=\n"}), 400, "invalid_request", "data_base64")
+	if r := h.do("POST", proc+"/stdin", key, map[string]any{"data": "x", "data_base64": nil}); r.status != 204 {
+		t.Errorf("stdin data with data_base64 null: %d %s", r.status, r.body)
+	}
+	for _, sig := range []any{"", "ſigterm", "TERM ", "SIGSIGTERM", 0, 65} {
+		wantError(t, "signal "+strings.TrimSpace(strconv.Quote(toString(sig))), h.do("POST", proc+"/signal", key, map[string]any{"signal": sig}), 400, "invalid_request", "signal")
+	}
+	if r := h.do("POST", proc+"/signal", key, map[string]any{"signal": "sigTerm"}); r.status != 204 {
+		t.Errorf("signal sigTerm: %d %s", r.status, r.body)
+	}
+	if r := h.do("POST", proc+"/wait", key, map[string]any{"timeout_seconds": nil}); r.status != 200 || r.json(t)["running"] != false {
+		t.Errorf("wait with timeout null: %d %s", r.status, r.body)
+	}
+	wantError(t, "replay=", h.do("GET", proc+"/output?replay=", key, nil), 400, "invalid_request", "replay")
+}
+
+func toString(v any) string {
+	if s, ok := v.(string); ok {
+		return s
+	}
+	return strconv.Itoa(v.(int))
+}
