@@ -3,6 +3,7 @@ package api
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strconv"
@@ -146,4 +147,69 @@ func toString(v any) string {
 		return s
 	}
 	return strconv.Itoa(v.(int))
+}
+
+// TestArchivesAndMovesKeepToTheGuards: archives, mkdir and rename keep to
+// the files API's guards (the agent's own files, kernel filesystems, other
+// filesystems), as read, write and delete do.
+func TestArchivesAndMovesKeepToTheGuards(t *testing.T) {
+	h := newHarness(t, testConfig(), true)
+	_, key := h.account("guards", "team")
+	id := h.create(key)
+	base := "/v1/sandboxes/" + id
+	token := h.exec(key, id, "echo in-tmp > /tmp/marker && sha256sum /run/agent/token")
+
+	wantError(t, "GET archive of /run/agent", h.do("GET", base+"/files/archive?path=/run/agent", key, nil), 403, "permission_denied", "path")
+	wantError(t, "GET archive of /proc/1", h.do("GET", base+"/files/archive?path=/proc/1", key, nil), 403, "permission_denied", "path")
+	wantError(t, "GET archive of /proc", h.do("GET", base+"/files/archive?path=/proc", key, nil), 400, "invalid_path", "path")
+	wantError(t, "PUT archive into /run/agent", h.rawDo("PUT", base+"/files/archive?path=/run/agent", key, oneFileTar(t, "token", "x"), false), 403, "permission_denied", "path")
+	wantError(t, "PUT archive into /sys/kernel", h.rawDo("PUT", base+"/files/archive?path=/sys/kernel", key, oneFileTar(t, "x", "x"), false), 409, "read_only", "path")
+	r := h.rawDo("PUT", base+"/files/archive?path=/", key, oneFileTar(t, "run/agent/token", "pwned"), false)
+	if r.status != 403 || r.code() != "permission_denied" || !strings.Contains(string(r.body), "/run/agent") {
+		t.Errorf("PUT archive at / with an entry in /run/agent: %d %s", r.status, r.body)
+	}
+	for _, c := range []struct{ path, body, field string }{
+		{"/files/mkdir", `{"path":"/run/agent/x"}`, "path"},
+		{"/files/rename", `{"from":"/run/agent/token","to":"/workspace/token"}`, "path"},
+		{"/files/rename", `{"from":"/workspace","to":"/run/agent/token","overwrite":true}`, "path"},
+		{"/files/rename", `{"from":"/agent","to":"/workspace/agent"}`, "path"},
+	} {
+		var body map[string]any
+		_ = json.Unmarshal([]byte(c.body), &body)
+		wantError(t, c.path+" "+c.body, h.do("POST", base+c.path, key, body), 403, "permission_denied", c.field)
+	}
+	wantError(t, "mkdir in /proc", h.do("POST", base+"/files/mkdir", key, map[string]any{"path": "/proc/x"}), 409, "read_only", "path")
+	if after := h.exec(key, id, "sha256sum /run/agent/token; ls /agent"); after != token+"orkestr-agent\n" {
+		t.Fatalf("the agent's files changed: %q, was %q", after, token)
+	}
+
+	// An archive of / stays on /'s filesystem and leaves the agent out.
+	r = h.do("GET", base+"/files/archive?path=/", key, nil)
+	if r.status != 200 {
+		t.Fatalf("GET archive of /: %d %.300s", r.status, r.body)
+	}
+	names := map[string]bool{}
+	tr := tar.NewReader(bytes.NewReader(r.body))
+	for {
+		hd, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("archive of /: %v", err)
+		}
+		names[hd.Name] = true
+	}
+	for _, n := range []string{"etc/", "etc/passwd", "usr/bin/", "workspace/", "proc/", "tmp/"} {
+		if !names[n] {
+			t.Errorf("archive of / lacks %s", n)
+		}
+	}
+	for n := range names {
+		for _, out := range []string{"run/agent", "agent/", "proc/", "sys/", "tmp/"} {
+			if strings.HasPrefix(n, out) && n != out && n != "run/" {
+				t.Errorf("archive of / holds %s", n)
+			}
+		}
+	}
 }

@@ -64,7 +64,9 @@ func fsError(err error) error {
 	case errors.Is(err, runtime.ErrCrossDevice):
 		return apiErr(http.StatusBadRequest, "invalid_path", "Cannot move between two filesystems of the sandbox (/tmp is one of its own); copy and delete instead.").with("field", "to")
 	case errors.Is(err, runtime.ErrPermission):
-		return apiErr(http.StatusForbidden, "permission_denied", "The sandbox user lacks the permissions for this (use user \"root\", or change the file's mode).")
+		// The agent says why: the user's permissions, or the agent's own
+		// files, which no user may change.
+		return apiErr(http.StatusForbidden, "permission_denied", "Permission denied in the sandbox%s (as the sandbox's user: use user \"root\", or change the file's mode).", agentReason(err, runtime.ErrPermission)).with("field", "path")
 	case errors.Is(err, runtime.ErrNoUser):
 		return invalid("user", "The sandbox's template has no unprivileged user; rebuild it (orkestrd admin template build) or use root.")
 	}
