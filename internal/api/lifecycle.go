@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,6 +60,14 @@ func (s *Server) reconcile(ctx context.Context) error {
 			if alive { // paused, but the old runtime outlived a crash
 				s.destroyRuntime(rt)
 			}
+			if row.RuntimeID != "" {
+				// The crash came between the checkpoint and its record:
+				// record it now.
+				row.RuntimeID, row.SnapshotBytes = "", dirBytes(row.SnapshotDir)
+				if _, err := s.store.UpdateSandbox(ctx, row, 0); err != nil {
+					s.log.Error("recording a snapshot a crash left unrecorded", "sandbox", row.ID, "err", err)
+				}
+			}
 		case row.Status == store.StatusPaused && alive:
 			// The pause was cut off before its checkpoint finished and
 			// the sandbox still runs: it is running again.
@@ -83,6 +92,20 @@ func (s *Server) reconcile(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// dirBytes is the size of the regular files under dir.
+func dirBytes(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
 }
 
 func fileExists(p string) bool {

@@ -452,9 +452,13 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	if row.ExpiresAt != nil {
 		remaining = max(row.ExpiresAt.Sub(now).Milliseconds(), 0)
 	}
-	// Reserve the snapshot slot before the (irreversible) checkpoint.
+	// Reserve the snapshot slot before the (irreversible) checkpoint, and
+	// record where the snapshot goes: a crash after the checkpoint stopped
+	// the sandbox but before the last update must find the snapshot at
+	// the next start (reconcile), not count it lost and sweep it away.
 	s.running.Delete(row.ID)
-	row.Status, row.PausedAt, row.ExpiresAt, row.RemainingMS = store.StatusPaused, &now, nil, remaining
+	dir := s.snapshotDir(row.ID)
+	row.Status, row.PausedAt, row.ExpiresAt, row.RemainingMS, row.SnapshotDir = store.StatusPaused, &now, nil, remaining, dir
 	row, err = s.store.UpdateSandbox(ctx, row, p.plan.SnapshotCap)
 	if err != nil {
 		s.running.Store(running.ID, liveSandbox{account: running.AccountID, rt: rt})
@@ -468,7 +472,6 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.destroying.Store(rt.ID(), true)
 	s.sampler.Untrack(row.ID)
-	dir := s.snapshotDir(row.ID)
 	snap, err := rt.Checkpoint(ctx, dir)
 	if err != nil {
 		_ = os.RemoveAll(dir)
