@@ -2,6 +2,7 @@ package api
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"io"
@@ -114,6 +115,19 @@ func TestContractOfTheNewOperations(t *testing.T) {
 	wantError(t, "recursive=", h.do("GET", base+"/files/watch?path=/workspace&recursive=", key, nil), 400, "invalid_request", "recursive")
 	if r := h.do("GET", base+"/files/archive?path=/workspace&compression=none", key, nil); r.status != 200 || r.header.Get("Content-Type") != "application/x-tar" {
 		t.Errorf("compression=none: %d %s", r.status, r.header.Get("Content-Type"))
+	}
+	// An unknown query parameter is ignored, on a stream as on every route:
+	// the watch starts as without it.
+	req, _ := http.NewRequest("GET", h.http.URL+base+"/files/watch?path=/workspace&bogus=1&x=", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(res.Body).ReadString('\n')
+	res.Body.Close()
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "application/x-ndjson" || !strings.Contains(line, `"type":"started"`) {
+		t.Errorf("watch with unknown parameters: %d %s %q", res.StatusCode, res.Header.Get("Content-Type"), line)
 	}
 
 	// Processes: stdin takes data or data_base64 (strict base64), never
