@@ -3,7 +3,6 @@ package node
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/oklog/ulid/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/orkestr-eu/orkestr/internal/buildinfo"
@@ -217,18 +215,24 @@ func (c Config) snapshotRoot() string {
 	return filepath.Join(c.DataDir, "snapshots")
 }
 
-// Checkpoint implements nodeapi.Node: the snapshot is named after the
-// sandbox and a fresh ULID, so a retried pause never reuses a directory.
-func (n *Node) Checkpoint(ctx context.Context, runtimeID string) (nodeapi.Snapshot, error) {
+// Checkpoint implements nodeapi.Node. The snapshot id must be the
+// sandbox's id, "-" and a suffix (the control plane uses a fresh ULID), and
+// not exist yet: a retried pause never writes over another snapshot.
+func (n *Node) Checkpoint(ctx context.Context, runtimeID, id string) (nodeapi.Snapshot, error) {
 	v, ok := n.live.Load(runtimeID)
 	if !ok {
 		return nodeapi.Snapshot{}, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
 	}
 	l := v.(*live)
-	id := l.sandboxID + "-" + ulid.MustNew(ulid.Now(), rand.Reader).String()
+	if !strings.HasPrefix(id, l.sandboxID+"-") || len(id) == len(l.sandboxID)+1 {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot id %q must be %q followed by a suffix", runtime.ErrInvalidRequest, id, l.sandboxID+"-")
+	}
 	dir, err := n.snapshotDir(id)
 	if err != nil {
 		return nodeapi.Snapshot{}, err
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot %s exists already", runtime.ErrInvalidRequest, id)
 	}
 	n.untrack(runtimeID, true)
 	snap, err := l.rt.Checkpoint(ctx, dir)

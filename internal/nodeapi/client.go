@@ -190,9 +190,9 @@ func (c *Client) Sandbox(ctx context.Context, runtimeID string) (runtime.Sandbox
 }
 
 // Checkpoint implements Node.
-func (c *Client) Checkpoint(ctx context.Context, runtimeID string) (Snapshot, error) {
+func (c *Client) Checkpoint(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error) {
 	var s Snapshot
-	return s, c.call(ctx, sandboxPath(runtimeID, "checkpoint"), empty{}, &s)
+	return s, c.call(ctx, sandboxPath(runtimeID, "checkpoint"), CheckpointRequest{Snapshot: snapshotID}, &s)
 }
 
 // Restore implements Node.

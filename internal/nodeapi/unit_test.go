@@ -42,7 +42,7 @@ func (n *failingNode) Create(context.Context, nodeapi.CreateRequest) (runtime.Sa
 func (n *failingNode) Sandbox(context.Context, string) (runtime.Sandbox, error) {
 	return nil, n.fail()
 }
-func (n *failingNode) Checkpoint(context.Context, string) (nodeapi.Snapshot, error) {
+func (n *failingNode) Checkpoint(context.Context, string, string) (nodeapi.Snapshot, error) {
 	return nodeapi.Snapshot{}, n.fail()
 }
 func (n *failingNode) Restore(context.Context, nodeapi.RestoreRequest) (runtime.Sandbox, error) {
