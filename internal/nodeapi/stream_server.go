@@ -138,8 +138,11 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 	_ = conn.SetReadDeadline(time.Now().Add(paramsWait))
 	typ, params, err := s.fr.next()
 	if err != nil || typ != frameParams {
-		if err == nil {
+		switch {
+		case err == nil:
 			err = fmt.Errorf("%w: the first frame must be the call's parameters ('P'), not %q", ErrProtocol, typ)
+		case !errors.Is(err, ErrProtocol):
+			err = fmt.Errorf("%w: no parameters frame within %v: %v", ErrProtocol, paramsWait, err)
 		}
 		s.finish(nil, err)
 		return
