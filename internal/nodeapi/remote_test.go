@@ -227,7 +227,10 @@ func TestRemoteSandbox(t *testing.T) {
 			func(x runtime.Sandbox) error { _, err := x.Stat(ctx, "/nope/x"); return err },
 			func(x runtime.Sandbox) error { return x.Remove(ctx, "/workspace/d", false) },
 			func(x runtime.Sandbox) error { _, err := x.ReadFile(ctx, "relative", io.Discard); return err },
-			func(x runtime.Sandbox) error { _, err := x.WriteFile(ctx, "/proc/nope/x", 0o644, strings.NewReader("x")); return err },
+			func(x runtime.Sandbox) error {
+				_, err := x.WriteFile(ctx, "/proc/nope/x", 0o644, strings.NewReader("x"))
+				return err
+			},
 			func(x runtime.Sandbox) error {
 				_, err := x.(runtime.UserFiles).WriteFileAs(ctx, runtime.UserUser, "/root/x", 0o644, strings.NewReader("x"))
 				return err

@@ -49,6 +49,14 @@ func (s *clientStream) close() {
 	})
 }
 
+// ended notes the call's last frame: no more input is taken.
+func (s *clientStream) ended() {
+	s.mu.Lock()
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
 // broken is the error of a connection that failed under a call.
 func (s *clientStream) broken(err error) error {
 	if errors.Is(err, ErrProtocol) {
@@ -78,11 +86,13 @@ func (s *clientStream) recv(handle func(typ byte, b []byte) error, result any) e
 			s.cond.Broadcast()
 			s.mu.Unlock()
 		case frameResult:
+			s.ended()
 			if result == nil {
 				return nil
 			}
 			return decodeJSON(b, result)
 		case frameError:
+			s.ended()
 			var we wireError
 			if err := decodeJSON(b, &we); err != nil {
 				return err
