@@ -3,10 +3,12 @@ package nodeapi_test
 import (
 	"context"
 	"io"
+	"net/http/httptest"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 )
 
@@ -97,4 +99,58 @@ func BenchmarkNodeAPIStat(b *testing.B) {
 		_, err := sb.Stat(ctx, "/etc/hostname")
 		return err
 	})
+}
+
+// instantSandbox answers Exec and Stat at once: what the transport alone
+// costs, without the agent's noise.
+type instantSandbox struct{ runtime.Sandbox }
+
+func (instantSandbox) ID() string { return "instant" }
+func (instantSandbox) Info() runtime.Info {
+	return runtime.Info{ID: "instant", State: runtime.StateRunning}
+}
+func (instantSandbox) Exec(context.Context, runtime.ExecRequest) (runtime.ExecResult, error) {
+	return runtime.ExecResult{}, nil
+}
+func (instantSandbox) Stat(context.Context, string) (runtime.FileInfo, error) {
+	return runtime.FileInfo{Name: "x"}, nil
+}
+
+type instantNode struct{ failingNode }
+
+func (*instantNode) Sandbox(context.Context, string) (runtime.Sandbox, error) {
+	return instantSandbox{}, nil
+}
+
+// BenchmarkNodeAPITransport: the node API's own cost per call over
+// loopback, against a sandbox that answers at once.
+func BenchmarkNodeAPITransport(b *testing.B) {
+	srv := httptest.NewServer(nodeapi.NewHandler(&instantNode{}, nodeapi.HandlerOptions{Token: testToken}))
+	defer srv.Close()
+	c, err := nodeapi.Dial(srv.URL, testToken, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	sb, err := c.Sandbox(ctx, "instant")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for name, op := range map[string]func() error{
+		"exec": func() error { _, err := sb.Exec(ctx, runtime.ExecRequest{Command: "true"}); return err },
+		"stat": func() error { _, err := sb.Stat(ctx, "/x"); return err },
+	} {
+		b.Run(name, func(b *testing.B) {
+			var ds []time.Duration
+			for b.Loop() {
+				t0 := time.Now()
+				if err := op(); err != nil {
+					b.Fatal(err)
+				}
+				ds = append(ds, time.Since(t0))
+			}
+			b.ReportMetric(float64(median(ds))/1e3, "p50-µs")
+		})
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -220,6 +221,39 @@ func (c *Client) Reconcile(ctx context.Context, keep Keep) (runtime.ReconcileRep
 func (c *Client) Metrics(ctx context.Context, runtimeID string, since time.Time) (Metrics, error) {
 	var m Metrics
 	return m, c.call(ctx, sandboxPath(runtimeID, "metrics"), metricsReq{Since: since}, &m)
+}
+
+// postStream makes a stream call without input as a POST on a kept-alive
+// connection; the answer's body carries the node's frames. Ending ctx
+// closes the connection, which ends the call on the node.
+func (c *Client) postStream(ctx context.Context, runtimeID, op string, params any) (*clientStream, error) {
+	body, err := json.Marshal(params)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+pathPrefix+sandboxPath(runtimeID, "stream/"+op), bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		c.setHeaders(req.Header)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			return nil, c.callErr(ctx, err)
+		}
+		if resp.StatusCode == http.StatusOK {
+			s := &clientStream{c: c, ctx: ctx, body: resp.Body, fr: frameReader{r: resp.Body}, fw: &frameWriter{w: io.Discard},
+				stop: func() bool { return true }, done: make(chan struct{})}
+			s.cond = sync.NewCond(&s.mu)
+			return s, nil
+		}
+		err, retry := c.failed(resp.StatusCode, resp.Body)
+		resp.Body.Close()
+		if !retry {
+			return nil, err
+		}
+	}
 }
 
 // openStream dials the node, asks to upgrade the connection for stream op

@@ -148,6 +148,22 @@ func TestHostileStreams(t *testing.T) {
 			t.Errorf("%s: %d (close %v)", name, resp.StatusCode, resp.Close)
 		}
 	}
+	// A stream call without input as a plain POST with garbage parameters:
+	// the call's error frame says so.
+	for _, body := range []string{"\x00\xff{[", `{"Command": 7}`, `[1,2]`} {
+		req, _ := http.NewRequest(http.MethodPost, s.srv.URL+"/node/v1/sandboxes/"+sb.ID()+"/stream/exec", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		req.Header.Set(nodeapi.HeaderVersion, strconv.Itoa(nodeapi.APIVersion))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code := lastFrame(t, bufio.NewReader(resp.Body))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || code != "protocol" {
+			t.Errorf("POST %q: %d, last frame %q", body, resp.StatusCode, code)
+		}
+	}
 	// Garbage instead of HTTP.
 	conn, err := net.Dial("tcp", strings.TrimPrefix(s.srv.URL, "http://"))
 	if err != nil {

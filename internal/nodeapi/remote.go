@@ -17,6 +17,9 @@ import (
 // (SetResources, Disk).
 const noCtxTimeout = 30 * time.Second
 
+// maxInlineStdin bounds the stdin an exec sends with its parameters.
+const maxInlineStdin = 64 << 10
+
 // maxTermDim mirrors the agent's bound on a terminal's rows and columns, so
 // a bad size fails at once, as it does in process.
 const maxTermDim = 1000
@@ -218,7 +221,13 @@ func (r *remoteSandbox) SignalProcess(ctx context.Context, pid, signal int) erro
 // stream runs a stream call: opens it, starts send (if any) beside it,
 // receives until the result, and closes it.
 func (r *remoteSandbox) stream(ctx context.Context, op string, params any, send func(*clientStream) error, handle func(byte, []byte) error, result any) error {
-	s, err := r.c.openStream(ctx, r.id, op, params)
+	var s *clientStream
+	var err error
+	if send == nil {
+		s, err = r.c.postStream(ctx, r.id, op, params)
+	} else {
+		s, err = r.c.openStream(ctx, r.id, op, params)
+	}
 	if err != nil {
 		return r.observe(err)
 	}
@@ -276,6 +285,14 @@ func writers(stdout, stderr io.Writer) func(byte, []byte) error {
 func (r *remoteSandbox) Exec(ctx context.Context, req runtime.ExecRequest) (runtime.ExecResult, error) {
 	p := execParams{Command: req.Command, Env: req.Env, Cwd: req.Cwd, Timeout: req.Timeout, User: req.User,
 		Stdin: req.Stdin != nil, Stdout: req.Stdout != nil, Stderr: req.Stderr != nil}
+	if l, ok := req.Stdin.(interface{ Len() int }); ok && l.Len() <= maxInlineStdin && req.Signals == nil {
+		// Small stdin known up front (api's exec): with the parameters.
+		b, err := io.ReadAll(req.Stdin)
+		if err != nil {
+			return runtime.ExecResult{}, err
+		}
+		p.StdinData, req.Stdin = b, nil
+	}
 	var send func(*clientStream) error
 	if req.Stdin != nil || req.Signals != nil {
 		send = func(s *clientStream) error {

@@ -141,6 +141,15 @@ func TestRemoteSandbox(t *testing.T) {
 		if res.ExitCode != 0 || strings.TrimSpace(o) != hex.EncodeToString(want.Sum(nil)) {
 			t.Fatalf("stdin of %d bytes: %q %+v", n, o, res)
 		}
+		// Small stdin of known length goes with the parameters.
+		o, _, res = run(t, sb, runtime.ExecRequest{Command: "cat; echo", Stdin: strings.NewReader("inline\x00bytes")})
+		if o != "inline\x00bytes\n" || res.ExitCode != 0 {
+			t.Fatalf("inline stdin: %q %+v", o, res)
+		}
+		o, _, _ = run(t, sb, runtime.ExecRequest{Command: "wc -c", Stdin: bytes.NewReader(nil)})
+		if o != "0\n" {
+			t.Fatalf("empty stdin: %q", o)
+		}
 		// Input the command does not read holds nothing up.
 		o, _, res = run(t, sb, runtime.ExecRequest{Command: "echo done", Stdin: newPRNG(2, 50<<20)})
 		if o != "done\n" || res.ExitCode != 0 {

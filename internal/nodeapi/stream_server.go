@@ -1,6 +1,7 @@
 package nodeapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -27,6 +28,9 @@ type (
 		// Stdin, Stdout, Stderr: the caller gave one (nil and a writer
 		// that discards are not the same to every driver).
 		Stdin, Stdout, Stderr bool
+		// StdinData is the whole stdin, sent with the parameters when it
+		// is small and known up front (then no input frames follow).
+		StdinData []byte `json:",omitempty"`
 	}
 	fileParams struct {
 		User string
@@ -55,6 +59,12 @@ const lingerWait = 5 * time.Second
 
 // streamOp runs one stream call on a sandbox and returns its result.
 type streamOp func(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []byte) (any, error)
+
+// inputOps are the stream calls that take input frames: they need an
+// upgraded connection. The others may also be made as a plain POST whose
+// body is the parameters and whose answer streams the node's frames, on a
+// kept-alive connection.
+var inputOps = map[string]bool{"write_file": true, "untar": true, "terminal": true}
 
 var streamOps = map[string]streamOp{
 	"exec":       opExec,
@@ -99,13 +109,17 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		h.writeError(w, r, err)
 	}
-	if !hasToken(r.Header, "Connection", "upgrade") || !hasToken(r.Header, "Upgrade", streamUpgrade) {
-		refuse(fmt.Errorf("%w: a stream call needs Connection: Upgrade and Upgrade: %s", ErrProtocol, streamUpgrade))
-		return
-	}
 	op, ok := streamOps[r.PathValue("op")]
 	if !ok {
 		refuse(fmt.Errorf("%w: no stream call %q", ErrProtocol, r.PathValue("op")))
+		return
+	}
+	if !hasToken(r.Header, "Connection", "upgrade") || !hasToken(r.Header, "Upgrade", streamUpgrade) {
+		if inputOps[r.PathValue("op")] {
+			refuse(fmt.Errorf("%w: stream call %s takes input: it needs Connection: Upgrade and Upgrade: %s", ErrProtocol, r.PathValue("op"), streamUpgrade))
+			return
+		}
+		h.responseStream(w, r, op)
 		return
 	}
 	sb, err := h.n.Sandbox(r.Context(), r.PathValue("id"))
@@ -174,6 +188,30 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 }
 
 var errStreamOver = errors.New("the stream call ended")
+
+// responseStream serves a stream call without input as a plain POST: the
+// body is the parameters, the answer the node's frames. The client going
+// ends the request's context, which cancels the call.
+func (h *handler) responseStream(w http.ResponseWriter, r *http.Request, op streamOp) {
+	params, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxFrame))
+	if err != nil {
+		h.writeError(w, r, fmt.Errorf("%w: the parameters are over %d bytes or unreadable", ErrProtocol, MaxFrame))
+		return
+	}
+	sb, err := h.n.Sandbox(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "application/x-orkestr-node-frames")
+	w.WriteHeader(http.StatusOK)
+	s := &serverStream{fw: &frameWriter{w: w, flush: rc.Flush}, signals: make(chan syscall.Signal), resizes: make(chan resizeMsg), cancel: func(error) {}}
+	s.in = newWindowedInput(s.fw)
+	s.in.close(io.EOF)
+	res, err := op(r.Context(), s, sb, params)
+	s.finish(res, err)
+}
 
 // finish sends the call's last frame.
 func (s *serverStream) finish(res any, err error) {
@@ -320,7 +358,10 @@ func opExec(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []b
 		return nil, err
 	}
 	req := runtime.ExecRequest{Command: p.Command, Env: p.Env, Cwd: p.Cwd, Timeout: p.Timeout, User: p.User, Signals: s.signals}
-	if p.Stdin {
+	switch {
+	case p.StdinData != nil:
+		req.Stdin = bytes.NewReader(p.StdinData)
+	case p.Stdin:
 		req.Stdin = s.in
 	}
 	if p.Stdout {

@@ -272,10 +272,15 @@ func TestHostileBodies(t *testing.T) {
 			t.Errorf("%s: %d %s", p, resp.StatusCode, got)
 		}
 	}
-	// A stream call without the upgrade is refused before the node is asked.
-	resp, got := raw(t, srv, http.MethodPost, "/node/v1/sandboxes/x/stream/exec", nil, hdr)
+	// A stream call with input, without the upgrade, is refused before the
+	// node is asked; so are oversized parameters of one without input.
+	resp, got := raw(t, srv, http.MethodPost, "/node/v1/sandboxes/x/stream/write_file", nil, hdr)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(got, "Upgrade") {
 		t.Errorf("stream without upgrade: %d %s", resp.StatusCode, got)
+	}
+	resp, got = raw(t, srv, http.MethodPost, "/node/v1/sandboxes/x/stream/exec", bytes.NewReader(make([]byte, nodeapi.MaxFrame+1)), hdr)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(got, `"protocol"`) {
+		t.Errorf("oversized stream parameters: %d %s", resp.StatusCode, got)
 	}
 	if n.calls.Load() != 0 {
 		t.Errorf("the node was called %d times by hostile requests", n.calls.Load())
