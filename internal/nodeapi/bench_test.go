@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http/httptest"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,6 +141,11 @@ func BenchmarkNodeAPITransport(b *testing.B) {
 	for name, op := range map[string]func() error{
 		"exec": func() error { _, err := sb.Exec(ctx, runtime.ExecRequest{Command: "true"}); return err },
 		"stat": func() error { _, err := sb.Stat(ctx, "/x"); return err },
+		// With a signal channel exec needs input: an upgraded connection.
+		"exec-upgraded": func() error {
+			_, err := sb.Exec(ctx, runtime.ExecRequest{Command: "true", Signals: make(chan syscall.Signal)})
+			return err
+		},
 	} {
 		b.Run(name, func(b *testing.B) {
 			var ds []time.Duration
