@@ -374,8 +374,17 @@ func TestRemoteLifecycle(t *testing.T) {
 	if o := sh(t, tsb, "head -c 5000000 /dev/zero | wc -c"); o != "5000000\n" {
 		t.Fatalf("over TLS: %q", o)
 	}
-	if _, err := nodeapi.Dial(tsrv.URL, testToken, nil); err != nil {
-		t.Fatal(err)
+	// An upgraded stream over TLS (its connection is closed by halves).
+	if n, err := tsb.WriteFile(ctx, "/workspace/tls.bin", 0o600, newPRNG(9, 3<<20)); err != nil || n != 3<<20 {
+		t.Fatalf("write over TLS: %d %v", n, err)
+	}
+	var back bytes.Buffer
+	if _, err := tsb.ReadFile(ctx, "/workspace/tls.bin", &back); err != nil || back.Len() != 3<<20 {
+		t.Fatalf("read over TLS: %d %v", back.Len(), err)
+	}
+	want, _ := io.ReadAll(newPRNG(9, 3<<20))
+	if !bytes.Equal(back.Bytes(), want) {
+		t.Fatal("read over TLS differs from what was written")
 	}
 	untrusted, _ := nodeapi.Dial(tsrv.URL, testToken, nil)
 	defer untrusted.Close()

@@ -440,6 +440,45 @@ func TestRemoteSandbox(t *testing.T) {
 		sh(t, direct, "rm -rf /workspace/w")
 	})
 
+	t.Run("concurrent", func(t *testing.T) {
+		ctx := ctxT(t, 2*time.Minute)
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var o bytes.Buffer
+				res, err := sb.Exec(ctx, runtime.ExecRequest{Command: "cat; echo -n $N", Env: map[string]string{"N": fmt.Sprint(i)}, Stdin: strings.NewReader("in"), Stdout: &o})
+				if err != nil || res.ExitCode != 0 || o.String() != fmt.Sprintf("in%d", i) {
+					errs <- fmt.Errorf("exec %d: %q %+v %v", i, o.String(), res, err)
+				}
+			}()
+		}
+		for i := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				path := fmt.Sprintf("/workspace/c%d", i)
+				if _, err := sb.WriteFile(ctx, path, 0o644, newPRNG(byte(10+i), 2<<20)); err != nil {
+					errs <- err
+					return
+				}
+				h, want := sha256.New(), sha256.New()
+				_, _ = io.Copy(want, newPRNG(byte(10+i), 2<<20))
+				if _, err := sb.ReadFile(ctx, path, h); err != nil || !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
+					errs <- fmt.Errorf("file %d: %v", i, err)
+				}
+				_ = sb.Remove(ctx, path, false)
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+
 	t.Run("unary", func(t *testing.T) {
 		ctx := ctxT(t, time.Minute)
 		if i := sb.Info(); i.ID != sb.ID() || i.State != runtime.StateRunning || i.Template != "debian-12" {
