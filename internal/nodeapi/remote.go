@@ -1,6 +1,7 @@
 package nodeapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -17,7 +18,8 @@ import (
 // (SetResources, Disk).
 const noCtxTimeout = 30 * time.Second
 
-// maxInlineStdin bounds the stdin an exec sends with its parameters.
+// maxInlineStdin bounds the stdin an exec, and the content a file write or
+// an untar, sends with its parameters.
 const maxInlineStdin = 64 << 10
 
 // maxTermDim mirrors the agent's bound on a terminal's rows and columns, so
@@ -346,17 +348,53 @@ func (r *remoteSandbox) WriteFile(ctx context.Context, path string, mode uint32,
 	return r.WriteFileAs(ctx, "", path, mode, src)
 }
 
+// peekSmall reads src's start: all of it when it ends within
+// maxInlineStdin bytes (whole), else a reader of the same content.
+func peekSmall(src io.Reader) (data []byte, rest io.Reader, whole bool, err error) {
+	buf := make([]byte, maxInlineStdin)
+	n, err := io.ReadFull(src, buf)
+	switch err {
+	case io.EOF, io.ErrUnexpectedEOF:
+		return buf[:n], nil, true, nil
+	case nil:
+		return nil, io.MultiReader(bytes.NewReader(buf), src), false, nil
+	}
+	return nil, nil, false, err
+}
+
+// upload sends src to a call: with the parameters when it is small (set
+// by inline), else as input frames on an upgraded connection.
+func upload(src io.Reader, inline func([]byte)) (func(*clientStream) error, error) {
+	data, rest, whole, err := peekSmall(src)
+	if err != nil {
+		return nil, err
+	}
+	if whole {
+		inline(data)
+		return nil, nil
+	}
+	return func(s *clientStream) error { return s.sendInput(rest) }, nil
+}
+
 func (r *remoteSandbox) WriteFileAs(ctx context.Context, user, path string, mode uint32, src io.Reader) (int64, error) {
+	p := fileParams{User: user, Path: path, Mode: mode}
+	send, err := upload(src, func(b []byte) { p.Data = b })
+	if err != nil {
+		return 0, err
+	}
 	var n countMsg
-	err := r.stream(ctx, "write_file", fileParams{User: user, Path: path, Mode: mode},
-		func(s *clientStream) error { return s.sendInput(src) }, nil, &n)
+	err = r.stream(ctx, "write_file", &p, send, nil, &n)
 	return n.N, err
 }
 
 func (r *remoteSandbox) Untar(ctx context.Context, dir string, limit int64, src io.Reader) (runtime.Extracted, error) {
+	p := tarParams{Dir: dir, Limit: limit}
+	send, err := upload(src, func(b []byte) { p.Data = b })
+	if err != nil {
+		return runtime.Extracted{}, err
+	}
 	var x runtime.Extracted
-	err := r.stream(ctx, "untar", tarParams{Dir: dir, Limit: limit},
-		func(s *clientStream) error { return s.sendInput(src) }, nil, &x)
+	err = r.stream(ctx, "untar", &p, send, nil, &x)
 	return x, err
 }
 

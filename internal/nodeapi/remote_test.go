@@ -216,6 +216,19 @@ func TestRemoteSandbox(t *testing.T) {
 		if err != nil || cw.n != n || !bytes.Equal(h.Sum(nil), want.Sum(nil)) || fi.Size != n || fi.Mode&0o777 != 0o640 {
 			t.Fatalf("read: %+v %v, %d bytes, sha %x", fi, err, cw.n, h.Sum(nil))
 		}
+		// Small writes go with the parameters, larger ones as a stream:
+		// both sides of the boundary, and nothing.
+		for _, size := range []int64{0, 1, 64<<10 - 1, 64 << 10, 64<<10 + 1} {
+			h := sha256.New()
+			_, _ = io.Copy(h, newPRNG(4, size))
+			if n, err := sb.WriteFile(ctx, "/workspace/s.bin", 0o600, newPRNG(4, size)); err != nil || n != size {
+				t.Fatalf("write of %d bytes: %d %v", size, n, err)
+			}
+			if got := strings.Fields(sh(t, direct, "sha256sum /workspace/s.bin"))[0]; got != hex.EncodeToString(h.Sum(nil)) {
+				t.Fatalf("write of %d bytes: sha %s", size, got)
+			}
+		}
+		sh(t, direct, "rm /workspace/s.bin")
 		st, err := sb.Stat(ctx, "/workspace/big.bin")
 		if err != nil || st.Size != n || st.IsDir {
 			t.Fatalf("stat: %+v %v", st, err)

@@ -36,11 +36,15 @@ type (
 		User string
 		Path string
 		Mode uint32
+		// Data is the whole content of a small write, sent with the
+		// parameters (then no input frames follow).
+		Data []byte `json:",omitempty"`
 	}
 	tarParams struct {
 		Dir         string
 		Compression string
 		Limit       int64
+		Data        []byte `json:",omitempty"` // as fileParams.Data
 	}
 	attachParams struct {
 		PID                     int
@@ -60,11 +64,11 @@ const lingerWait = 5 * time.Second
 // streamOp runs one stream call on a sandbox and returns its result.
 type streamOp func(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []byte) (any, error)
 
-// inputOps are the stream calls that take input frames: they need an
-// upgraded connection. The others may also be made as a plain POST whose
-// body is the parameters and whose answer streams the node's frames, on a
-// kept-alive connection.
-var inputOps = map[string]bool{"write_file": true, "untar": true, "terminal": true}
+// inputOps are the stream calls that need an upgraded connection. The
+// others may also be made as a plain POST whose body is the parameters and
+// whose answer streams the node's frames, on a kept-alive connection; they
+// then have no input but what the parameters carry (StdinData, Data).
+var inputOps = map[string]bool{"terminal": true}
 
 var streamOps = map[string]streamOp{
 	"exec":       opExec,
@@ -396,14 +400,18 @@ func opWriteFile(ctx context.Context, s *serverStream, sb runtime.Sandbox, param
 	}
 	var n int64
 	var err error
+	in := io.Reader(s.in)
+	if p.Data != nil {
+		in = bytes.NewReader(p.Data)
+	}
 	if p.User != "" {
 		uf, ok := sb.(runtime.UserFiles)
 		if !ok {
 			return nil, fmt.Errorf("%w (write as a user)", ErrNotImplemented)
 		}
-		n, err = uf.WriteFileAs(ctx, p.User, p.Path, p.Mode, s.in)
+		n, err = uf.WriteFileAs(ctx, p.User, p.Path, p.Mode, in)
 	} else {
-		n, err = sb.WriteFile(ctx, p.Path, p.Mode, s.in)
+		n, err = sb.WriteFile(ctx, p.Path, p.Mode, in)
 	}
 	return countMsg{N: n}, err
 }
@@ -429,7 +437,11 @@ func opUntar(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []
 	if !ok {
 		return nil, fmt.Errorf("%w (untar)", ErrNotImplemented)
 	}
-	return ar.Untar(ctx, p.Dir, p.Limit, s.in)
+	in := io.Reader(s.in)
+	if p.Data != nil {
+		in = bytes.NewReader(p.Data)
+	}
+	return ar.Untar(ctx, p.Dir, p.Limit, in)
 }
 
 func opAttach(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []byte) (any, error) {

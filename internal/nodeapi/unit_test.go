@@ -274,7 +274,7 @@ func TestHostileBodies(t *testing.T) {
 	}
 	// A stream call with input, without the upgrade, is refused before the
 	// node is asked; so are oversized parameters of one without input.
-	resp, got := raw(t, srv, http.MethodPost, "/node/v1/sandboxes/x/stream/write_file", nil, hdr)
+	resp, got := raw(t, srv, http.MethodPost, "/node/v1/sandboxes/x/stream/terminal", nil, hdr)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(got, "Upgrade") {
 		t.Errorf("stream without upgrade: %d %s", resp.StatusCode, got)
 	}
