@@ -392,6 +392,36 @@ func TestRemoteLifecycle(t *testing.T) {
 		t.Fatalf("untrusted certificate: %v", err)
 	}
 
+	// A sandbox that stops under a running command: the call says so and
+	// the handle's Done closes.
+	victim := s.create(t, runtime.Claim{})
+	out := &waitWriter{}
+	execDone := make(chan error, 1)
+	go func() {
+		_, err := victim.Exec(ctx, runtime.ExecRequest{Command: "echo up; sleep 600", Stdout: out})
+		execDone <- err
+	}()
+	out.waitFor(t, "up", 30*time.Second)
+	if vd, ok := s.node.env.Driver.Get(victim.ID()); !ok || vd.Destroy(ctx) != nil {
+		t.Fatal("cannot destroy the victim on the node")
+	}
+	select {
+	case err := <-execDone:
+		if !errors.Is(err, runtime.ErrStopped) {
+			t.Fatalf("exec under a stopped sandbox: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("exec did not end with its sandbox")
+	}
+	select {
+	case <-victim.Done():
+	default:
+		t.Fatal("Done not closed after an exec found the sandbox stopped")
+	}
+	if !errors.Is(victim.Err(), runtime.ErrStopped) {
+		t.Fatalf("Err: %v", victim.Err())
+	}
+
 	// Destroy through the handle: Done closes; the node no longer has it.
 	if err := restored.Destroy(ctx); err != nil {
 		t.Fatal(err)
