@@ -139,6 +139,10 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 		}
 		c.setHeaders(req.Header)
 		req.Header.Set("Content-Type", "application/json")
+		// Marks the call replayable for net/http: a kept-alive connection
+		// that a restarted node closed is retried on a new one instead of
+		// failing the call (only when the node never read the request).
+		req.Header.Set("Idempotency-Key", path)
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return c.callErr(ctx, err)
@@ -223,6 +227,9 @@ func (c *Client) Metrics(ctx context.Context, runtimeID string, since time.Time)
 	return m, c.call(ctx, sandboxPath(runtimeID, "metrics"), metricsReq{Since: since}, &m)
 }
 
+// readOnlyStreams change nothing in the sandbox: safe to send again.
+var readOnlyStreams = map[string]bool{"read_file": true, "tar": true, "watch": true, "attach": true}
+
 // postStream makes a stream call without input as a POST on a kept-alive
 // connection; the answer's body carries the node's frames. Ending ctx
 // closes the connection, which ends the call on the node.
@@ -238,6 +245,11 @@ func (c *Client) postStream(ctx context.Context, runtimeID, op string, params an
 		}
 		c.setHeaders(req.Header)
 		req.Header.Set("Content-Type", "application/json")
+		if readOnlyStreams[op] {
+			// Replayable on a restarted node's dead keep-alive, as unary
+			// calls are; an exec or a write is never sent twice.
+			req.Header.Set("Idempotency-Key", op)
+		}
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return nil, c.callErr(ctx, err)
