@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -317,5 +318,46 @@ func TestUnreachableNode(t *testing.T) {
 		if _, err := nodeapi.Dial(bad, "t", nil); err == nil {
 			t.Errorf("Dial(%q) accepted", bad)
 		}
+	}
+}
+
+// A node whose sandboxes lack an optional interface answers
+// ErrNotImplemented for its calls, unary and stream alike; the calls it has
+// work, in both stream modes.
+func TestNotImplementedAndStreamModes(t *testing.T) {
+	srv := httptest.NewServer(nodeapi.NewHandler(&instantNode{}, nodeapi.HandlerOptions{Token: testToken, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	defer srv.Close()
+	c, _ := nodeapi.Dial(srv.URL, testToken, nil)
+	defer c.Close()
+	ctx := context.Background()
+	sb, err := c.Sandbox(ctx, "instant")
+	if err != nil {
+		t.Fatal(err)
+	}
+	notImpl := map[string]error{}
+	_, notImpl["stat_path"] = sb.(runtime.FileOps).StatPath(ctx, runtime.FSRequest{Path: "/x"})
+	notImpl["watch"] = sb.(runtime.FileOps).Watch(ctx, runtime.FSRequest{Path: "/x"}, nil, func(runtime.WatchEvent) error { return nil })
+	_, notImpl["terminal"] = sb.(runtime.TerminalOpener).OpenTerminal(ctx, runtime.TerminalRequest{})
+	_, notImpl["processes"] = sb.(runtime.Processes).ListProcesses(ctx)
+	_, notImpl["untar small"] = sb.(runtime.Archiver).Untar(ctx, "/x", 1<<20, strings.NewReader("tar"))
+	_, notImpl["untar large"] = sb.(runtime.Archiver).Untar(ctx, "/x", 1<<30, bytes.NewReader(make([]byte, 1<<20)))
+	_, notImpl["usage"] = sb.(runtime.UsageReader).Usage(ctx)
+	_, notImpl["read as user"] = sb.(runtime.UserFiles).ReadFileAs(ctx, runtime.UserUser, "/x", io.Discard)
+	for name, err := range notImpl {
+		if !errors.Is(err, nodeapi.ErrNotImplemented) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// Exec as a POST and over an upgraded connection.
+	for name, req := range map[string]runtime.ExecRequest{
+		"post":     {Command: "true", Stdin: strings.NewReader("small")},
+		"upgraded": {Command: "true", Signals: make(chan syscall.Signal)},
+	} {
+		if _, err := sb.Exec(ctx, req); err != nil {
+			t.Errorf("exec %s: %v", name, err)
+		}
+	}
+	if st, err := sb.Stat(ctx, "/x"); err != nil || st.Name != "x" {
+		t.Errorf("stat: %+v %v", st, err)
 	}
 }
