@@ -117,7 +117,7 @@ func TestHostileStreams(t *testing.T) {
 			}()
 		}},
 		{"bad signal", "exec", func(c net.Conn) {
-			p := params(map[string]any{"Command": "sleep 30"})
+			p := params(map[string]any{"Command": "sleep 30", "Signals": true})
 			writeFrame(c, 'P', uint32(len(p)), p)
 			writeFrame(c, 's', 16, []byte(`{"signal": 9999}`))
 		}},

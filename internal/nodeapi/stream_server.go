@@ -28,6 +28,9 @@ type (
 		// Stdin, Stdout, Stderr: the caller gave one (nil and a writer
 		// that discards are not the same to every driver).
 		Stdin, Stdout, Stderr bool
+		// Signals: the caller may send signals (only then does the
+		// driver get a channel for them).
+		Signals bool `json:",omitempty"`
 		// StdinData is the whole stdin, sent with the parameters when it
 		// is small and known up front (then no input frames follow).
 		StdinData []byte `json:",omitempty"`
@@ -361,7 +364,10 @@ func opExec(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []b
 	if err := decodeJSON(params, &p); err != nil {
 		return nil, err
 	}
-	req := runtime.ExecRequest{Command: p.Command, Env: p.Env, Cwd: p.Cwd, Timeout: p.Timeout, User: p.User, Signals: s.signals}
+	req := runtime.ExecRequest{Command: p.Command, Env: p.Env, Cwd: p.Cwd, Timeout: p.Timeout, User: p.User}
+	if p.Signals {
+		req.Signals = s.signals
+	}
 	switch {
 	case p.StdinData != nil:
 		req.Stdin = bytes.NewReader(p.StdinData)
