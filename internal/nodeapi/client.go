@@ -22,8 +22,10 @@ import (
 )
 
 // Client calls one node's API over the network; it implements Node. Unary
-// calls reuse kept-alive HTTP/1.1 connections; each stream call dials a
-// connection of its own and upgrades it.
+// calls, and stream calls that send no input frames, reuse kept-alive
+// HTTP/1.1 connections; a stream call with input (a large upload, stdin of
+// unknown length, signals, a terminal) dials a connection of its own and
+// upgrades it.
 type Client struct {
 	base   string // scheme://host[:port], no trailing slash
 	host   string // host:port to dial

@@ -11,7 +11,8 @@ import (
 
 // A stream call (exec, file transfer, terminal, watch, attach, tar) runs
 // over a connection upgraded from HTTP/1.1 (Upgrade: orkestr-node-stream)
-// and carries frames both ways:
+// and carries frames both ways, or, when the client sends no input frames,
+// as a POST whose answer carries the node's frames:
 //
 //	+--------+--------------------+-------------------+
 //	| type 1 | length 4 (big end) | payload (length)  |
