@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -359,5 +360,59 @@ func TestNotImplementedAndStreamModes(t *testing.T) {
 	}
 	if st, err := sb.Stat(ctx, "/x"); err != nil || st.Name != "x" {
 		t.Errorf("stat: %+v %v", st, err)
+	}
+}
+
+// A control plane one version ahead of its node: the node refuses the
+// newer version naming its range, the client steps down to the highest
+// version both speak and the call succeeds, unary and stream alike.
+func TestNewerClientStepsDown(t *testing.T) {
+	var seen []string
+	var mu sync.Mutex
+	h := nodeapi.NewHandler(&instantNode{}, nodeapi.HandlerOptions{Token: testToken, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get(nodeapi.HeaderVersion))
+		mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	for name, call := range map[string]func(*nodeapi.Client) error{
+		"unary": func(c *nodeapi.Client) error { _, err := c.Info(ctx); return err },
+		"post stream": func(c *nodeapi.Client) error {
+			sb, err := c.Sandbox(ctx, "instant")
+			if err != nil {
+				return err
+			}
+			_, err = sb.Exec(ctx, runtime.ExecRequest{Command: "true"})
+			return err
+		},
+		"upgraded stream": func(c *nodeapi.Client) error {
+			sb, err := c.Sandbox(ctx, "instant")
+			if err != nil {
+				return err
+			}
+			_, err = sb.Exec(ctx, runtime.ExecRequest{Command: "true", Signals: make(chan syscall.Signal)})
+			return err
+		},
+	} {
+		c, _ := nodeapi.Dial(srv.URL, testToken, nil)
+		nodeapi.SpeakVersionForTest(c, nodeapi.APIVersion+1)
+		mu.Lock()
+		seen = nil
+		mu.Unlock()
+		if err := call(c); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		mu.Lock()
+		if len(seen) < 2 || seen[0] != fmt.Sprint(nodeapi.APIVersion+1) || seen[len(seen)-1] != fmt.Sprint(nodeapi.APIVersion) {
+			t.Errorf("%s: versions sent %v", name, seen)
+		}
+		mu.Unlock()
+		if v := nodeapi.VersionForTest(c); v != nodeapi.APIVersion {
+			t.Errorf("%s: the client speaks %d after stepping down", name, v)
+		}
+		c.Close()
 	}
 }
