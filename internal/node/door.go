@@ -117,9 +117,12 @@ func (n *Node) Info(ctx context.Context) (nodeapi.Info, error) {
 // and the operator's sandbox slots (default: one per 128 MiB of memory).
 func (n *Node) capacity() nodeapi.Capacity {
 	c := nodeapi.Capacity{CPUs: float64(goruntime.NumCPU()), MemoryBytes: memTotal(), Slots: n.cfg.Slots}
-	var st unix.Statfs_t
-	if unix.Statfs(n.cfg.StateDir, &st) == nil {
-		c.DiskBytes = int64(st.Blocks * uint64(st.Bsize))
+	for _, dir := range []string{n.cfg.StateDir, n.cfg.DataDir} {
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil {
+			c.DiskBytes = int64(st.Blocks * uint64(st.Bsize))
+			break
+		}
 	}
 	if c.Slots <= 0 {
 		c.Slots = max(int(c.MemoryBytes>>27), 1)
@@ -249,7 +252,7 @@ func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.S
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(filepath.Join(dir, "snapshot.json")); err != nil {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("%w: %s", nodeapi.ErrSnapshotNotFound, r.Snapshot)
 	}
 	if err := n.admit(); err != nil {
