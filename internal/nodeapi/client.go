@@ -143,8 +143,14 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 		req.Header.Set("Content-Type", "application/json")
 		// Marks the call replayable for net/http: a kept-alive connection
 		// that a restarted node closed is retried on a new one instead of
-		// failing the call (only when the node never read the request).
-		req.Header.Set("Idempotency-Key", path)
+		// failing the call. net/http also replays a replayable call whose
+		// connection broke before any answer, which the node may have
+		// carried out: so not a process's start or its stdin, whose
+		// repetition a user would see (net/http still retries those when
+		// nothing of them was written).
+		if !strings.HasSuffix(path, "/processes/start") && !strings.HasSuffix(path, "/processes/input") {
+			req.Header.Set("Idempotency-Key", path)
+		}
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return c.callErr(ctx, err)
