@@ -323,7 +323,7 @@ func TestRemoteLifecycle(t *testing.T) {
 
 	sb := s.create(t, runtime.Claim{})
 	sh(t, sb, "echo kept > /workspace/state")
-	snap, err := s.client.Checkpoint(ctx, sb.ID())
+	snap, err := s.client.Checkpoint(ctx, sb.ID(), "")
 	if err != nil || snap.ID == "" || snap.Bytes == 0 {
 		t.Fatalf("checkpoint: %+v %v", snap, err)
 	}
