@@ -134,6 +134,14 @@ func TestHelmChartOnKubeAPIServer(t *testing.T) {
 			if sum(before) == "" || sum(before) == sum(after) {
 				t.Errorf("config checksum %q → %q: a config change would not roll the node pods", sum(before), sum(after))
 			}
+			secretSum := func(o object) string {
+				a, _ := o.get("spec.template.metadata.annotations").(object)
+				s, _ := a["checksum/secret"].(string)
+				return s
+			}
+			if secretSum(before) == "" || secretSum(before) != secretSum(after) {
+				t.Errorf("secret checksum %q → %q: an upgrade that keeps the credentials would roll the pods", secretSum(before), secretSum(after))
+			}
 			cm := get(t, api, "/api/v1/namespaces/"+ns+"/configmaps/rel-orkestr-config")
 			if !strings.Contains(dataKey(cm, "config.yaml"), "pool_size: 7") {
 				t.Errorf("upgraded ConfigMap: %s", dataKey(cm, "config.yaml"))

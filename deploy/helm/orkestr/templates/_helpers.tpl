@@ -76,7 +76,12 @@ new random one. */}}
 {{- if and $old $old.data (index $old.data "node-token") -}}
 {{- index $old.data "node-token" | b64dec -}}
 {{- else -}}
-{{- randAlphaNum 64 -}}
+{{- /* Generated once per render: the Secret and the pods' checksum of it
+must see the same token. */ -}}
+{{- if not (hasKey .Values.secrets "generatedNodeToken") -}}
+{{- $_ := set .Values.secrets "generatedNodeToken" (randAlphaNum 64) -}}
+{{- end -}}
+{{- .Values.secrets.generatedNodeToken -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
