@@ -66,24 +66,26 @@ for every pod, or readable by anyone who can read ConfigMaps. */}}
 (kept across upgrades: nodes and control plane read it at start), else a
 new random one. */}}
 {{- define "orkestr.nodeToken" -}}
+{{- $tok := "" -}}
 {{- if .Values.secrets.nodeToken -}}
-{{- if lt (len .Values.secrets.nodeToken) 32 -}}
-{{- fail "secrets.nodeToken must be at least 32 bytes (openssl rand -hex 32)" -}}
-{{- end -}}
-{{- .Values.secrets.nodeToken -}}
+{{- $tok = .Values.secrets.nodeToken -}}
 {{- else -}}
 {{- $old := lookup "v1" "Secret" .Release.Namespace (include "orkestr.secretName" .) -}}
 {{- if and $old $old.data (index $old.data "node-token") -}}
-{{- index $old.data "node-token" | b64dec -}}
+{{- $tok = index $old.data "node-token" | b64dec -}}
 {{- else -}}
 {{- /* Generated once per render: the Secret and the pods' checksum of it
 must see the same token. */ -}}
 {{- if not (hasKey .Values.secrets "generatedNodeToken") -}}
 {{- $_ := set .Values.secrets "generatedNodeToken" (randAlphaNum 64) -}}
 {{- end -}}
-{{- .Values.secrets.generatedNodeToken -}}
+{{- $tok = .Values.secrets.generatedNodeToken -}}
 {{- end -}}
 {{- end -}}
+{{- if lt (len $tok) 32 -}}
+{{- fail "secrets.nodeToken must be at least 32 bytes (openssl rand -hex 32)" -}}
+{{- end -}}
+{{- $tok -}}
 {{- end -}}
 
 {{/* The fleet's store, from the Secret: both workloads need it. */}}
