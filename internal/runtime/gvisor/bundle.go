@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -27,6 +28,15 @@ var defaultCaps = []string{
 	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
 	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }
+
+// agentCaps are the agent's own capabilities: the commands' set plus
+// CAP_SYS_RESOURCE, which the agent removes from its bounding set at start
+// (runsc grants no capability outside it), so no command it starts keeps
+// it past its execve. With it the agent sets each command's
+// RLIMIT_NPROC (the task cap; see agent's limitTasks) also when the
+// command already runs as another user, and its own threads and shells are
+// exempt from that limit while a command sits at it.
+var agentCaps = append(slices.Clone(defaultCaps), "CAP_SYS_RESOURCE")
 
 // bundleSpec builds the OCI runtime spec of one sandbox: the template as a
 // copy-on-write root, the agent read-only at /agent, the per-sandbox channel
@@ -57,7 +67,7 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 			Cwd:  "/",
 			User: specs.User{UID: 0, GID: 0},
 			Capabilities: &specs.LinuxCapabilities{
-				Bounding: defaultCaps, Effective: defaultCaps, Permitted: defaultCaps,
+				Bounding: agentCaps, Effective: agentCaps, Permitted: agentCaps,
 			},
 			Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},
 		},
