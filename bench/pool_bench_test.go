@@ -17,9 +17,14 @@ import (
 //
 // demand=off is the baseline in the same invocation: pool_max 0, the pool
 // stays at 2.
+//
+// With -api.base-rev each runs once for orkestrd built from that revision
+// (build=base) and once for this checkout's (build=head).
 func BenchmarkAPITTIRow(b *testing.B) {
-	b.Run("demand=off", func(b *testing.B) { benchTTIRow(b, "pool_max: 0\n") })
-	b.Run("demand=on", func(b *testing.B) { benchTTIRow(b, "") })
+	forBuilds(b, func(b *testing.B) {
+		b.Run("demand=off", func(b *testing.B) { benchTTIRow(b, "pool_max: 0\n") })
+		b.Run("demand=on", func(b *testing.B) { benchTTIRow(b, "") })
+	})
 }
 
 func benchTTIRow(b *testing.B, extraConfig string) {
@@ -27,7 +32,7 @@ func benchTTIRow(b *testing.B, extraConfig string) {
 	s := startServerWith(b, 2, *ttiTemplate, extraConfig)
 	ctx := timeout(b, 30*time.Minute)
 	s.waitPool(2, 5*time.Minute, nil)
-	var p50, p95, ratio, hitPct samples
+	var p50, p95, ratio, hitPct, rowMs, targets samples
 	for b.Loop() {
 		var ttis durations
 		hits := 0
@@ -52,6 +57,14 @@ func benchTTIRow(b *testing.B, extraConfig string) {
 			ttis.add(d)
 			b.StartTimer()
 		}
+		b.StopTimer()
+		var sum time.Duration
+		for _, d := range ttis {
+			sum += d
+		}
+		rowMs.add(float64(sum) / 1e6)
+		targets.add(float64(s.poolTarget()))
+		b.StartTimer()
 		m, q := ttis.median(), ttis.quantile(0.95)
 		p50.add(float64(m) / 1e6)
 		p95.add(float64(q) / 1e6)
@@ -63,6 +76,8 @@ func benchTTIRow(b *testing.B, extraConfig string) {
 	b.ReportMetric(p95.median(), "p95-ms")
 	b.ReportMetric(ratio.median(), "p95/p50")
 	b.ReportMetric(hitPct.median(), "pool-hit-%")
+	b.ReportMetric(rowMs.median(), "row-ms")
+	b.ReportMetric(targets.median(), "pool-target")
 }
 
 // quantile is the nearest-rank q-quantile.
