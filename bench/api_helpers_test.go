@@ -302,19 +302,21 @@ func (s *apiServer) ready() int {
 	return 0
 }
 
-// poolTarget is the target of the server's pool of its template.
-func (s *apiServer) poolTarget() int {
-	h, err := s.health()
-	if err != nil {
-		s.b.Fatalf("healthz: %v", err)
-	}
-	for _, p := range h.Pools {
-		if p.Template == s.template {
-			return p.Target
+// peakPoolTarget is the highest target the server's log says a pool grew
+// to ("warm pool grows with demand"), 0 if none grew. (/healthz reports
+// the configured pool_size.)
+func (s *apiServer) peakPoolTarget() int {
+	b, _ := os.ReadFile(s.logPath)
+	peak := 0
+	for _, m := range growRE.FindAllSubmatch(b, -1) {
+		if n, err := strconv.Atoi(string(m[1])); err == nil && n > peak {
+			peak = n
 		}
 	}
-	return 0
+	return peak
 }
+
+var growRE = regexp.MustCompile(`warm pool grows with demand.*?\bto"?[=:](\d+)`)
 
 // waitPool waits until the pool holds n warm sandboxes; progress, if not
 // nil, is called with the count whenever it changes.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"path/filepath"
 	goruntime "runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
@@ -73,6 +76,21 @@ func TestRefillsRunConcurrently(t *testing.T) {
 			_ = sb.Destroy(context.Background())
 		}
 	})
+	shares := func(id string) string {
+		b, err := os.ReadFile(filepath.Join(cgroupv1.Root, "cpu", env.CgroupParent, id, "cpu.shares"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	infos, err := env.Driver.List(ctx)
+	if err != nil || len(infos) == 0 {
+		t.Fatalf("list: %v, %d sandboxes", err, len(infos))
+	}
+	// A pooled sandbox yields the CPU to claimed ones until it is claimed.
+	if got := shares(infos[0].ID); got != "64" {
+		t.Errorf("pooled sandbox cpu.shares %s, want 64", got)
+	}
 	d.peak.Store(d.inFlight.Load())
 	for i := range 4 {
 		sb, warm, err := p.Claim(ctx, key, spec, runtime.Claim{Resources: testenv.Small})
@@ -84,6 +102,9 @@ func TestRefillsRunConcurrently(t *testing.T) {
 		mu.Unlock()
 		if !warm {
 			t.Fatalf("claim %d of 4 from a full pool of 4 was cold", i)
+		}
+		if got := shares(sb.ID()); got != "1024" {
+			t.Errorf("claimed sandbox cpu.shares %s, want 1024", got)
 		}
 	}
 	var target int
