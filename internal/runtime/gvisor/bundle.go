@@ -39,8 +39,8 @@ const (
 	defaultCPUShares = 1024
 )
 
-// agentCaps are the agent's own capabilities: the commands' set plus
-// CAP_SYS_RESOURCE, which the agent removes from its bounding set at start
+// agentCaps are the agent's own capabilities in a sandbox with a task cap:
+// the commands' set plus CAP_SYS_RESOURCE, which the agent removes from its bounding set at start
 // (runsc grants no capability outside it), so no command it starts keeps
 // it past its execve. With it the agent sets each command's
 // RLIMIT_NPROC (the task cap; see agent's limitTasks) also when the
@@ -64,7 +64,9 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
 	}
 	args := []string{AgentPath}
+	caps := defaultCaps
 	if res.PIDs > 0 {
+		caps = agentCaps
 		r.Pids = &specs.LinuxPids{Limit: host.PIDs}
 		args = append(args, "--tasks-max", strconv.FormatInt(res.PIDs, 10))
 	}
@@ -77,7 +79,7 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 			Cwd:  "/",
 			User: specs.User{UID: 0, GID: 0},
 			Capabilities: &specs.LinuxCapabilities{
-				Bounding: agentCaps, Effective: agentCaps, Permitted: agentCaps,
+				Bounding: caps, Effective: caps, Permitted: caps,
 			},
 			Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},
 		},
