@@ -17,18 +17,25 @@ import (
 // (peak-target, 0: it did not grow) and row-ms, the sum of the 20 TTIs.
 //
 // demand=off is the baseline in the same invocation: pool_max 0, the pool
-// stays at 2.
+// stays at 2. refill=waited is the floor: the fixed pool of 2, and each
+// create waits (untimed) until it is full again.
 //
 // With -api.base-rev each runs once for orkestrd built from that revision
 // (build=base) and once for this checkout's (build=head).
 func BenchmarkAPITTIRow(b *testing.B) {
 	forBuilds(b, func(b *testing.B) {
-		b.Run("demand=off", func(b *testing.B) { benchTTIRow(b, "pool_max: 0\n") })
-		b.Run("demand=on", func(b *testing.B) { benchTTIRow(b, "") })
+		b.Run("demand=off", func(b *testing.B) { benchTTIRow(b, "pool_max: 0\n", false) })
+		b.Run("demand=on", func(b *testing.B) { benchTTIRow(b, "", false) })
+		if serverBuild != "base" {
+			b.Run("refill=waited", func(b *testing.B) { benchTTIRow(b, "pool_max: 0\n", true) })
+		}
 	})
 }
 
-func benchTTIRow(b *testing.B, extraConfig string) {
+// benchTTIRow runs the rows; with waitRefill each create waits (untimed)
+// until the pool is full again, so every create is warm and no refill runs
+// beside it: the floor a pool can reach on the host at that time.
+func benchTTIRow(b *testing.B, extraConfig string, waitRefill bool) {
 	const row = 20
 	s := startServerWith(b, 2, *ttiTemplate, extraConfig)
 	ctx := timeout(b, 30*time.Minute)
@@ -39,6 +46,9 @@ func benchTTIRow(b *testing.B, extraConfig string) {
 		hits := 0
 		for range row {
 			b.StopTimer()
+			if waitRefill {
+				s.waitPool(2, 5*time.Minute, nil)
+			}
 			if s.ready() > 0 {
 				hits++
 			}
