@@ -62,9 +62,6 @@ func New(dir string, log *slog.Logger) *Agent {
 // Run dials the host and serves until ctx ends, redialing after every
 // disconnect.
 func (a *Agent) Run(ctx context.Context) error {
-	if err := keepSysResourceToSelf(); err != nil {
-		a.Log.Warn("commands may raise their task limit", "err", err)
-	}
 	a.groups = newExecGroups(a.ExecCgroups, a.TasksMax)
 	a.refillZygote()
 	defer a.stopZygotes()

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -107,17 +106,6 @@ func (g *execGroups) limitTasks(pid int) {
 	}
 	lim := unix.Rlimit{Cur: uint64(g.tasksMax), Max: uint64(g.tasksMax)}
 	_ = unix.Prlimit(pid, unix.RLIMIT_NPROC, &lim, nil)
-}
-
-// keepSysResourceToSelf removes CAP_SYS_RESOURCE from the bounding set of
-// every agent thread (the runtime gives it to the agent alone; see
-// limitTasks), so that no command gains it at its execve. Capability sets
-// are per thread, hence AllThreadsSyscall.
-func keepSysResourceToSelf() error {
-	if _, _, errno := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_CAPBSET_DROP, unix.CAP_SYS_RESOURCE, 0); errno != 0 {
-		return fmt.Errorf("dropping CAP_SYS_RESOURCE from the bounding set: %w", errno)
-	}
-	return nil
 }
 
 // sweep removes the cgroups of commands whose processes are all gone

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -39,15 +38,6 @@ const (
 	defaultCPUShares = 1024
 )
 
-// agentCaps are the agent's own capabilities in a sandbox with a task cap:
-// the commands' set plus CAP_SYS_RESOURCE, which the agent removes from its bounding set at start
-// (runsc grants no capability outside it), so no command it starts keeps
-// it past its execve. With it the agent sets each command's
-// RLIMIT_NPROC (the task cap; see agent's limitTasks) also when the
-// command already runs as another user, and its own threads and shells are
-// exempt from that limit while a command sits at it.
-var agentCaps = append(slices.Clone(defaultCaps), "CAP_SYS_RESOURCE")
-
 // bundleSpec builds the OCI runtime spec of one sandbox: the template as a
 // copy-on-write root, the agent read-only at /agent, the per-sandbox channel
 // directory at /run/agent, and cgroup limits from the size.
@@ -64,9 +54,7 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
 	}
 	args := []string{AgentPath}
-	caps := defaultCaps
 	if res.PIDs > 0 {
-		caps = agentCaps
 		r.Pids = &specs.LinuxPids{Limit: host.PIDs}
 		args = append(args, "--tasks-max", strconv.FormatInt(res.PIDs, 10))
 	}
@@ -79,7 +67,7 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 			Cwd:  "/",
 			User: specs.User{UID: 0, GID: 0},
 			Capabilities: &specs.LinuxCapabilities{
-				Bounding: caps, Effective: caps, Permitted: caps,
+				Bounding: defaultCaps, Effective: defaultCaps, Permitted: defaultCaps,
 			},
 			Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},
 		},
