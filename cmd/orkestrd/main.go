@@ -12,7 +12,10 @@ import (
 const usage = `orkestrd — self-hosted sandboxes for AI agents
 
 Usage:
-  orkestrd serve [flags]                   run the server on this host
+  orkestrd serve [flags]                   run the server on this host (with fleet.enabled:
+                                           the control plane of a fleet of nodes)
+  orkestrd node --id ID --listen ADDR      run one host of a fleet: its sandboxes, served
+                                           to the control plane over the node API
   orkestrd admin account create NAME --plan free|pro|team
   orkestrd admin account ls
   orkestrd admin key create --account NAME --scopes sandboxes:write [--expires 30d]
@@ -49,6 +52,8 @@ func main() {
 	switch args := os.Args[2:]; os.Args[1] {
 	case "serve":
 		err = serve(args)
+	case "node":
+		err = nodeCmd(args)
 	case "admin":
 		err = admin(args)
 	case "version", "--version":

@@ -11,6 +11,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 )
 
@@ -35,14 +36,14 @@ func selftest(args []string) error {
 		}
 		defer os.RemoveAll(cfg.StateDir)
 	}
-	n, err := node.Open(cfg)
+	n, err := openNode(cfg)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	defer n.Close(context.Background(), true)
-	if _, err := n.Start(ctx, nil); err != nil {
+	if _, err := n.Reconcile(ctx, nodeapi.Keep{}); err != nil {
 		return err
 	}
 	step := func(name string, f func() error) error {
@@ -55,7 +56,8 @@ func selftest(args []string) error {
 	}
 	var sb runtime.Sandbox
 	if err := step("create "+*tmpl, func() (err error) {
-		sb, _, err = n.Create(ctx, *tmpl, "small", "", runtime.Claim{Env: map[string]string{"GREETING": "hello"}})
+		sb, err = n.Create(ctx, nodeapi.CreateRequest{SandboxID: "sbx_selftest", Template: *tmpl, Size: "small",
+			Claim: runtime.Claim{Env: map[string]string{"GREETING": "hello"}}})
 		return err
 	}); err != nil {
 		return err
@@ -76,15 +78,15 @@ func selftest(args []string) error {
 	}); err != nil {
 		return err
 	}
-	var snap runtime.Snapshot
+	var snap nodeapi.Snapshot
 	if err := step("pause (checkpoint)", func() (err error) {
-		snap, err = sb.Checkpoint(ctx, scratch+"/snapshot")
+		snap, err = n.Checkpoint(ctx, sb.ID())
 		return err
 	}); err != nil {
 		return err
 	}
 	if err := step("resume (restore)", func() (err error) {
-		sb, err = n.Driver.Restore(ctx, snap.Dir, "", nil)
+		sb, err = n.Restore(ctx, nodeapi.RestoreRequest{SandboxID: "sbx_selftest", Snapshot: snap.ID, Template: *tmpl, Size: "small"})
 		return err
 	}); err != nil {
 		return err

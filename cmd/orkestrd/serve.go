@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -13,6 +15,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -21,6 +25,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/console"
 	"github.com/orkestr-eu/orkestr/internal/e2b"
+	"github.com/orkestr-eu/orkestr/internal/fleet"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/store"
@@ -73,18 +78,11 @@ func serve(args []string) error {
 			log.Warn("the config file has a key orkestrd does not know; it is ignored (see orkestrd config check)", "err", err.Error())
 		}
 	}
-	ncfg.Sizes = node.Resources(cfg.Sizes)
-	ncfg.DiskReserveBytes = cfg.DiskReserveMB << 20
-	ncfg.PoolDemand = pool.Demand{Max: cfg.PoolMax, Budget: cfg.PoolMemoryMB / config.PooledSandboxMB}
-	if cfg.PoolMemoryMB == 0 {
-		ncfg.PoolDemand.Max = 0 // no budget: pools stay at pool_size
-	}
-	if ncfg.Network, err = node.NetworkConfig(cfg.Network); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	ncfg.NetworkPoolSize, ncfg.NetworkAccounts = cfg.Network.PoolSize, cfg.Network.Accounts
-	if ncfg.ExtraCAs, err = cfg.SandboxCABundle(); err != nil {
+	if err := nodeConfig(&ncfg, cfg); err != nil {
 		return err
+	}
+	if cfg.Fleet.Enabled && !strings.HasPrefix(cfg.Database.URL, "postgres") {
+		return fmt.Errorf("fleet.enabled needs PostgreSQL: a fleet's control-plane replicas and nodes share one store; set database.url (or --database-url) to postgres://… (SQLite serves one box only)")
 	}
 	if err := os.MkdirAll(filepath.Join(ncfg.DataDir, "snapshots"), 0o700); err != nil {
 		return err
@@ -107,23 +105,59 @@ func serve(args []string) error {
 	if err := bootstrap(ctx, st); err != nil {
 		return err
 	}
-	n, err := node.Open(ncfg)
-	if err != nil {
-		return err
+	ncfg.Region, ncfg.Recorder = cfg.Region, st
+	var (
+		n    *node.Node
+		opts = api.Options{Store: st, Config: cfg, Log: log, DataDir: absPath(ncfg.DataDir)}
+	)
+	if cfg.Fleet.Enabled {
+		// The control plane: its sandboxes run on the nodes of the store.
+		if cfg.Fleet.NodeToken == "" {
+			return fmt.Errorf("fleet.enabled needs fleet.node_token (or node_token_file / node_token_env), the credential the nodes share")
+		}
+		lease := fleet.NewLease(st, "singletons", 10*time.Second, log)
+		go lease.Run(ctx)
+		go fleet.WatchNodes(ctx, st, lease, cfg.Fleet.HeartbeatTimeout(), log)
+		var nodeTLS *tls.Config
+		if cfg.Fleet.NodeCAFile != "" {
+			pem, err := os.ReadFile(cfg.Fleet.NodeCAFile)
+			if err != nil {
+				return fmt.Errorf("fleet.node_ca_file: %w", err)
+			}
+			roots := x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("fleet.node_ca_file %s holds no PEM certificate", cfg.Fleet.NodeCAFile)
+			}
+			nodeTLS = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		}
+		opts.Nodes, opts.Leader = fleet.NewNodes(fleet.Options{Store: st, Config: cfg, TLS: nodeTLS, Log: log}), lease.Held
+		log.Info("control plane of a fleet: sandboxes run on the registered nodes", "holder", lease.Holder(), "heartbeat_timeout", cfg.Fleet.HeartbeatTimeout().String())
+	} else {
+		ncfg.Region, ncfg.Recorder = cfg.Region, st
+		if n, err = openNode(ncfg); err != nil {
+			return err
+		}
+		opts.Node = n
 	}
-	srvAPI := api.New(api.Options{Store: st, Node: n, Config: cfg, Log: log, DataDir: absPath(ncfg.DataDir)})
+	closeNode := func() {
+		if n != nil {
+			_ = n.Close(context.Background(), false)
+		}
+	}
+	srvAPI := api.New(opts)
 	if err := srvAPI.Start(ctx); err != nil {
-		_ = n.Close(context.Background(), false)
+		closeNode()
 		return err
 	}
-	templates, _ := n.Templates.List()
-	if len(templates) == 0 {
-		log.Warn("no templates are built; run `make setup` or `orkestrd admin template build debian-12`", "template_dir", ncfg.TemplateDir)
+	if n != nil {
+		if templates, _ := n.Templates(); len(templates) == 0 {
+			log.Warn("no templates are built; run `make setup` or `orkestrd admin template build debian-12`", "template_dir", ncfg.TemplateDir)
+		}
 	}
 
 	con, err := console.New(console.Options{Store: st, API: srvAPI, Log: log, PublicURL: cfg.ConsoleURL})
 	if err != nil {
-		_ = n.Close(context.Background(), false)
+		closeNode()
 		return err
 	}
 	mux := http.NewServeMux()
@@ -138,22 +172,25 @@ func serve(args []string) error {
 			Ready     int    `json:"ready"`
 			Target    int    `json:"target"`
 		}
-		var pools []poolState
-		templates, _ := n.Templates.List()
-		for _, t := range templates {
-			for _, k := range n.PoolKeys(t.Name) {
-				pools = append(pools, poolState{t.Name, k.Size, k.Networked, n.Pool.Ready(k), n.PoolTarget(k)})
-			}
-		}
-		running, _ := n.Driver.List(r.Context())
 		w.Header().Set("Content-Type", "application/json")
+		if n == nil {
+			_ = json.NewEncoder(w).Encode(map[string]any{"status": "ok", "mode": "control-plane"})
+			return
+		}
+		pools := []poolState{}
+		for _, d := range n.PoolDepths() {
+			pools = append(pools, poolState{d.Key.Template, d.Key.Size, d.Key.Networked, d.Ready, d.Target})
+		}
+		slices.SortFunc(pools, func(a, b poolState) int {
+			return cmp.Or(strings.Compare(a.Template, b.Template), strings.Compare(a.Size, b.Size), cmp.Compare(b2i(a.Networked), b2i(b.Networked)))
+		})
 		_ = json.NewEncoder(w).Encode(map[string]any{
-			"status": "ok", "runtime": n.Driver.Name(), "sandboxes": len(running), "pools": pools,
+			"status": "ok", "runtime": n.RuntimeName(), "sandboxes": n.RuntimeSandboxes(r.Context()), "pools": pools,
 		})
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		_ = n.Close(context.Background(), false)
+		closeNode()
 		return err
 	}
 	scheme := "http"
@@ -161,7 +198,7 @@ func serve(args []string) error {
 	if cfg.TLS.Enabled() {
 		if certs, err = tlsutil.NewReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
 			ln.Close()
-			_ = n.Close(context.Background(), false)
+			closeNode()
 			return err
 		}
 		ln = tls.NewListener(ln, certs.ServerConfig())
@@ -182,7 +219,7 @@ func serve(args []string) error {
 		mln, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
 			ln.Close()
-			_ = n.Close(context.Background(), false)
+			closeNode()
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 		mmux := http.NewServeMux()
@@ -198,19 +235,19 @@ func serve(args []string) error {
 		secret, err := e2b.LoadSecret(ncfg.DataDir)
 		if err != nil {
 			ln.Close()
-			_ = n.Close(context.Background(), false)
+			closeNode()
 			return err
 		}
 		es, err := e2b.New(e2b.Options{Native: srvAPI, Store: st, Log: log, Secret: secret, Templates: map[string]string{"base": *e2bBase}})
 		if err != nil {
 			ln.Close()
-			_ = n.Close(context.Background(), false)
+			closeNode()
 			return err
 		}
 		eln, err := net.Listen("tcp", *e2bListen)
 		if err != nil {
 			ln.Close()
-			_ = n.Close(context.Background(), false)
+			closeNode()
 			return fmt.Errorf("e2b listener: %w", err)
 		}
 		e2bSrv = &http.Server{Handler: es.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
@@ -267,8 +304,10 @@ func serve(args []string) error {
 	// warm-pool sandboxes are destroyed.
 	cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer ccancel()
-	if cerr := n.Close(cctx, false); cerr != nil {
-		err = errors.Join(err, cerr)
+	if n != nil {
+		if cerr := n.Close(cctx, false); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
@@ -326,4 +365,29 @@ func bootstrap(ctx context.Context, st store.Store) error {
 	}
 	fmt.Fprintf(os.Stdout, "Created account \"default\" (plan team) and its bootstrap API key %s with scope sandboxes:write.\nIt is shown only this once; store it now:\n%s\n", k.Prefix, key)
 	return nil
+}
+
+// nodeConfig fills a node's config from the operator's: sizes, disk
+// reserve, pools, network, extra CAs.
+func nodeConfig(ncfg *node.Config, cfg config.Config) error {
+	var err error
+	ncfg.Sizes = node.Resources(cfg.Sizes)
+	ncfg.DiskReserveBytes = cfg.DiskReserveMB << 20
+	ncfg.PoolDemand = pool.Demand{Max: cfg.PoolMax, Budget: cfg.PoolMemoryMB / config.PooledSandboxMB}
+	if cfg.PoolMemoryMB == 0 {
+		ncfg.PoolDemand.Max = 0 // no budget: pools stay at pool_size
+	}
+	if ncfg.Network, err = node.NetworkConfig(cfg.Network); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	ncfg.NetworkPoolSize, ncfg.NetworkAccounts = cfg.Network.PoolSize, cfg.Network.Accounts
+	ncfg.ExtraCAs, err = cfg.SandboxCABundle()
+	return err
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -87,9 +87,12 @@ func untar(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		var ae *tarx.Error
 		if errors.As(err, &ae) {
 			_ = w.Err(ae.Code, ae.Msg)
-			return
+		} else {
+			sendErr(w, err)
 		}
-		sendErr(w, err)
+		if !src.eof {
+			drainUpload(r)
+		}
 		return
 	}
 	// Drain what follows the archive's end (tar pads with zero blocks).

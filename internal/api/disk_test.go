@@ -66,11 +66,11 @@ func TestDiskQuotaAPI(t *testing.T) {
 	if r := h.do("POST", "/v1/sandboxes/"+paused+"/pause", key, nil); r.status != 200 {
 		t.Fatalf("pause: %d %s", r.status, r.body)
 	}
-	spaces, err := h.srv.node.DiskSpaces()
+	spaces, err := h.srv.local.DiskSpaces()
 	if err != nil || len(spaces) == 0 {
 		t.Fatalf("disk spaces: %v %v", spaces, err)
 	}
-	h.srv.node.SetDiskReserve(int64(spaces[0].FreeBytes) + 1<<40)
+	h.srv.local.SetDiskReserve(int64(spaces[0].FreeBytes) + 1<<40)
 	for _, c := range []struct{ what, path string }{
 		{"create", "/v1/sandboxes"},
 		{"resume", "/v1/sandboxes/" + paused + "/resume"},
@@ -99,7 +99,7 @@ func TestDiskQuotaAPI(t *testing.T) {
 		}
 	}
 
-	h.srv.node.SetDiskReserve(0)
+	h.srv.local.SetDiskReserve(0)
 	if r := h.do("POST", "/v1/sandboxes/"+paused+"/resume", key, nil); r.status != 200 {
 		t.Fatalf("resume with the reserve lifted: %d %s", r.status, r.body)
 	}

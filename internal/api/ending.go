@@ -6,16 +6,17 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
 // Why a sandbox ended, as its record keeps it (error_message).
 const (
-	reasonTerminated  = "terminated by request"
-	reasonExpired     = "timeout reached"
-	reasonOutOfMemory = "the sandbox was killed because it exceeded its memory limit"
-	reasonStopped     = "the sandbox stopped unexpectedly"
+	reasonTerminated  = store.EndTerminated
+	reasonExpired     = store.EndExpired
+	reasonOutOfMemory = store.EndOutOfMemory
+	reasonStopped     = store.EndStopped
 )
 
 // endWait bounds how long an exec that lost its sandbox waits for the
@@ -29,6 +30,10 @@ const endWait = 3 * time.Second
 // terminated, expired, out_of_memory or stopped. Other failures go
 // through execError.
 func (s *Server) sandboxEnded(r *http.Request, rt runtime.Sandbox, err error) error {
+	if errors.Is(err, nodeapi.ErrUnreachable) {
+		s.log.Warn("a sandbox's node stopped answering during a call", "request_id", requestID(r), "sandbox", r.PathValue("id"), "err", err)
+		return apiErr(http.StatusServiceUnavailable, "node_unavailable", "The node running this sandbox stopped answering; if it does not come back within its heartbeat timeout the sandbox ends with reason node_lost.")
+	}
 	if !errors.Is(err, runtime.ErrStopped) && !errors.Is(err, runtime.ErrOutOfMemory) &&
 		!(errors.Is(err, runtime.ErrAgent) && rt.Err() != nil) {
 		return execError(err)
@@ -59,6 +64,8 @@ func endedError(status store.Status, reason string) *Error {
 		code, msg = "terminated", "The sandbox was terminated (DELETE /v1/sandboxes/{id}) while this ran."
 	case reasonExpired:
 		code, msg = "expired", "The sandbox reached its timeout_seconds and was terminated while this ran; extend it with PATCH timeout_seconds next time."
+	case store.EndNodeLost:
+		code, msg = "node_lost", "The node running the sandbox stopped answering and the sandbox was lost; create a new one (a paused sandbox survives its node)."
 	case reasonOutOfMemory:
 		code, msg = "out_of_memory", "The sandbox was killed because it exceeded its memory limit; create a larger one."
 	default:

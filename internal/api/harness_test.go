@@ -17,6 +17,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/auth"
 	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/metering"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
@@ -53,7 +54,8 @@ func newHarness(t *testing.T, cfg config.Config, runtime bool) *harness {
 		n, err = node.Open(node.Config{
 			DataDir: dataDir, StateDir: state, TemplateDir: testenv.TemplateDir(), Runsc: testenv.Runsc(t),
 			AgentBinary: testenv.AgentBinary(t), Sizes: node.Resources(cfg.Sizes), Log: log,
-			DiskReserveBytes: cfg.DiskReserveMB << 20,
+			DiskReserveBytes: cfg.DiskReserveMB << 20, Region: cfg.Region, Recorder: st,
+			Metering: metering.Config{Clock: h.clock, FlushEvery: time.Second},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -73,7 +75,7 @@ func newHarness(t *testing.T, cfg config.Config, runtime bool) *harness {
 			_ = os.RemoveAll(state)
 		})
 	}
-	h.srv = New(Options{Store: st, Node: n, Config: cfg, Log: log, DataDir: dataDir, Clock: h.clock, FlushEvery: time.Second})
+	h.srv = New(Options{Store: st, Node: n, Config: cfg, Log: log, DataDir: dataDir, Clock: h.clock})
 	if runtime {
 		ctx, cancel := context.WithCancel(context.Background())
 		if err := h.srv.Start(ctx); err != nil {

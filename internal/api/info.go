@@ -1,10 +1,14 @@
 package api
 
 import (
+	"errors"
 	"math"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
@@ -58,11 +62,50 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
 		Default     bool   `json:"default"`
 		Built       bool   `json:"built"`
 	}
+	cat, err := s.nodes.Catalog(r.Context())
+	if err != nil {
+		return err
+	}
 	out := make([]tmpl, 0, len(s.cfg.Templates))
 	for _, t := range s.cfg.Templates {
-		_, err := s.node.Templates.Rootfs(t.Name)
-		out = append(out, tmpl{Name: t.Name, Description: t.Description, Default: t.Default, Built: err == nil})
+		out = append(out, tmpl{Name: t.Name, Description: t.Description, Default: t.Default, Built: cat.hasTemplate(t.Name)})
 	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": out})
+	return nil
+}
+
+// listRegions lists the regions of the nodes with their state; the
+// operator's default region first.
+func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
+	cat, err := s.nodes.Catalog(r.Context())
+	if err != nil {
+		return err
+	}
+	type region struct {
+		Name       string  `json:"name"`
+		State      string  `json:"state"`
+		Default    bool    `json:"default"`
+		Nodes      int     `json:"nodes"`
+		NodesAlive int     `json:"nodes_alive"`
+		CPUs       float64 `json:"cpus"`
+		MemoryMB   int64   `json:"memory_mb"`
+		Sandboxes  int     `json:"sandboxes"`
+		Slots      int     `json:"slots"`
+	}
+	out := []region{}
+	for _, rs := range cat.Regions {
+		out = append(out, region{Name: rs.Name, State: rs.State, Default: rs.Name == s.cfg.Region, Nodes: rs.Nodes, NodesAlive: rs.Alive,
+			CPUs: rs.Capacity.CPUs, MemoryMB: rs.Capacity.MemoryBytes >> 20, Sandboxes: rs.Allocated.Slots, Slots: rs.Capacity.Slots})
+	}
+	slices.SortStableFunc(out, func(a, b region) int {
+		if a.Default != b.Default {
+			if a.Default {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
 	writeJSON(w, http.StatusOK, map[string]any{"data": out})
 	return nil
 }
@@ -86,14 +129,32 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 			return invalid("since", "since must be an RFC 3339 time, e.g. 2026-01-02T15:04:05.000Z.")
 		}
 	}
-	samples, latest, running := s.sampler.Window(row.ID, since)
-	life, err := s.sampler.Lifetime(r.Context(), row.AccountID, row.ID)
-	if err != nil {
+	var m nodeapi.Metrics
+	running := false
+	if row.Status == store.StatusRunning {
+		nd, err := s.nodes.Node(r.Context(), row.Node)
+		if err == nil {
+			m, err = nd.Metrics(r.Context(), row.RuntimeID, since)
+		}
+		if err != nil && !errors.Is(err, runtime.ErrNotFound) {
+			return s.nodeDown(r, row, err)
+		}
+		running = err == nil
+	}
+	life := store.Usage{}
+	if m.Lifetime != nil {
+		life = *m.Lifetime
+	} else if life, err = s.store.SandboxUsage(r.Context(), row.AccountID, row.ID); err != nil {
 		return err
 	}
+	interval := m.IntervalSeconds
+	if interval == 0 {
+		interval = 1
+	}
+	samples, latest := m.Samples, m.Latest
 	body := map[string]any{
 		"sandbox_id": row.ID, "sandbox_status": row.Status,
-		"sample_interval_seconds": int(s.sampler.Interval().Seconds()),
+		"sample_interval_seconds": interval,
 		"cpu":                     nil, "memory": nil, "disk": nil,
 		"lifetime": map[string]any{
 			"cpu_seconds": round(float64(life.CPUMS)/1000, 2), "mem_mb_seconds": life.MemMBSeconds, "running_seconds": life.RunningSeconds,
@@ -116,13 +177,9 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) error {
 			list[i] = map[string]any{"t": fmtTime(sm.T), "cpu_percent": round(sm.CPUPercent, 1), "mem_bytes": sm.MemBytes}
 		}
 		body["samples"] = list
-		if rt, ok := s.node.Driver.Get(row.RuntimeID); ok {
-			if dr, ok := rt.(runtime.DiskReader); ok {
-				if d, err := dr.Disk(); err == nil && d.LimitBytes > 0 {
-					body["disk"] = map[string]any{"limit_bytes": d.LimitBytes, "usage_bytes": d.UsedBytes,
-						"usage_percent": round(float64(d.UsedBytes)/float64(d.LimitBytes)*100, 1)}
-				}
-			}
+		if d := m.Disk; d != nil && d.LimitBytes > 0 {
+			body["disk"] = map[string]any{"limit_bytes": d.LimitBytes, "usage_bytes": d.UsedBytes,
+				"usage_percent": round(float64(d.UsedBytes)/float64(d.LimitBytes)*100, 1)}
 		}
 	}
 	writeJSON(w, http.StatusOK, body)

@@ -152,8 +152,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(scrapeErrDesc, prometheus.GaugeValue, up)
 	}
-	if c.s.node != nil && c.s.node.Pool != nil {
-		for _, d := range c.s.node.Pool.Depths() {
+	if c.s.local != nil {
+		for _, d := range c.s.local.PoolDepths() {
 			network := "off"
 			if d.Networked {
 				network = "on"
@@ -161,15 +161,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(poolReadyDesc, prometheus.GaugeValue, float64(d.Ready), d.Template, d.Size, network)
 			ch <- prometheus.MustNewConstMetric(poolTargetDesc, prometheus.GaugeValue, float64(d.Target), d.Template, d.Size, network)
 		}
-		for reason, n := range c.s.node.NetworkBlocked() {
+		for reason, n := range c.s.local.NetworkBlocked() {
 			ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.CounterValue, float64(n), reason)
 		}
-		spaces, _ := c.s.node.DiskSpaces()
+		spaces, _ := c.s.local.DiskSpaces()
 		for _, d := range spaces {
 			ch <- prometheus.MustNewConstMetric(diskFreeDesc, prometheus.GaugeValue, float64(d.FreeBytes), d.Path)
 			ch <- prometheus.MustNewConstMetric(diskTotalDesc, prometheus.GaugeValue, float64(d.TotalBytes), d.Path)
 		}
-		ch <- prometheus.MustNewConstMetric(diskResDesc, prometheus.GaugeValue, float64(c.s.node.DiskReserve()))
-		ch <- prometheus.MustNewConstMetric(oomKillsDesc, prometheus.CounterValue, float64(c.s.node.OOMKills()))
+		ch <- prometheus.MustNewConstMetric(diskResDesc, prometheus.GaugeValue, float64(c.s.local.DiskReserve()))
+		ch <- prometheus.MustNewConstMetric(oomKillsDesc, prometheus.CounterValue, float64(c.s.local.OOMKills()))
 	}
 }

@@ -5,8 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"net/http"
-	"os"
-	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -14,7 +13,9 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/orkestr-eu/orkestr/internal/lifecycle"
 	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/template"
@@ -84,7 +85,12 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	if _, ok := s.cfg.Template(req.Template); !ok {
 		return apiErr(http.StatusBadRequest, "unknown_template", "Template %q does not exist (see GET /v1/templates).", req.Template).with("field", "template")
 	}
-	if _, err := s.node.Templates.Rootfs(req.Template); err != nil {
+	cat, err := s.nodes.Catalog(r.Context())
+	if err != nil {
+		return err
+	}
+	if !cat.hasTemplate(req.Template) && cat.live() {
+		// (With no live node at all, placement says so instead.)
 		return notBuilt(req.Template)
 	}
 	size := "small"
@@ -109,7 +115,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	switch network {
 	case "off":
 	case "restricted", "open":
-		if !s.node.NetworkEnabled() {
+		if !cat.Network {
 			return invalid("network", "Network mode %q is not enabled on this server (the operator sets network.enabled); use \"off\".", network)
 		}
 	default:
@@ -122,8 +128,12 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	if timeout < 1 || timeout > s.cfg.MaxTimeoutSeconds {
 		return invalid("timeout_seconds", "timeout_seconds must be between 1 and %d.", s.cfg.MaxTimeoutSeconds)
 	}
-	if req.Region != nil && *req.Region != s.cfg.Region {
-		return apiErr(http.StatusBadRequest, "unknown_region", "Region %q does not exist here; this server runs %q (or omit region).", truncate(*req.Region, 32), s.cfg.Region).with("field", "region")
+	region := s.cfg.Region
+	if req.Region != nil {
+		region = *req.Region
+		if !slices.Contains(cat.regionNames(), region) {
+			return apiErr(http.StatusBadRequest, "unknown_region", "Region %q does not exist here; use one of %v (GET /v1/regions), or omit region for %q.", truncate(region, 32), cat.regionNames(), s.cfg.Region).with("field", "region")
+		}
 	}
 	if err := checkEnv("env", req.Env); err != nil {
 		return err
@@ -137,14 +147,16 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	sort.Strings(envKeys)
 
-	if err := s.checkDisk(r); err != nil {
+	pl := Placement{Region: region, Template: req.Template, Size: size, Networked: network != "off"}
+	nodeID, nd, err := s.place(r, pl)
+	if err != nil {
 		return err
 	}
 	now := s.now().UTC()
 	row := store.Sandbox{
 		ID: newSandboxID(), AccountID: p.account.ID, Status: store.StatusStarting, Template: req.Template,
-		Size: size, CPU: sz.CPU, MemoryMB: sz.MemoryMB, Network: network, Region: s.cfg.Region,
-		TimeoutSeconds: timeout, EnvKeys: envKeys, Metadata: req.Metadata, Node: s.cfg.Region,
+		Size: size, CPU: sz.CPU, MemoryMB: sz.MemoryMB, Network: network, Region: region,
+		TimeoutSeconds: timeout, EnvKeys: envKeys, Metadata: req.Metadata, Node: nodeID,
 		CreatedAt: now, UpdatedAt: now,
 	}
 	if err := s.store.CreateSandbox(r.Context(), row, p.plan.MaxConcurrent); err != nil {
@@ -160,10 +172,23 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	// either fully there or marked failed, never half made.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
 	defer cancel()
-	rt, _, err := s.node.Create(ctx, row.Template, row.Size, row.AccountID, runtime.Claim{
-		Env: req.Env, Hostname: "sandbox", Network: row.Network,
-		Labels: map[string]string{"sandbox_id": row.ID, "account_id": row.AccountID},
-	})
+	var rt runtime.Sandbox
+	for attempt := 1; ; attempt++ {
+		rt, err = nd.Create(ctx, nodeapi.CreateRequest{SandboxID: row.ID, AccountID: row.AccountID, Template: row.Template, Size: row.Size,
+			Claim: runtime.Claim{Env: req.Env, Hostname: "sandbox", Network: row.Network}})
+		if err == nil || attempt == placeAttempts || !(errors.Is(err, nodeapi.ErrNoCapacity) || errors.Is(err, nodeapi.ErrUnreachable) || errors.Is(err, nodeapi.ErrDiskLow)) {
+			break
+		}
+		// The node filled up (or went away) since its last heartbeat:
+		// another one may take it.
+		pl.Exclude = append(pl.Exclude, row.Node)
+		next, nnd, perr := s.nodes.Place(ctx, pl)
+		if perr != nil {
+			break
+		}
+		s.log.Info("a node could not take a sandbox; placing it again", "request_id", requestID(r), "sandbox", row.ID, "node", row.Node, "next", next, "err", err)
+		row.Node, nd = next, nnd
+	}
 	if err != nil {
 		row.Status = store.StatusError
 		row.ErrorMessage = "start failed"
@@ -171,9 +196,11 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 			s.log.Error("recording a failed create", "sandbox", row.ID, "err", uerr)
 		}
 		switch {
-		case errors.Is(err, template.ErrNotBuilt):
+		case errors.Is(err, nodeapi.ErrTemplateNotBuilt):
 			return notBuilt(row.Template)
-		case errors.Is(err, node.ErrUnknownSize):
+		case errors.Is(err, nodeapi.ErrDiskLow):
+			return s.diskLow(r, err)
+		case errors.Is(err, nodeapi.ErrUnknownSize):
 			return invalid("size", "Size %q is not available on this node.", row.Size)
 		case errors.Is(err, runtime.ErrNoNetwork):
 			s.log.Error("sandbox network setup failed", "request_id", requestID(r), "sandbox", row.ID, "network", row.Network, "err", err)
@@ -185,15 +212,20 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	started := s.now().UTC()
 	exp := started.Add(time.Duration(timeout) * time.Second)
 	row.Status, row.RuntimeID, row.ExpiresAt = store.StatusRunning, rt.ID(), &exp
+	made := row
 	row, err = s.store.UpdateSandbox(ctx, row, 0)
 	if err != nil {
-		s.destroyRuntime(rt)
+		s.destroyRuntime(made.Node, rt.ID())
 		return err
 	}
 	s.track(row, rt)
 	writeJSON(w, http.StatusCreated, toJSON(row))
 	return nil
 }
+
+// placeAttempts bounds the nodes a create tries when the chosen one turns
+// out to be full or gone.
+const placeAttempts = 3
 
 // liveSandbox is an entry of Server.running.
 type liveSandbox struct {
@@ -217,62 +249,61 @@ func (s *Server) runningRuntime(r *http.Request) (runtime.Sandbox, error) {
 	if row.Status != store.StatusRunning {
 		return nil, notReady(string(row.Status))
 	}
-	rt, ok := s.node.Driver.Get(row.RuntimeID)
-	if !ok {
+	rt, err := s.runtimeOf(r.Context(), row)
+	if errors.Is(err, nodeapi.ErrUnreachable) {
+		return nil, s.nodeDown(r, row, err)
+	}
+	if err != nil {
 		return nil, notReady("error")
 	}
+	s.running.Store(row.ID, liveSandbox{account: row.AccountID, rt: rt})
 	return rt, nil
 }
 
-// track starts sampling a running sandbox and watches it: if it stops on
-// its own (out of memory, crash) the record says so.
+// runtimeOf is a running sandbox's runtime on its node.
+func (s *Server) runtimeOf(ctx context.Context, row store.Sandbox) (runtime.Sandbox, error) {
+	nd, err := s.nodes.Node(ctx, row.Node)
+	if err != nil {
+		return nil, err
+	}
+	return nd.Sandbox(ctx, row.RuntimeID)
+}
+
+// track caches a running sandbox's runtime for the hot paths (its node
+// meters it and records an unplanned stop).
 func (s *Server) track(row store.Sandbox, rt runtime.Sandbox) {
-	s.sampler.Track(row.ID, row.AccountID, rt, row.CPU, row.MemoryMB)
 	s.running.Store(row.ID, liveSandbox{account: row.AccountID, rt: rt})
-	go func() {
-		<-rt.Done()
-		if _, planned := s.destroying.LoadAndDelete(rt.ID()); planned {
-			return
-		}
-		s.running.CompareAndDelete(row.ID, liveSandbox{account: row.AccountID, rt: rt})
-		s.sampler.Untrack(row.ID)
-		reason := reasonStopped
-		if errors.Is(rt.Err(), runtime.ErrOutOfMemory) {
-			reason = reasonOutOfMemory
-		}
-		unlock := s.lock(row.ID)
-		defer unlock()
-		s.finish(context.Background(), row.ID, row.AccountID, store.StatusError, reason)
-		s.destroyRuntime(rt)
-	}()
 }
 
 // finish moves a sandbox to a final status (terminated or error).
 func (s *Server) finish(ctx context.Context, id, account string, status store.Status, reason string) {
 	s.running.Delete(id)
-	for i := 0; i < 5; i++ {
-		row, err := s.store.GetSandbox(ctx, account, id)
-		if err != nil || row.Status == store.StatusTerminated || row.Status == store.StatusError {
-			return
-		}
-		now := s.now().UTC()
-		row.Status, row.ErrorMessage, row.ExpiresAt, row.RuntimeID = status, reason, nil, ""
-		row.TerminatedAt = &now
-		if _, err = s.store.UpdateSandbox(ctx, row, 0); !errors.Is(err, store.ErrStale) {
-			if err != nil {
-				s.log.Error("recording the end of a sandbox", "sandbox", id, "err", err)
-			}
-			return
-		}
+	lifecycle.Finish(ctx, s.store, s.now, s.log, id, account, status, reason)
+}
+
+// destroyRuntime stops a sandbox's runtime on its node.
+func (s *Server) destroyRuntime(nodeID, runtimeID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	nd, err := s.nodes.Node(ctx, nodeID)
+	if err == nil {
+		err = nd.Destroy(ctx, runtimeID)
+	}
+	if err != nil {
+		s.log.Warn("destroying a sandbox's runtime failed; its node cleans it up at its next start", "node", nodeID, "runtime", runtimeID, "err", err)
 	}
 }
 
-func (s *Server) destroyRuntime(rt runtime.Sandbox) {
-	s.destroying.Store(rt.ID(), true)
+// removeSnapshot deletes a snapshot on the node that holds it.
+func (s *Server) removeSnapshot(nodeID, snapshot string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := rt.Destroy(ctx); err != nil {
-		s.log.Warn("destroying a sandbox's runtime failed; it is cleaned up at the next start", "runtime", rt.ID(), "err", err)
+	nd, err := s.nodes.Node(ctx, nodeID)
+	if err == nil {
+		err = nd.RemoveSnapshot(ctx, snapshot)
+	}
+	if err != nil {
+		s.log.Warn("removing a snapshot failed; its node removes it at its next start", "node", nodeID, "snapshot", snapshot, "err", err)
 	}
 }
 
@@ -414,21 +445,14 @@ func (s *Server) terminate(ctx context.Context, row store.Sandbox, reason string
 		if err != nil {
 			return cur, err
 		}
-		s.sampler.Untrack(row.ID)
 		if rtID != "" {
-			if rt, ok := s.node.Driver.Get(rtID); ok {
-				s.destroyRuntime(rt)
-			}
+			s.destroyRuntime(cur.Node, rtID)
 		}
 		if snap != "" {
-			_ = os.RemoveAll(snap)
+			s.removeSnapshot(cur.Node, snap)
 		}
 		return updated, nil
 	}
-}
-
-func (s *Server) snapshotDir(id string) string {
-	return filepath.Join(s.dataDir, "snapshots", id+"-"+ulid.MustNew(ulid.Now(), rand.Reader).String())
 }
 
 func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
@@ -441,8 +465,12 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	if row.Status != store.StatusRunning {
 		return notReady(string(row.Status))
 	}
-	rt, ok := s.node.Driver.Get(row.RuntimeID)
-	if !ok {
+	nd, err := s.nodes.Node(r.Context(), row.Node)
+	if err != nil {
+		return s.nodeDown(r, row, err)
+	}
+	rt, err := nd.Sandbox(r.Context(), row.RuntimeID)
+	if err != nil {
 		return notReady("error")
 	}
 	ctx := context.WithoutCancel(r.Context())
@@ -466,27 +494,20 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.destroying.Store(rt.ID(), true)
-	s.sampler.Untrack(row.ID)
-	dir := s.snapshotDir(row.ID)
-	snap, err := rt.Checkpoint(ctx, dir)
+	snap, err := nd.Checkpoint(ctx, row.RuntimeID)
 	if err != nil {
-		_ = os.RemoveAll(dir)
-		select {
-		case <-rt.Done():
+		if _, aerr := nd.Sandbox(ctx, row.RuntimeID); aerr != nil {
 			s.finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox stopped while it was being paused")
 			return notReady("error")
-		default:
 		}
 		// Still running: undo the reservation.
-		s.destroying.Delete(rt.ID())
 		running.Version = row.Version
 		if row, uerr := s.store.UpdateSandbox(ctx, running, 0); uerr == nil {
 			s.track(row, rt)
 		}
 		return err
 	}
-	row.RuntimeID, row.SnapshotDir, row.SnapshotBytes = "", dir, snap.Bytes
+	row.RuntimeID, row.SnapshotDir, row.SnapshotBytes = "", snap.ID, snap.Bytes
 	if row, err = s.store.UpdateSandbox(ctx, row, 0); err != nil {
 		return err
 	}
@@ -512,12 +533,9 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkUsage(r.Context(), p); err != nil {
 		return err
 	}
-	rootfs, err := s.node.Templates.Rootfs(row.Template)
+	nd, err := s.nodes.Node(r.Context(), row.Node)
 	if err != nil {
-		return notBuilt(row.Template)
-	}
-	if err := s.checkDisk(r); err != nil {
-		return err
+		return s.nodeDown(r, row, err)
 	}
 	// Take a concurrency slot first, in one transaction with the count
 	// (status starting, the snapshot kept): concurrent resumes and creates
@@ -535,23 +553,35 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	rt, err := s.node.Driver.Restore(ctx, row.SnapshotDir, rootfs, map[string]string{"sandbox_id": row.ID, "account_id": row.AccountID})
+	rt, err := nd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: row.ID, AccountID: row.AccountID, Snapshot: row.SnapshotDir, Template: row.Template, Size: row.Size})
 	if err != nil {
-		s.log.Error("restore failed", "request_id", requestID(r), "sandbox", row.ID, "err", err)
 		paused.Version = row.Version
+		if errors.Is(err, nodeapi.ErrSnapshotNotFound) {
+			s.log.Error("a paused sandbox's snapshot is gone", "request_id", requestID(r), "sandbox", row.ID, "node", row.Node, "err", err)
+			s.finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox's snapshot was lost")
+			return notReady("error")
+		}
 		if _, uerr := s.store.UpdateSandbox(ctx, paused, 0); uerr != nil {
 			s.log.Error("putting a sandbox back to paused after a failed restore", "sandbox", row.ID, "err", uerr)
 		}
+		switch {
+		case errors.Is(err, nodeapi.ErrTemplateNotBuilt):
+			return notBuilt(row.Template)
+		case errors.Is(err, nodeapi.ErrDiskLow):
+			return s.diskLow(r, err)
+		}
+		s.log.Error("restore failed", "request_id", requestID(r), "sandbox", row.ID, "err", err)
 		return apiErr(http.StatusServiceUnavailable, "no_capacity", "The sandbox could not be resumed right now; it is still paused, retry shortly.")
 	}
 	snap := row.SnapshotDir
 	exp := s.now().UTC().Add(time.Duration(row.RemainingMS) * time.Millisecond)
 	row.Status, row.RuntimeID, row.ExpiresAt, row.PausedAt, row.SnapshotDir, row.RemainingMS = store.StatusRunning, rt.ID(), &exp, nil, "", 0
+	restored := row
 	if row, err = s.store.UpdateSandbox(ctx, row, 0); err != nil {
-		s.destroyRuntime(rt)
+		s.destroyRuntime(restored.Node, rt.ID())
 		return err
 	}
-	_ = os.RemoveAll(snap)
+	s.removeSnapshot(row.Node, snap)
 	s.track(row, rt)
 	writeJSON(w, http.StatusOK, toJSON(row))
 	return nil
@@ -573,18 +603,37 @@ func notBuilt(name string) error {
 	return apiErr(http.StatusServiceUnavailable, "unavailable", "Template %s is in the catalog but not built on this server (see \"built\" in GET /v1/templates); the operator can build it with `orkestrd admin template build %s`.", name, name).with("template", name)
 }
 
-// checkDisk refuses a new running sandbox while the host's free disk is
+// place picks the node for a new running sandbox, answering why none can
+// take it.
+func (s *Server) place(r *http.Request, p Placement) (string, nodeapi.Node, error) {
+	id, nd, err := s.nodes.Place(r.Context(), p)
+	switch {
+	case err == nil:
+		return id, nd, nil
+	case errors.Is(err, node.ErrDiskReserve), errors.Is(err, nodeapi.ErrDiskLow):
+		return "", nil, s.diskLow(r, err)
+	case errors.Is(err, ErrUnknownRegion):
+		return "", nil, apiErr(http.StatusBadRequest, "unknown_region", "Region %q does not exist here (GET /v1/regions lists them); omit region for %q.", truncate(p.Region, 32), s.cfg.Region).with("field", "region")
+	case errors.Is(err, ErrRegionUnavailable):
+		return "", nil, apiErr(http.StatusServiceUnavailable, "region_unavailable", "No node of region %q is available right now; retry shortly or use another region (GET /v1/regions).", p.Region).with("region", p.Region)
+	case errors.Is(err, ErrNoCapacity):
+		s.log.Warn("no node can take a sandbox", "request_id", requestID(r), "region", p.Region, "template", p.Template, "size", p.Size, "err", err)
+		return "", nil, apiErr(http.StatusServiceUnavailable, "no_capacity", "No node of region %q has room for a %s %s sandbox right now; retry shortly.", p.Region, p.Size, p.Template).with("region", p.Region)
+	}
+	return "", nil, err
+}
+
+// nodeDown answers a request whose sandbox's node cannot be reached.
+func (s *Server) nodeDown(r *http.Request, row store.Sandbox, err error) error {
+	s.log.Warn("a sandbox's node is unreachable", "request_id", requestID(r), "sandbox", row.ID, "node", row.Node, "err", err)
+	return apiErr(http.StatusServiceUnavailable, "node_unavailable", "The node holding this sandbox is not answering right now; retry shortly.")
+}
+
+// diskLow refuses a new running sandbox while the host's free disk is
 // under the operator's reserve. The caller learns only that the server is
 // short of disk; the operator sees which filesystem in the log and in
 // /metrics.
-func (s *Server) checkDisk(r *http.Request) error {
-	err := s.node.CheckDisk()
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, node.ErrDiskReserve) {
-		return err
-	}
+func (s *Server) diskLow(r *http.Request, err error) error {
 	s.om.diskRefusals.Inc()
 	s.log.Warn("refusing a sandbox: host disk under the reserve", "request_id", requestID(r), "path", r.URL.Path, "err", err)
 	return apiErr(http.StatusServiceUnavailable, "host_disk_low", "This server is short of disk space and starts no sandboxes right now; retry later or elsewhere (the operator has been told).")

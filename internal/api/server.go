@@ -24,13 +24,14 @@ import (
 // Start, and serve Handler.
 type Server struct {
 	store     store.Store
-	node      *node.Node
+	nodes     Nodes
+	leader    func() bool
+	local     *node.Node // the in-process node of a single box (nil in a fleet's control plane)
 	cfg       config.Config
 	log       *slog.Logger
 	now       func() time.Time
 	limits    *limiter
 	authFails *failLimiter
-	sampler   *metering.Sampler
 	om        *opMetrics
 	dataDir   string
 	started   bool
@@ -41,10 +42,6 @@ type Server struct {
 	// usageCache: account id -> cachedUsage, the month's usage for the
 	// budget check of create and resume.
 	usageCache sync.Map
-
-	// destroying marks runtime sandboxes we stop on purpose, so their
-	// watcher does not record them as crashed.
-	destroying sync.Map
 
 	// running caches the sandboxes this server has running (id ->
 	// liveSandbox) so that exec and files, the hot paths, need no store
@@ -61,19 +58,22 @@ type Server struct {
 
 // Options configure a Server.
 type Options struct {
-	Store   store.Store
+	Store store.Store
+	// Node is the in-process node of a single box; a fleet's control
+	// plane sets Nodes instead (and Node nil).
 	Node    *node.Node
+	Nodes   Nodes
 	Config  config.Config
 	Log     *slog.Logger
-	DataDir string           // snapshots live in DataDir/snapshots
+	DataDir string           // the server's data directory (the E2B secret lives there)
 	Now     func() time.Time // for tests; time.Now by default (Clock wins if both are set)
+	// Leader says whether this replica runs the singleton loops
+	// (deadlines) now; nil: always (one box).
+	Leader func() bool
 	// Clock is the time of deadlines, rate limits, plan months and the
 	// hour metered usage is attributed to; tests inject one to cross a
 	// month. Default: Now, else the system clock.
 	Clock metering.Clock
-	// FlushEvery is how often metered usage is written to the store
-	// (default 3 s; a crash loses at most this plus one sample interval).
-	FlushEvery time.Duration
 }
 
 // New builds the server and its routes.
@@ -88,16 +88,22 @@ func New(o Options) *Server {
 		o.Log = slog.Default()
 	}
 	s := &Server{
-		store: o.Store, node: o.Node, cfg: o.Config, log: o.Log, now: o.Clock.Now,
+		store: o.Store, nodes: o.Nodes, local: o.Node, leader: o.Leader, cfg: o.Config, log: o.Log, now: o.Clock.Now,
 		limits:    newLimiter(o.Clock.Now),
 		authFails: newFailLimiter(o.Clock.Now),
 		dataDir:   o.DataDir,
 	}
+	switch {
+	case s.nodes != nil:
+	case s.local != nil:
+		s.nodes = LocalNodes(s.local)
+	default:
+		s.nodes = noNodes{}
+	}
 	s.om = newOpMetrics(s)
-	s.sampler = metering.New(metering.Config{
-		Interval: time.Second, Window: 60, FlushEvery: o.FlushEvery, Clock: o.Clock, Sink: o.Store, Log: o.Log,
-		OnRound: s.om.samplerRound, OnFlush: s.om.meteringFlush,
-	})
+	if s.local != nil {
+		s.local.Sampler().SetHooks(s.om.samplerRound, s.om.meteringFlush)
+	}
 	s.routes()
 	return s
 }
@@ -114,7 +120,9 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	s.started = true
-	go s.sampler.Run(ctx)
+	if s.local != nil {
+		go s.local.RunMetering(ctx)
+	}
 	go s.deadlineLoop(ctx)
 	return nil
 }
@@ -123,8 +131,8 @@ func (s *Server) Start(ctx context.Context) error {
 // has stopped and the last metered usage is in the store. Call it before
 // closing the store.
 func (s *Server) Wait() {
-	if s.started {
-		s.sampler.Wait()
+	if s.started && s.local != nil {
+		s.local.WaitMetering()
 	}
 }
 

@@ -142,6 +142,11 @@ type Config struct {
 	// PoolMemoryMB is the budget of all warm pools together, counted at
 	// PooledSandboxMB each (an idle sandbox's measured footprint).
 	PoolMemoryMB int `yaml:"pool_memory_mb"`
+
+	// Fleet and Node: a control plane with nodes on other hosts (see
+	// fleet.go); the one box needs neither.
+	Fleet Fleet `yaml:"fleet"`
+	Node  Node  `yaml:"node"`
 }
 
 // PooledSandboxMB is what one idle pooled sandbox is counted at against

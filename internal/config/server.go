@@ -48,6 +48,10 @@ func mergeServer(c *Config, file Config) error {
 	c.TLS = file.TLS
 	c.Database = file.Database
 	c.SandboxCAFiles = file.SandboxCAFiles
+	c.Fleet, c.Node = file.Fleet, file.Node
+	if err := c.resolveFleet(); err != nil {
+		return err
+	}
 	return c.resolveSecrets()
 }
 
@@ -197,6 +201,9 @@ func (c Config) Redact() Config {
 		} else {
 			out.Database.URL = Redacted
 		}
+	}
+	if c.Fleet.NodeToken != "" {
+		out.Fleet.NodeToken = Redacted
 	}
 	if c.Registries != nil {
 		out.Registries = make(map[string]RegistryAuth, len(c.Registries))

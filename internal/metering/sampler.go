@@ -147,6 +147,11 @@ func New(cfg Config) *Sampler {
 	return &Sampler{cfg: cfg, tracked: map[string]*series{}, pending: map[pendingKey]*store.UsageDelta{}, done: make(chan struct{})}
 }
 
+// SetHooks sets Config.OnRound and Config.OnFlush; call it before Run.
+func (s *Sampler) SetHooks(onRound func(lag time.Duration, sandboxes int), onFlush func(took time.Duration, rows int, err error)) {
+	s.cfg.OnRound, s.cfg.OnFlush = onRound, onFlush
+}
+
 // Interval is the sampling interval.
 func (s *Sampler) Interval() time.Duration { return s.cfg.Interval }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
 // API versions this build speaks.
@@ -100,6 +101,9 @@ type Metrics struct {
 	Latest          *Sample       `json:"latest,omitempty"`
 	IntervalSeconds int           `json:"interval_seconds"`
 	Disk            *runtime.Disk `json:"disk,omitempty"`
+	// Lifetime is the sandbox's usage over its whole life, flushed or
+	// not yet (exact: the node adds what it has not written).
+	Lifetime *store.Usage `json:"lifetime,omitempty"`
 }
 
 // Node is one host as the control plane sees it. Sandboxes it returns

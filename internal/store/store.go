@@ -1,7 +1,8 @@
-// Package store is the durable record of accounts, API keys and sandboxes.
-// Every state change the API acknowledges is committed here first. The
-// implementations (package sqlstore: SQLite, the embedded default, and
-// PostgreSQL) share one schema and one test suite.
+// Package store is the durable record of accounts, API keys, sandboxes and
+// the fleet's nodes and leases. Every state change the API acknowledges is
+// committed here first. The implementations (package sqlstore: SQLite,
+// the embedded default, and PostgreSQL) share one schema and one test
+// suite.
 package store
 
 import (
@@ -59,6 +60,15 @@ const (
 	StatusPaused     Status = "paused"
 	StatusTerminated Status = "terminated"
 	StatusError      Status = "error"
+)
+
+// Why a sandbox ended, as its record keeps it (Sandbox.ErrorMessage).
+const (
+	EndTerminated  = "terminated by request"
+	EndExpired     = "timeout reached"
+	EndOutOfMemory = "the sandbox was killed because it exceeded its memory limit"
+	EndStopped     = "the sandbox stopped unexpectedly"
+	EndNodeLost    = "node_lost: the node running the sandbox stopped answering"
 )
 
 // Sandbox is the durable record of one sandbox. Env values are never
@@ -138,6 +148,8 @@ type Store interface {
 
 	UsageStore
 	MemberStore
+	NodeStore
+	LeaseStore
 
 	Close() error
 }

@@ -201,12 +201,18 @@ type dialect struct {
 	// numbered placeholders ($1, $2, ...) instead of '?'.
 	dollar bool
 	// lockAccount is appended to "SELECT id FROM accounts WHERE id = ?"
-	// to serialize an account's conditional writes.
+	// to serialize an account's conditional writes (and to a SELECT of a
+	// node's row in LoseNodeIfLapsed, against its heartbeats).
 	lockAccount string
 	// binaryCollation replaces {{binary_collation}} in migrations.
 	binaryCollation string
 	// migrationsTableExists selects one boolean.
 	migrationsTableExists string
+	// nowMS is the database's clock in unix milliseconds, for what
+	// several hosts compare (heartbeats, leases): on PostgreSQL the
+	// server's clock, whatever the replicas' clocks say. On SQLite (one
+	// host) it is that host's clock, read by SQLite.
+	nowMS string
 }
 
 var (
@@ -214,6 +220,7 @@ var (
 		name:                  "sqlite",
 		binaryCollation:       "COLLATE BINARY",
 		migrationsTableExists: "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+		nowMS:                 "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
 	}
 	postgresDialect = dialect{
 		name:                  "postgres",
@@ -221,6 +228,8 @@ var (
 		lockAccount:           " FOR NO KEY UPDATE",
 		binaryCollation:       `COLLATE "C"`,
 		migrationsTableExists: "SELECT to_regclass('schema_migrations') IS NOT NULL",
+		// now(): the transaction's start, so one statement sees one time.
+		nowMS: "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)",
 	}
 )
 

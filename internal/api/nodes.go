@@ -1,0 +1,121 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
+	"github.com/orkestr-eu/orkestr/internal/scheduler"
+)
+
+// Nodes is how the API reaches the hosts that run sandboxes: the one
+// in-process node of a single box, or a fleet's nodes over the node API.
+type Nodes interface {
+	// Node is the node a sandbox record names (store.Sandbox.Node).
+	Node(ctx context.Context, id string) (nodeapi.Node, error)
+	// Place picks a node for a new running sandbox.
+	Place(ctx context.Context, p Placement) (id string, n nodeapi.Node, err error)
+	// Catalog says what the nodes offer, for validation and listings.
+	Catalog(ctx context.Context) (Catalog, error)
+}
+
+// Placement is what a new running sandbox needs from its node.
+type Placement struct {
+	Region    string // "" for the operator's default region
+	Template  string
+	Size      string
+	Networked bool
+	Exclude   []string // nodes that just failed this sandbox
+}
+
+// Catalog is what the nodes offer.
+type Catalog struct {
+	Templates map[string]bool // built on at least one live node
+	Network   bool            // some live node runs networked sandboxes
+	Regions   []scheduler.RegionState
+}
+
+// Placement failures: the API answers 503 with these codes.
+var (
+	ErrRegionUnavailable = errors.New("region_unavailable")
+	ErrNoCapacity        = errors.New("no_capacity")
+	// ErrUnknownRegion: a region no node has ever registered in (400).
+	ErrUnknownRegion = errors.New("unknown_region")
+)
+
+// localNodes is the one-box server's single in-process node.
+type localNodes struct {
+	n *node.Node
+}
+
+// LocalNodes serves every sandbox from one in-process node.
+func LocalNodes(n *node.Node) Nodes { return localNodes{n} }
+
+func (l localNodes) Node(context.Context, string) (nodeapi.Node, error) { return l.n, nil }
+
+func (l localNodes) Place(_ context.Context, p Placement) (string, nodeapi.Node, error) {
+	if p.Region != "" && p.Region != l.n.Region() {
+		return "", nil, fmt.Errorf("%w: this server runs region %q only", ErrUnknownRegion, l.n.Region())
+	}
+	if err := l.n.CheckDisk(); err != nil {
+		return "", nil, err
+	}
+	return l.n.ID(), l.n, nil
+}
+
+func (l localNodes) Catalog(ctx context.Context) (Catalog, error) {
+	info, err := l.n.Info(ctx)
+	if err != nil {
+		return Catalog{}, err
+	}
+	c := Catalog{Templates: map[string]bool{}, Network: info.NetworkEnabled}
+	for _, t := range info.Templates {
+		c.Templates[t] = true
+	}
+	c.Regions = scheduler.Policy{}.Regions([]scheduler.Candidate{{
+		ID: info.ID, Region: info.Region, Templates: info.Templates, NetworkEnabled: info.NetworkEnabled, DiskLow: info.DiskLow,
+		Capacity:  scheduler.Resources(info.Capacity),
+		Allocated: scheduler.Resources(info.Allocated),
+	}})
+	return c, nil
+}
+
+// hasTemplate reports whether a catalog has the template built.
+func (c Catalog) hasTemplate(name string) bool { return c.Templates[name] }
+
+// live reports whether any node is alive.
+func (c Catalog) live() bool {
+	for _, r := range c.Regions {
+		if r.Alive > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// regionNames lists the catalog's regions.
+func (c Catalog) regionNames() []string {
+	var out []string
+	for _, r := range c.Regions {
+		out = append(out, r.Name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// noNodes is a server without a runtime (tests of the console and the
+// key paths): nothing is built, nothing can be placed.
+type noNodes struct{}
+
+func (noNodes) Node(context.Context, string) (nodeapi.Node, error) {
+	return nil, fmt.Errorf("%w: this server runs no nodes", nodeapi.ErrUnreachable)
+}
+func (noNodes) Place(context.Context, Placement) (string, nodeapi.Node, error) {
+	return "", nil, fmt.Errorf("%w: this server runs no nodes", ErrNoCapacity)
+}
+func (noNodes) Catalog(context.Context) (Catalog, error) {
+	return Catalog{Templates: map[string]bool{}}, nil
+}

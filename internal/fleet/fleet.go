@@ -1,0 +1,193 @@
+// Package fleet runs orkestr on many hosts: the control plane's view of
+// the nodes (placement over the store's node records, clients of their
+// node API), the singleton loops that exactly one control-plane replica
+// runs at a time (by a lease in the store), and a node's side of it (its
+// heartbeat into the store and the sweep that drops sandboxes the store no
+// longer gives it).
+package fleet
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/api"
+	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
+	"github.com/orkestr-eu/orkestr/internal/scheduler"
+	"github.com/orkestr-eu/orkestr/internal/store"
+)
+
+// Nodes is the control plane's api.Nodes: the nodes of the store's
+// records, reached over their node API.
+type Nodes struct {
+	store  store.Store
+	policy scheduler.Policy
+	sizes  map[string]config.Size
+	token  string
+	tls    *tls.Config
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	clients map[string]*nodeapi.Client // node id -> client of its current address
+	list    []store.Node
+	listAt  time.Time
+}
+
+// Options configure Nodes.
+type Options struct {
+	Store  store.Store
+	Config config.Config
+	TLS    *tls.Config // for https node addresses; nil: system roots
+	Log    *slog.Logger
+}
+
+// listFor is how long a read of the nodes table serves placements: a
+// create costs no store read of its own, and a heartbeat is seconds apart
+// anyway.
+const listFor = time.Second
+
+// NewNodes returns the fleet's nodes as the control plane sees them.
+func NewNodes(o Options) *Nodes {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	return &Nodes{
+		store: o.Store, sizes: o.Config.Sizes, token: o.Config.Fleet.NodeToken, tls: o.TLS, log: o.Log,
+		policy: scheduler.Policy{
+			DefaultRegion: o.Config.Region, Lapse: o.Config.Fleet.HeartbeatTimeout(), CPUOvercommit: o.Config.Fleet.CPUOvercommit,
+		},
+		clients: map[string]*nodeapi.Client{},
+	}
+}
+
+var _ api.Nodes = (*Nodes)(nil)
+
+// nodes is the store's node list, at most listFor old (fresh: read now).
+func (f *Nodes) nodes(ctx context.Context, fresh bool) ([]store.Node, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !fresh && f.list != nil && time.Since(f.listAt) < listFor {
+		return f.list, nil
+	}
+	list, err := f.store.ListNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	f.list, f.listAt = list, time.Now()
+	return list, nil
+}
+
+// client is the node API client of a node record (one per address).
+func (f *Nodes) client(n store.Node) (*nodeapi.Client, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.clients[n.ID]; ok && c.Address() == n.Address {
+		return c, nil
+	}
+	c, err := nodeapi.Dial(n.Address, f.token, f.tls)
+	if err != nil {
+		return nil, fmt.Errorf("%w: node %s: %w", nodeapi.ErrUnreachable, n.ID, err)
+	}
+	if old, ok := f.clients[n.ID]; ok {
+		old.Close()
+	}
+	f.clients[n.ID] = c
+	return c, nil
+}
+
+// Node implements api.Nodes.
+func (f *Nodes) Node(ctx context.Context, id string) (nodeapi.Node, error) {
+	var last error
+	// A node missing or silent in the cached list may have come back
+	// since: the list is read again before it is given up.
+	for _, fresh := range []bool{false, true} {
+		list, err := f.nodes(ctx, fresh)
+		if err != nil {
+			return nil, err
+		}
+		last = fmt.Errorf("%w: no node %q is registered", nodeapi.ErrUnreachable, id)
+		for _, n := range list {
+			if n.ID != id {
+				continue
+			}
+			if f.policy.Alive(scheduler.FromNode(n)) {
+				return f.client(n)
+			}
+			last = fmt.Errorf("%w: node %s last answered %s ago", nodeapi.ErrUnreachable, id, n.HeartbeatAge.Round(time.Second))
+		}
+	}
+	return nil, last
+}
+
+// Place implements api.Nodes.
+func (f *Nodes) Place(ctx context.Context, p api.Placement) (string, nodeapi.Node, error) {
+	list, err := f.nodes(ctx, len(p.Exclude) > 0)
+	if err != nil {
+		return "", nil, err
+	}
+	sz := f.sizes[p.Size]
+	req := scheduler.Request{
+		Region: p.Region, Template: p.Template, Networked: p.Networked,
+		Size: scheduler.Resources{CPUs: sz.CPU, MemoryBytes: int64(sz.MemoryMB) << 20, DiskBytes: int64(sz.DiskMBOrDefault()) << 20},
+	}
+	if len(p.Exclude) > 0 {
+		req.Exclude = map[string]bool{}
+		for _, id := range p.Exclude {
+			req.Exclude[id] = true
+		}
+	}
+	cands := make([]scheduler.Candidate, len(list))
+	for i, n := range list {
+		cands[i] = scheduler.FromNode(n)
+	}
+	c, err := f.policy.Place(cands, req)
+	switch {
+	case errors.Is(err, scheduler.ErrRegionUnavailable):
+		known := false
+		for _, n := range list {
+			known = known || n.Region == req.Region || (req.Region == "" && n.Region == f.policy.DefaultRegion)
+		}
+		if !known {
+			return "", nil, fmt.Errorf("%w: %w", api.ErrUnknownRegion, err)
+		}
+		return "", nil, fmt.Errorf("%w: %w", api.ErrRegionUnavailable, err)
+	case errors.Is(err, scheduler.ErrTemplateUnavailable), errors.Is(err, scheduler.ErrNoCapacity):
+		return "", nil, fmt.Errorf("%w: %w", api.ErrNoCapacity, err)
+	case err != nil:
+		return "", nil, err
+	}
+	for _, n := range list {
+		if n.ID == c.ID {
+			cl, err := f.client(n)
+			return n.ID, cl, err
+		}
+	}
+	return "", nil, fmt.Errorf("placement chose node %s, which is not in the list", c.ID)
+}
+
+// Catalog implements api.Nodes.
+func (f *Nodes) Catalog(ctx context.Context) (api.Catalog, error) {
+	list, err := f.nodes(ctx, false)
+	if err != nil {
+		return api.Catalog{}, err
+	}
+	cat := api.Catalog{Templates: map[string]bool{}}
+	cands := make([]scheduler.Candidate, len(list))
+	for i, n := range list {
+		cands[i] = scheduler.FromNode(n)
+		if !f.policy.Alive(cands[i]) {
+			continue
+		}
+		for _, t := range n.Templates {
+			cat.Templates[t] = true
+		}
+		cat.Network = cat.Network || n.NetworkEnabled
+	}
+	cat.Regions = f.policy.Regions(cands)
+	return cat, nil
+}

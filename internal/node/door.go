@@ -1,0 +1,413 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/orkestr-eu/orkestr/internal/buildinfo"
+	"github.com/orkestr-eu/orkestr/internal/metering"
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
+	"github.com/orkestr-eu/orkestr/internal/pool"
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/store"
+	"github.com/orkestr-eu/orkestr/internal/template"
+)
+
+// Recorder is where a node writes what only it sees: the usage it meters
+// and the sandboxes that stopped on their own. The store is one.
+type Recorder interface {
+	metering.Sink
+	// EndSandbox records that a running sandbox stopped by itself; false
+	// if the record no longer names that runtime (paused, terminated).
+	EndSandbox(ctx context.Context, sandboxID, runtimeID string, status store.Status, reason string) (bool, error)
+}
+
+var _ nodeapi.Node = (*Node)(nil)
+
+// discard is the Recorder of a node that records nothing (selftest).
+type discard struct{}
+
+func (discard) AddUsage(context.Context, []store.UsageDelta) error { return nil }
+func (discard) SandboxUsage(context.Context, string, string) (store.Usage, error) {
+	return store.Usage{}, nil
+}
+func (discard) EndSandbox(context.Context, string, string, store.Status, string) (bool, error) {
+	return false, nil
+}
+
+// live is what the node knows of a sandbox it runs for the store.
+type live struct {
+	sandboxID, account string
+	res                runtime.Resources
+	rt                 runtime.Sandbox
+	since              time.Time
+}
+
+// Running is a sandbox the node runs for the store.
+type Running struct {
+	RuntimeID, SandboxID string
+	Since                time.Time // when this node started (or adopted) it
+}
+
+// Running lists the sandboxes the node runs for the store.
+func (n *Node) Running() []Running {
+	var out []Running
+	n.live.Range(func(k, v any) bool {
+		l := v.(*live)
+		out = append(out, Running{RuntimeID: k.(string), SandboxID: l.sandboxID, Since: l.since})
+		return true
+	})
+	return out
+}
+
+// ID is the node's id in the fleet.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// Region is the node's region.
+func (n *Node) Region() string { return n.cfg.Region }
+
+// Sampler meters the node's sandboxes.
+func (n *Node) Sampler() *metering.Sampler { return n.sampler }
+
+// Info implements nodeapi.Node.
+func (n *Node) Info(ctx context.Context) (nodeapi.Info, error) {
+	info := nodeapi.Info{
+		ID: n.cfg.ID, Region: n.cfg.Region, Address: n.cfg.Address, Version: buildinfo.Version,
+		APIVersion: nodeapi.APIVersion, Capacity: n.capacity(), NetworkEnabled: n.cfg.Network != nil,
+		DiskLow: n.CheckDisk() != nil, Warm: map[string]int{},
+	}
+	n.live.Range(func(_, v any) bool {
+		l := v.(*live)
+		info.Running++
+		info.Allocated.CPUs += l.res.CPU
+		info.Allocated.MemoryBytes += l.res.MemoryBytes
+		info.Allocated.DiskBytes += l.res.DiskBytes
+		info.Allocated.Slots++
+		return true
+	})
+	built, err := n.templates.List()
+	if err != nil {
+		return info, err
+	}
+	for _, t := range built {
+		info.Templates = append(info.Templates, t.Name)
+	}
+	slices.Sort(info.Templates)
+	for _, d := range n.pool.Depths() {
+		info.Warm[d.Key.Template] += d.Ready
+	}
+	return info, nil
+}
+
+// capacity is the host's size: cores, memory, the state directory's disk
+// and the operator's sandbox slots (default: one per 128 MiB of memory).
+func (n *Node) capacity() nodeapi.Capacity {
+	c := nodeapi.Capacity{CPUs: float64(goruntime.NumCPU()), MemoryBytes: memTotal(), Slots: n.cfg.Slots}
+	var st unix.Statfs_t
+	if unix.Statfs(n.cfg.StateDir, &st) == nil {
+		c.DiskBytes = int64(st.Blocks * uint64(st.Bsize))
+	}
+	if c.Slots <= 0 {
+		c.Slots = max(int(c.MemoryBytes>>27), 1)
+	}
+	return c
+}
+
+func memTotal() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// admit refuses a new running sandbox when the disk is under its reserve
+// or every slot is taken.
+func (n *Node) admit() error {
+	if err := n.CheckDisk(); err != nil {
+		if errors.Is(err, ErrDiskReserve) {
+			return fmt.Errorf("%w: %w", nodeapi.ErrDiskLow, err)
+		}
+		return err
+	}
+	running := 0
+	n.live.Range(func(_, _ any) bool { running++; return true })
+	if slots := n.capacity().Slots; running >= slots {
+		return fmt.Errorf("%w: %d of %d slots taken", nodeapi.ErrNoCapacity, running, slots)
+	}
+	return nil
+}
+
+// Create implements nodeapi.Node.
+func (n *Node) Create(ctx context.Context, r nodeapi.CreateRequest) (runtime.Sandbox, error) {
+	if err := n.admit(); err != nil {
+		return nil, err
+	}
+	claim := r.Claim
+	claim.Labels = map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID}
+	rt, _, err := n.create(ctx, r.Template, r.Size, r.AccountID, claim)
+	if err != nil {
+		return nil, contractError(err)
+	}
+	n.track(r.SandboxID, r.AccountID, rt, n.cfg.Sizes[r.Size])
+	return rt, nil
+}
+
+// contractError gives the driver's and the template store's errors the
+// contract's names, keeping their text.
+func contractError(err error) error {
+	switch {
+	case errors.Is(err, template.ErrNotBuilt):
+		return fmt.Errorf("%w: %w", nodeapi.ErrTemplateNotBuilt, err)
+	case errors.Is(err, ErrUnknownSize):
+		return fmt.Errorf("%w: %w", nodeapi.ErrUnknownSize, err)
+	}
+	return err
+}
+
+// Sandbox implements nodeapi.Node.
+func (n *Node) Sandbox(_ context.Context, runtimeID string) (runtime.Sandbox, error) {
+	if v, ok := n.live.Load(runtimeID); ok {
+		return v.(*live).rt, nil
+	}
+	if rt, ok := n.driver.Get(runtimeID); ok {
+		return rt, nil
+	}
+	return nil, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
+}
+
+// snapshotDir is where snapshot id lives on this node; ids are made by
+// Checkpoint and never contain a path.
+func (n *Node) snapshotDir(id string) (string, error) {
+	if !strings.HasPrefix(id, "sbx_") || strings.ContainsAny(id, `/\`) || strings.Contains(id, "..") || len(id) > 128 {
+		return "", fmt.Errorf("%w: %q is not a snapshot id", nodeapi.ErrSnapshotNotFound, id)
+	}
+	return filepath.Join(n.cfg.snapshotRoot(), id), nil
+}
+
+func (c Config) snapshotRoot() string {
+	if c.SnapshotDir != "" {
+		return c.SnapshotDir
+	}
+	return filepath.Join(c.DataDir, "snapshots")
+}
+
+// Checkpoint implements nodeapi.Node: the snapshot is named after the
+// sandbox and a fresh ULID, so a retried pause never reuses a directory.
+func (n *Node) Checkpoint(ctx context.Context, runtimeID string) (nodeapi.Snapshot, error) {
+	v, ok := n.live.Load(runtimeID)
+	if !ok {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
+	}
+	l := v.(*live)
+	id := l.sandboxID + "-" + ulid.MustNew(ulid.Now(), rand.Reader).String()
+	dir, err := n.snapshotDir(id)
+	if err != nil {
+		return nodeapi.Snapshot{}, err
+	}
+	n.untrack(runtimeID, true)
+	snap, err := l.rt.Checkpoint(ctx, dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		select {
+		case <-l.rt.Done():
+			n.destroying.Delete(runtimeID)
+		default: // still running: it is the node's again
+			n.destroying.Delete(runtimeID)
+			n.track(l.sandboxID, l.account, l.rt, l.res)
+		}
+		return nodeapi.Snapshot{}, err
+	}
+	return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
+}
+
+// Restore implements nodeapi.Node.
+func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.Sandbox, error) {
+	dir, err := n.snapshotDir(r.Snapshot)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "snapshot.json")); err != nil {
+		return nil, fmt.Errorf("%w: %s", nodeapi.ErrSnapshotNotFound, r.Snapshot)
+	}
+	if err := n.admit(); err != nil {
+		return nil, err
+	}
+	rootfs, err := n.templates.Rootfs(r.Template)
+	if err != nil {
+		return nil, contractError(err)
+	}
+	rt, err := n.driver.Restore(ctx, dir, rootfs, map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID})
+	if err != nil {
+		return nil, err
+	}
+	res := rt.Info().Resources
+	if sz, ok := n.cfg.Sizes[r.Size]; ok {
+		res = sz
+	}
+	n.track(r.SandboxID, r.AccountID, rt, res)
+	return rt, nil
+}
+
+// RemoveSnapshot implements nodeapi.Node.
+func (n *Node) RemoveSnapshot(_ context.Context, id string) error {
+	dir, err := n.snapshotDir(id)
+	if err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
+}
+
+// Destroy implements nodeapi.Node.
+func (n *Node) Destroy(ctx context.Context, runtimeID string) error {
+	rt, err := n.Sandbox(ctx, runtimeID)
+	if errors.Is(err, runtime.ErrNotFound) {
+		return nil
+	}
+	n.untrack(runtimeID, true)
+	defer n.destroying.Delete(runtimeID)
+	return rt.Destroy(ctx)
+}
+
+// Reconcile implements nodeapi.Node: it adopts the sandboxes keep names
+// (and meters them again), destroys every other one, removes every
+// snapshot keep does not list, and starts the warm pools.
+func (n *Node) Reconcile(ctx context.Context, keep nodeapi.Keep) (runtime.ReconcileReport, error) {
+	rep, err := n.driver.Reconcile(ctx, func(i runtime.Info) bool {
+		id, ok := keep.Sandboxes[i.ID]
+		return ok && i.Labels["sandbox_id"] == id
+	})
+	if err != nil {
+		return rep, fmt.Errorf("reconcile: %w", err)
+	}
+	for _, id := range rep.Adopted {
+		if rt, ok := n.driver.Get(id); ok {
+			info := rt.Info()
+			n.track(info.Labels["sandbox_id"], info.Labels["account_id"], rt, info.Resources)
+		}
+	}
+	ents, _ := os.ReadDir(n.cfg.snapshotRoot())
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "sbx_") && !slices.Contains(keep.Snapshots, e.Name()) {
+			_ = os.RemoveAll(filepath.Join(n.cfg.snapshotRoot(), e.Name()))
+			rep.Removed = append(rep.Removed, "snapshot "+e.Name())
+		}
+	}
+	if err := n.syncPools(); err != nil {
+		return rep, err
+	}
+	n.startOnce.Do(func() { go n.scanTemplates() })
+	return rep, nil
+}
+
+// Metrics implements nodeapi.Node.
+func (n *Node) Metrics(ctx context.Context, runtimeID string, since time.Time) (nodeapi.Metrics, error) {
+	v, ok := n.live.Load(runtimeID)
+	if !ok {
+		return nodeapi.Metrics{}, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
+	}
+	l := v.(*live)
+	out := nodeapi.Metrics{IntervalSeconds: int(n.sampler.Interval().Seconds())}
+	samples, latest, _ := n.sampler.Window(l.sandboxID, since)
+	for _, s := range samples {
+		out.Samples = append(out.Samples, nodeapi.Sample(s))
+	}
+	if latest != nil {
+		s := nodeapi.Sample(*latest)
+		out.Latest = &s
+	}
+	if life, err := n.sampler.Lifetime(ctx, l.account, l.sandboxID); err == nil {
+		out.Lifetime = &life
+	}
+	if dr, ok := l.rt.(runtime.DiskReader); ok {
+		if d, err := dr.Disk(); err == nil {
+			out.Disk = &d
+		}
+	}
+	return out, nil
+}
+
+// track meters a sandbox from now on and watches it: if it stops on its
+// own (out of memory, crash) the store's record says so.
+func (n *Node) track(sandboxID, account string, rt runtime.Sandbox, res runtime.Resources) {
+	l := &live{sandboxID: sandboxID, account: account, res: res, rt: rt, since: time.Now()}
+	n.live.Store(rt.ID(), l)
+	n.sampler.Track(sandboxID, account, rt, res.CPU, int(res.MemoryBytes>>20))
+	go func() {
+		<-rt.Done()
+		if _, planned := n.destroying.Load(rt.ID()); planned {
+			return
+		}
+		if !n.live.CompareAndDelete(rt.ID(), l) {
+			return
+		}
+		n.sampler.Untrack(sandboxID)
+		reason := store.EndStopped
+		if errors.Is(rt.Err(), runtime.ErrOutOfMemory) {
+			reason = store.EndOutOfMemory
+		}
+		if n.cfg.Recorder != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			if _, err := n.cfg.Recorder.EndSandbox(ctx, sandboxID, rt.ID(), store.StatusError, reason); err != nil {
+				n.cfg.Log.Error("recording the end of a sandbox", "sandbox", sandboxID, "err", err)
+			}
+			cancel()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := rt.Destroy(ctx); err != nil {
+			n.cfg.Log.Warn("destroying a stopped sandbox failed; it is cleaned up at the next start", "runtime", rt.ID(), "err", err)
+		}
+	}()
+}
+
+// untrack stops metering a sandbox; planned marks its stop as the node's
+// own doing (pause, terminate) so its watcher records nothing.
+func (n *Node) untrack(runtimeID string, planned bool) {
+	if planned {
+		n.destroying.Store(runtimeID, true)
+	}
+	if v, ok := n.live.LoadAndDelete(runtimeID); ok {
+		n.sampler.Untrack(v.(*live).sandboxID)
+	}
+}
+
+// liveSet is the node's running sandboxes by runtime id.
+type liveSet = sync.Map
+
+// Templates lists the templates built on this host.
+func (n *Node) Templates() ([]template.Record, error) { return n.templates.List() }
+
+// PoolDepths reports every warm pool's ready sandboxes and target.
+func (n *Node) PoolDepths() []pool.Depth { return n.pool.Depths() }
+
+// RuntimeName names the node's driver ("gvisor").
+func (n *Node) RuntimeName() string { return n.driver.Name() }
+
+// RuntimeSandboxes counts every sandbox the driver runs, pooled included.
+func (n *Node) RuntimeSandboxes(ctx context.Context) int {
+	list, _ := n.driver.List(ctx)
+	return len(list)
+}

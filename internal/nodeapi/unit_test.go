@@ -1,0 +1,316 @@
+package nodeapi_test
+
+// Tests of the transport that need no root and no sandbox (make test-unit):
+// errors across the wire, authentication, version negotiation, hostile
+// bodies. The node behind the handler is failingNode, which answers every
+// call with the error it is given: the transport is what is under test.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+)
+
+type failingNode struct {
+	err   error
+	calls atomic.Int64
+}
+
+func (n *failingNode) fail() error { n.calls.Add(1); return n.err }
+
+func (n *failingNode) Info(context.Context) (nodeapi.Info, error) {
+	if err := n.fail(); err != nil {
+		return nodeapi.Info{}, err
+	}
+	return nodeapi.Info{ID: "n1", Region: "eu", APIVersion: nodeapi.APIVersion, Templates: []string{"debian-12"}}, nil
+}
+func (n *failingNode) Create(context.Context, nodeapi.CreateRequest) (runtime.Sandbox, error) {
+	return nil, n.fail()
+}
+func (n *failingNode) Sandbox(context.Context, string) (runtime.Sandbox, error) {
+	return nil, n.fail()
+}
+func (n *failingNode) Checkpoint(context.Context, string) (nodeapi.Snapshot, error) {
+	return nodeapi.Snapshot{}, n.fail()
+}
+func (n *failingNode) Restore(context.Context, nodeapi.RestoreRequest) (runtime.Sandbox, error) {
+	return nil, n.fail()
+}
+func (n *failingNode) RemoveSnapshot(context.Context, string) error { return n.fail() }
+func (n *failingNode) Destroy(context.Context, string) error        { return n.fail() }
+func (n *failingNode) Reconcile(context.Context, nodeapi.Keep) (runtime.ReconcileReport, error) {
+	return runtime.ReconcileReport{}, n.fail()
+}
+func (n *failingNode) Metrics(context.Context, string, time.Time) (nodeapi.Metrics, error) {
+	return nodeapi.Metrics{}, n.fail()
+}
+
+func serveFailing(t *testing.T, err error) (*failingNode, *httptest.Server, *nodeapi.Client) {
+	t.Helper()
+	n := &failingNode{err: err}
+	srv := httptest.NewServer(nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: testToken, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	t.Cleanup(srv.Close)
+	c, e := nodeapi.Dial(srv.URL, testToken, nil)
+	if e != nil {
+		t.Fatal(e)
+	}
+	t.Cleanup(c.Close)
+	return n, srv, c
+}
+
+// Every sentinel a node may return comes back as an error that errors.Is
+// the same sentinel and says the node's message word for word (api cuts the
+// agent's reason off after the sentinel's text).
+func TestErrorsCrossTheWire(t *testing.T) {
+	sentinels := []error{
+		runtime.ErrNotFound, runtime.ErrStopped, runtime.ErrOutOfMemory, runtime.ErrFileNotFound, runtime.ErrInvalidPath,
+		runtime.ErrIsDir, runtime.ErrNotDir, runtime.ErrNotEmpty, runtime.ErrNoSpace, runtime.ErrInvalidRequest,
+		runtime.ErrPermission, runtime.ErrAgent, runtime.ErrReadOnly, runtime.ErrFileBusy, runtime.ErrIO,
+		runtime.ErrFileLimit, runtime.ErrAgentFailed, runtime.ErrBusy, runtime.ErrNoNetwork, runtime.ErrInvalidArchive,
+		runtime.ErrTooLarge, runtime.ErrExists, runtime.ErrCrossDevice, runtime.ErrNoProcess, runtime.ErrNoUser,
+		runtime.ErrDetached,
+		nodeapi.ErrTemplateNotBuilt, nodeapi.ErrUnknownSize, nodeapi.ErrDiskLow, nodeapi.ErrNoCapacity,
+		nodeapi.ErrSnapshotNotFound, nodeapi.ErrNotImplemented,
+		context.Canceled, context.DeadlineExceeded,
+	}
+	n, _, c := serveFailing(t, nil)
+	for _, s := range sentinels {
+		for _, sent := range []error{s, fmt.Errorf("%w: /workspace/a: the agent's reason", s)} {
+			n.err = sent
+			_, err := c.Info(context.Background())
+			if !errors.Is(err, s) {
+				t.Errorf("sent %q, got %v (%T), which is not the sentinel", sent, err, err)
+				continue
+			}
+			if err.Error() != sent.Error() {
+				t.Errorf("message changed on the wire: sent %q, got %q", sent, err)
+			}
+			// Exactly one sentinel of the table matches.
+			for _, other := range sentinels {
+				if other != s && errors.Is(err, other) {
+					t.Errorf("%q also matches %q", sent, other)
+				}
+			}
+			if errors.Is(err, nodeapi.ErrUnreachable) {
+				t.Errorf("%q: a node's answer is not ErrUnreachable", sent)
+			}
+		}
+	}
+	// Out of memory wraps no other sentinel but must not be sent as stopped.
+	n.err = fmt.Errorf("%w (limit 512 MiB)", runtime.ErrOutOfMemory)
+	if _, err := c.Info(context.Background()); !errors.Is(err, runtime.ErrOutOfMemory) || errors.Is(err, runtime.ErrStopped) {
+		t.Errorf("out of memory came back as %v", err)
+	}
+	// An error with no sentinel keeps its text and matches none.
+	n.err = errors.New("read cgroup of x: no such file")
+	_, err := c.Info(context.Background())
+	if err == nil || err.Error() != "read cgroup of x: no such file" {
+		t.Fatalf("plain error came back as %v", err)
+	}
+	for _, s := range sentinels {
+		if errors.Is(err, s) {
+			t.Errorf("plain error matches %v", s)
+		}
+	}
+	var re *nodeapi.RemoteError
+	if !errors.As(err, &re) || re.Code != "internal" {
+		t.Errorf("plain error: %#v", err)
+	}
+	// A success decodes.
+	n.err = nil
+	if info, err := c.Info(context.Background()); err != nil || info.ID != "n1" || info.Templates[0] != "debian-12" {
+		t.Errorf("info: %+v, %v", info, err)
+	}
+}
+
+func TestSandboxCallsOnAMissingSandbox(t *testing.T) {
+	_, _, c := serveFailing(t, fmt.Errorf("%w: %q", runtime.ErrNotFound, "nope"))
+	if _, err := c.Sandbox(context.Background(), "nope"); !errors.Is(err, runtime.ErrNotFound) {
+		t.Fatalf("sandbox: %v", err)
+	}
+	if _, err := c.Metrics(context.Background(), "../../etc", time.Time{}); !errors.Is(err, runtime.ErrNotFound) {
+		t.Fatalf("metrics: %v", err)
+	}
+}
+
+func raw(t *testing.T, srv *httptest.Server, method, path string, body io.Reader, hdr map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestAuthentication(t *testing.T) {
+	n, srv, _ := serveFailing(t, nil)
+	version := fmt.Sprint(nodeapi.APIVersion)
+	cases := map[string]map[string]string{
+		"no token":       {nodeapi.HeaderVersion: version},
+		"wrong token":    {"Authorization": "Bearer wrong", nodeapi.HeaderVersion: version},
+		"token prefix":   {"Authorization": "Bearer " + testToken[:len(testToken)-1], nodeapi.HeaderVersion: version},
+		"token longer":   {"Authorization": "Bearer " + testToken + "x", nodeapi.HeaderVersion: version},
+		"not bearer":     {"Authorization": "Basic " + testToken, nodeapi.HeaderVersion: version},
+		"empty bearer":   {"Authorization": "Bearer ", nodeapi.HeaderVersion: version},
+		"no version too": {"Authorization": "Bearer nope"},
+	}
+	for name, hdr := range cases {
+		for _, path := range []string{"/node/v1/info", "/node/v1/sandboxes/x/stream/exec", "/node/v1/nothing"} {
+			resp, body := raw(t, srv, http.MethodPost, path, strings.NewReader("{}"), hdr)
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("%s %s: status %d, want 401", name, path, resp.StatusCode)
+			}
+			if resp.Header.Get(nodeapi.HeaderVersion) != "" || strings.Contains(body, "n1") || strings.Contains(body, testToken) {
+				t.Errorf("%s: a 401 told something: %v %q", name, resp.Header, body)
+			}
+		}
+	}
+	if n.calls.Load() != 0 {
+		t.Fatalf("the node was called %d times without credentials", n.calls.Load())
+	}
+	// A client with the wrong token: ErrUnreachable, saying why, without
+	// the token.
+	c, _ := nodeapi.Dial(srv.URL, "wrong-token-value", nil)
+	defer c.Close()
+	_, err := c.Info(context.Background())
+	if !errors.Is(err, nodeapi.ErrUnreachable) || !strings.Contains(err.Error(), "401") || strings.Contains(err.Error(), "wrong-token-value") {
+		t.Fatalf("wrong token: %v", err)
+	}
+	// A node without a token refuses everything.
+	srv2 := httptest.NewServer(nodeapi.NewHandler(n, nodeapi.HandlerOptions{}))
+	defer srv2.Close()
+	c2, _ := nodeapi.Dial(srv2.URL, "", nil)
+	defer c2.Close()
+	if _, err := c2.Info(context.Background()); !errors.Is(err, nodeapi.ErrUnreachable) {
+		t.Fatalf("empty token accepted: %v", err)
+	}
+}
+
+func TestVersionNegotiation(t *testing.T) {
+	n, srv, c := serveFailing(t, nil)
+	auth := "Bearer " + testToken
+	for _, v := range []string{"", "0", fmt.Sprint(nodeapi.APIVersion + 1), "x", "99999999999999999999"} {
+		resp, body := raw(t, srv, http.MethodPost, "/node/v1/info", strings.NewReader("{}"), map[string]string{"Authorization": auth, nodeapi.HeaderVersion: v})
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, `"unsupported_version"`) ||
+			!strings.Contains(body, fmt.Sprintf("versions %d to %d", nodeapi.MinAPIVersion, nodeapi.APIVersion)) {
+			t.Errorf("version %q: %d %s", v, resp.StatusCode, body)
+		}
+		if resp.Header.Get(nodeapi.HeaderVersion) != fmt.Sprint(nodeapi.APIVersion) {
+			t.Errorf("version %q: the answer does not carry the node's version: %v", v, resp.Header)
+		}
+	}
+	if n.calls.Load() != 0 {
+		t.Fatalf("the node was called with an unsupported version")
+	}
+	resp, _ := raw(t, srv, http.MethodPost, "/node/v1/info", nil, map[string]string{"Authorization": auth, nodeapi.HeaderVersion: fmt.Sprint(nodeapi.APIVersion)})
+	if resp.StatusCode != http.StatusOK || resp.Header.Get(nodeapi.HeaderVersion) != fmt.Sprint(nodeapi.APIVersion) {
+		t.Fatalf("supported version: %d %v", resp.StatusCode, resp.Header)
+	}
+	if _, err := c.Info(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A node that speaks only a version the client does not (simulated by a
+// proxy that answers as a future node would) is unreachable, saying so.
+func TestNoCommonVersion(t *testing.T) {
+	future := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(nodeapi.HeaderVersion, "9")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprint(w, `{"code":"unsupported_version","message":"this node speaks node API versions 8 to 9","min_version":8,"max_version":9}`)
+	}))
+	defer future.Close()
+	c, _ := nodeapi.Dial(future.URL, testToken, nil)
+	defer c.Close()
+	_, err := c.Info(context.Background())
+	if !errors.Is(err, nodeapi.ErrUnreachable) || !strings.Contains(err.Error(), "versions 8 to 9") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestHostileBodies(t *testing.T) {
+	n, srv, c := serveFailing(t, nil)
+	hdr := map[string]string{"Authorization": "Bearer " + testToken, nodeapi.HeaderVersion: fmt.Sprint(nodeapi.APIVersion)}
+	bodies := map[string]io.Reader{
+		"garbage":     strings.NewReader("\x00\xff{{{not json"),
+		"wrong type":  strings.NewReader(`{"Sandboxes": 7}`),
+		"array":       strings.NewReader(`[1,2,3]`),
+		"oversized":   bytes.NewReader(bytes.Repeat([]byte(" "), 9<<20)),
+		"deep nested": strings.NewReader(strings.Repeat("[", 100000)),
+	}
+	for name, body := range bodies {
+		resp, got := raw(t, srv, http.MethodPost, "/node/v1/reconcile", body, hdr)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(got, `"protocol"`) {
+			t.Errorf("%s: %d %s", name, resp.StatusCode, got)
+		}
+	}
+	for _, p := range []string{"/node/v1/nope", "/node/v1/sandboxes/x/nope", "/node/v1/../../etc/passwd"} {
+		resp, got := raw(t, srv, http.MethodPost, p, strings.NewReader("{}"), hdr)
+		if resp.StatusCode/100 != 4 {
+			t.Errorf("%s: %d %s", p, resp.StatusCode, got)
+		}
+	}
+	// A stream call without the upgrade is refused before the node is asked.
+	resp, got := raw(t, srv, http.MethodPost, "/node/v1/sandboxes/x/stream/exec", nil, hdr)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(got, "Upgrade") {
+		t.Errorf("stream without upgrade: %d %s", resp.StatusCode, got)
+	}
+	if n.calls.Load() != 0 {
+		t.Errorf("the node was called %d times by hostile requests", n.calls.Load())
+	}
+	// The node still answers.
+	if _, err := c.Info(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUnreachableNode(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close() // nothing listens there now
+	c, err := nodeapi.Dial(url, testToken, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Info(context.Background())
+	if !errors.Is(err, nodeapi.ErrUnreachable) || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("info: %v", err)
+	}
+	if _, err := c.Sandbox(context.Background(), "x"); !errors.Is(err, nodeapi.ErrUnreachable) {
+		t.Fatalf("sandbox: %v", err)
+	}
+	// A cancelled call says so, not that the node is unreachable.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.Info(ctx); !errors.Is(err, context.Canceled) || errors.Is(err, nodeapi.ErrUnreachable) {
+		t.Fatalf("cancelled: %v", err)
+	}
+	for _, bad := range []string{"", "node:8080", "ftp://x", "http://", "http://h:1/path"} {
+		if _, err := nodeapi.Dial(bad, "t", nil); err == nil {
+			t.Errorf("Dial(%q) accepted", bad)
+		}
+	}
+}
