@@ -94,18 +94,30 @@ func (g *execGroups) join(pid int) string {
 // iteration yields first (kernel.Task.chargeLocked), so pids.max is
 // checked on about one fork in seven and a bomb outgrows it until the
 // host's limits end the sandbox. RLIMIT_NPROC is checked on every task
-// creation, counts a user's tasks until they are reaped (zombies too), and
-// in gVisor applies to root as well unless it holds CAP_SYS_RESOURCE or
-// CAP_SYS_ADMIN, which commands do not (the agent keeps CAP_SYS_RESOURCE
-// for itself, out of the bounding set, so that it can set this on a child
-// that already runs as another user, and so that its own threads and
-// shells are never refused). A command cannot raise the hard limit back.
+// creation against the creating task's own limit, counts a user's tasks
+// until they are reaped (zombies too), and in gVisor applies to root as
+// well unless it holds CAP_SYS_RESOURCE or CAP_SYS_ADMIN, which commands do
+// not, so they cannot raise the hard limit back either. The agent's own
+// limit stays unlimited: its threads and shells are never refused. Setting
+// another process's limit needs the same user ids (or CAP_SYS_RESOURCE,
+// which the agent does not hold), so this works for root's commands; a
+// command started as another user sets its own limit in its shell
+// (tasksUlimit).
 func (g *execGroups) limitTasks(pid int) {
 	if g.tasksMax <= 0 {
 		return
 	}
 	lim := unix.Rlimit{Cur: uint64(g.tasksMax), Max: uint64(g.tasksMax)}
 	_ = unix.Prlimit(pid, unix.RLIMIT_NPROC, &lim, nil)
+}
+
+// tasksUlimit is the shell prefix with which a command started as another
+// user caps its own tasks (see limitTasks); "" without a cap.
+func (g *execGroups) tasksUlimit() string {
+	if g.tasksMax <= 0 {
+		return ""
+	}
+	return "ulimit -p " + strconv.FormatInt(g.tasksMax, 10) + "; "
 }
 
 // sweep removes the cgroups of commands whose processes are all gone
