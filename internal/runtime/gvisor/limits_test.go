@@ -237,6 +237,14 @@ func TestForkFlood(t *testing.T) {
 // and before that limit a bomb outgrew the cap until the host's task or
 // memory limit ended the sandbox after 15-25 s (docs/benchmarks.md).
 func TestForkBomb(t *testing.T) {
+	// As root the agent sets the command's limit; as another user the
+	// command's shell does.
+	for _, user := range []string{"root", "user"} {
+		t.Run(user, func(t *testing.T) { testForkBomb(t, user) })
+	}
+}
+
+func testForkBomb(t *testing.T, user string) {
 	env := testenv.NewDriver(t)
 	other := newSandbox(t, env)
 	sb := newSandbox(t, env)
@@ -267,6 +275,7 @@ func TestForkBomb(t *testing.T) {
 	stderr := &limitedWriter{n: 1 << 16}
 	start := time.Now()
 	res, err := sb.Exec(ctx, runtime.ExecRequest{
+		User:    user,
 		Command: `bash -c ':(){ :|:& };:'; sleep 100`,
 		Timeout: 8 * time.Second, Stdout: io.Discard, Stderr: stderr,
 	})
