@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/oklog/ulid/v2"
 	"os"
 	"strings"
 	"time"
@@ -80,7 +81,7 @@ func selftest(args []string) error {
 	}
 	var snap nodeapi.Snapshot
 	if err := step("pause (checkpoint)", func() (err error) {
-		snap, err = n.Checkpoint(ctx, sb.ID())
+		snap, err = n.Checkpoint(ctx, sb.ID(), "sbx_selftest-"+ulid.Make().String())
 		return err
 	}); err != nil {
 		return err

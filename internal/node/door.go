@@ -3,7 +3,6 @@ package node
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/oklog/ulid/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/orkestr-eu/orkestr/internal/buildinfo"
@@ -117,9 +115,12 @@ func (n *Node) Info(ctx context.Context) (nodeapi.Info, error) {
 // and the operator's sandbox slots (default: one per 128 MiB of memory).
 func (n *Node) capacity() nodeapi.Capacity {
 	c := nodeapi.Capacity{CPUs: float64(goruntime.NumCPU()), MemoryBytes: memTotal(), Slots: n.cfg.Slots}
-	var st unix.Statfs_t
-	if unix.Statfs(n.cfg.StateDir, &st) == nil {
-		c.DiskBytes = int64(st.Blocks * uint64(st.Bsize))
+	for _, dir := range []string{n.cfg.StateDir, n.cfg.DataDir} {
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil {
+			c.DiskBytes = int64(st.Blocks * uint64(st.Bsize))
+			break
+		}
 	}
 	if c.Slots <= 0 {
 		c.Slots = max(int(c.MemoryBytes>>27), 1)
@@ -214,18 +215,24 @@ func (c Config) snapshotRoot() string {
 	return filepath.Join(c.DataDir, "snapshots")
 }
 
-// Checkpoint implements nodeapi.Node: the snapshot is named after the
-// sandbox and a fresh ULID, so a retried pause never reuses a directory.
-func (n *Node) Checkpoint(ctx context.Context, runtimeID string) (nodeapi.Snapshot, error) {
+// Checkpoint implements nodeapi.Node. The snapshot id must be the
+// sandbox's id, "-" and a suffix (the control plane uses a fresh ULID), and
+// not exist yet: a retried pause never writes over another snapshot.
+func (n *Node) Checkpoint(ctx context.Context, runtimeID, id string) (nodeapi.Snapshot, error) {
 	v, ok := n.live.Load(runtimeID)
 	if !ok {
 		return nodeapi.Snapshot{}, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
 	}
 	l := v.(*live)
-	id := l.sandboxID + "-" + ulid.MustNew(ulid.Now(), rand.Reader).String()
+	if !strings.HasPrefix(id, l.sandboxID+"-") || len(id) == len(l.sandboxID)+1 {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot id %q must be %q followed by a suffix", runtime.ErrInvalidRequest, id, l.sandboxID+"-")
+	}
 	dir, err := n.snapshotDir(id)
 	if err != nil {
 		return nodeapi.Snapshot{}, err
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot %s exists already", runtime.ErrInvalidRequest, id)
 	}
 	n.untrack(runtimeID, true)
 	snap, err := l.rt.Checkpoint(ctx, dir)
@@ -249,7 +256,7 @@ func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.S
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(filepath.Join(dir, "snapshot.json")); err != nil {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("%w: %s", nodeapi.ErrSnapshotNotFound, r.Snapshot)
 	}
 	if err := n.admit(); err != nil {

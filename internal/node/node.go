@@ -179,15 +179,15 @@ func New(cfg Config, d runtime.Driver) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	warnIfMemory(cfg.StateDir, cfg.Log)
-	n := &Node{cfg: cfg, driver: d, pool: pool.New(d, cfg.Log), templates: template.Store{Dir: cfg.TemplateDir},
-		warm: map[string]string{}, stopScan: make(chan struct{})}
 	if cfg.Recorder == nil {
 		cfg.Recorder = discard{}
 	}
 	if cfg.ID == "" {
 		cfg.ID = "local"
 	}
+	warnIfMemory(cfg.StateDir, cfg.Log)
+	n := &Node{cfg: cfg, driver: d, pool: pool.New(d, cfg.Log), templates: template.Store{Dir: cfg.TemplateDir},
+		warm: map[string]string{}, stopScan: make(chan struct{})}
 	mc := cfg.Metering
 	mc.Sink, mc.Log = cfg.Recorder, cfg.Log
 	n.sampler = metering.New(mc)

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,8 +22,10 @@ import (
 )
 
 // Client calls one node's API over the network; it implements Node. Unary
-// calls reuse kept-alive HTTP/1.1 connections; each stream call dials a
-// connection of its own and upgrades it.
+// calls, and stream calls that send no input frames, reuse kept-alive
+// HTTP/1.1 connections; a stream call with input (a large upload, stdin of
+// unknown length, signals, a terminal) dials a connection of its own and
+// upgrades it.
 type Client struct {
 	base   string // scheme://host[:port], no trailing slash
 	host   string // host:port to dial
@@ -140,8 +143,14 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 		req.Header.Set("Content-Type", "application/json")
 		// Marks the call replayable for net/http: a kept-alive connection
 		// that a restarted node closed is retried on a new one instead of
-		// failing the call (only when the node never read the request).
-		req.Header.Set("Idempotency-Key", path)
+		// failing the call. net/http also replays a replayable call whose
+		// connection broke before any answer, which the node may have
+		// carried out: so not a process's start or its stdin, whose
+		// repetition a user would see (net/http still retries those when
+		// nothing of them was written).
+		if !strings.HasSuffix(path, "/processes/start") && !strings.HasSuffix(path, "/processes/input") {
+			req.Header.Set("Idempotency-Key", path)
+		}
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return c.callErr(ctx, err)
@@ -190,9 +199,9 @@ func (c *Client) Sandbox(ctx context.Context, runtimeID string) (runtime.Sandbox
 }
 
 // Checkpoint implements Node.
-func (c *Client) Checkpoint(ctx context.Context, runtimeID string) (Snapshot, error) {
+func (c *Client) Checkpoint(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error) {
 	var s Snapshot
-	return s, c.call(ctx, sandboxPath(runtimeID, "checkpoint"), empty{}, &s)
+	return s, c.call(ctx, sandboxPath(runtimeID, "checkpoint"), CheckpointRequest{Snapshot: snapshotID}, &s)
 }
 
 // Restore implements Node.
@@ -224,6 +233,47 @@ func (c *Client) Reconcile(ctx context.Context, keep Keep) (runtime.ReconcileRep
 func (c *Client) Metrics(ctx context.Context, runtimeID string, since time.Time) (Metrics, error) {
 	var m Metrics
 	return m, c.call(ctx, sandboxPath(runtimeID, "metrics"), metricsReq{Since: since}, &m)
+}
+
+// readOnlyStreams change nothing in the sandbox: safe to send again.
+var readOnlyStreams = map[string]bool{"read_file": true, "tar": true, "watch": true, "attach": true}
+
+// postStream makes a stream call without input as a POST on a kept-alive
+// connection; the answer's body carries the node's frames. Ending ctx
+// closes the connection, which ends the call on the node.
+func (c *Client) postStream(ctx context.Context, runtimeID, op string, params any) (*clientStream, error) {
+	body, err := json.Marshal(params)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+pathPrefix+sandboxPath(runtimeID, "stream/"+op), bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		c.setHeaders(req.Header)
+		req.Header.Set("Content-Type", "application/json")
+		if readOnlyStreams[op] {
+			// Replayable on a restarted node's dead keep-alive, as unary
+			// calls are; an exec or a write is never sent twice.
+			req.Header.Set("Idempotency-Key", op)
+		}
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			return nil, c.callErr(ctx, err)
+		}
+		if resp.StatusCode == http.StatusOK {
+			s := &clientStream{c: c, ctx: ctx, body: resp.Body, fr: frameReader{r: resp.Body}, fw: &frameWriter{w: io.Discard},
+				stop: func() bool { return true }, done: make(chan struct{})}
+			s.cond = sync.NewCond(&s.mu)
+			return s, nil
+		}
+		err, retry := c.failed(resp.StatusCode, resp.Body)
+		resp.Body.Close()
+		if !retry {
+			return nil, err
+		}
+	}
 }
 
 // openStream dials the node, asks to upgrade the connection for stream op
