@@ -7,12 +7,14 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/runtime"
 	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
 )
 
@@ -94,25 +96,62 @@ func BenchmarkFleet(b *testing.B) {
 			}
 			return d
 		}
+		// The same exec straight to the node API from this process
+		// (what the control plane does for the fleet's exec): where the
+		// fleet's time goes, between the control plane and the node.
+		direct, err := f.nodeAPI.Sandbox(ctx, f.runtimeID(sbs[1].ID))
+		if err != nil {
+			b.Fatalf("node API: sandbox: %v", err)
+		}
+		runDirect := func() time.Duration {
+			t0 := time.Now()
+			res, err := direct.Exec(ctx, runtime.ExecRequest{Command: "true", Cwd: "/workspace", Timeout: time.Minute,
+				Stdout: io.Discard, Stderr: io.Discard})
+			d := time.Since(t0)
+			if err != nil || res.ExitCode != 0 {
+				b.Fatalf("node API: exec true: exit %d, %v", res.ExitCode, err)
+			}
+			return d
+		}
 		for range 5 {
 			run(0)
 			run(1)
+			runDirect()
 		}
-		var ds [2]durations
+		var ds [3]durations
 		var cpu [2]time.Duration
 		n := 0
+		// The store's background traffic (heartbeats, the lease, the
+		// node watch, metering) over 5 s of idle, to subtract below.
+		time.Sleep(2 * time.Second) // PostgreSQL's statistics catch up
+		i0, it0 := f.transactions(), time.Now()
+		time.Sleep(5 * time.Second)
+		x0, xt0 := f.transactions(), time.Now()
+		idle := float64(x0-i0-1) / xt0.Sub(it0).Seconds()
 		for b.Loop() {
 			for range *fleetExecs {
-				for k := range 2 {
-					i := (n + k) % 2
-					c0 := sides[i].cpu(b)
-					ds[i].add(run(i))
-					cpu[i] += sides[i].cpu(b) - c0
+				for k := range 3 {
+					switch i := (n + k) % 3; i {
+					case 2:
+						ds[2].add(runDirect())
+					default:
+						c0 := sides[i].cpu(b)
+						ds[i].add(run(i))
+						cpu[i] += sides[i].cpu(b) - c0
+					}
 				}
 				n++
 			}
 		}
+		b.StopTimer()
+		xt1 := time.Now()
+		time.Sleep(2 * time.Second)
+		x1 := f.transactions()
 		reportFleet(b, ds[0], ds[1])
+		ds[2].report(b, "nodeapi-p50-ms")
+		// Minus this benchmark's own read and the background rate.
+		b.ReportMetric((float64(x1-x0-1)-idle*xt1.Sub(xt0).Seconds())/float64(len(ds[1])), "pg-xacts/op")
+		b.ReportMetric(idle, "pg-idle-xacts/s")
 		b.ReportMetric(float64(cpu[1].Microseconds())/float64(len(ds[1])), "cpu-us/op")
 		b.ReportMetric(float64(cpu[0].Microseconds())/float64(len(ds[0])), "local-cpu-us/op")
 	})
@@ -151,6 +190,7 @@ func BenchmarkFleet(b *testing.B) {
 		waitPools()
 		once(0) // warm-up: connections, page cache
 		once(1)
+		b.StartTimer()
 		n := 0
 		for b.Loop() {
 			b.StopTimer()

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -46,6 +47,7 @@ type benchFleet struct {
 	stateDir string
 	template string
 	nodeAPI  *nodeapi.Client
+	db       *sql.DB // the fleet's database, for what the API does not show
 }
 
 // noNetworkConfig turns sandbox networking off, on the one-process server
@@ -73,9 +75,14 @@ func startFleet(b *testing.B, poolSize int, template string) *benchFleet {
 		b.Fatal(err)
 	}
 	pgAddr := strings.SplitN(strings.SplitN(db, "@", 2)[1], "/", 2)[0]
+	sqldb, err := sql.Open("pgx", db)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sqldb.Close() })
 
 	tag := fmt.Sprintf("%d", os.Getpid()%100000)
-	f := &benchFleet{b: b, ns: "orkfb" + tag, template: template, exited: make(chan struct{})}
+	f := &benchFleet{b: b, ns: "orkfb" + tag, template: template, exited: make(chan struct{}), db: sqldb}
 	hostIP, nodeIP := "10.252.0.1", "10.252.0.2"
 	hostIf, nsIf := "vfb"+tag+"h", "vfb"+tag+"n"
 	ip := func(args ...string) {
@@ -200,6 +207,27 @@ func (f *benchFleet) alive() int {
 	n := 0
 	for _, r := range out.Data {
 		n += r.NodesAlive
+	}
+	return n
+}
+
+// runtimeID is the id the node knows a sandbox by.
+func (f *benchFleet) runtimeID(id string) string {
+	var rid string
+	if err := f.db.QueryRow("SELECT runtime_id FROM sandboxes WHERE id = $1", id).Scan(&rid); err != nil {
+		f.b.Fatalf("runtime id of %s: %v", id, err)
+	}
+	return rid
+}
+
+// transactions is how many transactions the fleet's database has ended so
+// far (PostgreSQL's statistics, which backends flush about once a second:
+// wait 2 s before reading an end count). Each statement outside a
+// transaction is one.
+func (f *benchFleet) transactions() int64 {
+	var n int64
+	if err := f.db.QueryRow("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()").Scan(&n); err != nil {
+		f.b.Fatalf("pg_stat_database: %v", err)
 	}
 	return n
 }
