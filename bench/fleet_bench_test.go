@@ -121,13 +121,8 @@ func BenchmarkFleet(b *testing.B) {
 		var ds [3]durations
 		var cpu [2]time.Duration
 		n := 0
-		// The store's background traffic (heartbeats, the lease, the
-		// node watch, metering) over 5 s of idle, to subtract below.
-		time.Sleep(2 * time.Second) // PostgreSQL's statistics catch up
-		i0, it0 := f.transactions(), time.Now()
-		time.Sleep(5 * time.Second)
+		idle := f.idleTransactions()
 		x0, xt0 := f.transactions(), time.Now()
-		idle := float64(x0-i0-1) / xt0.Sub(it0).Seconds()
 		for b.Loop() {
 			for range *fleetExecs {
 				for k := range 3 {
@@ -190,6 +185,9 @@ func BenchmarkFleet(b *testing.B) {
 		waitPools()
 		once(0) // warm-up: connections, page cache
 		once(1)
+		waitPools()
+		idle := f.idleTransactions()
+		x0, xt0 := f.transactions(), time.Now()
 		b.StartTimer()
 		n := 0
 		for b.Loop() {
@@ -201,6 +199,10 @@ func BenchmarkFleet(b *testing.B) {
 			}
 			n++
 		}
+		b.StopTimer()
+		xt1 := time.Now()
+		time.Sleep(2 * time.Second)
+		x1 := f.transactions()
 		// The warm-up pair is in the samples; drop it.
 		for _, ds := range []*[2]durations{&tti, &creates, &execs, &deletes} {
 			ds[0], ds[1] = ds[0][1:], ds[1][1:]
@@ -214,6 +216,8 @@ func BenchmarkFleet(b *testing.B) {
 		deletes[0].report(b, "local-delete-ms")
 		b.ReportMetric(float64(cpu[1].Microseconds())/float64(n+1), "cpu-us/op")
 		b.ReportMetric(float64(cpu[0].Microseconds())/float64(n+1), "local-cpu-us/op")
+		b.ReportMetric((float64(x1-x0-1)-idle*xt1.Sub(xt0).Seconds())/float64(n), "pg-xacts/op")
+		b.ReportMetric(idle, "pg-idle-xacts/s")
 	})
 }
 

@@ -232,6 +232,17 @@ func (f *benchFleet) transactions() int64 {
 	return n
 }
 
+// idleTransactions is the store's background traffic (heartbeats, the
+// lease, the node watch, metering) in transactions per second, over 5 s
+// in which the benchmark makes no call.
+func (f *benchFleet) idleTransactions() float64 {
+	time.Sleep(2 * time.Second) // PostgreSQL's statistics catch up
+	x0, t0 := f.transactions(), time.Now()
+	time.Sleep(5 * time.Second)
+	x1, t1 := f.transactions(), time.Now()
+	return float64(x1-x0-1) / t1.Sub(t0).Seconds()
+}
+
 // warm is how many warm sandboxes of the template the node holds, from
 // its node API.
 func (f *benchFleet) warm() int {
