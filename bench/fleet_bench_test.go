@@ -11,6 +11,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -18,7 +19,10 @@ import (
 	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
 )
 
-var fleetExecs = flag.Int("fleet.execs", 10, "BenchmarkFleet/exec: exec pairs (one per side) per iteration")
+var (
+	fleetExecs = flag.Int("fleet.execs", 10, "BenchmarkFleet/exec: exec pairs (one per side) per iteration")
+	fleetPerf  = flag.String("fleet.perf", "", "BenchmarkFleet/exec: `perf record -g` the control plane, the node and the one-process server for 10 s of the loop into PREFIX-{cp,node,local}.perf")
+)
 
 // fleetSide is one of the two servers BenchmarkFleet compares, and the
 // processes that serve its calls.
@@ -123,6 +127,18 @@ func BenchmarkFleet(b *testing.B) {
 		n := 0
 		idle := f.idleTransactions()
 		x0, xt0 := f.transactions(), time.Now()
+		perfWait := func() {}
+		if *fleetPerf != "" {
+			var waits []func()
+			for name, pid := range map[string]int{"cp": f.cp.pid(), "node": f.node.Process.Pid, "local": local.pid()} {
+				waits = append(waits, perfRecord(b, *fleetPerf+"-"+name+".perf", 10*time.Second, "-p", strconv.Itoa(pid)))
+			}
+			perfWait = func() {
+				for _, w := range waits {
+					w()
+				}
+			}
+		}
 		for b.Loop() {
 			for range *fleetExecs {
 				for k := range 3 {
@@ -140,6 +156,7 @@ func BenchmarkFleet(b *testing.B) {
 		}
 		b.StopTimer()
 		xt1 := time.Now()
+		perfWait()
 		time.Sleep(2 * time.Second)
 		x1 := f.transactions()
 		reportFleet(b, ds[0], ds[1])

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +34,7 @@ type Client struct {
 	// version is the API version requests speak: APIVersion until a node
 	// answers that it speaks only an older one.
 	version atomic.Int64
+	spares  spares
 }
 
 var _ Node = (*Client)(nil)
@@ -83,7 +85,10 @@ func Dial(baseURL, token string, tlsCfg *tls.Config) (*Client, error) {
 }
 
 // Close lets go of the client's idle connections.
-func (c *Client) Close() { c.hc.CloseIdleConnections() }
+func (c *Client) Close() {
+	c.hc.CloseIdleConnections()
+	c.spares.close()
+}
 
 // Address is the node's base URL.
 func (c *Client) Address() string { return c.base }
@@ -234,42 +239,77 @@ func (c *Client) openStream(ctx context.Context, runtimeID, op string, params an
 	if err != nil {
 		return nil, err
 	}
+	if len(pb) > MaxFrame {
+		return nil, fmt.Errorf("%w: parameters of %d bytes over the frame limit of %d", ErrProtocol, len(pb), MaxFrame)
+	}
+	useSpare := true
 	for {
-		s, retry, err := c.tryStream(ctx, runtimeID, op, pb)
+		s, retry, err := c.tryStream(ctx, runtimeID, op, pb, useSpare)
 		if !retry {
 			return s, err
 		}
+		useSpare = false
 	}
 }
 
-func (c *Client) tryStream(ctx context.Context, runtimeID, op string, params []byte) (*clientStream, bool, error) {
+// dial connects to the node (and does the TLS handshake).
+func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	conn, err := c.dialer.DialContext(ctx, "tcp", c.host)
 	if err != nil {
-		return nil, false, c.callErr(ctx, err)
+		return nil, err
 	}
 	if c.tls != nil {
 		tc := tls.Client(conn, c.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
-			return nil, false, c.callErr(ctx, err)
+			return nil, err
 		}
 		conn = tc
 	}
+	return conn, nil
+}
+
+// tryStream makes one attempt at a stream call; retry says to make another
+// (the API version was lowered, or a spare connection turned out dead
+// before the node took the call), with useSpare false.
+func (c *Client) tryStream(ctx context.Context, runtimeID, op string, params []byte, useSpare bool) (*clientStream, bool, error) {
+	var conn net.Conn
+	if useSpare {
+		conn = c.spares.take()
+	}
+	spare := conn != nil
+	if !spare {
+		var err error
+		if conn, err = c.dial(ctx); err != nil {
+			return nil, false, c.callErr(ctx, err)
+		}
+	}
+	// The next call finds a connection ready.
+	c.spares.refill(c.dial)
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	fail := func(err error) (*clientStream, bool, error) {
 		stop()
 		conn.Close()
+		if spare && ctx.Err() == nil {
+			// No 101 yet, so the node has not started the call: a spare
+			// the node closed meanwhile (restart, idle limit) is no
+			// failure of the call; it is made again on a fresh one.
+			return nil, true, nil
+		}
 		return nil, false, c.callErr(ctx, err)
 	}
-	// The request and the parameters go out together: one round trip.
+	// The request and the parameters go out together, in one write: one
+	// packet, one wake-up of the node.
 	var req bytes.Buffer
 	fmt.Fprintf(&req, "POST %s%s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: %s\r\nContent-Length: 0\r\n\r\n",
 		pathPrefix, sandboxPath(runtimeID, "stream/"+op), c.host, c.token, HeaderVersion, c.version.Load(), streamUpgrade)
+	var hdr [5]byte
+	hdr[0] = frameParams
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(params)))
+	req.Write(hdr[:])
+	req.Write(params)
 	fw := &frameWriter{w: conn}
 	if _, err := conn.Write(req.Bytes()); err != nil {
-		return fail(err)
-	}
-	if err := fw.frame(frameParams, params); err != nil {
 		return fail(err)
 	}
 	br := bufio.NewReaderSize(conn, 64<<10)
@@ -277,6 +317,7 @@ func (c *Client) tryStream(ctx context.Context, runtimeID, op string, params []b
 	if err != nil {
 		return fail(err)
 	}
+	spare = false // the node answered: whatever follows is the call's
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		err, retry := c.failed(resp.StatusCode, resp.Body)
 		stop()
