@@ -39,7 +39,16 @@ type fleetSide struct {
 // /proc/PID/stat counts 10 ms ticks).
 func (fs fleetSide) cpu(b *testing.B) time.Duration {
 	var t time.Duration
-	for _, pid := range fs.pids {
+	for _, d := range fs.cpus(b) {
+		t += d
+	}
+	return t
+}
+
+// cpus is cpu per process, in the order of pids.
+func (fs fleetSide) cpus(b *testing.B) []time.Duration {
+	ts := make([]time.Duration, len(fs.pids))
+	for i, pid := range fs.pids {
 		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 		if err != nil {
 			b.Fatal(err)
@@ -54,10 +63,10 @@ func (fs fleetSide) cpu(b *testing.B) time.Duration {
 				continue
 			}
 			ns, _ := strconv.ParseInt(f[0], 10, 64)
-			t += time.Duration(ns)
+			ts[i] += time.Duration(ns)
 		}
 	}
-	return t
+	return ts
 }
 
 // BenchmarkFleet starts, in one invocation, a one-process server (SQLite,
@@ -139,6 +148,7 @@ func BenchmarkFleet(b *testing.B) {
 		}
 		var ds [3]durations
 		var cpu [2]time.Duration
+		var cpCPU, nodeCPU time.Duration
 		n := 0
 		idle := f.idleTransactions()
 		x0, xt0 := f.transactions(), time.Now()
@@ -161,9 +171,16 @@ func BenchmarkFleet(b *testing.B) {
 					case 2:
 						ds[2].add(runDirect())
 					default:
-						c0 := sides[i].cpu(b)
+						c0 := sides[i].cpus(b)
 						ds[i].add(run(i))
-						cpu[i] += sides[i].cpu(b) - c0
+						c1 := sides[i].cpus(b)
+						for j := range c0 {
+							cpu[i] += c1[j] - c0[j]
+						}
+						if i == 1 {
+							cpCPU += c1[0] - c0[0]
+							nodeCPU += c1[1] - c0[1]
+						}
 					}
 				}
 				n++
@@ -181,6 +198,8 @@ func BenchmarkFleet(b *testing.B) {
 		b.ReportMetric(idle, "pg-idle-xacts/s")
 		b.ReportMetric(float64(cpu[1].Microseconds())/float64(len(ds[1])), "cpu-us/op")
 		b.ReportMetric(float64(cpu[0].Microseconds())/float64(len(ds[0])), "local-cpu-us/op")
+		b.ReportMetric(float64(cpCPU.Microseconds())/float64(len(ds[1])), "cp-cpu-us/op")
+		b.ReportMetric(float64(nodeCPU.Microseconds())/float64(len(ds[1])), "node-cpu-us/op")
 	})
 
 	b.Run("create-exec", func(b *testing.B) {
