@@ -22,8 +22,9 @@ import (
 )
 
 // Client calls one node's API over the network; it implements Node. Unary
-// calls reuse kept-alive HTTP/1.1 connections; each stream call dials a
-// connection of its own and upgrades it.
+// calls reuse kept-alive HTTP/1.1 connections; each stream call upgrades a
+// connection of its own, the one dialed ahead after the previous call when
+// it is there (spare.go), else a new one.
 type Client struct {
 	base   string // scheme://host[:port], no trailing slash
 	host   string // host:port to dial
