@@ -85,10 +85,20 @@ func (fw *frameWriter) frame(typ byte, payload []byte) error {
 		_, err := fw.w.Write(hdr[:])
 		return err
 	}
+	if len(payload) <= smallFrame {
+		// One write: a frame never goes out in two packets (and the
+		// node's held-back 101 goes with the whole first frame).
+		_, err := fw.w.Write(append(hdr[:], payload...))
+		return err
+	}
 	bufs := net.Buffers{hdr[:], payload}
 	_, err := bufs.WriteTo(fw.w)
 	return err
 }
+
+// smallFrame is the payload size up to which a frame is copied into one
+// buffer and written at once.
+const smallFrame = 4 << 10
 
 func (fw *frameWriter) json(typ byte, v any) error {
 	b, err := json.Marshal(v)

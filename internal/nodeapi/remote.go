@@ -276,6 +276,9 @@ func writers(stdout, stderr io.Writer) func(byte, []byte) error {
 func (r *remoteSandbox) Exec(ctx context.Context, req runtime.ExecRequest) (runtime.ExecResult, error) {
 	p := execParams{Command: req.Command, Env: req.Env, Cwd: req.Cwd, Timeout: req.Timeout, User: req.User,
 		Stdin: req.Stdin != nil, Stdout: req.Stdout != nil, Stderr: req.Stderr != nil}
+	// Nothing to send after the parameters: the node may send its 101
+	// with the result.
+	p.LateUpgrade = req.Stdin == nil && req.Signals == nil
 	var send func(*clientStream) error
 	if req.Stdin != nil || req.Signals != nil {
 		send = func(s *clientStream) error {

@@ -1,12 +1,16 @@
 package nodeapi_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +26,7 @@ type echoSandbox struct {
 	runtime.Sandbox
 	id    string
 	execs *atomic.Int64
+	gate  chan struct{} // an exec of "wait" waits for it to close
 }
 
 func (s echoSandbox) ID() string            { return s.id }
@@ -30,6 +35,9 @@ func (s echoSandbox) Done() <-chan struct{} { return nil }
 func (s echoSandbox) Err() error            { return nil }
 func (s echoSandbox) Exec(_ context.Context, r runtime.ExecRequest) (runtime.ExecResult, error) {
 	s.execs.Add(1)
+	if r.Command == "wait" {
+		<-s.gate
+	}
 	if r.Stdout != nil {
 		_, _ = io.WriteString(r.Stdout, r.Command)
 	}
@@ -39,10 +47,11 @@ func (s echoSandbox) Exec(_ context.Context, r runtime.ExecRequest) (runtime.Exe
 type echoNode struct {
 	failingNode
 	execs atomic.Int64
+	gate  chan struct{}
 }
 
 func (n *echoNode) Sandbox(_ context.Context, id string) (runtime.Sandbox, error) {
-	return echoSandbox{id: id, execs: &n.execs}, nil
+	return echoSandbox{id: id, execs: &n.execs, gate: n.gate}, nil
 }
 
 // connLog records the node's connections and their states.
@@ -148,5 +157,47 @@ func TestStreamSpareConnection(t *testing.T) {
 			t.Fatalf("connections still open at the node after Close: %v", open)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// An exec whose parameters say LateUpgrade gets the node's 101 with its
+// first frame, not before the command ran; without it, at once.
+func TestLateUpgrade(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		t.Run(fmt.Sprintf("late=%v", late), func(t *testing.T) {
+			n := &echoNode{gate: make(chan struct{})}
+			srv := httptest.NewServer(nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: testToken, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+			t.Cleanup(srv.Close)
+			conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			params, _ := json.Marshal(map[string]any{"Command": "wait", "Stdout": true, "LateUpgrade": late})
+			var req bytes.Buffer
+			fmt.Fprintf(&req, "POST /node/v1/sandboxes/sb1/stream/exec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: orkestr-node-stream\r\nContent-Length: 0\r\n\r\n",
+				testToken, nodeapi.HeaderVersion, nodeapi.APIVersion)
+			req.Write([]byte{'P', 0, 0, 0, byte(len(params))})
+			req.Write(params)
+			if _, err := conn.Write(req.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			// While the command waits, the node says nothing (late) or
+			// has sent its 101 (not late).
+			_ = conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			buf := make([]byte, 4096)
+			k, _ := conn.Read(buf)
+			early := string(buf[:k])
+			if late != (k == 0) || (!late && !strings.HasPrefix(early, "HTTP/1.1 101 ")) {
+				t.Fatalf("late=%v: before the command ended the node sent %q", late, early)
+			}
+			close(n.gate)
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			rest, _ := io.ReadAll(conn)
+			all := early + string(rest)
+			if !strings.HasPrefix(all, "HTTP/1.1 101 ") || !strings.Contains(all, "\r\n\r\no\x00\x00\x00\x04wait") || !strings.Contains(all, "R\x00") {
+				t.Fatalf("late=%v: the node sent %q", late, all)
+			}
+		})
 	}
 }

@@ -1,8 +1,10 @@
 package nodeapi
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +29,8 @@ type (
 		// Stdin, Stdout, Stderr: the caller gave one (nil and a writer
 		// that discards are not the same to every driver).
 		Stdin, Stdout, Stderr bool
+		// LateUpgrade: see lateUpgrade.
+		LateUpgrade bool
 	}
 	fileParams struct {
 		User string
@@ -44,6 +48,46 @@ type (
 		Stdout, Stderr, Dropped bool
 	}
 )
+
+// lateUpgrade is read from the parameters of any call: a client that sends
+// nothing after them (no input, no signals) sets LateUpgrade, and the node
+// holds its 101 back and sends it with the call's first frame: one write
+// and one wake-up of the client fewer per exec. Nodes that do not know the
+// field answer 101 at once, as before; clients that do not set it get it
+// at once.
+type lateUpgrade struct {
+	LateUpgrade bool
+}
+
+// upgradeWriter holds the node's 101 (buffered in bw) until the first
+// frame, or until flush, and writes both at once; then it writes straight
+// to the connection.
+type upgradeWriter struct {
+	mu   sync.Mutex
+	bw   *bufio.Writer
+	conn net.Conn
+}
+
+func (u *upgradeWriter) Write(p []byte) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.bw == nil {
+		return u.conn.Write(p)
+	}
+	bw := u.bw
+	u.bw = nil
+	n, err := bw.Write(p)
+	if err == nil {
+		err = bw.Flush()
+	}
+	return n, err
+}
+
+// flush sends the 101 now, if it has not gone yet.
+func (u *upgradeWriter) flush() error {
+	_, err := u.Write(nil)
+	return err
+}
 
 // paramsWait bounds how long a node waits for a stream's first frame.
 const paramsWait = 30 * time.Second
@@ -120,17 +164,19 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Time{})
+	// The 101 waits in the buffer: it goes with the first frame, or once
+	// the parameters are read unless they ask for it to wait longer (a
+	// client sends its parameters right behind the request, without
+	// waiting for the 101).
 	if _, err := fmt.Fprintf(brw.Writer, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %d\r\n\r\n", streamUpgrade, HeaderVersion, APIVersion); err != nil {
 		return
 	}
-	if err := brw.Writer.Flush(); err != nil {
-		return
-	}
+	up := &upgradeWriter{bw: brw.Writer, conn: conn}
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	s := &serverStream{
-		conn: conn, fr: frameReader{r: brw.Reader}, fw: &frameWriter{w: conn},
+		conn: conn, fr: frameReader{r: brw.Reader}, fw: &frameWriter{w: up},
 		signals: make(chan syscall.Signal, 16), resizes: make(chan resizeMsg, 16), cancel: cancel,
 	}
 	s.in = newWindowedInput(s.fw)
@@ -146,6 +192,12 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	params = append([]byte(nil), params...)
+	var lu lateUpgrade
+	if json.Unmarshal(params, &lu) != nil || !lu.LateUpgrade {
+		if err := up.flush(); err != nil {
+			return
+		}
+	}
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
