@@ -10,6 +10,7 @@
 #   make licenses     regenerate THIRD_PARTY_LICENSES*.csv (go-licenses)
 #   make dist VERSION=1.2.3  release artifacts in dist/ (docs/operating.md, "Release artifacts")
 #   make test-contract  only the schemathesis contract run (part of make test)
+#   make test-k8s  the Helm chart in a real kube-apiserver + etcd, pod discovery (not in make test)
 #   make fuzz    a long schemathesis run (local use)
 #   make soak    a churn soak with kill -9 restarts (SOAK_MINUTES, default 60; not in CI)
 
@@ -285,3 +286,25 @@ dist: release-tools runsc
 	@[ -n "$(VERSION)" ] || { echo "make dist needs VERSION=, e.g. make dist VERSION=1.2.3"; exit 2; }
 	VERSION='$(VERSION)' RUNSC_VERSION=$(RUNSC_VERSION) TOOLS_BIN=$(TOOLS_BIN) ARCHES='$(ARCHES)' DIST_DIR='$(DIST_DIR)' \
 		IMAGE_PUSH='$(IMAGE_PUSH)' scripts/dist.sh
+
+# The Kubernetes tier (docs/operating.md, "Kubernetes"): the Helm chart
+# installed with helm into a real kube-apiserver (tools/kube-apiserver, built
+# from the Go module proxy) on Debian's etcd, checked object by object, and
+# the pod discovery run against it with the chart's RBAC. No kubelet: pods
+# are stored and admitted but never run. The ServiceMonitor CRD is generated
+# by controller-gen from the Prometheus operator's API types
+# (tools/controller-gen). Builds are kept in bin/tools (the first one costs
+# about 10 minutes on this host, see README); `make test` does not run it.
+.PHONY: test-k8s k8s-deps
+K8S_DEB_PACKAGES := etcd-server
+K8S_CRDS := $(TOOLS_BIN)/crds
+$(K8S_CRDS)/monitoring.coreos.com_servicemonitors.yaml: $(TOOLS_BIN)/controller-gen tools/controller-gen/go.mod
+	rm -rf $(K8S_CRDS)
+	cd tools/controller-gen && $(TOOLS_BIN)/controller-gen crd:allowDangerousTypes=true,maxDescLen=0 \
+		paths=github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1 output:crd:dir=$(K8S_CRDS)
+k8s-deps: $(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/helm $(K8S_CRDS)/monitoring.coreos.com_servicemonitors.yaml
+	$(call install-debs,$(K8S_DEB_PACKAGES))
+test-k8s: build k8s-deps
+	ORKESTR_KUBE_APISERVER=$(TOOLS_BIN)/kube-apiserver ORKESTR_RELEASE_TOOLS=$(TOOLS_BIN) ORKESTR_K8S_CRDS=$(K8S_CRDS) ORKESTR_BIN_DIR=$(BIN) \
+		$(GO) test -count=1 -timeout 20m -run 'TestAPIServer|TestPodDiscoveryOnKubeAPIServer|TestHelmChartOnKubeAPIServer|TestHelmChartNeedsAllowPrivileged' \
+		./internal/testenv/kubeapi/ ./internal/kubediscovery/ ./internal/release/

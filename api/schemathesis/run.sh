@@ -10,7 +10,8 @@
 # Environment: ORKESTR_BIN_DIR (orkestrd, orkestr-agent; default bin/),
 # ORKESTR_RUNSC, ORKESTR_TEMPLATE_DIR, SCHEMATHESIS_VENV (default
 # api/schemathesis/.venv, made by the Makefile), FUZZ_SEED, FUZZ_EXAMPLES,
-# FUZZ_MAX_TIME. Exit status: schemathesis's (non-zero on any failure), or
+# FUZZ_MAX_TIME, CONTRACT_INCLUDE and CONTRACT_EXCLUDE (path regexes).
+# Exit status: schemathesis's (non-zero on any failure), or
 # 1 if the server left processes or mounts behind.
 set -euo pipefail
 
@@ -140,14 +141,13 @@ args=(run "$url/v1/openapi.yaml" --url "$url"
 	--generation-database none
 	--report junit --report-dir "$data/report")
 [ -n "$max_time" ] && args+=(--max-time "$max_time")
-# The operations added after the contract run was tuned (background
-# processes, terminals, stat/exists/mkdir/rename/watch, archives) do not
-# yet agree with the document in every corner schemathesis finds (nullable
-# `user`, the 4xx of a path's state, empty archive bodies; README, "What
-# does not work yet"): the quick run in make test leaves them out until they
-# do; `make fuzz` and CONTRACT_EXCLUDE= run them.
-exclude=${CONTRACT_EXCLUDE-'/processes|/pty$|/files/(archive|stat|exists|mkdir|rename|watch)$'}
-[ "$mode" = quick ] && [ -n "$exclude" ] && args+=(--exclude-path-regex "$exclude")
+# CONTRACT_EXCLUDE leaves out the paths matching it (local use; every
+# operation runs by default).
+[ -n "${CONTRACT_EXCLUDE:-}" ] && args+=(--exclude-path-regex "$CONTRACT_EXCLUDE")
+# CONTRACT_INCLUDE narrows a run to the paths matching it (local use, e.g.
+# CONTRACT_INCLUDE='^/v1/sandboxes$|/processes' run.sh quick: a sandbox must be
+# created for the others to have one).
+[ -n "${CONTRACT_INCLUDE:-}" ] && args+=(--include-path-regex "$CONTRACT_INCLUDE")
 
 cd "$here"
 set +e

@@ -39,3 +39,18 @@ func envOr(k, def string) string {
 	}
 	return def
 }
+
+// openNode is the host's node with the runtime driver chosen here: gVisor,
+// the only driver today (internal/runtime/runtimetest is the bar the next
+// one passes).
+func openNode(cfg node.Config) (*node.Node, error) {
+	cfg, err := cfg.Resolved()
+	if err != nil {
+		return nil, err
+	}
+	d, err := node.GVisor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return node.New(cfg, d)
+}

@@ -19,7 +19,6 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/fleet"
 	"github.com/orkestr-eu/orkestr/internal/lifecycle"
-	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/tlsutil"
@@ -121,7 +120,7 @@ func nodeCmd(args []string) error {
 		cfg.Node.Advertise = scheme + "://" + ln.Addr().String()
 	}
 	ncfg.ID, ncfg.Region, ncfg.Address, ncfg.Slots, ncfg.Recorder = cfg.Node.ID, cfg.Region, cfg.Node.Advertise, cfg.Node.Slots, st
-	n, err := node.Open(ncfg)
+	n, err := openNode(ncfg)
 	if err != nil {
 		ln.Close()
 		return err

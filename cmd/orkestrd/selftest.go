@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/oklog/ulid/v2"
 	"os"
 	"strings"
 	"time"
@@ -36,7 +37,7 @@ func selftest(args []string) error {
 		}
 		defer os.RemoveAll(cfg.StateDir)
 	}
-	n, err := node.Open(cfg)
+	n, err := openNode(cfg)
 	if err != nil {
 		return err
 	}
@@ -78,15 +79,15 @@ func selftest(args []string) error {
 	}); err != nil {
 		return err
 	}
-	var snap runtime.Snapshot
+	var snap nodeapi.Snapshot
 	if err := step("pause (checkpoint)", func() (err error) {
-		snap, err = sb.Checkpoint(ctx, scratch+"/snapshot")
+		snap, err = n.Checkpoint(ctx, sb.ID(), "sbx_selftest-"+ulid.Make().String())
 		return err
 	}); err != nil {
 		return err
 	}
 	if err := step("resume (restore)", func() (err error) {
-		sb, err = n.Driver.Restore(ctx, snap.Dir, "", nil)
+		sb, err = n.Restore(ctx, nodeapi.RestoreRequest{SandboxID: "sbx_selftest", Snapshot: snap.ID, Template: *tmpl, Size: "small"})
 		return err
 	}); err != nil {
 		return err

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -13,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -115,11 +118,23 @@ func serve(args []string) error {
 		lease := fleet.NewLease(st, "singletons", 10*time.Second, log)
 		go lease.Run(ctx)
 		go fleet.WatchNodes(ctx, st, lease, cfg.Fleet.HeartbeatTimeout(), log)
-		opts.Nodes, opts.Leader = fleet.NewNodes(fleet.Options{Store: st, Config: cfg, Log: log}), lease.Held
+		var nodeTLS *tls.Config
+		if cfg.Fleet.NodeCAFile != "" {
+			pem, err := os.ReadFile(cfg.Fleet.NodeCAFile)
+			if err != nil {
+				return fmt.Errorf("fleet.node_ca_file: %w", err)
+			}
+			roots := x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("fleet.node_ca_file %s holds no PEM certificate", cfg.Fleet.NodeCAFile)
+			}
+			nodeTLS = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		}
+		opts.Nodes, opts.Leader = fleet.NewNodes(fleet.Options{Store: st, Config: cfg, TLS: nodeTLS, Log: log}), lease.Held
 		log.Info("control plane of a fleet: sandboxes run on the registered nodes", "holder", lease.Holder(), "heartbeat_timeout", cfg.Fleet.HeartbeatTimeout().String())
 	} else {
 		ncfg.Region, ncfg.Recorder = cfg.Region, st
-		if n, err = node.Open(ncfg); err != nil {
+		if n, err = openNode(ncfg); err != nil {
 			return err
 		}
 		opts.Node = n
@@ -135,7 +150,7 @@ func serve(args []string) error {
 		return err
 	}
 	if n != nil {
-		if templates, _ := n.Templates.List(); len(templates) == 0 {
+		if templates, _ := n.Templates(); len(templates) == 0 {
 			log.Warn("no templates are built; run `make setup` or `orkestrd admin template build debian-12`", "template_dir", ncfg.TemplateDir)
 		}
 	}
@@ -162,16 +177,15 @@ func serve(args []string) error {
 			_ = json.NewEncoder(w).Encode(map[string]any{"status": "ok", "mode": "control-plane"})
 			return
 		}
-		var pools []poolState
-		templates, _ := n.Templates.List()
-		for _, t := range templates {
-			for _, k := range n.PoolKeys(t.Name) {
-				pools = append(pools, poolState{t.Name, k.Size, k.Networked, n.Pool.Ready(k), n.PoolTarget(k)})
-			}
+		pools := []poolState{}
+		for _, d := range n.PoolDepths() {
+			pools = append(pools, poolState{d.Key.Template, d.Key.Size, d.Key.Networked, d.Ready, d.Target})
 		}
-		running, _ := n.Driver.List(r.Context())
+		slices.SortFunc(pools, func(a, b poolState) int {
+			return cmp.Or(strings.Compare(a.Template, b.Template), strings.Compare(a.Size, b.Size), cmp.Compare(b2i(a.Networked), b2i(b.Networked)))
+		})
 		_ = json.NewEncoder(w).Encode(map[string]any{
-			"status": "ok", "runtime": n.Driver.Name(), "sandboxes": len(running), "pools": pools,
+			"status": "ok", "runtime": n.RuntimeName(), "sandboxes": n.RuntimeSandboxes(r.Context()), "pools": pools,
 		})
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -369,4 +383,11 @@ func nodeConfig(ncfg *node.Config, cfg config.Config) error {
 	ncfg.NetworkPoolSize, ncfg.NetworkAccounts = cfg.Network.PoolSize, cfg.Network.Accounts
 	ncfg.ExtraCAs, err = cfg.SandboxCABundle()
 	return err
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

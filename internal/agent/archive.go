@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
 
 	"github.com/orkestr-eu/orkestr/internal/agent/wire"
 	"github.com/orkestr-eu/orkestr/internal/tarx"
@@ -65,7 +66,19 @@ func untar(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		return
 	}
 	dir = filepath.Clean(dir)
+	// Not into the agent's own files nor onto a kernel filesystem, as for
+	// a file write; entries below dir that would land in the agent's
+	// files (an archive extracted at /) are refused one by one.
+	if err := guardWrite(dir); err != nil {
+		sendErr(w, err)
+		return
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
+		sendErr(w, err)
+		return
+	}
+	_, resolved, err := resolveExisting(dir)
+	if err != nil {
 		sendErr(w, err)
 		return
 	}
@@ -79,7 +92,12 @@ func untar(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		return
 	}
 	src := &frameSource{r: r}
-	res, err := tarx.Extract(root, src, req.Limit)
+	res, err := tarx.ExtractGuarded(root, src, req.Limit, func(name string) error {
+		if own := ownDir(filepath.Join(resolved, name)); own != "" {
+			return &tarx.Error{Code: wire.CodePermission, Msg: fmt.Sprintf("the archive's entry %s would land in %s, which belongs to the sandbox's agent; the files API does not touch it", name, own)}
+		}
+		return nil
+	})
 	if err != nil {
 		if errors.Is(err, errHostGone) {
 			return
@@ -87,9 +105,12 @@ func untar(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		var ae *tarx.Error
 		if errors.As(err, &ae) {
 			_ = w.Err(ae.Code, ae.Msg)
-			return
+		} else {
+			sendErr(w, err)
 		}
-		sendErr(w, err)
+		if !src.eof {
+			drainUpload(r)
+		}
 		return
 	}
 	// Drain what follows the archive's end (tar pads with zero blocks).
@@ -109,6 +130,14 @@ func tarDir(req *wire.Request, w *wire.Writer) {
 		return
 	}
 	dir = filepath.Clean(dir)
+	// Never the agent's own files, never across into another filesystem
+	// (tar --one-file-system: /proc, /sys, /dev and mounts below dir are
+	// archived as empty directories), and not from a kernel filesystem,
+	// whose files change while read and whose sizes are not their content.
+	if err := guardRead(dir); err != nil {
+		sendErr(w, err)
+		return
+	}
 	fi, err := os.Stat(dir)
 	if err != nil {
 		sendErr(w, err)
@@ -118,6 +147,23 @@ func tarDir(req *wire.Request, w *wire.Writer) {
 		_ = w.Err(wire.CodeNotDir, dir+" is not a directory")
 		return
 	}
+	fd, resolved, err := resolveExisting(dir)
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	var sfs unix.Statfs_t
+	err = unix.Fstatfs(fd, &sfs)
+	unix.Close(fd)
+	if err != nil {
+		sendErr(w, err)
+		return
+	}
+	if name, ok := kernelFS[int64(sfs.Type)]; ok {
+		_ = w.Err(wire.CodeInvalidPath, fmt.Sprintf("%s is on the kernel's %s filesystem, which is not archived", resolved, name))
+		return
+	}
+	dev := fi.Sys().(*syscall.Stat_t).Dev
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		sendErr(w, err)
@@ -147,10 +193,15 @@ func tarDir(req *wire.Request, w *wire.Writer) {
 		if name == "." {
 			return nil
 		}
+		if own := ownDir(filepath.Join(resolved, name)); own != "" {
+			return skipEntry(d)
+		}
 		fi, err := d.Info()
 		if err != nil {
 			return nil // removed while walking
 		}
+		// Another filesystem: the mount point is kept, empty.
+		crossing := fi.IsDir() && fi.Sys().(*syscall.Stat_t).Dev != dev
 		link := ""
 		switch {
 		case fi.Mode()&fs.ModeSymlink != 0:
@@ -172,6 +223,9 @@ func tarDir(req *wire.Request, w *wire.Writer) {
 		h.Uname, h.Gname = "", ""
 		if err := tw.WriteHeader(h); err != nil {
 			return err
+		}
+		if crossing {
+			return fs.SkipDir
 		}
 		if !fi.Mode().IsRegular() {
 			return nil
@@ -208,6 +262,25 @@ func tarDir(req *wire.Request, w *wire.Writer) {
 }
 
 var errSinkGone = errors.New("the host went away")
+
+// ownDir is the directory of the agent's own files that resolved lies in,
+// or "".
+func ownDir(resolved string) string {
+	for _, d := range protectedDirs {
+		if within(resolved, d) {
+			return d
+		}
+	}
+	return ""
+}
+
+// skipEntry leaves d out of a walk (and, for a directory, what it holds).
+func skipEntry(d fs.DirEntry) error {
+	if d.IsDir() {
+		return fs.SkipDir
+	}
+	return nil
+}
 
 const noFollow = syscall.O_NOFOLLOW
 

@@ -183,6 +183,7 @@ func writeFile(path string, mode uint32, r *wire.Reader, w *wire.Writer) {
 		}
 		if _, err := tmp.Write(b); err != nil {
 			sendErr(w, err)
+			drainUpload(r)
 			return
 		}
 		size += int64(len(b))
@@ -201,6 +202,20 @@ func writeFile(path string, mode uint32, r *wire.Reader, w *wire.Writer) {
 	}
 	ok = true
 	_ = w.JSON(wire.KindJSON, wire.Written{Size: size})
+}
+
+// drainUpload reads and drops the rest of an upload the agent has given up
+// on (a full disk, an archive over its limit) after saying why: a host
+// still sending would otherwise block on the stream's full window and never
+// read the answer. It ends at the upload's end frame or when the host hangs
+// up.
+func drainUpload(r *wire.Reader) {
+	for {
+		k, _, err := r.Next()
+		if err != nil || k == wire.KindEOF {
+			return
+		}
+	}
 }
 
 func listDir(path string, w *wire.Writer) {

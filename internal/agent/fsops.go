@@ -87,6 +87,9 @@ func doFSOp(req *wire.Request) fsReply {
 		}
 		return fsReply{wire.KindJSON, st}
 	case wire.OpMkdirX:
+		if err := guardEntry(f.Path); err != nil {
+			return fsErr(err)
+		}
 		perm := os.FileMode(f.Mode & 0o7777)
 		if perm == 0 {
 			perm = 0o755
@@ -111,6 +114,12 @@ func doFSOp(req *wire.Request) fsReply {
 	case wire.OpRename:
 		if filepath.Clean(f.Path) == "/" || filepath.Clean(f.Dest) == "/" {
 			return fsReply{wire.KindError, &wire.Error{Code: wire.CodeInvalidPath, Message: "cannot rename / or onto /"}}
+		}
+		if err := guardEntry(f.Path); err != nil {
+			return fsErr(err)
+		}
+		if err := guardEntry(f.Dest); err != nil {
+			return fsErr(err)
 		}
 		if err := rename(f.Path, f.Dest, f.Overwrite); err != nil {
 			return fsErr(err)

@@ -284,6 +284,24 @@ func guardWrite(path string) error {
 	return nil
 }
 
+// guardEntry refuses making, moving or replacing the directory entry path
+// when it is one of the agent's own files or on a kernel filesystem. The
+// entry itself is not followed (a rename moves a link, not its target):
+// its directory is resolved, then its name added.
+func guardEntry(path string) error {
+	path = filepath.Clean(path)
+	fd, dir, err := resolveExisting(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	resolved := filepath.Join(dir, filepath.Base(path))
+	if err := checkOwn(resolved, recentMounts()); err != nil {
+		return err
+	}
+	return checkWritable(fd, resolved)
+}
+
 func fileKind(m os.FileMode) string {
 	switch {
 	case m&os.ModeCharDevice != 0:

@@ -1,8 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
@@ -50,11 +52,26 @@ func (s *Server) putArchive(w http.ResponseWriter, r *http.Request) error {
 	if r.ContentLength > s.cfg.MaxFileBytes {
 		return apiErr(http.StatusRequestEntityTooLarge, "payload_too_large", "Archives are limited to %d bytes on this server.", s.cfg.MaxFileBytes)
 	}
+	// The body is required: no body is a mistake (a client that meant to
+	// send a file), not an archive of nothing. A tar of no entries is
+	// still 1024 zero bytes.
+	var body io.Reader = http.MaxBytesReader(w, r.Body, s.cfg.MaxFileBytes)
+	var first [1]byte
+	if n, err := io.ReadFull(body, first[:]); n == 0 {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return apiErr(http.StatusRequestEntityTooLarge, "payload_too_large", "Archives are limited to %d bytes on this server.", s.cfg.MaxFileBytes)
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return invalid("body", "The request body could not be read: %s.", err.Error())
+		}
+		return invalid("body", "The request body is empty; send a tar archive (plain, gzip or zstd).")
+	}
+	body = io.MultiReader(bytes.NewReader(first[:]), body)
 	ar, path, err := s.archiveSandbox(r)
 	if err != nil {
 		return err
 	}
-	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxFileBytes)
 	x, err := ar.Untar(r.Context(), path, s.cfg.MaxFileBytes, body)
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -70,6 +87,9 @@ func (s *Server) putArchive(w http.ResponseWriter, r *http.Request) error {
 // getArchive streams the directory ?path= as a tar, compressed with
 // ?compression=gzip|zstd (default none).
 func (s *Server) getArchive(w http.ResponseWriter, r *http.Request) error {
+	if err := noEmptyQuery(r.URL.Query(), "compression"); err != nil {
+		return err
+	}
 	comp := r.URL.Query().Get("compression")
 	ctype := map[string]string{"": "application/x-tar", "none": "application/x-tar", "gzip": "application/gzip", "zstd": "application/zstd"}[comp]
 	if ctype == "" {

@@ -192,7 +192,7 @@ func (s *Server) deleteFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if path == "/" {
+	if isRoot(path) {
 		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to delete /.").with("field", "path")
 	}
 	uf, user, err := fileAs(r, rt)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"path"
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
@@ -63,7 +64,9 @@ func fsError(err error) error {
 	case errors.Is(err, runtime.ErrCrossDevice):
 		return apiErr(http.StatusBadRequest, "invalid_path", "Cannot move between two filesystems of the sandbox (/tmp is one of its own); copy and delete instead.").with("field", "to")
 	case errors.Is(err, runtime.ErrPermission):
-		return apiErr(http.StatusForbidden, "permission_denied", "The sandbox user lacks the permissions for this (use user \"root\", or change the file's mode).")
+		// The agent says why: the user's permissions, or the agent's own
+		// files, which no user may change.
+		return apiErr(http.StatusForbidden, "permission_denied", "Permission denied in the sandbox%s (as the sandbox's user: use user \"root\", or change the file's mode).", agentReason(err, runtime.ErrPermission)).with("field", "path")
 	case errors.Is(err, runtime.ErrNoUser):
 		return invalid("user", "The sandbox's template has no unprivileged user; rebuild it (orkestrd admin template build) or use root.")
 	}
@@ -163,6 +166,9 @@ func (s *Server) makeDir(w http.ResponseWriter, r *http.Request) error {
 	if err := checkPath("path", req.Path); err != nil {
 		return err
 	}
+	if isRoot(req.Path) {
+		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to make /: it always exists; name a directory below it.").with("field", "path")
+	}
 	user, err := checkUser(req.User)
 	if err != nil {
 		return err
@@ -202,8 +208,11 @@ func (s *Server) renameFile(w http.ResponseWriter, r *http.Request) error {
 	if err := checkPath("to", req.To); err != nil {
 		return err
 	}
-	if req.From == "/" || req.To == "/" {
-		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to move / or onto /.").with("field", "from")
+	if isRoot(req.From) {
+		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to move /.").with("field", "from")
+	}
+	if isRoot(req.To) {
+		return apiErr(http.StatusBadRequest, "invalid_path", "Refusing to move anything onto /.").with("field", "to")
 	}
 	user, err := checkUser(req.User)
 	if err != nil {
@@ -280,13 +289,24 @@ func (s *Server) watchFiles(w http.ResponseWriter, r *http.Request) error {
 }
 
 // queryBool reads the boolean query parameter name: true/1, false/0, or
-// absent (false).
+// absent (false). Given empty (?recursive=), it is a mistake, as for every
+// query parameter (docs/api.md, "One contract").
 func queryBool(r *http.Request, name string) (bool, error) {
-	switch r.URL.Query().Get(name) {
-	case "", "false", "0":
+	q := r.URL.Query()
+	if _, ok := q[name]; !ok {
+		return false, nil
+	}
+	switch q.Get(name) {
+	case "false", "0":
 		return false, nil
 	case "true", "1":
 		return true, nil
 	}
 	return false, invalid(name, "Query parameter %s must be true or false.", name)
+}
+
+// isRoot reports whether an absolute path names / in any spelling ("//",
+// "/.", "/./"): the calls that refuse / refuse all of them.
+func isRoot(p string) bool {
+	return path.Clean(p) == "/"
 }

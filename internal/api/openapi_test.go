@@ -202,3 +202,69 @@ func TestOpenAPIErrorCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenAPIOptionalFieldsAreNullable: decode takes null for a whole
+// optional field as leaving it out (docs/api.md, "One contract"), so every
+// optional property of a JSON request body admits null in the document;
+// otherwise the contract run sends null, expects a 400 and gets a 2xx.
+func TestOpenAPIOptionalFieldsAreNullable(t *testing.T) {
+	doc, raw := loadOpenAPI(t)
+	resolve := func(v any) map[string]any {
+		for i := 0; i < 8; i++ {
+			m, _ := v.(map[string]any)
+			ref, ok := m["$ref"].(string)
+			if !ok {
+				return m
+			}
+			if v, ok = lookup(raw, ref); !ok {
+				t.Fatalf("unresolved %s", ref)
+			}
+		}
+		return nil
+	}
+	var nullable func(v any) bool
+	nullable = func(v any) bool {
+		s := resolve(v)
+		switch ty := s["type"].(type) {
+		case string:
+			if ty == "null" {
+				return true
+			}
+		case []any:
+			if slices.Contains(ty, any("null")) {
+				return true
+			}
+		}
+		for _, k := range []string{"anyOf", "oneOf"} {
+			alts, _ := s[k].([]any)
+			if slices.ContainsFunc(alts, nullable) {
+				return true
+			}
+		}
+		return false
+	}
+	checked := 0
+	for name, op := range specOperations(doc) {
+		rb := resolve(op["requestBody"])
+		content, _ := rb["content"].(map[string]any)
+		media, _ := content["application/json"].(map[string]any)
+		if media == nil {
+			continue
+		}
+		s := resolve(media["schema"])
+		required, _ := s["required"].([]any)
+		props, _ := s["properties"].(map[string]any)
+		for field, ps := range props {
+			if slices.Contains(required, any(field)) {
+				continue
+			}
+			checked++
+			if !nullable(ps) {
+				t.Errorf("%s: optional field %s does not admit null", name, field)
+			}
+		}
+	}
+	if checked < 20 {
+		t.Fatalf("only %d optional fields found: the walk is broken", checked)
+	}
+}

@@ -152,8 +152,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(scrapeErrDesc, prometheus.GaugeValue, up)
 	}
-	if c.s.local != nil && c.s.local.Pool != nil {
-		for _, d := range c.s.local.Pool.Depths() {
+	if c.s.local != nil {
+		for _, d := range c.s.local.PoolDepths() {
 			network := "off"
 			if d.Networked {
 				network = "on"

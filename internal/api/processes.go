@@ -201,6 +201,11 @@ func (s *Server) processStdin(w http.ResponseWriter, r *http.Request) error {
 	case req.Data != nil:
 		data = []byte(*req.Data)
 	case req.DataBase64 != nil:
+		// Strict RFC 4648 as the document's pattern says: Go's decoder
+		// would skip line breaks.
+		if strings.ContainsAny(*req.DataBase64, "\r\n") {
+			return invalid("data_base64", "Field data_base64 is not valid base64 (RFC 4648, with padding, no line breaks).")
+		}
 		if data, err = base64.StdEncoding.DecodeString(*req.DataBase64); err != nil {
 			return invalid("data_base64", "Field data_base64 is not valid base64 (RFC 4648, with padding).")
 		}
@@ -229,6 +234,19 @@ var signals = map[string]int{
 	"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15, "CONT": 18, "STOP": 19, "WINCH": 28,
 }
 
+// asciiUpper upper-cases ASCII letters only, so that a signal name matches
+// the document's pattern exactly (strings.ToUpper would also take "ſ" for
+// "S"); anything else stays as it is and matches no name.
+func asciiUpper(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'a' && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
+}
+
 func (s *Server) signalProcess(w http.ResponseWriter, r *http.Request) error {
 	pid, err := pathPID(r)
 	if err != nil {
@@ -244,7 +262,7 @@ func (s *Server) signalProcess(w http.ResponseWriter, r *http.Request) error {
 	var name string
 	if err := json.Unmarshal(req.Signal, &sig); err != nil {
 		if json.Unmarshal(req.Signal, &name) == nil {
-			sig = signals[strings.TrimPrefix(strings.ToUpper(name), "SIG")]
+			sig = signals[strings.TrimPrefix(asciiUpper(name), "SIG")]
 		}
 	}
 	if sig < 1 || sig > 64 {

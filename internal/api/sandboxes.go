@@ -480,9 +480,14 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	if row.ExpiresAt != nil {
 		remaining = max(row.ExpiresAt.Sub(now).Milliseconds(), 0)
 	}
-	// Reserve the snapshot slot before the (irreversible) checkpoint.
+	// Reserve the snapshot slot before the (irreversible) checkpoint, and
+	// record where the snapshot goes (the runtime id stays until the
+	// checkpoint is recorded): a crash after the checkpoint stopped the
+	// sandbox but before the last update finds a paused sandbox with its
+	// snapshot at the next start, not a lost one whose snapshot is swept.
 	s.running.Delete(row.ID)
-	row.Status, row.PausedAt, row.ExpiresAt, row.RemainingMS = store.StatusPaused, &now, nil, remaining
+	snapID := row.ID + "-" + ulid.MustNew(ulid.Now(), rand.Reader).String()
+	row.Status, row.PausedAt, row.ExpiresAt, row.RemainingMS, row.SnapshotDir = store.StatusPaused, &now, nil, remaining, snapID
 	row, err = s.store.UpdateSandbox(ctx, row, p.plan.SnapshotCap)
 	if err != nil {
 		s.running.Store(running.ID, liveSandbox{account: running.AccountID, rt: rt})
@@ -494,7 +499,7 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	snap, err := nd.Checkpoint(ctx, row.RuntimeID)
+	snap, err := nd.Checkpoint(ctx, row.RuntimeID, snapID)
 	if err != nil {
 		if _, aerr := nd.Sandbox(ctx, row.RuntimeID); aerr != nil {
 			s.finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox stopped while it was being paused")

@@ -18,6 +18,9 @@ type Fleet struct {
 	// HeartbeatTimeoutSeconds: a node silent this long is lost: its
 	// running sandboxes become error (node_lost). Default 15.
 	HeartbeatTimeoutSeconds int `yaml:"heartbeat_timeout_seconds"`
+	// NodeCAFile is a PEM bundle of the CAs that sign the nodes' TLS
+	// certificates (https node addresses); empty: the system's roots.
+	NodeCAFile string `yaml:"node_ca_file"`
 	// CPUOvercommit lets placement allocate a node's cores this many
 	// times (memory and disk never); default 1.
 	CPUOvercommit float64 `yaml:"cpu_overcommit"`

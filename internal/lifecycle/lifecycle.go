@@ -91,10 +91,29 @@ func Reconcile(ctx context.Context, st store.Store, n nodeapi.Node, mine func(st
 		case row.Status == store.StatusRunning && live:
 		case row.Status == store.StatusRunning:
 			Finish(ctx, st, now, log, row.ID, row.AccountID, store.StatusError, "the sandbox was lost while the server was down")
-		case row.Status == store.StatusPaused && row.SnapshotDir != "":
-			if live { // paused, but the old runtime outlived a crash
-				destroy(row.RuntimeID)
+		case row.Status == store.StatusPaused && row.SnapshotDir != "" && row.RuntimeID != "" && live:
+			// The pause was cut off before its checkpoint stopped the
+			// sandbox: it is running again, and what the checkpoint wrote
+			// goes.
+			if err := n.RemoveSnapshot(ctx, row.SnapshotDir); err != nil {
+				log.Warn("removing an unfinished snapshot", "sandbox", row.ID, "snapshot", row.SnapshotDir, "err", err)
 			}
+			row.Status, row.PausedAt, row.SnapshotDir = store.StatusRunning, nil, ""
+			exp := now().UTC().Add(time.Duration(row.RemainingMS) * time.Millisecond)
+			row.ExpiresAt, row.RemainingMS = &exp, 0
+			if _, err := st.UpdateSandbox(ctx, row, 0); err != nil {
+				log.Error("putting an interrupted pause back to running", "sandbox", row.ID, "err", err)
+			}
+		case row.Status == store.StatusPaused && row.SnapshotDir != "" && row.RuntimeID != "":
+			// The crash came between the checkpoint (which stopped the
+			// sandbox) and its record: record it now. Should the
+			// checkpoint be incomplete, the resume says the snapshot is
+			// lost.
+			row.RuntimeID = ""
+			if _, err := st.UpdateSandbox(ctx, row, 0); err != nil {
+				log.Error("recording a snapshot a crash left unrecorded", "sandbox", row.ID, "err", err)
+			}
+		case row.Status == store.StatusPaused && row.SnapshotDir != "":
 		case row.Status == store.StatusPaused && live:
 			// The pause was cut off before its checkpoint finished and
 			// the sandbox still runs: it is running again.

@@ -3,7 +3,6 @@ package node
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -15,12 +14,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/oklog/ulid/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/orkestr-eu/orkestr/internal/buildinfo"
 	"github.com/orkestr-eu/orkestr/internal/metering"
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
+	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/template"
@@ -98,7 +97,7 @@ func (n *Node) Info(ctx context.Context) (nodeapi.Info, error) {
 		info.Allocated.Slots++
 		return true
 	})
-	built, err := n.Templates.List()
+	built, err := n.templates.List()
 	if err != nil {
 		return info, err
 	}
@@ -106,7 +105,7 @@ func (n *Node) Info(ctx context.Context) (nodeapi.Info, error) {
 		info.Templates = append(info.Templates, t.Name)
 	}
 	slices.Sort(info.Templates)
-	for _, d := range n.Pool.Depths() {
+	for _, d := range n.pool.Depths() {
 		info.Warm[d.Key.Template] += d.Ready
 	}
 	return info, nil
@@ -116,9 +115,12 @@ func (n *Node) Info(ctx context.Context) (nodeapi.Info, error) {
 // and the operator's sandbox slots (default: one per 128 MiB of memory).
 func (n *Node) capacity() nodeapi.Capacity {
 	c := nodeapi.Capacity{CPUs: float64(goruntime.NumCPU()), MemoryBytes: memTotal(), Slots: n.cfg.Slots}
-	var st unix.Statfs_t
-	if unix.Statfs(n.cfg.StateDir, &st) == nil {
-		c.DiskBytes = int64(st.Blocks * uint64(st.Bsize))
+	for _, dir := range []string{n.cfg.StateDir, n.cfg.DataDir} {
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil {
+			c.DiskBytes = int64(st.Blocks * uint64(st.Bsize))
+			break
+		}
 	}
 	if c.Slots <= 0 {
 		c.Slots = max(int(c.MemoryBytes>>27), 1)
@@ -191,7 +193,7 @@ func (n *Node) Sandbox(_ context.Context, runtimeID string) (runtime.Sandbox, er
 	if v, ok := n.live.Load(runtimeID); ok {
 		return v.(*live).rt, nil
 	}
-	if rt, ok := n.Driver.Get(runtimeID); ok {
+	if rt, ok := n.driver.Get(runtimeID); ok {
 		return rt, nil
 	}
 	return nil, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
@@ -213,18 +215,24 @@ func (c Config) snapshotRoot() string {
 	return filepath.Join(c.DataDir, "snapshots")
 }
 
-// Checkpoint implements nodeapi.Node: the snapshot is named after the
-// sandbox and a fresh ULID, so a retried pause never reuses a directory.
-func (n *Node) Checkpoint(ctx context.Context, runtimeID string) (nodeapi.Snapshot, error) {
+// Checkpoint implements nodeapi.Node. The snapshot id must be the
+// sandbox's id, "-" and a suffix (the control plane uses a fresh ULID), and
+// not exist yet: a retried pause never writes over another snapshot.
+func (n *Node) Checkpoint(ctx context.Context, runtimeID, id string) (nodeapi.Snapshot, error) {
 	v, ok := n.live.Load(runtimeID)
 	if !ok {
 		return nodeapi.Snapshot{}, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
 	}
 	l := v.(*live)
-	id := l.sandboxID + "-" + ulid.MustNew(ulid.Now(), rand.Reader).String()
+	if !strings.HasPrefix(id, l.sandboxID+"-") || len(id) == len(l.sandboxID)+1 {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot id %q must be %q followed by a suffix", runtime.ErrInvalidRequest, id, l.sandboxID+"-")
+	}
 	dir, err := n.snapshotDir(id)
 	if err != nil {
 		return nodeapi.Snapshot{}, err
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot %s exists already", runtime.ErrInvalidRequest, id)
 	}
 	n.untrack(runtimeID, true)
 	snap, err := l.rt.Checkpoint(ctx, dir)
@@ -248,17 +256,17 @@ func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.S
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(filepath.Join(dir, "snapshot.json")); err != nil {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("%w: %s", nodeapi.ErrSnapshotNotFound, r.Snapshot)
 	}
 	if err := n.admit(); err != nil {
 		return nil, err
 	}
-	rootfs, err := n.Templates.Rootfs(r.Template)
+	rootfs, err := n.templates.Rootfs(r.Template)
 	if err != nil {
 		return nil, contractError(err)
 	}
-	rt, err := n.Driver.Restore(ctx, dir, rootfs, map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID})
+	rt, err := n.driver.Restore(ctx, dir, rootfs, map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID})
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +302,7 @@ func (n *Node) Destroy(ctx context.Context, runtimeID string) error {
 // (and meters them again), destroys every other one, removes every
 // snapshot keep does not list, and starts the warm pools.
 func (n *Node) Reconcile(ctx context.Context, keep nodeapi.Keep) (runtime.ReconcileReport, error) {
-	rep, err := n.Driver.Reconcile(ctx, func(i runtime.Info) bool {
+	rep, err := n.driver.Reconcile(ctx, func(i runtime.Info) bool {
 		id, ok := keep.Sandboxes[i.ID]
 		return ok && i.Labels["sandbox_id"] == id
 	})
@@ -302,7 +310,7 @@ func (n *Node) Reconcile(ctx context.Context, keep nodeapi.Keep) (runtime.Reconc
 		return rep, fmt.Errorf("reconcile: %w", err)
 	}
 	for _, id := range rep.Adopted {
-		if rt, ok := n.Driver.Get(id); ok {
+		if rt, ok := n.driver.Get(id); ok {
 			info := rt.Info()
 			n.track(info.Labels["sandbox_id"], info.Labels["account_id"], rt, info.Resources)
 		}
@@ -395,3 +403,18 @@ func (n *Node) untrack(runtimeID string, planned bool) {
 
 // liveSet is the node's running sandboxes by runtime id.
 type liveSet = sync.Map
+
+// Templates lists the templates built on this host.
+func (n *Node) Templates() ([]template.Record, error) { return n.templates.List() }
+
+// PoolDepths reports every warm pool's ready sandboxes and target.
+func (n *Node) PoolDepths() []pool.Depth { return n.pool.Depths() }
+
+// RuntimeName names the node's driver ("gvisor").
+func (n *Node) RuntimeName() string { return n.driver.Name() }
+
+// RuntimeSandboxes counts every sandbox the driver runs, pooled included.
+func (n *Node) RuntimeSandboxes(ctx context.Context) int {
+	list, _ := n.driver.List(ctx)
+	return len(list)
+}

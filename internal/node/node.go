@@ -105,9 +105,9 @@ func instance(dataDir string) string {
 // Node is one host's sandbox runner.
 type Node struct {
 	cfg       Config
-	Driver    runtime.Driver
-	Pool      *pool.Pool
-	Templates template.Store
+	driver    runtime.Driver
+	pool      *pool.Pool
+	templates template.Store
 
 	diskReserve atomic.Int64
 
@@ -125,8 +125,10 @@ type Node struct {
 // rebuilt) by `orkestrd admin template build` while it runs.
 const templateScanEvery = 3 * time.Second
 
-// Open makes the driver; Start reconciles and fills the pools.
-func Open(cfg Config) (*Node, error) {
+// Resolved fills in the defaults Open and the driver need: the logger,
+// sizes, the state directory and the network's instance name (both named
+// after the data directory).
+func (cfg Config) Resolved() (Config, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -137,35 +139,60 @@ func Open(cfg Config) (*Node, error) {
 	if cfg.StateDir == "" {
 		cfg.StateDir = filepath.Join("/run/orkestr", id)
 	}
-	if cfg.Network != nil {
+	if cfg.Network != nil && cfg.Network.Instance == "" {
 		if _, err := exec.LookPath("nft"); err != nil {
-			return nil, fmt.Errorf("sandbox networking is enabled but the nft command is missing: install the Debian package nftables, or set network.enabled: false in the config")
+			return cfg, fmt.Errorf("sandbox networking is enabled but the nft command is missing: install the Debian package nftables, or set network.enabled: false in the config")
 		}
 		nc := *cfg.Network
 		nc.Instance = id
 		cfg.Network = &nc
 	}
-	d, err := gvisor.New(gvisor.Config{
+	return cfg, nil
+}
+
+// GVisor is the gVisor driver a resolved config describes.
+func GVisor(cfg Config) (runtime.Driver, error) {
+	return gvisor.New(gvisor.Config{
 		Runsc: cfg.Runsc, AgentBinary: cfg.AgentBinary, StateDir: cfg.StateDir,
-		CgroupParent: "/orkestr/" + id, Log: cfg.Log, Network: cfg.Network, ExtraCAs: cfg.ExtraCAs,
+		CgroupParent: "/orkestr/" + instance(cfg.DataDir), Log: cfg.Log, Network: cfg.Network, ExtraCAs: cfg.ExtraCAs,
 	})
+}
+
+// Open is New with the gVisor driver of cfg (what orkestrd and the tests
+// run).
+func Open(cfg Config) (*Node, error) {
+	cfg, err := cfg.Resolved()
 	if err != nil {
 		return nil, err
 	}
-	warnIfMemory(cfg.StateDir, cfg.Log)
-	n := &Node{cfg: cfg, Driver: d, Pool: pool.New(d, cfg.Log), Templates: template.Store{Dir: cfg.TemplateDir},
-		warm: map[string]string{}, stopScan: make(chan struct{})}
+	d, err := GVisor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return New(cfg, d)
+}
+
+// New runs sandboxes on this host with driver d; Reconcile then settles
+// what a previous process left and fills the pools.
+func New(cfg Config, d runtime.Driver) (*Node, error) {
+	cfg, err := cfg.Resolved()
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Recorder == nil {
 		cfg.Recorder = discard{}
 	}
 	if cfg.ID == "" {
 		cfg.ID = "local"
 	}
+	warnIfMemory(cfg.StateDir, cfg.Log)
+	n := &Node{cfg: cfg, driver: d, pool: pool.New(d, cfg.Log), templates: template.Store{Dir: cfg.TemplateDir},
+		warm: map[string]string{}, stopScan: make(chan struct{})}
 	mc := cfg.Metering
 	mc.Sink, mc.Log = cfg.Recorder, cfg.Log
 	n.sampler = metering.New(mc)
 	n.diskReserve.Store(cfg.DiskReserveBytes)
-	n.Pool.SetDemand(cfg.PoolDemand)
+	n.pool.SetDemand(cfg.PoolDemand)
 	return n, nil
 }
 
@@ -199,7 +226,7 @@ func (n *Node) syncPools() error {
 	if n.cfg.PoolSize <= 0 {
 		return nil
 	}
-	built, err := n.Templates.List()
+	built, err := n.templates.List()
 	if err != nil {
 		return err
 	}
@@ -222,18 +249,18 @@ func (n *Node) syncPools() error {
 			target := n.PoolTarget(key)
 			if had {
 				n.cfg.Log.Info("template rebuilt; refilling its pool", "pool", key.String())
-				n.Pool.SetTarget(key, spec, 0)
+				n.pool.SetTarget(key, spec, 0)
 			} else {
 				n.cfg.Log.Info("warming the pool of a template", "pool", key.String(), "target", target)
 			}
-			n.Pool.SetTarget(key, spec, target)
+			n.pool.SetTarget(key, spec, target)
 		}
 		n.warm[t.Name] = build
 	}
 	for name := range n.warm {
 		if !seen[name] {
 			for _, key := range n.poolKeys(name) {
-				n.Pool.SetTarget(key, runtime.Spec{}, 0)
+				n.pool.SetTarget(key, runtime.Spec{}, 0)
 			}
 			delete(n.warm, name)
 		}
@@ -272,7 +299,7 @@ func (n *Node) networkPoolSize() int {
 // NetworkBlocked returns the network policy's refusals since start by
 // reason (nil without networking).
 func (n *Node) NetworkBlocked() map[string]uint64 {
-	if d, ok := n.Driver.(interface{ NetworkBlocked() map[string]uint64 }); ok {
+	if d, ok := n.driver.(interface{ NetworkBlocked() map[string]uint64 }); ok {
 		return d.NetworkBlocked()
 	}
 	return nil
@@ -281,7 +308,7 @@ func (n *Node) NetworkBlocked() map[string]uint64 {
 // OOMKills is how many sandbox processes were killed at their sandbox's
 // memory limit since start (0 for a driver that does not do that).
 func (n *Node) OOMKills() uint64 {
-	if d, ok := n.Driver.(interface{ OOMKills() uint64 }); ok {
+	if d, ok := n.driver.(interface{ OOMKills() uint64 }); ok {
 		return d.OOMKills()
 	}
 	return 0
@@ -299,7 +326,7 @@ func (n *Node) Spec(tmpl, size string) (runtime.Spec, error) {
 	if !ok {
 		return runtime.Spec{}, fmt.Errorf("%w %q", ErrUnknownSize, size)
 	}
-	rootfs, err := n.Templates.Rootfs(tmpl)
+	rootfs, err := n.templates.Rootfs(tmpl)
 	if err != nil {
 		return runtime.Spec{}, err
 	}
@@ -323,14 +350,14 @@ func (n *Node) create(ctx context.Context, tmpl, size, account string, claim run
 	}
 	claim.Resources = spec.Resources
 	claim.Env = n.withTemplateEnv(tmpl, claim.Env)
-	return n.Pool.Claim(ctx, pool.Key{Template: tmpl, Size: size, Networked: networked}, spec, claim)
+	return n.pool.Claim(ctx, pool.Key{Template: tmpl, Size: size, Networked: networked}, spec, claim)
 }
 
 // withTemplateEnv puts the template's own environment (an image's ENV,
 // e.g. PATH and PYTHON_VERSION) under the sandbox's variables, and under
 // that the trust store variables when extra CAs are configured.
 func (n *Node) withTemplateEnv(tmpl string, env map[string]string) map[string]string {
-	rec, err := n.Templates.Record(tmpl)
+	rec, err := n.templates.Record(tmpl)
 	if (err != nil || len(rec.Env) == 0) && len(n.cfg.ExtraCAs) == 0 {
 		return env
 	}
@@ -436,7 +463,7 @@ func (n *Node) Close(ctx context.Context, destroy bool) error {
 		close(n.stopScan)
 	}
 	n.mu.Unlock()
-	return errors.Join(n.Pool.Close(ctx), n.Driver.Close(ctx, destroy))
+	return errors.Join(n.pool.Close(ctx), n.driver.Close(ctx, destroy))
 }
 
 // ExecutableDir is the directory of the running binary, where `make build`

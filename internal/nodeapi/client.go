@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,9 +22,10 @@ import (
 )
 
 // Client calls one node's API over the network; it implements Node. Unary
-// calls reuse kept-alive HTTP/1.1 connections; each stream call upgrades a
-// connection of its own, the one dialed ahead after the previous call when
-// it is there (spare.go), else a new one.
+// calls, and stream calls that send no input frames, reuse kept-alive
+// HTTP/1.1 connections; a stream call with input (a large upload, stdin of
+// unknown length, signals, a terminal) dials a connection of its own and
+// upgrades it.
 type Client struct {
 	base   string // scheme://host[:port], no trailing slash
 	host   string // host:port to dial
@@ -35,7 +36,6 @@ type Client struct {
 	// version is the API version requests speak: APIVersion until a node
 	// answers that it speaks only an older one.
 	version atomic.Int64
-	spares  spares
 }
 
 var _ Node = (*Client)(nil)
@@ -86,10 +86,7 @@ func Dial(baseURL, token string, tlsCfg *tls.Config) (*Client, error) {
 }
 
 // Close lets go of the client's idle connections.
-func (c *Client) Close() {
-	c.hc.CloseIdleConnections()
-	c.spares.close()
-}
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
 
 // Address is the node's base URL.
 func (c *Client) Address() string { return c.base }
@@ -146,8 +143,14 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 		req.Header.Set("Content-Type", "application/json")
 		// Marks the call replayable for net/http: a kept-alive connection
 		// that a restarted node closed is retried on a new one instead of
-		// failing the call (only when the node never read the request).
-		req.Header.Set("Idempotency-Key", path)
+		// failing the call. net/http also replays a replayable call whose
+		// connection broke before any answer, which the node may have
+		// carried out: so not a process's start or its stdin, whose
+		// repetition a user would see (net/http still retries those when
+		// nothing of them was written).
+		if !strings.HasSuffix(path, "/processes/start") && !strings.HasSuffix(path, "/processes/input") {
+			req.Header.Set("Idempotency-Key", path)
+		}
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return c.callErr(ctx, err)
@@ -196,9 +199,9 @@ func (c *Client) Sandbox(ctx context.Context, runtimeID string) (runtime.Sandbox
 }
 
 // Checkpoint implements Node.
-func (c *Client) Checkpoint(ctx context.Context, runtimeID string) (Snapshot, error) {
+func (c *Client) Checkpoint(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error) {
 	var s Snapshot
-	return s, c.call(ctx, sandboxPath(runtimeID, "checkpoint"), empty{}, &s)
+	return s, c.call(ctx, sandboxPath(runtimeID, "checkpoint"), CheckpointRequest{Snapshot: snapshotID}, &s)
 }
 
 // Restore implements Node.
@@ -232,6 +235,47 @@ func (c *Client) Metrics(ctx context.Context, runtimeID string, since time.Time)
 	return m, c.call(ctx, sandboxPath(runtimeID, "metrics"), metricsReq{Since: since}, &m)
 }
 
+// readOnlyStreams change nothing in the sandbox: safe to send again.
+var readOnlyStreams = map[string]bool{"read_file": true, "tar": true, "watch": true, "attach": true}
+
+// postStream makes a stream call without input as a POST on a kept-alive
+// connection; the answer's body carries the node's frames. Ending ctx
+// closes the connection, which ends the call on the node.
+func (c *Client) postStream(ctx context.Context, runtimeID, op string, params any) (*clientStream, error) {
+	body, err := json.Marshal(params)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+pathPrefix+sandboxPath(runtimeID, "stream/"+op), bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		c.setHeaders(req.Header)
+		req.Header.Set("Content-Type", "application/json")
+		if readOnlyStreams[op] {
+			// Replayable on a restarted node's dead keep-alive, as unary
+			// calls are; an exec or a write is never sent twice.
+			req.Header.Set("Idempotency-Key", op)
+		}
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			return nil, c.callErr(ctx, err)
+		}
+		if resp.StatusCode == http.StatusOK {
+			s := &clientStream{c: c, ctx: ctx, body: resp.Body, fr: frameReader{r: resp.Body}, fw: &frameWriter{w: io.Discard},
+				stop: func() bool { return true }, done: make(chan struct{})}
+			s.cond = sync.NewCond(&s.mu)
+			return s, nil
+		}
+		err, retry := c.failed(resp.StatusCode, resp.Body)
+		resp.Body.Close()
+		if !retry {
+			return nil, err
+		}
+	}
+}
+
 // openStream dials the node, asks to upgrade the connection for stream op
 // on a sandbox and sends the call's parameters. Ending ctx closes the
 // connection, which ends the call on the node.
@@ -240,77 +284,42 @@ func (c *Client) openStream(ctx context.Context, runtimeID, op string, params an
 	if err != nil {
 		return nil, err
 	}
-	if len(pb) > MaxFrame {
-		return nil, fmt.Errorf("%w: parameters of %d bytes over the frame limit of %d", ErrProtocol, len(pb), MaxFrame)
-	}
-	useSpare := true
 	for {
-		s, retry, err := c.tryStream(ctx, runtimeID, op, pb, useSpare)
+		s, retry, err := c.tryStream(ctx, runtimeID, op, pb)
 		if !retry {
 			return s, err
 		}
-		useSpare = false
 	}
 }
 
-// dial connects to the node (and does the TLS handshake).
-func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+func (c *Client) tryStream(ctx context.Context, runtimeID, op string, params []byte) (*clientStream, bool, error) {
 	conn, err := c.dialer.DialContext(ctx, "tcp", c.host)
 	if err != nil {
-		return nil, err
+		return nil, false, c.callErr(ctx, err)
 	}
 	if c.tls != nil {
 		tc := tls.Client(conn, c.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
-			return nil, err
+			return nil, false, c.callErr(ctx, err)
 		}
 		conn = tc
 	}
-	return conn, nil
-}
-
-// tryStream makes one attempt at a stream call; retry says to make another
-// (the API version was lowered, or a spare connection turned out dead
-// before the node took the call), with useSpare false.
-func (c *Client) tryStream(ctx context.Context, runtimeID, op string, params []byte, useSpare bool) (*clientStream, bool, error) {
-	var conn net.Conn
-	if useSpare {
-		conn = c.spares.take()
-	}
-	spare := conn != nil
-	if !spare {
-		var err error
-		if conn, err = c.dial(ctx); err != nil {
-			return nil, false, c.callErr(ctx, err)
-		}
-	}
-	// The next call finds a connection ready.
-	c.spares.refill(c.dial)
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	fail := func(err error) (*clientStream, bool, error) {
 		stop()
 		conn.Close()
-		if spare && ctx.Err() == nil {
-			// No 101 yet, so the node has not started the call: a spare
-			// the node closed meanwhile (restart, idle limit) is no
-			// failure of the call; it is made again on a fresh one.
-			return nil, true, nil
-		}
 		return nil, false, c.callErr(ctx, err)
 	}
-	// The request and the parameters go out together, in one write: one
-	// packet, one wake-up of the node.
+	// The request and the parameters go out together: one round trip.
 	var req bytes.Buffer
 	fmt.Fprintf(&req, "POST %s%s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: %s\r\nContent-Length: 0\r\n\r\n",
 		pathPrefix, sandboxPath(runtimeID, "stream/"+op), c.host, c.token, HeaderVersion, c.version.Load(), streamUpgrade)
-	var hdr [5]byte
-	hdr[0] = frameParams
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(params)))
-	req.Write(hdr[:])
-	req.Write(params)
 	fw := &frameWriter{w: conn}
 	if _, err := conn.Write(req.Bytes()); err != nil {
+		return fail(err)
+	}
+	if err := fw.frame(frameParams, params); err != nil {
 		return fail(err)
 	}
 	br := bufio.NewReaderSize(conn, 64<<10)
@@ -318,7 +327,6 @@ func (c *Client) tryStream(ctx context.Context, runtimeID, op string, params []b
 	if err != nil {
 		return fail(err)
 	}
-	spare = false // the node answered: whatever follows is the call's
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		err, retry := c.failed(resp.StatusCode, resp.Body)
 		stop()

@@ -11,7 +11,8 @@ import (
 
 // A stream call (exec, file transfer, terminal, watch, attach, tar) runs
 // over a connection upgraded from HTTP/1.1 (Upgrade: orkestr-node-stream)
-// and carries frames both ways:
+// and carries frames both ways, or, when the client sends no input frames,
+// as a POST whose answer carries the node's frames:
 //
 //	+--------+--------------------+-------------------+
 //	| type 1 | length 4 (big end) | payload (length)  |
@@ -70,6 +71,8 @@ type startedMsg struct {
 type frameWriter struct {
 	mu sync.Mutex
 	w  io.Writer
+	// flush, if set, pushes each frame out (an HTTP response's buffer).
+	flush func() error
 }
 
 func (fw *frameWriter) frame(typ byte, payload []byte) error {
@@ -81,24 +84,18 @@ func (fw *frameWriter) frame(typ byte, payload []byte) error {
 	binary.BigEndian.PutUint32(hdr[1:], uint32(len(payload)))
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
+	var err error
 	if len(payload) == 0 {
-		_, err := fw.w.Write(hdr[:])
-		return err
+		_, err = fw.w.Write(hdr[:])
+	} else {
+		bufs := net.Buffers{hdr[:], payload}
+		_, err = bufs.WriteTo(fw.w)
 	}
-	if len(payload) <= smallFrame {
-		// One write: a frame never goes out in two packets (and the
-		// node's held-back 101 goes with the whole first frame).
-		_, err := fw.w.Write(append(hdr[:], payload...))
-		return err
+	if err == nil && fw.flush != nil {
+		err = fw.flush()
 	}
-	bufs := net.Buffers{hdr[:], payload}
-	_, err := bufs.WriteTo(fw.w)
 	return err
 }
-
-// smallFrame is the payload size up to which a frame is copied into one
-// buffer and written at once.
-const smallFrame = 4 << 10
 
 func (fw *frameWriter) json(typ byte, v any) error {
 	b, err := json.Marshal(v)

@@ -46,7 +46,10 @@ type handler struct {
 
 // NewHandler serves n's node API under /node/v1/: unary calls as JSON over
 // HTTP/1.1 POST, streaming calls over connections upgraded to
-// orkestr-node-stream (see frame.go and docs/architecture.md).
+// orkestr-node-stream or as POSTs whose answer streams frames (see
+// frame.go and docs/architecture.md "The node API"). Serve it with a
+// ReadHeaderTimeout and no WriteTimeout (streams last as long as their
+// command), over TLS when the network is not loopback.
 func NewHandler(n Node, o HandlerOptions) http.Handler {
 	h := &handler{n: n, log: o.Log, token: sha256.Sum256([]byte(o.Token)), noToken: o.Token == "", maxBody: o.MaxBodyBytes, mux: http.NewServeMux()}
 	if h.log == nil {
@@ -229,8 +232,8 @@ func (h *handler) routes() {
 		}
 		return sb.Info(), nil
 	}))
-	m.HandleFunc(p("sandboxes/{id}/checkpoint"), unary(h, func(ctx context.Context, r *http.Request, _ empty) (Snapshot, error) {
-		return n.Checkpoint(ctx, r.PathValue("id"))
+	m.HandleFunc(p("sandboxes/{id}/checkpoint"), unary(h, func(ctx context.Context, r *http.Request, req CheckpointRequest) (Snapshot, error) {
+		return n.Checkpoint(ctx, r.PathValue("id"), req.Snapshot)
 	}))
 	m.HandleFunc(p("sandboxes/{id}/destroy"), unary(h, func(ctx context.Context, r *http.Request, _ empty) (empty, error) {
 		return empty{}, n.Destroy(ctx, r.PathValue("id"))

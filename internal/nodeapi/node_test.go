@@ -74,15 +74,17 @@ func (n *driverNode) Sandbox(ctx context.Context, id string) (runtime.Sandbox, e
 	return sb, nil
 }
 
-func (n *driverNode) Checkpoint(ctx context.Context, id string) (nodeapi.Snapshot, error) {
+func (n *driverNode) Checkpoint(ctx context.Context, id, snap string) (nodeapi.Snapshot, error) {
 	sb, err := n.Sandbox(ctx, id)
 	if err != nil {
 		return nodeapi.Snapshot{}, err
 	}
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	snap := hex.EncodeToString(b)
-	s, err := sb.Checkpoint(ctx, filepath.Join(n.snapDir, snap))
+	if snap == "" {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		snap = hex.EncodeToString(b)
+	}
+	s, err := sb.Checkpoint(ctx, filepath.Join(n.snapDir, filepath.Base(snap)))
 	if err != nil {
 		return nodeapi.Snapshot{}, err
 	}

@@ -71,6 +71,11 @@ type RestoreRequest struct {
 	Size      string `json:"size"`
 }
 
+// CheckpointRequest names the snapshot a checkpoint writes.
+type CheckpointRequest struct {
+	Snapshot string `json:"snapshot"`
+}
+
 // Snapshot names a checkpoint a node keeps. ID is opaque to the control
 // plane (no host path): only the node maps it to storage.
 type Snapshot struct {
@@ -122,8 +127,11 @@ type Node interface {
 	Create(ctx context.Context, r CreateRequest) (runtime.Sandbox, error)
 	// Sandbox is a running sandbox of this node (runtime.ErrNotFound).
 	Sandbox(ctx context.Context, runtimeID string) (runtime.Sandbox, error)
-	// Checkpoint snapshots a running sandbox and stops it.
-	Checkpoint(ctx context.Context, runtimeID string) (Snapshot, error)
+	// Checkpoint snapshots a running sandbox into snapshot id snapshotID
+	// and stops it. The control plane names the snapshot (the sandbox's
+	// id, "-", a fresh ULID) and records the name before it asks, so that
+	// a crash after the checkpoint finds the snapshot instead of losing it.
+	Checkpoint(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error)
 	// Restore starts a sandbox from a snapshot this node holds
 	// (ErrSnapshotNotFound). The snapshot stays until RemoveSnapshot.
 	Restore(ctx context.Context, r RestoreRequest) (runtime.Sandbox, error)

@@ -1,6 +1,7 @@
 package nodeapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -16,6 +17,10 @@ import (
 // noCtxTimeout bounds the calls whose runtime signature has no context
 // (SetResources, Disk).
 const noCtxTimeout = 30 * time.Second
+
+// maxInlineStdin bounds the stdin an exec, and the content a file write or
+// an untar, sends with its parameters.
+const maxInlineStdin = 64 << 10
 
 // maxTermDim mirrors the agent's bound on a terminal's rows and columns, so
 // a bad size fails at once, as it does in process.
@@ -218,7 +223,13 @@ func (r *remoteSandbox) SignalProcess(ctx context.Context, pid, signal int) erro
 // stream runs a stream call: opens it, starts send (if any) beside it,
 // receives until the result, and closes it.
 func (r *remoteSandbox) stream(ctx context.Context, op string, params any, send func(*clientStream) error, handle func(byte, []byte) error, result any) error {
-	s, err := r.c.openStream(ctx, r.id, op, params)
+	var s *clientStream
+	var err error
+	if send == nil {
+		s, err = r.c.postStream(ctx, r.id, op, params)
+	} else {
+		s, err = r.c.openStream(ctx, r.id, op, params)
+	}
 	if err != nil {
 		return r.observe(err)
 	}
@@ -275,10 +286,15 @@ func writers(stdout, stderr io.Writer) func(byte, []byte) error {
 
 func (r *remoteSandbox) Exec(ctx context.Context, req runtime.ExecRequest) (runtime.ExecResult, error) {
 	p := execParams{Command: req.Command, Env: req.Env, Cwd: req.Cwd, Timeout: req.Timeout, User: req.User,
-		Stdin: req.Stdin != nil, Stdout: req.Stdout != nil, Stderr: req.Stderr != nil}
-	// Nothing to send after the parameters: the node may send its 101
-	// with the result.
-	p.LateUpgrade = req.Stdin == nil && req.Signals == nil
+		Stdin: req.Stdin != nil, Stdout: req.Stdout != nil, Stderr: req.Stderr != nil, Signals: req.Signals != nil}
+	if l, ok := req.Stdin.(interface{ Len() int }); ok && l.Len() <= maxInlineStdin && req.Signals == nil {
+		// Small stdin known up front (api's exec): with the parameters.
+		b, err := io.ReadAll(req.Stdin)
+		if err != nil {
+			return runtime.ExecResult{}, err
+		}
+		p.StdinData, req.Stdin = b, nil
+	}
 	var send func(*clientStream) error
 	if req.Stdin != nil || req.Signals != nil {
 		send = func(s *clientStream) error {
@@ -332,17 +348,53 @@ func (r *remoteSandbox) WriteFile(ctx context.Context, path string, mode uint32,
 	return r.WriteFileAs(ctx, "", path, mode, src)
 }
 
+// peekSmall reads src's start: all of it when it ends within
+// maxInlineStdin bytes (whole), else a reader of the same content.
+func peekSmall(src io.Reader) (data []byte, rest io.Reader, whole bool, err error) {
+	buf := make([]byte, maxInlineStdin)
+	n, err := io.ReadFull(src, buf)
+	switch err {
+	case io.EOF, io.ErrUnexpectedEOF:
+		return buf[:n], nil, true, nil
+	case nil:
+		return nil, io.MultiReader(bytes.NewReader(buf), src), false, nil
+	}
+	return nil, nil, false, err
+}
+
+// upload sends src to a call: with the parameters when it is small (set
+// by inline), else as input frames on an upgraded connection.
+func upload(src io.Reader, inline func([]byte)) (func(*clientStream) error, error) {
+	data, rest, whole, err := peekSmall(src)
+	if err != nil {
+		return nil, err
+	}
+	if whole {
+		inline(data)
+		return nil, nil
+	}
+	return func(s *clientStream) error { return s.sendInput(rest) }, nil
+}
+
 func (r *remoteSandbox) WriteFileAs(ctx context.Context, user, path string, mode uint32, src io.Reader) (int64, error) {
+	p := fileParams{User: user, Path: path, Mode: mode}
+	send, err := upload(src, func(b []byte) { p.Data = b })
+	if err != nil {
+		return 0, err
+	}
 	var n countMsg
-	err := r.stream(ctx, "write_file", fileParams{User: user, Path: path, Mode: mode},
-		func(s *clientStream) error { return s.sendInput(src) }, nil, &n)
+	err = r.stream(ctx, "write_file", &p, send, nil, &n)
 	return n.N, err
 }
 
 func (r *remoteSandbox) Untar(ctx context.Context, dir string, limit int64, src io.Reader) (runtime.Extracted, error) {
+	p := tarParams{Dir: dir, Limit: limit}
+	send, err := upload(src, func(b []byte) { p.Data = b })
+	if err != nil {
+		return runtime.Extracted{}, err
+	}
 	var x runtime.Extracted
-	err := r.stream(ctx, "untar", tarParams{Dir: dir, Limit: limit},
-		func(s *clientStream) error { return s.sendInput(src) }, nil, &x)
+	err = r.stream(ctx, "untar", &p, send, nil, &x)
 	return x, err
 }
 

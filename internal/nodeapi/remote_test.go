@@ -141,6 +141,15 @@ func TestRemoteSandbox(t *testing.T) {
 		if res.ExitCode != 0 || strings.TrimSpace(o) != hex.EncodeToString(want.Sum(nil)) {
 			t.Fatalf("stdin of %d bytes: %q %+v", n, o, res)
 		}
+		// Small stdin of known length goes with the parameters.
+		o, _, res = run(t, sb, runtime.ExecRequest{Command: "cat; echo", Stdin: strings.NewReader("inline\x00bytes")})
+		if o != "inline\x00bytes\n" || res.ExitCode != 0 {
+			t.Fatalf("inline stdin: %q %+v", o, res)
+		}
+		o, _, _ = run(t, sb, runtime.ExecRequest{Command: "wc -c", Stdin: bytes.NewReader(nil)})
+		if o != "0\n" {
+			t.Fatalf("empty stdin: %q", o)
+		}
 		// Input the command does not read holds nothing up.
 		o, _, res = run(t, sb, runtime.ExecRequest{Command: "echo done", Stdin: newPRNG(2, 50<<20)})
 		if o != "done\n" || res.ExitCode != 0 {
@@ -207,6 +216,19 @@ func TestRemoteSandbox(t *testing.T) {
 		if err != nil || cw.n != n || !bytes.Equal(h.Sum(nil), want.Sum(nil)) || fi.Size != n || fi.Mode&0o777 != 0o640 {
 			t.Fatalf("read: %+v %v, %d bytes, sha %x", fi, err, cw.n, h.Sum(nil))
 		}
+		// Small writes go with the parameters, larger ones as a stream:
+		// both sides of the boundary, and nothing.
+		for _, size := range []int64{0, 1, 64<<10 - 1, 64 << 10, 64<<10 + 1} {
+			h := sha256.New()
+			_, _ = io.Copy(h, newPRNG(4, size))
+			if n, err := sb.WriteFile(ctx, "/workspace/s.bin", 0o600, newPRNG(4, size)); err != nil || n != size {
+				t.Fatalf("write of %d bytes: %d %v", size, n, err)
+			}
+			if got := strings.Fields(sh(t, direct, "sha256sum /workspace/s.bin"))[0]; got != hex.EncodeToString(h.Sum(nil)) {
+				t.Fatalf("write of %d bytes: sha %s", size, got)
+			}
+		}
+		sh(t, direct, "rm /workspace/s.bin")
 		st, err := sb.Stat(ctx, "/workspace/big.bin")
 		if err != nil || st.Size != n || st.IsDir {
 			t.Fatalf("stat: %+v %v", st, err)
@@ -429,6 +451,45 @@ func TestRemoteSandbox(t *testing.T) {
 			t.Fatalf("watch after cancel: %v", err)
 		}
 		sh(t, direct, "rm -rf /workspace/w")
+	})
+
+	t.Run("concurrent", func(t *testing.T) {
+		ctx := ctxT(t, 2*time.Minute)
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var o bytes.Buffer
+				res, err := sb.Exec(ctx, runtime.ExecRequest{Command: "cat; echo -n $N", Env: map[string]string{"N": fmt.Sprint(i)}, Stdin: strings.NewReader("in"), Stdout: &o})
+				if err != nil || res.ExitCode != 0 || o.String() != fmt.Sprintf("in%d", i) {
+					errs <- fmt.Errorf("exec %d: %q %+v %v", i, o.String(), res, err)
+				}
+			}()
+		}
+		for i := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				path := fmt.Sprintf("/workspace/c%d", i)
+				if _, err := sb.WriteFile(ctx, path, 0o644, newPRNG(byte(10+i), 2<<20)); err != nil {
+					errs <- err
+					return
+				}
+				h, want := sha256.New(), sha256.New()
+				_, _ = io.Copy(want, newPRNG(byte(10+i), 2<<20))
+				if _, err := sb.ReadFile(ctx, path, h); err != nil || !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
+					errs <- fmt.Errorf("file %d: %v", i, err)
+				}
+				_ = sb.Remove(ctx, path, false)
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
 	})
 
 	t.Run("unary", func(t *testing.T) {

@@ -16,7 +16,8 @@ import (
 type clientStream struct {
 	c    *Client
 	ctx  context.Context
-	conn net.Conn
+	conn net.Conn      // an upgraded connection, or
+	body io.ReadCloser // the answer of a POST (calls without input)
 	fr   frameReader
 	fw   *frameWriter
 	stop func() bool
@@ -40,13 +41,30 @@ func newClientStream(c *Client, ctx context.Context, conn net.Conn, br *bufio.Re
 func (s *clientStream) close() {
 	s.once.Do(func() {
 		s.stop()
-		_ = s.conn.Close()
+		if s.conn != nil {
+			_ = s.conn.Close()
+		}
+		if s.body != nil {
+			_ = s.body.Close()
+		}
 		s.mu.Lock()
 		s.closed = true
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		close(s.done)
 	})
+}
+
+// ended notes the call's last frame: no more input is taken. An answer's
+// end is read so that its connection can be reused.
+func (s *clientStream) ended() {
+	s.mu.Lock()
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	if s.body != nil {
+		_, _ = io.Copy(io.Discard, io.LimitReader(s.body, 64<<10))
+	}
 }
 
 // broken is the error of a connection that failed under a call.
@@ -78,11 +96,13 @@ func (s *clientStream) recv(handle func(typ byte, b []byte) error, result any) e
 			s.cond.Broadcast()
 			s.mu.Unlock()
 		case frameResult:
+			s.ended()
 			if result == nil {
 				return nil
 			}
 			return decodeJSON(b, result)
 		case frameError:
+			s.ended()
 			var we wireError
 			if err := decodeJSON(b, &we); err != nil {
 				return err

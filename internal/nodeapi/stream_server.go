@@ -1,10 +1,9 @@
 package nodeapi
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,18 +28,26 @@ type (
 		// Stdin, Stdout, Stderr: the caller gave one (nil and a writer
 		// that discards are not the same to every driver).
 		Stdin, Stdout, Stderr bool
-		// LateUpgrade: see lateUpgrade.
-		LateUpgrade bool
+		// Signals: the caller may send signals (only then does the
+		// driver get a channel for them).
+		Signals bool `json:",omitempty"`
+		// StdinData is the whole stdin, sent with the parameters when it
+		// is small and known up front (then no input frames follow).
+		StdinData []byte `json:",omitempty"`
 	}
 	fileParams struct {
 		User string
 		Path string
 		Mode uint32
+		// Data is the whole content of a small write, sent with the
+		// parameters (then no input frames follow).
+		Data []byte `json:",omitempty"`
 	}
 	tarParams struct {
 		Dir         string
 		Compression string
 		Limit       int64
+		Data        []byte `json:",omitempty"` // as fileParams.Data
 	}
 	attachParams struct {
 		PID                     int
@@ -48,46 +55,6 @@ type (
 		Stdout, Stderr, Dropped bool
 	}
 )
-
-// lateUpgrade is read from the parameters of any call: a client that sends
-// nothing after them (no input, no signals) sets LateUpgrade, and the node
-// holds its 101 back and sends it with the call's first frame: one write
-// and one wake-up of the client fewer per exec. Nodes that do not know the
-// field answer 101 at once, as before; clients that do not set it get it
-// at once.
-type lateUpgrade struct {
-	LateUpgrade bool
-}
-
-// upgradeWriter holds the node's 101 (buffered in bw) until the first
-// frame, or until flush, and writes both at once; then it writes straight
-// to the connection.
-type upgradeWriter struct {
-	mu   sync.Mutex
-	bw   *bufio.Writer
-	conn net.Conn
-}
-
-func (u *upgradeWriter) Write(p []byte) (int, error) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.bw == nil {
-		return u.conn.Write(p)
-	}
-	bw := u.bw
-	u.bw = nil
-	n, err := bw.Write(p)
-	if err == nil {
-		err = bw.Flush()
-	}
-	return n, err
-}
-
-// flush sends the 101 now, if it has not gone yet.
-func (u *upgradeWriter) flush() error {
-	_, err := u.Write(nil)
-	return err
-}
 
 // paramsWait bounds how long a node waits for a stream's first frame.
 const paramsWait = 30 * time.Second
@@ -99,6 +66,12 @@ const lingerWait = 5 * time.Second
 
 // streamOp runs one stream call on a sandbox and returns its result.
 type streamOp func(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []byte) (any, error)
+
+// inputOps are the stream calls that need an upgraded connection. The
+// others may also be made as a plain POST whose body is the parameters and
+// whose answer streams the node's frames, on a kept-alive connection; they
+// then have no input but what the parameters carry (StdinData, Data).
+var inputOps = map[string]bool{"terminal": true}
 
 var streamOps = map[string]streamOp{
 	"exec":       opExec,
@@ -143,13 +116,17 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		h.writeError(w, r, err)
 	}
-	if !hasToken(r.Header, "Connection", "upgrade") || !hasToken(r.Header, "Upgrade", streamUpgrade) {
-		refuse(fmt.Errorf("%w: a stream call needs Connection: Upgrade and Upgrade: %s", ErrProtocol, streamUpgrade))
-		return
-	}
 	op, ok := streamOps[r.PathValue("op")]
 	if !ok {
 		refuse(fmt.Errorf("%w: no stream call %q", ErrProtocol, r.PathValue("op")))
+		return
+	}
+	if !hasToken(r.Header, "Connection", "upgrade") || !hasToken(r.Header, "Upgrade", streamUpgrade) {
+		if inputOps[r.PathValue("op")] {
+			refuse(fmt.Errorf("%w: stream call %s takes input: it needs Connection: Upgrade and Upgrade: %s", ErrProtocol, r.PathValue("op"), streamUpgrade))
+			return
+		}
+		h.responseStream(w, r, op)
 		return
 	}
 	sb, err := h.n.Sandbox(r.Context(), r.PathValue("id"))
@@ -164,19 +141,17 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Time{})
-	// The 101 waits in the buffer: it goes with the first frame, or once
-	// the parameters are read unless they ask for it to wait longer (a
-	// client sends its parameters right behind the request, without
-	// waiting for the 101).
 	if _, err := fmt.Fprintf(brw.Writer, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %d\r\n\r\n", streamUpgrade, HeaderVersion, APIVersion); err != nil {
 		return
 	}
-	up := &upgradeWriter{bw: brw.Writer, conn: conn}
+	if err := brw.Writer.Flush(); err != nil {
+		return
+	}
 
 	ctx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
 	s := &serverStream{
-		conn: conn, fr: frameReader{r: brw.Reader}, fw: &frameWriter{w: up},
+		conn: conn, fr: frameReader{r: brw.Reader}, fw: &frameWriter{w: conn},
 		signals: make(chan syscall.Signal, 16), resizes: make(chan resizeMsg, 16), cancel: cancel,
 	}
 	s.in = newWindowedInput(s.fw)
@@ -184,20 +159,17 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 	_ = conn.SetReadDeadline(time.Now().Add(paramsWait))
 	typ, params, err := s.fr.next()
 	if err != nil || typ != frameParams {
-		if err == nil {
+		switch {
+		case err == nil:
 			err = fmt.Errorf("%w: the first frame must be the call's parameters ('P'), not %q", ErrProtocol, typ)
+		case !errors.Is(err, ErrProtocol):
+			err = fmt.Errorf("%w: no parameters frame within %v: %v", ErrProtocol, paramsWait, err)
 		}
 		s.finish(nil, err)
 		return
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	params = append([]byte(nil), params...)
-	var lu lateUpgrade
-	if json.Unmarshal(params, &lu) != nil || !lu.LateUpgrade {
-		if err := up.flush(); err != nil {
-			return
-		}
-	}
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
@@ -223,6 +195,30 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 }
 
 var errStreamOver = errors.New("the stream call ended")
+
+// responseStream serves a stream call without input as a plain POST: the
+// body is the parameters, the answer the node's frames. The client going
+// ends the request's context, which cancels the call.
+func (h *handler) responseStream(w http.ResponseWriter, r *http.Request, op streamOp) {
+	params, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxFrame))
+	if err != nil {
+		h.writeError(w, r, fmt.Errorf("%w: the parameters are over %d bytes or unreadable", ErrProtocol, MaxFrame))
+		return
+	}
+	sb, err := h.n.Sandbox(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "application/x-orkestr-node-frames")
+	w.WriteHeader(http.StatusOK)
+	s := &serverStream{fw: &frameWriter{w: w, flush: rc.Flush}, signals: make(chan syscall.Signal), resizes: make(chan resizeMsg), cancel: func(error) {}}
+	s.in = newWindowedInput(s.fw)
+	s.in.close(io.EOF)
+	res, err := op(r.Context(), s, sb, params)
+	s.finish(res, err)
+}
 
 // finish sends the call's last frame.
 func (s *serverStream) finish(res any, err error) {
@@ -368,8 +364,14 @@ func opExec(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []b
 	if err := decodeJSON(params, &p); err != nil {
 		return nil, err
 	}
-	req := runtime.ExecRequest{Command: p.Command, Env: p.Env, Cwd: p.Cwd, Timeout: p.Timeout, User: p.User, Signals: s.signals}
-	if p.Stdin {
+	req := runtime.ExecRequest{Command: p.Command, Env: p.Env, Cwd: p.Cwd, Timeout: p.Timeout, User: p.User}
+	if p.Signals {
+		req.Signals = s.signals
+	}
+	switch {
+	case p.StdinData != nil:
+		req.Stdin = bytes.NewReader(p.StdinData)
+	case p.Stdin:
 		req.Stdin = s.in
 	}
 	if p.Stdout {
@@ -404,14 +406,18 @@ func opWriteFile(ctx context.Context, s *serverStream, sb runtime.Sandbox, param
 	}
 	var n int64
 	var err error
+	in := io.Reader(s.in)
+	if p.Data != nil {
+		in = bytes.NewReader(p.Data)
+	}
 	if p.User != "" {
 		uf, ok := sb.(runtime.UserFiles)
 		if !ok {
 			return nil, fmt.Errorf("%w (write as a user)", ErrNotImplemented)
 		}
-		n, err = uf.WriteFileAs(ctx, p.User, p.Path, p.Mode, s.in)
+		n, err = uf.WriteFileAs(ctx, p.User, p.Path, p.Mode, in)
 	} else {
-		n, err = sb.WriteFile(ctx, p.Path, p.Mode, s.in)
+		n, err = sb.WriteFile(ctx, p.Path, p.Mode, in)
 	}
 	return countMsg{N: n}, err
 }
@@ -437,7 +443,11 @@ func opUntar(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []
 	if !ok {
 		return nil, fmt.Errorf("%w (untar)", ErrNotImplemented)
 	}
-	return ar.Untar(ctx, p.Dir, p.Limit, s.in)
+	in := io.Reader(s.in)
+	if p.Data != nil {
+		in = bytes.NewReader(p.Data)
+	}
+	return ar.Untar(ctx, p.Dir, p.Limit, in)
 }
 
 func opAttach(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []byte) (any, error) {

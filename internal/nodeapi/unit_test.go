@@ -15,7 +15,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,7 +44,7 @@ func (n *failingNode) Create(context.Context, nodeapi.CreateRequest) (runtime.Sa
 func (n *failingNode) Sandbox(context.Context, string) (runtime.Sandbox, error) {
 	return nil, n.fail()
 }
-func (n *failingNode) Checkpoint(context.Context, string) (nodeapi.Snapshot, error) {
+func (n *failingNode) Checkpoint(context.Context, string, string) (nodeapi.Snapshot, error) {
 	return nodeapi.Snapshot{}, n.fail()
 }
 func (n *failingNode) Restore(context.Context, nodeapi.RestoreRequest) (runtime.Sandbox, error) {
@@ -272,10 +274,15 @@ func TestHostileBodies(t *testing.T) {
 			t.Errorf("%s: %d %s", p, resp.StatusCode, got)
 		}
 	}
-	// A stream call without the upgrade is refused before the node is asked.
-	resp, got := raw(t, srv, http.MethodPost, "/node/v1/sandboxes/x/stream/exec", nil, hdr)
+	// A stream call with input, without the upgrade, is refused before the
+	// node is asked; so are oversized parameters of one without input.
+	resp, got := raw(t, srv, http.MethodPost, "/node/v1/sandboxes/x/stream/terminal", nil, hdr)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(got, "Upgrade") {
 		t.Errorf("stream without upgrade: %d %s", resp.StatusCode, got)
+	}
+	resp, got = raw(t, srv, http.MethodPost, "/node/v1/sandboxes/x/stream/exec", bytes.NewReader(make([]byte, nodeapi.MaxFrame+1)), hdr)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(got, `"protocol"`) {
+		t.Errorf("oversized stream parameters: %d %s", resp.StatusCode, got)
 	}
 	if n.calls.Load() != 0 {
 		t.Errorf("the node was called %d times by hostile requests", n.calls.Load())
@@ -312,5 +319,100 @@ func TestUnreachableNode(t *testing.T) {
 		if _, err := nodeapi.Dial(bad, "t", nil); err == nil {
 			t.Errorf("Dial(%q) accepted", bad)
 		}
+	}
+}
+
+// A node whose sandboxes lack an optional interface answers
+// ErrNotImplemented for its calls, unary and stream alike; the calls it has
+// work, in both stream modes.
+func TestNotImplementedAndStreamModes(t *testing.T) {
+	srv := httptest.NewServer(nodeapi.NewHandler(&instantNode{}, nodeapi.HandlerOptions{Token: testToken, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	defer srv.Close()
+	c, _ := nodeapi.Dial(srv.URL, testToken, nil)
+	defer c.Close()
+	ctx := context.Background()
+	sb, err := c.Sandbox(ctx, "instant")
+	if err != nil {
+		t.Fatal(err)
+	}
+	notImpl := map[string]error{}
+	_, notImpl["stat_path"] = sb.(runtime.FileOps).StatPath(ctx, runtime.FSRequest{Path: "/x"})
+	notImpl["watch"] = sb.(runtime.FileOps).Watch(ctx, runtime.FSRequest{Path: "/x"}, nil, func(runtime.WatchEvent) error { return nil })
+	_, notImpl["terminal"] = sb.(runtime.TerminalOpener).OpenTerminal(ctx, runtime.TerminalRequest{})
+	_, notImpl["processes"] = sb.(runtime.Processes).ListProcesses(ctx)
+	_, notImpl["untar small"] = sb.(runtime.Archiver).Untar(ctx, "/x", 1<<20, strings.NewReader("tar"))
+	_, notImpl["untar large"] = sb.(runtime.Archiver).Untar(ctx, "/x", 1<<30, bytes.NewReader(make([]byte, 1<<20)))
+	_, notImpl["usage"] = sb.(runtime.UsageReader).Usage(ctx)
+	_, notImpl["read as user"] = sb.(runtime.UserFiles).ReadFileAs(ctx, runtime.UserUser, "/x", io.Discard)
+	for name, err := range notImpl {
+		if !errors.Is(err, nodeapi.ErrNotImplemented) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// Exec as a POST and over an upgraded connection.
+	for name, req := range map[string]runtime.ExecRequest{
+		"post":     {Command: "true", Stdin: strings.NewReader("small")},
+		"upgraded": {Command: "true", Signals: make(chan syscall.Signal)},
+	} {
+		if _, err := sb.Exec(ctx, req); err != nil {
+			t.Errorf("exec %s: %v", name, err)
+		}
+	}
+	if st, err := sb.Stat(ctx, "/x"); err != nil || st.Name != "x" {
+		t.Errorf("stat: %+v %v", st, err)
+	}
+}
+
+// A control plane one version ahead of its node: the node refuses the
+// newer version naming its range, the client steps down to the highest
+// version both speak and the call succeeds, unary and stream alike.
+func TestNewerClientStepsDown(t *testing.T) {
+	var seen []string
+	var mu sync.Mutex
+	h := nodeapi.NewHandler(&instantNode{}, nodeapi.HandlerOptions{Token: testToken, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get(nodeapi.HeaderVersion))
+		mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	for name, call := range map[string]func(*nodeapi.Client) error{
+		"unary": func(c *nodeapi.Client) error { _, err := c.Info(ctx); return err },
+		"post stream": func(c *nodeapi.Client) error {
+			sb, err := c.Sandbox(ctx, "instant")
+			if err != nil {
+				return err
+			}
+			_, err = sb.Exec(ctx, runtime.ExecRequest{Command: "true"})
+			return err
+		},
+		"upgraded stream": func(c *nodeapi.Client) error {
+			sb, err := c.Sandbox(ctx, "instant")
+			if err != nil {
+				return err
+			}
+			_, err = sb.Exec(ctx, runtime.ExecRequest{Command: "true", Signals: make(chan syscall.Signal)})
+			return err
+		},
+	} {
+		c, _ := nodeapi.Dial(srv.URL, testToken, nil)
+		nodeapi.SpeakVersionForTest(c, nodeapi.APIVersion+1)
+		mu.Lock()
+		seen = nil
+		mu.Unlock()
+		if err := call(c); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		mu.Lock()
+		if len(seen) < 2 || seen[0] != fmt.Sprint(nodeapi.APIVersion+1) || seen[len(seen)-1] != fmt.Sprint(nodeapi.APIVersion) {
+			t.Errorf("%s: versions sent %v", name, seen)
+		}
+		mu.Unlock()
+		if v := nodeapi.VersionForTest(c); v != nodeapi.APIVersion {
+			t.Errorf("%s: the client speaks %d after stepping down", name, v)
+		}
+		c.Close()
 	}
 }

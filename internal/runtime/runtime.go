@@ -5,7 +5,8 @@
 //
 // gVisor (package gvisor) is the implementation today; a micro-VM driver for
 // hosts with hardware KVM belongs behind the same interfaces and must pass
-// the same test suite.
+// the same test suite: the conformance suite of package runtimetest, which
+// the in-memory driver of package fake passes too.
 package runtime
 
 import (
@@ -248,7 +249,8 @@ type Driver interface {
 	// Reconcile runs once at start, after a crash or a clean stop: it
 	// re-adopts every leftover sandbox for which keep returns true and
 	// destroys every other leftover resource (processes, cgroups, mounts,
-	// sockets, directories).
+	// sockets, directories). A pooled sandbox is never adopted (its pool
+	// went with the process that filled it); a nil keep adopts nothing.
 	Reconcile(ctx context.Context, keep func(Info) bool) (ReconcileReport, error)
 	// Close releases the driver's own resources. With destroy set every
 	// sandbox is destroyed as well; otherwise they keep running for the

@@ -94,16 +94,23 @@ const maxEntries = 1_000_000
 // first refused entry; the entries before it stay. A failure of src itself
 // is returned as it is.
 func Extract(root *os.Root, src io.Reader, limit int64) (Result, error) {
+	return ExtractGuarded(root, src, limit, nil)
+}
+
+// ExtractGuarded is Extract with guard asked about every entry's cleaned
+// name (relative to root) before it is created; an error from it stops
+// the extraction and is returned as it is.
+func ExtractGuarded(root *os.Root, src io.Reader, limit int64, guard func(name string) error) (Result, error) {
 	var res Result
 	se := &sourceErr{r: src}
-	res, err := extract(root, se, limit)
+	res, err := extract(root, se, limit, guard)
 	if se.err != nil {
 		return res, se.err
 	}
 	return res, err
 }
 
-func extract(root *os.Root, src io.Reader, limit int64) (Result, error) {
+func extract(root *os.Root, src io.Reader, limit int64, guard func(string) error) (Result, error) {
 	var res Result
 	zr, closeZ, err := decompressed(src)
 	if err != nil {
@@ -135,6 +142,11 @@ func extract(root *os.Root, src io.Reader, limit int64) (Result, error) {
 		}
 		if name == "." {
 			continue
+		}
+		if guard != nil {
+			if err := guard(name); err != nil {
+				return res, err
+			}
 		}
 		perm := fs.FileMode(h.Mode) & 0o777
 		special := fs.FileMode(0)

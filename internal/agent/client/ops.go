@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"syscall"
@@ -256,19 +257,30 @@ func (c *Channel) WriteFileAs(ctx context.Context, user, path string, mode uint3
 	if err := r.ExpectJSON(&ack); err != nil {
 		return 0, c.wrap(ctx, err)
 	}
+	// The agent answers before the upload's end when it fails (a full
+	// disk); reading its answer meanwhile stops the upload at the next
+	// chunk instead of sending the rest for nothing.
+	var out wire.Written
+	reply := make(chan error, 1)
+	go func() { reply <- r.ExpectJSON(&out) }()
 	buf := make([]byte, wire.ChunkSize)
 	for {
+		select {
+		case err := <-reply:
+			if err == nil {
+				err = errors.New("the agent answered an upload before its end")
+			}
+			return 0, c.wrap(ctx, err)
+		default:
+		}
 		// Whole chunks: an HTTP body reads in pieces of what the socket
 		// had, and every frame costs the agent a trapped syscall.
 		n, rerr := fill(src, buf)
 		if n > 0 {
 			if err := w.Frame(wire.KindData, buf[:n]); err != nil {
 				// The agent may have failed (e.g. disk full) and said why.
-				var out wire.Written
-				if e := r.ExpectJSON(&out); e != nil {
-					if IsWireError(e) {
-						return 0, e
-					}
+				if e := <-reply; e != nil && IsWireError(e) {
+					return 0, e
 				}
 				return 0, c.wrap(ctx, err)
 			}
@@ -283,8 +295,7 @@ func (c *Channel) WriteFileAs(ctx context.Context, user, path string, mode uint3
 	if err := w.Frame(wire.KindEOF, nil); err != nil {
 		return 0, c.wrap(ctx, err)
 	}
-	var out wire.Written
-	if err := r.ExpectJSON(&out); err != nil {
+	if err := <-reply; err != nil {
 		return 0, c.wrap(ctx, err)
 	}
 	return out.Size, nil

@@ -1,0 +1,236 @@
+package fleet_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/orkestr-eu/orkestr/internal/api"
+	"github.com/orkestr-eu/orkestr/internal/auth"
+	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/fleet"
+	"github.com/orkestr-eu/orkestr/internal/lifecycle"
+	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
+	"github.com/orkestr-eu/orkestr/internal/runtime/fake"
+	"github.com/orkestr-eu/orkestr/internal/store"
+	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
+)
+
+const token = "0123456789abcdef0123456789abcdef-test-token"
+
+// fakeNode is a node on the fake driver behind a real node API server.
+type fakeNode struct {
+	stopOnce func()
+	n        *node.Node
+	srv      *httptest.Server
+	cancel   context.CancelFunc
+}
+
+func templates(t *testing.T) string {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "debian-12", "rootfs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "debian-12", "template.json"), []byte(`{"name":"debian-12","layout":2}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func startNode(t *testing.T, st store.Store, cfg config.Config, id, region string, slots int) *fakeNode {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	dataDir := t.TempDir()
+	fn := &fakeNode{}
+	fn.srv = httptest.NewUnstartedServer(nil)
+	var once sync.Once
+	stopFn := func() { once.Do(fn.stop) }
+	n, err := node.New(node.Config{
+		DataDir: dataDir, StateDir: filepath.Join(dataDir, "state"), TemplateDir: templates(t), Sizes: node.Resources(cfg.Sizes),
+		Log: log, ID: id, Region: region, Address: "http://" + fn.srv.Listener.Addr().String(), Slots: slots, Recorder: st,
+	}, fake.NewHost(fake.Options{}).NewDriver())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn.n = n
+	if err := lifecycle.Reconcile(context.Background(), st, n, func(r store.Sandbox) bool { return r.Node == id }, time.Now, log); err != nil {
+		t.Fatal(err)
+	}
+	fn.srv.Config.Handler = nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: token, Log: log})
+	fn.srv.Start()
+	ctx, cancel := context.WithCancel(context.Background())
+	fn.cancel = cancel
+	go n.RunMetering(ctx)
+	go fleet.Heartbeat(ctx, st, n, 100*time.Millisecond, log)
+	t.Cleanup(stopFn)
+	fn.stopOnce = stopFn
+	return fn
+}
+
+// stop is a node dying: no more heartbeats, its API gone.
+func (f *fakeNode) stop() {
+	f.cancel()
+	f.srv.CloseClientConnections()
+	f.srv.Close()
+	_ = f.n.Close(context.Background(), false) // its sandboxes outlive it, as a crashed daemon's
+}
+
+type plane struct {
+	t   *testing.T
+	url string
+	key string
+	st  store.Store
+}
+
+func (p *plane) do(method, path string, body any) (int, map[string]any) {
+	p.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, p.url+path, rd)
+	req.Header.Set("Authorization", "Bearer "+p.key)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var m map[string]any
+	_ = json.NewDecoder(res.Body).Decode(&m)
+	return res.StatusCode, m
+}
+
+func code(m map[string]any) string {
+	e, _ := m["error"].(map[string]any)
+	c, _ := e["code"].(string)
+	return c
+}
+
+// TestControlPlaneOverNodeAPI: placement, calls over the node API and node
+// loss, with real HTTP between a control plane and two fake-driver nodes.
+func TestControlPlaneOverNodeAPI(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() }) // after the nodes' cleanups
+	cfg := config.Default()
+	cfg.PoolSize = 0
+	cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token, HeartbeatTimeoutSeconds: 1}
+	a := startNode(t, st, cfg, "a", "fsn1", 2)
+	b := startNode(t, st, cfg, "b", "nbg1", 1)
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	lease := fleet.NewLease(st, "singletons", 3*time.Second, log)
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go lease.Run(lctx)
+	go fleet.WatchNodes(lctx, st, lease, cfg.Fleet.HeartbeatTimeout(), log)
+	srv := api.New(api.Options{Store: st, Nodes: fleet.NewNodes(fleet.Options{Store: st, Config: cfg, Log: log}), Config: cfg, Log: log, Leader: lease.Held})
+	if err := srv.Start(lctx); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+
+	acct := store.Account{ID: "acc_" + ulid.Make().String(), Name: "fleet", Plan: "team", CreatedAt: time.Now().UTC()}
+	if err := st.CreateAccount(ctx, acct); err != nil {
+		t.Fatal(err)
+	}
+	key, hash, prefix, _ := auth.NewKey()
+	if err := st.CreateKey(ctx, store.APIKey{ID: "key_" + ulid.Make().String(), AccountID: acct.ID, Prefix: prefix, Hash: hash,
+		Scopes: []string{store.ScopeSandboxesWrite}, CreatedAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	p := &plane{t: t, url: hs.URL, key: key, st: st}
+	time.Sleep(300 * time.Millisecond) // first heartbeats
+
+	nodeOf := func(id string) string {
+		sb, err := st.GetSandbox(ctx, acct.ID, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sb.Node
+	}
+	create := func(region string) (int, map[string]any) {
+		body := map[string]any{"template": "debian-12"}
+		if region != "" {
+			body["region"] = region
+		}
+		return p.do("POST", "/v1/sandboxes", body)
+	}
+
+	st1, m := create("nbg1")
+	if st1 != 201 || nodeOf(m["id"].(string)) != "b" {
+		t.Fatalf("create in nbg1: %d %v", st1, m)
+	}
+	inB := m["id"].(string)
+	if s, m := create("nbg1"); s != 503 || code(m) != "no_capacity" {
+		t.Fatalf("second create in a one-slot region: %d %v", s, m)
+	}
+	if s, m := create("mars1"); s != 400 || code(m) != "unknown_region" {
+		t.Fatalf("unknown region: %d %v", s, m)
+	}
+	s, m := create("")
+	if s != 201 || nodeOf(m["id"].(string)) != "a" {
+		t.Fatalf("create in the default region: %d %v", s, m)
+	}
+	inA := m["id"].(string)
+	if s, m := p.do("POST", "/v1/sandboxes/"+inA+"/exec", map[string]any{"command": "echo over the node API"}); s != 200 || m["stdout"] != "over the node API\n" {
+		t.Fatalf("exec: %d %v", s, m)
+	}
+	if s, m := p.do("POST", "/v1/sandboxes/"+inA+"/pause", nil); s != 200 {
+		t.Fatalf("pause: %d %v", s, m)
+	}
+	if s, m := p.do("POST", "/v1/sandboxes/"+inA+"/resume", nil); s != 200 {
+		t.Fatalf("resume: %d %v", s, m)
+	}
+
+	// Node b dies: within its timeout (1 s) plus a sweep its sandbox
+	// ends as node_lost; a's sandbox is untouched.
+	b.stopOnce()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, m := p.do("GET", "/v1/sandboxes/"+inB, nil)
+		if m["status"] == "error" {
+			if r, _ := m["error_reason"].(string); !strings.HasPrefix(r, "node_lost") {
+				t.Fatalf("reason: %v", m["error_reason"])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox of a dead node still %v", m["status"])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if s, m := create("nbg1"); s != 503 || code(m) != "region_unavailable" {
+		t.Fatalf("create in a region whose nodes are down: %d %v", s, m)
+	}
+	if s, m := p.do("GET", "/v1/regions", nil); s != 200 || !strings.Contains(mustJSON(m), `"state":"unavailable"`) {
+		t.Fatalf("regions: %d %v", s, m)
+	}
+	if s, m := p.do("POST", "/v1/sandboxes/"+inA+"/exec", map[string]any{"command": "echo still"}); s != 200 || m["stdout"] != "still\n" {
+		t.Fatalf("exec on the live node after the other died: %d %v", s, m)
+	}
+	_ = a
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
