@@ -224,8 +224,9 @@ soak: setup
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(or $(ORKESTR_RUNSC),$(BIN)/runsc) \
 		$(GO) run ./bench/soak -duration $(SOAK_MINUTES)m $(SOAK_FLAGS)
 
-bench: setup
-	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ./bench/run.sh
+# BenchmarkFleet needs PostgreSQL (a fresh database per run, as the tests).
+bench: setup postgres
+	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' ./bench/run.sh
 
 # The console's xterm.js (internal/console/static/vendor/xterm) is the npm
 # package's files, unchanged and committed so that `go build` needs no npm.

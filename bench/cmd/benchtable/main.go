@@ -108,6 +108,8 @@ var ratios = []ratio{
 	{"API exec `true` (medium) vs runtime exec `true` (2 vCPU)", "APIExec/size=medium", "p50-ms", "ExecRoundTrip/cpu=2", "p50-ms"},
 	{"API exec `true` spaced (small) vs runtime spaced (0.5 vCPU)", "APIExecSpaced/size=small", "p50-ms", "ExecSpaced/cpu=0.5", "p50-ms"},
 	{"API exec `true` spaced (medium) vs runtime spaced (2 vCPU)", "APIExecSpaced/size=medium", "p50-ms", "ExecSpaced/cpu=2", "p50-ms"},
+	{"fleet exec `true` (control plane → node in a netns) vs one-process server", "Fleet/exec", "p50-ms", "Fleet/exec", "local-p50-ms"},
+	{"fleet create → `echo hi` vs one-process server", "Fleet/create-exec", "p50-ms", "Fleet/create-exec", "local-p50-ms"},
 }
 
 // target is a performance goal for one metric: at most (or, with atLeast,
@@ -134,6 +136,8 @@ var targets = []target{
 	{"exec round trip, HTTP, spaced, small (p50)", "APIExecSpaced/size=small", "p50-ms", 3, false},
 	{"exec round trip, HTTP, spaced, medium (p50)", "APIExecSpaced/size=medium", "p50-ms", 3, false},
 	{"GET /v1/sandboxes/{id} throughput", "APIGetThroughput", "req/s", 10000, true},
+	{"fleet: exec added over one process (p50 fleet − p50 one-process)", "Fleet/exec", "added-p50-ms", 1, false},
+	{"fleet: create → first exec added over one process (p50 − p50)", "Fleet/create-exec", "added-p50-ms", 1, false},
 }
 
 func main() {
