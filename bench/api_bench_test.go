@@ -128,14 +128,17 @@ func benchTTI(b *testing.B, pool int, wait bool) {
 // the first fill took), then starts that many clients at once, each doing
 // create → exec `node -v` (node-22). One iteration is one burst:
 // p50/p95/max-ms are per-client TTIs, wall-ms is until the last client has
-// its result. The pool starts refilling (one cold start at a time) as soon
-// as the first claim empties a slot, so the refill competes with the burst
-// as it would in production; refilled is how many warm sandboxes the pool
+// its result. The pool starts refilling (several cold starts at a time,
+// pool.HostStarts) as soon as the first claim empties a slot, so the refill
+// competes with the burst as it would in production; refilled is how many warm sandboxes the pool
 // held again right after the burst. host-cpu-ms/sbx is the CPU time the
 // whole host was busy during the burst per sandbox (the client, orkestrd,
 // every runsc process, the kernel), server-cpu-ms/sbx orkestrd's share. The
-// sandboxes are deleted untimed.
-func BenchmarkAPIBurstTTI(b *testing.B) {
+// sandboxes are deleted untimed. With -api.base-rev it runs once for
+// orkestrd built from that revision (build=base), then for this checkout's.
+func BenchmarkAPIBurstTTI(b *testing.B) { forBuilds(b, benchBurstTTI) }
+
+func benchBurstTTI(b *testing.B) {
 	n := *burstSize
 	s := startServer(b, n, *ttiTemplate)
 	ctx := timeout(b, 60*time.Minute)

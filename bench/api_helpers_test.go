@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -55,6 +56,9 @@ var (
 // older build against this one).
 func orkestrdBinary(b *testing.B) string {
 	b.Helper()
+	if serverBuild == "base" {
+		return baseOrkestrd(b)
+	}
 	if p := os.Getenv("ORKESTR_BENCH_ORKESTRD"); p != "" {
 		return p
 	}
@@ -71,6 +75,65 @@ func orkestrdBinary(b *testing.B) string {
 		b.Fatalf("build orkestrd: %v", orkestrdErr)
 	}
 	return path
+}
+
+// baseRev names a git revision whose orkestrd the pool benchmarks measure
+// beside this checkout's, in the same invocation (sub-benchmarks
+// build=base and build=head; the agent is this checkout's in both).
+var baseRev = flag.String("api.base-rev", "", "BenchmarkAPITTIRow, BenchmarkAPIBurstTTI: also measure orkestrd built from this git revision (build=base) before this checkout's (build=head)")
+
+// serverBuild is "base" while a build=base sub-benchmark runs.
+var serverBuild string
+
+// forBuilds runs f once, or with -api.base-rev once per build, base first.
+func forBuilds(b *testing.B, f func(b *testing.B)) {
+	if *baseRev == "" {
+		f(b)
+		return
+	}
+	for _, name := range []string{"base", "head"} {
+		b.Run("build="+name, func(b *testing.B) {
+			serverBuild = name
+			defer func() { serverBuild = "" }()
+			f(b)
+		})
+	}
+}
+
+var (
+	baseOnce sync.Once
+	basePath string
+	baseErr  error
+)
+
+// baseOrkestrd builds cmd/orkestrd from *baseRev (git archive into a
+// temporary directory, removed afterwards) once per test binary.
+func baseOrkestrd(b *testing.B) string {
+	b.Helper()
+	baseOnce.Do(func() {
+		src, err := os.MkdirTemp("", "orkestr-bench-base-")
+		if err != nil {
+			baseErr = err
+			return
+		}
+		defer os.RemoveAll(src)
+		archive := exec.Command("sh", "-c", `git -C "$1" archive --format=tar "$2" | tar -x -C "$3"`, "sh", testenv.RepoRoot(), *baseRev, src)
+		if out, err := archive.CombinedOutput(); err != nil {
+			baseErr = fmt.Errorf("git archive %s: %v: %s", *baseRev, err, out)
+			return
+		}
+		basePath = filepath.Join(binDir, "orkestrd-base")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", basePath, "./cmd/orkestrd")
+		cmd.Dir = src
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			baseErr = fmt.Errorf("build orkestrd at %s: %v: %s", *baseRev, err, out)
+		}
+	})
+	if baseErr != nil {
+		b.Fatalf("base orkestrd: %v", baseErr)
+	}
+	return basePath
 }
 
 // benchConfig gives the bootstrap account's plan (team) room for any burst
@@ -238,6 +301,22 @@ func (s *apiServer) ready() int {
 	}
 	return 0
 }
+
+// peakPoolTarget is the highest target the server's log says a pool grew
+// to ("warm pool grows with demand"), 0 if none grew. (/healthz reports
+// the configured pool_size.)
+func (s *apiServer) peakPoolTarget() int {
+	b, _ := os.ReadFile(s.logPath)
+	peak := 0
+	for _, m := range growRE.FindAllSubmatch(b, -1) {
+		if n, err := strconv.Atoi(string(m[1])); err == nil && n > peak {
+			peak = n
+		}
+	}
+	return peak
+}
+
+var growRE = regexp.MustCompile(`warm pool grows with demand.*?\bto"?[=:](\d+)`)
 
 // waitPool waits until the pool holds n warm sandboxes; progress, if not
 // nil, is called with the count whenever it changes.

@@ -13,26 +13,42 @@ import (
 // untimed right after. The pool is not waited for, so later iterations show
 // what the grown pool sustains. It reports the p50 and p95 TTI of the
 // iteration's creates, their ratio, pool-hit-% (creates that found a warm
-// sandbox, from /healthz just before) and the pool's target at the end.
+// sandbox, from /healthz just before), the highest target the pool grew to
+// (peak-target, 0: it did not grow) and row-ms, the sum of the 20 TTIs.
 //
 // demand=off is the baseline in the same invocation: pool_max 0, the pool
-// stays at 2.
+// stays at 2. refill=waited is the floor: the fixed pool of 2, and each
+// create waits (untimed) until it is full again.
+//
+// With -api.base-rev each runs once for orkestrd built from that revision
+// (build=base) and once for this checkout's (build=head).
 func BenchmarkAPITTIRow(b *testing.B) {
-	b.Run("demand=off", func(b *testing.B) { benchTTIRow(b, "pool_max: 0\n") })
-	b.Run("demand=on", func(b *testing.B) { benchTTIRow(b, "") })
+	forBuilds(b, func(b *testing.B) {
+		b.Run("demand=off", func(b *testing.B) { benchTTIRow(b, "pool_max: 0\n", false) })
+		b.Run("demand=on", func(b *testing.B) { benchTTIRow(b, "", false) })
+		if serverBuild != "base" {
+			b.Run("refill=waited", func(b *testing.B) { benchTTIRow(b, "pool_max: 0\n", true) })
+		}
+	})
 }
 
-func benchTTIRow(b *testing.B, extraConfig string) {
+// benchTTIRow runs the rows; with waitRefill each create waits (untimed)
+// until the pool is full again, so every create is warm and no refill runs
+// beside it: the floor a pool can reach on the host at that time.
+func benchTTIRow(b *testing.B, extraConfig string, waitRefill bool) {
 	const row = 20
 	s := startServerWith(b, 2, *ttiTemplate, extraConfig)
 	ctx := timeout(b, 30*time.Minute)
 	s.waitPool(2, 5*time.Minute, nil)
-	var p50, p95, ratio, hitPct samples
+	var p50, p95, ratio, hitPct, rowMs, targets samples
 	for b.Loop() {
 		var ttis durations
 		hits := 0
 		for range row {
 			b.StopTimer()
+			if waitRefill {
+				s.waitPool(2, 5*time.Minute, nil)
+			}
 			if s.ready() > 0 {
 				hits++
 			}
@@ -52,6 +68,14 @@ func benchTTIRow(b *testing.B, extraConfig string) {
 			ttis.add(d)
 			b.StartTimer()
 		}
+		b.StopTimer()
+		var sum time.Duration
+		for _, d := range ttis {
+			sum += d
+		}
+		rowMs.add(float64(sum) / 1e6)
+		targets.add(float64(s.peakPoolTarget()))
+		b.StartTimer()
 		m, q := ttis.median(), ttis.quantile(0.95)
 		p50.add(float64(m) / 1e6)
 		p95.add(float64(q) / 1e6)
@@ -63,6 +87,8 @@ func benchTTIRow(b *testing.B, extraConfig string) {
 	b.ReportMetric(p95.median(), "p95-ms")
 	b.ReportMetric(ratio.median(), "p95/p50")
 	b.ReportMetric(hitPct.median(), "pool-hit-%")
+	b.ReportMetric(rowMs.median(), "row-ms")
+	b.ReportMetric(targets.median(), "peak-target")
 }
 
 // quantile is the nearest-rank q-quantile.

@@ -286,6 +286,48 @@ func TestConfigCheckAndVersion(t *testing.T) {
 		t.Errorf("an unknown key: %v\n%s", err, out)
 	}
 
+	// --node: the config as `orkestrd node` reads it, its environment
+	// included, and refused without what a node needs.
+	nodeCfg := filepath.Join(dir, "node.yaml")
+	if err := os.WriteFile(nodeCfg, []byte("region: nbg1\nnode: {slots: 4}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	checkNode := func(env ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(binDir, "orkestrd"), "config", "check", "--node", "--config", nodeCfg)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	const nodeToken = "node-secret-token-0123456789abcdef0123"
+	nodeEnv := []string{"ORKESTR_NODE_ID=k1", "ORKESTR_NODE_LISTEN=10.0.0.7:7070", "ORKESTR_NODE_TOKEN=" + nodeToken,
+		"ORKESTR_DATABASE_URL=postgres://orkestr:db-secret-pw@db.example/orkestr"}
+	out, err = checkNode(nodeEnv...)
+	if err != nil {
+		t.Fatalf("config check --node: %v\n%s", err, out)
+	}
+	for _, want := range []string{"id: k1", "listen: 10.0.0.7:7070", "slots: 4", "node_token: <redacted>", "region: nbg1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config check --node does not print %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, nodeToken) || strings.Contains(out, "db-secret-pw") {
+		t.Errorf("config check --node printed a secret:\n%s", out)
+	}
+	for i, want := range []string{"a node needs an id", "a node needs --listen", "a node needs the fleet's node token", "a node needs the fleet's PostgreSQL"} {
+		env := append([]string{}, nodeEnv...)
+		switch i {
+		case 0, 1:
+			env[i] = strings.SplitN(env[i], "=", 2)[0] + "="
+		case 2:
+			env[2] = "ORKESTR_NODE_TOKEN=too-short"
+		case 3:
+			env[3] = "ORKESTR_DATABASE_URL="
+		}
+		if out, err := checkNode(env...); err == nil || !strings.Contains(out, want) {
+			t.Errorf("config check --node, case %d: %v, want %q\n%s", i, err, want, out)
+		}
+	}
+
 	out2, err := exec.Command(filepath.Join(binDir, "orkestrd"), "version", "--runsc", testenv.Runsc(t)).CombinedOutput()
 	if err != nil {
 		t.Fatal(err)

@@ -69,6 +69,7 @@ func flagsGiven(fs *flag.FlagSet) map[string]bool {
 func configCheck(args []string) error {
 	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
 	file := fs.String("config", os.Getenv("ORKESTR_CONFIG"), "YAML config file (env ORKESTR_CONFIG); none: the defaults")
+	asNode := fs.Bool("node", false, "check it as `orkestrd node` reads it: with ORKESTR_NODE_ID, ORKESTR_NODE_LISTEN, ORKESTR_NODE_ADVERTISE, ORKESTR_REGION and ORKESTR_NODE_TOKEN, and what a node needs (id, listen, PostgreSQL, the node token)")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
@@ -80,6 +81,12 @@ func configCheck(args []string) error {
 	cfg, err := loadConfig(*file)
 	if err != nil {
 		return err
+	}
+	if *asNode {
+		applyNodeEnv(&cfg)
+		if err := checkNodeConfig(&cfg); err != nil {
+			return err
+		}
 	}
 	if err := cfg.CheckFiles(); err != nil {
 		return err
@@ -96,5 +103,42 @@ func configCheck(args []string) error {
 	}
 	fmt.Printf("# effective configuration: %s and the ORKESTR_* environment; secrets redacted\n%s", src, out.String())
 	fmt.Fprintln(os.Stderr, "config ok")
+	return nil
+}
+
+// applyNodeEnv applies the environment `orkestrd node` reads when no flag
+// is given: a key of the file wins over ORKESTR_NODE_*, and ORKESTR_REGION
+// only replaces the default region (as nodeCmd does).
+func applyNodeEnv(cfg *config.Config) {
+	for _, e := range []struct {
+		env string
+		key *string
+	}{{"ORKESTR_NODE_ID", &cfg.Node.ID}, {"ORKESTR_NODE_LISTEN", &cfg.Node.Listen}, {"ORKESTR_NODE_ADVERTISE", &cfg.Node.Advertise}} {
+		if *e.key == "" {
+			*e.key = os.Getenv(e.env)
+		}
+	}
+	if r := os.Getenv("ORKESTR_REGION"); r != "" && cfg.Region == config.Default().Region {
+		cfg.Region = r
+	}
+}
+
+// checkNodeConfig refuses a node config that lacks what `orkestrd node`
+// needs; the node token may come from ORKESTR_NODE_TOKEN.
+func checkNodeConfig(cfg *config.Config) error {
+	switch {
+	case cfg.Node.ID == "":
+		return fmt.Errorf("a node needs an id (--id or node.id), unique in the fleet and kept across restarts")
+	case !strings.HasPrefix(cfg.Database.URL, "postgres"):
+		return fmt.Errorf("a node needs the fleet's PostgreSQL (--database-url or database.url = postgres://…): it registers there and writes its metering")
+	case cfg.Node.Listen == "":
+		return fmt.Errorf("a node needs --listen (node.listen), the address of its node API, on an interface the control plane reaches")
+	case cfg.Fleet.NodeToken == "":
+		if tok := os.Getenv("ORKESTR_NODE_TOKEN"); len(tok) >= 32 {
+			cfg.Fleet.NodeToken = tok
+		} else {
+			return fmt.Errorf("a node needs the fleet's node token (fleet.node_token_file in the config, or ORKESTR_NODE_TOKEN, at least 32 bytes)")
+		}
+	}
 	return nil
 }

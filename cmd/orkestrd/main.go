@@ -36,8 +36,10 @@ Usage:
   orkestrd admin restore --from DIR        put a backup in place (server stopped)
   orkestrd admin selftest [flags]          start a sandbox, run a command, pause and
                                            resume it, and report timings
-  orkestrd config check [--config FILE]    validate a config file; print the effective
-                                           configuration, secrets redacted
+  orkestrd config check [--config FILE] [--node]
+                                           validate a config file; print the effective
+                                           configuration, secrets redacted (--node: as
+                                           orkestrd node reads it, with its environment)
   orkestrd version [--runsc PATH]          version, commit and runsc versions
 
 Run "orkestrd COMMAND -h" for a command's flags.

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -58,19 +57,8 @@ func nodeCmd(args []string) error {
 	if given["advertise"] || cfg.Node.Advertise == "" {
 		cfg.Node.Advertise = *advertise
 	}
-	switch {
-	case cfg.Node.ID == "":
-		return fmt.Errorf("a node needs an id (--id or node.id), unique in the fleet and kept across restarts")
-	case !strings.HasPrefix(cfg.Database.URL, "postgres"):
-		return fmt.Errorf("a node needs the fleet's PostgreSQL (--database-url or database.url = postgres://…): it registers there and writes its metering")
-	case cfg.Node.Listen == "":
-		return fmt.Errorf("a node needs --listen (node.listen), the address of its node API, on an interface the control plane reaches")
-	case cfg.Fleet.NodeToken == "":
-		if tok := os.Getenv("ORKESTR_NODE_TOKEN"); len(tok) >= 32 {
-			cfg.Fleet.NodeToken = tok
-		} else {
-			return fmt.Errorf("a node needs the fleet's node token (fleet.node_token_file in the config, or ORKESTR_NODE_TOKEN, at least 32 bytes)")
-		}
+	if err := checkNodeConfig(&cfg); err != nil {
+		return err
 	}
 	if err := cfg.CheckFiles(); err != nil {
 		return err

@@ -37,14 +37,17 @@ const tasksGroup = "/sys/fs/cgroup/pids/orkestr-tasks"
 type execGroups struct {
 	base  string // "" when cgroups are not available: the tree walk alone
 	tasks string // the pids cgroup capping all commands; "" for none
-	next  atomic.Uint64
+	// tasksMax, when > 0, is also every command's RLIMIT_NPROC (see
+	// limitTasks).
+	tasksMax int64
+	next     atomic.Uint64
 }
 
 // newExecGroups prepares base, and with tasksMax > 0 the pids cgroup that
 // caps every command's tasks together; without a usable cgroupfs it returns
 // a disabled set.
 func newExecGroups(base string, tasksMax int64) *execGroups {
-	g := &execGroups{}
+	g := &execGroups{tasksMax: tasksMax}
 	if base == "" {
 		return g
 	}
@@ -66,6 +69,7 @@ func newExecGroups(base string, tasksMax int64) *execGroups {
 // not have forked yet. It returns the cgroup's directory, or "" if it could
 // not (the command then runs without one).
 func (g *execGroups) join(pid int) string {
+	g.limitTasks(pid)
 	if g.tasks != "" {
 		_ = os.WriteFile(filepath.Join(g.tasks, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
 	}
@@ -82,6 +86,38 @@ func (g *execGroups) join(pid int) string {
 		return ""
 	}
 	return dir
+}
+
+// limitTasks sets pid's RLIMIT_NPROC (soft and hard) to the task cap. The
+// pids cgroup alone does not hold a fork bomb in gVisor: its cgroup v1
+// charge on fork goes to whichever of the task's hierarchies a map
+// iteration yields first (kernel.Task.chargeLocked), so pids.max is
+// checked on about one fork in seven and a bomb outgrows it until the
+// host's limits end the sandbox. RLIMIT_NPROC is checked on every task
+// creation against the creating task's own limit, counts a user's tasks
+// until they are reaped (zombies too), and in gVisor applies to root as
+// well unless it holds CAP_SYS_RESOURCE or CAP_SYS_ADMIN, which commands do
+// not, so they cannot raise the hard limit back either. The agent's own
+// limit stays unlimited: its threads and shells are never refused. Setting
+// another process's limit needs the same user ids (or CAP_SYS_RESOURCE,
+// which the agent does not hold), so this works for root's commands; a
+// command started as another user sets its own limit in its shell
+// (tasksUlimit).
+func (g *execGroups) limitTasks(pid int) {
+	if g.tasksMax <= 0 {
+		return
+	}
+	lim := unix.Rlimit{Cur: uint64(g.tasksMax), Max: uint64(g.tasksMax)}
+	_ = unix.Prlimit(pid, unix.RLIMIT_NPROC, &lim, nil)
+}
+
+// tasksUlimit is the shell prefix with which a command started as another
+// user caps its own tasks (see limitTasks); "" without a cap.
+func (g *execGroups) tasksUlimit() string {
+	if g.tasksMax <= 0 {
+		return ""
+	}
+	return "ulimit -p " + strconv.FormatInt(g.tasksMax, 10) + "; "
 }
 
 // sweep removes the cgroups of commands whose processes are all gone

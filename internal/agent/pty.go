@@ -84,7 +84,7 @@ func (a *Agent) pty(st net.Conn, r *wire.Reader, w *wire.Writer) {
 	if body == "" {
 		body = "exec " + shellQuote(loginShell(u.uid)) + " -l"
 	}
-	argv := []string{"/bin/sh", "-c", "read -r _ <&3; exec 3<&-; " + body}
+	argv := []string{"/bin/sh", "-c", a.groups.tasksUlimit() + "read -r _ <&3; exec 3<&-; " + body}
 	pid, exited, err := a.reaper.start("/bin/sh", argv, &os.ProcAttr{
 		Dir: cwd, Env: environ(env), Files: []*os.File{slave, slave, slave, gateR},
 		Sys: &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Credential: u.credential()},

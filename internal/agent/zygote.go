@@ -124,7 +124,7 @@ func (a *Agent) spawnAs(command, cwd string, env map[string]string, zygote bool,
 		files = append(files, gateR)
 		closeAfter = append(closeAfter, gateW)
 		p.script = gateW
-		argv = []string{"/bin/sh", "-c", `read -r __ork_gate <&3; exec 3<&-; unset __ork_gate; eval "$1"`, "sh", command}
+		argv = []string{"/bin/sh", "-c", a.groups.tasksUlimit() + `read -r __ork_gate <&3; exec 3<&-; unset __ork_gate; eval "$1"`, "sh", command}
 	}
 	pid, exited, err := a.reaper.start("/bin/sh", argv, &os.ProcAttr{
 		Dir: cwd, Env: environ(env), Files: files,

@@ -6,9 +6,14 @@
 package pool
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"log/slog"
+	"os"
+	goruntime "runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,21 +42,30 @@ type Pool struct {
 	driver runtime.Driver
 	log    *slog.Logger
 
-	mu     sync.Mutex
-	pools  map[Key]*bucket
-	closed bool
-	wg     sync.WaitGroup
-	demand Demand
+	mu       sync.Mutex
+	pools    map[Key]*bucket
+	closed   bool
+	wg       sync.WaitGroup
+	demand   Demand
+	starting int // starts in flight over all pools
+	starts   int // most starts in flight over all pools (Demand.Starts or the host's)
 }
 
-// Demand makes pools follow demand: a pool that a claim finds empty
-// doubles its target, up to Max and within Budget over all pools; a pool
-// above its base target that sees no claim for IdleShrink halves it again.
-// The zero Demand keeps every pool at the target SetTarget gave it.
+// Demand makes pools follow demand: a pool that a claim finds empty, or
+// leaves empty, doubles its target, up to Max and within Budget over all
+// pools; a pool above its base target that sees no claim for IdleShrink
+// halves it again. The zero Demand keeps every pool at the target SetTarget
+// gave it.
+//
+// Refills run concurrently, up to Starts at a time over all pools, each
+// beginning as soon as a claim takes a sandbox.
 type Demand struct {
 	Max        int           // most sandboxes one pool may be kept at
 	Budget     int           // most pooled sandboxes over all pools (the operator's memory budget)
 	IdleShrink time.Duration // default 2 min
+	// Starts bounds the sandboxes being started at once over all pools;
+	// 0: HostStarts().
+	Starts int
 }
 
 // SetDemand sets how pools follow demand (see Demand).
@@ -61,7 +75,52 @@ func (p *Pool) SetDemand(d Demand) {
 	}
 	p.mu.Lock()
 	p.demand = d
+	p.starts = d.Starts
+	if p.starts <= 0 {
+		p.starts = HostStarts()
+	}
+	for _, b := range p.pools {
+		b.poke()
+	}
 	p.mu.Unlock()
+}
+
+// startMemory is what one sandbox being started may take of the host's
+// memory before it settles (runsc's boot and the agent's start; a settled
+// small sandbox holds about 18 MiB, docs/benchmarks.md), with room to
+// spare.
+const startMemory = 128 << 20
+
+// HostStarts is how many sandboxes this host starts at once by default:
+// two per CPU (a small sandbox boots under its 0.5-vCPU quota, so one
+// start does not fill a core), at least 1, and no more than the available
+// memory holds at startMemory each.
+func HostStarts() int {
+	n := 2 * goruntime.NumCPU()
+	if avail := memAvailable(); avail > 0 {
+		n = min(n, int(avail/startMemory))
+	}
+	return max(n, 1)
+}
+
+// memAvailable is /proc/meminfo's MemAvailable in bytes; 0 if unknown.
+func memAvailable() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 type bucket struct {
@@ -76,11 +135,12 @@ type bucket struct {
 	kick      chan struct{}
 	stop      chan struct{}
 	fails     int
+	retryAt   time.Time // after a failed start, no new one before this
 }
 
 // New returns an empty pool set; SetTarget starts filling.
 func New(d runtime.Driver, log *slog.Logger) *Pool {
-	return &Pool{driver: d, log: log, pools: map[Key]*bucket{}}
+	return &Pool{driver: d, log: log, pools: map[Key]*bucket{}, starts: HostStarts()}
 }
 
 // SetTarget sets how many started sandboxes of spec to keep for key. Zero
@@ -126,9 +186,10 @@ func destroyAll(sbs []runtime.Sandbox) {
 	}
 }
 
-// fill keeps b at its target, one start at a time: starts compete with
-// claimed sandboxes for CPU, and a 2-core host is better off not starting
-// many at once.
+// fill keeps b at its target: it launches a start for every missing
+// sandbox while the pool set has fewer than p.starts in flight (a burst of
+// claims is refilled in parallel, not one cold start after another), and
+// otherwise sleeps until a claim, a finished start or a shrink wakes it.
 func (p *Pool) fill(b *bucket) {
 	defer p.wg.Done()
 	for {
@@ -138,60 +199,72 @@ func (p *Pool) fill(b *bucket) {
 			return
 		}
 		need := b.target - len(b.ready) - b.filling
-		spec := b.spec
-		if need > 0 {
+		wait := time.Until(b.retryAt)
+		if need > 0 && wait <= 0 && p.starting < p.starts {
 			b.filling++
+			p.starting++
+			spec := b.spec
+			p.wg.Add(1)
+			p.mu.Unlock()
+			go p.start(b, spec)
+			continue
 		}
-		// Only a pool grown above its base waits on a timer, to shrink:
-		// an idle pool at its base wakes nothing.
-		var shrink <-chan time.Time
+		// Only a pool grown above its base waits on a timer, to shrink,
+		// and only a failed start on one to retry: an idle pool at its
+		// base wakes nothing.
+		var shrink, retry <-chan time.Time
 		if b.target > b.base {
-			shrink = time.After(p.demand.IdleShrink)
+			shrink = time.After(max(time.Until(b.lastClaim.Add(p.demand.IdleShrink)), time.Millisecond))
+		}
+		if need > 0 && wait > 0 {
+			retry = time.After(wait)
 		}
 		p.mu.Unlock()
-		if need <= 0 {
-			select {
-			case <-b.kick:
-				continue
-			case <-shrink:
-				p.mu.Lock()
-				extra := p.shrinkLocked(b)
-				p.mu.Unlock()
-				destroyAll(extra)
-				continue
-			case <-b.stop:
-				return
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		sb, err := p.driver.Create(ctx, spec)
-		cancel()
-		p.mu.Lock()
-		b.filling--
-		if err != nil {
-			b.fails++
-			fails := b.fails
+		select {
+		case <-b.kick:
+		case <-retry:
+		case <-shrink:
+			p.mu.Lock()
+			extra := p.shrinkLocked(b)
 			p.mu.Unlock()
-			p.log.Warn("warm pool start failed", "pool", b.key.String(), "err", err)
-			// Back off so a broken template does not spin the CPU.
-			delay := time.Duration(min(fails, 6)) * 500 * time.Millisecond
-			select {
-			case <-time.After(delay):
-			case <-b.stop:
-				return
-			}
-			continue
+			destroyAll(extra)
+		case <-b.stop:
+			return
 		}
-		b.fails = 0
-		if p.closed || len(b.ready) >= b.target {
-			p.mu.Unlock()
-			destroyAll([]runtime.Sandbox{sb})
-			continue
-		}
-		b.ready = append(b.ready, sb)
-		p.mu.Unlock()
-		go p.evictOnStop(b, sb)
 	}
+}
+
+// start starts one sandbox for b and adds it to b's ready list, or
+// destroys it when b no longer wants it.
+func (p *Pool) start(b *bucket, spec runtime.Spec) {
+	defer p.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	sb, err := p.driver.Create(ctx, spec)
+	cancel()
+	p.mu.Lock()
+	b.filling--
+	p.starting--
+	// A start slot is free: any pool may be waiting for one.
+	for _, o := range p.pools {
+		o.poke()
+	}
+	if err != nil {
+		b.fails++
+		// Back off so a broken template does not spin the CPU.
+		b.retryAt = time.Now().Add(time.Duration(min(b.fails, 6)) * 500 * time.Millisecond)
+		p.mu.Unlock()
+		p.log.Warn("warm pool start failed", "pool", b.key.String(), "err", err)
+		return
+	}
+	b.fails = 0
+	if p.closed || len(b.ready) >= b.target {
+		p.mu.Unlock()
+		destroyAll([]runtime.Sandbox{sb})
+		return
+	}
+	b.ready = append(b.ready, sb)
+	p.mu.Unlock()
+	go p.evictOnStop(b, sb)
 }
 
 // evictOnStop drops a pooled sandbox that dies while waiting.
@@ -224,12 +297,17 @@ func (p *Pool) take(key Key) runtime.Sandbox {
 	// Oldest first: its start is the longest settled.
 	sb := b.ready[0]
 	b.ready = b.ready[1:]
+	if len(b.ready) == 0 {
+		// Drained: claims outpace the refills, so grow before the next
+		// claim has to miss.
+		p.growLocked(b)
+	}
 	b.poke()
 	return sb
 }
 
-// growLocked doubles b's target after a claim found it empty, within the
-// demand's limits.
+// growLocked doubles b's target after a claim found it empty or left it
+// empty, within the demand's limits.
 func (p *Pool) growLocked(b *bucket) {
 	d := p.demand
 	if d.Max <= b.target || b.base <= 0 {

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -65,7 +67,8 @@ func TestHelmChartOnKubeAPIServer(t *testing.T) {
 			if s := vals.Secrets.ExistingSecret; s != "" {
 				// The operator's Secret, made before the install.
 				api.Do(t, "POST", "/api/v1/namespaces/"+ns+"/secrets", map[string]any{"metadata": map[string]any{"name": s},
-					"stringData": map[string]any{"database-url": "postgres://orkestr:operator-secret@db:5432/orkestr"}}, nil)
+					"stringData": map[string]any{"database-url": "postgres://orkestr:operator-secret@db:5432/orkestr",
+						"node-token": "operator-node-token-0123456789abcdef0123456789"}}, nil)
 			}
 
 			// Every rendered object passes the API server's validation with
@@ -105,10 +108,22 @@ func TestHelmChartOnKubeAPIServer(t *testing.T) {
 			}
 
 			// An upgrade that changes the config changes the pods'
-			// config checksum: the DaemonSet rolls its pods.
+			// config checksum: the DaemonSet rolls its pods. The node
+			// token stays: nodes and control plane read it at start, and a
+			// new one would lock the running ones out of each other.
 			before := stored["DaemonSet/rel-orkestr-node"]
+			secretPath := "/api/v1/namespaces/" + ns + "/secrets/rel-orkestr-secrets"
+			tokenBefore := ""
+			if _, chartMade := stored["Secret/rel-orkestr-secrets"]; chartMade {
+				tokenBefore = dataKey(get(t, api, secretPath), "node-token")
+			}
 			if _, err := api.Helm(t, "upgrade", "rel", kubeapi.Chart(), "--namespace", ns, "-f", values, "--set", "config.pool_size=7"); err != nil {
 				t.Fatal(err)
+			}
+			if tokenBefore != "" {
+				if after := dataKey(get(t, api, secretPath), "node-token"); after != tokenBefore {
+					t.Errorf("helm upgrade changed the node token")
+				}
 			}
 			after := get(t, api, collection(before, ns)+"/rel-orkestr-node")
 			sum := func(o object) string {
@@ -118,6 +133,14 @@ func TestHelmChartOnKubeAPIServer(t *testing.T) {
 			}
 			if sum(before) == "" || sum(before) == sum(after) {
 				t.Errorf("config checksum %q → %q: a config change would not roll the node pods", sum(before), sum(after))
+			}
+			secretSum := func(o object) string {
+				a, _ := o.get("spec.template.metadata.annotations").(object)
+				s, _ := a["checksum/secret"].(string)
+				return s
+			}
+			if secretSum(before) == "" || secretSum(before) != secretSum(after) {
+				t.Errorf("secret checksum %q → %q: an upgrade that keeps the credentials would roll the pods", secretSum(before), secretSum(after))
 			}
 			cm := get(t, api, "/api/v1/namespaces/"+ns+"/configmaps/rel-orkestr-config")
 			if !strings.Contains(dataKey(cm, "config.yaml"), "pool_size: 7") {
@@ -160,8 +183,12 @@ func collection(o object, ns string) string {
 	if gv == "v1" {
 		prefix = "/api/v1"
 	}
-	// Every kind the chart renders pluralises with an s.
-	return prefix + "/namespaces/" + ns + "/" + strings.ToLower(o.str("kind")) + "s"
+	// Every kind the chart renders pluralises with an s, but one.
+	plural := strings.ToLower(o.str("kind")) + "s"
+	if o.str("kind") == "NetworkPolicy" {
+		plural = "networkpolicies"
+	}
+	return prefix + "/namespaces/" + ns + "/" + plural
 }
 
 // get reads an object from the API server as an object (JSON is YAML).
@@ -287,16 +314,29 @@ func checkConsistent(t *testing.T, api *kubeapi.Server, ns string, stored map[st
 		for _, c := range spec.get("containers").([]any) {
 			c := c.(object)
 			ports := containerPorts(c)
-			// Probes ask orkestrd's API port: the one ORKESTR_LISTEN binds.
-			_, listenPort, _ := strings.Cut(envValue(c, "ORKESTR_LISTEN"), ":")
-			_, metricsPort, _ := strings.Cut(envValue(c, "ORKESTR_METRICS_LISTEN"), ":")
-			if strconv.Itoa(ports["http"]) != listenPort || strconv.Itoa(ports["metrics"]) != metricsPort {
-				t.Errorf("%s: container ports %v, orkestrd listens on %s and %s", key, ports, listenPort, metricsPort)
-			}
-			for _, p := range []string{"readinessProbe", "livenessProbe"} {
-				port := c.get(p + ".httpGet.port")
-				if s, ok := port.(string); !ok || ports[s] == 0 || strconv.Itoa(ports[s]) != listenPort {
-					t.Errorf("%s: %s on port %v, not orkestrd's API port %s", key, p, port, listenPort)
+			if w.str("kind") == "DaemonSet" {
+				// orkestrd node listens on the pod IP at the node-api port;
+				// the probes connect there.
+				if want := "$(POD_IP):" + strconv.Itoa(ports["node-api"]); ports["node-api"] == 0 || envValue(c, "ORKESTR_NODE_LISTEN") != want {
+					t.Errorf("%s: container ports %v, ORKESTR_NODE_LISTEN %q", key, ports, envValue(c, "ORKESTR_NODE_LISTEN"))
+				}
+				for _, p := range []string{"readinessProbe", "livenessProbe"} {
+					if port, _ := c.get(p + ".tcpSocket.port").(string); port != "node-api" {
+						t.Errorf("%s: %s on %v, not the node API port", key, p, c.get(p))
+					}
+				}
+			} else {
+				// Probes ask orkestrd's API port: the one ORKESTR_LISTEN binds.
+				_, listenPort, _ := strings.Cut(envValue(c, "ORKESTR_LISTEN"), ":")
+				_, metricsPort, _ := strings.Cut(envValue(c, "ORKESTR_METRICS_LISTEN"), ":")
+				if strconv.Itoa(ports["http"]) != listenPort || strconv.Itoa(ports["metrics"]) != metricsPort {
+					t.Errorf("%s: container ports %v, orkestrd listens on %s and %s", key, ports, listenPort, metricsPort)
+				}
+				for _, p := range []string{"readinessProbe", "livenessProbe"} {
+					port := c.get(p + ".httpGet.port")
+					if s, ok := port.(string); !ok || ports[s] == 0 || strconv.Itoa(ports[s]) != listenPort {
+						t.Errorf("%s: %s on port %v, not orkestrd's API port %s", key, p, port, listenPort)
+					}
 				}
 			}
 			// Every Secret and key the environment takes exists (the
@@ -320,8 +360,12 @@ func checkConsistent(t *testing.T, api *kubeapi.Server, ns string, stored map[st
 					t.Errorf("%s: ConfigMap %s has no config.yaml (the mount's subPath)", key, cm)
 				}
 			}
-			if s := v.str("secret.secretName"); s != "" && v.get("secret.optional") != true {
-				get(t, api, "/api/v1/namespaces/"+ns+"/secrets/"+s)
+			if s := v.str("secret.secretName"); s != "" {
+				// The config's fleet.node_token_file is this volume's
+				// node-token key.
+				if dataKey(get(t, api, "/api/v1/namespaces/"+ns+"/secrets/"+s), "node-token") == "" {
+					t.Errorf("%s: Secret %s has no node-token", key, s)
+				}
 			}
 		}
 	}
@@ -343,8 +387,8 @@ func checkConsistent(t *testing.T, api *kubeapi.Server, ns string, stored map[st
 					}
 				}
 			}
-			if len(targets) != 1 {
-				t.Errorf("%s selects %v, want exactly one workload", key, targets)
+			if len(targets) != 1 || targets[0] != "Deployment/rel-orkestr-control-plane" {
+				t.Errorf("%s selects %v, want the control plane only (never the node API)", key, targets)
 			}
 		case "PodDisruptionBudget":
 			if !selects(labelsOf(o, "spec.selector.matchLabels"), labelsOf(stored["Deployment/rel-orkestr-control-plane"], "spec.template.metadata.labels")) {
@@ -404,6 +448,27 @@ func checkPods(t *testing.T, api *kubeapi.Server, ns string, stored map[string]o
 				}
 			}
 		}
+		// The NetworkPolicy, as the API server selects: it applies to the
+		// node pods, and admits the control plane's pods only.
+		for npKey, np := range stored {
+			if np.str("kind") != "NetworkPolicy" {
+				continue
+			}
+			applies := list(t, api, "/api/v1/namespaces/"+ns+"/pods", selectorString(labelsOf(np, "spec.podSelector.matchLabels")))
+			admitted := list(t, api, "/api/v1/namespaces/"+ns+"/pods", selectorString(labelsOf(np, "spec.ingress.0.from.0.podSelector.matchLabels")))
+			// (A deleted pod stays, terminating, without a kubelet: only
+			// this pod's membership is asserted.)
+			if kind == "DaemonSet" && (!slices.Contains(applies, name) || slices.Contains(admitted, name)) {
+				t.Errorf("%s: applies to %v, admits %v; want it to apply to the node pod %s and not admit it", npKey, applies, admitted, name)
+			}
+			if kind == "Deployment" && (!slices.Contains(admitted, name) || slices.Contains(applies, name)) {
+				t.Errorf("%s: applies to %v, admits %v; want it to admit the control plane pod %s, not apply to it", npKey, applies, admitted, name)
+			}
+			ports := containerPorts(stored["DaemonSet/rel-orkestr-node"].get("spec.template.spec.containers.0").(object))
+			if p, _ := np.get("spec.ingress.0.ports.0.port").(string); ports[p] == 0 || p != "node-api" {
+				t.Errorf("%s: admits port %v, not the node API port", npKey, np.get("spec.ingress.0.ports.0.port"))
+			}
+		}
 		// The same pod elsewhere, dry run: its Pod Security level.
 		p := podFor(w, name)
 		for _, other := range []string{"pss-baseline", "pss-restricted"} {
@@ -428,50 +493,118 @@ func checkPods(t *testing.T, api *kubeapi.Server, ns string, stored map[string]o
 	}
 }
 
-// checkConfig runs `orkestrd config check` on the config the chart
-// stored, with the container's environment as the kubelet would resolve it
-// (values, and Secret keys from the stored Secret): the config is one
-// orkestrd accepts, the addresses are the chart's, and the database URL is
-// redacted.
+// checkConfig runs `orkestrd config check` (with --node for the node) on
+// the config the chart stored, with the container's environment as the
+// kubelet would resolve it (values with $(VAR) references, the downward
+// API for a pod on node k1 with IP 10.0.0.7, Secret keys from the stored
+// Secret) and the Secret volume projected as files: the config is one
+// orkestrd accepts, the addresses and the node's id are the chart's, the
+// node token is read from the Secret, and no secret is printed.
 func checkConfig(t *testing.T, api *kubeapi.Server, orkestrd, ns, key string, w object) {
 	t.Helper()
-	c := w.get("spec.template.spec.containers.0").(object)
+	const nodeName, podIP = "k1", "10.0.0.7"
+	spec := w.get("spec.template.spec").(object)
+	c := spec.get("containers.0").(object)
+	isNode := w.str("kind") == "DaemonSet"
 	cm := get(t, api, "/api/v1/namespaces/"+ns+"/configmaps/rel-orkestr-config")
 	dir := t.TempDir()
+	config := dataKey(cm, "config.yaml")
+	var secretValues []string
+	// The Secret volume, projected where the container mounts it (here:
+	// a directory of the test, which the config's paths are moved to).
+	for _, v := range spec.get("volumes").([]any) {
+		v := v.(object)
+		name := v.str("secret.secretName")
+		if name == "" {
+			continue
+		}
+		mountPath := ""
+		for _, m := range c.get("volumeMounts").([]any) {
+			if m.(object)["name"] == v["name"] {
+				mountPath = m.(object).str("mountPath")
+			}
+		}
+		if mountPath == "" {
+			t.Fatalf("%s: Secret volume %v is not mounted", key, v["name"])
+		}
+		projected := filepath.Join(dir, "secrets")
+		if err := os.Mkdir(projected, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := get(t, api, "/api/v1/namespaces/"+ns+"/secrets/"+name).get("data").(object)
+		for k, b64 := range data {
+			b, err := base64.StdEncoding.DecodeString(b64.(string))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(projected, k), b, 0o400); err != nil {
+				t.Fatal(err)
+			}
+			secretValues = append(secretValues, string(b))
+		}
+		if !strings.Contains(config, mountPath+"/node-token") {
+			t.Errorf("%s: the config does not take the node token from %s/node-token", key, mountPath)
+		}
+		config = strings.ReplaceAll(config, mountPath+"/", projected+"/")
+	}
 	cfgFile := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfgFile, []byte(dataKey(cm, "config.yaml")), 0o600); err != nil {
+	if err := os.WriteFile(cfgFile, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}
-	var secretValues []string
+	vars := map[string]string{}
+	expand := regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
 	envs, _ := c.get("env").([]any)
 	for _, e := range envs {
 		e := e.(object)
 		name := e.str("name")
+		var val string
 		switch {
 		case name == "ORKESTR_CONFIG":
 			// Mounted at /etc/orkestr/config.yaml in the pod.
-			env = append(env, name+"="+cfgFile)
+			val = cfgFile
 		case e.get("value") != nil:
-			env = append(env, name+"="+e.str("value"))
+			// $(VAR) refers to a variable defined before, as the kubelet
+			// expands it.
+			val = expand.ReplaceAllStringFunc(e.str("value"), func(ref string) string {
+				if v, ok := vars[ref[2:len(ref)-1]]; ok {
+					return v
+				}
+				return ref
+			})
+		case e.get("valueFrom.fieldRef") != nil:
+			switch f := e.str("valueFrom.fieldRef.fieldPath"); f {
+			case "spec.nodeName":
+				val = nodeName
+			case "status.podIP":
+				val = podIP
+			default:
+				t.Fatalf("%s: env %s from field %s", key, name, f)
+			}
 		case e.get("valueFrom.secretKeyRef") != nil:
 			s := get(t, api, "/api/v1/namespaces/"+ns+"/secrets/"+e.str("valueFrom.secretKeyRef.name"))
 			v, err := base64.StdEncoding.DecodeString(dataKey(s, e.str("valueFrom.secretKeyRef.key")))
 			if err != nil {
 				t.Fatal(err)
 			}
-			env = append(env, name+"="+string(v))
+			val = string(v)
 			if len(v) > 0 {
-				secretValues = append(secretValues, string(v))
+				secretValues = append(secretValues, val)
 			}
 		}
+		vars[name] = val
+		env = append(env, name+"="+val)
 	}
-	cmd := exec.Command(orkestrd, "config", "check")
+	args := []string{"config", "check"}
+	if isNode {
+		args = append(args, "--node")
+	}
+	cmd := exec.Command(orkestrd, args...)
 	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		t.Errorf("%s: orkestrd config check refuses the chart's config: %v\n%s", key, err, stderr.String())
+		t.Errorf("%s: orkestrd %s refuses the chart's config: %v\n%s", key, strings.Join(args, " "), err, stderr.String())
 		return
 	}
 	var eff struct {
@@ -481,12 +614,32 @@ func checkConfig(t *testing.T, api *kubeapi.Server, orkestrd, ns, key string, w 
 		Database      struct {
 			URL string `yaml:"url"`
 		} `yaml:"database"`
+		Fleet struct {
+			Enabled   bool   `yaml:"enabled"`
+			NodeToken string `yaml:"node_token"`
+		} `yaml:"fleet"`
+		Node struct {
+			ID     string `yaml:"id"`
+			Listen string `yaml:"listen"`
+		} `yaml:"node"`
 	}
 	if err := yaml.Unmarshal(stdout.Bytes(), &eff); err != nil {
 		t.Fatal(err)
 	}
-	if eff.Listen != envValue(c, "ORKESTR_LISTEN") || eff.MetricsListen != envValue(c, "ORKESTR_METRICS_LISTEN") {
-		t.Errorf("%s: effective listen %q metrics %q", key, eff.Listen, eff.MetricsListen)
+	if isNode {
+		// The node registers as its Kubernetes node, at its pod IP.
+		ports := containerPorts(c)
+		if eff.Node.ID != nodeName || eff.Node.Listen != podIP+":"+strconv.Itoa(ports["node-api"]) {
+			t.Errorf("%s: effective node id %q listen %q", key, eff.Node.ID, eff.Node.Listen)
+		}
+	} else if eff.Listen != envValue(c, "ORKESTR_LISTEN") || eff.MetricsListen != envValue(c, "ORKESTR_METRICS_LISTEN") || !eff.Fleet.Enabled {
+		t.Errorf("%s: effective listen %q metrics %q fleet.enabled %v", key, eff.Listen, eff.MetricsListen, eff.Fleet.Enabled)
+	}
+	if eff.Fleet.NodeToken != "<redacted>" {
+		t.Errorf("%s: the node token did not reach the config from the Secret (effective %q)", key, eff.Fleet.NodeToken)
+	}
+	if !strings.HasPrefix(eff.Database.URL, "postgres://") {
+		t.Errorf("%s: the database URL from the Secret did not reach the config", key)
 	}
 	for _, s := range secretValues {
 		if strings.Contains(stdout.String()+stderr.String(), s) {
@@ -494,9 +647,6 @@ func checkConfig(t *testing.T, api *kubeapi.Server, orkestrd, ns, key string, w 
 		}
 		if pw, ok := passwordOf(s); ok && strings.Contains(stdout.String()+stderr.String(), ":"+pw+"@") {
 			t.Errorf("%s: config check printed the database password", key)
-		}
-		if eff.Database.URL == "" {
-			t.Errorf("%s: the database URL from the Secret did not reach the config", key)
 		}
 	}
 }
@@ -563,14 +713,14 @@ func installServiceMonitorCRD(t *testing.T, api *kubeapi.Server) {
 func TestHelmChartNeedsAllowPrivileged(t *testing.T) {
 	api := kubeapi.Start(t, kubeapi.Options{AllowPrivileged: false})
 	api.Namespace(t, "sandboxes", map[string]string{"pod-security.kubernetes.io/enforce": "privileged"})
-	out, err := api.Helm(t, "install", "rel", kubeapi.Chart(), "--namespace", "sandboxes")
+	out, err := api.Helm(t, "install", "rel", kubeapi.Chart(), "--namespace", "sandboxes", "--set", "secrets.databaseURL=postgres://o:pw@db/o")
 	if err == nil || !strings.Contains(err.Error(), "privileged") || !strings.Contains(err.Error(), "disallowed by cluster policy") {
 		t.Fatalf("helm install without --allow-privileged: %v\n%s", err, out)
 	}
 	// The control plane alone (no node DaemonSet) is not privileged.
 	api.Namespace(t, "control", nil)
 	if out, err := api.Helm(t, "install", "cp", kubeapi.Chart(), "--namespace", "control", "--set", "node.enabled=false",
-		"--set", "controlPlane.enabled=true", "--set", "secrets.databaseURL=postgres://o:pw@db/o", "--set", "serviceMonitor.enabled=false"); err != nil {
+		"--set", "secrets.databaseURL=postgres://o:pw@db/o"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 }

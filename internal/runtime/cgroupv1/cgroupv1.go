@@ -68,6 +68,12 @@ func (g Group) Apply(l Limits) error {
 	return errors.Join(errs...)
 }
 
+// SetCPUShares sets the group's CPU weight (cpu.shares; 1024 is the
+// kernel's default).
+func (g Group) SetCPUShares(n uint64) error {
+	return write(g.file("cpu", "cpu.shares"), strconv.FormatUint(n, 10))
+}
+
 // Stats is one reading.
 type Stats struct {
 	CPUNanos         uint64

@@ -312,6 +312,12 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	}
 	undo = append(undo, func() { _ = ch.Close() })
 	spec := bundleSpec(m.Rootfs, m.AgentDir, filepath.Join(dir, "channel"), string(d.cgroup(m.ID)), m.Resources, netnsPath, resolvConf)
+	if m.Pooled {
+		// A warm pool's refill yields the CPU to claimed sandboxes until
+		// it is claimed itself (Configure restores the share).
+		shares := uint64(pooledCPUShares)
+		spec.Linux.Resources.CPU.Shares = &shares
+	}
 	if err := writeBundle(filepath.Join(dir, "bundle"), spec); err != nil {
 		return nil, err
 	}

@@ -261,6 +261,14 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 		return sb.mapErr(err)
 	}
 	sb.mu.Lock()
+	pooled := sb.m.Pooled
+	sb.mu.Unlock()
+	if pooled {
+		if err := sb.d.cgroup(sb.m.ID).SetCPUShares(defaultCPUShares); err != nil {
+			return err
+		}
+	}
+	sb.mu.Lock()
 	sb.m.Pooled = false
 	if sb.m.Labels == nil {
 		sb.m.Labels = map[string]string{}

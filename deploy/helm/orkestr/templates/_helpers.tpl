@@ -32,36 +32,81 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.serviceAccount.create -}}{{ .Values.serviceAccount.name | default (include "orkestr.fullname" .) }}{{- else -}}{{ .Values.serviceAccount.name | default "default" }}{{- end -}}
 {{- end -}}
 
-{{/* The environment both workloads share: listen on the pod's address,
-metrics on their own port, the mounted config. */}}
-{{- define "orkestr.env" -}}
-- name: ORKESTR_LISTEN
-  value: "0.0.0.0:{{ .port }}"
-- name: ORKESTR_METRICS_LISTEN
-  value: "0.0.0.0:{{ .metricsPort }}"
-- name: ORKESTR_CONFIG
-  value: /etc/orkestr/config.yaml
-{{- if .databaseURL }}
+{{/* Where the Secret is mounted in both workloads, and the node token's file
+there (fleet.node_token_file of the config). */}}
+{{- define "orkestr.secretsDir" -}}/etc/orkestr/secrets{{- end -}}
+
+{{/* The orkestrd config file: the operator's `config` with the chart's fleet
+keys. Secrets and per-pod node keys are refused here: they would be the same
+for every pod, or readable by anyone who can read ConfigMaps. */}}
+{{- define "orkestr.config" -}}
+{{- $c := deepCopy .Values.config -}}
+{{- if (($c.database | default dict).url) -}}
+{{- fail "config.database.url is a secret: give it as secrets.databaseURL (or key database-url of secrets.existingSecret), not in the ConfigMap" -}}
+{{- end -}}
+{{- $f := $c.fleet | default dict -}}
+{{- range $k := list "node_token" "node_token_file" "node_token_env" -}}
+{{- if hasKey $f $k -}}
+{{- fail (printf "config.fleet.%s is set by the chart: give the node token as secrets.nodeToken (or key node-token of secrets.existingSecret)" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- $n := $c.node | default dict -}}
+{{- range $k := list "id" "listen" "advertise" -}}
+{{- if hasKey $n $k -}}
+{{- fail (printf "config.node.%s is set per pod by the chart (id: the Kubernetes node name; listen/advertise: the pod IP and node.apiPort): remove it from config" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $f "enabled" true -}}
+{{- $_ := set $f "node_token_file" (printf "%s/node-token" (include "orkestr.secretsDir" .)) -}}
+{{- $_ := set $c "fleet" $f -}}
+{{- toYaml $c -}}
+{{- end -}}
+
+{{/* The node token: the operator's, else the one the Secret already holds
+(kept across upgrades: nodes and control plane read it at start), else a
+new random one. */}}
+{{- define "orkestr.nodeToken" -}}
+{{- $tok := "" -}}
+{{- if .Values.secrets.nodeToken -}}
+{{- $tok = .Values.secrets.nodeToken -}}
+{{- else -}}
+{{- $old := lookup "v1" "Secret" .Release.Namespace (include "orkestr.secretName" .) -}}
+{{- if and $old $old.data (index $old.data "node-token") -}}
+{{- $tok = index $old.data "node-token" | b64dec -}}
+{{- else -}}
+{{- /* Generated once per render: the Secret and the pods' checksum of it
+must see the same token. */ -}}
+{{- if not (hasKey .Values.secrets "generatedNodeToken") -}}
+{{- $_ := set .Values.secrets "generatedNodeToken" (randAlphaNum 64) -}}
+{{- end -}}
+{{- $tok = .Values.secrets.generatedNodeToken -}}
+{{- end -}}
+{{- end -}}
+{{- if lt (len $tok) 32 -}}
+{{- fail "secrets.nodeToken must be at least 32 bytes (openssl rand -hex 32)" -}}
+{{- end -}}
+{{- $tok -}}
+{{- end -}}
+
+{{/* The fleet's store, from the Secret: both workloads need it. */}}
+{{- define "orkestr.databaseEnv" -}}
 - name: ORKESTR_DATABASE_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "orkestr.secretName" .root }}
+      name: {{ include "orkestr.secretName" . }}
       key: database-url
-{{- end }}
+- name: ORKESTR_CONFIG
+  value: /etc/orkestr/config.yaml
 {{- end -}}
 
-{{- define "orkestr.probes" -}}
-readinessProbe:
-  httpGet:
-    path: {{ .Values.probes.readiness.path }}
-    port: http
-  periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
-  failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
-livenessProbe:
-  httpGet:
-    path: {{ .Values.probes.liveness.path }}
-    port: http
-  initialDelaySeconds: {{ .Values.probes.liveness.initialDelaySeconds }}
-  periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
-  failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
+{{- define "orkestr.requireDatabase" -}}
+{{- if not (or .Values.secrets.databaseURL .Values.secrets.existingSecret) -}}
+{{- fail "the fleet needs PostgreSQL: set secrets.databaseURL (postgres://…) or secrets.existingSecret (a Secret with keys database-url and node-token)" -}}
+{{- end -}}
+{{- if and .Values.secrets.existingSecret (or .Values.secrets.databaseURL .Values.secrets.nodeToken) -}}
+{{- fail "secrets.existingSecret is set: put database-url and node-token into that Secret, not secrets.databaseURL / secrets.nodeToken (the chart renders no Secret then)" -}}
+{{- end -}}
+{{- if and .Values.secrets.databaseURL (not (hasPrefix "postgres" .Values.secrets.databaseURL)) -}}
+{{- fail "secrets.databaseURL must be a PostgreSQL URL (postgres://…): the fleet's control plane and nodes share one store" -}}
+{{- end -}}
 {{- end -}}
