@@ -399,6 +399,9 @@ func (rp *reaper) start(path string, argv []string, attr *os.ProcAttr) (int, <-c
 	rp.starting++
 	rp.mu.Unlock()
 	p, err := os.StartProcess(path, argv, attr)
+	if attr.Sys != nil && attr.Sys.Credential != nil && attr.Sys.Credential.Uid != 0 {
+		restoreDumpable()
+	}
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
 	rp.starting--

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/orkestr-eu/orkestr/internal/agent/wire"
 )
 
@@ -83,3 +85,11 @@ func (u account) env(m map[string]string, sandboxAndCall func(string) bool) {
 		}
 	}
 }
+
+// restoreDumpable undoes what starting a process as another user does to
+// the agent: the child's setuid, made while it still shares the agent's
+// memory (Go starts children with vfork), marks that memory non-dumpable,
+// and a non-dumpable agent's /proc/1/fd is closed to the root commands
+// whose zygote reports its status through it (a `set -e` command then
+// ended with status 2).
+func restoreDumpable() { _ = unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0) }

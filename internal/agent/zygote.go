@@ -212,7 +212,7 @@ func (a *Agent) startAs(e *wire.Exec, cwd string, u account) (*proc, time.Time, 
 func zygoteArgv(agentPID int, statusFD uintptr) []string {
 	return []string{"/bin/sh", "-c", fmt.Sprintf("__ork_report=; . /proc/self/fd/3; "+
 		"{ __ork_s=$?; set +x; } 2>/dev/null; "+
-		"[ -z \"${__ork_report-}\" ] || { exec >&- 2>&-; echo \"$__ork_s\" >/proc/%d/fd/%d; }; "+
+		"[ -z \"${__ork_report-}\" ] || { exec >&- 2>&-; echo \"$__ork_s\" >/proc/%d/fd/%d; } 2>/dev/null || :; "+
 		"exit \"$__ork_s\"", agentPID, statusFD)}
 }
 
