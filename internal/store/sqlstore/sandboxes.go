@@ -236,32 +236,19 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb store.Sandbox, limit int) 
 		return store.Sandbox{}, err
 	}
 	out := sb
-	err = s.tx(ctx, func(tx *sql.Tx) error {
-		if limit > 0 {
-			var class []any
-			switch sb.Status {
-			case store.StatusPaused:
-				class = []any{string(store.StatusPaused), string(store.StatusPaused)}
-			case store.StatusStarting, store.StatusRunning:
-				class = []any{string(store.StatusStarting), string(store.StatusRunning)}
-			}
-			if class != nil {
-				if err := s.lockAccount(ctx, tx, sb.AccountID); err != nil {
-					return err
-				}
-				n, err := s.count(ctx, tx, "SELECT COUNT(*) FROM sandboxes WHERE account_id = ? AND status IN (?, ?) AND id <> ?",
-					sb.AccountID, class[0], class[1], sb.ID)
-				if err != nil {
-					return err
-				}
-				if n >= limit {
-					return fmt.Errorf("account %q has %d %s sandboxes (limit %d): %w", sb.AccountID, n, sb.Status, limit, store.ErrLimit)
-				}
-			}
+	var class []any
+	if limit > 0 {
+		switch sb.Status {
+		case store.StatusPaused:
+			class = []any{string(store.StatusPaused), string(store.StatusPaused)}
+		case store.StatusStarting, store.StatusRunning:
+			class = []any{string(store.StatusStarting), string(store.StatusRunning)}
 		}
+	}
+	write := func(q querier) error {
 		now := toMS(s.now())
 		var created int64
-		err := s.queryRow(ctx, tx, `UPDATE sandboxes SET status = ?, template = ?, size = ?, cpu = ?, memory_mb = ?,
+		err := s.queryRow(ctx, q, `UPDATE sandboxes SET status = ?, template = ?, size = ?, cpu = ?, memory_mb = ?,
 			network = ?, region = ?, timeout_seconds = ?, expires_at = ?, remaining_ms = ?, env_keys = ?, metadata = ?,
 			node = ?, runtime_id = ?, snapshot_dir = ?, snapshot_bytes = ?, error_message = ?, updated_at = ?,
 			paused_at = ?, terminated_at = ?, version = version + 1
@@ -280,7 +267,7 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb store.Sandbox, limit int) 
 			return err
 		}
 		var version int64
-		err = s.queryRow(ctx, tx, "SELECT version FROM sandboxes WHERE id = ? AND account_id = ?", sb.ID, sb.AccountID).Scan(&version)
+		err = s.queryRow(ctx, q, "SELECT version FROM sandboxes WHERE id = ? AND account_id = ?", sb.ID, sb.AccountID).Scan(&version)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("sandbox %q: %w", sb.ID, store.ErrNotFound)
 		}
@@ -288,7 +275,32 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb store.Sandbox, limit int) 
 			return err
 		}
 		return fmt.Errorf("sandbox %q is at version %d, not %d: %w", sb.ID, version, sb.Version, store.ErrStale)
-	})
+	}
+	if class == nil {
+		// One statement, no transaction: the version check makes it
+		// atomic, and a round trip to PostgreSQL is most of its cost (a
+		// create, a pause and a resume each make one).
+		var unlock func()
+		if unlock, err = s.lockWriter(ctx); err == nil {
+			err = write(s.db)
+			unlock()
+		}
+	} else {
+		err = s.tx(ctx, func(tx *sql.Tx) error {
+			if err := s.lockAccount(ctx, tx, sb.AccountID); err != nil {
+				return err
+			}
+			n, err := s.count(ctx, tx, "SELECT COUNT(*) FROM sandboxes WHERE account_id = ? AND status IN (?, ?) AND id <> ?",
+				sb.AccountID, class[0], class[1], sb.ID)
+			if err != nil {
+				return err
+			}
+			if n >= limit {
+				return fmt.Errorf("account %q has %d %s sandboxes (limit %d): %w", sb.AccountID, n, sb.Status, limit, store.ErrLimit)
+			}
+			return write(tx)
+		})
+	}
 	if err != nil {
 		return store.Sandbox{}, err
 	}
