@@ -68,7 +68,7 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := make([]tmpl, 0, len(s.cfg.Templates))
 	for _, t := range s.cfg.Templates {
-		out = append(out, tmpl{Name: t.Name, Description: t.Description, Default: t.Default, Built: cat.hasTemplate(t.Name)})
+		out = append(out, tmpl{Name: t.Name, Description: t.Description, Default: t.Default, Built: cat.HasTemplate(t.Name)})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"data": out})
 	return nil

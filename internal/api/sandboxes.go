@@ -1,14 +1,12 @@
 package api
 
 import (
-	"context"
 	"crypto/rand"
 	"errors"
 	"net/http"
 	"slices"
 	"sort"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -23,14 +21,8 @@ import (
 
 func newSandboxID() string { return "sbx_" + ulid.MustNew(ulid.Now(), rand.Reader).String() }
 
-// lock serialises lifecycle changes (create, pause, resume, terminate) of
-// one sandbox.
-func (s *Server) lock(id string) func() {
-	m, _ := s.locks.LoadOrStore(id, &sync.Mutex{})
-	mu := m.(*sync.Mutex)
-	mu.Lock()
-	return mu.Unlock
-}
+// lock serialises this replica's lifecycle changes of one sandbox.
+func (s *Server) lock(id string) func() { return s.life.Lock(id) }
 
 // load returns the caller's sandbox or a 404.
 func (s *Server) load(r *http.Request) (store.Sandbox, error) {
@@ -89,7 +81,7 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !cat.hasTemplate(req.Template) && cat.live() {
+	if !cat.HasTemplate(req.Template) && cat.Live() {
 		// (With no live node at all, placement says so instead.)
 		return notBuilt(req.Template)
 	}
@@ -131,8 +123,8 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	region := s.cfg.Region
 	if req.Region != nil {
 		region = *req.Region
-		if !slices.Contains(cat.regionNames(), region) {
-			return apiErr(http.StatusBadRequest, "unknown_region", "Region %q does not exist here; use one of %v (GET /v1/regions), or omit region for %q.", truncate(region, 32), cat.regionNames(), s.cfg.Region).with("field", "region")
+		if !slices.Contains(cat.RegionNames(), region) {
+			return apiErr(http.StatusBadRequest, "unknown_region", "Region %q does not exist here; use one of %v (GET /v1/regions), or omit region for %q.", truncate(region, 32), cat.RegionNames(), s.cfg.Region).with("field", "region")
 		}
 	}
 	if err := checkEnv("env", req.Env); err != nil {
@@ -147,164 +139,77 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	sort.Strings(envKeys)
 
-	pl := Placement{Region: region, Template: req.Template, Size: size, Networked: network != "off"}
-	nodeID, nd, err := s.place(r, pl)
-	if err != nil {
-		return err
-	}
 	now := s.now().UTC()
 	row := store.Sandbox{
-		ID: newSandboxID(), AccountID: p.account.ID, Status: store.StatusStarting, Template: req.Template,
+		ID: newSandboxID(), AccountID: p.account.ID, Template: req.Template,
 		Size: size, CPU: sz.CPU, MemoryMB: sz.MemoryMB, Network: network, Region: region,
-		TimeoutSeconds: timeout, EnvKeys: envKeys, Metadata: req.Metadata, Node: nodeID,
+		TimeoutSeconds: timeout, EnvKeys: envKeys, Metadata: req.Metadata,
 		CreatedAt: now, UpdatedAt: now,
 	}
-	if err := s.store.CreateSandbox(r.Context(), row, p.plan.MaxConcurrent); err != nil {
-		if errors.Is(err, store.ErrLimit) {
-			return apiErr(http.StatusPaymentRequired, "concurrency_limit", "Your %s plan allows %d sandboxes at once; terminate or pause one first.", p.account.Plan, p.plan.MaxConcurrent).
-				with("max_concurrent", p.plan.MaxConcurrent)
-		}
-		return err
-	}
-	unlock := s.lock(row.ID)
-	defer unlock()
-	// The create finishes even if the client goes away, so the sandbox is
-	// either fully there or marked failed, never half made.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
-	defer cancel()
-	var rt runtime.Sandbox
-	for attempt := 1; ; attempt++ {
-		rt, err = nd.Create(ctx, nodeapi.CreateRequest{SandboxID: row.ID, AccountID: row.AccountID, Template: row.Template, Size: row.Size,
-			Claim: runtime.Claim{Env: req.Env, Hostname: "sandbox", Network: row.Network}})
-		if err == nil || attempt == placeAttempts || !(errors.Is(err, nodeapi.ErrNoCapacity) || errors.Is(err, nodeapi.ErrUnreachable) || errors.Is(err, nodeapi.ErrDiskLow)) {
-			break
-		}
-		// The node filled up (or went away) since its last heartbeat:
-		// another one may take it.
-		pl.Exclude = append(pl.Exclude, row.Node)
-		next, nnd, perr := s.nodes.Place(ctx, pl)
-		if perr != nil {
-			break
-		}
-		s.log.Info("a node could not take a sandbox; placing it again", "request_id", requestID(r), "sandbox", row.ID, "node", row.Node, "next", next, "err", err)
-		row.Node, nd = next, nnd
-	}
+	row, err = s.life.Create(r.Context(), row, req.Env, p.plan.MaxConcurrent,
+		lifecycle.Placement{Region: region, Template: req.Template, Size: size, Networked: network != "off"})
 	if err != nil {
-		row.Status = store.StatusError
-		row.ErrorMessage = "start failed"
-		if _, uerr := s.store.UpdateSandbox(ctx, row, 0); uerr != nil {
-			s.log.Error("recording a failed create", "sandbox", row.ID, "err", uerr)
-		}
-		switch {
-		case errors.Is(err, nodeapi.ErrTemplateNotBuilt):
-			return notBuilt(row.Template)
-		case errors.Is(err, nodeapi.ErrDiskLow):
-			return s.diskLow(r, err)
-		case errors.Is(err, nodeapi.ErrUnknownSize):
-			return invalid("size", "Size %q is not available on this node.", row.Size)
-		case errors.Is(err, runtime.ErrNoNetwork):
-			s.log.Error("sandbox network setup failed", "request_id", requestID(r), "sandbox", row.ID, "network", row.Network, "err", err)
-			return apiErr(http.StatusServiceUnavailable, "no_capacity", "The sandbox's network (%s) could not be set up right now; retry shortly, or use network \"off\".", row.Network)
-		}
-		s.log.Error("sandbox start failed", "request_id", requestID(r), "sandbox", row.ID, "err", err)
-		return apiErr(http.StatusServiceUnavailable, "no_capacity", "No sandbox could be started right now; retry shortly.")
+		return s.createFailed(r, p, row, err)
 	}
-	started := s.now().UTC()
-	exp := started.Add(time.Duration(timeout) * time.Second)
-	row.Status, row.RuntimeID, row.ExpiresAt = store.StatusRunning, rt.ID(), &exp
-	made := row
-	row, err = s.store.UpdateSandbox(ctx, row, 0)
-	if err != nil {
-		s.destroyRuntime(made.Node, rt.ID())
-		return err
-	}
-	s.track(row, rt)
 	writeJSON(w, http.StatusCreated, toJSON(row))
 	return nil
 }
 
-// placeAttempts bounds the nodes a create tries when the chosen one turns
-// out to be full or gone.
-const placeAttempts = 3
-
-// liveSandbox is an entry of Server.running.
-type liveSandbox struct {
-	account string
-	rt      runtime.Sandbox
+// createFailed answers a create that did not start its sandbox.
+func (s *Server) createFailed(r *http.Request, p *principal, row store.Sandbox, err error) error {
+	switch {
+	case errors.Is(err, store.ErrLimit):
+		return apiErr(http.StatusPaymentRequired, "concurrency_limit", "Your %s plan allows %d sandboxes at once; terminate or pause one first.", p.account.Plan, p.plan.MaxConcurrent).
+			with("max_concurrent", p.plan.MaxConcurrent)
+	case errors.Is(err, lifecycle.ErrStartFailed):
+	default:
+		return s.placeFailed(r, lifecycle.Placement{Region: row.Region, Template: row.Template, Size: row.Size}, err)
+	}
+	switch {
+	case errors.Is(err, nodeapi.ErrTemplateNotBuilt):
+		return notBuilt(row.Template)
+	case errors.Is(err, nodeapi.ErrDiskLow):
+		return s.diskLow(r, err)
+	case errors.Is(err, nodeapi.ErrUnknownSize):
+		return invalid("size", "Size %q is not available on this node.", row.Size)
+	case errors.Is(err, runtime.ErrNoNetwork):
+		s.log.Error("sandbox network setup failed", "request_id", requestID(r), "sandbox", row.ID, "network", row.Network, "err", err)
+		return apiErr(http.StatusServiceUnavailable, "no_capacity", "The sandbox's network (%s) could not be set up right now; retry shortly, or use network \"off\".", row.Network)
+	}
+	s.log.Error("sandbox start failed", "request_id", requestID(r), "sandbox", row.ID, "node", row.Node, "err", err)
+	return apiErr(http.StatusServiceUnavailable, "no_capacity", "No sandbox could be started right now; retry shortly.")
 }
 
 // runningRuntime returns the caller's running sandbox named in the path:
-// from the cache of running sandboxes when it is there, else from the
-// store, with the same errors either way (404 for another account's id).
+// from this replica's cache of running sandboxes when it is there, else
+// from the store, with the same errors either way (404 for another
+// account's id).
 func (s *Server) runningRuntime(r *http.Request) (runtime.Sandbox, error) {
-	if v, ok := s.running.Load(r.PathValue("id")); ok {
-		if live := v.(liveSandbox); live.account == caller(r).account.ID && live.rt.Err() == nil {
-			return live.rt, nil
-		}
+	if rt, ok := s.life.Cached(r.PathValue("id"), caller(r).account.ID); ok {
+		return rt, nil
 	}
 	row, err := s.load(r)
 	if err != nil {
 		return nil, err
 	}
-	if row.Status != store.StatusRunning {
-		return nil, notReady(string(row.Status))
-	}
-	rt, err := s.runtimeOf(r.Context(), row)
-	if errors.Is(err, nodeapi.ErrUnreachable) {
-		return nil, s.nodeDown(r, row, err)
-	}
+	rt, err := s.life.Runtime(r.Context(), row)
 	if err != nil {
-		return nil, notReady("error")
+		return nil, s.lifeFailed(r, row, err)
 	}
-	s.running.Store(row.ID, liveSandbox{account: row.AccountID, rt: rt})
 	return rt, nil
 }
 
-// runtimeOf is a running sandbox's runtime on its node.
-func (s *Server) runtimeOf(ctx context.Context, row store.Sandbox) (runtime.Sandbox, error) {
-	nd, err := s.nodes.Node(ctx, row.Node)
-	if err != nil {
-		return nil, err
+// lifeFailed answers what the lifecycle refused for a reason of the
+// sandbox's state or its node's.
+func (s *Server) lifeFailed(r *http.Request, row store.Sandbox, err error) error {
+	var nr *lifecycle.NotReadyError
+	switch {
+	case errors.As(err, &nr):
+		return notReady(nr.Status)
+	case errors.Is(err, nodeapi.ErrUnreachable):
+		return s.nodeDown(r, row, err)
 	}
-	return nd.Sandbox(ctx, row.RuntimeID)
-}
-
-// track caches a running sandbox's runtime for the hot paths (its node
-// meters it and records an unplanned stop).
-func (s *Server) track(row store.Sandbox, rt runtime.Sandbox) {
-	s.running.Store(row.ID, liveSandbox{account: row.AccountID, rt: rt})
-}
-
-// finish moves a sandbox to a final status (terminated or error).
-func (s *Server) finish(ctx context.Context, id, account string, status store.Status, reason string) {
-	s.running.Delete(id)
-	lifecycle.Finish(ctx, s.store, s.now, s.log, id, account, status, reason)
-}
-
-// destroyRuntime stops a sandbox's runtime on its node.
-func (s *Server) destroyRuntime(nodeID, runtimeID string) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	nd, err := s.nodes.Node(ctx, nodeID)
-	if err == nil {
-		err = nd.Destroy(ctx, runtimeID)
-	}
-	if err != nil {
-		s.log.Warn("destroying a sandbox's runtime failed; its node cleans it up at its next start", "node", nodeID, "runtime", runtimeID, "err", err)
-	}
-}
-
-// removeSnapshot deletes a snapshot on the node that holds it.
-func (s *Server) removeSnapshot(nodeID, snapshot string) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	nd, err := s.nodes.Node(ctx, nodeID)
-	if err == nil {
-		err = nd.RemoveSnapshot(ctx, snapshot)
-	}
-	if err != nil {
-		s.log.Warn("removing a snapshot failed; its node removes it at its next start", "node", nodeID, "snapshot", snapshot, "err", err)
-	}
+	return err
 }
 
 func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) error {
@@ -408,51 +313,12 @@ func (s *Server) deleteSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	row, err = s.terminate(r.Context(), row, reasonTerminated)
+	row, err = s.life.Terminate(r.Context(), row, reasonTerminated)
 	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, toJSON(row))
 	return nil
-}
-
-// terminate records the sandbox as terminated first — the end is final
-// even if the runtime half fails — and then releases its runtime and
-// snapshot. Terminating a terminated sandbox returns it unchanged.
-func (s *Server) terminate(ctx context.Context, row store.Sandbox, reason string) (store.Sandbox, error) {
-	unlock := s.lock(row.ID)
-	defer unlock()
-	s.running.Delete(row.ID)
-	ctx = context.WithoutCancel(ctx)
-	for attempt := 0; ; attempt++ {
-		cur, err := s.store.GetSandbox(ctx, row.AccountID, row.ID)
-		if err != nil {
-			return cur, err
-		}
-		if cur.Status == store.StatusTerminated {
-			return cur, nil
-		}
-		rtID, snap := cur.RuntimeID, cur.SnapshotDir
-		now := s.now().UTC()
-		cur.Status, cur.TerminatedAt, cur.ExpiresAt, cur.RuntimeID, cur.SnapshotDir = store.StatusTerminated, &now, nil, "", ""
-		if cur.ErrorMessage == "" {
-			cur.ErrorMessage = reason
-		}
-		updated, err := s.store.UpdateSandbox(ctx, cur, 0)
-		if errors.Is(err, store.ErrStale) && attempt < 5 {
-			continue
-		}
-		if err != nil {
-			return cur, err
-		}
-		if rtID != "" {
-			s.destroyRuntime(cur.Node, rtID)
-		}
-		if snap != "" {
-			s.removeSnapshot(cur.Node, snap)
-		}
-		return updated, nil
-	}
 }
 
 func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
@@ -462,59 +328,13 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer unlock()
-	if row.Status != store.StatusRunning {
-		return notReady(string(row.Status))
-	}
-	nd, err := s.nodes.Node(r.Context(), row.Node)
-	if err != nil {
-		return s.nodeDown(r, row, err)
-	}
-	rt, err := nd.Sandbox(r.Context(), row.RuntimeID)
-	if err != nil {
-		return notReady("error")
-	}
-	ctx := context.WithoutCancel(r.Context())
-	now := s.now().UTC()
-	running := row
-	remaining := int64(0)
-	if row.ExpiresAt != nil {
-		remaining = max(row.ExpiresAt.Sub(now).Milliseconds(), 0)
-	}
-	// Reserve the snapshot slot before the (irreversible) checkpoint, and
-	// record where the snapshot goes (the runtime id stays until the
-	// checkpoint is recorded): a crash after the checkpoint stopped the
-	// sandbox but before the last update finds a paused sandbox with its
-	// snapshot at the next start, not a lost one whose snapshot is swept.
-	s.running.Delete(row.ID)
-	snapID := row.ID + "-" + ulid.MustNew(ulid.Now(), rand.Reader).String()
-	row.Status, row.PausedAt, row.ExpiresAt, row.RemainingMS, row.SnapshotDir = store.StatusPaused, &now, nil, remaining, snapID
-	row, err = s.store.UpdateSandbox(ctx, row, p.plan.SnapshotCap)
-	if err != nil {
-		s.running.Store(running.ID, liveSandbox{account: running.AccountID, rt: rt})
-	}
+	row, err = s.life.Pause(r.Context(), row, p.plan.SnapshotCap)
 	if errors.Is(err, store.ErrLimit) {
 		return apiErr(http.StatusPaymentRequired, "snapshot_cap_reached", "Your %s plan keeps at most %d paused sandboxes; resume or terminate one first.", p.account.Plan, p.plan.SnapshotCap).
 			with("cap", p.plan.SnapshotCap)
 	}
 	if err != nil {
-		return err
-	}
-	snap, err := nd.Checkpoint(ctx, row.RuntimeID, snapID)
-	if err != nil {
-		if _, aerr := nd.Sandbox(ctx, row.RuntimeID); aerr != nil {
-			s.finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox stopped while it was being paused")
-			return notReady("error")
-		}
-		// Still running: undo the reservation.
-		running.Version = row.Version
-		if row, uerr := s.store.UpdateSandbox(ctx, running, 0); uerr == nil {
-			s.track(row, rt)
-		}
-		return err
-	}
-	row.RuntimeID, row.SnapshotDir, row.SnapshotBytes = "", snap.ID, snap.Bytes
-	if row, err = s.store.UpdateSandbox(ctx, row, 0); err != nil {
-		return err
+		return s.lifeFailed(r, row, err)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"id": row.ID, "status": "paused", "snapshot_bytes": row.SnapshotBytes})
 	return nil
@@ -538,56 +358,25 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err := s.checkUsage(r.Context(), p); err != nil {
 		return err
 	}
-	nd, err := s.nodes.Node(r.Context(), row.Node)
-	if err != nil {
-		return s.nodeDown(r, row, err)
-	}
-	// Take a concurrency slot first, in one transaction with the count
-	// (status starting, the snapshot kept): concurrent resumes and creates
-	// cannot both take the last one, and a crash during the restore leaves
-	// a sandbox that the next start puts back to paused.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Minute)
-	defer cancel()
-	paused := row
-	row.Status = store.StatusStarting
-	row, err = s.store.UpdateSandbox(ctx, row, p.plan.MaxConcurrent)
-	if errors.Is(err, store.ErrLimit) {
+	row, err = s.life.Resume(r.Context(), row, p.plan.MaxConcurrent)
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrLimit):
 		return apiErr(http.StatusPaymentRequired, "concurrency_limit", "Your %s plan allows %d sandboxes at once; terminate or pause one first.", p.account.Plan, p.plan.MaxConcurrent).
 			with("max_concurrent", p.plan.MaxConcurrent)
-	}
-	if err != nil {
-		return err
-	}
-	rt, err := nd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: row.ID, AccountID: row.AccountID, Snapshot: row.SnapshotDir, Template: row.Template, Size: row.Size})
-	if err != nil {
-		paused.Version = row.Version
-		if errors.Is(err, nodeapi.ErrSnapshotNotFound) {
-			s.log.Error("a paused sandbox's snapshot is gone", "request_id", requestID(r), "sandbox", row.ID, "node", row.Node, "err", err)
-			s.finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox's snapshot was lost")
-			return notReady("error")
-		}
-		if _, uerr := s.store.UpdateSandbox(ctx, paused, 0); uerr != nil {
-			s.log.Error("putting a sandbox back to paused after a failed restore", "sandbox", row.ID, "err", uerr)
-		}
-		switch {
-		case errors.Is(err, nodeapi.ErrTemplateNotBuilt):
-			return notBuilt(row.Template)
-		case errors.Is(err, nodeapi.ErrDiskLow):
-			return s.diskLow(r, err)
-		}
+	case errors.Is(err, lifecycle.ErrSnapshotLost):
+		s.log.Error("a paused sandbox's snapshot is gone", "request_id", requestID(r), "sandbox", row.ID, "node", row.Node, "err", err)
+		return notReady("error")
+	case errors.Is(err, nodeapi.ErrTemplateNotBuilt):
+		return notBuilt(row.Template)
+	case errors.Is(err, nodeapi.ErrDiskLow):
+		return s.diskLow(r, err)
+	case errors.Is(err, lifecycle.ErrStartFailed):
 		s.log.Error("restore failed", "request_id", requestID(r), "sandbox", row.ID, "err", err)
 		return apiErr(http.StatusServiceUnavailable, "no_capacity", "The sandbox could not be resumed right now; it is still paused, retry shortly.")
+	default:
+		return s.lifeFailed(r, row, err)
 	}
-	snap := row.SnapshotDir
-	exp := s.now().UTC().Add(time.Duration(row.RemainingMS) * time.Millisecond)
-	row.Status, row.RuntimeID, row.ExpiresAt, row.PausedAt, row.SnapshotDir, row.RemainingMS = store.StatusRunning, rt.ID(), &exp, nil, "", 0
-	restored := row
-	if row, err = s.store.UpdateSandbox(ctx, row, 0); err != nil {
-		s.destroyRuntime(restored.Node, rt.ID())
-		return err
-	}
-	s.removeSnapshot(row.Node, snap)
-	s.track(row, rt)
 	writeJSON(w, http.StatusOK, toJSON(row))
 	return nil
 }
@@ -608,24 +397,20 @@ func notBuilt(name string) error {
 	return apiErr(http.StatusServiceUnavailable, "unavailable", "Template %s is in the catalog but not built on this server (see \"built\" in GET /v1/templates); the operator can build it with `orkestrd admin template build %s`.", name, name).with("template", name)
 }
 
-// place picks the node for a new running sandbox, answering why none can
-// take it.
-func (s *Server) place(r *http.Request, p Placement) (string, nodeapi.Node, error) {
-	id, nd, err := s.nodes.Place(r.Context(), p)
+// placeFailed answers a create no node could be found for.
+func (s *Server) placeFailed(r *http.Request, p lifecycle.Placement, err error) error {
 	switch {
-	case err == nil:
-		return id, nd, nil
 	case errors.Is(err, node.ErrDiskReserve), errors.Is(err, nodeapi.ErrDiskLow):
-		return "", nil, s.diskLow(r, err)
-	case errors.Is(err, ErrUnknownRegion):
-		return "", nil, apiErr(http.StatusBadRequest, "unknown_region", "Region %q does not exist here (GET /v1/regions lists them); omit region for %q.", truncate(p.Region, 32), s.cfg.Region).with("field", "region")
-	case errors.Is(err, ErrRegionUnavailable):
-		return "", nil, apiErr(http.StatusServiceUnavailable, "region_unavailable", "No node of region %q is available right now; retry shortly or use another region (GET /v1/regions).", p.Region).with("region", p.Region)
-	case errors.Is(err, ErrNoCapacity):
+		return s.diskLow(r, err)
+	case errors.Is(err, lifecycle.ErrUnknownRegion):
+		return apiErr(http.StatusBadRequest, "unknown_region", "Region %q does not exist here (GET /v1/regions lists them); omit region for %q.", truncate(p.Region, 32), s.cfg.Region).with("field", "region")
+	case errors.Is(err, lifecycle.ErrRegionUnavailable):
+		return apiErr(http.StatusServiceUnavailable, "region_unavailable", "No node of region %q is available right now; retry shortly or use another region (GET /v1/regions).", p.Region).with("region", p.Region)
+	case errors.Is(err, lifecycle.ErrNoCapacity):
 		s.log.Warn("no node can take a sandbox", "request_id", requestID(r), "region", p.Region, "template", p.Template, "size", p.Size, "err", err)
-		return "", nil, apiErr(http.StatusServiceUnavailable, "no_capacity", "No node of region %q has room for a %s %s sandbox right now; retry shortly.", p.Region, p.Size, p.Template).with("region", p.Region)
+		return apiErr(http.StatusServiceUnavailable, "no_capacity", "No node of region %q has room for a %s %s sandbox right now; retry shortly.", p.Region, p.Size, p.Template).with("region", p.Region)
 	}
-	return "", nil, err
+	return err
 }
 
 // nodeDown answers a request whose sandbox's node cannot be reached.

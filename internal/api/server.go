@@ -15,6 +15,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/auth"
 	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/lifecycle"
 	"github.com/orkestr-eu/orkestr/internal/metering"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/store"
@@ -24,7 +25,8 @@ import (
 // Start, and serve Handler.
 type Server struct {
 	store     store.Store
-	nodes     Nodes
+	nodes     lifecycle.Nodes
+	life      *lifecycle.Manager
 	leader    func() bool
 	local     *node.Node // the in-process node of a single box (nil in a fleet's control plane)
 	cfg       config.Config
@@ -36,19 +38,11 @@ type Server struct {
 	dataDir   string
 	started   bool
 
-	locks   sync.Map // sandbox id -> *sync.Mutex, serialises lifecycle changes
 	touched sync.Map // key id -> time of the last recorded use
 	keys    sync.Map // key hash -> cachedKey
 	// usageCache: account id -> cachedUsage, the month's usage for the
 	// budget check of create and resume.
 	usageCache sync.Map
-
-	// running caches the sandboxes this server has running (id ->
-	// liveSandbox) so that exec and files, the hot paths, need no store
-	// read. An entry is added once the running state is committed and
-	// removed before any change away from running is; a miss falls back
-	// to the store.
-	running sync.Map
 
 	mux *http.ServeMux
 	// accountMux serves the same endpoints to callers already
@@ -62,7 +56,7 @@ type Options struct {
 	// Node is the in-process node of a single box; a fleet's control
 	// plane sets Nodes instead (and Node nil).
 	Node    *node.Node
-	Nodes   Nodes
+	Nodes   lifecycle.Nodes
 	Config  config.Config
 	Log     *slog.Logger
 	DataDir string           // the server's data directory (the E2B secret lives there)
@@ -96,10 +90,11 @@ func New(o Options) *Server {
 	switch {
 	case s.nodes != nil:
 	case s.local != nil:
-		s.nodes = LocalNodes(s.local)
+		s.nodes = lifecycle.LocalNodes(s.local)
 	default:
-		s.nodes = noNodes{}
+		s.nodes = lifecycle.NoNodes{}
 	}
+	s.life = lifecycle.NewManager(s.store, s.nodes, s.now, s.log)
 	s.om = newOpMetrics(s)
 	if s.local != nil {
 		s.local.Sampler().SetHooks(s.om.samplerRound, s.om.meteringFlush)
@@ -123,7 +118,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.local != nil {
 		go s.local.RunMetering(ctx)
 	}
-	go s.deadlineLoop(ctx)
+	go s.life.RunDeadlines(ctx, s.leader)
 	return nil
 }
 

@@ -15,14 +15,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/orkestr-eu/orkestr/internal/api"
 	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/lifecycle"
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/scheduler"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
-// Nodes is the control plane's api.Nodes: the nodes of the store's
+// Nodes is the control plane's lifecycle.Nodes: the nodes of the store's
 // records, reached over their node API.
 type Nodes struct {
 	store  store.Store
@@ -65,7 +65,7 @@ func NewNodes(o Options) *Nodes {
 	}
 }
 
-var _ api.Nodes = (*Nodes)(nil)
+var _ lifecycle.Nodes = (*Nodes)(nil)
 
 // nodes is the store's node list, at most listFor old (fresh: read now).
 func (f *Nodes) nodes(ctx context.Context, fresh bool) ([]store.Node, error) {
@@ -100,7 +100,7 @@ func (f *Nodes) client(n store.Node) (*nodeapi.Client, error) {
 	return c, nil
 }
 
-// Node implements api.Nodes.
+// Node implements lifecycle.Nodes.
 func (f *Nodes) Node(ctx context.Context, id string) (nodeapi.Node, error) {
 	var last error
 	// A node missing or silent in the cached list may have come back
@@ -124,8 +124,8 @@ func (f *Nodes) Node(ctx context.Context, id string) (nodeapi.Node, error) {
 	return nil, last
 }
 
-// Place implements api.Nodes.
-func (f *Nodes) Place(ctx context.Context, p api.Placement) (string, nodeapi.Node, error) {
+// Place implements lifecycle.Nodes.
+func (f *Nodes) Place(ctx context.Context, p lifecycle.Placement) (string, nodeapi.Node, error) {
 	list, err := f.nodes(ctx, len(p.Exclude) > 0)
 	if err != nil {
 		return "", nil, err
@@ -153,11 +153,11 @@ func (f *Nodes) Place(ctx context.Context, p api.Placement) (string, nodeapi.Nod
 			known = known || n.Region == req.Region || (req.Region == "" && n.Region == f.policy.DefaultRegion)
 		}
 		if !known {
-			return "", nil, fmt.Errorf("%w: %w", api.ErrUnknownRegion, err)
+			return "", nil, fmt.Errorf("%w: %w", lifecycle.ErrUnknownRegion, err)
 		}
-		return "", nil, fmt.Errorf("%w: %w", api.ErrRegionUnavailable, err)
+		return "", nil, fmt.Errorf("%w: %w", lifecycle.ErrRegionUnavailable, err)
 	case errors.Is(err, scheduler.ErrTemplateUnavailable), errors.Is(err, scheduler.ErrNoCapacity):
-		return "", nil, fmt.Errorf("%w: %w", api.ErrNoCapacity, err)
+		return "", nil, fmt.Errorf("%w: %w", lifecycle.ErrNoCapacity, err)
 	case err != nil:
 		return "", nil, err
 	}
@@ -170,13 +170,13 @@ func (f *Nodes) Place(ctx context.Context, p api.Placement) (string, nodeapi.Nod
 	return "", nil, fmt.Errorf("placement chose node %s, which is not in the list", c.ID)
 }
 
-// Catalog implements api.Nodes.
-func (f *Nodes) Catalog(ctx context.Context) (api.Catalog, error) {
+// Catalog implements lifecycle.Nodes.
+func (f *Nodes) Catalog(ctx context.Context) (lifecycle.Catalog, error) {
 	list, err := f.nodes(ctx, false)
 	if err != nil {
-		return api.Catalog{}, err
+		return lifecycle.Catalog{}, err
 	}
-	cat := api.Catalog{Templates: map[string]bool{}}
+	cat := lifecycle.Catalog{Templates: map[string]bool{}}
 	cands := make([]scheduler.Candidate, len(list))
 	for i, n := range list {
 		cands[i] = scheduler.FromNode(n)

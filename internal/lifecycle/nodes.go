@@ -1,4 +1,4 @@
-package api
+package lifecycle
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/scheduler"
 )
 
-// Nodes is how the API reaches the hosts that run sandboxes: the one
+// Nodes is how the control plane reaches the hosts that run sandboxes: the one
 // in-process node of a single box, or a fleet's nodes over the node API.
 type Nodes interface {
 	// Node is the node a sandbox record names (store.Sandbox.Node).
@@ -83,11 +83,11 @@ func (l localNodes) Catalog(ctx context.Context) (Catalog, error) {
 	return c, nil
 }
 
-// hasTemplate reports whether a catalog has the template built.
-func (c Catalog) hasTemplate(name string) bool { return c.Templates[name] }
+// HasTemplate reports whether a catalog has the template built.
+func (c Catalog) HasTemplate(name string) bool { return c.Templates[name] }
 
-// live reports whether any node is alive.
-func (c Catalog) live() bool {
+// Live reports whether any node is alive.
+func (c Catalog) Live() bool {
 	for _, r := range c.Regions {
 		if r.Alive > 0 {
 			return true
@@ -96,8 +96,8 @@ func (c Catalog) live() bool {
 	return false
 }
 
-// regionNames lists the catalog's regions.
-func (c Catalog) regionNames() []string {
+// RegionNames lists the catalog's regions.
+func (c Catalog) RegionNames() []string {
 	var out []string
 	for _, r := range c.Regions {
 		out = append(out, r.Name)
@@ -106,16 +106,16 @@ func (c Catalog) regionNames() []string {
 	return out
 }
 
-// noNodes is a server without a runtime (tests of the console and the
+// NoNodes is a server without a runtime (tests of the console and the
 // key paths): nothing is built, nothing can be placed.
-type noNodes struct{}
+type NoNodes struct{}
 
-func (noNodes) Node(context.Context, string) (nodeapi.Node, error) {
+func (NoNodes) Node(context.Context, string) (nodeapi.Node, error) {
 	return nil, fmt.Errorf("%w: this server runs no nodes", nodeapi.ErrUnreachable)
 }
-func (noNodes) Place(context.Context, Placement) (string, nodeapi.Node, error) {
+func (NoNodes) Place(context.Context, Placement) (string, nodeapi.Node, error) {
 	return "", nil, fmt.Errorf("%w: this server runs no nodes", ErrNoCapacity)
 }
-func (noNodes) Catalog(context.Context) (Catalog, error) {
+func (NoNodes) Catalog(context.Context) (Catalog, error) {
 	return Catalog{Templates: map[string]bool{}}, nil
 }

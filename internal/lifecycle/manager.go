@@ -1,0 +1,368 @@
+package lifecycle
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
+	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/store"
+)
+
+// Manager changes sandboxes' states: it records every change in the store
+// first and reaches the sandboxes' nodes only through the node contract
+// (Nodes). The API validates requests and maps Manager's errors to
+// answers; any control-plane replica can run any change (the store's
+// versions and limits decide races between replicas; a per-sandbox lock
+// orders this replica's own).
+type Manager struct {
+	store store.Store
+	nodes Nodes
+	now   func() time.Time
+	log   *slog.Logger
+
+	locks sync.Map // sandbox id -> *sync.Mutex
+	// running caches the runtime of the sandboxes this replica has seen
+	// running (id -> live), so that exec and files, the hot paths, need no
+	// store read. An entry is added once the running state is committed
+	// and removed before any change away from running is.
+	running sync.Map
+}
+
+type live struct {
+	account string
+	rt      runtime.Sandbox
+}
+
+// NewManager returns a Manager over a store and the nodes.
+func NewManager(st store.Store, nodes Nodes, now func() time.Time, log *slog.Logger) *Manager {
+	return &Manager{store: st, nodes: nodes, now: now, log: log}
+}
+
+// Nodes is where the Manager's sandboxes run.
+func (m *Manager) Nodes() Nodes { return m.nodes }
+
+// Lock serialises this replica's lifecycle changes of one sandbox.
+func (m *Manager) Lock(id string) func() {
+	v, _ := m.locks.LoadOrStore(id, &sync.Mutex{})
+	mu := v.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
+
+// Errors of the Manager's changes; wrapped with what happened.
+var (
+	// ErrNotReady: the sandbox is not in a state the change needs;
+	// NotReady says which state it is in.
+	ErrNotReady = errors.New("sandbox not in the state the change needs")
+	// ErrStartFailed: no node could start (or restore) the sandbox; the
+	// node's error is wrapped.
+	ErrStartFailed = errors.New("the sandbox could not be started")
+	// ErrSnapshotLost: a paused sandbox's snapshot is gone; it ended.
+	ErrSnapshotLost = errors.New("the sandbox's snapshot was lost")
+)
+
+// NotReadyError says the state a sandbox was in.
+type NotReadyError struct{ Status string }
+
+func (e *NotReadyError) Error() string { return "sandbox is " + e.Status }
+func (e *NotReadyError) Unwrap() error { return ErrNotReady }
+
+func notReady(status store.Status) error { return &NotReadyError{Status: string(status)} }
+
+// Cached is the runtime of a sandbox this replica saw running, if it is
+// the account's and has not stopped.
+func (m *Manager) Cached(id, account string) (runtime.Sandbox, bool) {
+	if v, ok := m.running.Load(id); ok {
+		if l := v.(live); l.account == account && l.rt.Err() == nil {
+			return l.rt, true
+		}
+	}
+	return nil, false
+}
+
+// Runtime is a running sandbox's runtime on its node (a NotReadyError if
+// the row is not running; nodeapi.ErrUnreachable if its node is not).
+func (m *Manager) Runtime(ctx context.Context, row store.Sandbox) (runtime.Sandbox, error) {
+	if row.Status != store.StatusRunning {
+		return nil, notReady(row.Status)
+	}
+	nd, err := m.nodes.Node(ctx, row.Node)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := nd.Sandbox(ctx, row.RuntimeID)
+	if err != nil {
+		if errors.Is(err, nodeapi.ErrUnreachable) {
+			return nil, err
+		}
+		return nil, notReady(store.StatusError)
+	}
+	m.running.Store(row.ID, live{account: row.AccountID, rt: rt})
+	return rt, nil
+}
+
+// placeAttempts bounds the nodes a create tries when the chosen one turns
+// out to be full or gone.
+const placeAttempts = 3
+
+// Create starts a sandbox for row (its id, account, template, size,
+// network, region, timeout and metadata set by the caller): it asks for a
+// node, inserts the row as starting under the plan's concurrency limit
+// (store.ErrLimit), starts the sandbox there (another node if that one
+// turned out full or gone) and records it running. It finishes even if ctx
+// ends, so a sandbox is either fully there or recorded failed.
+func (m *Manager) Create(ctx context.Context, row store.Sandbox, env map[string]string, maxConcurrent int, pl Placement) (store.Sandbox, error) {
+	nodeID, nd, err := m.nodes.Place(ctx, pl)
+	if err != nil {
+		return row, err
+	}
+	row.Status, row.Node = store.StatusStarting, nodeID
+	if err := m.store.CreateSandbox(ctx, row, maxConcurrent); err != nil {
+		return row, err
+	}
+	unlock := m.Lock(row.ID)
+	defer unlock()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	var rt runtime.Sandbox
+	for attempt := 1; ; attempt++ {
+		rt, err = nd.Create(ctx, nodeapi.CreateRequest{SandboxID: row.ID, AccountID: row.AccountID, Template: row.Template, Size: row.Size,
+			Claim: runtime.Claim{Env: env, Hostname: "sandbox", Network: row.Network}})
+		if err == nil || attempt == placeAttempts || !(errors.Is(err, nodeapi.ErrNoCapacity) || errors.Is(err, nodeapi.ErrUnreachable) || errors.Is(err, nodeapi.ErrDiskLow)) {
+			break
+		}
+		// The node filled up (or went away) since its last heartbeat:
+		// another one may take it.
+		pl.Exclude = append(pl.Exclude, row.Node)
+		next, nnd, perr := m.nodes.Place(ctx, pl)
+		if perr != nil {
+			break
+		}
+		m.log.Info("a node could not take a sandbox; placing it again", "sandbox", row.ID, "node", row.Node, "next", next, "err", err)
+		row.Node, nd = next, nnd
+	}
+	if err != nil {
+		row.Status, row.ErrorMessage = store.StatusError, "start failed"
+		if _, uerr := m.store.UpdateSandbox(ctx, row, 0); uerr != nil {
+			m.log.Error("recording a failed create", "sandbox", row.ID, "err", uerr)
+		}
+		return row, fmt.Errorf("%w: %w", ErrStartFailed, err)
+	}
+	exp := m.now().UTC().Add(time.Duration(row.TimeoutSeconds) * time.Second)
+	row.Status, row.RuntimeID, row.ExpiresAt = store.StatusRunning, rt.ID(), &exp
+	made := row
+	if row, err = m.store.UpdateSandbox(ctx, row, 0); err != nil {
+		m.destroy(made.Node, rt.ID())
+		return made, err
+	}
+	m.running.Store(row.ID, live{account: row.AccountID, rt: rt})
+	return row, nil
+}
+
+// Pause checkpoints a running sandbox (the caller holds its Lock) under
+// the plan's snapshot cap (store.ErrLimit). The snapshot slot is taken and
+// the snapshot named in the store before the irreversible checkpoint (the
+// runtime id stays until the checkpoint is recorded), so a crash in
+// between finds a paused sandbox with its snapshot (Reconcile records it),
+// never a lost one whose snapshot is swept.
+func (m *Manager) Pause(ctx context.Context, row store.Sandbox, snapshotCap int) (store.Sandbox, error) {
+	if row.Status != store.StatusRunning {
+		return row, notReady(row.Status)
+	}
+	nd, err := m.nodes.Node(ctx, row.Node)
+	if err != nil {
+		return row, err
+	}
+	rt, err := nd.Sandbox(ctx, row.RuntimeID)
+	if err != nil {
+		if errors.Is(err, nodeapi.ErrUnreachable) {
+			return row, err
+		}
+		return row, notReady(store.StatusError)
+	}
+	ctx = context.WithoutCancel(ctx)
+	now := m.now().UTC()
+	running := row
+	remaining := int64(0)
+	if row.ExpiresAt != nil {
+		remaining = max(row.ExpiresAt.Sub(now).Milliseconds(), 0)
+	}
+	m.running.Delete(row.ID)
+	snapID := row.ID + "-" + ulid.MustNew(ulid.Now(), rand.Reader).String()
+	row.Status, row.PausedAt, row.ExpiresAt, row.RemainingMS, row.SnapshotDir = store.StatusPaused, &now, nil, remaining, snapID
+	if row, err = m.store.UpdateSandbox(ctx, row, snapshotCap); err != nil {
+		m.running.Store(running.ID, live{account: running.AccountID, rt: rt})
+		return running, err
+	}
+	snap, err := nd.Checkpoint(ctx, row.RuntimeID, snapID)
+	if err != nil {
+		if _, aerr := nd.Sandbox(ctx, row.RuntimeID); aerr != nil {
+			m.Finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox stopped while it was being paused")
+			return row, notReady(store.StatusError)
+		}
+		// Still running: undo the reservation.
+		running.Version = row.Version
+		if back, uerr := m.store.UpdateSandbox(ctx, running, 0); uerr == nil {
+			m.running.Store(back.ID, live{account: back.AccountID, rt: rt})
+		}
+		return running, err
+	}
+	row.RuntimeID, row.SnapshotDir, row.SnapshotBytes = "", snap.ID, snap.Bytes
+	return m.store.UpdateSandbox(ctx, row, 0)
+}
+
+// Resume restores a paused sandbox on the node holding its snapshot (the
+// caller holds its Lock) under the plan's concurrency limit
+// (store.ErrLimit): the slot is taken first, in one transaction with the
+// count (status starting, the snapshot kept), so concurrent resumes and
+// creates cannot both take the last one and a crash during the restore
+// leaves a sandbox that reconciliation puts back to paused.
+func (m *Manager) Resume(ctx context.Context, row store.Sandbox, maxConcurrent int) (store.Sandbox, error) {
+	if row.Status != store.StatusPaused {
+		return row, notReady(row.Status)
+	}
+	nd, err := m.nodes.Node(ctx, row.Node)
+	if err != nil {
+		return row, err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	paused := row
+	row.Status = store.StatusStarting
+	if row, err = m.store.UpdateSandbox(ctx, row, maxConcurrent); err != nil {
+		return paused, err
+	}
+	rt, err := nd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: row.ID, AccountID: row.AccountID, Snapshot: row.SnapshotDir, Template: row.Template, Size: row.Size})
+	if err != nil {
+		paused.Version = row.Version
+		if errors.Is(err, nodeapi.ErrSnapshotNotFound) {
+			m.log.Error("a paused sandbox's snapshot is gone", "sandbox", row.ID, "node", row.Node, "err", err)
+			m.Finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox's snapshot was lost")
+			return row, fmt.Errorf("%w: %w", ErrSnapshotLost, err)
+		}
+		if _, uerr := m.store.UpdateSandbox(ctx, paused, 0); uerr != nil {
+			m.log.Error("putting a sandbox back to paused after a failed restore", "sandbox", row.ID, "err", uerr)
+		}
+		return paused, fmt.Errorf("%w: %w", ErrStartFailed, err)
+	}
+	snap := row.SnapshotDir
+	exp := m.now().UTC().Add(time.Duration(row.RemainingMS) * time.Millisecond)
+	row.Status, row.RuntimeID, row.ExpiresAt, row.PausedAt, row.SnapshotDir, row.RemainingMS = store.StatusRunning, rt.ID(), &exp, nil, "", 0
+	restored := row
+	if row, err = m.store.UpdateSandbox(ctx, row, 0); err != nil {
+		m.destroy(restored.Node, rt.ID())
+		return restored, err
+	}
+	m.removeSnapshot(row.Node, snap)
+	m.running.Store(row.ID, live{account: row.AccountID, rt: rt})
+	return row, nil
+}
+
+// Terminate records the sandbox as terminated first — the end is final
+// even if the runtime half fails — and then releases its runtime and
+// snapshot on its node. Terminating a terminated sandbox returns it
+// unchanged.
+func (m *Manager) Terminate(ctx context.Context, row store.Sandbox, reason string) (store.Sandbox, error) {
+	unlock := m.Lock(row.ID)
+	defer unlock()
+	m.running.Delete(row.ID)
+	ctx = context.WithoutCancel(ctx)
+	for attempt := 0; ; attempt++ {
+		cur, err := m.store.GetSandbox(ctx, row.AccountID, row.ID)
+		if err != nil {
+			return cur, err
+		}
+		if cur.Status == store.StatusTerminated {
+			return cur, nil
+		}
+		rtID, snap := cur.RuntimeID, cur.SnapshotDir
+		now := m.now().UTC()
+		cur.Status, cur.TerminatedAt, cur.ExpiresAt, cur.RuntimeID, cur.SnapshotDir = store.StatusTerminated, &now, nil, "", ""
+		if cur.ErrorMessage == "" {
+			cur.ErrorMessage = reason
+		}
+		updated, err := m.store.UpdateSandbox(ctx, cur, 0)
+		if errors.Is(err, store.ErrStale) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return cur, err
+		}
+		if rtID != "" {
+			m.destroy(cur.Node, rtID)
+		}
+		if snap != "" {
+			m.removeSnapshot(cur.Node, snap)
+		}
+		return updated, nil
+	}
+}
+
+// Finish moves a sandbox to a final status (terminated or error).
+func (m *Manager) Finish(ctx context.Context, id, account string, status store.Status, reason string) {
+	m.running.Delete(id)
+	Finish(ctx, m.store, m.now, m.log, id, account, status, reason)
+}
+
+// RunDeadlines terminates running sandboxes whose running time is used up,
+// twice a second while leader says so (nil: always), until ctx ends.
+func (m *Manager) RunDeadlines(ctx context.Context, leader func() bool) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if leader != nil && !leader() {
+			continue
+		}
+		rows, err := m.store.SandboxesByStatus(ctx, store.StatusRunning)
+		if err != nil {
+			continue
+		}
+		now := m.now()
+		for _, row := range rows {
+			if row.ExpiresAt != nil && !now.Before(*row.ExpiresAt) {
+				if _, err := m.Terminate(ctx, row, store.EndExpired); err != nil {
+					m.log.Warn("terminating an expired sandbox", "sandbox", row.ID, "err", err)
+				}
+			}
+		}
+	}
+}
+
+// destroy stops a sandbox's runtime on its node.
+func (m *Manager) destroy(nodeID, runtimeID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	nd, err := m.nodes.Node(ctx, nodeID)
+	if err == nil {
+		err = nd.Destroy(ctx, runtimeID)
+	}
+	if err != nil {
+		m.log.Warn("destroying a sandbox's runtime failed; its node cleans it up at its next start", "node", nodeID, "runtime", runtimeID, "err", err)
+	}
+}
+
+// removeSnapshot deletes a snapshot on the node that holds it.
+func (m *Manager) removeSnapshot(nodeID, snapshot string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	nd, err := m.nodes.Node(ctx, nodeID)
+	if err == nil {
+		err = nd.RemoveSnapshot(ctx, snapshot)
+	}
+	if err != nil {
+		m.log.Warn("removing a snapshot failed; its node removes it at its next start", "node", nodeID, "snapshot", snapshot, "err", err)
+	}
+}
