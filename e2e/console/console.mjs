@@ -205,6 +205,8 @@ try {
   await page.click("nav >> text=Usage");
   await page.waitForURL("**/console/usage");
   check((await page.$$("#gb-meter")).length === 1 && (await page.$$("#gb-chart")).length === 1, "usage meters and chart");
+  const regions = await page.textContent("#regions tbody");
+  check(/fsn1 \(default\)/.test(regions) && /available/.test(regions) && /1 of 1/.test(regions), "the regions table shows the server's region and its node: " + regions);
   check((await page.textContent("#resets")).includes("UTC"), "reset date shown");
   await shot("09-usage");
   await page.click("nav >> text=Members");

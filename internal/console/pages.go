@@ -506,12 +506,26 @@ type dayBar struct {
 }
 
 type usageData struct {
-	Limits limits
-	Days   []dayBar
-	MaxGB  float64
-	MaxCPU float64
-	Width  int
-	Range  string
+	Limits  limits
+	Regions []regionRow
+	Days    []dayBar
+	MaxGB   float64
+	MaxCPU  float64
+	Width   int
+	Range   string
+}
+
+// regionRow is a region of GET /v1/regions.
+type regionRow struct {
+	Name       string  `json:"name"`
+	State      string  `json:"state"`
+	Default    bool    `json:"default"`
+	Nodes      int     `json:"nodes"`
+	NodesAlive int     `json:"nodes_alive"`
+	CPUs       float64 `json:"cpus"`
+	MemoryMB   int64   `json:"memory_mb"`
+	Sandboxes  int     `json:"sandboxes"`
+	Slots      int     `json:"slots"`
 }
 
 // Fraction helpers for <meter>.
@@ -579,6 +593,14 @@ func (c *Console) usagePage(w http.ResponseWriter, r *http.Request, s *session) 
 	if res.status != http.StatusOK {
 		c.render(w, r, res.status, "error", s, pageData{Title: "Usage", Nav: "usage", Error: res.errMessage()})
 		return
+	}
+	// Where sandboxes can run: the regions and how many of their nodes
+	// answer (a fleet's operator sees a lost node here first).
+	var regions struct {
+		Data []regionRow `json:"data"`
+	}
+	if res, err := c.getJSON(r, s, "/v1/regions", &regions); err == nil && res.status == http.StatusOK {
+		d.Regions = regions.Data
 	}
 	c.render(w, r, http.StatusOK, "usage", s, pageData{Title: "Usage", Nav: "usage", Data: d})
 }
