@@ -91,8 +91,12 @@ func adminBackup(args []string) error {
 		if row.SnapshotDir == "" {
 			continue
 		}
+		src := row.SnapshotDir // a snapshot id; an absolute path in rows older than ids
+		if !filepath.IsAbs(src) {
+			src = filepath.Join(absPath(sf.dataDir), "snapshots", src)
+		}
 		dst := filepath.Join(*out, "snapshots", filepath.Base(row.SnapshotDir))
-		n, err := copyTree(row.SnapshotDir, dst)
+		n, err := copyTree(src, dst)
 		if errors.Is(err, fs.ErrNotExist) {
 			_ = os.RemoveAll(dst)
 			m.MissingSnapshots = append(m.MissingSnapshots, row.ID)
@@ -190,7 +194,7 @@ func adminRestore(args []string) error {
 	err = st.IntegrityCheck(ctx)
 	moved := 0
 	if err == nil {
-		moved, err = st.RelocateSnapshots(ctx, snapDir)
+		moved, err = st.NameSnapshots(ctx)
 	}
 	var rows []store.Sandbox
 	if err == nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/store"
+	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
 	"github.com/orkestr-eu/orkestr/internal/tlsutil"
 )
 
@@ -133,6 +134,15 @@ func serve(args []string) error {
 		opts.Nodes, opts.Leader = fleet.NewNodes(fleet.Options{Store: st, Config: cfg, TLS: nodeTLS, Log: log}), lease.Held
 		log.Info("control plane of a fleet: sandboxes run on the registered nodes", "holder", lease.Holder(), "heartbeat_timeout", cfg.Fleet.HeartbeatTimeout().String())
 	} else {
+		// Snapshots are named by id since the fleet; a one-box store from
+		// before holds their absolute paths.
+		if sq, ok := st.(*sqlstore.Store); ok {
+			if n, err := sq.NameSnapshots(ctx); err != nil {
+				return fmt.Errorf("naming snapshots by id: %w", err)
+			} else if n > 0 {
+				log.Info("snapshots are named by id now", "converted", n)
+			}
+		}
 		ncfg.Region, ncfg.Recorder = cfg.Region, st
 		if n, err = openNode(ncfg); err != nil {
 			return err

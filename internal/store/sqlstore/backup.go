@@ -40,10 +40,12 @@ func (s *Store) BackupTo(ctx context.Context, path string) error {
 	return os.Chmod(abs, 0o600)
 }
 
-// RelocateSnapshots points every sandbox's snapshot_dir at dir/<its base
-// name>, for a database restored into another data directory. It returns
-// how many rows it changed.
-func (s *Store) RelocateSnapshots(ctx context.Context, dir string) (int, error) {
+// NameSnapshots makes every snapshot reference a snapshot id, the base
+// name of its directory: a node maps an id to its own snapshot directory,
+// so a restored database works in any data directory. Rows written before
+// snapshot ids held the directory's absolute path; they are converted.
+// It returns how many rows changed.
+func (s *Store) NameSnapshots(ctx context.Context) (int, error) {
 	rows, err := s.query(ctx, s.db, "SELECT id, snapshot_dir FROM sandboxes WHERE snapshot_dir <> ''")
 	if err != nil {
 		return 0, err
@@ -55,7 +57,7 @@ func (s *Store) RelocateSnapshots(ctx context.Context, dir string) (int, error) 
 			rows.Close()
 			return 0, err
 		}
-		if p := filepath.Join(dir, filepath.Base(old)); p != old {
+		if p := filepath.Base(old); p != old {
 			moves[id] = p
 		}
 	}

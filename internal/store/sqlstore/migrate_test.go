@@ -137,12 +137,15 @@ func TestBackupTo(t *testing.T) {
 		if len(accts) != 1 || accts[0].Name != "acme" {
 			t.Fatalf("accounts in the backup: %+v", accts)
 		}
-		n, err := cp.RelocateSnapshots(bg, "/new/data/snapshots")
-		ok(t, "relocate", err)
+		n, err := cp.NameSnapshots(bg)
+		ok(t, "name snapshots", err)
 		got, err := cp.GetSandbox(bg, a.ID, sb.ID)
 		ok(t, "sandbox", err)
-		if n != 1 || got.SnapshotDir != "/new/data/snapshots/"+sb.ID+"-X" {
-			t.Fatalf("relocated %d: %q", n, got.SnapshotDir)
+		if n != 1 || got.SnapshotDir != sb.ID+"-X" {
+			t.Fatalf("named %d: %q", n, got.SnapshotDir)
+		}
+		if n, err := cp.NameSnapshots(bg); err != nil || n != 0 {
+			t.Fatalf("naming again changed %d rows (%v)", n, err)
 		}
 	})
 }
