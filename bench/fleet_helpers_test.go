@@ -303,6 +303,8 @@ func (f *benchFleet) stopNode() {
 		}
 	}
 	_ = netpolicy.Cleanup(context.Background(), node.Instance(f.dataDir))
+	// The instance's cgroup parent, which a killed server leaves behind.
+	_ = cgroupv1.Group("/orkestr/" + node.Instance(f.dataDir)).Remove()
 	cg := cgroupv1.Group("/orkestr/" + node.Instance(f.dataDir))
 	if kids := cg.Children(); len(kids) > 0 {
 		b.Errorf("node cgroups left: %v", kids)

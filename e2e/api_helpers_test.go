@@ -21,6 +21,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
@@ -156,6 +157,8 @@ func (s *apiServer) destroyLeftovers() {
 		_ = syscall.Unmount(mp, syscall.MNT_DETACH)
 	}
 	_ = netpolicy.Cleanup(context.Background(), node.Instance(s.dataDir))
+	// The instance's cgroup parent, which a killed server leaves behind.
+	_ = cgroupv1.Group("/orkestr/" + node.Instance(s.dataDir)).Remove()
 }
 
 // admin runs `orkestrd admin ARGS --data-dir DIR` and returns stdout.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
@@ -258,6 +259,8 @@ func (n *fleetNode) cleanup() {
 		_ = syscall.Unmount(mp, syscall.MNT_DETACH)
 	}
 	_ = netpolicy.Cleanup(context.Background(), node.Instance(n.dataDir))
+	// The instance's cgroup parent, which a killed server leaves behind.
+	_ = cgroupv1.Group("/orkestr/" + node.Instance(n.dataDir)).Remove()
 	if p := testenv.ProcessesMentioning(n.stateDir); len(p) > 0 {
 		n.t.Errorf("node %s left processes: %v", n.id, p)
 	}
