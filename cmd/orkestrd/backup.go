@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
 )
@@ -93,7 +94,7 @@ func adminBackup(args []string) error {
 		}
 		src := row.SnapshotDir // a snapshot id; an absolute path in rows older than ids
 		if !filepath.IsAbs(src) {
-			src = filepath.Join(absPath(sf.dataDir), "snapshots", src)
+			src = filepath.Join(node.SnapshotRoot(absPath(sf.dataDir)), src)
 		}
 		dst := filepath.Join(*out, "snapshots", filepath.Base(row.SnapshotDir))
 		n, err := copyTree(src, dst)
@@ -186,7 +187,7 @@ func adminRestore(args []string) error {
 	if _, err := copyFile(filepath.Join(*from, backupDB), staged, 0o600); err != nil {
 		return err
 	}
-	snapDir := filepath.Join(dataDir, "snapshots")
+	snapDir := node.SnapshotRoot(dataDir)
 	st, err := sqlstore.OpenSQLite(ctx, staged)
 	if err != nil {
 		return fmt.Errorf("opening the backup's database: %w", err)

@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -20,7 +17,6 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/lifecycle"
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/store"
-	"github.com/orkestr-eu/orkestr/internal/tlsutil"
 )
 
 // nodeCmd runs one host of a fleet: its sandboxes, served to the control
@@ -72,10 +68,7 @@ func nodeCmd(args []string) error {
 	if err := nodeConfig(&ncfg, cfg); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(ncfg.DataDir, "snapshots"), 0o700); err != nil {
-		return err
-	}
-	unlock, err := lockDataDir(ncfg.DataDir)
+	unlock, err := openDataDir(ncfg.DataDir)
 	if err != nil {
 		return err
 	}
@@ -90,19 +83,9 @@ func nodeCmd(args []string) error {
 	}
 	defer st.Close()
 
-	ln, err := net.Listen("tcp", cfg.Node.Listen)
+	ln, scheme, certs, err := openListener(cfg.Node.Listen, cfg.TLS)
 	if err != nil {
 		return fmt.Errorf("node API listener: %w", err)
-	}
-	scheme := "http"
-	var certs *tlsutil.Reloader
-	if cfg.TLS.Enabled() {
-		if certs, err = tlsutil.NewReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
-			ln.Close()
-			return err
-		}
-		ln = tls.NewListener(ln, certs.ServerConfig())
-		scheme = "https"
 	}
 	if cfg.Node.Advertise == "" {
 		cfg.Node.Advertise = scheme + "://" + ln.Addr().String()
@@ -125,7 +108,7 @@ func nodeCmd(args []string) error {
 	go n.RunMetering(mctx)
 	bctx, bstop := context.WithCancel(context.Background())
 	go fleet.Heartbeat(bctx, st, n, cfg.Node.HeartbeatEvery(), log)
-	go fleet.Sweep(bctx, st, n, 10*time.Second, log)
+	go fleet.Sweep(bctx, st, n, 10*time.Second, fleet.SweepGrace, log)
 
 	srv := &http.Server{
 		Handler:           nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: cfg.Fleet.NodeToken, Log: log}),

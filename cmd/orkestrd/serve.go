@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -85,11 +84,7 @@ func serve(args []string) error {
 	if cfg.Fleet.Enabled && !strings.HasPrefix(cfg.Database.URL, "postgres") {
 		return fmt.Errorf("fleet.enabled needs PostgreSQL: a fleet's control-plane replicas and nodes share one store; set database.url (or --database-url) to postgres://… (SQLite serves one box only)")
 	}
-	if err := os.MkdirAll(filepath.Join(ncfg.DataDir, "snapshots"), 0o700); err != nil {
-		return err
-	}
-	// One server per data directory; admin restore waits for none.
-	unlock, err := lockDataDir(ncfg.DataDir)
+	unlock, err := openDataDir(ncfg.DataDir)
 	if err != nil {
 		return err
 	}
@@ -198,21 +193,10 @@ func serve(args []string) error {
 			"status": "ok", "runtime": n.RuntimeName(), "sandboxes": n.RuntimeSandboxes(r.Context()), "pools": pools,
 		})
 	})
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, scheme, certs, err := openListener(cfg.Listen, cfg.TLS)
 	if err != nil {
 		closeNode()
 		return err
-	}
-	scheme := "http"
-	var certs *tlsutil.Reloader
-	if cfg.TLS.Enabled() {
-		if certs, err = tlsutil.NewReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
-			ln.Close()
-			closeNode()
-			return err
-		}
-		ln = tls.NewListener(ln, certs.ServerConfig())
-		scheme = "https"
 	}
 	reloads := make(chan os.Signal, 1)
 	signal.Notify(reloads, syscall.SIGHUP)
@@ -400,4 +384,30 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// openDataDir makes the data directory's snapshot directory and takes the
+// directory's lock: one orkestrd (server or node) per data directory;
+// admin restore waits for none.
+func openDataDir(dataDir string) (unlock func(), err error) {
+	if err := os.MkdirAll(node.SnapshotRoot(dataDir), 0o700); err != nil {
+		return nil, err
+	}
+	return lockDataDir(dataDir)
+}
+
+// openListener opens addr, with TLS when the config gives a certificate (its
+// Reloader re-reads it on SIGHUP); scheme is "http" or "https".
+func openListener(addr string, t config.TLS) (ln net.Listener, scheme string, certs *tlsutil.Reloader, err error) {
+	if ln, err = net.Listen("tcp", addr); err != nil {
+		return nil, "", nil, err
+	}
+	if !t.Enabled() {
+		return ln, "http", nil, nil
+	}
+	if certs, err = tlsutil.NewReloader(t.CertFile, t.KeyFile); err != nil {
+		ln.Close()
+		return nil, "", nil, err
+	}
+	return tls.NewListener(ln, certs.ServerConfig()), "https", certs, nil
 }

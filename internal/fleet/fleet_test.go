@@ -132,7 +132,7 @@ func TestControlPlaneOverNodeAPI(t *testing.T) {
 	cfg := config.Default()
 	cfg.PoolSize = 0
 	cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token, HeartbeatTimeoutSeconds: 1}
-	a := startNode(t, st, cfg, "a", "fsn1", 2)
+	startNode(t, st, cfg, "a", "fsn1", 2)
 	b := startNode(t, st, cfg, "b", "nbg1", 1)
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
@@ -227,10 +227,83 @@ func TestControlPlaneOverNodeAPI(t *testing.T) {
 	if s, m := p.do("POST", "/v1/sandboxes/"+inA+"/exec", map[string]any{"command": "echo still"}); s != 200 || m["stdout"] != "still\n" {
 		t.Fatalf("exec on the live node after the other died: %d %v", s, m)
 	}
-	_ = a
 }
 
 func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// TestSweepDropsWhatTheStoreNoLongerGives: a node cut off long enough to
+// be declared lost keeps running its sandbox; once the store says the
+// sandbox ended, the node's sweep destroys it (and spares the live one).
+func TestSweepDropsWhatTheStoreNoLongerGives(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cfg := config.Default()
+	cfg.PoolSize = 0
+	cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token}
+	fn := startNode(t, st, cfg, "a", "fsn1", 4)
+	acct := store.Account{ID: "acc_" + ulid.Make().String(), Name: "sweep", Plan: "team", CreatedAt: time.Now().UTC()}
+	if err := st.CreateAccount(ctx, acct); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if list, _ := st.ListNodes(ctx); len(list) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node never registered")
+		}
+	}
+	nodes := fleet.NewNodes(fleet.Options{Store: st, Config: cfg})
+	life := lifecycle.NewManager(st, nodes, time.Now, slog.Default())
+	made := map[string]store.Sandbox{}
+	for _, name := range []string{"lost", "kept"} {
+		row := store.Sandbox{ID: "sbx_" + ulid.Make().String(), AccountID: acct.ID, Template: "debian-12", Size: "small", Network: "off",
+			Region: "fsn1", TimeoutSeconds: 600, CreatedAt: time.Now().UTC()}
+		row, err := life.Create(ctx, row, nil, 0, lifecycle.Placement{Template: "debian-12", Size: "small"})
+		if err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+		made[name] = row
+	}
+	if _, err := st.LoseNode(ctx, "a", store.EndNodeLost); err != nil {
+		t.Fatal(err)
+	}
+	kept := made["kept"]
+	kept.Status, kept.ErrorMessage = store.StatusRunning, ""
+	// Only "lost" stays ended: "kept" is given back to the node.
+	cur, err := st.GetSandbox(ctx, acct.ID, kept.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept.Version, kept.TerminatedAt = cur.Version, nil
+	if _, err := st.UpdateSandbox(ctx, kept, 0); err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go fleet.Sweep(sctx, st, fn.n, 50*time.Millisecond, 0, slog.Default())
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		running := map[string]bool{}
+		for _, r := range fn.n.Running() {
+			running[r.SandboxID] = true
+		}
+		if !running[made["lost"].ID] {
+			if !running[kept.ID] {
+				t.Fatal("the sweep destroyed the sandbox the store still gives the node")
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sweep left the lost sandbox running")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -47,14 +47,15 @@ func beat(ctx context.Context, st store.Store, n *node.Node) error {
 	})
 }
 
-// sweepGrace spares sandboxes the node started recently: a create's row
+// SweepGrace spares sandboxes the node started recently: a create's row
 // names its runtime only once the node has answered.
-const sweepGrace = 2 * time.Minute
+const SweepGrace = 2 * time.Minute
 
 // Sweep destroys, every period, the sandboxes the node runs that the store
 // no longer gives it (ended as node_lost while the node was cut off, or
-// terminated while its destroy could not reach the node).
-func Sweep(ctx context.Context, st store.Store, n *node.Node, every time.Duration, log *slog.Logger) {
+// terminated while its destroy could not reach the node) and that it has
+// run for longer than grace.
+func Sweep(ctx context.Context, st store.Store, n *node.Node, every, grace time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -74,7 +75,7 @@ func Sweep(ctx context.Context, st store.Store, n *node.Node, every time.Duratio
 			}
 		}
 		for _, r := range n.Running() {
-			if mine[r.RuntimeID] || time.Since(r.Since) < sweepGrace {
+			if mine[r.RuntimeID] || time.Since(r.Since) < grace {
 				continue
 			}
 			log.Warn("destroying a sandbox the store no longer gives this node", "sandbox", r.SandboxID, "runtime", r.RuntimeID)

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -113,9 +112,15 @@ func (n *Node) Info(ctx context.Context) (nodeapi.Info, error) {
 
 // capacity is the host's size: cores, memory, the state directory's disk
 // and the operator's sandbox slots (default: one per 128 MiB of memory).
+// It is measured once, at first use (every create checks the slots).
 func (n *Node) capacity() nodeapi.Capacity {
-	c := nodeapi.Capacity{CPUs: float64(goruntime.NumCPU()), MemoryBytes: memTotal(), Slots: n.cfg.Slots}
-	for _, dir := range []string{n.cfg.StateDir, n.cfg.DataDir} {
+	n.capOnce.Do(func() { n.capSize = measureCapacity(n.cfg) })
+	return n.capSize
+}
+
+func measureCapacity(cfg Config) nodeapi.Capacity {
+	c := nodeapi.Capacity{CPUs: float64(goruntime.NumCPU()), MemoryBytes: memTotal(), Slots: cfg.Slots}
+	for _, dir := range []string{cfg.StateDir, cfg.DataDir} {
 		var st unix.Statfs_t
 		if unix.Statfs(dir, &st) == nil {
 			c.DiskBytes = int64(st.Blocks * uint64(st.Bsize))
@@ -212,8 +217,12 @@ func (c Config) snapshotRoot() string {
 	if c.SnapshotDir != "" {
 		return c.SnapshotDir
 	}
-	return filepath.Join(c.DataDir, "snapshots")
+	return SnapshotRoot(c.DataDir)
 }
+
+// SnapshotRoot is where a node with this data directory keeps its
+// snapshots by default, one directory per snapshot id (backups copy them).
+func SnapshotRoot(dataDir string) string { return filepath.Join(dataDir, "snapshots") }
 
 // Checkpoint implements nodeapi.Node. The snapshot id must be the
 // sandbox's id, "-" and a suffix (the control plane uses a fresh ULID), and
@@ -400,9 +409,6 @@ func (n *Node) untrack(runtimeID string, planned bool) {
 		n.sampler.Untrack(v.(*live).sandboxID)
 	}
 }
-
-// liveSet is the node's running sandboxes by runtime id.
-type liveSet = sync.Map
 
 // Templates lists the templates built on this host.
 func (n *Node) Templates() ([]template.Record, error) { return n.templates.List() }

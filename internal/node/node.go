@@ -24,6 +24,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/metering"
 	"github.com/orkestr-eu/orkestr/internal/netpolicy"
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
@@ -116,9 +117,11 @@ type Node struct {
 	stopScan chan struct{}
 
 	sampler    *metering.Sampler
-	live       liveSet  // runtime id -> *live: what this node runs for the store
+	live       sync.Map // runtime id -> *live: what this node runs for the store
 	destroying sync.Map // runtime ids stopped on purpose (their watcher records nothing)
 	startOnce  sync.Once
+	capOnce    sync.Once
+	capSize    nodeapi.Capacity
 }
 
 // templateScanEvery is how often the node looks for templates built (or
