@@ -51,12 +51,38 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 		return reusableIfRefused
 	}
 
+	stop, err := newPipeStop()
+	if err != nil {
+		_ = w.Err(wire.CodeInternal, fmt.Sprintf("cannot set up the command's output: %v", err))
+		return reusableIfRefused
+	}
+	defer stop.close()
 	p, start, err := a.startCommand(e, cwd)
 	if err != nil {
 		sendStartErr(w, err)
 		return reusableIfRefused
 	}
-	pid, exited, stdinW, outR, errR := p.pid, p.exited, p.stdinW, p.outR, p.errR
+	pid, exited, stdinW := p.pid, p.exited, p.stdinW
+	outR, oerr := newOutputPipe(p.outR, stop)
+	errR, eerr := newOutputPipe(p.errR, stop)
+	if err := errors.Join(oerr, eerr); err != nil {
+		// Out of descriptors: the command cannot run without its output.
+		killTree(pid)
+		killGroup(p.cgroup)
+		<-exited
+		p.closeStatus()
+		for _, o := range []*outputPipe{outR, errR} {
+			if o != nil {
+				o.Close()
+			}
+		}
+		if stdinW != nil {
+			stdinW.Close()
+		}
+		sendStartErr(w, fmt.Errorf("cannot set up the command's output: %w", err))
+		a.refillZygote()
+		return false
+	}
 	if !e.Stdin && stdinW != nil {
 		stdinW.Close()
 		stdinW = nil
@@ -69,25 +95,21 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 		return w.Frame(k, b)
 	}
 	var pumps sync.WaitGroup
-	pump := func(f *os.File, k wire.Kind) {
+	pump := func(out *outputPipe, k wire.Kind) {
 		defer pumps.Done()
-		defer f.Close()
-		growPipe(f)
+		defer out.Close()
 		buf := make([]byte, outputChunk)
 		for {
-			n, err := f.Read(buf)
+			n, err := out.Read(buf)
 			if n > 0 {
 				if send(k, buf[:n]) != nil {
 					return
 				}
 			}
-			if err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					drainPipe(f, buf, func(b []byte) error { return send(k, b) })
-				}
+			if err != nil || out.full() {
 				return
 			}
-			if n >= lingerAfter && n < len(buf) {
+			if n >= lingerAfter && n < len(buf) && !stop.given() {
 				// A bulk writer: let its output gather in the pipe so
 				// the next read and frame carry more than one write.
 				time.Sleep(outputLinger)
@@ -166,10 +188,11 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 		p.closeStatus()
 	}
 	dur := time.Since(start)
-	deadline := time.Now().Add(outputGrace)
-	_ = outR.SetReadDeadline(deadline)
-	_ = errR.SetReadDeadline(deadline)
+	// Children that inherited the pipes may keep them open: what they
+	// write within the grace is collected, then what the pipes hold.
+	grace := time.AfterFunc(outputGrace, stop.give)
 	pumps.Wait()
+	grace.Stop()
 
 	st := wire.ExitStatus{DurationMS: dur.Milliseconds(), TimedOut: timedOut}
 	switch {
@@ -218,36 +241,6 @@ const (
 // by default), so a fast writer blocks less often and the agent reads more
 // per syscall. The pipe bounds what a stalled reader leaves in the sandbox.
 const pipeSize = 1 << 20
-
-// drainPipe sends what is still in the pipe once the output grace has
-// passed: the deadline only stops waiting for output that has not been
-// written yet. A pump that was blocked sending (a slow reader) finds the
-// deadline passed with up to a pipe's worth of the command's output
-// unread, which must not be lost. At most pipeSize bytes are taken, so a
-// background process that keeps writing cannot hold the exec open.
-func drainPipe(f *os.File, buf []byte, send func([]byte) error) {
-	rc, err := f.SyscallConn()
-	if err != nil || f.SetReadDeadline(time.Time{}) != nil {
-		return
-	}
-	for taken := 0; taken < pipeSize; {
-		var n int
-		// The func never asks to wait: one non-blocking read.
-		if rc.Read(func(fd uintptr) bool { n, _ = unix.Read(int(fd), buf); return true }) != nil || n <= 0 {
-			return
-		}
-		if send(buf[:n]) != nil {
-			return
-		}
-		taken += n
-	}
-}
-
-func growPipe(f *os.File) {
-	if rc, err := f.SyscallConn(); err == nil {
-		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
-	}
-}
 
 // killTree kills pid, its process group and every descendant, including ones
 // that moved to a group or session of their own. The tree is stopped first so

@@ -189,8 +189,11 @@ const execFramesType = "application/vnd.orkestr.exec-frames"
 // of output per frame.
 const maxFrame = 16 << 20
 
-// readEvent reads the next event of either format.
-func (st *ExecStream) readEvent() (streamEvent, error) {
+// readEvent reads the next event of either format. With scratch, an
+// output frame is read into *scratch (grown as needed) and the event's Data
+// shares it until the next call, for a caller that writes it out at once;
+// without, every frame gets a buffer of its own.
+func (st *ExecStream) readEvent(scratch *[]byte) (streamEvent, error) {
 	var ev streamEvent
 	if st.frames == nil {
 		err := st.dec.Decode(&ev)
@@ -204,9 +207,17 @@ func (st *ExecStream) readEvent() (streamEvent, error) {
 	if n > maxFrame {
 		return ev, fmt.Errorf("a frame of %d bytes (the server sends at most %d)", n, maxFrame)
 	}
-	// A fresh buffer per frame, never written again: the chunk's string
-	// can share it instead of copying it.
-	payload := make([]byte, n)
+	var payload []byte
+	if scratch != nil && (hdr[0] == 1 || hdr[0] == 2) {
+		if uint32(cap(*scratch)) < n {
+			*scratch = make([]byte, n)
+		}
+		payload = (*scratch)[:n]
+	} else {
+		// A fresh buffer per frame, never written again: the chunk's
+		// string can share it instead of copying it.
+		payload = make([]byte, n)
+	}
 	if _, err := io.ReadFull(st.frames, payload); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
@@ -228,10 +239,10 @@ func (st *ExecStream) readEvent() (streamEvent, error) {
 }
 
 // next reads the stream up to the next chunk; false once the command has
-// ended or the stream failed (see Wait).
-func (st *ExecStream) next() (ExecChunk, bool) {
+// ended or the stream failed (see Wait). scratch is as for readEvent.
+func (st *ExecStream) next(scratch *[]byte) (ExecChunk, bool) {
 	for !st.done {
-		ev, err := st.readEvent()
+		ev, err := st.readEvent(scratch)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
@@ -277,7 +288,7 @@ func (st *ExecStream) finish(res *ExecResult, err error) {
 func (st *ExecStream) Chunks() iter.Seq[ExecChunk] {
 	return func(yield func(ExecChunk) bool) {
 		for {
-			c, ok := st.next()
+			c, ok := st.next(nil)
 			if !ok || !yield(c) {
 				return
 			}
@@ -289,8 +300,9 @@ func (st *ExecStream) Chunks() iter.Seq[ExecChunk] {
 // Stdout and Stderr of the result are empty: the output came as chunks.
 // Errors are as for Exec; a *NetworkPolicyError comes with the result.
 func (st *ExecStream) Wait() (*ExecResult, error) {
+	var scratch []byte // what is discarded is never kept
 	for {
-		if _, ok := st.next(); !ok {
+		if _, ok := st.next(&scratch); !ok {
 			return st.result, st.err
 		}
 	}
@@ -314,7 +326,15 @@ func (s *Sandbox) ExecStreamTo(ctx context.Context, command string, o ExecOption
 		return nil, err
 	}
 	defer st.Close()
-	for c := range st.Chunks() {
+	// One buffer for every frame: each is written out before the next is
+	// read, and allocating (and collecting) a buffer per frame cost more
+	// CPU than the copy.
+	var scratch []byte
+	for {
+		c, ok := st.next(&scratch)
+		if !ok {
+			break
+		}
 		w := stdout
 		if c.Stream == StreamStderr {
 			w = stderr
