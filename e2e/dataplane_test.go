@@ -180,6 +180,7 @@ func TestExecStreamBackPressure(t *testing.T) {
 	}
 	_, _ = check.Write([]byte(c.Data))
 	rss0 := rssMiB(t, s.cmd.Process.Pid)
+	agent0 := agentRSSMiB(t, ctx, sbx)
 
 	// The reader stalls: the command must stall too, early.
 	time.Sleep(3 * time.Second)
@@ -192,6 +193,9 @@ func TestExecStreamBackPressure(t *testing.T) {
 	}
 	if grew := rssMiB(t, s.cmd.Process.Pid) - rss0; grew > 64 {
 		t.Fatalf("orkestrd grew by %d MiB while the reader stalled", grew)
+	}
+	if grew := agentRSSMiB(t, ctx, sbx) - agent0; grew > 64 {
+		t.Fatalf("the agent grew by %d MiB while the reader stalled", grew)
 	}
 
 	// Read the rest slowly, then all of it must be there, byte-exact.
@@ -228,6 +232,20 @@ func iterPull(st *orkestr.ExecStream) (func() (orkestr.ExecChunk, bool), func())
 	}()
 	return func() (orkestr.ExecChunk, bool) { c, ok := <-ch; return c, ok },
 		func() { close(done) }
+}
+
+// agentRSSMiB is the resident memory of the agent (PID 1 in the sandbox)
+// as the sandbox's /proc reports it.
+func agentRSSMiB(t *testing.T, ctx context.Context, sbx *orkestr.Sandbox) int {
+	t.Helper()
+	for _, l := range strings.Split(sh(t, ctx, sbx, "cat /proc/1/status"), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.Atoi(f[1])
+			return kb / 1024
+		}
+	}
+	t.Fatal("no VmRSS for the agent")
+	return 0
 }
 
 func rssMiB(t *testing.T, pid int) int {
