@@ -1,0 +1,176 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
+
+	"github.com/orkestr-eu/orkestr/internal/testenv"
+)
+
+// BenchmarkDataExecStreamClients streams -data.stream-mb of output through
+// POST …/exec/stream to every client — the CLI (`orkestr sandbox exec`),
+// the Go SDK, the TypeScript SDK (sdk/js/dist, built by `make test-js-run`)
+// and the Python SDK (sdk/python/.venv, made by `make test-python`) — for
+// two commands: zeros (`head -c N /dev/zero`, 8 KiB writes) and random
+// bytes (a file of N random bytes made once, then `cat` of it), each against
+// the same command to /dev/null inside the sandbox in the same iteration.
+// Reported per client and command: MB/s (median) and the client's CPU per
+// GB (the CLI process's rusage; for the SDKs the CPU the process spent over
+// the stream alone, without its start-up). A client whose SDK is not built
+// is skipped with a log line.
+func BenchmarkDataExecStreamClients(b *testing.B) {
+	s := startServer(b, 0, templateName)
+	ctx := timeout(b, 40*time.Minute)
+	sb := s.create(ctx, "medium")
+	b.Cleanup(func() { s.terminate(sb) })
+	n := int64(*dataStreamMB) * 1e6
+	inSandbox(ctx, b, sb, fmt.Sprintf("head -c %d /dev/urandom > /tmp/random.bin", n))
+	commands := []struct{ name, cmd string }{
+		{"zeros", fmt.Sprintf("head -c %d /dev/zero", n)},
+		{"random", "cat /tmp/random.bin"},
+	}
+	clients := streamClients(b, s)
+	type key struct{ client, cmd string }
+	speed := map[key]*rates{}
+	cpu := map[key]*samples{}
+	inside := map[string]*rates{}
+	for _, c := range commands {
+		inside[c.name] = &rates{}
+		for _, cl := range clients {
+			speed[key{cl.name, c.name}] = &rates{}
+			cpu[key{cl.name, c.name}] = &samples{}
+		}
+	}
+	for b.Loop() {
+		for _, c := range commands {
+			res := inSandbox(ctx, b, sb, c.cmd+" >/dev/null")
+			inside[c.name].add(mbps(n, time.Duration(max(res.DurationMS, 1))*time.Millisecond))
+			line := fmt.Sprintf("%s: inside %.0f MB/s", c.name, inside[c.name].samples[len(inside[c.name].samples)-1])
+			for _, cl := range clients {
+				got, wall, used := cl.stream(ctx, b, sb, c.cmd)
+				if got != n {
+					b.Fatalf("%s, %s: %d bytes of %d", cl.name, c.name, got, n)
+				}
+				speed[key{cl.name, c.name}].add(mbps(n, wall))
+				cpu[key{cl.name, c.name}].add(used.Seconds() / (float64(n) / 1e9))
+				line += fmt.Sprintf(", %s %.0f MB/s %.2f s/GB", cl.name, mbps(n, wall), used.Seconds()/(float64(n)/1e9))
+			}
+			b.Log(line)
+		}
+	}
+	for _, c := range commands {
+		inside[c.name].report(b, c.name+"-inside-MB/s")
+		for _, cl := range clients {
+			speed[key{cl.name, c.name}].report(b, c.name+"-"+cl.name+"-MB/s")
+			b.ReportMetric(cpu[key{cl.name, c.name}].median(), c.name+"-"+cl.name+"-cpu-s/GB")
+		}
+	}
+	b.ReportMetric(serverPeakRSS(b, s), "server-peak-MiB")
+	b.ReportMetric(agentPeakRSS(ctx, b, sb), "agent-peak-MiB")
+}
+
+// streamClient streams a command's output and says how many bytes came,
+// the wall time and the client's CPU time.
+type streamClient struct {
+	name   string
+	stream func(ctx context.Context, b *testing.B, sb *orkestr.Sandbox, cmd string) (int64, time.Duration, time.Duration)
+}
+
+func streamClients(b *testing.B, s *apiServer) []streamClient {
+	clients := []streamClient{
+		{"cli", func(_ context.Context, b *testing.B, sb *orkestr.Sandbox, cmd string) (int64, time.Duration, time.Duration) {
+			cw := &countingWriter{}
+			wall, used := runCLI(b, s, cw, "sandbox", "exec", "--timeout", "600", sb.ID, "--", cmd)
+			return cw.n, wall, used
+		}},
+		{"go", func(ctx context.Context, b *testing.B, sb *orkestr.Sandbox, cmd string) (int64, time.Duration, time.Duration) {
+			cw := &countingWriter{}
+			c0, t0 := selfCPU(), time.Now()
+			r, err := sb.ExecStreamTo(ctx, cmd, orkestr.ExecOptions{TimeoutSeconds: 600}, cw, io.Discard)
+			if err != nil || r.ExitCode != 0 {
+				b.Fatalf("go: %v", err)
+			}
+			return cw.n, time.Since(t0), selfCPU() - c0
+		}},
+	}
+	root := testenv.RepoRoot()
+	dir := b.TempDir()
+	if _, err := os.Stat(filepath.Join(root, "sdk/js/dist/esm/index.js")); err != nil {
+		b.Log("TypeScript SDK not built (make test-js-run builds it): skipped")
+	} else if node, err := exec.LookPath("node"); err != nil {
+		b.Log("no node: the TypeScript SDK skipped")
+	} else {
+		script := filepath.Join(dir, "stream.mjs")
+		writeScript(b, script, fmt.Sprintf(tsStreamScript, filepath.Join(root, "sdk/js/dist/esm/index.js")))
+		clients = append(clients, streamClient{"ts", scriptClient(s, node, script)})
+	}
+	py := filepath.Join(root, "sdk/python/.venv/bin/python")
+	if _, err := os.Stat(py); err != nil {
+		b.Log("Python SDK venv missing (make test-python makes it): skipped")
+	} else {
+		script := filepath.Join(dir, "stream.py")
+		writeScript(b, script, pyStreamScript)
+		clients = append(clients, streamClient{"python", scriptClient(s, py, script)})
+	}
+	return clients
+}
+
+func writeScript(b *testing.B, path, text string) {
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// scriptClient runs `interp script ID CMD`, which prints {"bytes", "wall",
+// "cpu"} (seconds) measured around the stream.
+func scriptClient(s *apiServer, interp, script string) func(context.Context, *testing.B, *orkestr.Sandbox, string) (int64, time.Duration, time.Duration) {
+	return func(ctx context.Context, b *testing.B, sb *orkestr.Sandbox, cmd string) (int64, time.Duration, time.Duration) {
+		c := exec.CommandContext(ctx, interp, script, sb.ID, cmd)
+		c.Env = cliEnv(s)
+		var out, stderr bytes.Buffer
+		c.Stdout, c.Stderr = &out, &stderr
+		if err := c.Run(); err != nil {
+			b.Fatalf("%s: %v: %s", script, err, stderr.String())
+		}
+		var r struct{ Bytes, Wall, CPU float64 }
+		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+			b.Fatalf("%s printed %q: %v", script, out.String(), err)
+		}
+		return int64(r.Bytes), time.Duration(r.Wall * 1e9), time.Duration(r.CPU * 1e9)
+	}
+}
+
+const tsStreamScript = `import { Sandbox } from %q;
+const [id, cmd] = process.argv.slice(2);
+const sbx = await Sandbox.get(id);
+const c0 = process.cpuUsage(); const t0 = performance.now();
+let n = 0;
+const st = sbx.execStream(cmd, { timeoutSeconds: 600 });
+for await (const c of st) n += c.bytes.length;
+if ((await st.wait()).exitCode !== 0) throw new Error("exit code");
+const wall = (performance.now() - t0) / 1000; const u = process.cpuUsage(c0);
+console.log(JSON.stringify({ bytes: n, wall, cpu: (u.user + u.system) / 1e6 }));
+`
+
+const pyStreamScript = `import json, resource, sys, time
+from orkestr import Sandbox
+sbx = Sandbox.get(sys.argv[1])
+r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.perf_counter()
+n = 0
+st = sbx.exec_stream(sys.argv[2], timeout_seconds=600)
+for c in st:
+    n += len(c.raw)
+assert st.result is not None and st.result.exit_code == 0
+wall = time.perf_counter() - t0; r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"bytes": n, "wall": wall, "cpu": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime}))
+`
