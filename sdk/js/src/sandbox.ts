@@ -2,6 +2,7 @@
 // create, resume, list and describe sandboxes and plans.
 
 import { openTerminal, type Terminal, type TerminalOptions } from "./terminal.js";
+import { sendStream, type BodyReader, type StreamResponse } from "./nodestream.js";
 import {
   type BlockedConnection,
   type ExecResult,
@@ -431,7 +432,7 @@ export class Sandbox implements SandboxData {
   execStream(command: string, options: ExecOptions = {}): ExecStream {
     const body = execBody(command, options);
     return new ExecStream(() =>
-      send(this.#conn, { method: "POST", path: this.#path("/exec/stream"), json: body, accept: EXEC_FRAMES, signal: options.signal }),
+      sendStream(this.#conn, { method: "POST", path: this.#path("/exec/stream"), json: body, accept: EXEC_FRAMES, signal: options.signal }),
     );
   }
 
@@ -503,14 +504,14 @@ export class Sandbox implements SandboxData {
  * read); `close()` abandons it.
  */
 export class ExecStream implements AsyncIterable<ExecChunk> {
-  #start: () => Promise<Response>;
+  #start: () => Promise<StreamResponse>;
   #started = false;
   #done: Promise<{ exitCode: number; durationMs: number; blockedConnections: BlockedConnection[] }> | undefined;
   #iter: AsyncGenerator<ExecChunk, void, undefined> | undefined;
   #failed: { error: unknown } | undefined;
 
   /** @internal */
-  constructor(start: () => Promise<Response>) {
+  constructor(start: () => Promise<StreamResponse>) {
     this.#start = start;
   }
 
@@ -562,7 +563,7 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
 
   /** Yields the chunks of a framed stream; true once the closing event came. */
   async *#frames(
-    reader: ReadableStreamDefaultReader<Uint8Array>,
+    reader: BodyReader,
     status: number,
     requestId: string | undefined,
     settle: (exit: { exitCode: number; durationMs: number; blockedConnections: BlockedConnection[] }) => void,
@@ -637,8 +638,7 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
   async *#read(): AsyncGenerator<ExecChunk, void, undefined> {
     const resp = await this.#start();
     const requestId = resp.headers.get("X-Request-Id") ?? undefined;
-    if (!resp.body) throw new OrkestrError({ code: "invalid_response", status: resp.status, requestId, message: "the exec stream has no body" });
-    const reader = resp.body.getReader();
+    const reader = resp.reader;
     const dec = new TextDecoder();
     let buf = "";
     let finished = false;
@@ -773,7 +773,7 @@ function lazyChunk(stream: "stdout" | "stderr", bytes: Uint8Array, text: Uint8Ar
  * the JSON payloads of the closing events are joined.
  */
 async function* readFrames(
-  reader: ReadableStreamDefaultReader<Uint8Array>,
+  reader: BodyReader,
 ): AsyncGenerator<{ type: number; payload: Uint8Array }, boolean, undefined> {
   const hdr = new Uint8Array(5);
   let hdrHave = 0;
