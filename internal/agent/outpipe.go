@@ -90,7 +90,15 @@ func (p *outputPipe) Read(buf []byte) (int, error) {
 // full reports whether a pipe's worth was taken after the stop.
 func (p *outputPipe) full() bool { return p.drained >= pipeSize }
 
-func (p *outputPipe) Close() error { return unix.Close(p.fd) }
+// Close closes the pipe; a second Close does nothing.
+func (p *outputPipe) Close() error {
+	if p.fd < 0 {
+		return nil
+	}
+	fd := p.fd
+	p.fd = -1
+	return unix.Close(fd)
+}
 
 // pipeStop tells the pumps of one exec to stop waiting for output: closing
 // its write end makes the read end readable for every poll at once.
