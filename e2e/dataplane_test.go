@@ -182,11 +182,19 @@ func TestExecStreamBackPressure(t *testing.T) {
 	rss0 := rssMiB(t, s.cmd.Process.Pid)
 	agent0 := agentRSSMiB(t, ctx, sbx)
 
-	// The reader stalls: the command must stall too, early.
+	// The reader stalls: the command must stall too, early. On a loaded
+	// host the buffers in between may take a while to fill, so it is
+	// stalled once two readings 2 s apart agree (within 30 s).
 	time.Sleep(3 * time.Second)
 	p1 := sh(t, ctx, sbx, "cat /tmp/progress")
-	time.Sleep(2 * time.Second)
-	p2 := sh(t, ctx, sbx, "cat /tmp/progress")
+	var p2 string
+	for deadline := time.Now().Add(30 * time.Second); ; p1 = p2 {
+		time.Sleep(2 * time.Second)
+		p2 = sh(t, ctx, sbx, "cat /tmp/progress")
+		if p1 == p2 || time.Now().After(deadline) {
+			break
+		}
+	}
 	progress, _ := strconv.Atoi(strings.TrimSpace(p2))
 	if p1 != p2 || progress >= 128 {
 		t.Fatalf("with the reader stalled the command went on: %q then %q MiB of %d", p1, p2, mib)

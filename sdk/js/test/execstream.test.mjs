@@ -121,11 +121,17 @@ describe("exec streams against a real orkestrd", { skip, timeout: 900_000 }, () 
     const server0 = serverRSS();
     const agent0 = await agentRSS();
 
-    // The reader stalls: the command must stall too, early.
+    // The reader stalls: the command must stall too, early. On a loaded
+    // host the buffers in between may take a while to fill, so it is
+    // stalled once two readings 2 s apart agree (30 s at most).
     await sleep(3000);
-    const p1 = (await sbx.exec("cat /tmp/progress")).stdout;
-    await sleep(2000);
-    const p2 = (await sbx.exec("cat /tmp/progress")).stdout;
+    let p1 = (await sbx.exec("cat /tmp/progress")).stdout;
+    let p2;
+    for (const deadline = Date.now() + 30_000; ; p1 = p2) {
+      await sleep(2000);
+      p2 = (await sbx.exec("cat /tmp/progress")).stdout;
+      if (p1 === p2 || Date.now() > deadline) break;
+    }
     assert.ok(p1 === p2 && Number(p2) < 128, `with the reader stalled the command went on: ${p1} then ${p2} MiB`);
     assert.ok(serverRSS() - server0 < 64, `orkestrd grew by ${serverRSS() - server0} MiB`);
     const agentGrew = (await agentRSS()) - agent0;

@@ -91,11 +91,18 @@ def test_half_gib_read_slowly_back_pressure(env: Server) -> None:
                 server0 = rss_mib(f.read())
             agent0 = rss_mib(sbx.exec("cat /proc/1/status").stdout)
 
-            # The reader stalls: the command must stall too, early.
+            # The reader stalls: the command must stall too, early. On a
+            # loaded host the buffers in between may take a while to fill,
+            # so it is stalled once two readings 2 s apart agree (30 s at most).
             time.sleep(3)
             p1 = sbx.exec("cat /tmp/progress").stdout
-            time.sleep(2)
-            p2 = sbx.exec("cat /tmp/progress").stdout
+            deadline = time.monotonic() + 30
+            while True:
+                time.sleep(2)
+                p2 = sbx.exec("cat /tmp/progress").stdout
+                if p1 == p2 or time.monotonic() > deadline:
+                    break
+                p1 = p2
             assert p1 == p2 and int(p2) < 128, f"with the reader stalled the command went on: {p1!r} then {p2!r} MiB"
             with open(server_status) as f:
                 server_grew = rss_mib(f.read()) - server0
