@@ -14,6 +14,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"time"
 )
 
 // ErrWrongKey: the snapshot (or an account's data key) was sealed under
@@ -138,7 +139,16 @@ func (kr *Keyring) DataKey(ctx context.Context, accountID string) (Key, error) {
 	k, err := kr.load(ctx, accountID)
 	if errors.Is(err, ErrNotFound) {
 		k, err = kr.create(ctx, accountID)
-		if errors.Is(err, ErrExists) { // another node made it first: use theirs
+		// Another node made it first: use theirs (a store may report
+		// the conflict while the winner's write is still completing).
+		for i := 0; errors.Is(err, ErrExists) || i > 0 && i < 10 && errors.Is(err, ErrNotFound); i++ {
+			if i > 0 {
+				select {
+				case <-ctx.Done():
+					return Key{}, ctx.Err()
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
 			k, err = kr.load(ctx, accountID)
 		}
 	}

@@ -1,4 +1,4 @@
-package snapshot
+package snapshot_test
 
 import (
 	"bytes"
@@ -10,10 +10,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/orkestr-eu/orkestr/internal/snapshot"
 )
 
-// storeSuite runs the same checks on every Store implementation.
-func storeSuite(t *testing.T, s Store) {
+// storeSuite runs the same checks on every snapshot.Store implementation.
+func storeSuite(t *testing.T, s snapshot.Store) {
 	ctx := context.Background()
 	t.Run("put get list delete", func(t *testing.T) {
 		body := make([]byte, 3<<20)
@@ -60,8 +62,8 @@ func storeSuite(t *testing.T, s Store) {
 		if err := s.Delete(ctx, "snapshots/a1/s1.snap"); err != nil {
 			t.Fatalf("deleting a missing object: %v", err)
 		}
-		if _, err := s.Get(ctx, "snapshots/a1/s1.snap"); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("Get after Delete = %v, want ErrNotFound", err)
+		if _, err := s.Get(ctx, "snapshots/a1/s1.snap"); !errors.Is(err, snapshot.ErrNotFound) {
+			t.Fatalf("Get after Delete = %v, want snapshot.ErrNotFound", err)
 		}
 		if objs, err := s.List(ctx, ""); err != nil || len(objs) != 0 {
 			t.Fatalf("List after deleting everything = %+v, %v", objs, err)
@@ -74,8 +76,8 @@ func storeSuite(t *testing.T, s Store) {
 		if err == nil {
 			t.Fatal("Put of a failing reader succeeded")
 		}
-		if _, err := s.Get(ctx, "snapshots/a1/cut.snap"); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("after an interrupted Put, Get = %v, want ErrNotFound", err)
+		if _, err := s.Get(ctx, "snapshots/a1/cut.snap"); !errors.Is(err, snapshot.ErrNotFound) {
+			t.Fatalf("after an interrupted Put, Get = %v, want snapshot.ErrNotFound", err)
 		}
 		if objs, _ := s.List(ctx, ""); len(objs) != 0 {
 			t.Fatalf("an interrupted Put left %+v", objs)
@@ -98,7 +100,7 @@ func storeSuite(t *testing.T, s Store) {
 		if err := s.Put(cctx, "snapshots/a1/cancel.snap", r); err == nil {
 			t.Fatal("a cancelled Put succeeded")
 		}
-		if _, err := s.Get(ctx, "snapshots/a1/cancel.snap"); !errors.Is(err, ErrNotFound) {
+		if _, err := s.Get(ctx, "snapshots/a1/cancel.snap"); !errors.Is(err, snapshot.ErrNotFound) {
 			t.Fatalf("after a cancelled Put, Get = %v", err)
 		}
 	})
@@ -120,8 +122,8 @@ func storeSuite(t *testing.T, s Store) {
 				t.Fatalf("Create succeeded twice (%d and %d)", won, i)
 			case err == nil:
 				won = i
-			case !errors.Is(err, ErrExists):
-				t.Fatalf("Create %d: %v, want ErrExists", i, err)
+			case !errors.Is(err, snapshot.ErrExists):
+				t.Fatalf("Create %d: %v, want snapshot.ErrExists", i, err)
 			}
 		}
 		if won < 0 {
@@ -134,22 +136,22 @@ func storeSuite(t *testing.T, s Store) {
 	})
 	t.Run("hostile keys", func(t *testing.T) {
 		for _, k := range hostileKeys {
-			if err := s.Put(ctx, k, strings.NewReader("x")); !errors.Is(err, ErrInvalidKey) {
-				t.Errorf("Put(%q) = %v, want ErrInvalidKey", k, err)
+			if err := s.Put(ctx, k, strings.NewReader("x")); !errors.Is(err, snapshot.ErrInvalidKey) {
+				t.Errorf("Put(%q) = %v, want snapshot.ErrInvalidKey", k, err)
 			}
-			if _, err := s.Get(ctx, k); !errors.Is(err, ErrInvalidKey) {
-				t.Errorf("Get(%q) = %v, want ErrInvalidKey", k, err)
+			if _, err := s.Get(ctx, k); !errors.Is(err, snapshot.ErrInvalidKey) {
+				t.Errorf("Get(%q) = %v, want snapshot.ErrInvalidKey", k, err)
 			}
-			if err := s.Delete(ctx, k); !errors.Is(err, ErrInvalidKey) {
-				t.Errorf("Delete(%q) = %v, want ErrInvalidKey", k, err)
+			if err := s.Delete(ctx, k); !errors.Is(err, snapshot.ErrInvalidKey) {
+				t.Errorf("Delete(%q) = %v, want snapshot.ErrInvalidKey", k, err)
 			}
-			if err := s.Create(ctx, k, strings.NewReader("x")); !errors.Is(err, ErrInvalidKey) {
-				t.Errorf("Create(%q) = %v, want ErrInvalidKey", k, err)
+			if err := s.Create(ctx, k, strings.NewReader("x")); !errors.Is(err, snapshot.ErrInvalidKey) {
+				t.Errorf("Create(%q) = %v, want snapshot.ErrInvalidKey", k, err)
 			}
 		}
 		for _, p := range []string{"../", "/", "//", "a//", "../../etc", "a/../"} {
-			if _, err := s.List(ctx, p); !errors.Is(err, ErrInvalidKey) {
-				t.Errorf("List(%q) = %v, want ErrInvalidKey", p, err)
+			if _, err := s.List(ctx, p); !errors.Is(err, snapshot.ErrInvalidKey) {
+				t.Errorf("List(%q) = %v, want snapshot.ErrInvalidKey", p, err)
 			}
 		}
 		if objs, _ := s.List(ctx, ""); len(objs) != 0 {
@@ -163,7 +165,7 @@ var hostileKeys = []string{
 	"a\x00b", "a\nb", "a b", "a\\b", "caf\u00e9", "%2e%2e/x", strings.Repeat("a", 1025), strings.Repeat("a/", 300) + "a",
 }
 
-func readAll(t *testing.T, s Store, key string) string {
+func readAll(t *testing.T, s snapshot.Store, key string) string {
 	t.Helper()
 	rc, err := s.Get(context.Background(), key)
 	if err != nil {
@@ -196,24 +198,24 @@ func (c *cancelAfter) Read(p []byte) (int, error) {
 }
 
 func TestFSStore(t *testing.T) {
-	storeSuite(t, NewFS(t.TempDir()))
+	storeSuite(t, snapshot.NewFS(t.TempDir()))
 }
 
 func TestValidKey(t *testing.T) {
 	for _, k := range []string{"a", "snapshots/acct_1/snap-01.snap", "keys/a.key", "a.b/c_d/e-f"} {
-		if err := ValidKey(k); err != nil {
-			t.Errorf("ValidKey(%q) = %v", k, err)
+		if err := snapshot.ValidKey(k); err != nil {
+			t.Errorf("snapshot.ValidKey(%q) = %v", k, err)
 		}
 	}
 	for _, k := range hostileKeys {
-		if err := ValidKey(k); !errors.Is(err, ErrInvalidKey) {
-			t.Errorf("ValidKey(%q) = %v, want ErrInvalidKey", k, err)
+		if err := snapshot.ValidKey(k); !errors.Is(err, snapshot.ErrInvalidKey) {
+			t.Errorf("snapshot.ValidKey(%q) = %v, want snapshot.ErrInvalidKey", k, err)
 		}
 	}
-	if _, err := SnapshotKey("../x", "s"); !errors.Is(err, ErrInvalidKey) {
-		t.Errorf("SnapshotKey with a hostile account = %v", err)
+	if _, err := snapshot.SnapshotKey("../x", "s"); !errors.Is(err, snapshot.ErrInvalidKey) {
+		t.Errorf("snapshot.SnapshotKey with a hostile account = %v", err)
 	}
-	if k, err := SnapshotKey("acct_1", "snap_1"); err != nil || k != "snapshots/acct_1/snap_1.snap" {
-		t.Errorf("SnapshotKey = %q, %v", k, err)
+	if k, err := snapshot.SnapshotKey("acct_1", "snap_1"); err != nil || k != "snapshots/acct_1/snap_1.snap" {
+		t.Errorf("snapshot.SnapshotKey = %q, %v", k, err)
 	}
 }
