@@ -12,7 +12,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -53,6 +56,9 @@ const (
 	defaultParallel = 4
 	// maxCreateBytes bounds what Create holds in memory (it is for keys).
 	maxCreateBytes = 1 << 20
+	// partGrace is how long a cancelled upload lets its parts in flight
+	// finish before cutting them.
+	partGrace = 10 * time.Second
 )
 
 type s3Store struct {
@@ -218,25 +224,146 @@ func (s *s3Store) Put(ctx context.Context, key string, r io.Reader) error {
 	src := &sourceReader{ctx: ctx, r: r}
 	// An object within one part goes up in one PUT (atomic by itself);
 	// a larger one as a multipart upload, which S3 shows only once it is
-	// completed and which minio aborts on any error.
+	// completed, and which is aborted on any error.
 	head, err := io.ReadAll(io.LimitReader(src, s.partSize))
 	if err != nil {
 		return fmt.Errorf("snapshot: writing %s: %w", key, err)
 	}
-	var info minio.UploadInfo
 	if int64(len(head)) < s.partSize {
-		info, err = s.c.PutObject(ctx, s.bucket, s.prefix+key, bytes.NewReader(head), int64(len(head)), minio.PutObjectOptions{ContentType: "application/octet-stream"})
-	} else {
-		info, err = s.c.PutObject(ctx, s.bucket, s.prefix+key, io.MultiReader(bytes.NewReader(head), src), -1, minio.PutObjectOptions{
-			ContentType: "application/octet-stream", PartSize: uint64(s.partSize),
-			NumThreads: uint(s.parallel), ConcurrentStreamParts: s.parallel > 1,
-		})
+		_, err = s.c.PutObject(ctx, s.bucket, s.prefix+key, bytes.NewReader(head), int64(len(head)), minio.PutObjectOptions{ContentType: "application/octet-stream"})
+		return s.mapErr(ctx, "put", key, err)
 	}
-	_ = info
+	err = s.putMultipart(ctx, key, head, src)
 	if src.err != nil {
 		return fmt.Errorf("snapshot: writing %s: %w", key, src.err)
 	}
-	return s.mapErr(ctx, "put", key, err)
+	return err
+}
+
+// putMultipart uploads head and the rest of r as parts of partSize, up
+// to s.parallel at once (each holding one buffer). On any error it stops
+// reading and lets the parts in flight finish before it aborts the upload:
+// a part cut off client-side may still be written by the server after an
+// abort and linger (S3 documents that an abort may need repeating). A
+// cancelled ctx gives the parts in flight partGrace before cutting them,
+// and then aborts twice.
+func (s *s3Store) putMultipart(ctx context.Context, key string, head []byte, r io.Reader) error {
+	core := minio.Core{Client: s.c}
+	object := s.prefix + key
+	uploadID, err := core.NewMultipartUpload(ctx, s.bucket, object, minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	if err != nil {
+		return s.mapErr(ctx, "put", key, err)
+	}
+	partCtx, cutParts := context.WithCancel(context.WithoutCancel(ctx))
+	defer cutParts()
+	finished := make(chan struct{})
+	defer close(finished)
+	var cut atomic.Bool
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-finished:
+			return
+		}
+		select {
+		case <-time.After(partGrace):
+			cut.Store(true)
+			cutParts()
+		case <-finished:
+		}
+	}()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		parts    []minio.CompletePart
+		firstErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	failed := func() bool { mu.Lock(); defer mu.Unlock(); return firstErr != nil }
+	// Buffers: head is the first part's; the others are made on demand.
+	pool := make(chan []byte, s.parallel)
+	for i := 1; i < s.parallel; i++ {
+		pool <- nil
+	}
+	data := head
+	for n := 1; ; n++ {
+		if n > 1 {
+			buf := <-pool
+			if failed() {
+				break
+			}
+			if err := ctx.Err(); err != nil {
+				fail(fmt.Errorf("snapshot: writing %s: %w", key, err))
+				break
+			}
+			if buf == nil {
+				buf = make([]byte, s.partSize)
+			}
+			m, rerr := io.ReadFull(r, buf)
+			if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+				fail(fmt.Errorf("snapshot: writing %s: %w", key, rerr))
+				break
+			}
+			if m == 0 {
+				break
+			}
+			data = buf[:m]
+		}
+		if n > 10000 {
+			fail(fmt.Errorf("snapshot: writing %s: more than 10000 parts of %d bytes", key, s.partSize))
+			break
+		}
+		wg.Add(1)
+		go func(n int, data []byte) {
+			defer wg.Done()
+			p, err := core.PutObjectPart(partCtx, s.bucket, object, uploadID, n, bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
+			if err != nil {
+				fail(s.mapErr(ctx, "put", key, err))
+			} else {
+				mu.Lock()
+				parts = append(parts, minio.CompletePart{PartNumber: n, ETag: p.ETag})
+				mu.Unlock()
+			}
+			if int64(cap(data)) == s.partSize {
+				pool <- data[:cap(data)]
+			} else {
+				pool <- nil
+			}
+		}(n, data)
+		if int64(len(data)) < s.partSize {
+			break // the last, short part
+		}
+	}
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = fmt.Errorf("snapshot: writing %s: %w", key, ctx.Err())
+	}
+	if firstErr == nil {
+		sort.Slice(parts, func(i, j int) bool { return parts[i].PartNumber < parts[j].PartNumber })
+		_, err := core.CompleteMultipartUpload(ctx, s.bucket, object, uploadID, parts, minio.PutObjectOptions{ContentType: "application/octet-stream"})
+		if err == nil {
+			return nil
+		}
+		firstErr = s.mapErr(ctx, "put", key, err)
+	}
+	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer acancel()
+	_ = core.AbortMultipartUpload(actx, s.bucket, object, uploadID)
+	if cut.Load() {
+		go func() {
+			time.Sleep(2 * time.Second)
+			actx, acancel := context.WithTimeout(context.Background(), time.Minute)
+			defer acancel()
+			_ = core.AbortMultipartUpload(actx, s.bucket, object, uploadID)
+		}()
+	}
+	return firstErr
 }
 
 func (s *s3Store) Create(ctx context.Context, key string, r io.Reader) error {
