@@ -3,6 +3,9 @@ package snapshot_test
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
 	"os"
 	"path/filepath"
 	"testing"
@@ -43,3 +46,7 @@ func manifest() snapshot.Manifest {
 		TemplateDigest: "sha256:abc", VCPU: 0.5, MemoryBytes: 512 << 20, Network: "off",
 		CreatedAt: time.Date(2026, 12, 3, 20, 0, 0, 0, time.UTC)}
 }
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func sum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
