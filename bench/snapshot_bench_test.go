@@ -281,4 +281,3 @@ func BenchmarkSnapshotCheckpointImage(b *testing.B) {
 type countingDiscard struct{ n int64 }
 
 func (c *countingDiscard) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
-
