@@ -16,10 +16,12 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/metrics"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/snapshot"
 	"github.com/orkestr-eu/orkestr/internal/snapshot/s3test"
 )
@@ -216,21 +218,42 @@ func BenchmarkSnapshotTransfer(b *testing.B) {
 	}
 }
 
-// BenchmarkSnapshotCheckpointImage checkpoints an idle debian-12 sandbox
-// (0.5 vCPU, 512 MiB) once with the runtime driver, then seals that real
+// BenchmarkSnapshotCheckpointImage checkpoints a debian-12 sandbox (0.5
+// vCPU, 512 MiB) once with the runtime driver, then seals that real
 // image: codec=zstd vs codec=none, to io.Discard (the format's own cost),
-// and through Upload/Download on both stores. image-MiB is the
-// checkpoint directory, stored/orig what the sealed stream is of it.
+// and through Upload/Download on both stores. state=idle is a sandbox that
+// ran `true`; state=busy also holds 64 MiB of the template's binaries and
+// libraries in /tmp (a tmpfs: sandbox memory), as a sandbox that built or
+// downloaded something would. image-MiB is the checkpoint directory,
+// stored/orig what the sealed stream is of it.
 func BenchmarkSnapshotCheckpointImage(b *testing.B) {
+	for _, state := range []string{"idle", "busy"} {
+		b.Run("state="+state, func(b *testing.B) { benchCheckpointImage(b, state == "busy") })
+	}
+}
+
+func benchCheckpointImage(b *testing.B, busy bool) {
 	env := newDriver(b)
 	ctx := timeout(b, 10*time.Minute)
 	sb := create(b, env, sized(0.5))
 	execTrue(ctx, b, sb)
+	if busy {
+		res, err := sb.Exec(ctx, runtime.ExecRequest{Command: "cat /usr/bin/* /usr/lib/x86_64-linux-gnu/* 2>/dev/null | head -c 67108864 > /tmp/blob; test $(stat -c %s /tmp/blob) = 67108864", Stdout: io.Discard, Stderr: io.Discard})
+		if err != nil || res.ExitCode != 0 {
+			b.Fatalf("filling /tmp: %+v %v", res, err)
+		}
+	}
 	dir := b.TempDir()
 	snap, err := sb.Checkpoint(ctx, dir)
 	if err != nil {
 		b.Fatal(err)
 	}
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			b.Logf("checkpoint file %s: %d bytes", strings.TrimPrefix(p, dir), fi.Size())
+		}
+		return nil
+	})
 	stores := benchStores(b)
 	k := benchKey(b)
 	for _, codec := range []string{"zstd", "none"} {
