@@ -412,16 +412,13 @@ func (s *s3Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err := ValidKey(key); err != nil {
 		return nil, err
 	}
-	obj, err := s.c.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
+	// One request: the GET's response carries the size (minio's Object
+	// would send a HEAD first).
+	rc, info, _, err := minio.Core{Client: s.c}.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
 	if err != nil {
 		return nil, s.mapErr(ctx, "get", key, err)
 	}
-	info, err := obj.Stat() // sends the GET
-	if err != nil {
-		obj.Close()
-		return nil, s.mapErr(ctx, "get", key, err)
-	}
-	return &s3Body{s: s, ctx: ctx, key: key, obj: obj, size: info.Size}, nil
+	return &s3Body{s: s, ctx: ctx, key: key, obj: rc, size: info.Size}, nil
 }
 
 // s3Body reports a connection lost mid-object as ErrUnavailable, never as
@@ -430,7 +427,7 @@ type s3Body struct {
 	s    *s3Store
 	ctx  context.Context
 	key  string
-	obj  *minio.Object
+	obj  io.ReadCloser
 	size int64
 	n    int64
 }
