@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/metrics"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -109,6 +110,7 @@ func (p *peakHeap) done() float64 {
 type benchStore struct {
 	name  string
 	store snapshot.Store
+	srv   *s3test.Server // the S3 server, nil for fs
 }
 
 func benchStores(b *testing.B) []benchStore {
@@ -117,7 +119,49 @@ func benchStores(b *testing.B) []benchStore {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return []benchStore{{"fs", snapshot.NewFS(b.TempDir())}, {"s3", s3}}
+	return []benchStore{{"fs", snapshot.NewFS(b.TempDir()), nil}, {"s3", s3, srv}}
+}
+
+// cpuMeter reports the CPU time (user + system) this process and, for S3,
+// the server process spent per operation: on a host whose load swings,
+// a steadier figure than the wall clock.
+type cpuMeter struct {
+	srv        *s3test.Server
+	self, peer time.Duration
+}
+
+// procCPU reads utime + stime of pid from /proc (clock ticks of 10 ms).
+func serverCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	k, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+k) * 10 * time.Millisecond
+}
+
+func startCPU(srv *s3test.Server) *cpuMeter {
+	m := &cpuMeter{srv: srv, self: selfCPU()}
+	if srv != nil {
+		m.peer = serverCPU(srv.PID())
+	}
+	return m
+}
+
+func (m *cpuMeter) report(b *testing.B, n int) {
+	b.ReportMetric(float64(selfCPU()-m.self)/float64(n)/1e6, "cpu-ms/op")
+	if m.srv != nil {
+		b.ReportMetric(float64(serverCPU(m.srv.PID())-m.peer)/float64(n)/1e6, "server-cpu-ms/op")
+	}
 }
 
 func benchKey(b *testing.B) snapshot.Key {
@@ -149,7 +193,9 @@ func BenchmarkSnapshotTransfer(b *testing.B) {
 				b.Run(fmt.Sprintf("size=%dMiB/store=%s/codec=%s/op=up", size>>20, st.name, codec), func(b *testing.B) {
 					b.SetBytes(int64(size))
 					var peak float64
+					cpu, n := startCPU(st.srv), 0
 					for b.Loop() {
+						n++
 						p := startPeak()
 						switch codec {
 						case "raw":
@@ -172,6 +218,7 @@ func BenchmarkSnapshotTransfer(b *testing.B) {
 						}
 						peak = max(peak, p.done())
 					}
+					cpu.report(b, n)
 					b.ReportMetric(float64(sealedBytes)/float64(size), "stored/orig")
 					b.ReportMetric(peak, "peak-heap-MiB")
 				})
@@ -180,6 +227,7 @@ func BenchmarkSnapshotTransfer(b *testing.B) {
 					var peak float64
 					base := b.TempDir()
 					i := 0
+					cpu := startCPU(st.srv)
 					for b.Loop() {
 						dst := filepath.Join(base, fmt.Sprint(i))
 						i++
@@ -211,6 +259,7 @@ func BenchmarkSnapshotTransfer(b *testing.B) {
 						os.RemoveAll(dst)
 						b.StartTimer()
 					}
+					cpu.report(b, i)
 					b.ReportMetric(peak, "peak-heap-MiB")
 				})
 			}
@@ -261,7 +310,9 @@ func benchCheckpointImage(b *testing.B, busy bool) {
 		b.Run(fmt.Sprintf("codec=%s/op=seal", codec), func(b *testing.B) {
 			b.SetBytes(snap.Bytes)
 			var n int64
+			cpu, ops := startCPU(nil), 0
 			for b.Loop() {
+				ops++
 				var cw countingDiscard
 				s, err := snapshot.SealWith(ctx, dir, &cw, k, snapshot.Manifest{}, o)
 				if err != nil {
@@ -269,6 +320,7 @@ func benchCheckpointImage(b *testing.B, busy bool) {
 				}
 				n = s.Bytes
 			}
+			cpu.report(b, ops)
 			b.ReportMetric(float64(snap.Bytes)/(1<<20), "image-MiB")
 			b.ReportMetric(float64(n)/float64(snap.Bytes), "stored/orig")
 		})
@@ -276,16 +328,20 @@ func benchCheckpointImage(b *testing.B, busy bool) {
 			key := "snapshots/bench/real-" + codec + ".snap"
 			b.Run(fmt.Sprintf("codec=%s/store=%s/op=up", codec, st.name), func(b *testing.B) {
 				b.SetBytes(snap.Bytes)
+				cpu, ops := startCPU(st.srv), 0
 				for b.Loop() {
+					ops++
 					if _, err := snapshot.UploadWith(ctx, st.store, key, dir, k, snapshot.Manifest{}, o); err != nil {
 						b.Fatal(err)
 					}
 				}
+				cpu.report(b, ops)
 			})
 			b.Run(fmt.Sprintf("codec=%s/store=%s/op=down", codec, st.name), func(b *testing.B) {
 				b.SetBytes(snap.Bytes)
 				base := b.TempDir()
 				i := 0
+				cpu := startCPU(st.srv)
 				for b.Loop() {
 					dst := filepath.Join(base, fmt.Sprint(i))
 					i++
@@ -296,6 +352,7 @@ func benchCheckpointImage(b *testing.B, busy bool) {
 					os.RemoveAll(dst)
 					b.StartTimer()
 				}
+				cpu.report(b, i)
 			})
 		}
 	}

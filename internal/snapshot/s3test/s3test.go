@@ -178,6 +178,17 @@ func (s *Server) Restart() error {
 	return nil
 }
 
+// PID is the running server's process id (0 when stopped): benchmarks
+// read its CPU time.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Unreachable stops the server for d, then restarts it on the same port
 // in the background: "the object store is briefly unreachable". The
 // returned channel yields the restart's result.
