@@ -30,6 +30,9 @@ import (
 // of this checkout, or versitygw on the PATH.
 func Binary() (string, error) {
 	if p := os.Getenv("ORKESTR_VERSITYGW"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("ORKESTR_VERSITYGW names %s: %w", p, err)
+		}
 		return p, nil
 	}
 	p := filepath.Join(testenv.RepoRoot(), "bin", "versitygw")
