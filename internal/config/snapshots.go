@@ -15,7 +15,10 @@ type Snapshots struct {
 	// "s3" (S3-compatible object storage, what a fleet needs so that a
 	// snapshot outlives its host).
 	Store string `yaml:"store"`
-	// Dir is the fs store's directory; empty: <data-dir>/snapshot-store.
+	// Dir is the fs store's directory (one every node of a fleet mounts,
+	// e.g. NFS). Empty with store fs: no store, each node keeps its
+	// snapshots in its data directory (cmd/orkestrd decides that;
+	// snapshot.FromConfig itself falls back to <data-dir>/snapshot-store).
 	Dir string     `yaml:"dir,omitempty"`
 	S3  SnapshotS3 `yaml:"s3,omitempty"`
 	// MasterKey (32 random bytes, base64: `openssl rand -base64 32`)
