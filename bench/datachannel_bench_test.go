@@ -77,5 +77,3 @@ func driverDD(ctx context.Context, b *testing.B, sb runtime.Sandbox, args string
 	secs, _ := strconv.ParseFloat(m[1], 64)
 	return float64(n) / 1e6 / secs
 }
-
-
