@@ -56,7 +56,14 @@ func (a *Agent) readFileData(path, ticket string, w *wire.Writer) {
 		return
 	}
 	defer f.Close()
-	if err := w.JSON(wire.KindJSON, info(path, fi)); err != nil {
+	if !sizeIsContent(f, fi) {
+		// The host reads data frames when FileInfo.DataConn is unset.
+		sendFrames(path, f, fi, w)
+		return
+	}
+	fwi := info(path, fi)
+	fwi.DataConn = true
+	if err := w.JSON(wire.KindJSON, fwi); err != nil {
 		return
 	}
 	conn, err := a.dialData(ticket)
@@ -71,6 +78,21 @@ func (a *Agent) readFileData(path, ticket string, w *wire.Writer) {
 		return
 	}
 	_ = w.JSON(wire.KindEOF, wire.Written{Size: n})
+}
+
+// sizeIsContent says whether f's size is the length of its content: not
+// for an empty file (on /proc every file looks empty) nor on a kernel
+// filesystem (a sysfs attribute says 4096 whatever it holds).
+func sizeIsContent(f *os.File, fi os.FileInfo) bool {
+	if fi.Size() == 0 {
+		return false
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &sfs); err != nil {
+		return false
+	}
+	_, kernel := kernelFS[int64(sfs.Type)]
+	return !kernel
 }
 
 // writeFileData is writeFile over a data connection: the bytes arrive on

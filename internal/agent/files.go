@@ -79,6 +79,12 @@ func readFile(path string, w *wire.Writer) {
 		return
 	}
 	defer f.Close()
+	sendFrames(path, f, fi, w)
+}
+
+// sendFrames answers a download with the file's info and its content in
+// data frames up to its end.
+func sendFrames(path string, f *os.File, fi fs.FileInfo, w *wire.Writer) {
 	if err := w.JSON(wire.KindJSON, info(path, fi)); err != nil {
 		return
 	}

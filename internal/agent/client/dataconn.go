@@ -95,21 +95,33 @@ func (c *Channel) admitData(conn *net.UnixConn, br *bufio.Reader, ticket string)
 }
 
 // waitData waits for the data connection of a transfer, or for a frame
-// the agent sent instead (an error), or for ctx.
-func waitData(ctx context.Context, conns <-chan *net.UnixConn, final <-chan frame) (*net.UnixConn, error) {
+// the agent sent instead (an error), or for ctx. The agent's end of the
+// transfer may overtake its connection (which is handed over only after
+// the agent was let in): then the connection is waited for, and the frame
+// stays for the caller in the channel returned.
+func waitData(ctx context.Context, conns <-chan *net.UnixConn, final <-chan frame) (*net.UnixConn, <-chan frame, error) {
 	select {
 	case conn := <-conns:
-		return conn, nil
+		return conn, final, nil
 	case f := <-final:
-		if f.err == nil && f.kind == wire.KindError {
-			return nil, wire.DecodeError(f.payload)
+		switch {
+		case f.err != nil:
+			return nil, nil, f.err
+		case f.kind == wire.KindError:
+			return nil, nil, wire.DecodeError(f.payload)
 		}
-		if f.err == nil {
-			f.err = fmt.Errorf("agent sent %q before the data connection", f.kind)
+		again := make(chan frame, 1)
+		again <- f
+		select {
+		case conn := <-conns:
+			return conn, again, nil
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(10 * time.Second):
+			return nil, nil, fmt.Errorf("agent sent %q but no data connection", f.kind)
 		}
-		return nil, f.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 }
 
@@ -141,8 +153,11 @@ func (c *Channel) readFileData(ctx context.Context, path string, dst io.Writer, 
 	if err := r.ExpectJSON(&fi); err != nil {
 		return fi, c.wrap(ctx, err)
 	}
+	if !fi.DataConn {
+		return fi, c.readFrames(ctx, r, dst)
+	}
 	final := nextFrame(r)
-	conn, err := waitData(ctx, conns, final)
+	conn, final, err := waitData(ctx, conns, final)
 	if err != nil {
 		return fi, c.wrap(ctx, err)
 	}

@@ -174,22 +174,27 @@ func (c *Channel) ReadFileAs(ctx context.Context, user, path string, dst io.Writ
 	if err := r.ExpectJSON(&fi); err != nil {
 		return fi, c.wrap(ctx, err)
 	}
+	return fi, c.readFrames(ctx, r, dst)
+}
+
+// readFrames copies a download's data frames into dst up to its end.
+func (c *Channel) readFrames(ctx context.Context, r *wire.Reader, dst io.Writer) error {
 	for {
 		k, b, err := next(ctx, r)
 		if err != nil {
-			return fi, c.wrap(ctx, err)
+			return c.wrap(ctx, err)
 		}
 		switch k {
 		case wire.KindData:
 			if _, err := dst.Write(b); err != nil {
-				return fi, err
+				return err
 			}
 		case wire.KindEOF:
-			return fi, nil
+			return nil
 		case wire.KindError:
-			return fi, wire.DecodeError(b)
+			return wire.DecodeError(b)
 		default:
-			return fi, fmt.Errorf("agent sent unexpected frame %q", k)
+			return fmt.Errorf("agent sent unexpected frame %q", k)
 		}
 	}
 }

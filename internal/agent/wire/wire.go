@@ -174,7 +174,8 @@ type Request struct {
 // the request, the replies and the end, so a connection closed early is
 // never taken for a complete transfer:
 //
-//   - OpRead: the agent answers FileInfo on the stream, dials, sends
+//   - OpRead: the agent answers FileInfo (with DataConn set) on the
+//     stream, dials, sends
 //     exactly FileInfo.Size bytes (the size when it opened the file) and
 //     closes the connection, then sends KindEOF whose payload is the JSON
 //     Written of the bytes sent, or an error frame.
@@ -228,6 +229,11 @@ type FileInfo struct {
 	Mode       uint32 `json:"mode"`
 	ModifiedNS int64  `json:"modified_ns"`
 	Symlink    bool   `json:"symlink,omitempty"`
+	// DataConn, in the answer to an OpRead that asked for a data
+	// connection: the bytes follow on it, exactly Size of them. Unset,
+	// they follow in data frames as without one (a file whose size says
+	// nothing about its content: empty, or on /proc or /sys).
+	DataConn bool `json:"data_conn,omitempty"`
 }
 
 // List is the reply to OpList.
