@@ -202,10 +202,10 @@ func (a *Agent) serveRequest(st net.Conn, r *wire.Reader, w *wire.Writer) (reusa
 		writeFile(req.Path, req.Mode, r, w)
 		return false
 	case wire.OpUntar:
-		untar(&req, r, w)
+		untar(&req, r, w, a.dialData)
 		return false
 	case wire.OpTar:
-		tarDir(&req, w)
+		tarDir(&req, w, a.dialData)
 		return false
 	case wire.OpList:
 		listDir(req.Path, w)

@@ -202,14 +202,29 @@ func (c *Channel) readFileData(ctx context.Context, path string, dst io.Writer, 
 // agent raw, and the KindEOF on the stream, with the count, is what makes
 // the agent keep it.
 func (c *Channel) writeFileData(ctx context.Context, path string, mode uint32, src io.Reader, ticket string, conns <-chan *net.UnixConn) (int64, error) {
-	r, w, end, err := c.stream(ctx, &wire.Request{Op: wire.OpWrite, Path: path, Mode: mode, DataConn: ticket})
+	var out wire.Written
+	err := c.uploadData(ctx, &wire.Request{Op: wire.OpWrite, Path: path, Mode: mode, DataConn: ticket}, src, conns, &out)
+	return out.Size, err
+}
+
+// untarData is Untar over a data connection.
+func (c *Channel) untarData(ctx context.Context, dir string, limit int64, src io.Reader, ticket string, conns <-chan *net.UnixConn) (wire.Extracted, error) {
+	var out wire.Extracted
+	err := c.uploadData(ctx, &wire.Request{Op: wire.OpUntar, Path: dir, Limit: limit, DataConn: ticket}, src, conns, &out)
+	return out, err
+}
+
+// uploadData sends req, then src on its data connection, then the end
+// with the count, and decodes the agent's answer into out.
+func (c *Channel) uploadData(ctx context.Context, req *wire.Request, src io.Reader, conns <-chan *net.UnixConn, out any) error {
+	r, w, end, err := c.stream(ctx, req)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer end(false)
 	var ack struct{}
 	if err := r.ExpectJSON(&ack); err != nil {
-		return 0, c.wrap(ctx, err)
+		return c.wrap(ctx, err)
 	}
 	// The agent dialed before its answer, and the connection is handed
 	// over right after the agent was let in: it is here or about to be.
@@ -217,15 +232,15 @@ func (c *Channel) writeFileData(ctx context.Context, path string, mode uint32, s
 	select {
 	case conn = <-conns:
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return ctx.Err()
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	// The agent answers before the end when it fails (a full disk).
-	var out wire.Written
+	// The agent answers before the end when it fails (a full disk, a
+	// refused archive entry) and closes the connection.
 	reply := make(chan error, 1)
-	go func() { reply <- r.ExpectJSON(&out) }()
+	go func() { reply <- r.ExpectJSON(out) }()
 	failed := func(werr error) error {
 		select {
 		case e := <-reply:
@@ -246,13 +261,13 @@ func (c *Channel) writeFileData(ctx context.Context, path string, mode uint32, s
 			if err == nil {
 				err = errors.New("the agent answered an upload before its end")
 			}
-			return 0, c.wrap(ctx, err)
+			return c.wrap(ctx, err)
 		default:
 		}
 		n, rerr := fill(src, buf)
 		if n > 0 {
 			if _, err := conn.Write(buf[:n]); err != nil {
-				return 0, failed(err)
+				return failed(err)
 			}
 			total += int64(n)
 		}
@@ -263,22 +278,71 @@ func (c *Channel) writeFileData(ctx context.Context, path string, mode uint32, s
 			// Closed, not half-closed, and no end frame: the agent
 			// drops what arrived.
 			conn.Close()
-			return 0, fmt.Errorf("reading upload: %w", rerr)
+			return fmt.Errorf("reading upload: %w", rerr)
 		}
 	}
 	if err := conn.CloseWrite(); err != nil {
-		return 0, failed(err)
+		return failed(err)
 	}
 	if err := w.JSON(wire.KindEOF, wire.Written{Size: total}); err != nil {
-		return 0, failed(err)
+		return failed(err)
 	}
 	select {
 	case err = <-reply:
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return ctx.Err()
 	}
+	return c.wrap(ctx, err)
+}
+
+// tarData is Tar over a data connection: the archive arrives raw until
+// the agent closes the connection, and counts only when the agent's
+// KindEOF on the stream confirms its length.
+func (c *Channel) tarData(ctx context.Context, dir, compression string, dst io.Writer, ticket string, conns <-chan *net.UnixConn) error {
+	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpTar, Path: dir, Compression: compression, DataConn: ticket})
 	if err != nil {
-		return 0, c.wrap(ctx, err)
+		return err
 	}
-	return out.Size, nil
+	defer end(false)
+	var ack struct{}
+	if err := r.ExpectJSON(&ack); err != nil {
+		return c.wrap(ctx, err)
+	}
+	final := nextFrame(r)
+	conn, final, err := waitData(ctx, conns, final)
+	if err != nil {
+		return c.wrap(ctx, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	n, err := io.Copy(dst, conn)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	var f frame
+	select {
+	case f = <-final:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	switch {
+	case f.err != nil:
+		return c.wrap(ctx, f.err)
+	case f.kind == wire.KindError:
+		return wire.DecodeError(f.payload)
+	case f.kind != wire.KindEOF:
+		return fmt.Errorf("agent sent unexpected frame %q", f.kind)
+	}
+	var sent wire.Written
+	if err := json.Unmarshal(f.payload, &sent); err != nil {
+		return fmt.Errorf("agent sent a malformed end of archive: %w", err)
+	}
+	if sent.Size != n {
+		return fmt.Errorf("the archive of %s was cut: %d bytes arrived of %d", dir, n, sent.Size)
+	}
+	return nil
 }
