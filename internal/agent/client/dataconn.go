@@ -167,7 +167,7 @@ func (c *Channel) readFileData(ctx context.Context, path string, dst io.Writer, 
 	if se, ok := dst.(SizeExpecter); ok {
 		se.ExpectSize(fi.Size)
 	}
-	n, err := io.Copy(dst, io.LimitReader(conn, fi.Size))
+	n, err := copyOut(dst, io.LimitReader(conn, fi.Size))
 	if err != nil {
 		if ctx.Err() != nil {
 			return fi, ctx.Err()
@@ -316,7 +316,7 @@ func (c *Channel) tarData(ctx context.Context, dir, compression string, dst io.W
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	n, err := io.Copy(dst, conn)
+	n, err := copyOut(dst, conn)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -345,4 +345,14 @@ func (c *Channel) tarData(ctx context.Context, dir, compression string, dst io.W
 		return fmt.Errorf("the archive of %s was cut: %d bytes arrived of %d", dir, n, sent.Size)
 	}
 	return nil
+}
+
+// copyOut copies src into dst: through dst's ReadFrom when it has one (the
+// API's, which splices), else in pieces of up to wire.ChunkSize, one Write
+// each (a node's stream to the control plane makes a frame of every Write).
+func copyOut(dst io.Writer, src io.Reader) (int64, error) {
+	if rf, ok := dst.(io.ReaderFrom); ok {
+		return rf.ReadFrom(src)
+	}
+	return io.CopyBuffer(struct{ io.Writer }{dst}, src, make([]byte, wire.ChunkSize))
 }
