@@ -136,7 +136,7 @@ func untar(req *wire.Request, r *wire.Reader, w *wire.Writer, dial func(ticket s
 }
 
 // tarDir streams dir as a tar (compression "", "gzip" or "zstd") in data
-// frames. Symlinks are archived as links and never followed; device nodes,
+// frames, or on the data connection the request names. Symlinks are archived as links and never followed; device nodes,
 // fifos and sockets are skipped.
 func tarDir(req *wire.Request, w *wire.Writer, dial func(ticket string) (*net.UnixConn, error)) {
 	dir := req.Path

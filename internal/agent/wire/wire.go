@@ -160,9 +160,9 @@ type Request struct {
 	// the sandbox's /etc/passwd ("" is root): its permissions decide, and
 	// what it writes is its own.
 	User string `json:"user,omitempty"`
-	// DataConn, on an OpRead or OpWrite as root, asks the agent to move
-	// the file's bytes over a connection of its own instead of data
-	// frames: it dials the host's socket again and presents this one-time
+	// DataConn, on an OpRead or OpWrite as root, an OpUntar or an OpTar,
+	// asks the agent to move the bytes over a connection of its own
+	// instead of data frames: it dials the host's socket again and presents this one-time
 	// ticket in its Hello (see DataConn below).
 	DataConn string `json:"data_conn,omitempty"`
 }
@@ -184,6 +184,11 @@ type Request struct {
 //     half-closes the connection, then sends KindEOF with the JSON Written
 //     of the bytes sent. Only then, and only when the counts agree, does
 //     the agent rename the file into place and answer Written.
+//   - OpUntar: as OpWrite; the archive counts as ended only with the
+//     host's KindEOF, and the agent answers Extracted.
+//   - OpTar: the agent answers {} on the stream, dials, writes the
+//     archive and closes the connection, then sends KindEOF with the
+//     Written count, or an error frame.
 
 // Extracted is the reply to a finished OpUntar.
 type Extracted struct {
