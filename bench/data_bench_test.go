@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 	orkestr "github.com/orkestr-eu/orkestr/sdk/go"
 
+	"github.com/orkestr-eu/orkestr/internal/tarx"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
@@ -325,7 +327,12 @@ func BenchmarkDataArchive(b *testing.B) {
 	if _, err := files.WriteFrom(ctx, "/tmp/tree.tar", bytes.NewReader(archive)); err != nil {
 		b.Fatal(err)
 	}
-	var inside, api durations
+	// The same tree on the host's disk for the CLI's put -r.
+	tree := b.TempDir()
+	if _, err := tarx.Extract(mustOpenRoot(b, tree), bytes.NewReader(archive), 0); err != nil {
+		b.Fatal(err)
+	}
+	var inside, api, cli durations
 	for b.Loop() {
 		res := inSandbox(ctx, b, sb, "rm -rf /workspace/t && mkdir /workspace/t && tar -C /workspace/t -xf /tmp/tree.tar")
 		inside.add(time.Duration(res.DurationMS) * time.Millisecond)
@@ -336,9 +343,90 @@ func BenchmarkDataArchive(b *testing.B) {
 			b.Fatalf("archive: %+v %v", x, err)
 		}
 		api.add(time.Since(t0))
-		b.Logf("tar -x inside %v, API %v", inside[len(inside)-1], api[len(api)-1])
+		inSandbox(ctx, b, sb, "rm -rf /workspace/t")
+		wall, _ := runCLI(b, s, io.Discard, "files", "put", "-r", tree, sb.ID+":/workspace/t")
+		cli.add(wall)
+		b.Logf("tar -x inside %v, API %v, CLI put -r %v", inside[len(inside)-1], api[len(api)-1], wall)
+		inSandbox(ctx, b, sb, "rm -rf /workspace/t")
 	}
 	inside.report(b, "inside-tar-ms")
 	api.report(b, "api-ms")
+	cli.report(b, "cli-ms")
 	b.ReportMetric(agentPeakRSS(ctx, b, sb), "agent-peak-MiB")
+}
+
+// BenchmarkDataFilesSDKs: upload and download of one file of -data.file-mib
+// through the TypeScript SDK (bench/sdkfiles.mjs, the built sdk/js) and
+// the Python SDK (bench/sdkfiles.py, sdk/python/.venv), against dd in the
+// sandbox in the same iteration. Needs `cd sdk/js && npm ci && npm run
+// build` and the Python SDK's venv (make test-python makes both).
+func BenchmarkDataFilesSDKs(b *testing.B) {
+	root := testenv.RepoRoot()
+	if _, err := os.Stat(filepath.Join(root, "sdk", "js", "dist", "esm", "index.js")); err != nil {
+		b.Skip("sdk/js is not built: cd sdk/js && npm ci && npm run build")
+	}
+	python := filepath.Join(root, "sdk", "python", ".venv", "bin", "python")
+	if _, err := os.Stat(python); err != nil {
+		b.Skip("the Python SDK's venv is missing: make test-python")
+	}
+	s := startServer(b, 0, templateName)
+	ctx := timeout(b, 30*time.Minute)
+	sb := s.create(ctx, "medium")
+	b.Cleanup(func() { s.terminate(sb) })
+	n := int64(*dataFileMiB) << 20
+	data := make([]byte, n)
+	_, _ = rand.Read(data)
+	local := filepath.Join(b.TempDir(), "data.bin")
+	if err := os.WriteFile(local, data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	data = nil
+	run := func(name string, args ...string) (up, down float64) {
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Dir = filepath.Join(root, "bench")
+		cmd.Env = append(cliEnv(s), "SANDBOX_ID="+sb.ID, "LOCAL="+local)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			b.Fatalf("%s: %v\n%s", name, err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		var r struct {
+			Up    float64 `json:"up_s"`
+			Down  float64 `json:"down_s"`
+			Bytes int64   `json:"bytes"`
+		}
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil || r.Bytes != n {
+			b.Fatalf("%s printed %q", name, out)
+		}
+		return float64(n) / 1e6 / r.Up, float64(n) / 1e6 / r.Down
+	}
+	var dd, tsUp, tsDown, pyUp, pyDown rates
+	for i := 0; b.Loop(); i++ {
+		dd.add(ddRate(ctx, b, sb, fmt.Sprintf("if=/dev/zero of=/workspace/dd.bin bs=1M count=%d conv=fsync", *dataFileMiB), n))
+		inSandbox(ctx, b, sb, "rm -f /workspace/dd.bin /workspace/ts.bin /workspace/py.bin")
+		u, d := run("sdkfiles.mjs", "node", "sdkfiles.mjs")
+		tsUp.add(u)
+		tsDown.add(d)
+		u, d = run("sdkfiles.py", python, "sdkfiles.py")
+		pyUp.add(u)
+		pyDown.add(d)
+		b.Logf("dd %.0f, TypeScript up %.0f down %.0f, Python up %.0f down %.0f MB/s",
+			dd.samples[i], tsUp.samples[i], tsDown.samples[i], pyUp.samples[i], pyDown.samples[i])
+	}
+	dd.report(b, "dd-MB/s")
+	tsUp.report(b, "ts-up-MB/s")
+	tsDown.report(b, "ts-down-MB/s")
+	pyUp.report(b, "py-up-MB/s")
+	pyDown.report(b, "py-down-MB/s")
+	b.ReportMetric(serverPeakRSS(b, s), "server-peak-MiB")
+	b.ReportMetric(agentPeakRSS(ctx, b, sb), "agent-peak-MiB")
+}
+
+func mustOpenRoot(b *testing.B, dir string) *os.Root {
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { r.Close() })
+	return r
 }

@@ -104,7 +104,7 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 		return false, err
 	}
 	defer conn.Close()
-	hello, _ := json.Marshal(wire.Hello{Version: wire.Version, Token: strings.TrimSpace(string(token)), PID: os.Getpid()})
+	hello, _ := json.Marshal(wire.Hello{Version: wire.Version, Token: strings.TrimSpace(string(token)), PID: os.Getpid(), DataConns: true})
 	if _, err := conn.Write(append(hello, '\n')); err != nil {
 		return false, err
 	}
@@ -188,16 +188,24 @@ func (a *Agent) serveRequest(st net.Conn, r *wire.Reader, w *wire.Writer) (reusa
 		}
 		return a.exec(req.Exec, r, w)
 	case wire.OpRead:
+		if req.DataConn != "" {
+			a.readFileData(req.Path, req.DataConn, w)
+			return false
+		}
 		readFile(req.Path, w)
 		return false
 	case wire.OpWrite:
+		if req.DataConn != "" {
+			a.writeFileData(req.Path, req.Mode, req.DataConn, r, w)
+			return false
+		}
 		writeFile(req.Path, req.Mode, r, w)
 		return false
 	case wire.OpUntar:
-		untar(&req, r, w)
+		untar(&req, r, w, a.dialData)
 		return false
 	case wire.OpTar:
-		tarDir(&req, w)
+		tarDir(&req, w, a.dialData)
 		return false
 	case wire.OpList:
 		listDir(req.Path, w)

@@ -4,10 +4,12 @@ import (
 	"archive/tar"
 	"bufio"
 	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -59,7 +61,7 @@ func (f *frameSource) Read(p []byte) (int, error) {
 // nodes, fifos and sockets. Symlinks are created as links, never followed
 // out. limit bounds the bytes of file content written (0: no bound).
 // Extraction stops at the first refused entry; the entries before it stay.
-func untar(req *wire.Request, r *wire.Reader, w *wire.Writer) {
+func untar(req *wire.Request, r *wire.Reader, w *wire.Writer, dial func(ticket string) (*net.UnixConn, error)) {
 	dir := req.Path
 	if err := CheckPath(dir); err != nil {
 		_ = w.Err(wire.CodeInvalidPath, err.Error())
@@ -88,10 +90,20 @@ func untar(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		return
 	}
 	defer root.Close()
+	fsrc := &frameSource{r: r}
+	var src io.Reader = fsrc
+	var conn *net.UnixConn
+	if req.DataConn != "" {
+		if conn, err = dial(req.DataConn); err != nil {
+			_ = w.Err(wire.CodeInternal, err.Error())
+			return
+		}
+		defer conn.Close()
+		src = &connSource{conn: conn, r: r}
+	}
 	if err := w.JSON(wire.KindJSON, struct{}{}); err != nil {
 		return
 	}
-	src := &frameSource{r: r}
 	res, err := tarx.ExtractGuarded(root, src, req.Limit, func(name string) error {
 		if own := ownDir(filepath.Join(resolved, name)); own != "" {
 			return &tarx.Error{Code: wire.CodePermission, Msg: fmt.Sprintf("the archive's entry %s would land in %s, which belongs to the sandbox's agent; the files API does not touch it", name, own)}
@@ -108,7 +120,10 @@ func untar(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		} else {
 			sendErr(w, err)
 		}
-		if !src.eof {
+		switch {
+		case conn != nil:
+			conn.Close() // the host's writes fail at once
+		case !fsrc.eof:
 			drainUpload(r)
 		}
 		return
@@ -121,9 +136,9 @@ func untar(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 }
 
 // tarDir streams dir as a tar (compression "", "gzip" or "zstd") in data
-// frames. Symlinks are archived as links and never followed; device nodes,
+// frames, or on the data connection the request names. Symlinks are archived as links and never followed; device nodes,
 // fifos and sockets are skipped.
-func tarDir(req *wire.Request, w *wire.Writer) {
+func tarDir(req *wire.Request, w *wire.Writer, dial func(ticket string) (*net.UnixConn, error)) {
 	dir := req.Path
 	if err := CheckPath(dir); err != nil {
 		_ = w.Err(wire.CodeInvalidPath, err.Error())
@@ -170,10 +185,22 @@ func tarDir(req *wire.Request, w *wire.Writer) {
 		return
 	}
 	defer root.Close()
+	var sink io.Writer = frameSink{w}
+	var conn *net.UnixConn
+	cs := &connSink{}
+	if req.DataConn != "" {
+		if conn, err = dial(req.DataConn); err != nil {
+			_ = w.Err(wire.CodeInternal, err.Error())
+			return
+		}
+		defer conn.Close()
+		cs.conn = conn
+		sink = cs
+	}
 	if err := w.JSON(wire.KindJSON, struct{}{}); err != nil {
 		return
 	}
-	fw := bufio.NewWriterSize(frameSink{w}, wire.ChunkSize)
+	fw := bufio.NewWriterSize(sink, wire.ChunkSize)
 	var out io.Writer = fw
 	var closeZ func() error = func() error { return nil }
 	switch req.Compression {
@@ -251,6 +278,10 @@ func tarDir(req *wire.Request, w *wire.Writer) {
 	if err == nil {
 		err = fw.Flush()
 	}
+	if conn != nil {
+		// The host reads the connection to its end, then the stream.
+		conn.Close()
+	}
 	if err != nil {
 		if errors.Is(err, errSinkGone) {
 			return
@@ -258,7 +289,57 @@ func tarDir(req *wire.Request, w *wire.Writer) {
 		sendErr(w, err)
 		return
 	}
+	if conn != nil {
+		_ = w.JSON(wire.KindEOF, wire.Written{Size: cs.n})
+		return
+	}
 	_ = w.Frame(wire.KindEOF, nil)
+}
+
+// connSink writes an archive to a data connection and counts it.
+type connSink struct {
+	conn *net.UnixConn
+	n    int64
+}
+
+func (c *connSink) Write(p []byte) (int, error) {
+	n, err := c.conn.Write(p)
+	c.n += int64(n)
+	if err != nil {
+		return n, errSinkGone
+	}
+	return n, nil
+}
+
+// connSource reads an upload from its data connection: the connection's
+// end is the upload's only if the host's KindEOF on the stream follows
+// with the same count; anything else is the host going away.
+type connSource struct {
+	conn *net.UnixConn
+	r    *wire.Reader
+	n    int64
+	done bool
+}
+
+func (c *connSource) Read(p []byte) (int, error) {
+	if c.done {
+		return 0, io.EOF
+	}
+	n, err := c.conn.Read(p)
+	c.n += int64(n)
+	switch {
+	case errors.Is(err, io.EOF):
+		k, b, rerr := c.r.Next()
+		var sent wire.Written
+		if rerr != nil || k != wire.KindEOF || json.Unmarshal(b, &sent) != nil || sent.Size != c.n {
+			return n, errHostGone
+		}
+		c.done = true
+		return n, io.EOF
+	case err != nil:
+		return n, errHostGone
+	}
+	return n, nil
 }
 
 var errSinkGone = errors.New("the host went away")

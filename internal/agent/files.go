@@ -74,33 +74,17 @@ func info(path string, fi fs.FileInfo) wire.FileInfo {
 }
 
 func readFile(path string, w *wire.Writer) {
-	if err := CheckPath(path); err != nil {
-		_ = w.Err(wire.CodeInvalidPath, err.Error())
-		return
-	}
-	if err := guardRead(path); err != nil {
-		sendErr(w, err)
-		return
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		sendErr(w, err)
+	f, fi, ok := openForRead(path, w)
+	if !ok {
 		return
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		sendErr(w, err)
-		return
-	}
-	if fi.IsDir() {
-		_ = w.Err(wire.CodeIsDir, path+" is a directory")
-		return
-	}
-	if !fi.Mode().IsRegular() {
-		_ = w.Err(wire.CodeBadRequest, path+" is not a regular file")
-		return
-	}
+	sendFrames(path, f, fi, w)
+}
+
+// sendFrames answers a download with the file's info and its content in
+// data frames up to its end.
+func sendFrames(path string, f *os.File, fi fs.FileInfo, w *wire.Writer) {
 	if err := w.JSON(wire.KindJSON, info(path, fi)); err != nil {
 		return
 	}
@@ -123,44 +107,48 @@ func readFile(path string, w *wire.Writer) {
 	_ = w.Frame(wire.KindEOF, nil)
 }
 
+// openForRead opens the regular file path for a download; on failure it
+// has answered w and ok is false.
+func openForRead(path string, w *wire.Writer) (f *os.File, fi fs.FileInfo, ok bool) {
+	if err := CheckPath(path); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return nil, nil, false
+	}
+	if err := guardRead(path); err != nil {
+		sendErr(w, err)
+		return nil, nil, false
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		sendErr(w, err)
+		return nil, nil, false
+	}
+	fi, err = f.Stat()
+	switch {
+	case err != nil:
+		sendErr(w, err)
+	case fi.IsDir():
+		_ = w.Err(wire.CodeIsDir, path+" is a directory")
+	case !fi.Mode().IsRegular():
+		_ = w.Err(wire.CodeBadRequest, path+" is not a regular file")
+	default:
+		return f, fi, true
+	}
+	f.Close()
+	return nil, nil, false
+}
+
 // writeFile streams the host's data into a temporary file beside path and
 // renames it into place, so a reader never sees a half-written file and a
 // broken upload leaves the old contents untouched.
 func writeFile(path string, mode uint32, r *wire.Reader, w *wire.Writer) {
-	if err := CheckPath(path); err != nil {
-		_ = w.Err(wire.CodeInvalidPath, err.Error())
+	tmp, perm, ok := createForWrite(path, mode, w)
+	if !ok {
 		return
 	}
-	path = filepath.Clean(path)
-	if path == "/" {
-		_ = w.Err(wire.CodeIsDir, "/ is a directory")
-		return
-	}
-	if err := guardWrite(path); err != nil {
-		sendErr(w, err)
-		return
-	}
-	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
-		_ = w.Err(wire.CodeIsDir, path+" is a directory")
-		return
-	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		sendErr(w, err)
-		return
-	}
-	perm := fs.FileMode(mode).Perm()
-	if perm == 0 {
-		perm = 0o644
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".orkestr-*")
-	if err != nil {
-		sendErr(w, err)
-		return
-	}
-	ok := false
+	committed := false
 	defer func() {
-		if !ok {
+		if !committed {
 			tmp.Close()
 			os.Remove(tmp.Name())
 		}
@@ -188,20 +176,65 @@ func writeFile(path string, mode uint32, r *wire.Reader, w *wire.Writer) {
 		}
 		size += int64(len(b))
 	}
+	committed = commitWrite(tmp, filepath.Clean(path), perm, size, w)
+}
+
+// createForWrite checks an upload's target and creates the temporary file
+// beside it that the upload goes to; on failure it has answered w and ok is
+// false.
+func createForWrite(path string, mode uint32, w *wire.Writer) (tmp *os.File, perm fs.FileMode, ok bool) {
+	if err := CheckPath(path); err != nil {
+		_ = w.Err(wire.CodeInvalidPath, err.Error())
+		return nil, 0, false
+	}
+	path = filepath.Clean(path)
+	if path == "/" {
+		_ = w.Err(wire.CodeIsDir, "/ is a directory")
+		return nil, 0, false
+	}
+	if err := guardWrite(path); err != nil {
+		sendErr(w, err)
+		return nil, 0, false
+	}
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		_ = w.Err(wire.CodeIsDir, path+" is a directory")
+		return nil, 0, false
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		sendErr(w, err)
+		return nil, 0, false
+	}
+	perm = fs.FileMode(mode).Perm()
+	if perm == 0 {
+		perm = 0o644
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".orkestr-*")
+	if err != nil {
+		sendErr(w, err)
+		return nil, 0, false
+	}
+	return tmp, perm, true
+}
+
+// commitWrite gives a complete upload its mode and renames it over path,
+// then answers w; it reports whether the file is in place (otherwise the
+// caller removes the temporary file).
+func commitWrite(tmp *os.File, path string, perm fs.FileMode, size int64, w *wire.Writer) bool {
 	if err := tmp.Chmod(perm); err != nil {
 		sendErr(w, err)
-		return
+		return false
 	}
 	if err := tmp.Close(); err != nil {
 		sendErr(w, err)
-		return
+		return false
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		sendErr(w, err)
-		return
+		return false
 	}
-	ok = true
 	_ = w.JSON(wire.KindJSON, wire.Written{Size: size})
+	return true
 }
 
 // drainUpload reads and drops the rest of an upload the agent has given up

@@ -2,7 +2,9 @@ package api
 
 import (
 	"errors"
+	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
@@ -130,6 +132,44 @@ func (l *lazyFileWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// ExpectSize is told the download's exact length before its first byte
+// (the agent channel's SizeExpecter): it goes out as Content-Length, so
+// the response is not chunked and ReadFrom below can splice.
+func (l *lazyFileWriter) ExpectSize(n int64) {
+	if !l.started {
+		l.w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	}
+}
+
+// ReadFrom hands r to the HTTP server's own ReadFrom, which, for a
+// response of known length, splices from r's socket (the agent's data
+// connection) into the client's: the bytes do not pass through orkestrd.
+func (l *lazyFileWriter) ReadFrom(r io.Reader) (int64, error) {
+	l.start()
+	w := l.w
+	for {
+		if rf, ok := w.(io.ReaderFrom); ok {
+			return rf.ReadFrom(r)
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return io.Copy(writerOnly{l.w}, r)
+		}
+		w = u.Unwrap()
+	}
+}
+
+// writerOnly hides a writer's ReadFrom from io.Copy.
+type writerOnly struct{ io.Writer }
+
+// abandon forgets what ExpectSize announced when the download fails before
+// its first byte, so the error response has its own length.
+func (l *lazyFileWriter) abandon() {
+	if !l.started {
+		l.w.Header().Del("Content-Length")
+	}
+}
+
 func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 	rt, path, err := s.fileSandbox(r)
 	if err != nil {
@@ -151,6 +191,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 			// broken transfer rather than a short file.
 			panic(http.ErrAbortHandler)
 		}
+		lw.abandon()
 		return s.fileFailed(r, rt, err, user)
 	}
 	lw.start()

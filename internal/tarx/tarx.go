@@ -179,10 +179,11 @@ func extract(root *os.Root, src io.Reader, limit int64, guard func(string) error
 			if limit > 0 && res.Bytes+h.Size > limit {
 				return res, &Error{Code: CodeTooLarge, Msg: fmt.Sprintf("the archive expands past the limit of %d bytes (at %s)", limit, name)}
 			}
-			f, err := parent.OpenFile(base, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+			dir := path.Dir(name)
+			f, err := createFile(dirs, dir, parent, base, perm)
 			if errors.Is(err, fs.ErrExist) {
 				replace(parent, base)
-				f, err = parent.OpenFile(base, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+				f, err = createFile(dirs, dir, parent, base, perm)
 			}
 			if err != nil {
 				return res, entryErr(name, err)
@@ -194,7 +195,7 @@ func extract(root *os.Root, src io.Reader, limit int64, guard func(string) error
 			}
 			// The umask (022) may have cleared bits of perm.
 			if err == nil && (perm&0o022 != 0 || special != 0) {
-				err = f.Chmod(perm | special)
+				err = f.chmod(uint32(perm) | uint32(h.Mode&0o7000))
 			}
 			if cerr := f.Close(); err == nil {
 				err = cerr
@@ -232,14 +233,41 @@ func extract(root *os.Root, src io.Reader, limit int64, guard func(string) error
 	}
 }
 
-// dirCache holds an os.Root for each directory entries are created in.
+// entryFile is a regular file being extracted (createFile).
+type entryFile interface {
+	io.Writer
+	chmod(mode uint32) error // permission bits with setuid, setgid, sticky
+	Close() error
+}
+
+// dirCache holds an os.Root for each directory entries are created in,
+// and, once asked for, its descriptor (fd).
 type dirCache struct {
 	root *os.Root
 	m    map[string]*os.Root
+	fds  map[string]*os.File
 }
 
-// maxCachedDirs bounds the directory handles held open at once.
-const maxCachedDirs = 256
+// fd returns a descriptor of the directory dir, whose Root is r: opened
+// through r, so it is the directory r holds, and kept with the cache.
+func (c *dirCache) fd(dir string, r *os.Root) (int, error) {
+	if f, ok := c.fds[dir]; ok {
+		return int(f.Fd()), nil
+	}
+	f, err := r.Open(".")
+	if err != nil {
+		return -1, err
+	}
+	if c.fds == nil {
+		c.fds = map[string]*os.File{}
+	}
+	c.fds[dir] = f
+	return int(f.Fd()), nil
+}
+
+// maxCachedDirs bounds the directories held open at once (two descriptors
+// each: the Root and, for creating files, the directory itself).
+const maxCachedDirs = 128
 
 func newDirCache(root *os.Root) *dirCache {
 	return &dirCache{root: root, m: map[string]*os.Root{".": root}}
@@ -281,6 +309,10 @@ func (c *dirCache) close() {
 			_ = r.Close()
 		}
 	}
+	for _, f := range c.fds {
+		_ = f.Close()
+	}
+	c.fds = nil
 }
 
 // onlyWriter hides os.File's ReadFrom, so io.CopyBuffer uses the 256 KiB

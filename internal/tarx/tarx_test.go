@@ -172,3 +172,45 @@ func TestExtractReportsAFailedSourceAsSuch(t *testing.T) {
 type failing struct{ err error }
 
 func (f failing) Read([]byte) (int, error) { return 0, f.err }
+
+// TestExtractManyDirectoriesAndReplacedFiles: more directories than the
+// cache holds, entered again after it was emptied, a file given twice (the
+// later one wins) and a link replaced by a file that does not follow it.
+func TestExtractManyDirectoriesAndReplacedFiles(t *testing.T) {
+	var es []tentry
+	for round := range 2 {
+		for i := range 3 * maxCachedDirs {
+			es = append(es, tentry{name: filepath.Join("d", string(rune('a'+i%26)), strings.Repeat("x", 1+i/26), "f"+string(rune('0'+round))), typ: tar.TypeReg, body: "r" + string(rune('0'+round))})
+		}
+	}
+	es = append(es,
+		tentry{name: "twice", typ: tar.TypeReg, body: "first"},
+		tentry{name: "twice", typ: tar.TypeReg, body: "second", mode: 0o4755},
+		tentry{name: "link", typ: tar.TypeSymlink, link: "../outside"},
+		tentry{name: "link", typ: tar.TypeReg, body: "a file now"},
+	)
+	parent, dir, res, err := extractInto(t, tarOf(t, es...), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Entries != len(es) {
+		t.Fatalf("%d entries, want %d", res.Entries, len(es))
+	}
+	for _, e := range es[:6*maxCachedDirs] {
+		if b, err := os.ReadFile(filepath.Join(dir, e.name)); err != nil || string(b) != e.body {
+			t.Fatalf("%s: %q %v", e.name, b, err)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "twice")); string(b) != "second" {
+		t.Fatalf("twice: %q", b)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "twice")); fi.Mode()&os.ModeSetuid == 0 || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("twice: mode %v", fi.Mode())
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "link")); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("link replaced by a file: %v %v", fi, err)
+	}
+	if _, err := os.Lstat(filepath.Join(parent, "outside")); err == nil {
+		t.Fatal("the file was written through the link it replaced")
+	}
+}

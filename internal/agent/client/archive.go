@@ -12,6 +12,10 @@ import (
 // dir, which the agent extracts as it arrives; limit bounds the file
 // content written (0: none).
 func (c *Channel) Untar(ctx context.Context, dir string, limit int64, src io.Reader) (wire.Extracted, error) {
+	if ticket, conns, drop, ok := c.expectData(); ok {
+		defer drop()
+		return c.untarData(ctx, dir, limit, src, ticket, conns)
+	}
 	var out wire.Extracted
 	r, w, end, err := c.stream(ctx, &wire.Request{Op: wire.OpUntar, Path: dir, Limit: limit})
 	if err != nil {
@@ -54,6 +58,10 @@ func (c *Channel) Untar(ctx context.Context, dir string, limit int64, src io.Rea
 // Tar streams the directory dir as a tar into dst. Nothing is written to
 // dst if dir cannot be opened.
 func (c *Channel) Tar(ctx context.Context, dir, compression string, dst io.Writer) error {
+	if ticket, conns, drop, ok := c.expectData(); ok {
+		defer drop()
+		return c.tarData(ctx, dir, compression, dst, ticket, conns)
+	}
 	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpTar, Path: dir, Compression: compression})
 	if err != nil {
 		return err

@@ -47,6 +47,12 @@ type Channel struct {
 	agentPI int
 	failErr error
 	idle    []idleStream // streams free for the next request, newest last
+
+	// dataConns: the connected agent dials data connections
+	// (wire.Hello.DataConns); pending holds the tickets of the ones asked
+	// for and not yet arrived (dataconn.go).
+	dataConns bool
+	pending   map[string]chan *net.UnixConn
 }
 
 // idleStream is a stream whose last request both ends finished cleanly,
@@ -142,6 +148,10 @@ func (c *Channel) admit(conn *net.UnixConn) {
 		conn.Close()
 		return
 	}
+	if h.DataConn != "" {
+		c.admitData(conn, br, h.DataConn)
+		return
+	}
 	_ = conn.SetReadDeadline(time.Time{})
 	if _, err := conn.Write([]byte("ok\n")); err != nil {
 		conn.Close()
@@ -170,6 +180,7 @@ func (c *Channel) admit(conn *net.UnixConn) {
 	old := c.sess
 	c.sess = sess
 	c.agentPI = h.PID
+	c.dataConns = h.DataConns
 	select {
 	case <-c.ready:
 	default:

@@ -159,6 +159,12 @@ func (c *Channel) ReadFile(ctx context.Context, path string, dst io.Writer) (wir
 // ReadFileAs is ReadFile as user ("" is root): the user's permissions
 // decide.
 func (c *Channel) ReadFileAs(ctx context.Context, user, path string, dst io.Writer) (wire.FileInfo, error) {
+	if user == "" {
+		if ticket, conns, drop, ok := c.expectData(); ok {
+			defer drop()
+			return c.readFileData(ctx, path, dst, ticket, conns)
+		}
+	}
 	r, _, end, err := c.stream(ctx, &wire.Request{Op: wire.OpRead, Path: path, User: user})
 	if err != nil {
 		return wire.FileInfo{}, err
@@ -168,22 +174,27 @@ func (c *Channel) ReadFileAs(ctx context.Context, user, path string, dst io.Writ
 	if err := r.ExpectJSON(&fi); err != nil {
 		return fi, c.wrap(ctx, err)
 	}
+	return fi, c.readFrames(ctx, r, dst)
+}
+
+// readFrames copies a download's data frames into dst up to its end.
+func (c *Channel) readFrames(ctx context.Context, r *wire.Reader, dst io.Writer) error {
 	for {
 		k, b, err := next(ctx, r)
 		if err != nil {
-			return fi, c.wrap(ctx, err)
+			return c.wrap(ctx, err)
 		}
 		switch k {
 		case wire.KindData:
 			if _, err := dst.Write(b); err != nil {
-				return fi, err
+				return err
 			}
 		case wire.KindEOF:
-			return fi, nil
+			return nil
 		case wire.KindError:
-			return fi, wire.DecodeError(b)
+			return wire.DecodeError(b)
 		default:
-			return fi, fmt.Errorf("agent sent unexpected frame %q", k)
+			return fmt.Errorf("agent sent unexpected frame %q", k)
 		}
 	}
 }
@@ -248,6 +259,12 @@ func (c *Channel) WriteFile(ctx context.Context, path string, mode uint32, src i
 // WriteFileAs is WriteFile as user ("" is root): the user's permissions
 // decide, and the file and the parents it makes belong to the user.
 func (c *Channel) WriteFileAs(ctx context.Context, user, path string, mode uint32, src io.Reader) (int64, error) {
+	if user == "" {
+		if ticket, conns, drop, ok := c.expectData(); ok {
+			defer drop()
+			return c.writeFileData(ctx, path, mode, src, ticket, conns)
+		}
+	}
 	r, w, end, err := c.stream(ctx, &wire.Request{Op: wire.OpWrite, Path: path, Mode: mode, User: user})
 	if err != nil {
 		return 0, err

@@ -133,6 +133,12 @@ type Hello struct {
 	Version int    `json:"version"`
 	Token   string `json:"token"`
 	PID     int    `json:"pid"`
+	// DataConns: this agent can move a transfer's bytes over a data
+	// connection of its own (Request.DataConn).
+	DataConns bool `json:"data_conns,omitempty"`
+	// DataConn is set, instead of a session starting, on a data
+	// connection the agent dialed for the request that named this ticket.
+	DataConn string `json:"data_conn,omitempty"`
 }
 
 // Request opens every stream.
@@ -154,7 +160,35 @@ type Request struct {
 	// the sandbox's /etc/passwd ("" is root): its permissions decide, and
 	// what it writes is its own.
 	User string `json:"user,omitempty"`
+	// DataConn, on an OpRead or OpWrite as root, an OpUntar or an OpTar,
+	// asks the agent to move the bytes over a connection of its own
+	// instead of data frames: it dials the host's socket again and presents this one-time
+	// ticket in its Hello (see DataConn below).
+	DataConn string `json:"data_conn,omitempty"`
 }
+
+// A data connection carries one transfer's bytes raw, beside its stream:
+// no framing, no yamux window, no copies through the session, so the agent
+// moves a file with sendfile/splice in a few trapped syscalls per MiB and
+// the host can splice it into an HTTP response. The stream still carries
+// the request, the replies and the end, so a connection closed early is
+// never taken for a complete transfer:
+//
+//   - OpRead: the agent answers FileInfo (with DataConn set) on the
+//     stream, dials, sends
+//     exactly FileInfo.Size bytes (the size when it opened the file) and
+//     closes the connection, then sends KindEOF whose payload is the JSON
+//     Written of the bytes sent, or an error frame.
+//   - OpWrite: the agent answers {} on the stream once the temporary file
+//     exists and the connection is up; the host sends the bytes and
+//     half-closes the connection, then sends KindEOF with the JSON Written
+//     of the bytes sent. Only then, and only when the counts agree, does
+//     the agent rename the file into place and answer Written.
+//   - OpUntar: as OpWrite; the archive counts as ended only with the
+//     host's KindEOF, and the agent answers Extracted.
+//   - OpTar: the agent answers {} on the stream, dials, writes the
+//     archive and closes the connection, then sends KindEOF with the
+//     Written count, or an error frame.
 
 // Extracted is the reply to a finished OpUntar.
 type Extracted struct {
@@ -200,6 +234,11 @@ type FileInfo struct {
 	Mode       uint32 `json:"mode"`
 	ModifiedNS int64  `json:"modified_ns"`
 	Symlink    bool   `json:"symlink,omitempty"`
+	// DataConn, in the answer to an OpRead that asked for a data
+	// connection: the bytes follow on it, exactly Size of them. Unset,
+	// they follow in data frames as without one (a file whose size says
+	// nothing about its content: empty, or on /proc or /sys).
+	DataConn bool `json:"data_conn,omitempty"`
 }
 
 // List is the reply to OpList.

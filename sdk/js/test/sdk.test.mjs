@@ -10,6 +10,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createHash, randomFillSync } from "node:crypto";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -345,6 +346,56 @@ describe("orkestr SDK against a real orkestrd", { skip, timeout: 600_000 }, () =
         sbx.files.writeArchive("/workspace/tree", new Uint8Array(evil)),
         (e) => e instanceof OrkestrError && e.code === "invalid_archive" && e.status === 400 && /absolute|climbs out/.test(e.message),
       );
+    });
+
+    test("files at size: 256 MiB of random bytes exact both ways, empty files, an upload cut by the caller leaves nothing", async () => {
+      const size = 256 << 20;
+      const big = new Uint8Array(size);
+      randomFillSync(big);
+      const want = createHash("sha256").update(big).digest("hex");
+      let sent = 0;
+      const up = new ReadableStream({
+        pull(ctrl) {
+          if (sent >= size) return ctrl.close();
+          ctrl.enqueue(big.subarray(sent, sent + (1 << 20)));
+          sent += 1 << 20;
+        },
+      });
+      await sbx.files.writeStream("/workspace/big.bin", up);
+      assert.equal((await sbx.exec("sha256sum /workspace/big.bin")).stdout.split(" ")[0], want);
+      const h = createHash("sha256");
+      let n = 0;
+      for await (const b of await sbx.files.readStream("/workspace/big.bin")) {
+        h.update(b);
+        n += b.length;
+      }
+      assert.equal(n, size);
+      assert.equal(h.digest("hex"), want);
+      await sbx.files.writeBytes("/workspace/empty", new Uint8Array(0));
+      await sbx.files.writeStream("/workspace/empty2", new Blob([]).stream());
+      assert.equal((await sbx.files.readBytes("/workspace/empty")).length, 0);
+      assert.equal((await sbx.exec("stat -c %s /workspace/empty /workspace/empty2")).stdout, "0\n0\n");
+      // Cut by the caller after 32 MiB: neither the file nor a temporary one stays.
+      const ac = new AbortController();
+      let cutAt = 0;
+      const cut = new ReadableStream({
+        pull(ctrl) {
+          if (cutAt >= 32 << 20) {
+            ac.abort();
+            return new Promise(() => {});
+          }
+          ctrl.enqueue(big.subarray(cutAt, cutAt + (1 << 20)));
+          cutAt += 1 << 20;
+        },
+      });
+      await assert.rejects(sbx.files.writeStream("/workspace/cut/cut.bin", cut, { signal: ac.signal }));
+      let left = "?";
+      for (let i = 0; i < 100 && left !== ""; i++) {
+        left = (await sbx.exec("ls -A /workspace/cut 2>/dev/null; true")).stdout;
+        if (left !== "") await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.equal(left, "", "a cut upload left files behind");
+      await sbx.exec("rm -f /workspace/big.bin");
     });
 
     test("files: write/writeBytes/read/readBytes/list/delete; hostile paths", async () => {

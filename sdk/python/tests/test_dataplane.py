@@ -10,6 +10,8 @@ import io
 import os
 import tarfile
 import tempfile
+import time
+from typing import Iterator
 
 import pytest
 
@@ -89,3 +91,62 @@ def test_async_exec_stream_bytes(env: Server) -> None:
             await sbx.terminate()
 
     asyncio.run(main())
+
+
+class _Hashing:
+    """A binary sink that hashes and counts what it is given."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def write(self, b: bytes) -> int:
+        self.h.update(b)
+        self.n += len(b)
+        return len(b)
+
+
+def test_files_at_size_and_cut_upload(env: Server) -> None:
+    """256 MiB of random bytes exact both ways (sync and async), empty
+    files, and an upload cut by the caller leaves neither the file nor a
+    temporary one."""
+    size = 256 << 20
+    data = os.urandom(size)
+    want = hashlib.sha256(data).hexdigest()
+    with Sandbox.with_temp(template=SHELL_TEMPLATE) as sbx:
+        sbx.files.write_stream("/workspace/big.bin", io.BytesIO(data))
+        assert sbx.exec("sha256sum /workspace/big.bin").stdout.split()[0] == want
+        sink = _Hashing()
+        assert sbx.files.read_to("/workspace/big.bin", sink) == size  # type: ignore[arg-type]
+        assert sink.n == size and sink.h.hexdigest() == want
+
+        sbx.files.write_stream("/workspace/empty", io.BytesIO(b""))
+        sbx.files.write_stream("/workspace/empty2", iter([]))
+        assert sbx.files.read_bytes("/workspace/empty") == b""
+        assert sbx.exec("stat -c %s /workspace/empty /workspace/empty2").stdout == "0\n0\n"
+
+        def cut() -> Iterator[bytes]:
+            for off in range(0, 32 << 20, 1 << 20):
+                yield data[off : off + (1 << 20)]
+            raise RuntimeError("the caller gave up")
+
+        with pytest.raises(Exception):
+            sbx.files.write_stream("/workspace/cut/cut.bin", cut())
+        left = "?"
+        for _ in range(100):
+            left = sbx.exec("ls -A /workspace/cut 2>/dev/null; true").stdout
+            if left == "":
+                break
+            time.sleep(0.2)
+        assert left == "", f"a cut upload left {left!r}"
+        sbx_id = sbx.id
+
+        async def async_round_trip() -> None:
+            asbx = await AsyncSandbox.get(sbx_id)
+            pieces = (data[off : off + (1 << 20)] for off in range(0, size, 1 << 20))
+            await asbx.files.write_stream("/workspace/abig.bin", pieces)
+            asink = _Hashing()
+            assert await asbx.files.read_to("/workspace/abig.bin", asink) == size  # type: ignore[arg-type]
+            assert asink.h.hexdigest() == want
+
+        asyncio.run(async_round_trip())

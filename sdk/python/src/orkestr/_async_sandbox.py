@@ -383,7 +383,8 @@ class AsyncFiles(AsyncFileCalls):
 async def _acopy_out(resp: httpx.Response, out: BinaryIO) -> int:
     n = 0
     try:
-        async for b in resp.aiter_bytes(1 << 20):
+        # As they arrive (see _copy_out in _sandbox.py).
+        async for b in resp.aiter_bytes():
             out.write(b)
             n += len(b)
     except httpx.TransportError as e:
