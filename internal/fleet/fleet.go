@@ -36,6 +36,8 @@ type Nodes struct {
 	clients map[string]*nodeapi.Client // node id -> client of its current address
 	list    []store.Node
 	listAt  time.Time
+	// refreshing: a read of the list runs in the background.
+	refreshing bool
 }
 
 // Options configure Nodes.
@@ -67,12 +69,29 @@ func NewNodes(o Options) *Nodes {
 
 var _ lifecycle.Nodes = (*Nodes)(nil)
 
-// nodes is the store's node list, at most listFor old (fresh: read now).
+// staleFor is how old a list may still serve a placement while a fresh
+// one is read in the background: a create then never waits for the
+// nodes table (a round trip to PostgreSQL), only the first after a quiet
+// spell does.
+const staleFor = 5 * listFor
+
+// nodes is the store's node list (fresh: read now). A list at most listFor
+// old is served as is; one at most staleFor old is served while a read in
+// the background replaces it; an older one is read again first.
 func (f *Nodes) nodes(ctx context.Context, fresh bool) ([]store.Node, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !fresh && f.list != nil && time.Since(f.listAt) < listFor {
-		return f.list, nil
+	if !fresh && f.list != nil {
+		switch age := time.Since(f.listAt); {
+		case age < listFor:
+			return f.list, nil
+		case age < staleFor:
+			if !f.refreshing {
+				f.refreshing = true
+				go f.refresh()
+			}
+			return f.list, nil
+		}
 	}
 	list, err := f.store.ListNodes(ctx)
 	if err != nil {
@@ -80,6 +99,24 @@ func (f *Nodes) nodes(ctx context.Context, fresh bool) ([]store.Node, error) {
 	}
 	f.list, f.listAt = list, time.Now()
 	return list, nil
+}
+
+// refresh reads the node list in the background.
+func (f *Nodes) refresh() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	at := time.Now()
+	list, err := f.store.ListNodes(ctx)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refreshing = false
+	if err != nil {
+		f.log.Warn("reading the node list failed; the next placement reads it again", "err", err)
+		return
+	}
+	if at.After(f.listAt) {
+		f.list, f.listAt = list, at
+	}
 }
 
 // client is the node API client of a node record (one per address).
