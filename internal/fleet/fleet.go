@@ -217,6 +217,18 @@ func (f *Nodes) Catalog(ctx context.Context) (lifecycle.Catalog, error) {
 	cands := make([]scheduler.Candidate, len(list))
 	for i, n := range list {
 		cands[i] = scheduler.FromNode(n)
+		ns := lifecycle.NodeState{ID: n.ID, Region: n.Region, Address: n.Address, Version: n.Version, State: lifecycle.NodeAlive,
+			Capacity: cands[i].Capacity, Allocated: cands[i].Allocated, HeartbeatAt: n.HeartbeatAt, HeartbeatAge: n.HeartbeatAge}
+		for _, w := range n.Warm {
+			ns.Warm += w
+		}
+		switch {
+		case !f.policy.Alive(cands[i]):
+			ns.State = lifecycle.NodeLost
+		case n.DiskLow:
+			ns.State = lifecycle.NodeDiskLow
+		}
+		cat.Nodes = append(cat.Nodes, ns)
 		if !f.policy.Alive(cands[i]) {
 			continue
 		}
