@@ -277,6 +277,7 @@ func Load(path string) (Config, error) {
 	}
 	c.Registries = file.Registries
 	c.InsecureRegistries = file.InsecureRegistries
+	c.OperatorAccounts = file.OperatorAccounts
 	if err := mergeServer(&c, file); err != nil {
 		return c, err
 	}
