@@ -161,9 +161,21 @@ func (f *Nodes) Node(ctx context.Context, id string) (nodeapi.Node, error) {
 	return nil, last
 }
 
-// Place implements lifecycle.Nodes.
+// Place implements lifecycle.Nodes. A placement that finds no node on a
+// list read earlier is tried again on the list as it is now: a node may
+// have room again (sandboxes ended since) or have come back, and a
+// refusal must not rest on an old view.
 func (f *Nodes) Place(ctx context.Context, p lifecycle.Placement) (string, nodeapi.Node, error) {
-	list, err := f.nodes(ctx, len(p.Exclude) > 0)
+	fresh := len(p.Exclude) > 0
+	id, n, err := f.place(ctx, p, fresh)
+	if err != nil && !fresh && (errors.Is(err, lifecycle.ErrNoCapacity) || errors.Is(err, lifecycle.ErrRegionUnavailable) || errors.Is(err, lifecycle.ErrUnknownRegion)) {
+		return f.place(ctx, p, true)
+	}
+	return id, n, err
+}
+
+func (f *Nodes) place(ctx context.Context, p lifecycle.Placement, fresh bool) (string, nodeapi.Node, error) {
+	list, err := f.nodes(ctx, fresh)
 	if err != nil {
 		return "", nil, err
 	}
@@ -207,9 +219,18 @@ func (f *Nodes) Place(ctx context.Context, p lifecycle.Placement) (string, nodea
 	return "", nil, fmt.Errorf("placement chose node %s, which is not in the list", c.ID)
 }
 
-// Catalog implements lifecycle.Nodes.
+// Catalog implements lifecycle.Nodes, on a node list up to staleFor old.
 func (f *Nodes) Catalog(ctx context.Context) (lifecycle.Catalog, error) {
-	list, err := f.nodes(ctx, false)
+	return f.catalog(ctx, false)
+}
+
+// FreshCatalog is Catalog on the node list read now.
+func (f *Nodes) FreshCatalog(ctx context.Context) (lifecycle.Catalog, error) {
+	return f.catalog(ctx, true)
+}
+
+func (f *Nodes) catalog(ctx context.Context, fresh bool) (lifecycle.Catalog, error) {
+	list, err := f.nodes(ctx, fresh)
 	if err != nil {
 		return lifecycle.Catalog{}, err
 	}
