@@ -202,6 +202,9 @@ type startCall struct {
 // id for another account is refused (runtime.ErrExists). If the first
 // call failed, a repeat tries again.
 func (n *Node) startOnceByID(ctx context.Context, sandboxID, account string, start func() (runtime.Sandbox, error)) (runtime.Sandbox, error) {
+	if sandboxID == "" {
+		return start() // nothing to know a repeat by
+	}
 	conflict := func() error {
 		return fmt.Errorf("%w: sandbox %s is already started on this node for another account", runtime.ErrExists, sandboxID)
 	}
