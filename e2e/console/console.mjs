@@ -207,6 +207,14 @@ try {
   check((await page.$$("#gb-meter")).length === 1 && (await page.$$("#gb-chart")).length === 1, "usage meters and chart");
   const regions = await page.textContent("#regions tbody");
   check(/fsn1 \(default\)/.test(regions) && /available/.test(regions) && /1 of 1/.test(regions), "the regions table shows the server's region and its node: " + regions);
+  // The member's account is the operator's (operator_accounts): the nodes
+  // are listed too, the one box's node in process.
+  check((await page.$$("#nodes tbody tr[data-node]")).length === 1, "one node row on the usage page");
+  const nodeRow = await page.textContent("#nodes tbody tr[data-node]");
+  check(/fsn1/.test(nodeRow) && /in process/.test(nodeRow) && /alive/.test(nodeRow) && /\d+ \/ \d+/.test(nodeRow) && / MB/.test(nodeRow) && /s ago/.test(nodeRow),
+    "the node row shows region, address, state, slots, memory and heartbeat: " + nodeRow);
+  const apiNodes = await api("GET", "/v1/nodes", key);
+  check(apiNodes.status === 200 && apiNodes.json.data.length === 1 && apiNodes.json.data[0].state === "alive", "GET /v1/nodes for the operator: " + apiNodes.text);
   check((await page.textContent("#resets")).includes("UTC"), "reset date shown");
   await shot("09-usage");
   await page.click("nav >> text=Members");

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 )
 
 // Error is an API error: the one place where failures become HTTP statuses
@@ -42,6 +44,9 @@ func notReady(status string) *Error {
 	return apiErr(http.StatusConflict, "sandbox_not_ready", "The sandbox is %s; this operation needs a running sandbox.", status).with("status", status)
 }
 
+// errNodeUnavailable answers a call whose sandbox's node did not answer.
+var errNodeUnavailable = apiErr(http.StatusServiceUnavailable, "node_unavailable", "The node running this sandbox is not answering right now; retry shortly. If it does not come back within its heartbeat timeout the sandbox ends with reason node_lost.")
+
 var errInternal = apiErr(http.StatusInternalServerError, "internal", "Something went wrong on our side. Quote the request id when you report it.")
 
 type errorBody struct {
@@ -56,7 +61,14 @@ type errorBody struct {
 // the request id and answered as "internal" without its text.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var e *Error
-	if !errors.As(err, &e) {
+	switch {
+	case errors.As(err, &e):
+	case errors.Is(err, nodeapi.ErrUnreachable):
+		// Any call that needed the sandbox's node, whichever handler
+		// made it: the node may come back, so it is no server fault.
+		s.log.Warn("a sandbox's node did not answer a call", "request_id", requestID(r), "method", r.Method, "path", r.URL.Path, "err", err)
+		e = errNodeUnavailable
+	default:
 		s.log.Error("request failed", "request_id", requestID(r), "method", r.Method, "path", r.URL.Path, "err", err)
 		e = errInternal
 	}

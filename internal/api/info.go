@@ -110,6 +110,49 @@ func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// nodeJSON is a node in GET /v1/nodes.
+type nodeJSON struct {
+	ID              string  `json:"id"`
+	Region          string  `json:"region"`
+	Address         string  `json:"address"`
+	Version         string  `json:"version"`
+	State           string  `json:"state"`
+	SlotsUsed       int     `json:"slots_used"`
+	Slots           int     `json:"slots"`
+	CPUsAllocated   float64 `json:"cpus_allocated"`
+	CPUs            float64 `json:"cpus"`
+	MemoryMBUsed    int64   `json:"memory_mb_allocated"`
+	MemoryMB        int64   `json:"memory_mb"`
+	Warm            int     `json:"warm"`
+	LastHeartbeatAt string  `json:"last_heartbeat_at"`
+	HeartbeatAgeMS  int64   `json:"heartbeat_age_ms"`
+}
+
+// listNodes lists every registered node, for the operator's accounts
+// only (config operator_accounts): to any other account the endpoint does
+// not exist, as addresses and capacity are the operator's business.
+func (s *Server) listNodes(w http.ResponseWriter, r *http.Request) error {
+	p := caller(r)
+	if !s.cfg.IsOperator(p.account.ID, p.account.Name) {
+		return apiErr(http.StatusNotFound, "not_found", "No such endpoint: %s %s. See /v1/openapi.yaml.", r.Method, r.URL.Path)
+	}
+	cat, err := s.nodes.Catalog(r.Context())
+	if err != nil {
+		return err
+	}
+	out := []nodeJSON{}
+	for _, n := range cat.Nodes {
+		out = append(out, nodeJSON{
+			ID: n.ID, Region: n.Region, Address: n.Address, Version: n.Version, State: n.State,
+			SlotsUsed: n.Allocated.Slots, Slots: n.Capacity.Slots, CPUsAllocated: round(n.Allocated.CPUs, 2), CPUs: n.Capacity.CPUs,
+			MemoryMBUsed: n.Allocated.MemoryBytes >> 20, MemoryMB: n.Capacity.MemoryBytes >> 20, Warm: n.Warm,
+			LastHeartbeatAt: fmtTime(n.HeartbeatAt), HeartbeatAgeMS: n.HeartbeatAge.Milliseconds(),
+		})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"data": out})
+	return nil
+}
+
 func round(v float64, places int) float64 {
 	p := math.Pow(10, float64(places))
 	return math.Round(v*p) / p

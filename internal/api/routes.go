@@ -28,6 +28,7 @@ func (s *Server) routeTable() []endpoint {
 		{Route{"GET", "/v1/usage"}, r, s.getUsage},
 		{Route{"GET", "/v1/templates"}, r, s.listTemplates},
 		{Route{"GET", "/v1/regions"}, r, s.listRegions},
+		{Route{"GET", "/v1/nodes"}, r, s.listNodes},
 		{Route{"POST", "/v1/sandboxes"}, w, timedVec(s.om.create, s.createSandbox)},
 		{Route{"GET", "/v1/sandboxes"}, r, s.listSandboxes},
 		{Route{"GET", "/v1/sandboxes/{id}"}, r, s.getSandbox},

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"net/http"
@@ -81,6 +82,16 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if refusesCreate(cat, req) {
+		// A fleet's catalog may be seconds old: a refusal is made on the
+		// nodes as they are now (one built the template or registered the
+		// region since).
+		if fr, ok := s.nodes.(freshCataloger); ok {
+			if cat, err = fr.FreshCatalog(r.Context()); err != nil {
+				return err
+			}
+		}
+	}
 	if !cat.HasTemplate(req.Template) && cat.Live() {
 		// (With no live node at all, placement says so instead.)
 		return notBuilt(req.Template)
@@ -153,6 +164,27 @@ func (s *Server) createSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusCreated, toJSON(row))
 	return nil
+}
+
+// freshCataloger is a lifecycle.Nodes whose Catalog may serve an older
+// view of the nodes, and that can read them as they are now.
+type freshCataloger interface {
+	FreshCatalog(ctx context.Context) (lifecycle.Catalog, error)
+}
+
+// refusesCreate reports whether a catalog would refuse req: its template
+// not built on any live node, its network mode nowhere enabled, or its
+// region unknown.
+func refusesCreate(cat lifecycle.Catalog, req createRequest) bool {
+	switch {
+	case !cat.HasTemplate(req.Template) && cat.Live():
+		return true
+	case req.Network != nil && *req.Network != "off" && !cat.Network:
+		return true
+	case req.Region != nil && !slices.Contains(cat.RegionNames(), *req.Region):
+		return true
+	}
+	return false
 }
 
 // createFailed answers a create that did not start its sandbox.

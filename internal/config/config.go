@@ -151,6 +151,23 @@ type Config struct {
 	// Snapshots is where paused sandboxes' snapshots are kept (see
 	// snapshots.go).
 	Snapshots Snapshots `yaml:"snapshots"`
+
+	// OperatorAccounts are the accounts (by name or id) of the people who
+	// run this server: their keys and console members also see the nodes
+	// (GET /v1/nodes, the console's usage page). Every other account
+	// sees regions only.
+	OperatorAccounts []string `yaml:"operator_accounts"`
+}
+
+// IsOperator reports whether an account (its id and name) is one of
+// OperatorAccounts.
+func (c Config) IsOperator(id, name string) bool {
+	for _, a := range c.OperatorAccounts {
+		if a != "" && (a == id || a == name) {
+			return true
+		}
+	}
+	return false
 }
 
 // PooledSandboxMB is what one idle pooled sandbox is counted at against
@@ -265,6 +282,7 @@ func Load(path string) (Config, error) {
 	}
 	c.Registries = file.Registries
 	c.InsecureRegistries = file.InsecureRegistries
+	c.OperatorAccounts = file.OperatorAccounts
 	if err := mergeServer(&c, file); err != nil {
 		return c, err
 	}

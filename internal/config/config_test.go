@@ -47,3 +47,22 @@ func TestNetworkSection(t *testing.T) {
 		}
 	}
 }
+
+func TestOperatorAccounts(t *testing.T) {
+	c, err := load(t, "region: fsn1\n")
+	if err != nil || len(c.OperatorAccounts) != 0 || c.IsOperator("acc_1", "default") {
+		t.Fatalf("default: nobody is an operator: %v %v", c.OperatorAccounts, err)
+	}
+	c, err = load(t, "operator_accounts: [default, acc_2]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []struct {
+		id, name string
+		want     bool
+	}{{"acc_1", "default", true}, {"acc_2", "ops", true}, {"acc_3", "customer", false}, {"", "", false}} {
+		if got := c.IsOperator(a.id, a.name); got != a.want {
+			t.Errorf("IsOperator(%q, %q) = %v, want %v", a.id, a.name, got, a.want)
+		}
+	}
+}

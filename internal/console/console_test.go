@@ -20,6 +20,8 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/api"
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/console"
+	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/runtime/fake"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
@@ -37,6 +39,11 @@ type env struct {
 type envOpts struct {
 	signInsPerMinute int
 	publicURL        string
+	// operators: config operator_accounts.
+	operators []string
+	// nodeID: run an in-process node with this id on the fake driver
+	// (no node: the API has no runtime).
+	nodeID string
 }
 
 func newEnv(t *testing.T, dbURL string, o envOpts) *env {
@@ -52,8 +59,28 @@ func newEnv(t *testing.T, dbURL string, o envOpts) *env {
 		cfg.Plans[name] = p
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	cfg.OperatorAccounts = o.operators
 	ck := &testenv.Clock{}
-	srv := api.New(api.Options{Store: st, Config: cfg, Log: log, DataDir: t.TempDir(), Now: ck.Now})
+	opts := api.Options{Store: st, Config: cfg, Log: log, DataDir: t.TempDir(), Now: ck.Now}
+	if o.nodeID != "" {
+		dataDir := t.TempDir()
+		tmpl := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(tmpl, "debian-12", "rootfs"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tmpl, "debian-12", "template.json"), []byte(`{"name":"debian-12","layout":2}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		n, err := node.New(node.Config{DataDir: dataDir, StateDir: filepath.Join(dataDir, "state"), TemplateDir: tmpl,
+			Sizes: node.Resources(cfg.Sizes), Log: log, ID: o.nodeID, Region: cfg.Region, Slots: 7, Recorder: st},
+			fake.NewHost(fake.Options{}).NewDriver())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Close(context.Background(), false) })
+		opts.Node = n
+	}
+	srv := api.New(opts)
 	if o.signInsPerMinute == 0 {
 		o.signInsPerMinute = 1000
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -540,5 +541,40 @@ func TestSessionExpires(t *testing.T) {
 	}
 	if p := b.get("/console/api/sandboxes"); p.status != 401 {
 		t.Fatalf("JSON after expiry: %d", p.status)
+	}
+}
+
+// TestNodesForOperatorsOnly: the usage page lists the nodes (id, region,
+// address, state, slots, memory, last heartbeat) to the members of the
+// operator's accounts, and to no one else; what a node reports is shown
+// as text.
+func TestNodesForOperatorsOnly(t *testing.T) {
+	const evil = `<img src=x onerror=alert(1)>`
+	e := newEnv(t, "sqlite://"+filepath.Join(t.TempDir(), "orkestr.db"), envOpts{operators: []string{"ops"}, nodeID: evil})
+	ops := e.member(e.account("ops", "team"), "ops@example.com")
+	customer := e.member(e.account("customer", "team"), "ada@example.com")
+
+	p := ops.get("/console/usage")
+	if p.status != 200 {
+		t.Fatalf("usage: %d %s", p.status, p.body)
+	}
+	for _, want := range []string{`<table id="nodes">`, "&lt;img src=x onerror=alert(1)&gt;", "<td>fsn1</td><td>in process</td>",
+		`<td class="state">alive</td>`, "<td>0 / 7</td>", " MB</td>", " s ago)"} {
+		if !strings.Contains(p.body, want) {
+			t.Errorf("the operator's usage page lacks %q", want)
+		}
+	}
+	if strings.Contains(p.body, evil) {
+		t.Error("a node's id reached the page as markup")
+	}
+	p = customer.get("/console/usage")
+	if p.status != 200 {
+		t.Fatalf("usage: %d %s", p.status, p.body)
+	}
+	if strings.Contains(p.body, `id="nodes"`) || strings.Contains(p.body, "onerror") || strings.Contains(p.body, "in process") {
+		t.Error("a customer's usage page shows the nodes")
+	}
+	if !strings.Contains(p.body, `<table id="regions">`) {
+		t.Error("a customer's usage page lacks the regions")
 	}
 }

@@ -508,11 +508,15 @@ type dayBar struct {
 type usageData struct {
 	Limits  limits
 	Regions []regionRow
-	Days    []dayBar
-	MaxGB   float64
-	MaxCPU  float64
-	Width   int
-	Range   string
+	// Nodes: for the operator's accounts only (GET /v1/nodes answers
+	// them alone); nil for everyone else.
+	Nodes    []nodeRow
+	Operator bool // the account is one of the operator's: Nodes is shown
+	Days     []dayBar
+	MaxGB    float64
+	MaxCPU   float64
+	Width    int
+	Range    string
 }
 
 // regionRow is a region of GET /v1/regions.
@@ -526,6 +530,29 @@ type regionRow struct {
 	MemoryMB   int64   `json:"memory_mb"`
 	Sandboxes  int     `json:"sandboxes"`
 	Slots      int     `json:"slots"`
+}
+
+// nodeRow is a node of GET /v1/nodes.
+type nodeRow struct {
+	ID              string    `json:"id"`
+	Region          string    `json:"region"`
+	Address         string    `json:"address"`
+	Version         string    `json:"version"`
+	State           string    `json:"state"`
+	SlotsUsed       int       `json:"slots_used"`
+	Slots           int       `json:"slots"`
+	CPUsAllocated   float64   `json:"cpus_allocated"`
+	CPUs            float64   `json:"cpus"`
+	MemoryMBUsed    int64     `json:"memory_mb_allocated"`
+	MemoryMB        int64     `json:"memory_mb"`
+	Warm            int       `json:"warm"`
+	LastHeartbeatAt time.Time `json:"last_heartbeat_at"`
+	HeartbeatAgeMS  int64     `json:"heartbeat_age_ms"`
+}
+
+// HeartbeatAge is the last heartbeat's age, to the tenth of a second.
+func (n nodeRow) HeartbeatAge() string {
+	return strconv.FormatFloat(float64(n.HeartbeatAgeMS)/1000, 'f', 1, 64) + " s ago"
 }
 
 // Fraction helpers for <meter>.
@@ -601,6 +628,14 @@ func (c *Console) usagePage(w http.ResponseWriter, r *http.Request, s *session) 
 	}
 	if res, err := c.getJSON(r, s, "/v1/regions", &regions); err == nil && res.status == http.StatusOK {
 		d.Regions = regions.Data
+	}
+	// The nodes themselves, to the operator's members: the API answers
+	// only the accounts of config operator_accounts (404 to the others).
+	var nodes struct {
+		Data []nodeRow `json:"data"`
+	}
+	if res, err := c.getJSON(r, s, "/v1/nodes", &nodes); err == nil && res.status == http.StatusOK {
+		d.Nodes, d.Operator = nodes.Data, true
 	}
 	c.render(w, r, http.StatusOK, "usage", s, pageData{Title: "Usage", Nav: "usage", Data: d})
 }

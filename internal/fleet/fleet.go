@@ -36,6 +36,8 @@ type Nodes struct {
 	clients map[string]*nodeapi.Client // node id -> client of its current address
 	list    []store.Node
 	listAt  time.Time
+	// refreshing: a read of the list runs in the background.
+	refreshing bool
 }
 
 // Options configure Nodes.
@@ -67,12 +69,29 @@ func NewNodes(o Options) *Nodes {
 
 var _ lifecycle.Nodes = (*Nodes)(nil)
 
-// nodes is the store's node list, at most listFor old (fresh: read now).
+// staleFor is how old a list may still serve a placement while a fresh
+// one is read in the background: a create then never waits for the
+// nodes table (a round trip to PostgreSQL), only the first after a quiet
+// spell does.
+const staleFor = 5 * listFor
+
+// nodes is the store's node list (fresh: read now). A list at most listFor
+// old is served as is; one at most staleFor old is served while a read in
+// the background replaces it; an older one is read again first.
 func (f *Nodes) nodes(ctx context.Context, fresh bool) ([]store.Node, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !fresh && f.list != nil && time.Since(f.listAt) < listFor {
-		return f.list, nil
+	if !fresh && f.list != nil {
+		switch age := time.Since(f.listAt); {
+		case age < listFor:
+			return f.list, nil
+		case age < staleFor:
+			if !f.refreshing {
+				f.refreshing = true
+				go f.refresh()
+			}
+			return f.list, nil
+		}
 	}
 	list, err := f.store.ListNodes(ctx)
 	if err != nil {
@@ -80,6 +99,24 @@ func (f *Nodes) nodes(ctx context.Context, fresh bool) ([]store.Node, error) {
 	}
 	f.list, f.listAt = list, time.Now()
 	return list, nil
+}
+
+// refresh reads the node list in the background.
+func (f *Nodes) refresh() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	at := time.Now()
+	list, err := f.store.ListNodes(ctx)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refreshing = false
+	if err != nil {
+		f.log.Warn("reading the node list failed; the next placement reads it again", "err", err)
+		return
+	}
+	if at.After(f.listAt) {
+		f.list, f.listAt = list, at
+	}
 }
 
 // client is the node API client of a node record (one per address).
@@ -124,9 +161,21 @@ func (f *Nodes) Node(ctx context.Context, id string) (nodeapi.Node, error) {
 	return nil, last
 }
 
-// Place implements lifecycle.Nodes.
+// Place implements lifecycle.Nodes. A placement that finds no node on a
+// list read earlier is tried again on the list as it is now: a node may
+// have room again (sandboxes ended since) or have come back, and a
+// refusal must not rest on an old view.
 func (f *Nodes) Place(ctx context.Context, p lifecycle.Placement) (string, nodeapi.Node, error) {
-	list, err := f.nodes(ctx, len(p.Exclude) > 0)
+	fresh := len(p.Exclude) > 0
+	id, n, err := f.place(ctx, p, fresh)
+	if err != nil && !fresh && (errors.Is(err, lifecycle.ErrNoCapacity) || errors.Is(err, lifecycle.ErrRegionUnavailable) || errors.Is(err, lifecycle.ErrUnknownRegion)) {
+		return f.place(ctx, p, true)
+	}
+	return id, n, err
+}
+
+func (f *Nodes) place(ctx context.Context, p lifecycle.Placement, fresh bool) (string, nodeapi.Node, error) {
+	list, err := f.nodes(ctx, fresh)
 	if err != nil {
 		return "", nil, err
 	}
@@ -170,9 +219,18 @@ func (f *Nodes) Place(ctx context.Context, p lifecycle.Placement) (string, nodea
 	return "", nil, fmt.Errorf("placement chose node %s, which is not in the list", c.ID)
 }
 
-// Catalog implements lifecycle.Nodes.
+// Catalog implements lifecycle.Nodes, on a node list up to staleFor old.
 func (f *Nodes) Catalog(ctx context.Context) (lifecycle.Catalog, error) {
-	list, err := f.nodes(ctx, false)
+	return f.catalog(ctx, false)
+}
+
+// FreshCatalog is Catalog on the node list read now.
+func (f *Nodes) FreshCatalog(ctx context.Context) (lifecycle.Catalog, error) {
+	return f.catalog(ctx, true)
+}
+
+func (f *Nodes) catalog(ctx context.Context, fresh bool) (lifecycle.Catalog, error) {
+	list, err := f.nodes(ctx, fresh)
 	if err != nil {
 		return lifecycle.Catalog{}, err
 	}
@@ -180,6 +238,18 @@ func (f *Nodes) Catalog(ctx context.Context) (lifecycle.Catalog, error) {
 	cands := make([]scheduler.Candidate, len(list))
 	for i, n := range list {
 		cands[i] = scheduler.FromNode(n)
+		ns := lifecycle.NodeState{ID: n.ID, Region: n.Region, Address: n.Address, Version: n.Version, State: lifecycle.NodeAlive,
+			Capacity: cands[i].Capacity, Allocated: cands[i].Allocated, HeartbeatAt: n.HeartbeatAt, HeartbeatAge: n.HeartbeatAge}
+		for _, w := range n.Warm {
+			ns.Warm += w
+		}
+		switch {
+		case !f.policy.Alive(cands[i]):
+			ns.State = lifecycle.NodeLost
+		case n.DiskLow:
+			ns.State = lifecycle.NodeDiskLow
+		}
+		cat.Nodes = append(cat.Nodes, ns)
 		if !f.policy.Alive(cands[i]) {
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -132,6 +133,7 @@ func TestControlPlaneOverNodeAPI(t *testing.T) {
 	cfg := config.Default()
 	cfg.PoolSize = 0
 	cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token, HeartbeatTimeoutSeconds: 1}
+	cfg.OperatorAccounts = []string{"fleet"}
 	startNode(t, st, cfg, "a", "fsn1", 2)
 	b := startNode(t, st, cfg, "b", "nbg1", 1)
 
@@ -223,6 +225,49 @@ func TestControlPlaneOverNodeAPI(t *testing.T) {
 	}
 	if s, m := p.do("GET", "/v1/regions", nil); s != 200 || !strings.Contains(mustJSON(m), `"state":"unavailable"`) {
 		t.Fatalf("regions: %d %v", s, m)
+	}
+	// The operator's account sees the nodes: a alive with its sandbox (as
+	// its next heartbeat says), b lost; any other account does not see the
+	// endpoint at all.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		s, m = p.do("GET", "/v1/nodes", nil)
+		if s != 200 {
+			t.Fatalf("nodes: %d %v", s, m)
+		}
+		nodes, _ := m["data"].([]any)
+		if len(nodes) != 2 {
+			t.Fatalf("nodes: %v, want a and b", m)
+		}
+		bad := ""
+		for i, want := range []struct {
+			id, region, state string
+			slots             float64
+		}{{"a", "fsn1", "alive", 2}, {"b", "nbg1", "lost", 1}} {
+			n := nodes[i].(map[string]any)
+			if n["id"] != want.id || n["region"] != want.region || n["state"] != want.state || n["slots"] != want.slots ||
+				!strings.HasPrefix(n["address"].(string), "http://127.0.0.1:") || n["last_heartbeat_at"] == "" || n["memory_mb"].(float64) <= 0 ||
+				(want.id == "a" && n["slots_used"] != 1.0) {
+				bad += fmt.Sprintf("node %d: %v, want %+v (a: 1 slot used); ", i, n, want)
+			}
+		}
+		if bad == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(bad)
+		}
+	}
+	other := store.Account{ID: "acc_" + ulid.Make().String(), Name: "customer", Plan: "team", CreatedAt: time.Now().UTC()}
+	if err := st.CreateAccount(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	okey, ohash, oprefix, _ := auth.NewKey()
+	if err := st.CreateKey(ctx, store.APIKey{ID: "key_" + ulid.Make().String(), AccountID: other.ID, Prefix: oprefix, Hash: ohash,
+		Scopes: []string{store.ScopeSandboxesWrite}, CreatedAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	if s, m := (&plane{t: t, url: hs.URL, key: okey, st: st}).do("GET", "/v1/nodes", nil); s != 404 || code(m) != "not_found" {
+		t.Fatalf("nodes for an account that is not the operator's: %d %v", s, m)
 	}
 	if s, m := p.do("POST", "/v1/sandboxes/"+inA+"/exec", map[string]any{"command": "echo still"}); s != 200 || m["stdout"] != "still\n" {
 		t.Fatalf("exec on the live node after the other died: %d %v", s, m)

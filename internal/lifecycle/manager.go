@@ -133,6 +133,7 @@ func (m *Manager) Create(ctx context.Context, row store.Sandbox, env map[string]
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	var rt runtime.Sandbox
+	var placeErr error
 	for attempt := 1; ; attempt++ {
 		rt, err = nd.Create(ctx, nodeapi.CreateRequest{SandboxID: row.ID, AccountID: row.AccountID, Template: row.Template, Size: row.Size,
 			Claim: runtime.Claim{Env: env, Hostname: "sandbox", Network: row.Network}})
@@ -144,6 +145,13 @@ func (m *Manager) Create(ctx context.Context, row store.Sandbox, env map[string]
 		pl.Exclude = append(pl.Exclude, row.Node)
 		next, nnd, perr := m.nodes.Place(ctx, pl)
 		if perr != nil {
+			if !errors.Is(err, nodeapi.ErrDiskLow) {
+				// No other node can take it either: that is the answer
+				// (region_unavailable when the region's last node just
+				// went, which a placement list a few seconds old did not
+				// know yet).
+				placeErr = perr
+			}
 			break
 		}
 		m.log.Info("a node could not take a sandbox; placing it again", "sandbox", row.ID, "node", row.Node, "next", next, "err", err)
@@ -153,6 +161,9 @@ func (m *Manager) Create(ctx context.Context, row store.Sandbox, env map[string]
 		row.Status, row.ErrorMessage = store.StatusError, "start failed"
 		if _, uerr := m.store.UpdateSandbox(ctx, row, 0); uerr != nil {
 			m.log.Error("recording a failed create", "sandbox", row.ID, "err", uerr)
+		}
+		if placeErr != nil {
+			return row, placeErr
 		}
 		return row, fmt.Errorf("%w: %w", ErrStartFailed, err)
 	}

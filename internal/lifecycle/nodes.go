@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
@@ -36,6 +37,29 @@ type Catalog struct {
 	Templates map[string]bool // built on at least one live node
 	Network   bool            // some live node runs networked sandboxes
 	Regions   []scheduler.RegionState
+	Nodes     []NodeState // every registered node, by id
+}
+
+// Node states in NodeState.State.
+const (
+	NodeAlive   = "alive"    // heartbeat within the timeout
+	NodeDiskLow = "disk_low" // alive, but takes no new sandbox: disk under its reserve
+	NodeLost    = "lost"     // heartbeat older than the timeout
+)
+
+// NodeState is one node as its operator sees it.
+type NodeState struct {
+	ID, Region string
+	Address    string // node API base URL; "" for the one box's in-process node
+	Version    string
+	State      string // NodeAlive, NodeDiskLow or NodeLost
+	Capacity   scheduler.Resources
+	Allocated  scheduler.Resources // Slots: the sandboxes it runs
+	Warm       int                 // warm sandboxes ready, all templates
+	// HeartbeatAt is its last heartbeat by the database's clock (the
+	// one box's node: now); HeartbeatAge how old it was when read.
+	HeartbeatAt  time.Time
+	HeartbeatAge time.Duration
 }
 
 // Placement failures: the API answers 503 with these codes.
@@ -80,6 +104,15 @@ func (l localNodes) Catalog(ctx context.Context) (Catalog, error) {
 		Capacity:  scheduler.Resources(info.Capacity),
 		Allocated: scheduler.Resources(info.Allocated),
 	}})
+	ns := NodeState{ID: info.ID, Region: info.Region, Version: info.Version, State: NodeAlive,
+		Capacity: scheduler.Resources(info.Capacity), Allocated: scheduler.Resources(info.Allocated), HeartbeatAt: time.Now().UTC()}
+	if info.DiskLow {
+		ns.State = NodeDiskLow
+	}
+	for _, n := range info.Warm {
+		ns.Warm += n
+	}
+	c.Nodes = []NodeState{ns}
 	return c, nil
 }
 

@@ -166,19 +166,103 @@ func (n *Node) admit() error {
 	return nil
 }
 
-// Create implements nodeapi.Node.
+// Create implements nodeapi.Node. A create for a sandbox id that runs
+// here already (or is being started) answers with that sandbox: see
+// startOnceByID.
 func (n *Node) Create(ctx context.Context, r nodeapi.CreateRequest) (runtime.Sandbox, error) {
-	if err := n.admit(); err != nil {
-		return nil, err
+	return n.startOnceByID(ctx, r.SandboxID, r.AccountID, func() (runtime.Sandbox, error) {
+		if err := n.admit(); err != nil {
+			return nil, err
+		}
+		claim := r.Claim
+		claim.Labels = map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID}
+		rt, _, err := n.create(ctx, r.Template, r.Size, r.AccountID, claim)
+		if err != nil {
+			return nil, contractError(err)
+		}
+		n.track(r.SandboxID, r.AccountID, rt, n.cfg.Sizes[r.Size])
+		return rt, nil
+	})
+}
+
+// startCall is a create or a restore of one sandbox id under way.
+type startCall struct {
+	account string
+	done    chan struct{}
+	rt      runtime.Sandbox
+	err     error
+}
+
+// startOnceByID runs start, a create or a restore of sandboxID, unless that
+// sandbox runs here already or is being started: then the call answers
+// with that sandbox (once it is started). The control plane's transport
+// sends such a call again when its connection broke before the answer
+// came, which the node may have acted on: without this a lost answer
+// would start the sandbox twice, and leave one copy nobody owns. The same
+// id for another account is refused (runtime.ErrExists). If the first
+// call failed, a repeat tries again.
+func (n *Node) startOnceByID(ctx context.Context, sandboxID, account string, start func() (runtime.Sandbox, error)) (runtime.Sandbox, error) {
+	if sandboxID == "" {
+		return start() // nothing to know a repeat by
 	}
-	claim := r.Claim
-	claim.Labels = map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID}
-	rt, _, err := n.create(ctx, r.Template, r.Size, r.AccountID, claim)
-	if err != nil {
-		return nil, contractError(err)
+	conflict := func() error {
+		return fmt.Errorf("%w: sandbox %s is already started on this node for another account", runtime.ErrExists, sandboxID)
 	}
-	n.track(r.SandboxID, r.AccountID, rt, n.cfg.Sizes[r.Size])
-	return rt, nil
+	for {
+		if rt, acct, ok := n.runningSandbox(sandboxID); ok {
+			if acct != account {
+				return nil, conflict()
+			}
+			return rt, nil
+		}
+		c := &startCall{account: account, done: make(chan struct{})}
+		v, loaded := n.starting.LoadOrStore(sandboxID, c)
+		if !loaded {
+			// A call that finished between the look-up above and the
+			// store tracked its sandbox before it left the map.
+			if rt, acct, ok := n.runningSandbox(sandboxID); ok {
+				n.starting.Delete(sandboxID)
+				close(c.done)
+				if acct != account {
+					return nil, conflict()
+				}
+				return rt, nil
+			}
+			func() {
+				defer func() {
+					n.starting.Delete(sandboxID)
+					close(c.done)
+				}()
+				c.rt, c.err = start()
+			}()
+			return c.rt, c.err
+		}
+		prev := v.(*startCall)
+		if prev.account != account {
+			return nil, conflict()
+		}
+		select {
+		case <-prev.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if prev.err == nil {
+			return prev.rt, nil
+		}
+	}
+}
+
+// runningSandbox is the sandbox the node runs for a sandbox id, and its
+// account.
+func (n *Node) runningSandbox(sandboxID string) (rt runtime.Sandbox, account string, ok bool) {
+	n.live.Range(func(_, v any) bool {
+		if l := v.(*live); l.sandboxID == sandboxID {
+			rt, account, ok = l.rt, l.account, true
+			return false
+		}
+		return true
+	})
+	return rt, account, ok
 }
 
 // contractError gives the driver's and the template store's errors the
@@ -259,8 +343,14 @@ func (n *Node) Checkpoint(ctx context.Context, runtimeID, id string) (nodeapi.Sn
 	return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
 }
 
-// Restore implements nodeapi.Node.
+// Restore implements nodeapi.Node. A restore of a sandbox id that runs
+// here already (or is being started) answers with that sandbox: see
+// startOnceByID.
 func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.Sandbox, error) {
+	return n.startOnceByID(ctx, r.SandboxID, r.AccountID, func() (runtime.Sandbox, error) { return n.restore(ctx, r) })
+}
+
+func (n *Node) restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.Sandbox, error) {
 	dir, err := n.snapshotDir(r.Snapshot)
 	if err != nil {
 		return nil, err

@@ -119,6 +119,7 @@ type Node struct {
 	sampler    *metering.Sampler
 	live       sync.Map // runtime id -> *live: what this node runs for the store
 	destroying sync.Map // runtime ids stopped on purpose (their watcher records nothing)
+	starting   sync.Map // sandbox id -> *startCall: a create or restore under way
 	startOnce  sync.Once
 	capOnce    sync.Once
 	capSize    nodeapi.Capacity

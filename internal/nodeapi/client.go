@@ -147,7 +147,9 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 		// connection broke before any answer, which the node may have
 		// carried out: so not a process's start or its stdin, whose
 		// repetition a user would see (net/http still retries those when
-		// nothing of them was written).
+		// nothing of them was written). A repeated create or restore is
+		// answered by the node with the sandbox the first one started
+		// (node.Node deduplicates them by sandbox id).
 		if !strings.HasSuffix(path, "/processes/start") && !strings.HasSuffix(path, "/processes/input") {
 			req.Header.Set("Idempotency-Key", path)
 		}

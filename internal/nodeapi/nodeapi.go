@@ -124,6 +124,10 @@ type Node interface {
 	Info(ctx context.Context) (Info, error)
 	// Create claims a warm sandbox or starts one. ErrTemplateNotBuilt,
 	// ErrUnknownSize, runtime.ErrNoNetwork, ErrDiskLow, ErrNoCapacity.
+	// Idempotent by SandboxID: while that sandbox runs (or starts) on the
+	// node, a create for it answers with it (another account's:
+	// runtime.ErrExists), so a call repeated after a lost answer starts
+	// nothing more.
 	Create(ctx context.Context, r CreateRequest) (runtime.Sandbox, error)
 	// Sandbox is a running sandbox of this node (runtime.ErrNotFound).
 	Sandbox(ctx context.Context, runtimeID string) (runtime.Sandbox, error)
@@ -134,6 +138,7 @@ type Node interface {
 	Checkpoint(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error)
 	// Restore starts a sandbox from a snapshot this node holds
 	// (ErrSnapshotNotFound). The snapshot stays until RemoveSnapshot.
+	// Idempotent by SandboxID, as Create.
 	Restore(ctx context.Context, r RestoreRequest) (runtime.Sandbox, error)
 	// RemoveSnapshot deletes a snapshot; a missing one is no error.
 	RemoveSnapshot(ctx context.Context, id string) error

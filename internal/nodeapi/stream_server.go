@@ -217,6 +217,12 @@ func (h *handler) responseStream(w http.ResponseWriter, r *http.Request, op stre
 	s.in = newWindowedInput(s.fw)
 	s.in.close(io.EOF)
 	res, err := op(r.Context(), s, sb, params)
+	// The last frame is not flushed by itself: the handler's return writes
+	// it with the response's end in one write, so the client, which reads
+	// the answer to its end to reuse the connection, wakes once for both.
+	s.fw.mu.Lock()
+	s.fw.flush = nil
+	s.fw.mu.Unlock()
 	s.finish(res, err)
 }
 

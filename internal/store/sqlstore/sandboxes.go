@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
@@ -106,32 +109,120 @@ func (s *Store) CreateSandbox(ctx context.Context, sb store.Sandbox, maxActive i
 	if err != nil {
 		return err
 	}
-	err = s.tx(ctx, func(tx *sql.Tx) error {
-		if err := s.lockAccount(ctx, tx, sb.AccountID); err != nil {
-			return err
-		}
-		if maxActive > 0 {
-			n, err := s.count(ctx, tx, "SELECT COUNT(*) FROM sandboxes WHERE account_id = ? AND status IN (?, ?)",
-				sb.AccountID, string(store.StatusStarting), string(store.StatusRunning))
-			if err != nil {
-				return err
-			}
-			if n >= maxActive {
-				return fmt.Errorf("account %q has %d active sandboxes (limit %d): %w", sb.AccountID, n, maxActive, store.ErrLimit)
-			}
-		}
-		_, err := s.exec(ctx, tx, "INSERT INTO sandboxes ("+sandboxCols+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			sb.ID, sb.AccountID, string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network,
-			sb.Region, int64(sb.TimeoutSeconds), toNullMS(sb.ExpiresAt), sb.RemainingMS, envKeys, metadata, sb.Node,
-			sb.RuntimeID, sb.SnapshotDir, sb.SnapshotBytes, sb.ErrorMessage, toMS(sb.CreatedAt), toMS(sb.UpdatedAt),
-			toNullMS(sb.PausedAt), toNullMS(sb.TerminatedAt), sb.Version)
-		return err
-	})
+	args := []any{sb.ID, sb.AccountID, string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network,
+		sb.Region, int64(sb.TimeoutSeconds), toNullMS(sb.ExpiresAt), sb.RemainingMS, envKeys, metadata, sb.Node,
+		sb.RuntimeID, sb.SnapshotDir, sb.SnapshotBytes, sb.ErrorMessage, toMS(sb.CreatedAt), toMS(sb.UpdatedAt),
+		toNullMS(sb.PausedAt), toNullMS(sb.TerminatedAt), sb.Version}
+	if s.d.dollar {
+		err = s.createSandboxPipelined(ctx, sb.AccountID, maxActive, args)
+	} else {
+		err = s.createSandboxTx(ctx, sb.AccountID, maxActive, args)
+	}
 	if isUnique(err) {
 		return fmt.Errorf("sandbox %q: %w", sb.ID, store.ErrConflict)
 	}
 	return err
+}
+
+// createSandboxTx is CreateSandbox as a transaction of its own: lock the
+// account, count, insert (SQLite, in process: statements cost no round
+// trip).
+func (s *Store) createSandboxTx(ctx context.Context, accountID string, maxActive int, args []any) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockAccount(ctx, tx, accountID); err != nil {
+			return err
+		}
+		if maxActive > 0 {
+			n, err := s.count(ctx, tx, "SELECT COUNT(*) FROM sandboxes WHERE account_id = ? AND status IN (?, ?)",
+				accountID, string(store.StatusStarting), string(store.StatusRunning))
+			if err != nil {
+				return err
+			}
+			if n >= maxActive {
+				return fmt.Errorf("account %q has %d active sandboxes (limit %d): %w", accountID, n, maxActive, store.ErrLimit)
+			}
+		}
+		_, err := s.exec(ctx, tx, "INSERT INTO sandboxes ("+sandboxCols+`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
+		return err
+	})
+}
+
+// pgCreateLock takes the account's row lock for the rest of the pipeline's
+// transaction and says how many sandboxes it has active (for the error
+// message only: it may be stale by the time the lock is granted).
+const pgCreateLock = `SELECT (SELECT COUNT(*) FROM sandboxes WHERE account_id = $1 AND status IN ($2, $3))
+	FROM accounts WHERE id = $1 FOR NO KEY UPDATE`
+
+// pgCreateInsert inserts the row if the account exists and has fewer than
+// $25 active sandboxes ($25 <= 0: no limit). It runs after pgCreateLock in
+// the same transaction, and under READ COMMITTED each statement takes a
+// new snapshot, so the count sees every create that held the lock before.
+// The casts give the parameters the columns' types (an INSERT ... SELECT
+// does not infer them).
+const pgCreateInsert = `INSERT INTO sandboxes (` + sandboxCols + `)
+	SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::double precision, $7::bigint, $8::text,
+		$9::text, $10::bigint, $11::bigint, $12::bigint, $13::text, $14::text, $15::text,
+		$16::text, $17::text, $18::bigint, $19::text, $20::bigint, $21::bigint, $22::bigint, $23::bigint, $24::bigint
+	WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $2)
+		AND ($25::bigint <= 0 OR (SELECT COUNT(*) FROM sandboxes WHERE account_id = $2 AND status IN ($26, $27)) < $25::bigint)
+	RETURNING id`
+
+// pgCreateAsync lets the create's transaction commit without waiting for
+// its WAL to reach the disk (for this transaction only). A create's row
+// is recorded starting and then, once its node started it, running; the
+// API answers only after that second, durable commit, whose flush covers
+// the first. A crash in between loses at most a starting row nobody was
+// told of (its node's sandbox, if any, is swept as no row's), and the
+// row is visible to other transactions at commit either way, so the
+// plan's limit holds as before. What it saves is a wait for the disk: at
+// load 40 on this host a round trip took 0.3–0.7 ms and a durable insert
+// 2.4–3.7 ms (pgbench, docs/benchmarks.md).
+const pgCreateAsync = `SELECT set_config('synchronous_commit', 'off', true)`
+
+// createSandboxPipelined is CreateSandbox on PostgreSQL in one round trip:
+// the lock and the conditional insert go out together as one pipelined
+// batch, which PostgreSQL runs as one implicit transaction (a failed
+// statement rolls back both), committed without waiting for the disk
+// (pgCreateAsync). As separate statements of a transaction it took five
+// round trips (BEGIN, lock, count, insert, COMMIT), each a wake-up of a
+// PostgreSQL backend, and a flush of the WAL.
+func (s *Store) createSandboxPipelined(ctx context.Context, accountID string, maxActive int, args []any) error {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	starting, running := string(store.StatusStarting), string(store.StatusRunning)
+	return conn.Raw(func(dc any) error {
+		pc := dc.(*stdlib.Conn).Conn()
+		var b pgx.Batch
+		b.Queue(pgCreateAsync)
+		b.Queue(pgCreateLock, accountID, starting, running)
+		b.Queue(pgCreateInsert, append(args, int64(maxActive), starting, running)...)
+		br := pc.SendBatch(ctx, &b)
+		var async string
+		if err := br.QueryRow().Scan(&async); err != nil {
+			_ = br.Close()
+			return err
+		}
+		var active int64
+		lockErr := br.QueryRow().Scan(&active)
+		var id string
+		insErr := br.QueryRow().Scan(&id)
+		if err := br.Close(); err != nil {
+			return err
+		}
+		switch {
+		case errors.Is(lockErr, pgx.ErrNoRows):
+			return fmt.Errorf("account %q: %w", accountID, store.ErrNotFound)
+		case lockErr != nil:
+			return lockErr
+		case errors.Is(insErr, pgx.ErrNoRows):
+			return fmt.Errorf("account %q has %d active sandboxes (limit %d): %w", accountID, active, maxActive, store.ErrLimit)
+		}
+		return insErr
+	})
 }
 
 // GetSandbox returns the account's sandbox; another account's sandbox is

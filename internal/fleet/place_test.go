@@ -1,0 +1,55 @@
+package fleet_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/fleet"
+	"github.com/orkestr-eu/orkestr/internal/lifecycle"
+	"github.com/orkestr-eu/orkestr/internal/store"
+	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
+)
+
+// TestPlacementRereadsBeforeRefusing: placement serves from a node list
+// that may be seconds old, but refuses only on the list as it is now: a
+// node that was full when the list was read and has room since takes the
+// sandbox.
+func TestPlacementRereadsBeforeRefusing(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	beat := func(used int) {
+		t.Helper()
+		if err := st.Heartbeat(ctx, store.Node{ID: "a", Region: "fsn1", Address: "http://127.0.0.1:9", Version: "test", APIVersion: 1,
+			Capacity:  store.NodeCapacity{CPUs: 4, MemoryBytes: 8 << 30, DiskBytes: 100 << 30, Slots: 1},
+			Allocated: store.NodeCapacity{CPUs: 0.5 * float64(used), MemoryBytes: int64(used) << 29, DiskBytes: int64(used) << 31, Slots: used},
+			Running:   used, Templates: []string{"debian-12"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := config.Default()
+	nodes := fleet.NewNodes(fleet.Options{Store: st, Config: cfg})
+	pl := lifecycle.Placement{Template: "debian-12", Size: "small"}
+
+	beat(1)
+	if _, _, err := nodes.Place(ctx, pl); !errors.Is(err, lifecycle.ErrNoCapacity) {
+		t.Fatalf("placement on a full node: %v, want no capacity", err)
+	}
+	beat(0)
+	// Older than a read serves as is, younger than a refusal may rest on.
+	time.Sleep(1100 * time.Millisecond)
+	id, _, err := nodes.Place(ctx, pl)
+	if err != nil || id != "a" {
+		t.Fatalf("placement after the node freed its slot: %q, %v (refused on the old list)", id, err)
+	}
+	if cat, err := nodes.FreshCatalog(ctx); err != nil || len(cat.Nodes) != 1 || cat.Nodes[0].Allocated.Slots != 0 || cat.Nodes[0].State != lifecycle.NodeAlive {
+		t.Fatalf("fresh catalog: %+v, %v", cat.Nodes, err)
+	}
+}
