@@ -271,9 +271,9 @@ func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.S
 	if err := n.admit(); err != nil {
 		return nil, err
 	}
-	rootfs, err := n.templates.Rootfs(r.Template)
+	rootfs, err := n.restoreRootfs(dir, r.Template)
 	if err != nil {
-		return nil, contractError(err)
+		return nil, err
 	}
 	rt, err := n.driver.Restore(ctx, dir, rootfs, map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID})
 	if err != nil {
@@ -285,6 +285,35 @@ func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.S
 	}
 	n.track(r.SandboxID, r.AccountID, rt, res)
 	return rt, nil
+}
+
+// restoreRootfs is this node's copy of a snapshot's template: the one the
+// snapshot names, of the same build (template.Record.Identity), else
+// ErrTemplateNotBuilt.
+func (n *Node) restoreRootfs(dir, tmpl string) (string, error) {
+	if sr, ok := n.driver.(runtime.SnapshotReader); ok {
+		snap, err := sr.ReadSnapshot(dir)
+		if err != nil {
+			return "", err
+		}
+		if snap.Template != "" && snap.Template != tmpl {
+			return "", fmt.Errorf("%w: the snapshot is of template %q, not %q", runtime.ErrInvalidRequest, snap.Template, tmpl)
+		}
+		if snap.TemplateDigest != "" {
+			rec, err := n.templates.Record(tmpl)
+			if err != nil {
+				return "", contractError(err)
+			}
+			if got := rec.Identity(); got != snap.TemplateDigest {
+				return "", fmt.Errorf("%w: template %q on node %s is another build (%s) than the snapshot's (%s); copy the template directory from the node that built it", nodeapi.ErrTemplateNotBuilt, tmpl, n.cfg.ID, got, snap.TemplateDigest)
+			}
+		}
+	}
+	rootfs, err := n.templates.Rootfs(tmpl)
+	if err != nil {
+		return "", contractError(err)
+	}
+	return rootfs, nil
 }
 
 // RemoveSnapshot implements nodeapi.Node.

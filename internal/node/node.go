@@ -333,7 +333,11 @@ func (n *Node) Spec(tmpl, size string) (runtime.Spec, error) {
 	if err != nil {
 		return runtime.Spec{}, err
 	}
-	return runtime.Spec{Template: tmpl, Rootfs: rootfs, Resources: res}, nil
+	rec, err := n.templates.Record(tmpl)
+	if err != nil {
+		return runtime.Spec{}, err
+	}
+	return runtime.Spec{Template: tmpl, TemplateDigest: rec.Identity(), Rootfs: rootfs, Resources: res}, nil
 }
 
 // create claims a warm sandbox (or starts one) for template and size,
