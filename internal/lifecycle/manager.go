@@ -366,3 +366,92 @@ func (m *Manager) removeSnapshot(nodeID, snapshot string) {
 		m.log.Warn("removing a snapshot failed; its node removes it at its next start", "node", nodeID, "snapshot", snapshot, "err", err)
 	}
 }
+
+// Fork makes clones of a running or paused sandbox src (the caller holds
+// its Lock): each clone (a row the caller filled in: id, account,
+// template, size, network, region, timeout, metadata) starts from the
+// same memory, processes and files, with a network identity of its own.
+// All or nothing: the clones' rows are inserted in one transaction under
+// the plan's concurrency limit (store.ErrLimit), and if any clone cannot
+// be started every clone ends as an error. A running source is
+// checkpointed live (it keeps running; the fork's snapshot is removed
+// afterwards); a paused one's snapshot is used as it is.
+//
+// Clones run on the node that holds the snapshot: a node reads only its
+// own snapshots until snapshots live in a shared store.
+func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sandbox, maxConcurrent int) ([]store.Sandbox, error) {
+	if src.Status != store.StatusRunning && src.Status != store.StatusPaused {
+		return nil, notReady(src.Status)
+	}
+	nd, err := m.nodes.Node(ctx, src.Node)
+	if err != nil {
+		return nil, err
+	}
+	if src.Status == store.StatusRunning {
+		if _, err := nd.Sandbox(ctx, src.RuntimeID); err != nil {
+			if errors.Is(err, nodeapi.ErrUnreachable) {
+				return nil, err
+			}
+			return nil, notReady(store.StatusError)
+		}
+	}
+	for i := range clones {
+		clones[i].Status, clones[i].Node = store.StatusStarting, src.Node
+	}
+	if err := m.store.CreateSandboxes(ctx, clones, maxConcurrent); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	fail := func(reason string, err error) ([]store.Sandbox, error) {
+		for _, c := range clones {
+			m.Finish(ctx, c.ID, c.AccountID, store.StatusError, reason)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
+	}
+	snapID := src.SnapshotDir
+	if src.Status == store.StatusRunning {
+		snapID = src.ID + "-fork-" + ulid.MustNew(ulid.Now(), rand.Reader).String()
+		snap, err := nd.CheckpointLive(ctx, src.RuntimeID, snapID)
+		if err != nil {
+			m.log.Error("fork: live checkpoint failed", "sandbox", src.ID, "node", src.Node, "err", err)
+			return fail("fork failed: the source could not be checkpointed", err)
+		}
+		defer m.removeSnapshot(src.Node, snap.ID)
+	}
+	rts := make([]runtime.Sandbox, len(clones))
+	errs := make([]error, len(clones))
+	var wg sync.WaitGroup
+	for i, c := range clones {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rts[i], errs[i] = nd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: c.ID, AccountID: c.AccountID, Snapshot: snapID, Template: c.Template, Size: c.Size})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for i, rt := range rts {
+			if rt != nil {
+				m.destroy(clones[i].Node, rt.ID())
+			}
+		}
+		m.log.Error("fork: a clone could not be started", "sandbox", src.ID, "node", src.Node, "err", err)
+		return fail("fork failed: a clone could not be started", err)
+	}
+	out := make([]store.Sandbox, len(clones))
+	for i, c := range clones {
+		exp := m.now().UTC().Add(time.Duration(c.TimeoutSeconds) * time.Second)
+		c.Status, c.RuntimeID, c.ExpiresAt = store.StatusRunning, rts[i].ID(), &exp
+		row, err := m.store.UpdateSandbox(ctx, c, 0)
+		if err != nil {
+			// Terminated meanwhile (a DELETE of the new id): it goes.
+			m.destroy(c.Node, rts[i].ID())
+			out[i] = c
+			continue
+		}
+		m.running.Store(row.ID, live{account: row.AccountID, rt: rts[i]})
+		out[i] = row
+	}
+	return out, nil
+}

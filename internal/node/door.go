@@ -259,6 +259,36 @@ func (n *Node) Checkpoint(ctx context.Context, runtimeID, id string) (nodeapi.Sn
 	return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
 }
 
+// CheckpointLive implements nodeapi.Node: the sandbox stays the node's
+// (metered, tracked) throughout.
+func (n *Node) CheckpointLive(ctx context.Context, runtimeID, id string) (nodeapi.Snapshot, error) {
+	v, ok := n.live.Load(runtimeID)
+	if !ok {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
+	}
+	l := v.(*live)
+	lc, ok := l.rt.(runtime.LiveCheckpointer)
+	if !ok {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: the %s runtime cannot checkpoint a running sandbox", runtime.ErrInvalidRequest, n.driver.Name())
+	}
+	if !strings.HasPrefix(id, l.sandboxID+"-") || len(id) == len(l.sandboxID)+1 {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot id %q must be %q followed by a suffix", runtime.ErrInvalidRequest, id, l.sandboxID+"-")
+	}
+	dir, err := n.snapshotDir(id)
+	if err != nil {
+		return nodeapi.Snapshot{}, err
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot %s exists already", runtime.ErrInvalidRequest, id)
+	}
+	snap, err := lc.CheckpointLive(ctx, dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nodeapi.Snapshot{}, err
+	}
+	return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
+}
+
 // Restore implements nodeapi.Node.
 func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.Sandbox, error) {
 	dir, err := n.snapshotDir(r.Snapshot)

@@ -132,6 +132,12 @@ type Node interface {
 	// id, "-", a fresh ULID) and records the name before it asks, so that
 	// a crash after the checkpoint finds the snapshot instead of losing it.
 	Checkpoint(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error)
+	// CheckpointLive snapshots a running sandbox into snapshot id
+	// snapshotID (named as for Checkpoint) and leaves it running: the
+	// source of a fork. Its calls in flight are drained first and its
+	// attached streams end. runtime.ErrInvalidRequest if the node's
+	// runtime cannot.
+	CheckpointLive(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error)
 	// Restore starts a sandbox from a snapshot this node holds
 	// (ErrSnapshotNotFound). The snapshot stays until RemoveSnapshot.
 	Restore(ctx context.Context, r RestoreRequest) (runtime.Sandbox, error)
