@@ -28,6 +28,9 @@ OFFLINE_TEMPLATES := debian-12 python-3.11 node-22 e2b-base
 DEB_PACKAGES      := debootstrap iproute2 nftables ca-certificates busybox-static
 TEST_DEB_PACKAGES := postgresql runc chromium nodejs python3 python3-venv
 TEST_FLAGS   ?= -count=1 -timeout 40m
+# versitygw (Apache-2.0), the real S3 server of the snapshot store's tests,
+# built from the Go module proxy into bin/ (about 2 minutes the first time).
+VERSITYGW_VERSION := v1.8.0
 
 .PHONY: test-unit setup deps test-deps build runsc templates run test test-js test-js-run test-python lint bench clean postgres console-e2e-deps console-vendor install uninstall e2b-proto e2b-sdk-deps schemathesis-venv test-contract fuzz soak
 
@@ -45,8 +48,19 @@ endef
 deps:
 	$(call install-debs,$(DEB_PACKAGES))
 
-test-deps: deps
+test-deps: deps versitygw
 	$(call install-debs,$(TEST_DEB_PACKAGES))
+
+.PHONY: versitygw
+versitygw:
+	@if [ -x $(BIN)/versitygw ] && [ "$$(cat $(BIN)/.versitygw-version 2>/dev/null)" = "$(VERSITYGW_VERSION)" ]; then \
+		echo "versitygw $(VERSITYGW_VERSION) already built"; \
+	else \
+		echo "building versitygw $(VERSITYGW_VERSION) from the Go module proxy (about 2 minutes)"; \
+		mkdir -p $(BIN) && \
+		CGO_ENABLED=0 GOFLAGS=-mod=mod GOBIN=$(BIN) $(GO) install -ldflags='-s -w' github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION) && \
+		echo "$(VERSITYGW_VERSION)" > $(BIN)/.versitygw-version; \
+	fi
 
 # orkestrd version prints these (set VERSION=… for a release build).
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

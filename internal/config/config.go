@@ -161,6 +161,10 @@ type Config struct {
 	// fleet.go); the one box needs neither.
 	Fleet Fleet `yaml:"fleet"`
 	Node  Node  `yaml:"node"`
+
+	// Snapshots is where paused sandboxes' snapshots are kept (see
+	// snapshots.go).
+	Snapshots Snapshots `yaml:"snapshots"`
 }
 
 // PooledSandboxMB is what one idle pooled sandbox is counted at against
@@ -182,6 +186,7 @@ func Default() Config {
 			"large":  {CPU: 4, MemoryMB: 8192, PIDs: 4096, DiskMB: 32768},
 		},
 		DiskReserveMB: 2048,
+		Snapshots:     Snapshots{Store: "fs", CacheBytes: DefaultSnapshotCacheBytes},
 		PoolMax:       8,
 		PoolMemoryMB:  1024,
 		Plans: map[string]Plan{
@@ -316,6 +321,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.validateServer(); err != nil {
+		return err
+	}
+	if err := c.Snapshots.validate(); err != nil {
 		return err
 	}
 	seen := map[string]bool{}

@@ -52,6 +52,19 @@ func mergeServer(c *Config, file Config) error {
 	if err := c.resolveFleet(); err != nil {
 		return err
 	}
+	if file.Snapshots != (Snapshots{}) {
+		def := c.Snapshots
+		c.Snapshots = file.Snapshots
+		if c.Snapshots.Store == "" {
+			c.Snapshots.Store = def.Store
+		}
+		if c.Snapshots.CacheBytes == 0 {
+			c.Snapshots.CacheBytes = def.CacheBytes
+		}
+	}
+	if err := c.resolveSnapshots(); err != nil {
+		return err
+	}
 	return c.resolveSecrets()
 }
 
@@ -143,8 +156,10 @@ func (c Config) CheckFiles() error {
 			return fmt.Errorf("config: tls: loading %s and %s: %w", c.TLS.CertFile, c.TLS.KeyFile, err)
 		}
 	}
-	_, err := c.SandboxCABundle()
-	return err
+	if _, err := c.SandboxCABundle(); err != nil {
+		return err
+	}
+	return c.Snapshots.checkFiles()
 }
 
 // SandboxCABundle reads sandbox_ca_files into one PEM bundle of
@@ -205,6 +220,7 @@ func (c Config) Redact() Config {
 	if c.Fleet.NodeToken != "" {
 		out.Fleet.NodeToken = Redacted
 	}
+	out.Snapshots = c.Snapshots.redact()
 	if c.Registries != nil {
 		out.Registries = make(map[string]RegistryAuth, len(c.Registries))
 		for h, a := range c.Registries {

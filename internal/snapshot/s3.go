@@ -1,0 +1,455 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// S3Config names an S3-compatible bucket. Empty fields fall back to the
+// standard AWS environment variables: AWS_ENDPOINT_URL, AWS_REGION,
+// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN.
+type S3Config struct {
+	// Endpoint is the server's base URL (http:// or https://); empty:
+	// AWS_ENDPOINT_URL, else AWS S3 of Region.
+	Endpoint string
+	Region   string // default us-east-1
+	Bucket   string
+	// Prefix is prepended to every key ("orkestr/prod/"), so that several
+	// installations may share a bucket.
+	Prefix          string
+	AccessKeyID     string
+	SecretAccessKey string
+	SessionToken    string
+	// CAFile is a PEM bundle of the CAs of the endpoint's certificate
+	// (empty: the system's roots).
+	CAFile string
+	// VirtualHost addresses the bucket as bucket.host; default path-style
+	// (host/bucket), which every S3-compatible server speaks.
+	VirtualHost bool
+	// PartSize and Parallel shape uploads past one part: multipart, with
+	// Parallel parts of PartSize bytes in flight at once (the memory an
+	// upload holds). Defaults 8 MiB and 4.
+	PartSize int64
+	Parallel int
+}
+
+const (
+	defaultPartSize = 8 << 20
+	minPartSize     = 5 << 20 // S3's minimum for all parts but the last
+	defaultParallel = 4
+	// maxCreateBytes bounds what Create holds in memory (it is for keys).
+	maxCreateBytes = 1 << 20
+	// partGrace is how long a cancelled upload lets its parts in flight
+	// finish before cutting them.
+	partGrace = 10 * time.Second
+)
+
+type s3Store struct {
+	c        *minio.Client
+	bucket   string
+	prefix   string
+	endpoint string
+	partSize int64
+	parallel int
+}
+
+// NewS3 returns a Store on an S3-compatible bucket. It does not contact
+// the server: a store that cannot be reached shows as ErrUnavailable on
+// use, not at start.
+func NewS3(cfg S3Config) (Store, error) {
+	if cfg.Endpoint == "" {
+		cfg.Endpoint = os.Getenv("AWS_ENDPOINT_URL")
+	}
+	if cfg.Region == "" {
+		cfg.Region = os.Getenv("AWS_REGION")
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	if cfg.Endpoint == "" {
+		cfg.Endpoint = "https://s3." + cfg.Region + ".amazonaws.com"
+	}
+	if cfg.Bucket == "" {
+		return nil, errors.New("snapshot: s3: no bucket given")
+	}
+	u, err := url.Parse(cfg.Endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("snapshot: s3: endpoint %q must be an http:// or https:// URL without a path", cfg.Endpoint)
+	}
+	prefix := strings.TrimSuffix(cfg.Prefix, "/")
+	if prefix != "" {
+		if err := ValidKey(prefix); err != nil {
+			return nil, fmt.Errorf("snapshot: s3: prefix: %w", err)
+		}
+		prefix += "/"
+	}
+	var creds *credentials.Credentials
+	switch {
+	case cfg.AccessKeyID != "" && cfg.SecretAccessKey != "":
+		creds = credentials.NewStaticV4(cfg.AccessKeyID, cfg.SecretAccessKey, cfg.SessionToken)
+	case cfg.AccessKeyID != "" || cfg.SecretAccessKey != "":
+		return nil, errors.New("snapshot: s3: give both the access key id and the secret access key, or neither")
+	default:
+		if os.Getenv("AWS_ACCESS_KEY_ID") == "" || os.Getenv("AWS_SECRET_ACCESS_KEY") == "" {
+			return nil, errors.New("snapshot: s3: no credentials: set snapshots.s3.access_key_id and secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+		}
+		creds = credentials.NewEnvAWS()
+	}
+	tr, err := s3Transport(cfg.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	lookup := minio.BucketLookupPath
+	if cfg.VirtualHost {
+		lookup = minio.BucketLookupDNS
+	}
+	c, err := minio.New(u.Host, &minio.Options{
+		Creds: creds, Secure: u.Scheme == "https", Transport: tr, Region: cfg.Region,
+		BucketLookup: lookup,
+		// A few quick retries: an unreachable store must fail a pause
+		// within seconds (503), not after minio's default ten.
+		MaxRetries: 3,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: s3: %w", err)
+	}
+	s := &s3Store{c: c, bucket: cfg.Bucket, prefix: prefix, endpoint: u.Host, partSize: cfg.PartSize, parallel: cfg.Parallel}
+	if s.partSize == 0 {
+		s.partSize = defaultPartSize
+	}
+	if s.partSize < minPartSize {
+		return nil, fmt.Errorf("snapshot: s3: part size %d is below S3's minimum of 5 MiB", s.partSize)
+	}
+	if s.parallel <= 0 {
+		s.parallel = defaultParallel
+	}
+	return s, nil
+}
+
+// s3Transport bounds how long an unreachable server holds a request.
+func s3Transport(caFile string) (*http.Transport, error) {
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		// Snapshots are compressed already.
+		DisableCompression: true,
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot: s3: ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("snapshot: s3: ca_file %s holds no PEM certificate", caFile)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return tr, nil
+}
+
+// mapErr turns a client error into the package's errors. Anything but a
+// missing object or a lost race is the store being unusable: callers
+// answer 503 and keep the sandbox as it was.
+func (s *s3Store) mapErr(ctx context.Context, op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("snapshot: s3: %s %s: %w", op, key, cerr)
+	}
+	resp := minio.ToErrorResponse(err)
+	switch resp.Code {
+	case "NoSuchKey":
+		return fmt.Errorf("%w: %s", ErrNotFound, key)
+	case "PreconditionFailed", "ConditionalRequestConflict":
+		return fmt.Errorf("%w: %s", ErrExists, key)
+	case "NoSuchBucket":
+		return fmt.Errorf("%w: the bucket %s does not exist at %s (create it, or fix snapshots.s3.bucket)", ErrUnavailable, s.bucket, s.endpoint)
+	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch":
+		return fmt.Errorf("%w: %s refused the credentials for %s %s (%s): check snapshots.s3's keys and the bucket's policy", ErrUnavailable, s.endpoint, op, key, resp.Code)
+	}
+	if resp.StatusCode == http.StatusNotFound && op != "list" {
+		return fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	return fmt.Errorf("%w: %s %s at %s: %v", ErrUnavailable, op, key, s.endpoint, err)
+}
+
+// sourceReader remembers the error of the caller's reader, so that a
+// failing source is reported as itself and not as the store's fault.
+type sourceReader struct {
+	ctx context.Context
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		s.err = err
+		return 0, err
+	}
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
+
+func (s *s3Store) Put(ctx context.Context, key string, r io.Reader) error {
+	if err := ValidKey(key); err != nil {
+		return err
+	}
+	src := &sourceReader{ctx: ctx, r: r}
+	// An object within one part goes up in one PUT (atomic by itself);
+	// a larger one as a multipart upload, which S3 shows only once it is
+	// completed, and which is aborted on any error.
+	head, err := io.ReadAll(io.LimitReader(src, s.partSize))
+	if err != nil {
+		return fmt.Errorf("snapshot: writing %s: %w", key, err)
+	}
+	if int64(len(head)) < s.partSize {
+		_, err = s.c.PutObject(ctx, s.bucket, s.prefix+key, bytes.NewReader(head), int64(len(head)), minio.PutObjectOptions{ContentType: "application/octet-stream"})
+		return s.mapErr(ctx, "put", key, err)
+	}
+	err = s.putMultipart(ctx, key, head, src)
+	if src.err != nil {
+		return fmt.Errorf("snapshot: writing %s: %w", key, src.err)
+	}
+	return err
+}
+
+// putMultipart uploads head and the rest of r as parts of partSize, up
+// to s.parallel at once (each holding one buffer). On any error it stops
+// reading and lets the parts in flight finish before it aborts the upload:
+// a part cut off client-side may still be written by the server after an
+// abort and linger (S3 documents that an abort may need repeating). A
+// cancelled ctx gives the parts in flight partGrace before cutting them,
+// and then aborts twice.
+func (s *s3Store) putMultipart(ctx context.Context, key string, head []byte, r io.Reader) error {
+	core := minio.Core{Client: s.c}
+	object := s.prefix + key
+	uploadID, err := core.NewMultipartUpload(ctx, s.bucket, object, minio.PutObjectOptions{ContentType: "application/octet-stream"})
+	if err != nil {
+		return s.mapErr(ctx, "put", key, err)
+	}
+	partCtx, cutParts := context.WithCancel(context.WithoutCancel(ctx))
+	defer cutParts()
+	finished := make(chan struct{})
+	defer close(finished)
+	var cut atomic.Bool
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-finished:
+			return
+		}
+		select {
+		case <-time.After(partGrace):
+			cut.Store(true)
+			cutParts()
+		case <-finished:
+		}
+	}()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		parts    []minio.CompletePart
+		firstErr error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	failed := func() bool { mu.Lock(); defer mu.Unlock(); return firstErr != nil }
+	// Buffers: head is the first part's; the others are made on demand.
+	pool := make(chan []byte, s.parallel)
+	for i := 1; i < s.parallel; i++ {
+		pool <- nil
+	}
+	data := head
+	for n := 1; ; n++ {
+		if n > 1 {
+			buf := <-pool
+			if failed() {
+				break
+			}
+			if err := ctx.Err(); err != nil {
+				fail(fmt.Errorf("snapshot: writing %s: %w", key, err))
+				break
+			}
+			if buf == nil {
+				buf = make([]byte, s.partSize)
+			}
+			m, rerr := io.ReadFull(r, buf)
+			if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+				fail(fmt.Errorf("snapshot: writing %s: %w", key, rerr))
+				break
+			}
+			if m == 0 {
+				break
+			}
+			data = buf[:m]
+		}
+		if n > 10000 {
+			fail(fmt.Errorf("snapshot: writing %s: more than 10000 parts of %d bytes", key, s.partSize))
+			break
+		}
+		wg.Add(1)
+		go func(n int, data []byte) {
+			defer wg.Done()
+			p, err := core.PutObjectPart(partCtx, s.bucket, object, uploadID, n, bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
+			if err != nil {
+				fail(s.mapErr(ctx, "put", key, err))
+			} else {
+				mu.Lock()
+				parts = append(parts, minio.CompletePart{PartNumber: n, ETag: p.ETag})
+				mu.Unlock()
+			}
+			if int64(cap(data)) == s.partSize {
+				pool <- data[:cap(data)]
+			} else {
+				pool <- nil
+			}
+		}(n, data)
+		if int64(len(data)) < s.partSize {
+			break // the last, short part
+		}
+	}
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = fmt.Errorf("snapshot: writing %s: %w", key, ctx.Err())
+	}
+	if firstErr == nil {
+		sort.Slice(parts, func(i, j int) bool { return parts[i].PartNumber < parts[j].PartNumber })
+		_, err := core.CompleteMultipartUpload(ctx, s.bucket, object, uploadID, parts, minio.PutObjectOptions{ContentType: "application/octet-stream"})
+		if err == nil {
+			return nil
+		}
+		firstErr = s.mapErr(ctx, "put", key, err)
+	}
+	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer acancel()
+	_ = core.AbortMultipartUpload(actx, s.bucket, object, uploadID)
+	if cut.Load() {
+		go func() {
+			time.Sleep(2 * time.Second)
+			actx, acancel := context.WithTimeout(context.Background(), time.Minute)
+			defer acancel()
+			_ = core.AbortMultipartUpload(actx, s.bucket, object, uploadID)
+		}()
+	}
+	return firstErr
+}
+
+func (s *s3Store) Create(ctx context.Context, key string, r io.Reader) error {
+	if err := ValidKey(key); err != nil {
+		return err
+	}
+	b, err := io.ReadAll(io.LimitReader(ctxReader{ctx, r}, maxCreateBytes+1))
+	if err != nil {
+		return fmt.Errorf("snapshot: writing %s: %w", key, err)
+	}
+	if len(b) > maxCreateBytes {
+		return fmt.Errorf("snapshot: Create is for small objects (at most %d bytes)", maxCreateBytes)
+	}
+	opts := minio.PutObjectOptions{ContentType: "application/octet-stream"}
+	// If-None-Match: * — the server refuses the write if the key exists.
+	opts.SetMatchETagExcept("*")
+	_, err = s.c.PutObject(ctx, s.bucket, s.prefix+key, bytes.NewReader(b), int64(len(b)), opts)
+	return s.mapErr(ctx, "create", key, err)
+}
+
+func (s *s3Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	if err := ValidKey(key); err != nil {
+		return nil, err
+	}
+	obj, err := s.c.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, s.mapErr(ctx, "get", key, err)
+	}
+	info, err := obj.Stat() // sends the GET
+	if err != nil {
+		obj.Close()
+		return nil, s.mapErr(ctx, "get", key, err)
+	}
+	return &s3Body{s: s, ctx: ctx, key: key, obj: obj, size: info.Size}, nil
+}
+
+// s3Body reports a connection lost mid-object as ErrUnavailable, never as
+// a short object (which Open would call truncated).
+type s3Body struct {
+	s    *s3Store
+	ctx  context.Context
+	key  string
+	obj  *minio.Object
+	size int64
+	n    int64
+}
+
+func (b *s3Body) Read(p []byte) (int, error) {
+	n, err := b.obj.Read(p)
+	b.n += int64(n)
+	switch {
+	case err == io.EOF && b.n < b.size:
+		return n, fmt.Errorf("%w: reading %s from %s: the connection ended after %d of %d bytes", ErrUnavailable, b.key, b.s.endpoint, b.n, b.size)
+	case err != nil && err != io.EOF:
+		return n, b.s.mapErr(b.ctx, "get", b.key, err)
+	}
+	return n, err
+}
+
+func (b *s3Body) Close() error { return b.obj.Close() }
+
+func (s *s3Store) Delete(ctx context.Context, key string) error {
+	if err := ValidKey(key); err != nil {
+		return err
+	}
+	err := s.c.RemoveObject(ctx, s.bucket, s.prefix+key, minio.RemoveObjectOptions{})
+	if err = s.mapErr(ctx, "delete", key, err); errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+func (s *s3Store) List(ctx context.Context, prefix string) ([]Object, error) {
+	if err := validPrefix(prefix); err != nil {
+		return nil, err
+	}
+	var out []Object
+	for o := range s.c.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
+		if o.Err != nil {
+			return nil, s.mapErr(ctx, "list", prefix, o.Err)
+		}
+		key := strings.TrimPrefix(o.Key, s.prefix)
+		if ValidKey(key) != nil {
+			continue // not one of ours
+		}
+		out = append(out, Object{Key: key, Size: o.Size, Modified: o.LastModified})
+	}
+	return out, nil
+}
