@@ -13,6 +13,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/snapshot"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
@@ -34,7 +35,16 @@ type Manager struct {
 	// store read. An entry is added once the running state is committed
 	// and removed before any change away from running is.
 	running sync.Map
+	// objects is the snapshot store the nodes put snapshots in (nil:
+	// snapshots stay on their node): a terminated or resumed sandbox's
+	// object is deleted there, and a paused sandbox may resume on any node
+	// of its region.
+	objects snapshot.Store
 }
+
+// SetSnapshotStore names the store the nodes keep snapshots in; set it
+// before the Manager is used.
+func (m *Manager) SetSnapshotStore(st snapshot.Store) { m.objects = st }
 
 type live struct {
 	account string
@@ -208,10 +218,13 @@ func (m *Manager) Pause(ctx context.Context, row store.Sandbox, snapshotCap int)
 			m.Finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox stopped while it was being paused")
 			return row, notReady(store.StatusError)
 		}
-		// Still running: undo the reservation.
+		// Still running (or running again: a pause whose snapshot could
+		// not be stored is undone on the node): undo the reservation.
+		now, _ := nd.Sandbox(ctx, row.RuntimeID)
 		running.Version = row.Version
 		if back, uerr := m.store.UpdateSandbox(ctx, running, 0); uerr == nil {
-			m.running.Store(back.ID, live{account: back.AccountID, rt: rt})
+			m.running.Store(back.ID, live{account: back.AccountID, rt: now})
+			return back, err
 		}
 		return running, err
 	}
@@ -219,37 +232,74 @@ func (m *Manager) Pause(ctx context.Context, row store.Sandbox, snapshotCap int)
 	return m.store.UpdateSandbox(ctx, row, 0)
 }
 
-// Resume restores a paused sandbox on the node holding its snapshot (the
-// caller holds its Lock) under the plan's concurrency limit
-// (store.ErrLimit): the slot is taken first, in one transaction with the
-// count (status starting, the snapshot kept), so concurrent resumes and
-// creates cannot both take the last one and a crash during the restore
-// leaves a sandbox that reconciliation puts back to paused.
+// Resume restores a paused sandbox (the caller holds its Lock) under the
+// plan's concurrency limit (store.ErrLimit): the slot is taken first, in
+// one transaction with the count (status starting, the snapshot kept), so
+// concurrent resumes and creates cannot both take the last one and a crash
+// during the restore leaves a sandbox that reconciliation puts back to
+// paused. It restores on the node that paused it (its cache holds the
+// snapshot); with a snapshot store, if that node is gone or full, on
+// another node of the sandbox's region, which gets the snapshot from the
+// store. Any failure but a lost snapshot leaves it paused.
 func (m *Manager) Resume(ctx context.Context, row store.Sandbox, maxConcurrent int) (store.Sandbox, error) {
 	if row.Status != store.StatusPaused {
 		return row, notReady(row.Status)
 	}
-	nd, err := m.nodes.Node(ctx, row.Node)
-	if err != nil {
-		return row, err
+	nd, nerr := m.nodes.Node(ctx, row.Node)
+	if nerr != nil && m.objects == nil {
+		return row, nerr
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	paused := row
 	row.Status = store.StatusStarting
+	var err error
 	if row, err = m.store.UpdateSandbox(ctx, row, maxConcurrent); err != nil {
 		return paused, err
 	}
-	rt, err := nd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: row.ID, AccountID: row.AccountID, Snapshot: row.SnapshotDir, Template: row.Template, Size: row.Size})
+	from := row.Node
+	var rt runtime.Sandbox
+	err = nerr
+	if nerr == nil {
+		rt, err = nd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: row.ID, AccountID: row.AccountID, Snapshot: row.SnapshotDir, Template: row.Template, Size: row.Size})
+	}
+	if err != nil && m.objects != nil && movable(err) {
+		// Its node is gone or cannot take it: another node of the region
+		// fetches the snapshot from the store.
+		pl := Placement{Region: row.Region, Template: row.Template, Size: row.Size, Networked: row.Network != "" && row.Network != runtime.NetworkOff, Exclude: []string{from}}
+		for attempt := 0; attempt < placeAttempts && err != nil && movable(err); attempt++ {
+			next, nnd, perr := m.nodes.Place(ctx, pl)
+			if perr != nil {
+				m.log.Warn("no other node can resume the sandbox", "sandbox", row.ID, "node", from, "err", perr)
+				break
+			}
+			m.log.Info("resuming a sandbox on another node", "sandbox", row.ID, "from", from, "to", next, "why", err)
+			moved := row
+			moved.Node = next
+			if moved, uerr := m.store.UpdateSandbox(ctx, moved, 0); uerr == nil {
+				row = moved
+			} else {
+				err = uerr
+				break
+			}
+			rt, err = nnd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: row.ID, AccountID: row.AccountID, Snapshot: row.SnapshotDir, Template: row.Template, Size: row.Size})
+			pl.Exclude = append(pl.Exclude, next)
+		}
+	}
 	if err != nil {
-		paused.Version = row.Version
+		paused.Version, paused.Node = row.Version, row.Node
 		if errors.Is(err, nodeapi.ErrSnapshotNotFound) {
 			m.log.Error("a paused sandbox's snapshot is gone", "sandbox", row.ID, "node", row.Node, "err", err)
 			m.Finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox's snapshot was lost")
 			return row, fmt.Errorf("%w: %w", ErrSnapshotLost, err)
 		}
-		if _, uerr := m.store.UpdateSandbox(ctx, paused, 0); uerr != nil {
+		if back, uerr := m.store.UpdateSandbox(ctx, paused, 0); uerr != nil {
 			m.log.Error("putting a sandbox back to paused after a failed restore", "sandbox", row.ID, "err", uerr)
+		} else {
+			paused = back
+		}
+		if errors.Is(err, nodeapi.ErrSnapshotStoreUnavailable) || errors.Is(err, nodeapi.ErrSnapshotCorrupt) || errors.Is(err, nodeapi.ErrUnreachable) {
+			return paused, err
 		}
 		return paused, fmt.Errorf("%w: %w", ErrStartFailed, err)
 	}
@@ -261,9 +311,18 @@ func (m *Manager) Resume(ctx context.Context, row store.Sandbox, maxConcurrent i
 		m.destroy(restored.Node, rt.ID())
 		return restored, err
 	}
-	m.removeSnapshot(row.Node, snap)
+	m.removeSnapshot(row.Node, row.AccountID, snap)
+	if from != row.Node {
+		m.removeSnapshot(from, "", snap) // the old node's cache, if it is back
+	}
 	m.running.Store(row.ID, live{account: row.AccountID, rt: rt})
 	return row, nil
+}
+
+// movable: a restore that failed so may succeed on another node.
+func movable(err error) bool {
+	return errors.Is(err, nodeapi.ErrUnreachable) || errors.Is(err, nodeapi.ErrNoCapacity) ||
+		errors.Is(err, nodeapi.ErrDiskLow) || errors.Is(err, nodeapi.ErrTemplateNotBuilt)
 }
 
 // Terminate records the sandbox as terminated first — the end is final
@@ -300,7 +359,7 @@ func (m *Manager) Terminate(ctx context.Context, row store.Sandbox, reason strin
 			m.destroy(cur.Node, rtID)
 		}
 		if snap != "" {
-			m.removeSnapshot(cur.Node, snap)
+			m.removeSnapshot(cur.Node, cur.AccountID, snap)
 		}
 		return updated, nil
 	}
@@ -354,16 +413,27 @@ func (m *Manager) destroy(nodeID, runtimeID string) {
 	}
 }
 
-// removeSnapshot deletes a snapshot on the node that holds it.
-func (m *Manager) removeSnapshot(nodeID, snapshot string) {
+// removeSnapshot deletes a snapshot: the node's copy and, when account is
+// set and snapshots go to a store, its object (even if the node is gone).
+func (m *Manager) removeSnapshot(nodeID, account, snapshotID string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	nd, err := m.nodes.Node(ctx, nodeID)
 	if err == nil {
-		err = nd.RemoveSnapshot(ctx, snapshot)
+		err = nd.RemoveSnapshot(ctx, snapshotID)
 	}
 	if err != nil {
-		m.log.Warn("removing a snapshot failed; its node removes it at its next start", "node", nodeID, "snapshot", snapshot, "err", err)
+		m.log.Warn("removing a snapshot failed; its node removes it at its next start", "node", nodeID, "snapshot", snapshotID, "err", err)
+	}
+	if m.objects == nil || account == "" {
+		return
+	}
+	key, err := snapshot.SnapshotKey(account, snapshotID)
+	if err == nil {
+		err = m.objects.Delete(ctx, key)
+	}
+	if err != nil {
+		m.log.Warn("deleting a snapshot's object failed; `orkestrd admin snapshots gc` removes it", "snapshot", snapshotID, "err", err)
 	}
 }
 
@@ -417,7 +487,7 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 			m.log.Error("fork: live checkpoint failed", "sandbox", src.ID, "node", src.Node, "err", err)
 			return fail("fork failed: the source could not be checkpointed", err)
 		}
-		defer m.removeSnapshot(src.Node, snap.ID)
+		defer m.removeSnapshot(src.Node, "", snap.ID)
 	}
 	rts := make([]runtime.Sandbox, len(clones))
 	errs := make([]error, len(clones))

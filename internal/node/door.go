@@ -256,7 +256,45 @@ func (n *Node) Checkpoint(ctx context.Context, runtimeID, id string) (nodeapi.Sn
 		}
 		return nodeapi.Snapshot{}, err
 	}
+	if n.cfg.SnapshotStore == nil {
+		return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
+	}
+	// Paused means durable: the snapshot is in the store before the
+	// pause is reported. If it cannot be put there, the pause is undone.
+	if _, err := n.upload(ctx, l.account, l.sandboxID, id, dir, snap); err != nil {
+		n.cfg.Log.Warn("a snapshot could not be stored; undoing the pause", "sandbox", l.sandboxID, "snapshot", id, "err", err)
+		if rerr := n.undoPause(context.WithoutCancel(ctx), l, runtimeID, dir); rerr != nil {
+			n.cfg.Log.Error("undoing a pause failed; the sandbox is lost", "sandbox", l.sandboxID, "err", rerr)
+			_ = os.RemoveAll(dir)
+			return nodeapi.Snapshot{}, fmt.Errorf("%w (and the sandbox could not be restored: %v)", err, rerr)
+		}
+		_ = os.RemoveAll(dir)
+		return nodeapi.Snapshot{}, err
+	}
+	n.evict(id)
 	return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
+}
+
+// undoPause restores a sandbox from its own checkpoint in dir under its
+// runtime id, as the node's again: a pause whose snapshot could not be
+// stored leaves the sandbox running (its processes and memory as they
+// were; open connections are cut, as at any restore).
+func (n *Node) undoPause(ctx context.Context, l *live, runtimeID, dir string) error {
+	ir, ok := n.driver.(runtime.InPlaceRestorer)
+	if !ok {
+		return fmt.Errorf("the %s runtime cannot restore in place", n.driver.Name())
+	}
+	rootfs, err := n.restoreRootfs(dir, l.rt.Info().Template)
+	if err != nil {
+		return err
+	}
+	rt, err := ir.RestoreAs(ctx, runtimeID, dir, rootfs, map[string]string{"sandbox_id": l.sandboxID, "account_id": l.account})
+	if err != nil {
+		return err
+	}
+	n.destroying.Delete(runtimeID)
+	n.track(l.sandboxID, l.account, rt, l.res)
+	return nil
 }
 
 // CheckpointLive implements nodeapi.Node: the sandbox stays the node's
@@ -295,10 +333,10 @@ func (n *Node) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.S
 	if err != nil {
 		return nil, err
 	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("%w: %s", nodeapi.ErrSnapshotNotFound, r.Snapshot)
-	}
 	if err := n.admit(); err != nil {
+		return nil, err
+	}
+	if err := n.fetch(ctx, r.AccountID, r.Snapshot, dir); err != nil {
 		return nil, err
 	}
 	rootfs, err := n.restoreRootfs(dir, r.Template)
@@ -385,7 +423,7 @@ func (n *Node) Reconcile(ctx context.Context, keep nodeapi.Keep) (runtime.Reconc
 	}
 	ents, _ := os.ReadDir(n.cfg.snapshotRoot())
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "sbx_") && !slices.Contains(keep.Snapshots, e.Name()) {
+		if strings.HasPrefix(e.Name(), ".part-") || strings.HasPrefix(e.Name(), "sbx_") && !slices.Contains(keep.Snapshots, e.Name()) {
 			_ = os.RemoveAll(filepath.Join(n.cfg.snapshotRoot(), e.Name()))
 			rep.Removed = append(rep.Removed, "snapshot "+e.Name())
 		}

@@ -162,6 +162,13 @@ var (
 	ErrDiskLow          = errors.New("node disk under its reserve")
 	ErrNoCapacity       = errors.New("node has no room for another sandbox")
 	ErrSnapshotNotFound = errors.New("snapshot not found on this node")
+	// ErrSnapshotStoreUnavailable: the snapshot store could not be reached
+	// to put or get a snapshot; a pause left the sandbox running, a
+	// restore left it paused.
+	ErrSnapshotStoreUnavailable = errors.New("the snapshot store is unavailable")
+	// ErrSnapshotCorrupt: the stored snapshot failed its verification
+	// (a flipped byte, a truncation, another key); it is not restored.
+	ErrSnapshotCorrupt = errors.New("the stored snapshot is corrupt")
 	// ErrUnreachable: the node did not answer (network, down, wrong
 	// credentials or an API version it does not speak).
 	ErrUnreachable = errors.New("node unreachable")

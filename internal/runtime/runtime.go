@@ -234,6 +234,13 @@ type LiveCheckpointer interface {
 	CheckpointLive(ctx context.Context, dir string) (Snapshot, error)
 }
 
+// InPlaceRestorer is implemented by drivers that can restore a snapshot
+// under the id of the sandbox it was taken of (which its checkpoint
+// destroyed): a pause whose snapshot cannot be kept is undone so.
+type InPlaceRestorer interface {
+	RestoreAs(ctx context.Context, id, dir, rootfs string, labels map[string]string) (Sandbox, error)
+}
+
 // SnapshotReader is implemented by drivers that can describe a snapshot
 // directory without restoring it (template, its digest, size).
 type SnapshotReader interface {

@@ -238,6 +238,23 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (runtime.Sandbox, e
 // rootfs is this host's copy of the snapshot's template, and the agent is
 // this host's install of the agent build the snapshot was taken with.
 func (d *Driver) Restore(ctx context.Context, dir, rootfs string, labels map[string]string) (runtime.Sandbox, error) {
+	return d.restore(ctx, newID(), dir, rootfs, labels)
+}
+
+// RestoreAs implements runtime.InPlaceRestorer: the restored sandbox takes
+// the id of the one the snapshot was taken of (destroyed by its
+// checkpoint), so a pause that cannot be kept is undone in place.
+func (d *Driver) RestoreAs(ctx context.Context, id, dir, rootfs string, labels map[string]string) (runtime.Sandbox, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("%w: %q is not a sandbox id of this driver", runtime.ErrInvalidRequest, id)
+	}
+	if _, ok := d.Get(id); ok {
+		return nil, fmt.Errorf("%w: sandbox %s still runs", runtime.ErrInvalidRequest, id)
+	}
+	return d.restore(ctx, id, dir, rootfs, labels)
+}
+
+func (d *Driver) restore(ctx context.Context, id, dir, rootfs string, labels map[string]string) (runtime.Sandbox, error) {
 	snap, err := readSnapshot(dir)
 	if err != nil {
 		return nil, err
@@ -257,7 +274,7 @@ func (d *Driver) Restore(ctx context.Context, dir, rootfs string, labels map[str
 		labels = snap.Labels
 	}
 	m := meta{
-		ID: newID(), Template: snap.Template, TemplateDigest: snap.TemplateDigest, Rootfs: rootfs, AgentDir: agentDir,
+		ID: id, Template: snap.Template, TemplateDigest: snap.TemplateDigest, Rootfs: rootfs, AgentDir: agentDir,
 		Resources: snap.Resources, Labels: copyLabels(labels), CreatedAt: time.Now().UTC(),
 		Networked: snap.Network != "" && snap.Network != runtime.NetworkOff,
 	}
