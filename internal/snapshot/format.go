@@ -119,7 +119,11 @@ func SealWith(ctx context.Context, dir string, w io.Writer, k Key, m Manifest, o
 		return Sealed{}, err
 	}
 	hb := h.marshal()
-	cw := &chunkWriter{w: w, aead: aead, h: &h, hdrSum: sha256.Sum256(hb), buf: make([]byte, 0, h.chunkSize)}
+	bufp, outp := getChunk(), getChunk()
+	defer putChunk(bufp)
+	defer putChunk(outp)
+	cw := &chunkWriter{w: w, aead: aead, h: &h, hdrSum: sha256.Sum256(hb), buf: *bufp, out: *outp}
+	defer func() { *bufp, *outp = cw.buf[:0], cw.out[:0] }()
 	n, err := w.Write(hb)
 	cw.n += int64(n)
 	if err != nil {
@@ -142,10 +146,12 @@ func SealWith(ctx context.Context, dir string, w io.Writer, k Key, m Manifest, o
 	compressed := &countWriter{w: cw}
 	var zw io.WriteCloser = nopCloser{compressed}
 	if h.compression == compressZstd {
-		zw, err = zstd.NewWriter(compressed, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(zstdWindow), zstd.WithLowerEncoderMem(true))
+		enc, err := getEncoder(compressed)
 		if err != nil {
 			return Sealed{}, err
 		}
+		defer putEncoder(enc)
+		zw = enc
 	}
 	sum := sha256.New()
 	plain := &countWriter{w: io.MultiWriter(zw, sum)}
@@ -171,7 +177,9 @@ func SealWith(ctx context.Context, dir string, w io.Writer, k Key, m Manifest, o
 // packDir writes dir as a tar to w.
 func packDir(ctx context.Context, dir string, w io.Writer) error {
 	tw := tar.NewWriter(w)
-	buf := make([]byte, 256<<10)
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	buf := *bufp
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("snapshot: reading the snapshot directory: %w", err)
@@ -262,6 +270,7 @@ func Open(ctx context.Context, r io.Reader, dir string, k Key) (m Manifest, err 
 	if err != nil {
 		return Manifest{}, err
 	}
+	defer cr.release()
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return Manifest{}, err
@@ -271,11 +280,11 @@ func Open(ctx context.Context, r io.Reader, dir string, k Key) (m Manifest, err 
 	compressed := &countReader{r: ctxReader{ctx, cr}}
 	var src io.Reader = compressed
 	if cr.h.compression == compressZstd {
-		zr, err := zstd.NewReader(compressed, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(maxZstdWindow))
+		zr, err := getDecoder(compressed)
 		if err != nil {
 			return Manifest{}, err
 		}
-		defer zr.Close()
+		defer putDecoder(zr)
 		src = zr
 	}
 	sum := sha256.New()
@@ -319,7 +328,10 @@ func Open(ctx context.Context, r io.Reader, dir string, k Key) (m Manifest, err 
 // to learn a snapshot's template before fetching it whole. The sizes and
 // digest are not known there and stay zero.
 func ReadManifest(ctx context.Context, r io.Reader, k Key) (Manifest, error) {
-	_, m, err := openStream(ctxReader{ctx, r}, k)
+	cr, m, err := openStream(ctxReader{ctx, r}, k)
+	if cr != nil {
+		cr.release()
+	}
 	return m, err
 }
 

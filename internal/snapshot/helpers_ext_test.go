@@ -5,9 +5,9 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"strconv"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 

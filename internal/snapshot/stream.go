@@ -254,6 +254,7 @@ type chunkReader struct {
 	hdrSum   [32]byte
 	index    uint32
 	buf      []byte // ciphertext of the current chunk
+	bufp     *[]byte
 	plain    []byte // unread plaintext of the current data chunk
 	manifest []byte
 	trailer  []byte
@@ -276,6 +277,10 @@ func (c *chunkReader) next() (byte, []byte, error) {
 		return 0, nil, fmt.Errorf("%w: chunk %d has a damaged frame (at byte %d)", ErrCorrupt, c.index, c.n)
 	}
 	c.n += frameSize
+	if c.bufp == nil {
+		c.bufp = getChunk()
+		c.buf = *c.bufp
+	}
 	if cap(c.buf) < int(l) {
 		c.buf = make([]byte, l)
 	}
@@ -333,4 +338,12 @@ func (c *chunkReader) read(p []byte) (int, error) {
 	n := copy(p, c.plain)
 	c.plain = c.plain[n:]
 	return n, nil
+}
+
+// release returns the reader's buffer to the pool.
+func (c *chunkReader) release() {
+	if c.bufp != nil {
+		putChunk(c.bufp)
+		c.bufp, c.buf, c.plain = nil, nil, nil
+	}
 }
