@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/orkestr-eu/orkestr/internal/lifecycle"
 	"github.com/orkestr-eu/orkestr/internal/snapshot"
 	"github.com/orkestr-eu/orkestr/internal/snapshot/s3test"
 )
@@ -199,4 +200,45 @@ func grepFiles(t *testing.T, dir, needle string) []string {
 		return nil
 	})
 	return hits
+}
+
+// TestCollectSnapshots: the collector removes an orphan object and keeps
+// a paused sandbox's; dry, it removes nothing.
+func TestCollectSnapshots(t *testing.T) {
+	h, _, st := s3Harness(t)
+	_, key := h.account("gc", "team")
+	id := h.create(key)
+	if r := h.do("POST", "/v1/sandboxes/"+id+"/pause", key, nil); r.status != 200 {
+		t.Fatalf("pause: %d %s", r.status, r.body)
+	}
+	live := objects(t, st)
+	if len(live) != 1 {
+		t.Fatalf("objects: %+v", live)
+	}
+	orphan, _ := snapshot.SnapshotKey("acc_gone", "sbx_gone-01")
+	if err := st.Put(context.Background(), orphan, strings.NewReader("left by a dead node")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := lifecycle.CollectSnapshots(context.Background(), h.store, st, true, -1)
+	if err != nil || len(got) != 1 || got[0].Key != orphan {
+		t.Fatalf("dry run: %+v %v", got, err)
+	}
+	if n := len(objects(t, st)); n != 2 {
+		t.Fatalf("a dry run removed objects: %d left", n)
+	}
+	// With the default grace a fresh orphan is spared (its pause may not
+	// be recorded yet).
+	if got, err := lifecycle.CollectSnapshots(context.Background(), h.store, st, false, 0); err != nil || len(got) != 0 {
+		t.Fatalf("collect within the grace: %+v %v", got, err)
+	}
+	if got, err = lifecycle.CollectSnapshots(context.Background(), h.store, st, false, -1); err != nil || len(got) != 1 {
+		t.Fatalf("collect: %+v %v", got, err)
+	}
+	left := objects(t, st)
+	if len(left) != 1 || left[0].Key != live[0].Key {
+		t.Fatalf("after collect: %+v (the live snapshot is %s)", left, live[0].Key)
+	}
+	if r := h.do("POST", "/v1/sandboxes/"+id+"/resume", key, nil); r.status != 200 {
+		t.Fatalf("resume after collect: %d %s", r.status, r.body)
+	}
 }

@@ -525,3 +525,25 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 	}
 	return out, nil
 }
+
+// CollectSnapshots removes (dry: lists) the objects of the snapshot store
+// that no sandbox row references (a paused sandbox's snapshot, or one
+// being resumed) and that are older than grace (0: the snapshot
+// package's default, negative: none), e.g. left by a node that died
+// between its upload and the pause's record, or by a delete that failed.
+func CollectSnapshots(ctx context.Context, st store.Store, objects snapshot.Store, dryRun bool, grace time.Duration) ([]snapshot.Object, error) {
+	rows, err := st.SandboxesByStatus(ctx, store.StatusPaused, store.StatusStarting)
+	if err != nil {
+		return nil, err
+	}
+	live := map[string]bool{}
+	for _, r := range rows {
+		if r.SnapshotDir == "" {
+			continue
+		}
+		if key, err := snapshot.SnapshotKey(r.AccountID, r.SnapshotDir); err == nil {
+			live[key] = true
+		}
+	}
+	return snapshot.CollectWith(ctx, objects, snapshot.CollectOptions{Referenced: func(key string) bool { return live[key] }, DryRun: dryRun, Grace: grace})
+}
