@@ -1,306 +1,200 @@
-// Snapshot storage benchmarks (internal/snapshot): sealing a snapshot
-// directory (tar, zstd, AES-256-GCM chunks) into a store and restoring it,
-// on the local filesystem store and on S3 (a versitygw on loopback), for
-// a synthetic directory of 64 and 256 MiB and for a real runsc checkpoint
-// of an idle debian-12 sandbox. The baseline in the same run is the
-// store alone: the same bytes put and got with no sealing at all.
-
 package bench
 
 import (
 	"context"
 	"crypto/rand"
-	"fmt"
-	"io"
+	"encoding/base64"
+	"log/slog"
 	"os"
-	"path/filepath"
-	"runtime/debug"
-	"runtime/metrics"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/oklog/ulid/v2"
+
+	"github.com/orkestr-eu/orkestr/internal/config"
+	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/snapshot"
 	"github.com/orkestr-eu/orkestr/internal/snapshot/s3test"
+	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
-// syntheticSnapshot is a directory shaped like a checkpoint: one memory
-// image of size bytes, a quarter zero pages and the rest random (so zstd
-// finds what a real image's zero pages give it and no more), plus a small
-// metadata file.
-func syntheticSnapshot(b *testing.B, size int) string {
+// snapNodes are two nodes in this process, each with its own data and
+// state directories (so its own snapshot cache), sharing one S3 store (a
+// real versitygw on loopback) and one master key: "another node".
+func snapNodes(b *testing.B) (a, c *node.Node, st snapshot.Store) {
 	b.Helper()
-	dir := b.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "image"), 0o700); err != nil {
-		b.Fatal(err)
-	}
-	f, err := os.Create(filepath.Join(dir, "image", "pages.img"))
+	testenv.RequireRoot(b)
+	srv := s3test.Start(b)
+	st, err := snapshot.NewS3(srv.Config())
 	if err != nil {
 		b.Fatal(err)
 	}
-	buf := make([]byte, 1<<20)
-	for i := 0; i < size>>20; i++ {
-		clear(buf)
-		if i%4 != 0 {
-			rand.Read(buf)
-		}
-		if _, err := f.Write(buf); err != nil {
+	master := make([]byte, 32)
+	_, _ = rand.Read(master)
+	mk, err := snapshot.ParseMasterKey(base64.StdEncoding.EncodeToString(master))
+	if err != nil {
+		b.Fatal(err)
+	}
+	open := func(id string) *node.Node {
+		kr, err := snapshot.NewKeyring(st, mk)
+		if err != nil {
 			b.Fatal(err)
 		}
-	}
-	f.Close()
-	if err := os.WriteFile(filepath.Join(dir, "snapshot.json"), []byte(`{"template":"debian-12"}`), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	return dir
-}
-
-// peakHeap samples the heap in use while an operation runs (with the GC
-// made eager, so garbage waiting for a collection is not counted as
-// memory the transfer holds).
-type peakHeap struct {
-	stop chan struct{}
-	wg   sync.WaitGroup
-	base uint64
-	max  uint64
-	old  int
-}
-
-func heapBytes() uint64 {
-	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	metrics.Read(s)
-	return s[0].Value.Uint64()
-}
-
-func startPeak() *peakHeap {
-	p := &peakHeap{stop: make(chan struct{}), old: debug.SetGCPercent(10)}
-	p.base = heapBytes()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		t := time.NewTicker(2 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-p.stop:
-				return
-			case <-t.C:
-				if h := heapBytes(); h > p.max {
-					p.max = h
-				}
-			}
+		data := b.TempDir()
+		state, err := os.MkdirTemp("/run", "orkb-")
+		if err != nil {
+			b.Fatal(err)
 		}
-	}()
-	return p
-}
-
-func (p *peakHeap) done() float64 {
-	close(p.stop)
-	p.wg.Wait()
-	debug.SetGCPercent(p.old)
-	if p.max < p.base {
-		return 0
-	}
-	return float64(p.max-p.base) / (1 << 20)
-}
-
-type benchStore struct {
-	name  string
-	store snapshot.Store
-}
-
-func benchStores(b *testing.B) []benchStore {
-	srv := s3test.Start(b)
-	s3, err := snapshot.NewS3(srv.Config())
-	if err != nil {
-		b.Fatal(err)
-	}
-	return []benchStore{{"fs", snapshot.NewFS(b.TempDir())}, {"s3", s3}}
-}
-
-func benchKey(b *testing.B) snapshot.Key {
-	raw := make([]byte, snapshot.KeySize)
-	rand.Read(raw)
-	k, err := snapshot.NewKey(raw)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return k
-}
-
-// BenchmarkSnapshotTransfer: op=up is Seal piped into Put (snapshot.Upload),
-// op=down is Get piped into Open (snapshot.Download, which verifies and
-// unpacks into a fresh directory, removed untimed). codec=zstd is the
-// default, codec=none the same stream uncompressed (still encrypted),
-// codec=raw the baseline: the directory's one big file put and got as it
-// is. MB/s is of the directory's bytes.
-func BenchmarkSnapshotTransfer(b *testing.B) {
-	stores := benchStores(b)
-	k := benchKey(b)
-	ctx := context.Background()
-	for _, size := range []int{64 << 20, 256 << 20} {
-		src := syntheticSnapshot(b, size)
-		for _, st := range stores {
-			for _, codec := range []string{"raw", "zstd", "none"} {
-				key := fmt.Sprintf("snapshots/bench/%d-%s.snap", size>>20, codec)
-				var sealedBytes int64
-				b.Run(fmt.Sprintf("size=%dMiB/store=%s/codec=%s/op=up", size>>20, st.name, codec), func(b *testing.B) {
-					b.SetBytes(int64(size))
-					var peak float64
-					for b.Loop() {
-						p := startPeak()
-						switch codec {
-						case "raw":
-							f, err := os.Open(filepath.Join(src, "image", "pages.img"))
-							if err != nil {
-								b.Fatal(err)
-							}
-							err = st.store.Put(ctx, key, f)
-							f.Close()
-							if err != nil {
-								b.Fatal(err)
-							}
-							sealedBytes = int64(size)
-						default:
-							s, err := snapshot.UploadWith(ctx, st.store, key, src, k, snapshot.Manifest{}, snapshot.Options{NoCompression: codec == "none"})
-							if err != nil {
-								b.Fatal(err)
-							}
-							sealedBytes = s.Bytes
-						}
-						peak = max(peak, p.done())
-					}
-					b.ReportMetric(float64(sealedBytes)/float64(size), "stored/orig")
-					b.ReportMetric(peak, "peak-heap-MiB")
-				})
-				b.Run(fmt.Sprintf("size=%dMiB/store=%s/codec=%s/op=down", size>>20, st.name, codec), func(b *testing.B) {
-					b.SetBytes(int64(size))
-					var peak float64
-					base := b.TempDir()
-					i := 0
-					for b.Loop() {
-						dst := filepath.Join(base, fmt.Sprint(i))
-						i++
-						p := startPeak()
-						switch codec {
-						case "raw":
-							rc, err := st.store.Get(ctx, key)
-							if err != nil {
-								b.Fatal(err)
-							}
-							os.MkdirAll(dst, 0o700)
-							f, err := os.Create(filepath.Join(dst, "pages.img"))
-							if err != nil {
-								b.Fatal(err)
-							}
-							_, err = io.Copy(f, rc)
-							rc.Close()
-							f.Close()
-							if err != nil {
-								b.Fatal(err)
-							}
-						default:
-							if _, err := snapshot.Download(ctx, st.store, key, dst, k); err != nil {
-								b.Fatal(err)
-							}
-						}
-						peak = max(peak, p.done())
-						b.StopTimer()
-						os.RemoveAll(dst)
-						b.StartTimer()
-					}
-					b.ReportMetric(peak, "peak-heap-MiB")
-				})
-			}
-		}
-	}
-}
-
-// BenchmarkSnapshotCheckpointImage checkpoints a debian-12 sandbox (0.5
-// vCPU, 512 MiB) once with the runtime driver, then seals that real
-// image: codec=zstd vs codec=none, to io.Discard (the format's own cost),
-// and through Upload/Download on both stores. state=idle is a sandbox that
-// ran `true`; state=busy also holds 64 MiB of the template's binaries and
-// libraries in /tmp (a tmpfs: sandbox memory), as a sandbox that built or
-// downloaded something would. image-MiB is the checkpoint directory,
-// stored/orig what the sealed stream is of it.
-func BenchmarkSnapshotCheckpointImage(b *testing.B) {
-	for _, state := range []string{"idle", "busy"} {
-		b.Run("state="+state, func(b *testing.B) { benchCheckpointImage(b, state == "busy") })
-	}
-}
-
-func benchCheckpointImage(b *testing.B, busy bool) {
-	env := newDriver(b)
-	ctx := timeout(b, 10*time.Minute)
-	sb := create(b, env, sized(0.5))
-	execTrue(ctx, b, sb)
-	if busy {
-		res, err := sb.Exec(ctx, runtime.ExecRequest{Command: "cat /usr/bin/* /usr/lib/x86_64-linux-gnu/* 2>/dev/null | head -c 67108864 > /tmp/blob; test $(stat -c %s /tmp/blob) = 67108864", Stdout: io.Discard, Stderr: io.Discard})
-		if err != nil || res.ExitCode != 0 {
-			b.Fatalf("filling /tmp: %+v %v", res, err)
-		}
-	}
-	dir := b.TempDir()
-	snap, err := sb.Checkpoint(ctx, dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() {
-			b.Logf("checkpoint file %s: %d bytes", strings.TrimPrefix(p, dir), fi.Size())
-		}
-		return nil
-	})
-	stores := benchStores(b)
-	k := benchKey(b)
-	for _, codec := range []string{"zstd", "none"} {
-		o := snapshot.Options{NoCompression: codec == "none"}
-		b.Run(fmt.Sprintf("codec=%s/op=seal", codec), func(b *testing.B) {
-			b.SetBytes(snap.Bytes)
-			var n int64
-			for b.Loop() {
-				var cw countingDiscard
-				s, err := snapshot.SealWith(ctx, dir, &cw, k, snapshot.Manifest{}, o)
-				if err != nil {
-					b.Fatal(err)
-				}
-				n = s.Bytes
-			}
-			b.ReportMetric(float64(snap.Bytes)/(1<<20), "image-MiB")
-			b.ReportMetric(float64(n)/float64(snap.Bytes), "stored/orig")
+		n, err := node.Open(node.Config{
+			DataDir: data, StateDir: state, TemplateDir: testenv.TemplateDir(), Runsc: testenv.Runsc(b),
+			AgentBinary: testenv.AgentBinary(b), Sizes: node.Resources(config.Default().Sizes), ID: id,
+			Log:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+			SnapshotStore: st, SnapshotKeys: kr, SnapshotCacheBytes: 1 << 30,
 		})
-		for _, st := range stores {
-			key := "snapshots/bench/real-" + codec + ".snap"
-			b.Run(fmt.Sprintf("codec=%s/store=%s/op=up", codec, st.name), func(b *testing.B) {
-				b.SetBytes(snap.Bytes)
-				for b.Loop() {
-					if _, err := snapshot.UploadWith(ctx, st.store, key, dir, k, snapshot.Manifest{}, o); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-			b.Run(fmt.Sprintf("codec=%s/store=%s/op=down", codec, st.name), func(b *testing.B) {
-				b.SetBytes(snap.Bytes)
-				base := b.TempDir()
-				i := 0
-				for b.Loop() {
-					dst := filepath.Join(base, fmt.Sprint(i))
-					i++
-					if _, err := snapshot.Download(ctx, st.store, key, dst, k); err != nil {
-						b.Fatal(err)
-					}
-					b.StopTimer()
-					os.RemoveAll(dst)
-					b.StartTimer()
-				}
-			})
+		if err != nil {
+			b.Fatal(err)
 		}
+		if _, err := n.Reconcile(context.Background(), nodeapi.Keep{}); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_ = n.Close(ctx, true)
+			_ = os.RemoveAll(state)
+		})
+		return n
 	}
+	return open("a"), open("b"), st
 }
 
-type countingDiscard struct{ n int64 }
+const benchAccount = "acc_bench"
 
-func (c *countingDiscard) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+func newSandboxOn(ctx context.Context, b *testing.B, n *node.Node) (runtime.Sandbox, string) {
+	b.Helper()
+	id := "sbx_" + ulid.Make().String()
+	rt, err := n.Create(ctx, nodeapi.CreateRequest{SandboxID: id, AccountID: benchAccount, Template: templateName, Size: "small"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	execTrue(ctx, b, rt)
+	return rt, id
+}
+
+// BenchmarkSnapshotPauseResume: pause (checkpoint, seal, put into the
+// store) and resume of a small idle sandbox on the node that paused it
+// (from its cache) and on another node (get, verify, open, restore), with
+// the snapshot's size before and after compression. The ratio is resume
+// on another node over resume on the same node.
+func BenchmarkSnapshotPauseResume(b *testing.B) {
+	a, c, st := snapNodes(b)
+	ctx := timeout(b, 20*time.Minute)
+	var pause, same, other durations
+	var raw, sealed int64
+	once := func() {
+		rt, id := newSandboxOn(ctx, b, a)
+		snap1 := id + "-" + ulid.Make().String()
+		t0 := time.Now()
+		s, err := a.Checkpoint(ctx, rt.ID(), snap1)
+		pause.add(time.Since(t0))
+		if err != nil {
+			b.Fatal(err)
+		}
+		raw = s.Bytes
+		if objs, err := st.List(ctx, snapshot.SnapshotsPrefix); err == nil && len(objs) == 1 {
+			sealed = objs[0].Size
+		}
+		t0 = time.Now()
+		rt, err = a.Restore(ctx, nodeapi.RestoreRequest{SandboxID: id, AccountID: benchAccount, Snapshot: snap1, Template: templateName, Size: "small"})
+		same.add(time.Since(t0))
+		if err != nil {
+			b.Fatal(err)
+		}
+		execTrue(ctx, b, rt)
+		cleanupSnapshot(ctx, b, a, st, snap1)
+		snap2 := id + "-" + ulid.Make().String()
+		t0 = time.Now()
+		if _, err := a.Checkpoint(ctx, rt.ID(), snap2); err != nil {
+			b.Fatal(err)
+		}
+		pause.add(time.Since(t0))
+		t0 = time.Now()
+		rt, err = c.Restore(ctx, nodeapi.RestoreRequest{SandboxID: id, AccountID: benchAccount, Snapshot: snap2, Template: templateName, Size: "small"})
+		other.add(time.Since(t0))
+		if err != nil {
+			b.Fatal(err)
+		}
+		execTrue(ctx, b, rt)
+		if err := c.Destroy(ctx, rt.ID()); err != nil {
+			b.Fatal(err)
+		}
+		cleanupSnapshot(ctx, b, a, st, snap2)
+		_ = c.RemoveSnapshot(ctx, snap2)
+	}
+	once() // warm-up
+	pause, same, other = nil, nil, nil
+	for b.Loop() {
+		once()
+	}
+	pause.report(b, "pause-p50-ms")
+	same.report(b, "resume-same-p50-ms")
+	other.report(b, "resume-other-p50-ms")
+	b.ReportMetric(float64(median(other))/float64(median(same)), "other/same")
+	b.ReportMetric(float64(raw)/(1<<20), "snapshot-MiB")
+	b.ReportMetric(float64(sealed)/(1<<20), "sealed-MiB")
+}
+
+// BenchmarkSnapshotFork10: a live checkpoint of a running small sandbox
+// and ten clones restored from it at once on its node (what a fork of 10
+// does on one node), until all ten agents are up.
+func BenchmarkSnapshotFork10(b *testing.B) {
+	a, _, _ := snapNodes(b)
+	ctx := timeout(b, 20*time.Minute)
+	var fork durations
+	once := func() {
+		rt, id := newSandboxOn(ctx, b, a)
+		snap := id + "-fork-" + ulid.Make().String()
+		t0 := time.Now()
+		if _, err := a.CheckpointLive(ctx, rt.ID(), snap); err != nil {
+			b.Fatal(err)
+		}
+		clones := make([]runtime.Sandbox, 10)
+		errs := make([]error, 10)
+		var wg sync.WaitGroup
+		for i := range clones {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				clones[i], errs[i] = a.Restore(ctx, nodeapi.RestoreRequest{SandboxID: "sbx_" + ulid.Make().String(), AccountID: benchAccount, Snapshot: snap, Template: templateName, Size: "small"})
+			}()
+		}
+		wg.Wait()
+		fork.add(time.Since(t0))
+		for i, c := range clones {
+			if errs[i] != nil {
+				b.Fatal(errs[i])
+			}
+			_ = a.Destroy(ctx, c.ID())
+		}
+		_ = a.Destroy(ctx, rt.ID())
+		_ = a.RemoveSnapshot(ctx, snap)
+	}
+	once()
+	fork = nil
+	for b.Loop() {
+		once()
+	}
+	fork.report(b, "fork10-p50-ms")
+}
+
+func cleanupSnapshot(ctx context.Context, b *testing.B, n *node.Node, st snapshot.Store, id string) {
+	b.Helper()
+	_ = n.RemoveSnapshot(ctx, id)
+	key, _ := snapshot.SnapshotKey(benchAccount, id)
+	if err := st.Delete(ctx, key); err != nil {
+		b.Fatal(err)
+	}
+}
