@@ -14,9 +14,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
 
 	"github.com/orkestr-eu/orkestr/internal/tarx"
 )
@@ -303,10 +302,14 @@ func Open(ctx context.Context, r io.Reader, dir string, k Key) (m Manifest, err 
 	}
 	if xerr != nil {
 		var te *tarx.Error
-		if errors.As(xerr, &te) || errors.Is(xerr, zstd.ErrMagicMismatch) || !isFSError(xerr) {
-			return Manifest{}, fmt.Errorf("%w: unpacking: %v", ErrCorrupt, xerr)
+		switch {
+		case errors.As(xerr, &te) && te.Code == tarx.CodeNoSpace:
+			return Manifest{}, fmt.Errorf("snapshot: unpacking into %s: no space left on the device: %w", dir, syscall.ENOSPC)
+		case isFSError(xerr) && !errors.As(xerr, &te):
+			return Manifest{}, fmt.Errorf("snapshot: unpacking into %s: %w", dir, xerr)
 		}
-		return Manifest{}, fmt.Errorf("snapshot: unpacking into %s: %w", dir, xerr)
+		// What the authenticated stream holds is not a valid archive.
+		return Manifest{}, fmt.Errorf("%w: unpacking: %v", ErrCorrupt, xerr)
 	}
 	if !cr.done {
 		return Manifest{}, fmt.Errorf("%w: the packed data ends before the final chunk", ErrCorrupt)

@@ -1,9 +1,12 @@
 package snapshot
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"os"
@@ -11,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // makeSnapshotDir builds a directory shaped like a runsc checkpoint: an
@@ -281,5 +286,85 @@ func TestSealRefusesSpecialFiles(t *testing.T) {
 	}
 	if _, err := Seal(context.Background(), dir, io.Discard, Key{}, testManifest()); err == nil || !strings.Contains(err.Error(), "fifo") {
 		t.Fatalf("Seal of a fifo: %v", err)
+	}
+}
+
+// sealTar writes a stream around a tar of the caller's making, as Seal
+// would, so a hostile archive inside a valid (authenticated) stream can
+// be tested.
+func sealTar(t *testing.T, k Key, tarBytes []byte) []byte {
+	t.Helper()
+	h := header{version: FormatVersion, compression: compressZstd, chunkSize: DefaultChunkSize}
+	if k.ok {
+		h.cipher, h.keyID = cipherGCM, k.id()
+	}
+	rand.Read(h.salt[:])
+	rand.Read(h.prefix[:])
+	aead, err := streamAEAD(k, &h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	hb := h.marshal()
+	out.Write(hb)
+	cw := &chunkWriter{w: &out, aead: aead, h: &h, hdrSum: sha256.Sum256(hb)}
+	cw.emit(kindManifest, mustJSON(t, Manifest{FormatVersion: FormatVersion}))
+	comp := &countWriter{w: cw}
+	zw, _ := zstd.NewWriter(comp)
+	zw.Write(tarBytes)
+	zw.Close()
+	cw.flush()
+	sum := sha256.Sum256(tarBytes)
+	cw.emit(kindTrailer, mustJSON(t, trailer{UncompressedBytes: int64(len(tarBytes)), CompressedBytes: comp.n, SHA256: hex.EncodeToString(sum[:])}))
+	return out.Bytes()
+}
+
+func tarOf(t *testing.T, hdrs ...*tar.Header) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range hdrs {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			tw.Write(bytes.Repeat([]byte("x"), int(h.Size)))
+		}
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+func TestOpenRefusesHostileArchives(t *testing.T) {
+	k := testKey(t)
+	parent := t.TempDir()
+	for name, tb := range map[string][]byte{
+		"dot-dot":      tarOf(t, &tar.Header{Name: "../escape", Typeflag: tar.TypeReg, Size: 1, Mode: 0o600}),
+		"absolute":     tarOf(t, &tar.Header{Name: "/tmp/escape", Typeflag: tar.TypeReg, Size: 1, Mode: 0o600}),
+		"through link": tarOf(t, &tar.Header{Name: "l", Typeflag: tar.TypeSymlink, Linkname: parent}, &tar.Header{Name: "l/escape", Typeflag: tar.TypeReg, Size: 1, Mode: 0o600}),
+		"device":       tarOf(t, &tar.Header{Name: "dev", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3, Mode: 0o600}),
+		"not a tar":    bytes.Repeat([]byte("junk"), 1000),
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := sealTar(t, k, tb)
+			dst := filepath.Join(parent, "restored")
+			_, err := Open(context.Background(), bytes.NewReader(b), dst, k)
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Open = %v, want ErrCorrupt", err)
+			}
+			if _, err := os.Stat(dst); !errors.Is(err, os.ErrNotExist) {
+				t.Fatal("the directory was left")
+			}
+			if _, err := os.Stat(filepath.Join(parent, "escape")); err == nil {
+				t.Fatal("an entry escaped the directory")
+			}
+			if _, err := os.Stat("/tmp/escape"); err == nil {
+				t.Fatal("an entry escaped to /tmp")
+			}
+		})
+	}
+	// The helper itself makes streams Open accepts.
+	ok := sealTar(t, k, tarOf(t, &tar.Header{Name: "f", Typeflag: tar.TypeReg, Size: 3, Mode: 0o600}))
+	if _, err := Open(context.Background(), bytes.NewReader(ok), filepath.Join(parent, "ok"), k); err != nil {
+		t.Fatalf("a benign archive: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -189,6 +190,9 @@ func (s *s3Store) mapErr(ctx context.Context, op, key string, err error) error {
 	case "NoSuchKey":
 		return fmt.Errorf("%w: %s", ErrNotFound, key)
 	case "PreconditionFailed", "ConditionalRequestConflict":
+		if op == "get" { // a later range's If-Match
+			return fmt.Errorf("%w: %s changed while it was read; try again", ErrUnavailable, key)
+		}
 		return fmt.Errorf("%w: %s", ErrExists, key)
 	case "NoSuchBucket":
 		return fmt.Errorf("%w: the bucket %s does not exist at %s (create it, or fix snapshots.s3.bucket)", ErrUnavailable, s.bucket, s.endpoint)
@@ -412,13 +416,155 @@ func (s *s3Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err := ValidKey(key); err != nil {
 		return nil, err
 	}
-	// One request: the GET's response carries the size (minio's Object
-	// would send a HEAD first).
-	rc, info, _, err := minio.Core{Client: s.c}.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
+	// The first part's range, in one request: a small object comes whole,
+	// and the response's Content-Range says how large a big one is.
+	core := minio.Core{Client: s.c}
+	opts := minio.GetObjectOptions{}
+	opts.SetRange(0, s.partSize-1)
+	rc, info, hdr, err := core.GetObject(ctx, s.bucket, s.prefix+key, opts)
 	if err != nil {
-		return nil, s.mapErr(ctx, "get", key, err)
+		if minio.ToErrorResponse(err).Code == "InvalidRange" { // an empty object
+			rc, info, _, err = core.GetObject(ctx, s.bucket, s.prefix+key, minio.GetObjectOptions{})
+		}
+		if err != nil {
+			return nil, s.mapErr(ctx, "get", key, err)
+		}
+		return &s3Body{s: s, ctx: ctx, key: key, obj: rc, size: info.Size}, nil
 	}
-	return &s3Body{s: s, ctx: ctx, key: key, obj: rc, size: info.Size}, nil
+	total := info.Size
+	if cr := hdr.Get("Content-Range"); cr != "" {
+		if i := strings.LastIndexByte(cr, '/'); i >= 0 {
+			if n, perr := strconv.ParseInt(cr[i+1:], 10, 64); perr == nil {
+				total = n
+			}
+		}
+	}
+	first := &s3Body{s: s, ctx: ctx, key: key, obj: rc, size: info.Size}
+	if total <= info.Size {
+		return first, nil
+	}
+	return newRangeReader(ctx, s, key, info.ETag, total, first), nil
+}
+
+// rangeReader reads a large object as ranges of partSize, up to
+// s.parallel of them in flight (what a single stream cannot get from a
+// distant S3), delivered in order. Every range must match the first
+// response's ETag: an object replaced meanwhile fails the read.
+type rangeReader struct {
+	s      *s3Store
+	ctx    context.Context
+	cancel context.CancelFunc
+	key    string
+	etag   string
+	size   int64
+	next   int64 // the next range to request
+	queue  []chan rangeResult
+	cur    []byte
+	curBuf []byte // the buffer cur is in
+	free   [][]byte
+	err    error
+}
+
+type rangeResult struct {
+	b   []byte
+	err error
+}
+
+func newRangeReader(ctx context.Context, s *s3Store, key, etag string, size int64, first *s3Body) *rangeReader {
+	rctx, cancel := context.WithCancel(ctx)
+	r := &rangeReader{s: s, ctx: rctx, cancel: cancel, key: key, etag: etag, size: size, next: 1}
+	ch := make(chan rangeResult, 1)
+	r.queue = append(r.queue, ch)
+	go func() {
+		defer first.Close()
+		b := make([]byte, s.partSize)
+		n, err := io.ReadFull(first, b)
+		ch <- r.result(b[:n], err, s.partSize)
+	}()
+	return r
+}
+
+// result checks that a range came whole.
+func (r *rangeReader) result(b []byte, err error, want int64) rangeResult {
+	if err == io.EOF || err == io.ErrUnexpectedEOF || err == nil && int64(len(b)) != want {
+		err = fmt.Errorf("%w: reading %s from %s: a range ended after %d of %d bytes", ErrUnavailable, r.key, r.s.endpoint, len(b), want)
+	}
+	return rangeResult{b: b, err: err}
+}
+
+func (r *rangeReader) fetch(i int64, buf []byte) chan rangeResult {
+	ch := make(chan rangeResult, 1)
+	start := i * r.s.partSize
+	end := min(start+r.s.partSize, r.size) - 1
+	go func() {
+		opts := minio.GetObjectOptions{}
+		opts.SetRange(start, end)
+		if r.etag != "" {
+			opts.SetMatchETag(r.etag)
+		}
+		rc, _, _, err := minio.Core{Client: r.s.c}.GetObject(r.ctx, r.s.bucket, r.s.prefix+r.key, opts)
+		if err != nil {
+			ch <- rangeResult{err: r.s.mapErr(r.ctx, "get", r.key, err)}
+			return
+		}
+		defer rc.Close()
+		if buf == nil {
+			buf = make([]byte, r.s.partSize)
+		}
+		b := buf[:end-start+1]
+		n, err := io.ReadFull(rc, b)
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			err = r.s.mapErr(r.ctx, "get", r.key, err)
+		}
+		ch <- r.result(b[:n], err, end-start+1)
+	}()
+	return ch
+}
+
+func (r *rangeReader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		if r.curBuf != nil { // consumed: the next fetch reuses it
+			r.free = append(r.free, r.curBuf)
+			r.curBuf = nil
+		}
+		if r.err != nil {
+			return 0, r.err
+		}
+		for len(r.queue) < r.s.parallel && r.next*r.s.partSize < r.size {
+			var buf []byte
+			if n := len(r.free); n > 0 {
+				buf, r.free = r.free[n-1], r.free[:n-1]
+			}
+			r.queue = append(r.queue, r.fetch(r.next, buf))
+			r.next++
+		}
+		if len(r.queue) == 0 {
+			r.err = io.EOF
+			return 0, io.EOF
+		}
+		res := <-r.queue[0]
+		r.queue = r.queue[1:]
+		if res.err != nil {
+			if r.ctx.Err() != nil && r.err == nil {
+				res.err = fmt.Errorf("snapshot: s3: get %s: %w", r.key, r.ctx.Err())
+			}
+			r.err = res.err
+			r.cancel()
+			return 0, r.err
+		}
+		r.cur = res.b
+		if int64(cap(res.b)) == r.s.partSize {
+			r.curBuf = res.b[:cap(res.b)]
+		}
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
+}
+
+func (r *rangeReader) Close() error {
+	r.cancel()
+	return nil
 }
 
 // s3Body reports a connection lost mid-object as ErrUnavailable, never as
