@@ -84,12 +84,12 @@ func newSandboxOn(ctx context.Context, b *testing.B, n *node.Node) (runtime.Sand
 	return rt, id
 }
 
-// BenchmarkSnapshotPauseResume: pause (checkpoint, seal, put into the
+// BenchmarkPortablePauseResume: pause (checkpoint, seal, put into the
 // store) and resume of a small idle sandbox on the node that paused it
 // (from its cache) and on another node (get, verify, open, restore), with
 // the snapshot's size before and after compression. The ratio is resume
 // on another node over resume on the same node.
-func BenchmarkSnapshotPauseResume(b *testing.B) {
+func BenchmarkPortablePauseResume(b *testing.B) {
 	a, c, st := snapNodes(b)
 	ctx := timeout(b, 20*time.Minute)
 	var pause, same, other durations
@@ -147,10 +147,10 @@ func BenchmarkSnapshotPauseResume(b *testing.B) {
 	b.ReportMetric(float64(sealed)/(1<<20), "sealed-MiB")
 }
 
-// BenchmarkSnapshotFork10: a live checkpoint of a running small sandbox
+// BenchmarkPortableFork10: a live checkpoint of a running small sandbox
 // and ten clones restored from it at once on its node (what a fork of 10
 // does on one node), until all ten agents are up.
-func BenchmarkSnapshotFork10(b *testing.B) {
+func BenchmarkPortableFork10(b *testing.B) {
 	a, _, _ := snapNodes(b)
 	ctx := timeout(b, 20*time.Minute)
 	var fork durations
