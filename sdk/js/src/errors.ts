@@ -162,6 +162,8 @@ const statusOf: Record<string, number> = {
   usage_exhausted: 402,
   snapshot_cap_reached: 402,
   fork_limit: 402,
+  snapshot_corrupt: 422,
+  snapshot_store_unavailable: 503,
   sandbox_not_found: 404,
   process_not_found: 404,
   process_stdin_closed: 409,

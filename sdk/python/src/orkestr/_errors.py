@@ -202,6 +202,8 @@ STATUS_OF_CODE: Dict[str, int] = {
     "usage_exhausted": 402,
     "snapshot_cap_reached": 402,
     "fork_limit": 402,
+    "snapshot_corrupt": 422,
+    "snapshot_store_unavailable": 503,
     "sandbox_not_found": 404,
     "sandbox_not_ready": 409,
     "exec_timeout": 408,
