@@ -421,3 +421,38 @@ func grepTree(t *testing.T, dir, needle string) []string {
 	}
 	return hits
 }
+
+// TestRestoreClocks: what a sandbox's clocks do across a checkpoint and
+// a restore some seconds later (docs/api.md, "What survives a
+// pause/resume"): the wall clock jumps forward with the host's, and so
+// does the sandbox's uptime (gVisor's monotonic clock follows the host's).
+func TestRestoreClocks(t *testing.T) {
+	env := testenv.NewDriver(t)
+	ctx := testCtx(t, time.Minute)
+	sb := newSandbox(t, env)
+	read := func(sb runtime.Sandbox) (wall, mono float64) {
+		f := strings.Fields(sh(t, sb, `date +%s.%N; cut -d' ' -f1 /proc/uptime`))
+		if len(f) != 2 {
+			t.Fatalf("clocks: %q", f)
+		}
+		wall, _ = strconv.ParseFloat(f[0], 64)
+		mono, _ = strconv.ParseFloat(f[1], 64)
+		return wall, mono
+	}
+	w0, m0 := read(sb)
+	dir := t.TempDir()
+	if _, err := sb.Checkpoint(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	const gap = 3 * time.Second
+	time.Sleep(gap)
+	r := restore(t, env, dir, nil)
+	w1, m1 := read(r)
+	t.Logf("across a %v pause: wall clock +%.2fs, uptime +%.2fs", gap, w1-w0, m1-m0)
+	if w1-w0 < gap.Seconds() {
+		t.Fatalf("the wall clock moved %.2fs across a %v pause; it follows the host's", w1-w0, gap)
+	}
+	if m1-m0 < gap.Seconds() {
+		t.Fatalf("uptime moved %.2fs across a %v pause (docs/api.md says it jumps too)", m1-m0, gap)
+	}
+}
