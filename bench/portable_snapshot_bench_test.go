@@ -25,6 +25,13 @@ import (
 // state directories (so its own snapshot cache), sharing one S3 store (a
 // real versitygw on loopback) and one master key: "another node".
 func snapNodes(b *testing.B) (a, c *node.Node, st snapshot.Store) {
+	a, c, _, st = snapNodesWithLocal(b)
+	return a, c, st
+}
+
+// snapNodesWithLocal adds a third node without a store: the baseline of
+// a pause that is a local checkpoint only.
+func snapNodesWithLocal(b *testing.B) (a, c, local *node.Node, st snapshot.Store) {
 	b.Helper()
 	testenv.RequireRoot(b)
 	srv := s3test.Start(b)
@@ -38,10 +45,13 @@ func snapNodes(b *testing.B) (a, c *node.Node, st snapshot.Store) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	open := func(id string) *node.Node {
-		kr, err := snapshot.NewKeyring(st, mk)
-		if err != nil {
-			b.Fatal(err)
+	open := func(id string, st snapshot.Store) *node.Node {
+		var kr *snapshot.Keyring
+		if st != nil {
+			var err error
+			if kr, err = snapshot.NewKeyring(st, mk); err != nil {
+				b.Fatal(err)
+			}
 		}
 		data := b.TempDir()
 		state, err := os.MkdirTemp("/run", "orkb-")
@@ -68,7 +78,7 @@ func snapNodes(b *testing.B) (a, c *node.Node, st snapshot.Store) {
 		})
 		return n
 	}
-	return open("a"), open("b"), st
+	return open("a", st), open("b", st), open("local", nil), st
 }
 
 const benchAccount = "acc_bench"
@@ -85,19 +95,28 @@ func newSandboxOn(ctx context.Context, b *testing.B, n *node.Node) (runtime.Sand
 }
 
 // BenchmarkPortablePauseResume: pause (checkpoint, seal, put into the
-// store) and resume of a small idle sandbox on the node that paused it
+// store; baseline: a node without a store, whose pause is the local
+// checkpoint only) and resume of a small idle sandbox on the node that paused it
 // (from its cache) and on another node (get, verify, open, restore), with
 // the snapshot's size before and after compression. The ratio is resume
 // on another node over resume on the same node.
 func BenchmarkPortablePauseResume(b *testing.B) {
-	a, c, st := snapNodes(b)
+	a, c, local, st := snapNodesWithLocal(b)
 	ctx := timeout(b, 20*time.Minute)
-	var pause, same, other durations
+	var pause, pauseLocal, same, other durations
 	var raw, sealed int64
 	once := func() {
+		lrt, lid := newSandboxOn(ctx, b, local)
+		lsnap := lid + "-" + ulid.Make().String()
+		t0 := time.Now()
+		if _, err := local.Checkpoint(ctx, lrt.ID(), lsnap); err != nil {
+			b.Fatal(err)
+		}
+		pauseLocal.add(time.Since(t0))
+		_ = local.RemoveSnapshot(ctx, lsnap)
 		rt, id := newSandboxOn(ctx, b, a)
 		snap1 := id + "-" + ulid.Make().String()
-		t0 := time.Now()
+		t0 = time.Now()
 		s, err := a.Checkpoint(ctx, rt.ID(), snap1)
 		pause.add(time.Since(t0))
 		if err != nil {
@@ -135,11 +154,13 @@ func BenchmarkPortablePauseResume(b *testing.B) {
 		_ = c.RemoveSnapshot(ctx, snap2)
 	}
 	once() // warm-up
-	pause, same, other = nil, nil, nil
+	pause, pauseLocal, same, other = nil, nil, nil, nil
 	for b.Loop() {
 		once()
 	}
 	pause.report(b, "pause-p50-ms")
+	pauseLocal.report(b, "pause-local-p50-ms")
+	b.ReportMetric(float64(median(pause))/float64(median(pauseLocal)), "pause/local")
 	same.report(b, "resume-same-p50-ms")
 	other.report(b, "resume-other-p50-ms")
 	b.ReportMetric(float64(median(other))/float64(median(same)), "other/same")
