@@ -113,17 +113,34 @@ func TestFleetSnapshots(t *testing.T) {
 		t.Fatalf("%d objects after the resume, want 0", objects())
 	}
 
-	// A fork in the fleet: clones run, with the source's files.
-	r = a.do("POST", "/v1/sandboxes/"+id+"/fork", key, map[string]any{"count": 2})
+	// The dead node comes back (empty); a fork places clones across the
+	// nodes, those elsewhere fetching the fork's snapshot from the store.
+	f.node(from).start()
+	f.waitAlive(2)
+	src := f.nodeOf(id)
+	r = a.do("POST", "/v1/sandboxes/"+id+"/fork", key, map[string]any{"count": 3})
 	if r.status != 201 {
 		t.Fatalf("fork: %d %s", r.status, r.body)
 	}
+	elsewhere := 0
 	for _, c := range r.json(t)["data"].([]any) {
 		cid := c.(map[string]any)["id"].(string)
 		if got := exec(cid, "cat /workspace/file.txt"); got != "kept\n" {
 			t.Fatalf("clone %s: %q", cid, got)
 		}
+		if n := count(cid); n < after {
+			t.Fatalf("clone %s counter %d < %d", cid, n, after)
+		}
+		if f.nodeOf(cid) != src {
+			elsewhere++
+		}
 		a.do("DELETE", "/v1/sandboxes/"+cid, key, nil)
+	}
+	if elsewhere == 0 {
+		t.Fatalf("all clones on the source's node %s", src)
+	}
+	if objects() != 0 {
+		t.Fatalf("%d objects after the fork, want 0 (the fork's snapshot goes)", objects())
 	}
 
 	// Paused again, then terminated: the object goes.

@@ -62,6 +62,9 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, store.ErrLimit):
 		return apiErr(http.StatusPaymentRequired, "concurrency_limit", "Your %s plan allows %d sandboxes at once and a fork of %d does not fit; no clone was made. Terminate or pause some first, or fork fewer.", p.account.Plan, p.plan.MaxConcurrent, count).
 			with("max_concurrent", p.plan.MaxConcurrent)
+	case errors.Is(err, nodeapi.ErrSnapshotStoreUnavailable):
+		s.log.Error("fork: the snapshot store is unavailable", "request_id", requestID(r), "sandbox", row.ID, "err", err)
+		return apiErr(http.StatusServiceUnavailable, "snapshot_store_unavailable", "The snapshot store could not be reached, so no clone was made; the sandbox is unchanged. Retry shortly.")
 	case errors.Is(err, nodeapi.ErrTemplateNotBuilt):
 		return notBuilt(row.Template)
 	case errors.Is(err, nodeapi.ErrDiskLow):

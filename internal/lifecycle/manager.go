@@ -447,8 +447,9 @@ func (m *Manager) removeSnapshot(nodeID, account, snapshotID string) {
 // checkpointed live (it keeps running; the fork's snapshot is removed
 // afterwards); a paused one's snapshot is used as it is.
 //
-// Clones run on the node that holds the snapshot: a node reads only its
-// own snapshots until snapshots live in a shared store.
+// Without a snapshot store clones run on the source's node (a node reads
+// only its own snapshots); with one, each is placed in the source's region
+// like a create and fetches the snapshot (uploaded by the live checkpoint).
 func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sandbox, maxConcurrent int) ([]store.Sandbox, error) {
 	if src.Status != store.StatusRunning && src.Status != store.StatusPaused {
 		return nil, notReady(src.Status)
@@ -467,6 +468,15 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 	}
 	for i := range clones {
 		clones[i].Status, clones[i].Node = store.StatusStarting, src.Node
+		if m.objects != nil {
+			// With a snapshot store a clone may start on any node of the
+			// region (it fetches the snapshot); the source's node if
+			// placement finds none.
+			pl := Placement{Region: src.Region, Template: src.Template, Size: src.Size, Networked: src.Network != "" && src.Network != runtime.NetworkOff}
+			if id, _, err := m.nodes.Place(ctx, pl); err == nil {
+				clones[i].Node = id
+			}
+		}
 	}
 	if err := m.store.CreateSandboxes(ctx, clones, maxConcurrent); err != nil {
 		return nil, err
@@ -485,9 +495,37 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 		snap, err := nd.CheckpointLive(ctx, src.RuntimeID, snapID)
 		if err != nil {
 			m.log.Error("fork: live checkpoint failed", "sandbox", src.ID, "node", src.Node, "err", err)
+			if errors.Is(err, nodeapi.ErrSnapshotStoreUnavailable) {
+				for _, c := range clones {
+					m.Finish(ctx, c.ID, c.AccountID, store.StatusError, "fork failed: the snapshot store is unavailable")
+				}
+				return nil, err
+			}
 			return fail("fork failed: the source could not be checkpointed", err)
 		}
-		defer m.removeSnapshot(src.Node, "", snap.ID)
+		// Afterwards the fork's snapshot goes: its object and every
+		// node's copy.
+		defer func() {
+			m.removeSnapshot(src.Node, src.AccountID, snap.ID)
+			seen := map[string]bool{src.Node: true}
+			for _, c := range clones {
+				if !seen[c.Node] {
+					seen[c.Node] = true
+					m.removeSnapshot(c.Node, "", snap.ID)
+				}
+			}
+		}()
+	} else if m.objects != nil {
+		// A paused source's snapshot stays; other nodes' copies go.
+		defer func() {
+			seen := map[string]bool{src.Node: true}
+			for _, c := range clones {
+				if !seen[c.Node] {
+					seen[c.Node] = true
+					m.removeSnapshot(c.Node, "", snapID)
+				}
+			}
+		}()
 	}
 	rts := make([]runtime.Sandbox, len(clones))
 	errs := make([]error, len(clones))
@@ -496,7 +534,13 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rts[i], errs[i] = nd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: c.ID, AccountID: c.AccountID, Snapshot: snapID, Template: c.Template, Size: c.Size})
+			cn := nd
+			if c.Node != src.Node {
+				if cn, errs[i] = m.nodes.Node(ctx, c.Node); errs[i] != nil {
+					return
+				}
+			}
+			rts[i], errs[i] = cn.Restore(ctx, nodeapi.RestoreRequest{SandboxID: c.ID, AccountID: c.AccountID, Snapshot: snapID, Template: c.Template, Size: c.Size})
 		}()
 	}
 	wg.Wait()

@@ -324,6 +324,13 @@ func (n *Node) CheckpointLive(ctx context.Context, runtimeID, id string) (nodeap
 		_ = os.RemoveAll(dir)
 		return nodeapi.Snapshot{}, err
 	}
+	if n.cfg.SnapshotStore != nil {
+		// Into the store too, so that clones may start on other nodes.
+		if _, err := n.upload(ctx, l.account, l.sandboxID, id, dir, snap); err != nil {
+			_ = os.RemoveAll(dir)
+			return nodeapi.Snapshot{}, err
+		}
+	}
 	return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
 }
 
