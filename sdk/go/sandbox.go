@@ -279,7 +279,9 @@ type PauseResult struct {
 }
 
 // Pause snapshots the sandbox's memory and disk and stops its clock and
-// meter. Over the plan's snapshot cap it fails with a
+// meter. When the server keeps snapshots in a store it returns only once
+// the snapshot is durable there (503 snapshot_store_unavailable: the
+// sandbox still runs). Over the plan's snapshot cap it fails with a
 // *SnapshotCapReachedError. It sets Status to paused; PausedAt is only
 // filled in by a Refresh. It is not retried.
 func (s *Sandbox) Pause(ctx context.Context) (*PauseResult, error) {

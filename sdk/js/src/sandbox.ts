@@ -468,8 +468,10 @@ export class Sandbox implements SandboxData {
 
   /**
    * Snapshots memory + disk and stops the clock and meter; resolves with the
-   * sandbox id to pass to Sandbox.resume from any process. Over the plan's
-   * snapshot cap it throws SnapshotCapReached. Not retried.
+   * sandbox id to pass to Sandbox.resume from any process. When the server
+   * keeps snapshots in a store it resolves only once the snapshot is
+   * durable there (503 `snapshot_store_unavailable`: still running). Over
+   * the plan's snapshot cap it throws SnapshotCapReached. Not retried.
    */
   async pause(options: CallOptions = {}): Promise<string> {
     const raw = await call(this.#conn, { method: "POST", path: this.#path("/pause"), signal: options.signal });

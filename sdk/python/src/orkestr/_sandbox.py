@@ -257,7 +257,10 @@ class Sandbox(SandboxFields):
 
     def pause(self) -> str:
         """Snapshot memory and disk and stop the clock; returns the id to
-        pass to ``Sandbox.resume``. SnapshotCapReached over the plan's cap."""
+        pass to ``Sandbox.resume``. When the server keeps snapshots in a
+        store it returns only once the snapshot is durable there (503
+        ``snapshot_store_unavailable``: still running). SnapshotCapReached
+        over the plan's cap."""
         out = self._client.json("POST", sandbox_path(self.id, "/pause"))
         self.status, self.expires_at = "paused", None
         sid = out.get("id") if isinstance(out, dict) else None
