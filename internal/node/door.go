@@ -435,6 +435,7 @@ func (n *Node) Reconcile(ctx context.Context, keep nodeapi.Keep) (runtime.Reconc
 			rep.Removed = append(rep.Removed, "snapshot "+e.Name())
 		}
 	}
+	n.storeUnsaved(ctx, keep.Snapshots)
 	if err := n.syncPools(); err != nil {
 		return rep, err
 	}

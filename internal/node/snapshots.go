@@ -202,3 +202,36 @@ func dirBytes(dir string) (int64, error) {
 	})
 	return total, err
 }
+
+// storeUnsaved puts into the store the kept snapshots this node holds but
+// never stored: a crash between a pause's checkpoint and its upload leaves
+// one, which the store's record then calls paused. Best effort: one that
+// still cannot be stored resumes only here.
+func (n *Node) storeUnsaved(ctx context.Context, ids []string) {
+	sr, ok := n.driver.(runtime.SnapshotReader)
+	if n.cfg.SnapshotStore == nil || !ok {
+		return
+	}
+	for _, id := range ids {
+		dir, err := n.snapshotDir(id)
+		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, durableMark)); err == nil {
+			continue
+		}
+		snap, err := sr.ReadSnapshot(dir)
+		if err != nil {
+			continue // not here (cached elsewhere, or evicted)
+		}
+		account, sandbox := snap.Labels["account_id"], snap.Labels["sandbox_id"]
+		if account == "" {
+			continue
+		}
+		if _, err := n.upload(ctx, account, sandbox, id, dir, snap); err != nil {
+			n.cfg.Log.Warn("a snapshot a crash left unstored could not be stored; it resumes only on this node", "snapshot", id, "err", err)
+			continue
+		}
+		n.cfg.Log.Info("stored a snapshot a crash had left unstored", "snapshot", id)
+	}
+}
