@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -142,6 +144,111 @@ func TestFleetSnapshots(t *testing.T) {
 	if objects() != 0 {
 		t.Fatalf("%d objects after the fork, want 0 (the fork's snapshot goes)", objects())
 	}
+
+	// The store briefly unreachable: a pause is 503 and the sandbox runs
+	// on; a resume that needs the store (the cache gone, as on another
+	// node) is 503 and it stays paused; then both succeed.
+	s3.Stop()
+	if r := a.do("POST", "/v1/sandboxes/"+id+"/pause", key, nil); r.status != 503 || r.errCode() != "snapshot_store_unavailable" {
+		t.Fatalf("pause with the store down: %d %s", r.status, r.body)
+	}
+	f.waitStatus(a, key, id, "running", "", 5*time.Second)
+	n0 := count(id)
+	if err := s3.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if r := a.do("POST", "/v1/sandboxes/"+id+"/pause", key, nil); r.status != 200 {
+		t.Fatalf("pause with the store back: %d %s", r.status, r.body)
+	}
+	dropCaches := func() {
+		for _, n := range f.nodes {
+			ents, _ := os.ReadDir(filepath.Join(n.dataDir, "snapshots"))
+			for _, e := range ents {
+				_ = os.RemoveAll(filepath.Join(n.dataDir, "snapshots", e.Name()))
+			}
+		}
+	}
+	dropCaches()
+	s3.Stop()
+	if r := a.do("POST", "/v1/sandboxes/"+id+"/resume", key, nil); r.status != 503 || r.errCode() != "snapshot_store_unavailable" {
+		t.Fatalf("resume with the store down: %d %s", r.status, r.body)
+	}
+	f.waitStatus(a, key, id, "paused", "", 5*time.Second)
+	if err := s3.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if r := a.do("POST", "/v1/sandboxes/"+id+"/resume", key, nil); r.status != 200 {
+		t.Fatalf("resume with the store back: %d %s", r.status, r.body)
+	}
+	if n := count(id); n < n0 {
+		t.Fatalf("counter %d after the store's outage, %d before", n, n0)
+	}
+
+	// A flipped byte in the stored object is refused at resume.
+	if r := a.do("POST", "/v1/sandboxes/"+id+"/pause", key, nil); r.status != 200 {
+		t.Fatalf("pause: %d %s", r.status, r.body)
+	}
+	dropCaches()
+	list, err := store.List(context.Background(), snapshot.SnapshotsPrefix)
+	if err != nil || len(list) != 1 {
+		t.Fatalf("objects: %+v %v", list, err)
+	}
+	obj := filepath.Join(s3.Dir, s3.Bucket, list[0].Key)
+	b, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40
+	if err := os.WriteFile(obj, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := a.do("POST", "/v1/sandboxes/"+id+"/resume", key, nil); r.status != 422 || r.errCode() != "snapshot_corrupt" {
+		t.Fatalf("resume of a corrupt snapshot: %d %s", r.status, r.body)
+	}
+	f.waitStatus(a, key, id, "paused", "", 5*time.Second)
+	if r := a.do("DELETE", "/v1/sandboxes/"+id, key, nil); r.status != 200 {
+		t.Fatalf("terminate: %d %s", r.status, r.body)
+	}
+	if objects() != 0 {
+		t.Fatalf("%d objects after terminating the corrupt one", objects())
+	}
+
+	// The plan's snapshot cap counts paused sandboxes on every node: two
+	// sandboxes paused on the two nodes fill fleet3's cap of 2.
+	k3 := a.newKey("fleet3snap", "fleet3", "sandboxes:write")
+	var capped []string
+	for i := 0; i < 3; i++ {
+		capped = append(capped, a.create(k3, nil))
+		// A heartbeat later placement sees the node's new sandbox and
+		// puts the next one on the other node.
+		time.Sleep(1500 * time.Millisecond)
+	}
+	for i, c := range capped {
+		r := f.replicas[i%2].do("POST", "/v1/sandboxes/"+c+"/pause", k3, nil)
+		switch {
+		case i < 2 && r.status != 200:
+			t.Fatalf("pause %d: %d %s", i, r.status, r.body)
+		case i == 2 && (r.status != 402 || r.errCode() != "snapshot_cap_reached"):
+			t.Fatalf("a third pause over the cap of 2: %d %s", r.status, r.body)
+		}
+	}
+	nodesUsed := map[string]bool{}
+	for _, c := range capped[:2] {
+		nodesUsed[f.nodeOf(c)] = true
+	}
+	if len(nodesUsed) != 2 {
+		t.Fatalf("the two paused sandboxes are on nodes %v, want both nodes", nodesUsed)
+	}
+	for _, c := range capped {
+		if r := a.do("DELETE", "/v1/sandboxes/"+c, k3, nil); r.status != 200 {
+			t.Fatalf("terminate: %d %s", r.status, r.body)
+		}
+	}
+	if objects() != 0 {
+		t.Fatalf("%d objects after terminating the paused sandboxes", objects())
+	}
+
+	id = a.create(key, nil)
 
 	// Paused again, then terminated: the object goes.
 	if r := a.do("POST", "/v1/sandboxes/"+id+"/pause", key, nil); r.status != 200 {
