@@ -1,7 +1,10 @@
 package api
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -107,12 +110,31 @@ func TestForkRunning(t *testing.T) {
 	_, n1 := readState(t, h, key, clones[1])
 	waitState(t, h, key, clones[1], n1)
 
+	// Each clone is metered on its own.
+	acct := accountOf(t, h, key)
+	for _, id := range clones {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			u, err := h.store.SandboxUsage(context.Background(), acct, id)
+			if err == nil && u.RunningSeconds > 0 && u.MemMBSeconds > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("clone %s is not metered: %+v %v", id, u, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+
 	// Plan concurrency counts each clone; the fork's snapshot is gone.
 	if l := h.do("GET", "/v1/limits", key, nil).json(t); l["max_fork"] != 10.0 {
 		t.Fatalf("limits: %v", l)
 	}
 	if n := len(h.do("GET", "/v1/sandboxes?status=running", key, nil).json(t)["data"].([]any)); n != 6 {
 		t.Fatalf("%d running, want 6", n)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(h.dataDir, "snapshots")); len(ents) != 0 {
+		t.Fatalf("the fork left %d snapshots on the node", len(ents))
 	}
 
 	// A paused sandbox forks too, and stays paused.
