@@ -141,6 +141,19 @@ func (sb *sandbox) waitReady(ctx context.Context) error {
 	}
 }
 
+// waitNewSession waits for an agent session later than the n-th, or
+// for the sandbox to stop.
+func (sb *sandbox) waitNewSession(ctx context.Context, n uint64) error {
+	errc := make(chan error, 1)
+	go func() { errc <- sb.ch.WaitSessionAfter(ctx, n) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-sb.done:
+		return sb.stopped()
+	}
+}
+
 func (sb *sandbox) stopped() error {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
@@ -719,17 +732,23 @@ func (sb *sandbox) CheckpointLive(ctx context.Context, dir string) (runtime.Snap
 	if err := os.MkdirAll(image, 0o700); err != nil {
 		return runtime.Snapshot{}, err
 	}
+	before := sb.ch.Sessions()
 	_, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, "checkpoint", "--leave-running", "--image-path", image, m.ID)
 	// Whatever the outcome, the save may have broken the agent's
-	// connection without either end noticing: the host drops its end and
-	// asks the agent (PID 1) to dial again.
-	sb.ch.Disconnect()
-	if _, kerr := sb.d.rs.runNet(ctx, "", 0, m.Net != nil, "kill", m.ID, "USR1"); kerr != nil {
-		sb.d.log.Warn("asking the agent to redial after a live checkpoint", "sandbox", m.ID, "err", kerr)
-	}
+	// connection without either end noticing: the agent (PID 1) is asked
+	// to drop it and dial again, and calls resume on the new session. (The
+	// host does not close its end first: the agent would redial at once
+	// and the signal then close the fresh session.)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sb.d.cfg.ReadyTimeout)
 	defer cancel()
-	rerr := sb.waitReady(rctx)
+	var rerr error
+	if _, kerr := sb.d.rs.runNet(ctx, "", 0, m.Net != nil, "kill", m.ID, "USR1"); kerr != nil {
+		sb.d.log.Warn("asking the agent to redial after a live checkpoint", "sandbox", m.ID, "err", kerr)
+		sb.ch.Disconnect()
+		rerr = sb.waitReady(rctx)
+	} else {
+		rerr = sb.waitNewSession(rctx, before)
+	}
 	if err != nil {
 		if e := sb.stopped(); e != nil {
 			return runtime.Snapshot{}, e
