@@ -78,7 +78,7 @@ type Options struct {
 // zstdWindow bounds the compressor's window, and so the memory of a
 // transfer (the decompressor accepts up to maxZstdWindow).
 const (
-	zstdWindow    = 4 << 20
+	zstdWindow    = 1 << 20
 	maxZstdWindow = 8 << 20
 )
 

@@ -23,9 +23,12 @@ func getEncoder(w io.Writer) (*zstd.Encoder, error) {
 		return e, nil
 	}
 	// The frame checksum is left out: every chunk is authenticated and
-	// the tar's SHA-256 checked.
+	// the tar's SHA-256 checked. Not WithLowerEncoderMem: it cost 1.75×
+	// the CPU on binaries and libraries (452 vs 256 ms per 64 MiB); the
+	// encoder is pooled, so its memory is paid once. A window of 1 MiB
+	// compresses those as well as 4 MiB did (ratio 0.262 vs 0.262).
 	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
-		zstd.WithWindowSize(zstdWindow), zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false))
+		zstd.WithWindowSize(zstdWindow), zstd.WithEncoderCRC(false))
 }
 
 func putEncoder(e *zstd.Encoder) {

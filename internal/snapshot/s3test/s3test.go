@@ -30,6 +30,9 @@ import (
 // of this checkout, or versitygw on the PATH.
 func Binary() (string, error) {
 	if p := os.Getenv("ORKESTR_VERSITYGW"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("ORKESTR_VERSITYGW names %s: %w", p, err)
+		}
 		return p, nil
 	}
 	p := filepath.Join(testenv.RepoRoot(), "bin", "versitygw")
@@ -176,6 +179,17 @@ func (s *Server) Restart() error {
 	}
 	s.cmd, s.done = cmd, done
 	return nil
+}
+
+// PID is the running server's process id (0 when stopped): benchmarks
+// read its CPU time.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
 }
 
 // Unreachable stops the server for d, then restarts it on the same port
