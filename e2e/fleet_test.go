@@ -113,6 +113,22 @@ func newFleet(t *testing.T, nodes []struct {
 	slots      int
 }) *fleet {
 	t.Helper()
+	return newFleetWith(t, nodes, fleetExtras{})
+}
+
+// fleetExtras adds to the generated configs: node(n) is appended to node
+// n's config (called once its addresses are known), controlPlane to the
+// replicas'.
+type fleetExtras struct {
+	node         func(n *fleetNode) string
+	controlPlane string
+}
+
+func newFleetWith(t *testing.T, nodes []struct {
+	id, region string
+	slots      int
+}, extra fleetExtras) *fleet {
+	t.Helper()
 	testenv.RequireRoot(t)
 	f := &fleet{t: t, db: testenv.FreshPostgres(t)}
 	tok := make([]byte, 32)
@@ -148,6 +164,9 @@ func newFleet(t *testing.T, nodes []struct {
 		n.config = filepath.Join(n.dataDir, "node.yaml")
 		cfg := fmt.Sprintf("region: %s\npool_size: 0\nnetwork:\n  enabled: false\ndatabase:\n  url: %q\nfleet:\n  node_token_file: %s\nnode:\n  id: %s\n  listen: %s:7070\n  slots: %d\n  heartbeat_seconds: 1\n",
 			nd.region, nodeDB, tokFile, nd.id, n.nodeIP, nd.slots)
+		if extra.node != nil {
+			cfg += extra.node(n)
+		}
 		if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -155,7 +174,7 @@ func newFleet(t *testing.T, nodes []struct {
 		n.start()
 		f.nodes = append(f.nodes, n)
 	}
-	cp := fmt.Sprintf("region: fsn1\nfleet:\n  enabled: true\n  node_token_file: %s\n  heartbeat_timeout_seconds: 5\n%s", tokFile, fleetConfigTail)
+	cp := fmt.Sprintf("region: fsn1\nfleet:\n  enabled: true\n  node_token_file: %s\n  heartbeat_timeout_seconds: 5\n%s%s", tokFile, fleetConfigTail, extra.controlPlane)
 	for i := 0; i < 2; i++ {
 		r := startAPI(t, serverOpts{dbURL: f.db, config: cp, logLevel: "info"})
 		if r.cmd.ProcessState != nil {

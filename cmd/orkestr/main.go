@@ -53,6 +53,7 @@ Sandboxes:
   sandbox kill   [--signal N] ID PID   signal a background process (default 15, TERM)
   sandbox pause  ID
   sandbox resume ID
+  sandbox fork   [-n N] ID             N running clones of a running or paused sandbox
   sandbox rm     ID
 
 Files (REMOTE is SANDBOX_ID:/absolute/path):

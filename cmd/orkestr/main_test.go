@@ -494,3 +494,31 @@ func TestCommandLineKeepsEveryArgument(t *testing.T) {
 		t.Errorf("argv quoted as %q", got)
 	}
 }
+
+func TestFork(t *testing.T) {
+	a, _ := newAPI(t)
+	a.on("POST /v1/sandboxes/sbx_1/fork", func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		if body["count"] != 3.0 {
+			writeErr(w, 400, "invalid_request", "bad count", nil)
+			return
+		}
+		writeJSON(w, 201, map[string]any{"data": []any{sandbox("sbx_a", "running"), sandbox("sbx_b", "running"), sandbox("sbx_c", "running")}})
+	})
+	a.on("POST /v1/sandboxes/sbx_2/fork", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, 402, "concurrency_limit", "Your free plan allows 1 sandbox at once.", map[string]any{"max_concurrent": 1})
+	})
+	if r := runCLI(t, "", "sandbox", "fork", "-n", "3", "sbx_1"); r.code != 0 || r.stdout != "sbx_a\nsbx_b\nsbx_c\n" {
+		t.Errorf("fork: %+v", r)
+	}
+	if r := runCLI(t, "", "sandbox", "fork", "--json", "-n", "3", "sbx_1"); r.code != 0 || strings.Count(r.stdout, `"status": "running"`) != 3 {
+		t.Errorf("fork --json: %+v", r)
+	}
+	if r := runCLI(t, "", "sandbox", "fork", "sbx_2"); r.code != exitError || !strings.Contains(r.stderr, "concurrency_limit") {
+		t.Errorf("fork over the limit: %+v", r)
+	}
+	if r := runCLI(t, "", "sandbox", "fork", "-n", "0", "sbx_1"); r.code == 0 {
+		t.Errorf("fork -n 0: %+v", r)
+	}
+}

@@ -89,6 +89,29 @@ func sandboxCommands() []*command {
 			}
 			return c.print(sb, func(w io.Writer) { printSandbox(w, sb) })
 		}),
+		{
+			name: "fork", synopsis: "[-n N] ID", min: 1, max: 1,
+			summary: "Make N running clones of a running or paused sandbox (same memory, processes,\n" +
+				"files, env and metadata; each its own id and network identity) and print them.\n" +
+				"All or nothing: if the plan's concurrency cannot take N more, none is made.",
+			flags: func(fs *flag.FlagSet) action {
+				n := fs.Int("n", 1, "how many clones (1 to the plan's max_fork, see `orkestr limits`)")
+				return func(c *cli, args []string) error {
+					if *n < 1 {
+						return usagef("-n must be at least 1")
+					}
+					clones, err := c.client.Sandbox(args[0]).Fork(c.ctx, *n)
+					if err != nil {
+						return err
+					}
+					return c.print(clones, func(w io.Writer) {
+						for _, sb := range clones {
+							fmt.Fprintln(w, sb.ID)
+						}
+					})
+				}
+			},
+		},
 		oneSandbox("rm", "Terminate a sandbox.", func(c *cli, sb *orkestr.Sandbox) error {
 			if err := sb.Terminate(c.ctx); err != nil {
 				return err

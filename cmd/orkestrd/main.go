@@ -31,6 +31,8 @@ Usage:
   orkestrd admin template build NAME       build a catalog template (OCI image or offline recipe)
   orkestrd admin template ls               list the catalog and what is built here
   orkestrd admin template prune            remove unpacked images and cached layers no template uses
+  orkestrd admin snapshots gc [--dry-run] [--min-age 1h]
+                                           remove snapshot objects no sandbox references
   orkestrd admin backup --out DIR          consistent backup of the SQLite store and the
                                            snapshots of paused sandboxes (server may run)
   orkestrd admin restore --from DIR        put a backup in place (server stopped)
@@ -105,6 +107,9 @@ func admin(args []string) error {
 		case "revoke":
 			return keyRevoke(args[2:])
 		}
+	}
+	if len(args) >= 2 && args[0] == "snapshots" && args[1] == "gc" {
+		return adminSnapshotsGC(args[2:])
 	}
 	if len(args) >= 1 && args[0] == "e2b-key" {
 		return e2bKey(args[1:])

@@ -27,6 +27,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/fleet"
 	"github.com/orkestr-eu/orkestr/internal/node"
 	"github.com/orkestr-eu/orkestr/internal/pool"
+	"github.com/orkestr-eu/orkestr/internal/snapshot"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
 	"github.com/orkestr-eu/orkestr/internal/tlsutil"
@@ -148,6 +149,10 @@ func serve(args []string) error {
 		if n != nil {
 			_ = n.Close(context.Background(), false)
 		}
+	}
+	if opts.Snapshots, _, err = snapshotStore(cfg, ncfg.DataDir); err != nil {
+		closeNode()
+		return err
 	}
 	srvAPI := api.New(opts)
 	if err := srvAPI.Start(ctx); err != nil {
@@ -375,8 +380,25 @@ func nodeConfig(ncfg *node.Config, cfg config.Config) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	ncfg.NetworkPoolSize, ncfg.NetworkAccounts = cfg.Network.PoolSize, cfg.Network.Accounts
+	if ncfg.SnapshotStore, ncfg.SnapshotKeys, err = snapshotStore(cfg, ncfg.DataDir); err != nil {
+		return err
+	}
+	ncfg.SnapshotCacheBytes = cfg.Snapshots.CacheBytes
 	ncfg.ExtraCAs, err = cfg.SandboxCABundle()
 	return err
+}
+
+// snapshotStore is the store the config's snapshots section names, or nil
+// when it names none: a store is used when it is S3 or an fs store with
+// its own dir (a directory every node shares). Without one, snapshots stay
+// in each node's data directory, as on a one box, and a paused sandbox
+// resumes on the node that paused it.
+func snapshotStore(cfg config.Config, dataDir string) (snapshot.Store, *snapshot.Keyring, error) {
+	sc := cfg.Snapshots
+	if sc.Store != "s3" && sc.Dir == "" {
+		return nil, nil, nil
+	}
+	return snapshot.FromConfig(sc, dataDir)
 }
 
 func b2i(b bool) int {

@@ -12,10 +12,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -52,7 +54,16 @@ type Agent struct {
 	// oomGroups holds the cgroups of commands a process of which was
 	// killed by oomKill (cgroup dir -> true), for their exit status.
 	oomGroups sync.Map
+
+	// redial receives RedialSignal: the host asks for a fresh connection
+	// because the current one is dead without an error (after a live
+	// checkpoint, runsc checkpoint --leave-running).
+	redial chan os.Signal
 }
+
+// RedialSignal makes a running agent drop its connection and dial the
+// host again. The host sends it to PID 1 after a live checkpoint.
+const RedialSignal = syscall.SIGUSR1
 
 // New returns an agent that talks to the host through dir.
 func New(dir string, log *slog.Logger) *Agent {
@@ -65,6 +76,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.groups = newExecGroups(a.ExecCgroups, a.TasksMax)
 	a.refillZygote()
 	defer a.stopZygotes()
+	a.redial = make(chan os.Signal, 1)
+	signal.Notify(a.redial, RedialSignal)
+	defer signal.Stop(a.redial)
 	const first = 2 * time.Millisecond
 	backoff := first
 	for ctx.Err() == nil {
@@ -94,6 +108,10 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	// The token is read afresh on every dial and never held open: after a
 	// restore the directory behind the mount may be a different one.
+	select {
+	case <-a.redial: // asked for before this dial: nothing to drop
+	default:
+	}
 	token, err := os.ReadFile(filepath.Join(a.Dir, wire.TokenName))
 	if err != nil {
 		return false, fmt.Errorf("read token: %w", err)
@@ -138,6 +156,9 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	go func() {
 		select {
 		case <-ctx.Done():
+			sess.Close()
+		case <-a.redial:
+			a.Log.Debug("redialing the host on its request")
 			sess.Close()
 		case <-sess.CloseChan():
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/config"
 	"github.com/orkestr-eu/orkestr/internal/metering"
 	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/snapshot"
 	"github.com/orkestr-eu/orkestr/internal/store"
 	"github.com/orkestr-eu/orkestr/internal/store/sqlstore"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
@@ -27,14 +28,27 @@ import (
 // harness is an in-process API server over a real store and, with
 // runtime set, a real gVisor node.
 type harness struct {
-	t     *testing.T
-	srv   *Server
-	http  *httptest.Server
-	store *sqlstore.Store
-	clock *testenv.Clock
+	t       *testing.T
+	srv     *Server
+	http    *httptest.Server
+	store   *sqlstore.Store
+	clock   *testenv.Clock
+	dataDir string
+}
+
+// snapshotOptions give the harness's node and server a snapshot store.
+type snapshotOptions struct {
+	store      snapshot.Store
+	keys       *snapshot.Keyring
+	cacheBytes int64
 }
 
 func newHarness(t *testing.T, cfg config.Config, runtime bool) *harness {
+	t.Helper()
+	return newHarnessWith(t, cfg, runtime, snapshotOptions{})
+}
+
+func newHarnessWith(t *testing.T, cfg config.Config, runtime bool, so snapshotOptions) *harness {
 	t.Helper()
 	st, err := sqlstore.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "orkestr.db"))
 	if err != nil {
@@ -55,7 +69,8 @@ func newHarness(t *testing.T, cfg config.Config, runtime bool) *harness {
 			DataDir: dataDir, StateDir: state, TemplateDir: testenv.TemplateDir(), Runsc: testenv.Runsc(t),
 			AgentBinary: testenv.AgentBinary(t), Sizes: node.Resources(cfg.Sizes), Log: log,
 			DiskReserveBytes: cfg.DiskReserveMB << 20, Region: cfg.Region, Recorder: st,
-			Metering: metering.Config{Clock: h.clock, FlushEvery: time.Second},
+			Metering:      metering.Config{Clock: h.clock, FlushEvery: time.Second},
+			SnapshotStore: so.store, SnapshotKeys: so.keys, SnapshotCacheBytes: so.cacheBytes,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -75,7 +90,8 @@ func newHarness(t *testing.T, cfg config.Config, runtime bool) *harness {
 			_ = os.RemoveAll(state)
 		})
 	}
-	h.srv = New(Options{Store: st, Node: n, Config: cfg, Log: log, DataDir: dataDir, Clock: h.clock})
+	h.dataDir = dataDir
+	h.srv = New(Options{Store: st, Node: n, Config: cfg, Log: log, DataDir: dataDir, Clock: h.clock, Snapshots: so.store})
 	if runtime {
 		ctx, cancel := context.WithCancel(context.Background())
 		if err := h.srv.Start(ctx); err != nil {

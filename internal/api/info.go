@@ -45,6 +45,7 @@ func (s *Server) getLimits(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"plan": p.account.Plan, "allowed_sizes": allowed, "max_concurrent": p.plan.MaxConcurrent,
 		"snapshot_cap":             p.plan.SnapshotCap,
+		"max_fork":                 p.plan.ForkLimit(),
 		"usage_gb_hours_used":      gbHours(used),
 		"usage_gb_hours_included":  p.plan.UsageGBHoursIncluded,
 		"usage_cpu_hours_used":     cpuHours(used),

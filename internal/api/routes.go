@@ -36,6 +36,7 @@ func (s *Server) routeTable() []endpoint {
 		{Route{"DELETE", "/v1/sandboxes/{id}"}, w, s.deleteSandbox},
 		{Route{"POST", "/v1/sandboxes/{id}/pause"}, w, s.pauseSandbox},
 		{Route{"POST", "/v1/sandboxes/{id}/resume"}, w, s.resumeSandbox},
+		{Route{"POST", "/v1/sandboxes/{id}/fork"}, w, s.forkSandbox},
 		{Route{"POST", "/v1/sandboxes/{id}/exec"}, w, timedVec(s.om.exec, s.exec, "sync")},
 		{Route{"POST", "/v1/sandboxes/{id}/exec/stream"}, w, timedVec(s.om.exec, s.execStream, "stream")},
 		{Route{"GET", "/v1/sandboxes/{id}/files"}, r, s.readFile},

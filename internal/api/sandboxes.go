@@ -361,6 +361,10 @@ func (s *Server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer unlock()
 	row, err = s.life.Pause(r.Context(), row, p.plan.SnapshotCap)
+	if errors.Is(err, nodeapi.ErrSnapshotStoreUnavailable) {
+		s.log.Error("pause: the snapshot store is unavailable", "request_id", requestID(r), "sandbox", row.ID, "err", err)
+		return storeUnavailable("paused", "still running")
+	}
 	if errors.Is(err, store.ErrLimit) {
 		return apiErr(http.StatusPaymentRequired, "snapshot_cap_reached", "Your %s plan keeps at most %d paused sandboxes; resume or terminate one first.", p.account.Plan, p.plan.SnapshotCap).
 			with("cap", p.plan.SnapshotCap)
@@ -396,6 +400,12 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	case errors.Is(err, store.ErrLimit):
 		return apiErr(http.StatusPaymentRequired, "concurrency_limit", "Your %s plan allows %d sandboxes at once; terminate or pause one first.", p.account.Plan, p.plan.MaxConcurrent).
 			with("max_concurrent", p.plan.MaxConcurrent)
+	case errors.Is(err, nodeapi.ErrSnapshotStoreUnavailable):
+		s.log.Error("resume: the snapshot store is unavailable", "request_id", requestID(r), "sandbox", row.ID, "err", err)
+		return storeUnavailable("resumed", "still paused")
+	case errors.Is(err, nodeapi.ErrSnapshotCorrupt):
+		s.log.Error("resume: the stored snapshot failed verification", "request_id", requestID(r), "sandbox", row.ID, "err", err)
+		return apiErr(http.StatusUnprocessableEntity, "snapshot_corrupt", "The sandbox's stored snapshot failed its integrity check and was not restored; the sandbox is still paused. Its snapshot cannot be used: terminate it, or ask the operator to check the snapshot store.")
 	case errors.Is(err, lifecycle.ErrSnapshotLost):
 		s.log.Error("a paused sandbox's snapshot is gone", "request_id", requestID(r), "sandbox", row.ID, "node", row.Node, "err", err)
 		return notReady("error")
@@ -411,6 +421,12 @@ func (s *Server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, toJSON(row))
 	return nil
+}
+
+// storeUnavailable answers a pause or resume the snapshot store could not
+// serve: retrying later helps; the sandbox is as it was.
+func storeUnavailable(verb, state string) error {
+	return apiErr(http.StatusServiceUnavailable, "snapshot_store_unavailable", "The snapshot store could not be reached, so the sandbox was not %s; it is %s. Retry shortly.", verb, state)
 }
 
 func contains(list []string, s string) bool {

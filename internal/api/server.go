@@ -18,6 +18,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/lifecycle"
 	"github.com/orkestr-eu/orkestr/internal/metering"
 	"github.com/orkestr-eu/orkestr/internal/node"
+	"github.com/orkestr-eu/orkestr/internal/snapshot"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
@@ -64,6 +65,10 @@ type Options struct {
 	// Leader says whether this replica runs the singleton loops
 	// (deadlines) now; nil: always (one box).
 	Leader func() bool
+	// Snapshots is the store the nodes put snapshots in (nil: they stay on
+	// their nodes): terminate deletes objects there, and resume may place
+	// a paused sandbox on another node.
+	Snapshots snapshot.Store
 	// Clock is the time of deadlines, rate limits, plan months and the
 	// hour metered usage is attributed to; tests inject one to cross a
 	// month. Default: Now, else the system clock.
@@ -95,6 +100,9 @@ func New(o Options) *Server {
 		s.nodes = lifecycle.NoNodes{}
 	}
 	s.life = lifecycle.NewManager(s.store, s.nodes, s.now, s.log)
+	if o.Snapshots != nil {
+		s.life.SetSnapshotStore(o.Snapshots)
+	}
 	s.om = newOpMetrics(s)
 	if s.local != nil {
 		s.local.Sampler().SetHooks(s.om.samplerRound, s.om.meteringFlush)

@@ -41,12 +41,26 @@ type RateLimit struct {
 
 // Plan caps what an account may use.
 type Plan struct {
-	AllowedSizes          []string  `yaml:"allowed_sizes"`
-	MaxConcurrent         int       `yaml:"max_concurrent"`
-	SnapshotCap           int       `yaml:"snapshot_cap"`
+	AllowedSizes  []string `yaml:"allowed_sizes"`
+	MaxConcurrent int      `yaml:"max_concurrent"`
+	SnapshotCap   int      `yaml:"snapshot_cap"`
+	// MaxFork caps the clones one fork makes (POST /v1/sandboxes/{id}/fork);
+	// 0: DefaultMaxFork.
+	MaxFork               int       `yaml:"max_fork"`
 	UsageGBHoursIncluded  float64   `yaml:"usage_gb_hours_included"`
 	UsageCPUHoursIncluded float64   `yaml:"usage_cpu_hours_included"`
 	RateLimit             RateLimit `yaml:"rate_limit"`
+}
+
+// DefaultMaxFork is a plan's max_fork when the config leaves it out.
+const DefaultMaxFork = 10
+
+// ForkLimit is the most clones one fork of this plan makes.
+func (p Plan) ForkLimit() int {
+	if p.MaxFork > 0 {
+		return p.MaxFork
+	}
+	return DefaultMaxFork
 }
 
 // Template is one catalog entry. Its sources are tried in order when it is

@@ -13,6 +13,7 @@ import (
 
 	"github.com/orkestr-eu/orkestr/internal/nodeapi"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/snapshot"
 	"github.com/orkestr-eu/orkestr/internal/store"
 )
 
@@ -34,7 +35,16 @@ type Manager struct {
 	// store read. An entry is added once the running state is committed
 	// and removed before any change away from running is.
 	running sync.Map
+	// objects is the snapshot store the nodes put snapshots in (nil:
+	// snapshots stay on their node): a terminated or resumed sandbox's
+	// object is deleted there, and a paused sandbox may resume on any node
+	// of its region.
+	objects snapshot.Store
 }
+
+// SetSnapshotStore names the store the nodes keep snapshots in; set it
+// before the Manager is used.
+func (m *Manager) SetSnapshotStore(st snapshot.Store) { m.objects = st }
 
 type live struct {
 	account string
@@ -219,10 +229,13 @@ func (m *Manager) Pause(ctx context.Context, row store.Sandbox, snapshotCap int)
 			m.Finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox stopped while it was being paused")
 			return row, notReady(store.StatusError)
 		}
-		// Still running: undo the reservation.
+		// Still running (or running again: a pause whose snapshot could
+		// not be stored is undone on the node): undo the reservation.
+		now, _ := nd.Sandbox(ctx, row.RuntimeID)
 		running.Version = row.Version
 		if back, uerr := m.store.UpdateSandbox(ctx, running, 0); uerr == nil {
-			m.running.Store(back.ID, live{account: back.AccountID, rt: rt})
+			m.running.Store(back.ID, live{account: back.AccountID, rt: now})
+			return back, err
 		}
 		return running, err
 	}
@@ -230,37 +243,74 @@ func (m *Manager) Pause(ctx context.Context, row store.Sandbox, snapshotCap int)
 	return m.store.UpdateSandbox(ctx, row, 0)
 }
 
-// Resume restores a paused sandbox on the node holding its snapshot (the
-// caller holds its Lock) under the plan's concurrency limit
-// (store.ErrLimit): the slot is taken first, in one transaction with the
-// count (status starting, the snapshot kept), so concurrent resumes and
-// creates cannot both take the last one and a crash during the restore
-// leaves a sandbox that reconciliation puts back to paused.
+// Resume restores a paused sandbox (the caller holds its Lock) under the
+// plan's concurrency limit (store.ErrLimit): the slot is taken first, in
+// one transaction with the count (status starting, the snapshot kept), so
+// concurrent resumes and creates cannot both take the last one and a crash
+// during the restore leaves a sandbox that reconciliation puts back to
+// paused. It restores on the node that paused it (its cache holds the
+// snapshot); with a snapshot store, if that node is gone or full, on
+// another node of the sandbox's region, which gets the snapshot from the
+// store. Any failure but a lost snapshot leaves it paused.
 func (m *Manager) Resume(ctx context.Context, row store.Sandbox, maxConcurrent int) (store.Sandbox, error) {
 	if row.Status != store.StatusPaused {
 		return row, notReady(row.Status)
 	}
-	nd, err := m.nodes.Node(ctx, row.Node)
-	if err != nil {
-		return row, err
+	nd, nerr := m.nodes.Node(ctx, row.Node)
+	if nerr != nil && m.objects == nil {
+		return row, nerr
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
 	paused := row
 	row.Status = store.StatusStarting
+	var err error
 	if row, err = m.store.UpdateSandbox(ctx, row, maxConcurrent); err != nil {
 		return paused, err
 	}
-	rt, err := nd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: row.ID, AccountID: row.AccountID, Snapshot: row.SnapshotDir, Template: row.Template, Size: row.Size})
+	from := row.Node
+	var rt runtime.Sandbox
+	err = nerr
+	if nerr == nil {
+		rt, err = nd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: row.ID, AccountID: row.AccountID, Snapshot: row.SnapshotDir, Template: row.Template, Size: row.Size})
+	}
+	if err != nil && m.objects != nil && movable(err) {
+		// Its node is gone or cannot take it: another node of the region
+		// fetches the snapshot from the store.
+		pl := Placement{Region: row.Region, Template: row.Template, Size: row.Size, Networked: row.Network != "" && row.Network != runtime.NetworkOff, Exclude: []string{from}}
+		for attempt := 0; attempt < placeAttempts && err != nil && movable(err); attempt++ {
+			next, nnd, perr := m.nodes.Place(ctx, pl)
+			if perr != nil {
+				m.log.Warn("no other node can resume the sandbox", "sandbox", row.ID, "node", from, "err", perr)
+				break
+			}
+			m.log.Info("resuming a sandbox on another node", "sandbox", row.ID, "from", from, "to", next, "why", err)
+			moved := row
+			moved.Node = next
+			if moved, uerr := m.store.UpdateSandbox(ctx, moved, 0); uerr == nil {
+				row = moved
+			} else {
+				err = uerr
+				break
+			}
+			rt, err = nnd.Restore(ctx, nodeapi.RestoreRequest{SandboxID: row.ID, AccountID: row.AccountID, Snapshot: row.SnapshotDir, Template: row.Template, Size: row.Size})
+			pl.Exclude = append(pl.Exclude, next)
+		}
+	}
 	if err != nil {
-		paused.Version = row.Version
+		paused.Version, paused.Node = row.Version, row.Node
 		if errors.Is(err, nodeapi.ErrSnapshotNotFound) {
 			m.log.Error("a paused sandbox's snapshot is gone", "sandbox", row.ID, "node", row.Node, "err", err)
 			m.Finish(ctx, row.ID, row.AccountID, store.StatusError, "the sandbox's snapshot was lost")
 			return row, fmt.Errorf("%w: %w", ErrSnapshotLost, err)
 		}
-		if _, uerr := m.store.UpdateSandbox(ctx, paused, 0); uerr != nil {
+		if back, uerr := m.store.UpdateSandbox(ctx, paused, 0); uerr != nil {
 			m.log.Error("putting a sandbox back to paused after a failed restore", "sandbox", row.ID, "err", uerr)
+		} else {
+			paused = back
+		}
+		if errors.Is(err, nodeapi.ErrSnapshotStoreUnavailable) || errors.Is(err, nodeapi.ErrSnapshotCorrupt) || errors.Is(err, nodeapi.ErrUnreachable) {
+			return paused, err
 		}
 		return paused, fmt.Errorf("%w: %w", ErrStartFailed, err)
 	}
@@ -272,9 +322,18 @@ func (m *Manager) Resume(ctx context.Context, row store.Sandbox, maxConcurrent i
 		m.destroy(restored.Node, rt.ID())
 		return restored, err
 	}
-	m.removeSnapshot(row.Node, snap)
+	m.removeSnapshot(row.Node, row.AccountID, snap)
+	if from != row.Node {
+		m.removeSnapshot(from, "", snap) // the old node's cache, if it is back
+	}
 	m.running.Store(row.ID, live{account: row.AccountID, rt: rt})
 	return row, nil
+}
+
+// movable: a restore that failed so may succeed on another node.
+func movable(err error) bool {
+	return errors.Is(err, nodeapi.ErrUnreachable) || errors.Is(err, nodeapi.ErrNoCapacity) ||
+		errors.Is(err, nodeapi.ErrDiskLow) || errors.Is(err, nodeapi.ErrTemplateNotBuilt)
 }
 
 // Terminate records the sandbox as terminated first — the end is final
@@ -311,7 +370,7 @@ func (m *Manager) Terminate(ctx context.Context, row store.Sandbox, reason strin
 			m.destroy(cur.Node, rtID)
 		}
 		if snap != "" {
-			m.removeSnapshot(cur.Node, snap)
+			m.removeSnapshot(cur.Node, cur.AccountID, snap)
 		}
 		return updated, nil
 	}
@@ -365,15 +424,181 @@ func (m *Manager) destroy(nodeID, runtimeID string) {
 	}
 }
 
-// removeSnapshot deletes a snapshot on the node that holds it.
-func (m *Manager) removeSnapshot(nodeID, snapshot string) {
+// removeSnapshot deletes a snapshot: the node's copy and, when account is
+// set and snapshots go to a store, its object (even if the node is gone).
+func (m *Manager) removeSnapshot(nodeID, account, snapshotID string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	nd, err := m.nodes.Node(ctx, nodeID)
 	if err == nil {
-		err = nd.RemoveSnapshot(ctx, snapshot)
+		err = nd.RemoveSnapshot(ctx, snapshotID)
 	}
 	if err != nil {
-		m.log.Warn("removing a snapshot failed; its node removes it at its next start", "node", nodeID, "snapshot", snapshot, "err", err)
+		m.log.Warn("removing a snapshot failed; its node removes it at its next start", "node", nodeID, "snapshot", snapshotID, "err", err)
 	}
+	if m.objects == nil || account == "" {
+		return
+	}
+	key, err := snapshot.SnapshotKey(account, snapshotID)
+	if err == nil {
+		err = m.objects.Delete(ctx, key)
+	}
+	if err != nil {
+		m.log.Warn("deleting a snapshot's object failed; `orkestrd admin snapshots gc` removes it", "snapshot", snapshotID, "err", err)
+	}
+}
+
+// Fork makes clones of a running or paused sandbox src (the caller holds
+// its Lock): each clone (a row the caller filled in: id, account,
+// template, size, network, region, timeout, metadata) starts from the
+// same memory, processes and files, with a network identity of its own.
+// All or nothing: the clones' rows are inserted in one transaction under
+// the plan's concurrency limit (store.ErrLimit), and if any clone cannot
+// be started every clone ends as an error. A running source is
+// checkpointed live (it keeps running; the fork's snapshot is removed
+// afterwards); a paused one's snapshot is used as it is.
+//
+// Without a snapshot store clones run on the source's node (a node reads
+// only its own snapshots); with one, each is placed in the source's region
+// like a create and fetches the snapshot (uploaded by the live checkpoint).
+func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sandbox, maxConcurrent int) ([]store.Sandbox, error) {
+	if src.Status != store.StatusRunning && src.Status != store.StatusPaused {
+		return nil, notReady(src.Status)
+	}
+	nd, err := m.nodes.Node(ctx, src.Node)
+	if err != nil {
+		return nil, err
+	}
+	if src.Status == store.StatusRunning {
+		if _, err := nd.Sandbox(ctx, src.RuntimeID); err != nil {
+			if errors.Is(err, nodeapi.ErrUnreachable) {
+				return nil, err
+			}
+			return nil, notReady(store.StatusError)
+		}
+	}
+	for i := range clones {
+		clones[i].Status, clones[i].Node = store.StatusStarting, src.Node
+		if m.objects != nil {
+			// With a snapshot store a clone may start on any node of the
+			// region (it fetches the snapshot); the source's node if
+			// placement finds none.
+			pl := Placement{Region: src.Region, Template: src.Template, Size: src.Size, Networked: src.Network != "" && src.Network != runtime.NetworkOff}
+			if id, _, err := m.nodes.Place(ctx, pl); err == nil {
+				clones[i].Node = id
+			}
+		}
+	}
+	if err := m.store.CreateSandboxes(ctx, clones, maxConcurrent); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	fail := func(reason string, err error) ([]store.Sandbox, error) {
+		for _, c := range clones {
+			m.Finish(ctx, c.ID, c.AccountID, store.StatusError, reason)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
+	}
+	snapID := src.SnapshotDir
+	if src.Status == store.StatusRunning {
+		snapID = src.ID + "-fork-" + ulid.MustNew(ulid.Now(), rand.Reader).String()
+		snap, err := nd.CheckpointLive(ctx, src.RuntimeID, snapID)
+		if err != nil {
+			m.log.Error("fork: live checkpoint failed", "sandbox", src.ID, "node", src.Node, "err", err)
+			if errors.Is(err, nodeapi.ErrSnapshotStoreUnavailable) {
+				for _, c := range clones {
+					m.Finish(ctx, c.ID, c.AccountID, store.StatusError, "fork failed: the snapshot store is unavailable")
+				}
+				return nil, err
+			}
+			return fail("fork failed: the source could not be checkpointed", err)
+		}
+		// Afterwards the fork's snapshot goes: its object and every
+		// node's copy.
+		defer func() {
+			m.removeSnapshot(src.Node, src.AccountID, snap.ID)
+			seen := map[string]bool{src.Node: true}
+			for _, c := range clones {
+				if !seen[c.Node] {
+					seen[c.Node] = true
+					m.removeSnapshot(c.Node, "", snap.ID)
+				}
+			}
+		}()
+	} else if m.objects != nil {
+		// A paused source's snapshot stays; other nodes' copies go.
+		defer func() {
+			seen := map[string]bool{src.Node: true}
+			for _, c := range clones {
+				if !seen[c.Node] {
+					seen[c.Node] = true
+					m.removeSnapshot(c.Node, "", snapID)
+				}
+			}
+		}()
+	}
+	rts := make([]runtime.Sandbox, len(clones))
+	errs := make([]error, len(clones))
+	var wg sync.WaitGroup
+	for i, c := range clones {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cn := nd
+			if c.Node != src.Node {
+				if cn, errs[i] = m.nodes.Node(ctx, c.Node); errs[i] != nil {
+					return
+				}
+			}
+			rts[i], errs[i] = cn.Restore(ctx, nodeapi.RestoreRequest{SandboxID: c.ID, AccountID: c.AccountID, Snapshot: snapID, Template: c.Template, Size: c.Size})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for i, rt := range rts {
+			if rt != nil {
+				m.destroy(clones[i].Node, rt.ID())
+			}
+		}
+		m.log.Error("fork: a clone could not be started", "sandbox", src.ID, "node", src.Node, "err", err)
+		return fail("fork failed: a clone could not be started", err)
+	}
+	out := make([]store.Sandbox, len(clones))
+	for i, c := range clones {
+		exp := m.now().UTC().Add(time.Duration(c.TimeoutSeconds) * time.Second)
+		c.Status, c.RuntimeID, c.ExpiresAt = store.StatusRunning, rts[i].ID(), &exp
+		row, err := m.store.UpdateSandbox(ctx, c, 0)
+		if err != nil {
+			// Terminated meanwhile (a DELETE of the new id): it goes.
+			m.destroy(c.Node, rts[i].ID())
+			out[i] = c
+			continue
+		}
+		m.running.Store(row.ID, live{account: row.AccountID, rt: rts[i]})
+		out[i] = row
+	}
+	return out, nil
+}
+
+// CollectSnapshots removes (dry: lists) the objects of the snapshot store
+// that no sandbox row references (a paused sandbox's snapshot, or one
+// being resumed) and that are older than grace (0: the snapshot
+// package's default, negative: none), e.g. left by a node that died
+// between its upload and the pause's record, or by a delete that failed.
+func CollectSnapshots(ctx context.Context, st store.Store, objects snapshot.Store, dryRun bool, grace time.Duration) ([]snapshot.Object, error) {
+	rows, err := st.SandboxesByStatus(ctx, store.StatusPaused, store.StatusStarting)
+	if err != nil {
+		return nil, err
+	}
+	live := map[string]bool{}
+	for _, r := range rows {
+		if r.SnapshotDir == "" {
+			continue
+		}
+		if key, err := snapshot.SnapshotKey(r.AccountID, r.SnapshotDir); err == nil {
+			live[key] = true
+		}
+	}
+	return snapshot.CollectWith(ctx, objects, snapshot.CollectOptions{Referenced: func(key string) bool { return live[key] }, DryRun: dryRun, Grace: grace})
 }

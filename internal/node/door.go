@@ -340,6 +340,81 @@ func (n *Node) Checkpoint(ctx context.Context, runtimeID, id string) (nodeapi.Sn
 		}
 		return nodeapi.Snapshot{}, err
 	}
+	if n.cfg.SnapshotStore == nil {
+		return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
+	}
+	// Paused means durable: the snapshot is in the store before the
+	// pause is reported. If it cannot be put there, the pause is undone.
+	if _, err := n.upload(ctx, l.account, l.sandboxID, id, dir, snap); err != nil {
+		n.cfg.Log.Warn("a snapshot could not be stored; undoing the pause", "sandbox", l.sandboxID, "snapshot", id, "err", err)
+		if rerr := n.undoPause(context.WithoutCancel(ctx), l, runtimeID, dir); rerr != nil {
+			n.cfg.Log.Error("undoing a pause failed; the sandbox is lost", "sandbox", l.sandboxID, "err", rerr)
+			_ = os.RemoveAll(dir)
+			return nodeapi.Snapshot{}, fmt.Errorf("%w (and the sandbox could not be restored: %v)", err, rerr)
+		}
+		_ = os.RemoveAll(dir)
+		return nodeapi.Snapshot{}, err
+	}
+	n.evict(id)
+	return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
+}
+
+// undoPause restores a sandbox from its own checkpoint in dir under its
+// runtime id, as the node's again: a pause whose snapshot could not be
+// stored leaves the sandbox running (its processes and memory as they
+// were; open connections are cut, as at any restore).
+func (n *Node) undoPause(ctx context.Context, l *live, runtimeID, dir string) error {
+	ir, ok := n.driver.(runtime.InPlaceRestorer)
+	if !ok {
+		return fmt.Errorf("the %s runtime cannot restore in place", n.driver.Name())
+	}
+	rootfs, err := n.restoreRootfs(dir, l.rt.Info().Template)
+	if err != nil {
+		return err
+	}
+	rt, err := ir.RestoreAs(ctx, runtimeID, dir, rootfs, map[string]string{"sandbox_id": l.sandboxID, "account_id": l.account})
+	if err != nil {
+		return err
+	}
+	n.destroying.Delete(runtimeID)
+	n.track(l.sandboxID, l.account, rt, l.res)
+	return nil
+}
+
+// CheckpointLive implements nodeapi.Node: the sandbox stays the node's
+// (metered, tracked) throughout.
+func (n *Node) CheckpointLive(ctx context.Context, runtimeID, id string) (nodeapi.Snapshot, error) {
+	v, ok := n.live.Load(runtimeID)
+	if !ok {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: %s", runtime.ErrNotFound, runtimeID)
+	}
+	l := v.(*live)
+	lc, ok := l.rt.(runtime.LiveCheckpointer)
+	if !ok {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: the %s runtime cannot checkpoint a running sandbox", runtime.ErrInvalidRequest, n.driver.Name())
+	}
+	if !strings.HasPrefix(id, l.sandboxID+"-") || len(id) == len(l.sandboxID)+1 {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot id %q must be %q followed by a suffix", runtime.ErrInvalidRequest, id, l.sandboxID+"-")
+	}
+	dir, err := n.snapshotDir(id)
+	if err != nil {
+		return nodeapi.Snapshot{}, err
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return nodeapi.Snapshot{}, fmt.Errorf("%w: snapshot %s exists already", runtime.ErrInvalidRequest, id)
+	}
+	snap, err := lc.CheckpointLive(ctx, dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nodeapi.Snapshot{}, err
+	}
+	if n.cfg.SnapshotStore != nil {
+		// Into the store too, so that clones may start on other nodes.
+		if _, err := n.upload(ctx, l.account, l.sandboxID, id, dir, snap); err != nil {
+			_ = os.RemoveAll(dir)
+			return nodeapi.Snapshot{}, err
+		}
+	}
 	return nodeapi.Snapshot{ID: id, Bytes: snap.Bytes}, nil
 }
 
@@ -355,15 +430,15 @@ func (n *Node) restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.S
 	if err != nil {
 		return nil, err
 	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("%w: %s", nodeapi.ErrSnapshotNotFound, r.Snapshot)
-	}
 	if err := n.admit(); err != nil {
 		return nil, err
 	}
-	rootfs, err := n.templates.Rootfs(r.Template)
+	if err := n.fetch(ctx, r.AccountID, r.Snapshot, dir); err != nil {
+		return nil, err
+	}
+	rootfs, err := n.restoreRootfs(dir, r.Template)
 	if err != nil {
-		return nil, contractError(err)
+		return nil, err
 	}
 	rt, err := n.driver.Restore(ctx, dir, rootfs, map[string]string{"sandbox_id": r.SandboxID, "account_id": r.AccountID})
 	if err != nil {
@@ -375,6 +450,35 @@ func (n *Node) restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.S
 	}
 	n.track(r.SandboxID, r.AccountID, rt, res)
 	return rt, nil
+}
+
+// restoreRootfs is this node's copy of a snapshot's template: the one the
+// snapshot names, of the same build (template.Record.Identity), else
+// ErrTemplateNotBuilt.
+func (n *Node) restoreRootfs(dir, tmpl string) (string, error) {
+	if sr, ok := n.driver.(runtime.SnapshotReader); ok {
+		snap, err := sr.ReadSnapshot(dir)
+		if err != nil {
+			return "", err
+		}
+		if snap.Template != "" && snap.Template != tmpl {
+			return "", fmt.Errorf("%w: the snapshot is of template %q, not %q", runtime.ErrInvalidRequest, snap.Template, tmpl)
+		}
+		if snap.TemplateDigest != "" {
+			rec, err := n.templates.Record(tmpl)
+			if err != nil {
+				return "", contractError(err)
+			}
+			if got := rec.Identity(); got != snap.TemplateDigest {
+				return "", fmt.Errorf("%w: template %q on node %s is another build (%s) than the snapshot's (%s); copy the template directory from the node that built it", nodeapi.ErrTemplateNotBuilt, tmpl, n.cfg.ID, got, snap.TemplateDigest)
+			}
+		}
+	}
+	rootfs, err := n.templates.Rootfs(tmpl)
+	if err != nil {
+		return "", contractError(err)
+	}
+	return rootfs, nil
 }
 
 // RemoveSnapshot implements nodeapi.Node.
@@ -416,11 +520,12 @@ func (n *Node) Reconcile(ctx context.Context, keep nodeapi.Keep) (runtime.Reconc
 	}
 	ents, _ := os.ReadDir(n.cfg.snapshotRoot())
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "sbx_") && !slices.Contains(keep.Snapshots, e.Name()) {
+		if strings.HasPrefix(e.Name(), ".part-") || strings.HasPrefix(e.Name(), "sbx_") && !slices.Contains(keep.Snapshots, e.Name()) {
 			_ = os.RemoveAll(filepath.Join(n.cfg.snapshotRoot(), e.Name()))
 			rep.Removed = append(rep.Removed, "snapshot "+e.Name())
 		}
 	}
+	n.storeUnsaved(ctx, keep.Snapshots)
 	if err := n.syncPools(); err != nil {
 		return rep, err
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/pool"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
 	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
+	"github.com/orkestr-eu/orkestr/internal/snapshot"
 	"github.com/orkestr-eu/orkestr/internal/template"
 )
 
@@ -80,7 +81,17 @@ type Config struct {
 	// of host memory.
 	Slots int
 	// SnapshotDir is where checkpoints are kept; default DataDir/snapshots.
+	// With a SnapshotStore it is a cache of the store's snapshots.
 	SnapshotDir string
+	// SnapshotStore makes pauses durable and portable: a checkpoint is
+	// sealed (with SnapshotKeys' data key of the account) and put there
+	// before Checkpoint returns, and a restore of a snapshot this node
+	// does not hold gets it from there. nil: snapshots stay on this node.
+	SnapshotStore snapshot.Store
+	SnapshotKeys  *snapshot.Keyring
+	// SnapshotCacheBytes bounds the snapshots kept in SnapshotDir once
+	// they are durable (least recently used go first); 0: no bound.
+	SnapshotCacheBytes int64
 	// Recorder receives metered usage and sandboxes that stopped on their
 	// own (the store); required.
 	Recorder Recorder
@@ -123,6 +134,8 @@ type Node struct {
 	startOnce  sync.Once
 	capOnce    sync.Once
 	capSize    nodeapi.Capacity
+	fetching   sync.Map // snapshot id -> *sync.Mutex: one download at a time
+	cacheMu    sync.Mutex
 }
 
 // templateScanEvery is how often the node looks for templates built (or
@@ -334,7 +347,11 @@ func (n *Node) Spec(tmpl, size string) (runtime.Spec, error) {
 	if err != nil {
 		return runtime.Spec{}, err
 	}
-	return runtime.Spec{Template: tmpl, Rootfs: rootfs, Resources: res}, nil
+	rec, err := n.templates.Record(tmpl)
+	if err != nil {
+		return runtime.Spec{}, err
+	}
+	return runtime.Spec{Template: tmpl, TemplateDigest: rec.Identity(), Rootfs: rootfs, Resources: res}, nil
 }
 
 // create claims a warm sandbox (or starts one) for template and size,

@@ -206,6 +206,13 @@ func (c *Client) Checkpoint(ctx context.Context, runtimeID, snapshotID string) (
 	return s, c.call(ctx, sandboxPath(runtimeID, "checkpoint"), CheckpointRequest{Snapshot: snapshotID}, &s)
 }
 
+// CheckpointLive implements Node (its own path: a node of an older build
+// answers 404, never a pause).
+func (c *Client) CheckpointLive(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error) {
+	var s Snapshot
+	return s, c.call(ctx, sandboxPath(runtimeID, "checkpoint_live"), CheckpointRequest{Snapshot: snapshotID}, &s)
+}
+
 // Restore implements Node.
 func (c *Client) Restore(ctx context.Context, r RestoreRequest) (runtime.Sandbox, error) {
 	var i runtime.Info

@@ -67,6 +67,8 @@ var errorCodes = []errorCode{
 	{"disk_low", http.StatusServiceUnavailable, ErrDiskLow},
 	{"no_capacity", http.StatusServiceUnavailable, ErrNoCapacity},
 	{"snapshot_not_found", http.StatusNotFound, ErrSnapshotNotFound},
+	{"snapshot_store_unavailable", http.StatusServiceUnavailable, ErrSnapshotStoreUnavailable},
+	{"snapshot_corrupt", http.StatusUnprocessableEntity, ErrSnapshotCorrupt},
 	{"unreachable", http.StatusBadGateway, ErrUnreachable},
 	{"not_implemented", http.StatusNotImplemented, ErrNotImplemented},
 	{"protocol", http.StatusBadRequest, ErrProtocol},

@@ -235,6 +235,9 @@ func (h *handler) routes() {
 	m.HandleFunc(p("sandboxes/{id}/checkpoint"), unary(h, func(ctx context.Context, r *http.Request, req CheckpointRequest) (Snapshot, error) {
 		return n.Checkpoint(ctx, r.PathValue("id"), req.Snapshot)
 	}))
+	m.HandleFunc(p("sandboxes/{id}/checkpoint_live"), unary(h, func(ctx context.Context, r *http.Request, req CheckpointRequest) (Snapshot, error) {
+		return n.CheckpointLive(ctx, r.PathValue("id"), req.Snapshot)
+	}))
 	m.HandleFunc(p("sandboxes/{id}/destroy"), unary(h, func(ctx context.Context, r *http.Request, _ empty) (empty, error) {
 		return empty{}, n.Destroy(ctx, r.PathValue("id"))
 	}))

@@ -91,6 +91,18 @@ func (n *driverNode) Checkpoint(ctx context.Context, id, snap string) (nodeapi.S
 	return nodeapi.Snapshot{ID: snap, Bytes: s.Bytes}, nil
 }
 
+func (n *driverNode) CheckpointLive(ctx context.Context, id, snap string) (nodeapi.Snapshot, error) {
+	sb, err := n.Sandbox(ctx, id)
+	if err != nil {
+		return nodeapi.Snapshot{}, err
+	}
+	s, err := sb.(runtime.LiveCheckpointer).CheckpointLive(ctx, filepath.Join(n.snapDir, filepath.Base(snap)))
+	if err != nil {
+		return nodeapi.Snapshot{}, err
+	}
+	return nodeapi.Snapshot{ID: snap, Bytes: s.Bytes}, nil
+}
+
 func (n *driverNode) Restore(ctx context.Context, r nodeapi.RestoreRequest) (runtime.Sandbox, error) {
 	dir := filepath.Join(n.snapDir, filepath.Base(r.Snapshot))
 	if _, err := os.Stat(dir); err != nil {

@@ -136,6 +136,12 @@ type Node interface {
 	// id, "-", a fresh ULID) and records the name before it asks, so that
 	// a crash after the checkpoint finds the snapshot instead of losing it.
 	Checkpoint(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error)
+	// CheckpointLive snapshots a running sandbox into snapshot id
+	// snapshotID (named as for Checkpoint) and leaves it running: the
+	// source of a fork. Its calls in flight are drained first and its
+	// attached streams end. runtime.ErrInvalidRequest if the node's
+	// runtime cannot.
+	CheckpointLive(ctx context.Context, runtimeID, snapshotID string) (Snapshot, error)
 	// Restore starts a sandbox from a snapshot this node holds
 	// (ErrSnapshotNotFound). The snapshot stays until RemoveSnapshot.
 	// Idempotent by SandboxID, as Create.
@@ -161,6 +167,13 @@ var (
 	ErrDiskLow          = errors.New("node disk under its reserve")
 	ErrNoCapacity       = errors.New("node has no room for another sandbox")
 	ErrSnapshotNotFound = errors.New("snapshot not found on this node")
+	// ErrSnapshotStoreUnavailable: the snapshot store could not be reached
+	// to put or get a snapshot; a pause left the sandbox running, a
+	// restore left it paused.
+	ErrSnapshotStoreUnavailable = errors.New("the snapshot store is unavailable")
+	// ErrSnapshotCorrupt: the stored snapshot failed its verification
+	// (a flipped byte, a truncation, another key); it is not restored.
+	ErrSnapshotCorrupt = errors.New("the stored snapshot is corrupt")
 	// ErrUnreachable: the node did not answer (network, down, wrong
 	// credentials or an API version it does not speak).
 	ErrUnreachable = errors.New("node unreachable")

@@ -47,6 +47,9 @@ func (n *failingNode) Sandbox(context.Context, string) (runtime.Sandbox, error) 
 func (n *failingNode) Checkpoint(context.Context, string, string) (nodeapi.Snapshot, error) {
 	return nodeapi.Snapshot{}, n.fail()
 }
+func (n *failingNode) CheckpointLive(context.Context, string, string) (nodeapi.Snapshot, error) {
+	return nodeapi.Snapshot{}, n.fail()
+}
 func (n *failingNode) Restore(context.Context, nodeapi.RestoreRequest) (runtime.Sandbox, error) {
 	return nil, n.fail()
 }

@@ -39,10 +39,14 @@ func (r Resources) String() string {
 
 // Spec describes a sandbox to create.
 type Spec struct {
-	Template  string // catalog name, recorded for restore and listing
-	Rootfs    string // absolute path of the template's read-only root filesystem
-	Resources Resources
-	Labels    map[string]string // recorded with the sandbox; survive a host restart
+	Template string // catalog name, recorded for restore and listing
+	// TemplateDigest names the template's build (template.Record.Identity);
+	// a snapshot records it so a restore elsewhere can check it has the
+	// same template.
+	TemplateDigest string
+	Rootfs         string // absolute path of the template's read-only root filesystem
+	Resources      Resources
+	Labels         map[string]string // recorded with the sandbox; survive a host restart
 	// Networked gives the sandbox a network interface whose policy denies
 	// everything until a claim sets a mode; without it the sandbox has
 	// loopback only (network "off") and can never be given more.
@@ -179,14 +183,17 @@ type Info struct {
 	Network   string // "off", "restricted", "open", or "deny" while pooled
 }
 
-// Snapshot describes a checkpoint written to a directory.
+// Snapshot describes a checkpoint written to a directory. It names no
+// host path: a snapshot restores on any host that has its template (by
+// name and TemplateDigest) and the agent build it was taken with.
 type Snapshot struct {
-	Dir       string
-	Bytes     int64
-	Template  string
-	Resources Resources
-	Labels    map[string]string
-	CreatedAt time.Time
+	Dir            string
+	Bytes          int64
+	Template       string
+	TemplateDigest string
+	Resources      Resources
+	Labels         map[string]string
+	CreatedAt      time.Time
 }
 
 // Sandbox is one running sandbox.
@@ -218,6 +225,26 @@ type Sandbox interface {
 	// Err says why the sandbox stopped (e.g. ErrOutOfMemory); nil while
 	// it runs.
 	Err() error
+}
+
+// LiveCheckpointer is implemented by sandboxes that can write a
+// checkpoint and keep running (the source of a fork): the checkpoint
+// restores into independent clones while the sandbox goes on.
+type LiveCheckpointer interface {
+	CheckpointLive(ctx context.Context, dir string) (Snapshot, error)
+}
+
+// InPlaceRestorer is implemented by drivers that can restore a snapshot
+// under the id of the sandbox it was taken of (which its checkpoint
+// destroyed): a pause whose snapshot cannot be kept is undone so.
+type InPlaceRestorer interface {
+	RestoreAs(ctx context.Context, id, dir, rootfs string, labels map[string]string) (Sandbox, error)
+}
+
+// SnapshotReader is implemented by drivers that can describe a snapshot
+// directory without restoring it (template, its digest, size).
+type SnapshotReader interface {
+	ReadSnapshot(dir string) (Snapshot, error)
 }
 
 // Archiver is implemented by sandboxes that move directory trees as tar

@@ -130,6 +130,10 @@ type Store interface {
 	// and the insert are atomic with respect to other creates of the same
 	// account. maxActive <= 0 means no limit.
 	CreateSandbox(ctx context.Context, s Sandbox, maxActive int) error
+	// CreateSandboxes inserts all of ss (one account's) or none: ErrLimit
+	// if they do not all fit under maxActive (0: no limit) in one
+	// transaction with the count.
+	CreateSandboxes(ctx context.Context, ss []Sandbox, maxActive int) error
 	// GetSandbox returns the account's sandbox; another account's sandbox
 	// is ErrNotFound, exactly like a missing one.
 	GetSandbox(ctx context.Context, accountID, id string) (Sandbox, error)

@@ -7,6 +7,8 @@
 package template
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -203,6 +205,19 @@ func (s Store) Record(name string) (Record, error) {
 		err = json.Unmarshal(b, &r)
 	}
 	return r, err
+}
+
+// Identity names this build of the template for snapshots: a snapshot
+// restores only onto the same build (its memory holds the template's files
+// as they were). An image's template is its manifest digest; a recipe's is
+// a digest of its record (name, source, layout, build time): copies of the
+// template directory share it, separate builds of one recipe do not.
+func (r Record) Identity() string {
+	if r.Digest != "" {
+		return r.Digest
+	}
+	h := sha256.Sum256([]byte(r.Name + "\n" + r.Source + "\n" + r.BuiltAt.UTC().Format(time.RFC3339Nano) + "\n" + fmt.Sprint(r.Layout) + "\n" + r.Rootfs))
+	return "record:sha256:" + hex.EncodeToString(h[:])
 }
 
 // Stage makes a staging directory for a build of name; the build puts the

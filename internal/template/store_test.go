@@ -3,7 +3,9 @@ package template
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestPrepareStaysInTheRoot: an image whose mount points or /etc files are
@@ -76,5 +78,25 @@ func TestPrepareStaysInTheRoot(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(outside); len(ents) != 2 {
 		t.Errorf("%d entries outside the root, want 2", len(ents))
+	}
+}
+
+func TestRecordIdentity(t *testing.T) {
+	built := time.Date(2026, 12, 3, 15, 0, 0, 0, time.UTC)
+	a := Record{Name: "debian-12", Source: "debootstrap", BuiltAt: built, Layout: 2}
+	if a.Identity() != a.Identity() || !strings.HasPrefix(a.Identity(), "record:sha256:") {
+		t.Fatalf("identity %q", a.Identity())
+	}
+	rebuilt := a
+	rebuilt.BuiltAt = built.Add(time.Second)
+	other := a
+	other.Source = "debootstrap +python3"
+	if a.Identity() == rebuilt.Identity() || a.Identity() == other.Identity() {
+		t.Fatal("two builds share an identity")
+	}
+	img := a
+	img.Digest = "sha256:abc"
+	if img.Identity() != "sha256:abc" {
+		t.Fatalf("an image template's identity is its digest: %q", img.Identity())
 	}
 }

@@ -65,7 +65,7 @@ func (e *RateLimitError) Unwrap() error { return e.apiError }
 
 // PlanLimitError: the plan does not allow this (402): Code is
 // size_not_allowed, concurrency_limit, usage_exhausted or
-// snapshot_cap_reached. It has the fields of *Error.
+// snapshot_cap_reached or fork_limit. It has the fields of *Error.
 type PlanLimitError struct {
 	*apiError
 	ResetsAt time.Time // for usage_exhausted: when the usage counters reset; else zero

@@ -14,6 +14,7 @@ type Limits struct {
 	AllowedSizes          []string   `json:"allowed_sizes"`
 	MaxConcurrent         int        `json:"max_concurrent"`
 	SnapshotCap           int        `json:"snapshot_cap"`
+	MaxFork               int        `json:"max_fork"`                 // clones one fork may make
 	UsageGBHoursUsed      float64    `json:"usage_gb_hours_used"`      // memory consumed this month
 	UsageGBHoursIncluded  float64    `json:"usage_gb_hours_included"`  // memory budget of the month
 	UsageCPUHoursUsed     float64    `json:"usage_cpu_hours_used"`     // CPU consumed this month

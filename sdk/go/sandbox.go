@@ -279,7 +279,9 @@ type PauseResult struct {
 }
 
 // Pause snapshots the sandbox's memory and disk and stops its clock and
-// meter. Over the plan's snapshot cap it fails with a
+// meter. When the server keeps snapshots in a store it returns only once
+// the snapshot is durable there (503 snapshot_store_unavailable: the
+// sandbox still runs). Over the plan's snapshot cap it fails with a
 // *SnapshotCapReachedError. It sets Status to paused; PausedAt is only
 // filled in by a Refresh. It is not retried.
 func (s *Sandbox) Pause(ctx context.Context) (*PauseResult, error) {
@@ -293,6 +295,36 @@ func (s *Sandbox) Pause(ctx context.Context) (*PauseResult, error) {
 	}
 	s.Status, s.ExpiresAt = StatusPaused, nil
 	return res, nil
+}
+
+// Fork makes count clones of the sandbox (running or paused): each a new
+// running sandbox with its own id and network identity, the same memory,
+// processes, files, env and metadata. All or nothing: over the plan's
+// concurrency it fails with a *PlanLimitError (code concurrency_limit) and
+// no clone is made; over the plan's max_fork likewise (code fork_limit). A
+// running source keeps running (its attached streams end). It is not
+// retried.
+func (s *Sandbox) Fork(ctx context.Context, count int) ([]*Sandbox, error) {
+	path, err := sandboxPath(s.ID, "/fork")
+	if err != nil {
+		return nil, err
+	}
+	var res struct {
+		Data []*Sandbox `json:"data"`
+	}
+	body := struct {
+		Count int `json:"count"`
+	}{count}
+	if err := s.client.call(ctx, &request{method: http.MethodPost, path: path, json: body}, &res); err != nil {
+		return nil, err
+	}
+	for _, sb := range res.Data {
+		sb.client = s.client
+	}
+	if res.Data == nil {
+		res.Data = []*Sandbox{}
+	}
+	return res.Data, nil
 }
 
 // Resume restores a paused sandbox and refreshes the fields. It is not

@@ -324,3 +324,39 @@ func TestWithTempSandboxTerminateFailure(t *testing.T) {
 		t.Errorf("err = %v, want both the callback's and the terminate error", err)
 	}
 }
+
+func TestFork(t *testing.T) {
+	var seen []string
+	c, _ := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
+		seen = append(seen, r.Method+" "+r.URL.Path)
+		switch {
+		case r.URL.Path == "/v1/sandboxes/sbx_1/fork":
+			if b := bodyMap(t, r); b["count"] != 2.0 {
+				t.Errorf("fork body: %v", b)
+			}
+			writeJSON(w, 201, map[string]any{"data": []any{sandboxObj("sbx_2", "running"), sandboxObj("sbx_3", "running")}})
+		case r.URL.Path == "/v1/sandboxes/sbx_9/fork":
+			writeJSON(w, 402, map[string]any{"error": map[string]any{"code": "fork_limit", "message": "at most 10", "details": map[string]any{"max_fork": 10}}})
+		default:
+			writeJSON(w, 200, sandboxObj(r.URL.Path[len("/v1/sandboxes/"):], "running"))
+		}
+	})
+	ctx := context.Background()
+	clones, err := c.Sandbox("sbx_1").Fork(ctx, 2)
+	if err != nil || len(clones) != 2 || clones[0].ID != "sbx_2" || clones[1].Status != StatusRunning {
+		t.Fatalf("Fork: %v %+v", err, clones)
+	}
+	// The clones are usable sandboxes of the same client.
+	if err := clones[1].Refresh(ctx); err != nil || clones[1].ID != "sbx_3" {
+		t.Fatalf("Refresh of a clone: %v", err)
+	}
+	_, err = c.Sandbox("sbx_9").Fork(ctx, 11)
+	var pl *PlanLimitError
+	if !errors.As(err, &pl) || pl.Code != "fork_limit" {
+		t.Fatalf("over max_fork: %#v", err)
+	}
+	want := []string{"POST /v1/sandboxes/sbx_1/fork", "GET /v1/sandboxes/sbx_3", "POST /v1/sandboxes/sbx_9/fork"}
+	if !reflect.DeepEqual(seen, want) {
+		t.Errorf("requests %v, want %v", seen, want)
+	}
+}

@@ -53,6 +53,8 @@ type Channel struct {
 	// for and not yet arrived (dataconn.go).
 	dataConns bool
 	pending   map[string]chan *net.UnixConn
+	// sessions counts the sessions admitted so far (Sessions).
+	sessions uint64
 }
 
 // idleStream is a stream whose last request both ends finished cleanly,
@@ -179,6 +181,7 @@ func (c *Channel) admit(conn *net.UnixConn) {
 	}
 	old := c.sess
 	c.sess = sess
+	c.sessions++
 	c.agentPI = h.PID
 	c.dataConns = h.DataConns
 	select {
@@ -197,6 +200,35 @@ func (c *Channel) admit(conn *net.UnixConn) {
 		c.ready = make(chan struct{})
 	}
 	c.mu.Unlock()
+}
+
+// Sessions is how many agent sessions have been admitted so far: a
+// caller that made the agent redial waits for WaitSessionAfter of the
+// count it read before.
+func (c *Channel) Sessions() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sessions
+}
+
+// WaitSessionAfter blocks until a session later than the n-th is up.
+func (c *Channel) WaitSessionAfter(ctx context.Context, n uint64) error {
+	for {
+		if _, err := c.session(ctx); err != nil {
+			return err
+		}
+		c.mu.Lock()
+		later, s := c.sessions > n, c.sess
+		c.mu.Unlock()
+		if later && s != nil && !s.IsClosed() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the sandbox agent to dial again: %w", ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // Connected reports whether an agent session is up now.

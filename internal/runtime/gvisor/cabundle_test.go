@@ -36,7 +36,7 @@ func TestExtraCAsInTrustStore(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rs, err := env.Driver.Restore(ctx, snap.Dir, "", nil)
+			rs, err := env.Driver.Restore(ctx, snap.Dir, rootfs, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

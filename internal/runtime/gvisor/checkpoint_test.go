@@ -1,8 +1,14 @@
 package gvisor_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -220,5 +226,233 @@ func TestRestoreTwiceGivesIndependentClones(t *testing.T) {
 	}
 	if out := sh(t, b, "cat /workspace/only-b"); out != "b" {
 		t.Fatalf("clone b after a was destroyed: %q", out)
+	}
+}
+
+// TestRestoreOnAnotherHost restores a snapshot with a second driver (its
+// own state directory, as another host has) from a copy of the snapshot
+// and a copy of the template at another path: the snapshot names no host
+// path of the host that took it.
+func TestRestoreOnAnotherHost(t *testing.T) {
+	a := testenv.NewDriver(t)
+	snap, before := checkpointed(t, a)
+	b := testenv.NewDriver(t)
+
+	// Our manifest names neither host A's directories nor its rootfs.
+	// (runsc's own image keeps the spec the sandbox was started with, host
+	// paths included, as a record; a restore mounts what the new bundle
+	// says, which the restore below from other paths shows.)
+	rootfs := testenv.Rootfs(t, "debian-12")
+	for _, p := range []string{a.StateDir, rootfs} {
+		if hits := grepTree(t, snap.Dir, p); len(hits) > 0 {
+			for _, h := range hits {
+				if !strings.HasPrefix(h, filepath.Join(snap.Dir, "image")+"/") {
+					t.Errorf("the snapshot names %s in %s", p, h)
+				}
+			}
+		}
+	}
+	moved := filepath.Join(t.TempDir(), "elsewhere")
+	if out, err := exec.Command("cp", "-a", snap.Dir, moved).CombinedOutput(); err != nil {
+		t.Fatalf("copy snapshot: %v %s", err, out)
+	}
+	if err := os.RemoveAll(snap.Dir); err != nil {
+		t.Fatal(err)
+	}
+	// Host B's copy of the template lives elsewhere.
+	otherRootfs := filepath.Join(t.TempDir(), "templates", "debian-12", "rootfs")
+	if err := os.MkdirAll(filepath.Dir(otherRootfs), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-a", rootfs, otherRootfs).CombinedOutput(); err != nil {
+		t.Fatalf("copy template: %v %s", err, out)
+	}
+	if err := os.WriteFile(filepath.Join(otherRootfs, "etc", "host-b"), []byte("b"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	info, err := b.Driver.ReadSnapshot(moved)
+	if err != nil || info.Template != "debian-12" || info.Bytes <= 0 {
+		t.Fatalf("ReadSnapshot: %+v %v", info, err)
+	}
+	sb, err := b.Driver.Restore(testCtx(t, 30*time.Second), moved, otherRootfs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+	if got := readString(t, sb, "/workspace/ws.txt"); got != "in workspace" {
+		t.Fatalf("/workspace file: %q", got)
+	}
+	if got := readString(t, sb, "/etc/orkestr-note"); got != "on the root overlay\n" {
+		t.Fatalf("root overlay file: %q", got)
+	}
+	if out := sh(t, sb, `echo "$CLAIM_SECRET"`); out != "s3cr3t\n" {
+		t.Fatalf("env after restore: %q", out)
+	}
+	if got := readString(t, sb, "/etc/host-b"); got != "b" {
+		t.Fatalf("the restored sandbox does not run on host B's template copy: %q", got)
+	}
+	c := readCount(t, sb)
+	if c < before || c > before+50 {
+		t.Fatalf("counter %d after restore on another host, %d before", c, before)
+	}
+	waitCountAbove(t, sb, c+2)
+	// Host B's sandbox uses host B's directories only.
+	if procs := testenv.ProcessesMentioning(a.StateDir); len(procs) > 0 {
+		t.Fatalf("host A's state directory is used by %v", procs)
+	}
+}
+
+// TestRestoreRefusesUnknownAgentBuild: a snapshot of an agent build this
+// host does not have is refused with a clear error, not restored on a
+// different binary.
+func TestRestoreRefusesUnknownAgentBuild(t *testing.T) {
+	env := testenv.NewDriver(t)
+	snap, _ := checkpointed(t, env)
+	p := filepath.Join(snap.Dir, "snapshot.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["format"] != float64(1) || m["agent"] == "" || m["rootfs"] != nil || m["agent_dir"] != nil {
+		t.Fatalf("snapshot.json: %s", b)
+	}
+	for _, bad := range []string{"0123456789abcdef", "../../../../etc", ""} {
+		m["agent"] = bad
+		b, _ = json.Marshal(m)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := env.Driver.Restore(testCtx(t, 30*time.Second), snap.Dir, testenv.Rootfs(t, "debian-12"), nil)
+		if err == nil || !strings.Contains(err.Error(), "agent build") {
+			t.Fatalf("agent %q: got %v", bad, err)
+		}
+	}
+}
+
+// TestCheckpointLive writes a checkpoint of a running sandbox that keeps
+// running and answering at once; clones restored from it start with its
+// memory and files and then diverge from it and from each other.
+func TestCheckpointLive(t *testing.T) {
+	env := testenv.NewDriver(t)
+	ctx := testCtx(t, 2*time.Minute)
+	sb := newSandbox(t, env)
+	if err := sb.Configure(ctx, runtime.Claim{Env: map[string]string{"CLAIM_SECRET": "s3cr3t"}}); err != nil {
+		t.Fatal(err)
+	}
+	if out := run(t, sb, runtime.ExecRequest{Command: counterLoop}); out.ExitCode != 0 {
+		t.Fatalf("start counter: %+v", out)
+	}
+	writeString(t, sb, "/workspace/ws.txt", "parent")
+	before := waitCountAbove(t, sb, 5)
+	lc, ok := sb.(runtime.LiveCheckpointer)
+	if !ok {
+		t.Fatal("the gVisor sandbox is not a LiveCheckpointer")
+	}
+	dir := t.TempDir()
+	start := time.Now()
+	snap, err := lc.CheckpointLive(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("live checkpoint took %v (%d KiB)", time.Since(start), snap.Bytes>>10)
+	if snap.Bytes <= 0 || snap.Template != "debian-12" {
+		t.Fatalf("snapshot: %+v", snap)
+	}
+	// The parent runs on: same counter, calls answered.
+	if sb.Err() != nil {
+		t.Fatalf("parent stopped: %v", sb.Err())
+	}
+	if _, ok := env.Driver.Get(sb.ID()); !ok {
+		t.Fatal("the driver forgot the parent")
+	}
+	pc := waitCountAbove(t, sb, before)
+	// A second live checkpoint of the same sandbox works too.
+	if _, err := lc.CheckpointLive(ctx, t.TempDir()); err != nil {
+		t.Fatalf("second live checkpoint: %v", err)
+	}
+	waitCountAbove(t, sb, pc)
+
+	clones := []runtime.Sandbox{restore(t, env, dir, nil), restore(t, env, dir, nil)}
+	for i, c := range clones {
+		if got := readString(t, c, "/workspace/ws.txt"); got != "parent" {
+			t.Fatalf("clone %d file: %q", i, got)
+		}
+		if out := sh(t, c, `echo "$CLAIM_SECRET"`); out != "s3cr3t\n" {
+			t.Fatalf("clone %d env: %q", i, out)
+		}
+		if n := readCount(t, c); n < before {
+			t.Fatalf("clone %d counter %d < %d", i, n, before)
+		}
+		writeString(t, c, "/workspace/ws.txt", "clone "+strconv.Itoa(i))
+	}
+	for i, c := range clones {
+		if got := readString(t, c, "/workspace/ws.txt"); got != "clone "+strconv.Itoa(i) {
+			t.Fatalf("clone %d after writes: %q", i, got)
+		}
+		waitCountAbove(t, c, readCount(t, c))
+	}
+	if got := readString(t, sb, "/workspace/ws.txt"); got != "parent" {
+		t.Fatalf("parent after the clones wrote: %q", got)
+	}
+}
+
+func grepTree(t *testing.T, dir, needle string) []string {
+	t.Helper()
+	var hits []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte(needle)) {
+			hits = append(hits, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hits
+}
+
+// TestRestoreClocks: what a sandbox's clocks do across a checkpoint and
+// a restore some seconds later (docs/api.md, "What survives a
+// pause/resume"): the wall clock jumps forward with the host's, and so
+// does the sandbox's uptime (gVisor's monotonic clock follows the host's).
+func TestRestoreClocks(t *testing.T) {
+	env := testenv.NewDriver(t)
+	ctx := testCtx(t, time.Minute)
+	sb := newSandbox(t, env)
+	read := func(sb runtime.Sandbox) (wall, mono float64) {
+		f := strings.Fields(sh(t, sb, `date +%s.%N; cut -d' ' -f1 /proc/uptime`))
+		if len(f) != 2 {
+			t.Fatalf("clocks: %q", f)
+		}
+		wall, _ = strconv.ParseFloat(f[0], 64)
+		mono, _ = strconv.ParseFloat(f[1], 64)
+		return wall, mono
+	}
+	w0, m0 := read(sb)
+	dir := t.TempDir()
+	if _, err := sb.Checkpoint(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	const gap = 3 * time.Second
+	time.Sleep(gap)
+	r := restore(t, env, dir, nil)
+	w1, m1 := read(r)
+	t.Logf("across a %v pause: wall clock +%.2fs, uptime +%.2fs", gap, w1-w0, m1-m0)
+	if w1-w0 < gap.Seconds() {
+		t.Fatalf("the wall clock moved %.2fs across a %v pause; it follows the host's", w1-w0, gap)
+	}
+	if m1-m0 < gap.Seconds() {
+		t.Fatalf("uptime moved %.2fs across a %v pause (docs/api.md says it jumps too)", m1-m0, gap)
 	}
 }

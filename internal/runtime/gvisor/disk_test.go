@@ -205,7 +205,7 @@ func TestDiskQuotaCheckpoint(t *testing.T) {
 	if snap.Resources.DiskBytes != quotaRes.DiskBytes {
 		t.Errorf("snapshot resources %+v", snap.Resources)
 	}
-	rs, err := env.Driver.Restore(ctx, snap.Dir, "", nil)
+	rs, err := env.Driver.Restore(ctx, snap.Dir, testenv.Rootfs(t, "debian-12"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

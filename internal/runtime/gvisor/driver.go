@@ -196,14 +196,16 @@ func validID(id string) bool {
 // meta is the on-disk record of a sandbox, enough to adopt or clean it up
 // after the owning process died.
 type meta struct {
-	ID        string            `json:"id"`
-	Template  string            `json:"template"`
-	Rootfs    string            `json:"rootfs"`
-	AgentDir  string            `json:"agent_dir"`
-	Resources runtime.Resources `json:"resources"`
-	Labels    map[string]string `json:"labels,omitempty"`
-	Pooled    bool              `json:"pooled"`
-	CreatedAt time.Time         `json:"created_at"`
+	ID       string `json:"id"`
+	Template string `json:"template"`
+	// TemplateDigest names the template's build (runtime.Spec).
+	TemplateDigest string            `json:"template_digest,omitempty"`
+	Rootfs         string            `json:"rootfs"`
+	AgentDir       string            `json:"agent_dir"`
+	Resources      runtime.Resources `json:"resources"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	Pooled         bool              `json:"pooled"`
+	CreatedAt      time.Time         `json:"created_at"`
 	// Net is the sandbox's network; nil for network "off".
 	Net *netpolicy.Attachment `json:"net,omitempty"`
 	// Networked asks start for a network (Net is filled in by start).
@@ -225,35 +227,97 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (runtime.Sandbox, e
 		return nil, fmt.Errorf("gvisor: template %q has no /bin/sh at %s: %w", s.Template, s.Rootfs, err)
 	}
 	m := meta{
-		ID: newID(), Template: s.Template, Rootfs: s.Rootfs, AgentDir: d.agentDir,
+		ID: newID(), Template: s.Template, TemplateDigest: s.TemplateDigest, Rootfs: s.Rootfs, AgentDir: d.agentDir,
 		Resources: s.Resources, Labels: copyLabels(s.Labels), Pooled: s.Labels["pool"] != "", CreatedAt: time.Now().UTC(),
 		Networked: s.Networked,
 	}
 	return d.start(ctx, m, "", "", nil)
 }
 
-// Restore implements runtime.Driver.
+// Restore implements runtime.Driver. The snapshot names no host path: the
+// rootfs is this host's copy of the snapshot's template, and the agent is
+// this host's install of the agent build the snapshot was taken with.
 func (d *Driver) Restore(ctx context.Context, dir, rootfs string, labels map[string]string) (runtime.Sandbox, error) {
+	return d.restore(ctx, newID(), dir, rootfs, labels)
+}
+
+// RestoreAs implements runtime.InPlaceRestorer: the restored sandbox takes
+// the id of the one the snapshot was taken of (destroyed by its
+// checkpoint), so a pause that cannot be kept is undone in place.
+func (d *Driver) RestoreAs(ctx context.Context, id, dir, rootfs string, labels map[string]string) (runtime.Sandbox, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("%w: %q is not a sandbox id of this driver", runtime.ErrInvalidRequest, id)
+	}
+	if _, ok := d.Get(id); ok {
+		return nil, fmt.Errorf("%w: sandbox %s still runs", runtime.ErrInvalidRequest, id)
+	}
+	return d.restore(ctx, id, dir, rootfs, labels)
+}
+
+func (d *Driver) restore(ctx context.Context, id, dir, rootfs string, labels map[string]string) (runtime.Sandbox, error) {
 	snap, err := readSnapshot(dir)
 	if err != nil {
 		return nil, err
 	}
 	if rootfs == "" {
-		rootfs = snap.Rootfs
+		// Snapshots of format 0 named the host's rootfs.
+		rootfs = snap.LegacyRootfs
 	}
-	agentDir := snap.AgentDir
-	if _, err := os.Stat(filepath.Join(agentDir, "orkestr-agent")); err != nil {
-		return nil, fmt.Errorf("gvisor: snapshot needs agent %s, which this host does not have", agentDir)
+	if !filepath.IsAbs(rootfs) {
+		return nil, fmt.Errorf("gvisor: restoring %s needs the rootfs of template %q", dir, snap.Template)
+	}
+	agentDir, err := d.agentFor(snap)
+	if err != nil {
+		return nil, err
 	}
 	if labels == nil {
 		labels = snap.Labels
 	}
 	m := meta{
-		ID: newID(), Template: snap.Template, Rootfs: rootfs, AgentDir: agentDir,
+		ID: id, Template: snap.Template, TemplateDigest: snap.TemplateDigest, Rootfs: rootfs, AgentDir: agentDir,
 		Resources: snap.Resources, Labels: copyLabels(labels), CreatedAt: time.Now().UTC(),
 		Networked: snap.Network != "" && snap.Network != runtime.NetworkOff,
 	}
 	return d.start(ctx, m, filepath.Join(dir, "image"), snap.Network, snap.NetworkAllow)
+}
+
+// ReadSnapshot implements runtime.SnapshotReader.
+func (d *Driver) ReadSnapshot(dir string) (runtime.Snapshot, error) {
+	snap, err := readSnapshot(dir)
+	if err != nil {
+		return runtime.Snapshot{}, err
+	}
+	size, _ := dirSize(dir)
+	return runtime.Snapshot{Dir: dir, Bytes: size, Template: snap.Template, TemplateDigest: snap.TemplateDigest,
+		Resources: snap.Resources, Labels: copyLabels(snap.Labels), CreatedAt: snap.CreatedAt}, nil
+}
+
+// agentFor is this host's directory of the agent build a snapshot was
+// taken with: the restored memory runs that exact binary, which is mapped
+// from /agent.
+func (d *Driver) agentFor(snap snapshotMeta) (string, error) {
+	build := snap.Agent
+	if build == "" && snap.LegacyAgentDir != "" {
+		build = filepath.Base(snap.LegacyAgentDir)
+	}
+	if !validAgentBuild(build) {
+		return "", fmt.Errorf("gvisor: the snapshot names no valid agent build (%q)", build)
+	}
+	dir := filepath.Join(d.cfg.StateDir, "agent", build)
+	if _, err := os.Stat(filepath.Join(dir, "orkestr-agent")); err != nil {
+		return "", fmt.Errorf("gvisor: the snapshot was taken with agent build %s, which this host does not have (it runs %s): restore it on a host of the same orkestr version", build, filepath.Base(d.agentDir))
+	}
+	return dir, nil
+}
+
+// validAgentBuild: an agent build is named by the first 16 hex digits of
+// the binary's SHA-256 (installAgent).
+func validAgentBuild(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
 }
 
 // start creates (or, with image set, restores) the runsc container for m and

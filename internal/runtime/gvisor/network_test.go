@@ -234,3 +234,42 @@ func TestNetworkCheckpointRestore(t *testing.T) {
 		t.Errorf("restored sandbox reports no blocked connections")
 	}
 }
+
+// TestNetworkLiveCheckpointClones: clones of a live checkpoint of a
+// restricted sandbox each get a network of their own (their own address)
+// with the source's policy, and the source keeps its network.
+func TestNetworkLiveCheckpointClones(t *testing.T) {
+	env, _ := netEnv(t)
+	ctx := testCtx(t, 2*time.Minute)
+	sb := netSandbox(t, env, runtime.NetworkRestricted)
+	addr := sb.(interface{ NetAddr() string }).NetAddr()
+	dir := t.TempDir()
+	if _, err := sb.(runtime.LiveCheckpointer).CheckpointLive(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{addr: true}
+	for i := 0; i < 2; i++ {
+		c, err := env.Driver.Restore(ctx, dir, testenv.Rootfs(t, "python-3.11"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Destroy(ctx)
+		a := c.(interface{ NetAddr() string }).NetAddr()
+		if seen[a] {
+			t.Fatalf("clone %d has address %s, already taken", i, a)
+		}
+		seen[a] = true
+		if got := c.Info().Network; got != runtime.NetworkRestricted {
+			t.Fatalf("clone %d has network %q", i, got)
+		}
+		res, _ := probe(t, c, "allowed.test:8080", "forbidden.test:8080")
+		if !strings.HasPrefix(res["allowed.test:8080"], "ok hello") || !strings.HasPrefix(res["forbidden.test:8080"], "fail") {
+			t.Fatalf("clone %d: %v", i, res)
+		}
+	}
+	// The source still has its own network and policy.
+	res, _ := probe(t, sb, "allowed.test:8080", "forbidden.test:8080")
+	if !strings.HasPrefix(res["allowed.test:8080"], "ok hello") || !strings.HasPrefix(res["forbidden.test:8080"], "fail") {
+		t.Fatalf("source after the live checkpoint: %v", res)
+	}
+}

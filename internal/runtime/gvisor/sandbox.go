@@ -50,8 +50,9 @@ type sandbox struct {
 }
 
 var (
-	_ runtime.Sandbox    = (*sandbox)(nil)
-	_ runtime.DiskReader = (*sandbox)(nil)
+	_ runtime.Sandbox          = (*sandbox)(nil)
+	_ runtime.DiskReader       = (*sandbox)(nil)
+	_ runtime.LiveCheckpointer = (*sandbox)(nil)
 )
 
 func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
@@ -132,6 +133,19 @@ func (sb *sandbox) Err() error { return sb.stopped() }
 func (sb *sandbox) waitReady(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- sb.ch.WaitReady(ctx) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-sb.done:
+		return sb.stopped()
+	}
+}
+
+// waitNewSession waits for an agent session later than the n-th, or
+// for the sandbox to stop.
+func (sb *sandbox) waitNewSession(ctx context.Context, n uint64) error {
+	errc := make(chan error, 1)
+	go func() { errc <- sb.ch.WaitSessionAfter(ctx, n) }()
 	select {
 	case err := <-errc:
 		return err
@@ -582,17 +596,28 @@ func findFilestore(pid int, dir string) (string, error) {
 	return "", fmt.Errorf("gvisor: the sandbox process %d holds no file in %s", pid, dir)
 }
 
-// snapshotMeta is written beside the runsc image.
+// snapshotFormat is the version of snapshot.json and the layout beside
+// it. 0 named host paths (rootfs, agent_dir); 1 names the template by name
+// and digest and the agent by build, so it restores on any host.
+const snapshotFormat = 1
+
+// snapshotMeta is written beside the runsc image. It holds no host path:
+// the bundle (rootfs, agent, channel and overlay directories) is written
+// afresh by the restoring host.
 type snapshotMeta struct {
-	Template  string            `json:"template"`
-	Rootfs    string            `json:"rootfs"`
-	AgentDir  string            `json:"agent_dir"`
-	Resources runtime.Resources `json:"resources"`
-	Labels    map[string]string `json:"labels,omitempty"`
-	CreatedAt time.Time         `json:"created_at"`
+	Format         int               `json:"format"`
+	Template       string            `json:"template"`
+	TemplateDigest string            `json:"template_digest,omitempty"`
+	Agent          string            `json:"agent"` // agent build (installAgent)
+	Resources      runtime.Resources `json:"resources"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	CreatedAt      time.Time         `json:"created_at"`
 	// Network and NetworkAllow are the policy the restored sandbox gets.
 	Network      string   `json:"network,omitempty"`
 	NetworkAllow []string `json:"network_allow,omitempty"`
+	// Host paths of format 0, read to restore an old snapshot only.
+	LegacyRootfs   string `json:"rootfs,omitempty"`
+	LegacyAgentDir string `json:"agent_dir,omitempty"`
 }
 
 func readSnapshot(dir string) (snapshotMeta, error) {
@@ -647,11 +672,8 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		}
 		return runtime.Snapshot{}, fmt.Errorf("gvisor: checkpoint: %w", err)
 	}
-	snap := snapshotMeta{Template: m.Template, Rootfs: m.Rootfs, AgentDir: m.AgentDir, Resources: m.Resources, Labels: copyLabels(m.Labels), CreatedAt: time.Now().UTC()}
-	if m.Net != nil {
-		snap.Network, snap.NetworkAllow = string(m.Net.Mode), m.Net.Allow
-	}
-	if err := writeJSON(filepath.Join(dir, "snapshot.json"), snap); err != nil {
+	snap, err := writeSnapshotMeta(dir, m)
+	if err != nil {
 		return runtime.Snapshot{}, err
 	}
 	size, _ := dirSize(dir)
@@ -659,7 +681,89 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 	if err := sb.Destroy(context.WithoutCancel(ctx)); err != nil {
 		sb.d.log.Warn("cleanup after checkpoint failed", "sandbox", m.ID, "err", err)
 	}
-	return runtime.Snapshot{Dir: dir, Bytes: size, Template: m.Template, Resources: m.Resources, Labels: snap.Labels, CreatedAt: snap.CreatedAt}, nil
+	return runtime.Snapshot{Dir: dir, Bytes: size, Template: m.Template, TemplateDigest: m.TemplateDigest, Resources: m.Resources, Labels: snap.Labels, CreatedAt: snap.CreatedAt}, nil
+}
+
+// writeSnapshotMeta writes snapshot.json for sandbox m into dir.
+func writeSnapshotMeta(dir string, m meta) (snapshotMeta, error) {
+	snap := snapshotMeta{
+		Format: snapshotFormat, Template: m.Template, TemplateDigest: m.TemplateDigest, Agent: filepath.Base(m.AgentDir),
+		Resources: m.Resources, Labels: copyLabels(m.Labels), CreatedAt: time.Now().UTC(),
+	}
+	if m.Net != nil {
+		snap.Network, snap.NetworkAllow = string(m.Net.Mode), m.Net.Allow
+	}
+	return snap, writeJSON(filepath.Join(dir, "snapshot.json"), snap)
+}
+
+// CheckpointLive implements runtime.LiveCheckpointer: it writes a
+// checkpoint to dir and the sandbox keeps running (runsc checkpoint
+// --leave-running), for forks. Calls in flight are drained first, as for
+// a pause, and the long-running ones (attached processes, watches) end: the
+// save breaks the agent's connection, so the host drops it and waits for
+// the agent to dial again before it takes calls.
+func (sb *sandbox) CheckpointLive(ctx context.Context, dir string) (runtime.Snapshot, error) {
+	sb.mu.Lock()
+	if sb.stopErr != nil {
+		err := sb.stopErr
+		sb.mu.Unlock()
+		return runtime.Snapshot{}, err
+	}
+	if sb.pausing {
+		sb.mu.Unlock()
+		return runtime.Snapshot{}, fmt.Errorf("%w: already being paused or forked", runtime.ErrBusy)
+	}
+	sb.pausing = true
+	sb.cancelLong()
+	deadline := time.AfterFunc(drainTimeout, func() { sb.ch.Disconnect() })
+	for sb.inflight > 0 && sb.stopErr == nil {
+		sb.idle.Wait()
+	}
+	deadline.Stop()
+	m := sb.m
+	sb.mu.Unlock()
+	defer func() {
+		sb.mu.Lock()
+		sb.pausing = false
+		sb.long, sb.cancelLong = context.WithCancel(context.Background())
+		sb.mu.Unlock()
+	}()
+	image := filepath.Join(dir, "image")
+	if err := os.MkdirAll(image, 0o700); err != nil {
+		return runtime.Snapshot{}, err
+	}
+	before := sb.ch.Sessions()
+	_, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, "checkpoint", "--leave-running", "--image-path", image, m.ID)
+	// Whatever the outcome, the save may have broken the agent's
+	// connection without either end noticing: the agent (PID 1) is asked
+	// to drop it and dial again, and calls resume on the new session. (The
+	// host does not close its end first: the agent would redial at once
+	// and the signal then close the fresh session.)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sb.d.cfg.ReadyTimeout)
+	defer cancel()
+	var rerr error
+	if _, kerr := sb.d.rs.runNet(ctx, "", 0, m.Net != nil, "kill", m.ID, "USR1"); kerr != nil {
+		sb.d.log.Warn("asking the agent to redial after a live checkpoint", "sandbox", m.ID, "err", kerr)
+		sb.ch.Disconnect()
+		rerr = sb.waitReady(rctx)
+	} else {
+		rerr = sb.waitNewSession(rctx, before)
+	}
+	if err != nil {
+		if e := sb.stopped(); e != nil {
+			return runtime.Snapshot{}, e
+		}
+		return runtime.Snapshot{}, fmt.Errorf("gvisor: live checkpoint: %w", err)
+	}
+	if rerr != nil {
+		return runtime.Snapshot{}, fmt.Errorf("gvisor: the agent did not come back after a live checkpoint: %w", rerr)
+	}
+	snap, err := writeSnapshotMeta(dir, m)
+	if err != nil {
+		return runtime.Snapshot{}, err
+	}
+	size, _ := dirSize(dir)
+	return runtime.Snapshot{Dir: dir, Bytes: size, Template: m.Template, TemplateDigest: m.TemplateDigest, Resources: m.Resources, Labels: snap.Labels, CreatedAt: snap.CreatedAt}, nil
 }
 
 func dirSize(dir string) (int64, error) {

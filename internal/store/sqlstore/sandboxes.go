@@ -124,6 +124,73 @@ func (s *Store) CreateSandbox(ctx context.Context, sb store.Sandbox, maxActive i
 	return err
 }
 
+// CreateSandboxes implements store.Store: all of sbs (one account's) or
+// none, in one transaction under the plan's limit counted for all of them
+// (a fork's clones). A single create goes through CreateSandbox's faster
+// path.
+func (s *Store) CreateSandboxes(ctx context.Context, sbs []store.Sandbox, maxActive int) error {
+	if len(sbs) == 0 {
+		return nil
+	}
+	account := sbs[0].AccountID
+	type row struct {
+		sb                store.Sandbox
+		envKeys, metadata any
+	}
+	rows := make([]row, len(sbs))
+	for i, sb := range sbs {
+		if sb.AccountID != account {
+			return fmt.Errorf("CreateSandboxes: sandboxes of two accounts (%q, %q)", account, sb.AccountID)
+		}
+		if sb.CreatedAt.IsZero() {
+			sb.CreatedAt = s.now()
+		}
+		if sb.UpdatedAt.IsZero() {
+			sb.UpdatedAt = sb.CreatedAt
+		}
+		envKeys, err := toJSON(sb.EnvKeys)
+		if err != nil {
+			return err
+		}
+		metadata, err := toJSON(sb.Metadata)
+		if err != nil {
+			return err
+		}
+		rows[i] = row{sb, envKeys, metadata}
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockAccount(ctx, tx, account); err != nil {
+			return err
+		}
+		if maxActive > 0 {
+			n, err := s.count(ctx, tx, "SELECT COUNT(*) FROM sandboxes WHERE account_id = ? AND status IN (?, ?)",
+				account, string(store.StatusStarting), string(store.StatusRunning))
+			if err != nil {
+				return err
+			}
+			if n+len(rows) > maxActive {
+				return fmt.Errorf("account %q has %d active sandboxes (limit %d; %d more asked for): %w", account, n, maxActive, len(rows), store.ErrLimit)
+			}
+		}
+		for _, r := range rows {
+			sb := r.sb
+			if _, err := s.exec(ctx, tx, "INSERT INTO sandboxes ("+sandboxCols+`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				sb.ID, sb.AccountID, string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network,
+				sb.Region, int64(sb.TimeoutSeconds), toNullMS(sb.ExpiresAt), sb.RemainingMS, r.envKeys, r.metadata, sb.Node,
+				sb.RuntimeID, sb.SnapshotDir, sb.SnapshotBytes, sb.ErrorMessage, toMS(sb.CreatedAt), toMS(sb.UpdatedAt),
+				toNullMS(sb.PausedAt), toNullMS(sb.TerminatedAt), sb.Version); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if isUnique(err) {
+		return fmt.Errorf("sandbox %q: %w", sbs[0].ID, store.ErrConflict)
+	}
+	return err
+}
+
 // createSandboxTx is CreateSandbox as a transaction of its own: lock the
 // account, count, insert (SQLite, in process: statements cost no round
 // trip).

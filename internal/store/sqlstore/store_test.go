@@ -683,6 +683,47 @@ func TestConcurrentCreateLimit(t *testing.T) {
 	})
 }
 
+// TestCreateSandboxesAllOrNothing: a batch (a fork's clones) is inserted
+// whole under the limit or not at all, also when two stores race.
+func TestCreateSandboxesAllOrNothing(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		s1, s2 := d.open(t), d.open(t)
+		a := mkAccount(t, s1, "a")
+		batch := func(n int) []store.Sandbox {
+			out := make([]store.Sandbox, n)
+			for i := range out {
+				out[i] = newSandbox(a.ID, msNow())
+				out[i].Status = store.StatusStarting
+			}
+			return out
+		}
+		const maxActive = 5
+		ok(t, "one running", s1.CreateSandbox(bg, newSandbox(a.ID, msNow()), maxActive))
+		isErr(t, "a batch of 5 over the limit", s1.CreateSandboxes(bg, batch(5), maxActive), store.ErrLimit)
+		count := func() int {
+			all, _, err := s1.ListSandboxes(bg, a.ID, store.ListFilter{Limit: 200})
+			ok(t, "list", err)
+			return len(all)
+		}
+		if n := count(); n != 1 {
+			t.Fatalf("a refused batch left %d sandboxes, want 1", n)
+		}
+		// Two batches of 3 race for 4 free slots: exactly one wins whole.
+		won, limited := race(t, s1, s2, 2, store.ErrLimit, func(i int, s *sqlstore.Store) error {
+			return s.CreateSandboxes(bg, batch(3), maxActive)
+		})
+		if len(won) != 1 || limited != 1 || count() != 4 {
+			t.Fatalf("%d batches won, %d refused, %d sandboxes; want 1, 1, 4", len(won), limited, count())
+		}
+		other := mkAccount(t, s1, "b")
+		mixed := batch(2)
+		mixed[1].AccountID = other.ID
+		if err := s1.CreateSandboxes(bg, mixed, 0); err == nil {
+			t.Fatal("a batch of two accounts was accepted")
+		}
+	})
+}
+
 func TestSnapshotCap(t *testing.T) {
 	eachDB(t, func(t *testing.T, d testDB) {
 		s1, s2 := d.open(t), d.open(t)

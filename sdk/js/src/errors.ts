@@ -72,7 +72,7 @@ export class RateLimitError extends OrkestrError {
 
 /**
  * The plan does not allow this (402). `code` is `size_not_allowed`,
- * `concurrency_limit`, `usage_exhausted` or `snapshot_cap_reached`.
+ * `concurrency_limit`, `usage_exhausted`, `snapshot_cap_reached` or `fork_limit`.
  */
 export class PlanLimitError extends OrkestrError {
   /** For `usage_exhausted`: when the usage counters reset. */
@@ -161,6 +161,9 @@ const statusOf: Record<string, number> = {
   concurrency_limit: 402,
   usage_exhausted: 402,
   snapshot_cap_reached: 402,
+  fork_limit: 402,
+  snapshot_corrupt: 422,
+  snapshot_store_unavailable: 503,
   sandbox_not_found: 404,
   process_not_found: 404,
   process_stdin_closed: 409,

@@ -101,6 +101,8 @@ export interface Limits {
   maxConcurrent: number;
   /** Paused sandboxes kept at once; 0 means no limit. */
   snapshotCap: number;
+  /** The most clones one fork() makes. */
+  maxFork: number;
   usageGbHoursUsed: number;
   usageGbHoursIncluded: number;
   usageCpuHoursUsed: number;
@@ -467,14 +469,30 @@ export class Sandbox implements SandboxData {
 
   /**
    * Snapshots memory + disk and stops the clock and meter; resolves with the
-   * sandbox id to pass to Sandbox.resume from any process. Over the plan's
-   * snapshot cap it throws SnapshotCapReached. Not retried.
+   * sandbox id to pass to Sandbox.resume from any process. When the server
+   * keeps snapshots in a store it resolves only once the snapshot is
+   * durable there (503 `snapshot_store_unavailable`: still running). Over
+   * the plan's snapshot cap it throws SnapshotCapReached. Not retried.
    */
   async pause(options: CallOptions = {}): Promise<string> {
     const raw = await call(this.#conn, { method: "POST", path: this.#path("/pause"), signal: options.signal });
     this.status = "paused";
     this.expiresAt = null;
     return isObject(raw) && typeof raw["id"] === "string" ? raw["id"] : this.id;
+  }
+
+  /**
+   * Makes `count` running clones of this (running or paused) sandbox: each
+   * its own id and network identity, with the same memory, processes,
+   * files, env and metadata. A running sandbox keeps running. All or
+   * nothing: over the plan's concurrency it throws PlanLimitError
+   * (concurrency_limit) and no clone is made; over the plan's maxFork,
+   * PlanLimitError (fork_limit). Not retried.
+   */
+  async fork(count = 1, options: CallOptions = {}): Promise<Sandbox[]> {
+    const raw = await call(this.#conn, { method: "POST", path: this.#path("/fork"), json: { count }, signal: options.signal });
+    const data = isObject(raw) && Array.isArray(raw["data"]) ? raw["data"] : [];
+    return data.map((item) => new Sandbox(this.#conn, sandboxData(item)));
   }
 
   /** Resumes this (paused) sandbox and refreshes its fields. */

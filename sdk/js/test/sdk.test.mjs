@@ -482,6 +482,46 @@ describe("orkestr SDK against a real orkestrd", { skip, timeout: 600_000 }, () =
     assert.ok(gone instanceof SandboxNotReady && gone.sandboxStatus === "terminated", String(gone));
   });
 
+  test("fork(n): clones with the parent's memory and files that then diverge; limits", async () => {
+    const sbx = await Sandbox.create({ ...team, template: "node-22" });
+    try {
+      await sbx.files.write("/workspace/keep.txt", "parent");
+      // A value that lives only in a process's memory, served by it.
+      await sbx.exec("node -e 'const v=Math.random().toString(36).slice(2); setInterval(()=>require(\"fs\").writeFileSync(\"/workspace/v\", v), 50)' >/dev/null 2>&1 &");
+      let v = "";
+      for (let i = 0; i < 100 && v === ""; i++) {
+        v = await sbx.files.read("/workspace/v").catch(() => "");
+        if (v === "") await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.ok(v.length > 0);
+      const clones = await sbx.fork(2);
+      assert.equal(clones.length, 2);
+      assert.notEqual(clones[0].id, clones[1].id);
+      for (const c of clones) {
+        assert.ok(c instanceof Sandbox);
+        assert.equal(c.status, "running");
+        assert.notEqual(c.id, sbx.id);
+        // The clone's copy of the process writes the same value again.
+        await c.files.delete("/workspace/v");
+        let cv = "";
+        for (let i = 0; i < 100 && cv === ""; i++) {
+          cv = await c.files.read("/workspace/v").catch(() => "");
+          if (cv === "") await new Promise((r) => setTimeout(r, 100));
+        }
+        assert.equal(cv, v);
+        await c.files.write("/workspace/keep.txt", c.id);
+      }
+      assert.equal(await clones[0].files.read("/workspace/keep.txt"), clones[0].id);
+      assert.equal(await sbx.files.read("/workspace/keep.txt"), "parent");
+      assert.equal((await Sandbox.limits(team)).maxFork, 10);
+      const over = await sbx.fork(11).catch((e) => e);
+      assert.ok(over instanceof PlanLimitError && over.code === "fork_limit", String(over));
+      await Promise.all(clones.map((c) => c.terminate()));
+    } finally {
+      await sbx.terminate();
+    }
+  });
+
   test("processes and watches: Detached at a pause, the pid kept across it, AbortSignal, process_not_found", async () => {
     const sbx = await Sandbox.create({ ...team, template: "debian-12" });
     try {

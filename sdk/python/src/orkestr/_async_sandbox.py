@@ -235,6 +235,12 @@ class AsyncSandbox(SandboxFields):
         sid = out.get("id") if isinstance(out, dict) else None
         return sid if isinstance(sid, str) and sid else self.id
 
+    async def fork(self, count: int = 1) -> List["AsyncSandbox"]:
+        """See Sandbox.fork."""
+        out = await self._client.json("POST", sandbox_path(self.id, "/fork"), json_body={"count": count})
+        data = out.get("data") if isinstance(out, dict) else None
+        return [type(self)(d, self._client) for d in (data or []) if isinstance(d, dict)]
+
     async def terminate(self) -> None:
         self._set_fields(await self._client.json("DELETE", sandbox_path(self.id)))
 

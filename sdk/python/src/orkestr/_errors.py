@@ -101,7 +101,7 @@ class RateLimitError(OrkestrError):
 
 class PlanLimitError(OrkestrError):
     """The plan does not allow this (402): ``code`` is ``size_not_allowed``,
-    ``concurrency_limit``, ``usage_exhausted`` or ``snapshot_cap_reached``."""
+    ``concurrency_limit``, ``usage_exhausted``, ``snapshot_cap_reached`` or ``fork_limit``."""
 
     @property
     def resets_at(self) -> Optional[datetime]:
@@ -201,6 +201,9 @@ STATUS_OF_CODE: Dict[str, int] = {
     "concurrency_limit": 402,
     "usage_exhausted": 402,
     "snapshot_cap_reached": 402,
+    "fork_limit": 402,
+    "snapshot_corrupt": 422,
+    "snapshot_store_unavailable": 503,
     "sandbox_not_found": 404,
     "sandbox_not_ready": 409,
     "exec_timeout": 408,

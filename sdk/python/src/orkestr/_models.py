@@ -180,6 +180,8 @@ class Limits:
     usage_cpu_hours_included: float
     usage_resets_at: datetime
     sizes: List[SizeInfo]
+    #: The most clones one ``fork`` makes.
+    max_fork: int = 0
 
     @classmethod
     def _from(cls, d: Mapping[str, Any]) -> Limits:
@@ -194,6 +196,7 @@ class Limits:
             usage_cpu_hours_included=_float(d, "usage_cpu_hours_included"),
             usage_resets_at=parse_time(_str(d, "usage_resets_at")),
             sizes=[SizeInfo._from(s) for s in _list(d, "sizes") if isinstance(s, dict)],
+            max_fork=_int(d, "max_fork"),
         )
 
 

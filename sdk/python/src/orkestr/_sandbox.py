@@ -257,11 +257,25 @@ class Sandbox(SandboxFields):
 
     def pause(self) -> str:
         """Snapshot memory and disk and stop the clock; returns the id to
-        pass to ``Sandbox.resume``. SnapshotCapReached over the plan's cap."""
+        pass to ``Sandbox.resume``. When the server keeps snapshots in a
+        store it returns only once the snapshot is durable there (503
+        ``snapshot_store_unavailable``: still running). SnapshotCapReached
+        over the plan's cap."""
         out = self._client.json("POST", sandbox_path(self.id, "/pause"))
         self.status, self.expires_at = "paused", None
         sid = out.get("id") if isinstance(out, dict) else None
         return sid if isinstance(sid, str) and sid else self.id
+
+    def fork(self, count: int = 1) -> List["Sandbox"]:
+        """Make ``count`` running clones of this (running or paused) sandbox:
+        each its own id and network identity, with the same memory,
+        processes, files, env and metadata; a running sandbox keeps running.
+        All or nothing: PlanLimitError (``concurrency_limit``) if the plan
+        cannot run them all, and none is made; PlanLimitError
+        (``fork_limit``) over the plan's ``max_fork``. Not retried."""
+        out = self._client.json("POST", sandbox_path(self.id, "/fork"), json_body={"count": count})
+        data = out.get("data") if isinstance(out, dict) else None
+        return [type(self)(d, self._client) for d in (data or []) if isinstance(d, dict)]
 
     def terminate(self) -> None:
         """End the sandbox (idempotent); its record stays in the history."""
