@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -33,9 +34,13 @@ var defaultCaps = []string{
 // refills boot on the CPU the claimed sandboxes leave, instead of taking an
 // equal share from the commands a user waits for. It is a weight, not a
 // cap: on an idle host a refill boots as fast as before.
+//
+// Besides the weight, a pooled sandbox's group is SCHED_IDLE (cpu.idle)
+// while it starts and waits, for at most pooledIdleBoot of its start.
 const (
 	pooledCPUShares  = 64
 	defaultCPUShares = 1024
+	pooledIdleBoot   = 3 * time.Second
 )
 
 // bundleSpec builds the OCI runtime spec of one sandbox: the template as a

@@ -313,10 +313,27 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	undo = append(undo, func() { _ = ch.Close() })
 	spec := bundleSpec(m.Rootfs, m.AgentDir, filepath.Join(dir, "channel"), string(d.cgroup(m.ID)), m.Resources, netnsPath, resolvConf)
 	if m.Pooled {
-		// A warm pool's refill yields the CPU to claimed sandboxes until
-		// it is claimed itself (Configure restores the share).
+		// A warm pool's refill boots on the CPU that claimed sandboxes
+		// leave, and stays out of their way until it is claimed itself
+		// (Configure restores the weight): its cpu group is made here,
+		// SCHED_IDLE, before runsc runs anything in it (runsc's own
+		// create work joins it too).
 		shares := uint64(pooledCPUShares)
 		spec.Linux.Resources.CPU.Shares = &shares
+		if err := d.cgroup(m.ID).CreateCPU(m.Resources.CPU, shares, true); err != nil {
+			return nil, fmt.Errorf("gvisor: cpu cgroup of a pooled sandbox: %w", err)
+		}
+		undo = append(undo, func() { _ = d.cgroup(m.ID).Remove() })
+		// An idle group gets next to no CPU while the host is saturated;
+		// a start that has not finished by then continues at the low
+		// weight instead, so a pool still refills on a busy host.
+		t := time.AfterFunc(pooledIdleBoot, func() { _ = d.cgroup(m.ID).SetCPUIdle(false) })
+		defer func() {
+			if !t.Stop() && err == nil {
+				// Started after all: it waits idle again.
+				err = d.cgroup(m.ID).SetCPUIdle(true)
+			}
+		}()
 	}
 	if err := writeBundle(filepath.Join(dir, "bundle"), spec); err != nil {
 		return nil, err

@@ -249,6 +249,16 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 		return err
 	}
 	defer sb.end()
+	sb.mu.Lock()
+	pooled := sb.m.Pooled
+	sb.mu.Unlock()
+	if pooled {
+		// First: what follows already runs in the sandbox, for its user.
+		g := sb.d.cgroup(sb.m.ID)
+		if err := errors.Join(g.SetCPUIdle(false), g.SetCPUShares(defaultCPUShares)); err != nil {
+			return err
+		}
+	}
 	if c.Resources != (runtime.Resources{}) {
 		if err := sb.SetResources(c.Resources); err != nil {
 			return err
@@ -259,14 +269,6 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 	}
 	if err := sb.ch.Configure(ctx, wire.Configure{Env: c.Env, Hostname: c.Hostname}); err != nil {
 		return sb.mapErr(err)
-	}
-	sb.mu.Lock()
-	pooled := sb.m.Pooled
-	sb.mu.Unlock()
-	if pooled {
-		if err := sb.d.cgroup(sb.m.ID).SetCPUShares(defaultCPUShares); err != nil {
-			return err
-		}
 	}
 	sb.mu.Lock()
 	sb.m.Pooled = false
