@@ -208,6 +208,10 @@ type meta struct {
 	Net *netpolicy.Attachment `json:"net,omitempty"`
 	// Networked asks start for a network (Net is filled in by start).
 	Networked bool `json:"networked,omitempty"`
+	// CgroupV2: the sandbox kernel has a cgroup v2 hierarchy (runsc
+	// --in-sandbox-cgroup=v2; every new sandbox). A restore must use what
+	// its snapshot was taken with: false for older snapshots.
+	CgroupV2 bool `json:"cgroup_v2,omitempty"`
 }
 
 func (d *Driver) sandboxDir(id string) string { return filepath.Join(d.cfg.StateDir, "sandboxes", id) }
@@ -227,7 +231,7 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (runtime.Sandbox, e
 	m := meta{
 		ID: newID(), Template: s.Template, Rootfs: s.Rootfs, AgentDir: d.agentDir,
 		Resources: s.Resources, Labels: copyLabels(s.Labels), Pooled: s.Labels["pool"] != "", CreatedAt: time.Now().UTC(),
-		Networked: s.Networked,
+		Networked: s.Networked, CgroupV2: true,
 	}
 	return d.start(ctx, m, "", "", nil)
 }
@@ -252,6 +256,7 @@ func (d *Driver) Restore(ctx context.Context, dir, rootfs string, labels map[str
 		ID: newID(), Template: snap.Template, Rootfs: rootfs, AgentDir: agentDir,
 		Resources: snap.Resources, Labels: copyLabels(labels), CreatedAt: time.Now().UTC(),
 		Networked: snap.Network != "" && snap.Network != runtime.NetworkOff,
+		CgroupV2:  snap.CgroupV2,
 	}
 	return d.start(ctx, m, filepath.Join(dir, "image"), snap.Network, snap.NetworkAllow)
 }
@@ -357,7 +362,7 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	}
 	// runsc must not die with ctx while the container is half made: the
 	// undo step deletes it instead.
-	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), m.Resources.DiskBytes, m.Networked, args...)
+	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), m.Resources.DiskBytes, m.Networked, m.CgroupV2, args...)
 	cmd.Stdout = console
 	cmd.Stderr = console
 	if err := cmd.Run(); err != nil {

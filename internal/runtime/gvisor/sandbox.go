@@ -595,6 +595,8 @@ type snapshotMeta struct {
 	// Network and NetworkAllow are the policy the restored sandbox gets.
 	Network      string   `json:"network,omitempty"`
 	NetworkAllow []string `json:"network_allow,omitempty"`
+	// CgroupV2 is meta.CgroupV2 of the sandbox taken.
+	CgroupV2 bool `json:"cgroup_v2,omitempty"`
 }
 
 func readSnapshot(dir string) (snapshotMeta, error) {
@@ -642,14 +644,14 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		undoPause()
 		return runtime.Snapshot{}, err
 	}
-	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, "checkpoint", "--image-path", image, m.ID); err != nil {
+	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--image-path", image, m.ID); err != nil {
 		undoPause()
 		if e := sb.stopped(); e != nil {
 			return runtime.Snapshot{}, e
 		}
 		return runtime.Snapshot{}, fmt.Errorf("gvisor: checkpoint: %w", err)
 	}
-	snap := snapshotMeta{Template: m.Template, Rootfs: m.Rootfs, AgentDir: m.AgentDir, Resources: m.Resources, Labels: copyLabels(m.Labels), CreatedAt: time.Now().UTC()}
+	snap := snapshotMeta{Template: m.Template, Rootfs: m.Rootfs, AgentDir: m.AgentDir, Resources: m.Resources, Labels: copyLabels(m.Labels), CreatedAt: time.Now().UTC(), CgroupV2: m.CgroupV2}
 	if m.Net != nil {
 		snap.Network, snap.NetworkAllow = string(m.Net.Mode), m.Net.Allow
 	}
