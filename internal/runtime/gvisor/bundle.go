@@ -40,8 +40,11 @@ var defaultCaps = []string{
 const (
 	pooledCPUShares  = 64
 	defaultCPUShares = 1024
-	pooledIdleBoot   = 3 * time.Second
 )
+
+// pooledIdleBoot is how long a pooled sandbox may start at idle priority
+// before it continues at pooledCPUShares (a variable for tests).
+var pooledIdleBoot = 3 * time.Second
 
 // bundleSpec builds the OCI runtime spec of one sandbox: the template as a
 // copy-on-write root, the agent read-only at /agent, the per-sandbox channel

@@ -332,9 +332,24 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 		// An idle group gets next to no CPU while the host is saturated;
 		// a start that has not finished by then continues at the low
 		// weight instead, so a pool still refills on a busy host.
-		t := time.AfterFunc(pooledIdleBoot, func() { _ = d.cgroup(m.ID).SetCPUIdle(false) })
+		var (
+			slowMu         sync.Mutex
+			finished, slow bool
+		)
+		t := time.AfterFunc(pooledIdleBoot, func() {
+			slowMu.Lock()
+			defer slowMu.Unlock()
+			if !finished {
+				slow = true
+				_ = d.cgroup(m.ID).SetCPUIdle(false)
+			}
+		})
 		defer func() {
-			if !t.Stop() && err == nil {
+			t.Stop()
+			slowMu.Lock()
+			defer slowMu.Unlock()
+			finished = true
+			if slow && err == nil {
 				// Started after all: it waits idle again.
 				err = d.cgroup(m.ID).SetCPUIdle(true)
 			}
