@@ -85,28 +85,6 @@ func (g Group) SetCPUIdle(idle bool) error {
 	return write(g.file("cpu", "cpu.idle"), v)
 }
 
-// CreateCPU makes the group in the cpu hierarchy only, with cpu's quota,
-// shares and idle flag set, before runsc starts a sandbox in it: runsc then
-// uses the group as it is (and leaves the cpu settings to us) and creates
-// the other controllers' groups itself, so everything the sandbox runs,
-// from its first instruction, is scheduled by these settings.
-func (g Group) CreateCPU(cpu float64, shares uint64, idle bool) error {
-	dir := filepath.Join(Root, "cpu", string(g))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	errs := []error{write(filepath.Join(dir, "cpu.shares"), strconv.FormatUint(shares, 10))}
-	if cpu > 0 {
-		errs = append(errs,
-			write(filepath.Join(dir, "cpu.cfs_period_us"), strconv.Itoa(CPUPeriodMicros)),
-			write(filepath.Join(dir, "cpu.cfs_quota_us"), strconv.FormatInt(QuotaMicros(cpu), 10)))
-	}
-	if idle {
-		errs = append(errs, g.SetCPUIdle(true))
-	}
-	return errors.Join(errs...)
-}
-
 // Stats is one reading.
 type Stats struct {
 	CPUNanos         uint64

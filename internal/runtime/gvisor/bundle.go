@@ -36,7 +36,7 @@ var defaultCaps = []string{
 // cap: on an idle host a refill boots as fast as before.
 //
 // Besides the weight, a pooled sandbox's group is SCHED_IDLE (cpu.idle)
-// while it starts and waits, for at most pooledIdleBoot of its start.
+// once runsc has started it (Driver.idleWhilePooled).
 const (
 	pooledCPUShares  = 64
 	defaultCPUShares = 1024

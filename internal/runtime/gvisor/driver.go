@@ -318,42 +318,11 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	undo = append(undo, func() { _ = ch.Close() })
 	spec := bundleSpec(m.Rootfs, m.AgentDir, filepath.Join(dir, "channel"), string(d.cgroup(m.ID)), m.Resources, netnsPath, resolvConf)
 	if m.Pooled {
-		// A warm pool's refill boots on the CPU that claimed sandboxes
-		// leave, and stays out of their way until it is claimed itself
-		// (Configure restores the weight): its cpu group is made here,
-		// SCHED_IDLE, before runsc runs anything in it (runsc's own
-		// create work joins it too).
+		// A warm pool's refill yields the CPU to claimed sandboxes until
+		// it is claimed itself (Configure restores the weight); once
+		// runsc is done, it is SCHED_IDLE as well (idleWhilePooled).
 		shares := uint64(pooledCPUShares)
 		spec.Linux.Resources.CPU.Shares = &shares
-		if err := d.cgroup(m.ID).CreateCPU(m.Resources.CPU, shares, true); err != nil {
-			return nil, fmt.Errorf("gvisor: cpu cgroup of a pooled sandbox: %w", err)
-		}
-		undo = append(undo, func() { _ = d.cgroup(m.ID).Remove() })
-		// An idle group gets next to no CPU while the host is saturated;
-		// a start that has not finished by then continues at the low
-		// weight instead, so a pool still refills on a busy host.
-		var (
-			slowMu         sync.Mutex
-			finished, slow bool
-		)
-		t := time.AfterFunc(pooledIdleBoot, func() {
-			slowMu.Lock()
-			defer slowMu.Unlock()
-			if !finished {
-				slow = true
-				_ = d.cgroup(m.ID).SetCPUIdle(false)
-			}
-		})
-		defer func() {
-			t.Stop()
-			slowMu.Lock()
-			defer slowMu.Unlock()
-			finished = true
-			if slow && err == nil {
-				// Started after all: it waits idle again.
-				err = d.cgroup(m.ID).SetCPUIdle(true)
-			}
-		}()
 	}
 	if err := writeBundle(filepath.Join(dir, "bundle"), spec); err != nil {
 		return nil, err
@@ -383,6 +352,9 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("gvisor: runsc %s: %w: %s", args[0], err, tail(filepath.Join(dir, "console.log")))
 	}
+	if m.Pooled {
+		defer d.idleWhilePooled(m.ID)(&err)
+	}
 	st, err := d.rs.state(ctx, m.ID)
 	if err != nil {
 		return nil, err
@@ -402,6 +374,44 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	d.sandboxes[m.ID] = sb
 	d.mu.Unlock()
 	return sb, nil
+}
+
+// idleWhilePooled makes a pooled sandbox's cpu group SCHED_IDLE (cpu.idle,
+// Linux ≥ 5.15, also in v1) for the rest of its start (its agent and
+// pre-started shell) and while it waits: it runs only on CPU that no
+// claimed sandbox wants, and any of their wakeups preempts it at once.
+// Not before `runsc run` has returned: runsc joins and leaves the
+// sandbox's cgroups itself, taking the host's cgroup locks (and sleeping
+// in an RCU sync while it holds them); at idle priority on a busy host it
+// would hold them for as long as the host stays busy, and every other
+// start and claim waits for them. A start still unfinished after
+// pooledIdleBoot continues at the low weight, so a pool refills on a host
+// kept busy by claimed sandboxes; it waits idle once ready. Call the
+// returned function with start's error when start returns.
+func (d *Driver) idleWhilePooled(id string) (done func(*error)) {
+	g := d.cgroup(id)
+	_ = g.SetCPUIdle(true)
+	var (
+		mu             sync.Mutex
+		finished, slow bool
+	)
+	t := time.AfterFunc(pooledIdleBoot, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !finished {
+			slow = true
+			_ = g.SetCPUIdle(false)
+		}
+	})
+	return func(err *error) {
+		t.Stop()
+		mu.Lock()
+		defer mu.Unlock()
+		finished = true
+		if slow && *err == nil {
+			*err = g.SetCPUIdle(true)
+		}
+	}
 }
 
 // Get implements runtime.Driver.
