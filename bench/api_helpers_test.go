@@ -531,3 +531,11 @@ func perfRecord(b *testing.B, out string, d time.Duration, args ...string) (wait
 		}
 	}
 }
+
+// childrenCPU is the user+system CPU time of this process's children that
+// have exited and been waited for (the runsc invocations of a driver).
+func childrenCPU() time.Duration {
+	var ru unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

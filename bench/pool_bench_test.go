@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,7 +83,7 @@ func benchTTIRow(b *testing.B, extraConfig string, waitRefill bool) {
 		p95.add(float64(q) / 1e6)
 		ratio.add(float64(q) / float64(m))
 		hitPct.add(100 * float64(hits) / row)
-		b.Logf("row: p50 %v, p95 %v, pool hits %d of %d", m, q, hits, row)
+		b.Logf("row: p50 %v, p95 %v, pool hits %d of %d; TTIs in order (ms): %s", m, q, hits, row, ttis.msList())
 	}
 	b.ReportMetric(p50.median(), "p50-ms")
 	b.ReportMetric(p95.median(), "p95-ms")
@@ -106,4 +108,16 @@ func (ds durations) quantile(q float64) time.Duration {
 	}
 	i := int(q*float64(len(s))+0.5) - 1
 	return s[min(max(i, 0), len(s)-1)]
+}
+
+// msList is the durations in order, in whole milliseconds.
+func (ds durations) msList() string {
+	var sb strings.Builder
+	for i, d := range ds {
+		if i > 0 {
+			sb.WriteByte(' ')
+		}
+		fmt.Fprintf(&sb, "%d", d.Milliseconds())
+	}
+	return sb.String()
 }

@@ -28,6 +28,16 @@ const DefaultExecCgroups = "/sys/fs/cgroup/memory/orkestr-exec"
 // TasksMax.
 const tasksGroup = "/sys/fs/cgroup/pids/orkestr-tasks"
 
+// cgroup2Root is where the sandbox kernel's cgroupfs is mounted; it is a
+// cgroup v2 (unified) hierarchy when the runtime starts the sandbox with
+// --in-sandbox-cgroup=v2, recognisable by its cgroup.controllers file.
+const cgroup2Root = "/sys/fs/cgroup"
+
+// execGroupsV2 is DefaultExecCgroups's counterpart in a cgroup v2 sandbox:
+// a sibling of the container's own cgroup (where the agent stays), so its
+// pids.max caps every command's tasks together and never the agent's.
+const execGroupsV2 = cgroup2Root + "/orkestr-exec"
+
 // execGroups puts each command's process tree in a cgroup of its own, so a
 // timeout or a cancelled exec kills everything the command started, also
 // processes that left its process group and session and were reparented to
@@ -37,6 +47,9 @@ const tasksGroup = "/sys/fs/cgroup/pids/orkestr-tasks"
 type execGroups struct {
 	base  string // "" when cgroups are not available: the tree walk alone
 	tasks string // the pids cgroup capping all commands; "" for none
+	// v2: base is in a cgroup v2 hierarchy and is itself the tasks group
+	// (its pids.max holds for every command's cgroup under it).
+	v2 bool
 	// tasksMax, when > 0, is also every command's RLIMIT_NPROC (see
 	// limitTasks).
 	tasksMax int64
@@ -46,10 +59,21 @@ type execGroups struct {
 // newExecGroups prepares base, and with tasksMax > 0 the pids cgroup that
 // caps every command's tasks together; without a usable cgroupfs it returns
 // a disabled set.
+//
+// In a cgroup v2 sandbox (see cgroup2Root) the default base moves to
+// execGroupsV2: there the sandbox kernel checks pids.max, hierarchically,
+// on every task a command creates, whatever its user, which is the
+// sandbox-wide cap a fork bomb meets (in v1 it is checked on about one
+// fork in seven; see limitTasks).
 func newExecGroups(base string, tasksMax int64) *execGroups {
 	g := &execGroups{tasksMax: tasksMax}
 	if base == "" {
 		return g
+	}
+	if base == DefaultExecCgroups {
+		if _, err := os.Stat(filepath.Join(cgroup2Root, "cgroup.controllers")); err == nil {
+			return newExecGroupsV2(execGroupsV2, tasksMax)
+		}
 	}
 	if tasksMax > 0 && os.MkdirAll(tasksGroup, 0o755) == nil &&
 		os.WriteFile(filepath.Join(tasksGroup, "pids.max"), []byte(strconv.FormatInt(tasksMax, 10)), 0) == nil {
@@ -65,12 +89,34 @@ func newExecGroups(base string, tasksMax int64) *execGroups {
 	return g
 }
 
+// newExecGroupsV2 prepares base in a cgroup v2 hierarchy: memory enabled
+// for the commands' cgroups under it (their usage, for the OOM killer's
+// choice) and, with tasksMax > 0, base's pids.max, which every command's
+// tasks are charged against.
+func newExecGroupsV2(base string, tasksMax int64) *execGroups {
+	g := &execGroups{tasksMax: tasksMax}
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return g
+	}
+	// The runtime enables the controllers at the root; base passes memory
+	// on to each command's cgroup (pids stays base's own: one count).
+	_ = os.WriteFile(filepath.Join(cgroup2Root, "cgroup.subtree_control"), []byte("+pids +memory"), 0)
+	_ = os.WriteFile(filepath.Join(base, "cgroup.subtree_control"), []byte("+memory"), 0)
+	if tasksMax > 0 {
+		if err := os.WriteFile(filepath.Join(base, "pids.max"), []byte(strconv.FormatInt(tasksMax, 10)), 0); err != nil {
+			return g
+		}
+	}
+	g.base, g.v2 = base, true
+	return g
+}
+
 // join creates a cgroup for a new command and moves pid into it; pid must
 // not have forked yet. It returns the cgroup's directory, or "" if it could
 // not (the command then runs without one).
 func (g *execGroups) join(pid int) string {
 	g.limitTasks(pid)
-	if g.tasks != "" {
+	if g.tasks != "" && !g.v2 {
 		_ = os.WriteFile(filepath.Join(g.tasks, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
 	}
 	if g.base == "" {
@@ -156,6 +202,11 @@ func killGroup(dir string) {
 	if dir == "" {
 		return
 	}
+	// cgroup v2 kills the whole group at once, forks in flight included.
+	if f, err := os.OpenFile(filepath.Join(dir, "cgroup.kill"), os.O_WRONLY, 0); err == nil {
+		_, _ = f.WriteString("1")
+		f.Close()
+	}
 	for round := 0; round < 50; round++ {
 		ps := members(dir)
 		if len(ps) == 0 {
@@ -231,7 +282,11 @@ func (g *execGroups) of(pid int) string {
 	mark := "/" + filepath.Base(g.base) + "/"
 	for _, line := range strings.Split(string(b), "\n") {
 		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 || !slices.Contains(strings.Split(parts[1], ","), ctrl) {
+		if len(parts) != 3 {
+			continue
+		}
+		// v2 has one line, "0::/orkestr-exec/7".
+		if g.v2 && parts[0] != "0" || !g.v2 && !slices.Contains(strings.Split(parts[1], ","), ctrl) {
 			continue
 		}
 		if i := strings.LastIndex(parts[2], mark); i >= 0 {

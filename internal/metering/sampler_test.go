@@ -101,6 +101,18 @@ func (c usageSource) Usage(context.Context) (runtime.Usage, error) {
 	return runtime.Usage{CPUNanos: u.CPUNanos, MemoryBytes: u.MemoryWorkingSet, MemoryLimitBytes: u.MemoryLimit}, err
 }
 
+// meterSource reads as the gVisor driver's Usage does now
+// (cgroupv1.ReadMeterUsage: memory.stat only now and then).
+type meterSource struct {
+	cgroupSource
+	cache *cgroupv1.MeterCache
+}
+
+func (c meterSource) Usage(context.Context) (runtime.Usage, error) {
+	u, err := c.g.ReadMeterUsage(c.cache)
+	return runtime.Usage{CPUNanos: u.CPUNanos, MemoryBytes: u.MemoryWorkingSet}, err
+}
+
 // meterStore is a SQLite store with one account and n sandboxes in it.
 func meterStore(t testing.TB, n int) (*sqlstore.Store, string, []string) {
 	t.Helper()
@@ -270,8 +282,9 @@ var benchWindow = flag.Duration("meter.window", 10*time.Second, "wall time Bench
 // BenchmarkSampler500 runs the sampler (1 s interval, 3 s flushes to
 // SQLite) over 500 real cgroups, each holding a sleeping process, and
 // reports the CPU it costs per second of wall time: reading through
-// runtime.UsageReader (4 cgroup files, what gVisor sandboxes offer) and
-// through Stats (all 11). Run with -benchtime=1x.
+// runtime.UsageReader with ReadUsage (usage: 4 cgroup files) and with
+// ReadMeterUsage (meter: 2, memory.stat every 10 s; what gVisor sandboxes
+// do now), and through Stats (all 11). Run with -benchtime=1x.
 func BenchmarkSampler500(b *testing.B) {
 	const n = 500
 	gs := cgroups(b, n, "exec sleep 3600")
@@ -280,6 +293,7 @@ func BenchmarkSampler500(b *testing.B) {
 		src  func(cgroupv1.Group) Source
 	}{
 		{"usage", func(g cgroupv1.Group) Source { return usageSource{cgroupSource{g}} }},
+		{"meter", func(g cgroupv1.Group) Source { return meterSource{cgroupSource{g}, &cgroupv1.MeterCache{}} }},
 		{"stats", func(g cgroupv1.Group) Source { return cgroupSource{g} }},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
@@ -386,3 +400,51 @@ func TestSamplerSkipsShortSamples(t *testing.T) {
 	}
 	s.Untrack(ids[0])
 }
+
+// TestMeterUsageFollowsUsage: the cheap metering read (memory.stat only
+// now and then) gives the CPU and working set of the full read, also
+// right after the working set grew by 64 MiB.
+func TestMeterUsageFollowsUsage(t *testing.T) {
+	dir := t.TempDir()
+	// Grows its anonymous memory by 64 MiB when told to (a file appears):
+	// dd holds its 64 MiB buffer while its write to sleep blocks.
+	g := cgroups(t, 1, `while [ ! -e `+dir+`/grow ]; do sleep 0.05; done; dd if=/dev/zero bs=64M count=1 2>/dev/null | sleep 3600`)[0]
+	var c cgroupv1.MeterCache
+	full, err := g.ReadUsage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := g.ReadMeterUsage(&c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.CPUNanos < full.CPUNanos || diff(m.MemoryWorkingSet, full.MemoryWorkingSet) > 1<<20 {
+		t.Fatalf("meter read %+v, full read %+v", m, full)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "grow"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		m, err = g.ReadMeterUsage(&c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.MemoryWorkingSet > full.MemoryWorkingSet+32<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("working set %d after 64 MiB more were asked for (was %d)", m.MemoryWorkingSet, full.MemoryWorkingSet)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	full, err = g.ReadUsage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff(m.MemoryWorkingSet, full.MemoryWorkingSet) > 2<<20 {
+		t.Fatalf("after growing: meter read %d, full read %d", m.MemoryWorkingSet, full.MemoryWorkingSet)
+	}
+}
+
+func diff(a, b uint64) uint64 { return max(a, b) - min(a, b) }

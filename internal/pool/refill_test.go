@@ -76,20 +76,22 @@ func TestRefillsRunConcurrently(t *testing.T) {
 			_ = sb.Destroy(context.Background())
 		}
 	})
-	shares := func(id string) string {
-		b, err := os.ReadFile(filepath.Join(cgroupv1.Root, "cpu", env.CgroupParent, id, "cpu.shares"))
+	cpuFile := func(id, name string) string {
+		b, err := os.ReadFile(filepath.Join(cgroupv1.Root, "cpu", env.CgroupParent, id, name))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return strings.TrimSpace(string(b))
 	}
+	shares := func(id string) string { return cpuFile(id, "cpu.shares") + " idle " + cpuFile(id, "cpu.idle") }
 	infos, err := env.Driver.List(ctx)
 	if err != nil || len(infos) == 0 {
 		t.Fatalf("list: %v, %d sandboxes", err, len(infos))
 	}
-	// A pooled sandbox yields the CPU to claimed ones until it is claimed.
-	if got := shares(infos[0].ID); got != "64" {
-		t.Errorf("pooled sandbox cpu.shares %s, want 64", got)
+	// A pooled sandbox yields the CPU to claimed ones until it is
+	// claimed: SCHED_IDLE (which reads as the idle weight, 3).
+	if got := shares(infos[0].ID); got != "3 idle 1" {
+		t.Errorf("pooled sandbox cpu.shares %s, want 3 idle 1", got)
 	}
 	d.peak.Store(d.inFlight.Load())
 	for i := range 4 {
@@ -103,8 +105,8 @@ func TestRefillsRunConcurrently(t *testing.T) {
 		if !warm {
 			t.Fatalf("claim %d of 4 from a full pool of 4 was cold", i)
 		}
-		if got := shares(sb.ID()); got != "1024" {
-			t.Errorf("claimed sandbox cpu.shares %s, want 1024", got)
+		if got := shares(sb.ID()); got != "1024 idle 0" {
+			t.Errorf("claimed sandbox cpu.shares %s, want 1024 idle 0", got)
 		}
 	}
 	var target int

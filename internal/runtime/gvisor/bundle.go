@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -33,10 +34,17 @@ var defaultCaps = []string{
 // refills boot on the CPU the claimed sandboxes leave, instead of taking an
 // equal share from the commands a user waits for. It is a weight, not a
 // cap: on an idle host a refill boots as fast as before.
+//
+// Besides the weight, a pooled sandbox's group is SCHED_IDLE (cpu.idle)
+// once runsc has started it (Driver.idleWhilePooled).
 const (
 	pooledCPUShares  = 64
 	defaultCPUShares = 1024
 )
+
+// pooledIdleBoot is how long a pooled sandbox may start at idle priority
+// before it continues at pooledCPUShares (a variable for tests).
+var pooledIdleBoot = 3 * time.Second
 
 // bundleSpec builds the OCI runtime spec of one sandbox: the template as a
 // copy-on-write root, the agent read-only at /agent, the per-sandbox channel

@@ -210,6 +210,10 @@ type meta struct {
 	Net *netpolicy.Attachment `json:"net,omitempty"`
 	// Networked asks start for a network (Net is filled in by start).
 	Networked bool `json:"networked,omitempty"`
+	// CgroupV2: the sandbox kernel has a cgroup v2 hierarchy (runsc
+	// --in-sandbox-cgroup=v2; every new sandbox). A restore must use what
+	// its snapshot was taken with: false for older snapshots.
+	CgroupV2 bool `json:"cgroup_v2,omitempty"`
 }
 
 func (d *Driver) sandboxDir(id string) string { return filepath.Join(d.cfg.StateDir, "sandboxes", id) }
@@ -229,7 +233,7 @@ func (d *Driver) Create(ctx context.Context, s runtime.Spec) (runtime.Sandbox, e
 	m := meta{
 		ID: newID(), Template: s.Template, TemplateDigest: s.TemplateDigest, Rootfs: s.Rootfs, AgentDir: d.agentDir,
 		Resources: s.Resources, Labels: copyLabels(s.Labels), Pooled: s.Labels["pool"] != "", CreatedAt: time.Now().UTC(),
-		Networked: s.Networked,
+		Networked: s.Networked, CgroupV2: true,
 	}
 	return d.start(ctx, m, "", "", nil)
 }
@@ -277,6 +281,7 @@ func (d *Driver) restore(ctx context.Context, id, dir, rootfs string, labels map
 		ID: id, Template: snap.Template, TemplateDigest: snap.TemplateDigest, Rootfs: rootfs, AgentDir: agentDir,
 		Resources: snap.Resources, Labels: copyLabels(labels), CreatedAt: time.Now().UTC(),
 		Networked: snap.Network != "" && snap.Network != runtime.NetworkOff,
+		CgroupV2:  snap.CgroupV2,
 	}
 	return d.start(ctx, m, filepath.Join(dir, "image"), snap.Network, snap.NetworkAllow)
 }
@@ -378,7 +383,8 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	spec := bundleSpec(m.Rootfs, m.AgentDir, filepath.Join(dir, "channel"), string(d.cgroup(m.ID)), m.Resources, netnsPath, resolvConf)
 	if m.Pooled {
 		// A warm pool's refill yields the CPU to claimed sandboxes until
-		// it is claimed itself (Configure restores the share).
+		// it is claimed itself (Configure restores the weight); once
+		// runsc is done, it is SCHED_IDLE as well (idleWhilePooled).
 		shares := uint64(pooledCPUShares)
 		spec.Linux.Resources.CPU.Shares = &shares
 	}
@@ -404,11 +410,14 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	}
 	// runsc must not die with ctx while the container is half made: the
 	// undo step deletes it instead.
-	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), m.Resources.DiskBytes, m.Networked, args...)
+	cmd := d.rs.command(context.WithoutCancel(ctx), filepath.Join(dir, "overlay"), m.Resources.DiskBytes, m.Networked, m.CgroupV2, args...)
 	cmd.Stdout = console
 	cmd.Stderr = console
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("gvisor: runsc %s: %w: %s", args[0], err, tail(filepath.Join(dir, "console.log")))
+	}
+	if m.Pooled {
+		defer d.idleWhilePooled(m.ID)(&err)
 	}
 	st, err := d.rs.state(ctx, m.ID)
 	if err != nil {
@@ -429,6 +438,44 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 	d.sandboxes[m.ID] = sb
 	d.mu.Unlock()
 	return sb, nil
+}
+
+// idleWhilePooled makes a pooled sandbox's cpu group SCHED_IDLE (cpu.idle,
+// Linux ≥ 5.15, also in v1) for the rest of its start (its agent and
+// pre-started shell) and while it waits: it runs only on CPU that no
+// claimed sandbox wants, and any of their wakeups preempts it at once.
+// Not before `runsc run` has returned: runsc joins and leaves the
+// sandbox's cgroups itself, taking the host's cgroup locks (and sleeping
+// in an RCU sync while it holds them); at idle priority on a busy host it
+// would hold them for as long as the host stays busy, and every other
+// start and claim waits for them. A start still unfinished after
+// pooledIdleBoot continues at the low weight, so a pool refills on a host
+// kept busy by claimed sandboxes; it waits idle once ready. Call the
+// returned function with start's error when start returns.
+func (d *Driver) idleWhilePooled(id string) (done func(*error)) {
+	g := d.cgroup(id)
+	_ = g.SetCPUIdle(true)
+	var (
+		mu             sync.Mutex
+		finished, slow bool
+	)
+	t := time.AfterFunc(pooledIdleBoot, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !finished {
+			slow = true
+			_ = g.SetCPUIdle(false)
+		}
+	})
+	return func(err *error) {
+		t.Stop()
+		mu.Lock()
+		defer mu.Unlock()
+		finished = true
+		if slow && *err == nil {
+			*err = g.SetCPUIdle(true)
+		}
+	}
 }
 
 // Get implements runtime.Driver.

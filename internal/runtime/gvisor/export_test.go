@@ -2,6 +2,7 @@ package gvisor
 
 import (
 	"context"
+	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/agent/client"
 )
@@ -21,4 +22,12 @@ func (sb *sandbox) NetAddr() string {
 		return ""
 	}
 	return sb.m.Net.SandboxAddr.String()
+}
+
+// SetPooledIdleBootForTest changes how long a pooled sandbox starts at
+// idle priority; it returns the old value.
+func SetPooledIdleBootForTest(d time.Duration) time.Duration {
+	old := pooledIdleBoot
+	pooledIdleBoot = d
+	return old
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
@@ -240,11 +243,23 @@ func TestForkBomb(t *testing.T) {
 	// As root the agent sets the command's limit; as another user the
 	// command's shell does.
 	for _, user := range []string{"root", "user"} {
-		t.Run(user, func(t *testing.T) { testForkBomb(t, user) })
+		t.Run(user, func(t *testing.T) { testForkBomb(t, user, classicBomb) })
 	}
 }
 
-func testForkBomb(t *testing.T, user string) {
+const classicBomb = `bash -c ':(){ :|:& };:'; sleep 100`
+
+// TestForkBombManyUsers: twelve bombs at once, each as a user id of its
+// own (root may change its uid), so the per-user RLIMIT_NPROC gives each
+// its own cap: what holds them together is the sandbox kernel's cgroup v2
+// pids.max over all commands (runsc --in-sandbox-cgroup=v2), checked on
+// every task they create. Before it, this ended the sandbox at the host's
+// memory limit after ≈ 21 s (docs/benchmarks.md).
+func TestForkBombManyUsers(t *testing.T) {
+	testForkBomb(t, "root", `for u in $(seq 2001 2012); do setpriv --reuid=$u --regid=$u --clear-groups bash -c ':(){ :|:& };:' & done; sleep 100`)
+}
+
+func testForkBomb(t *testing.T, user, bomb string) {
 	env := testenv.NewDriver(t)
 	other := newSandbox(t, env)
 	sb := newSandbox(t, env)
@@ -276,7 +291,7 @@ func testForkBomb(t *testing.T, user string) {
 	start := time.Now()
 	res, err := sb.Exec(ctx, runtime.ExecRequest{
 		User:    user,
-		Command: `bash -c ':(){ :|:& };:'; sleep 100`,
+		Command: bomb,
 		Timeout: 8 * time.Second, Stdout: io.Discard, Stderr: stderr,
 	})
 	elapsed := time.Since(start)
@@ -496,5 +511,48 @@ func TestStats(t *testing.T) {
 	}
 	if st, err := sb.Stats(ctx); err != nil || st.CPUQuotaMicros != 50000 || st.MemoryLimitBytes != 512<<20 || st.PIDsLimit != 512 {
 		t.Fatalf("after Configure: %+v %v", st, err)
+	}
+}
+
+// TestPooledSandboxWaitsIdle: a warm pool's sandbox waits SCHED_IDLE
+// (cpu.idle 1) until its claim, which gives it the full weight back, also
+// after a start slow enough to have been moved to the low weight on the
+// way (forced here with a zero idle boot).
+func TestPooledSandboxWaitsIdle(t *testing.T) {
+	env := testenv.NewDriver(t)
+	ctx := testCtx(t, 2*time.Minute)
+	cpuFile := func(sb runtime.Sandbox, name string) string {
+		b, err := os.ReadFile(filepath.Join(cgroupv1.Root, "cpu", env.CgroupParent, sb.ID(), name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	for _, slow := range []bool{false, true} {
+		if slow {
+			old := gvisor.SetPooledIdleBootForTest(time.Nanosecond)
+			t.Cleanup(func() { gvisor.SetPooledIdleBootForTest(old) })
+		}
+		sb, err := env.Driver.Create(ctx, runtime.Spec{Template: "debian-12", Rootfs: testenv.Rootfs(t, "debian-12"),
+			Resources: testenv.Small, Labels: map[string]string{"pool": "debian-12/small"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sb.Destroy(context.Background()) })
+		if got := cpuFile(sb, "cpu.idle"); got != "1" {
+			t.Errorf("slow=%v: a pooled sandbox's cpu.idle is %s, want 1", slow, got)
+		}
+		if got, want := cpuFile(sb, "cpu.cfs_quota_us"), strconv.FormatInt(cgroupv1.QuotaMicros(testenv.Small.CPU), 10); got != want {
+			t.Errorf("slow=%v: cpu quota %s, want %s", slow, got, want)
+		}
+		if err := sb.Configure(ctx, runtime.Claim{Resources: testenv.Small}); err != nil {
+			t.Fatal(err)
+		}
+		if idle, shares := cpuFile(sb, "cpu.idle"), cpuFile(sb, "cpu.shares"); idle != "0" || shares != "1024" {
+			t.Errorf("slow=%v: claimed sandbox cpu.idle %s, cpu.shares %s; want 0, 1024", slow, idle, shares)
+		}
+		if out := sh(t, sb, "echo ok"); out != "ok\n" {
+			t.Fatalf("claimed sandbox: %q", out)
+		}
 	}
 }

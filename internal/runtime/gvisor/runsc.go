@@ -30,7 +30,12 @@ type runsc struct {
 // tmpfs backed by a sparse file in overlayDir; its size limit is the
 // sandbox's disk quota: writes past it fail with ENOSPC inside, and df
 // shows it). 0: no cap.
-func (r *runsc) globalArgs(overlayDir string, diskBytes int64, networked bool) []string {
+//
+// cgroupV2 gives the sandbox kernel a cgroup v2 hierarchy instead of v1's
+// one per controller: there its pids controller checks every task a
+// command creates against the agent's cap (in v1 it checks about one fork
+// in seven), which is what holds a fork bomb run as many users.
+func (r *runsc) globalArgs(overlayDir string, diskBytes int64, networked, cgroupV2 bool) []string {
 	network := "none"
 	if networked {
 		network = "sandbox"
@@ -52,26 +57,29 @@ func (r *runsc) globalArgs(overlayDir string, diskBytes int64, networked bool) [
 		}
 		args = append(args, "--overlay2", ov)
 	}
+	if cgroupV2 {
+		args = append(args, "--in-sandbox-cgroup", "v2")
+	}
 	if r.debugDir != "" {
 		args = append(args, "--debug", "--debug-log", r.debugDir+"/")
 	}
 	return args
 }
 
-func (r *runsc) command(ctx context.Context, overlayDir string, diskBytes int64, networked bool, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, r.bin, append(r.globalArgs(overlayDir, diskBytes, networked), args...)...)
+func (r *runsc) command(ctx context.Context, overlayDir string, diskBytes int64, networked, cgroupV2 bool, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, r.bin, append(r.globalArgs(overlayDir, diskBytes, networked, cgroupV2), args...)...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	return cmd
 }
 
 // run executes a runsc command and returns a readable error with its stderr.
 func (r *runsc) run(ctx context.Context, overlayDir string, args ...string) ([]byte, error) {
-	return r.runNet(ctx, overlayDir, 0, false, args...)
+	return r.runNet(ctx, overlayDir, 0, false, false, args...)
 }
 
 // runNet is run for a command whose flags must match a networked sandbox's.
-func (r *runsc) runNet(ctx context.Context, overlayDir string, diskBytes int64, networked bool, args ...string) ([]byte, error) {
-	cmd := r.command(ctx, overlayDir, diskBytes, networked, args...)
+func (r *runsc) runNet(ctx context.Context, overlayDir string, diskBytes int64, networked, cgroupV2 bool, args ...string) ([]byte, error) {
+	cmd := r.command(ctx, overlayDir, diskBytes, networked, cgroupV2, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr

@@ -19,6 +19,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/agent/wire"
 	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 )
 
 // sandbox is one runsc container and the channel to its agent.
@@ -42,6 +43,8 @@ type sandbox struct {
 	memEvents *os.File    // the memory threshold eventfd (oom.go)
 	relieving atomic.Bool // relieveMemory runs
 	oomKills  atomic.Uint64
+	meterMu   sync.Mutex
+	meter     cgroupv1.MeterCache // Usage's, between metering rounds
 	// long is cancelled when a pause starts or the sandbox stops: it ends
 	// the calls that may run for ever (attached processes, watches) and
 	// are not waited for.
@@ -263,6 +266,16 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 		return err
 	}
 	defer sb.end()
+	sb.mu.Lock()
+	pooled := sb.m.Pooled
+	sb.mu.Unlock()
+	if pooled {
+		// First: what follows already runs in the sandbox, for its user.
+		g := sb.d.cgroup(sb.m.ID)
+		if err := errors.Join(g.SetCPUIdle(false), g.SetCPUShares(defaultCPUShares)); err != nil {
+			return err
+		}
+	}
 	if c.Resources != (runtime.Resources{}) {
 		if err := sb.SetResources(c.Resources); err != nil {
 			return err
@@ -273,14 +286,6 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 	}
 	if err := sb.ch.Configure(ctx, wire.Configure{Env: c.Env, Hostname: c.Hostname}); err != nil {
 		return sb.mapErr(err)
-	}
-	sb.mu.Lock()
-	pooled := sb.m.Pooled
-	sb.mu.Unlock()
-	if pooled {
-		if err := sb.d.cgroup(sb.m.ID).SetCPUShares(defaultCPUShares); err != nil {
-			return err
-		}
 	}
 	sb.mu.Lock()
 	sb.m.Pooled = false
@@ -506,9 +511,12 @@ func (sb *sandbox) Stats(ctx context.Context) (runtime.Stats, error) {
 	}, nil
 }
 
-// Usage reads only what metering needs (runtime.UsageReader).
+// Usage reads only what metering needs (runtime.UsageReader), as cheaply
+// as cgroupv1.ReadMeterUsage can: an idle sandbox's reading is two files.
 func (sb *sandbox) Usage(ctx context.Context) (runtime.Usage, error) {
-	u, err := sb.d.cgroup(sb.m.ID).ReadUsage()
+	sb.meterMu.Lock()
+	u, err := sb.d.cgroup(sb.m.ID).ReadMeterUsage(&sb.meter)
+	sb.meterMu.Unlock()
 	if err != nil {
 		if e := sb.stopped(); e != nil {
 			return runtime.Usage{}, e
@@ -618,6 +626,8 @@ type snapshotMeta struct {
 	// Host paths of format 0, read to restore an old snapshot only.
 	LegacyRootfs   string `json:"rootfs,omitempty"`
 	LegacyAgentDir string `json:"agent_dir,omitempty"`
+	// CgroupV2 is meta.CgroupV2 of the sandbox taken.
+	CgroupV2 bool `json:"cgroup_v2,omitempty"`
 }
 
 func readSnapshot(dir string) (snapshotMeta, error) {
@@ -665,7 +675,7 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		undoPause()
 		return runtime.Snapshot{}, err
 	}
-	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, "checkpoint", "--image-path", image, m.ID); err != nil {
+	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--image-path", image, m.ID); err != nil {
 		undoPause()
 		if e := sb.stopped(); e != nil {
 			return runtime.Snapshot{}, e
@@ -688,7 +698,7 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 func writeSnapshotMeta(dir string, m meta) (snapshotMeta, error) {
 	snap := snapshotMeta{
 		Format: snapshotFormat, Template: m.Template, TemplateDigest: m.TemplateDigest, Agent: filepath.Base(m.AgentDir),
-		Resources: m.Resources, Labels: copyLabels(m.Labels), CreatedAt: time.Now().UTC(),
+		Resources: m.Resources, Labels: copyLabels(m.Labels), CreatedAt: time.Now().UTC(), CgroupV2: m.CgroupV2,
 	}
 	if m.Net != nil {
 		snap.Network, snap.NetworkAllow = string(m.Net.Mode), m.Net.Allow
@@ -733,7 +743,7 @@ func (sb *sandbox) CheckpointLive(ctx context.Context, dir string) (runtime.Snap
 		return runtime.Snapshot{}, err
 	}
 	before := sb.ch.Sessions()
-	_, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, "checkpoint", "--leave-running", "--image-path", image, m.ID)
+	_, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--leave-running", "--image-path", image, m.ID)
 	// Whatever the outcome, the save may have broken the agent's
 	// connection without either end noticing: the agent (PID 1) is asked
 	// to drop it and dial again, and calls resume on the new session. (The
@@ -742,7 +752,7 @@ func (sb *sandbox) CheckpointLive(ctx context.Context, dir string) (runtime.Snap
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sb.d.cfg.ReadyTimeout)
 	defer cancel()
 	var rerr error
-	if _, kerr := sb.d.rs.runNet(ctx, "", 0, m.Net != nil, "kill", m.ID, "USR1"); kerr != nil {
+	if _, kerr := sb.d.rs.runNet(ctx, "", 0, m.Net != nil, m.CgroupV2, "kill", m.ID, "USR1"); kerr != nil {
 		sb.d.log.Warn("asking the agent to redial after a live checkpoint", "sandbox", m.ID, "err", kerr)
 		sb.ch.Disconnect()
 		rerr = sb.waitReady(rctx)
