@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -38,6 +40,16 @@ type Nodes struct {
 	listAt  time.Time
 	// refreshing: a read of the list runs in the background.
 	refreshing bool
+	// placed: what this replica put on each node that the node's last
+	// heartbeat may not count yet (see count).
+	placed map[string][]placement
+}
+
+// placement is a sandbox put on a node at a time.
+type placement struct {
+	at       time.Time
+	template string
+	size     scheduler.Resources
 }
 
 // Options configure Nodes.
@@ -93,11 +105,12 @@ func (f *Nodes) nodes(ctx context.Context, fresh bool) ([]store.Node, error) {
 			return f.list, nil
 		}
 	}
+	at := time.Now()
 	list, err := f.store.ListNodes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	f.list, f.listAt = list, time.Now()
+	f.list, f.listAt = list, at
 	return list, nil
 }
 
@@ -116,6 +129,54 @@ func (f *Nodes) refresh() {
 	}
 	if at.After(f.listAt) {
 		f.list, f.listAt = list, at
+	}
+}
+
+// withPlaced returns a copy of list (the cached one) with what this
+// replica placed after each node's last heartbeat added (the heartbeat's
+// age is by the database's clock, so replicas' clocks need not agree
+// with it), and forgets what the heartbeats count already.
+func (f *Nodes) withPlaced(list []store.Node) []store.Node {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.placed) == 0 {
+		return list
+	}
+	list = slices.Clone(list)
+	for i := range list {
+		pending := f.placed[list[i].ID]
+		if len(pending) == 0 {
+			continue
+		}
+		beat := f.listAt.Add(-list[i].HeartbeatAge)
+		var keep []placement
+		for _, p := range pending {
+			// A node whose heartbeats stopped keeps nothing past a minute.
+			if p.at.After(beat) && time.Since(p.at) < time.Minute {
+				keep = append(keep, p)
+				addPlaced(&list[i], p)
+			}
+		}
+		if len(keep) == 0 {
+			delete(f.placed, list[i].ID)
+		} else {
+			f.placed[list[i].ID] = keep
+		}
+	}
+	return list
+}
+
+// addPlaced counts one placed sandbox on n.
+func addPlaced(n *store.Node, p placement) {
+	a := &n.Allocated
+	a.Slots++
+	a.CPUs += p.size.CPUs
+	a.MemoryBytes += p.size.MemoryBytes
+	a.DiskBytes += p.size.DiskBytes
+	if n.Warm[p.template] > 0 {
+		warm := maps.Clone(n.Warm)
+		warm[p.template]--
+		n.Warm = warm
 	}
 }
 
@@ -166,7 +227,7 @@ func (f *Nodes) Node(ctx context.Context, id string) (nodeapi.Node, error) {
 // have room again (sandboxes ended since) or have come back, and a
 // refusal must not rest on an old view.
 func (f *Nodes) Place(ctx context.Context, p lifecycle.Placement) (string, nodeapi.Node, error) {
-	fresh := len(p.Exclude) > 0
+	fresh := len(p.Exclude) > 0 || p.Fresh
 	id, n, err := f.place(ctx, p, fresh)
 	if err != nil && !fresh && (errors.Is(err, lifecycle.ErrNoCapacity) || errors.Is(err, lifecycle.ErrRegionUnavailable) || errors.Is(err, lifecycle.ErrUnknownRegion)) {
 		return f.place(ctx, p, true)
@@ -179,6 +240,7 @@ func (f *Nodes) place(ctx context.Context, p lifecycle.Placement, fresh bool) (s
 	if err != nil {
 		return "", nil, err
 	}
+	list = f.withPlaced(list)
 	sz := f.sizes[p.Size]
 	req := scheduler.Request{
 		Region: p.Region, Template: p.Template, Networked: p.Networked,
@@ -212,11 +274,26 @@ func (f *Nodes) place(ctx context.Context, p lifecycle.Placement, fresh bool) (s
 	}
 	for _, n := range list {
 		if n.ID == c.ID {
+			f.count(n.ID, req.Template, req.Size)
 			cl, err := f.client(n)
 			return n.ID, cl, err
 		}
 	}
 	return "", nil, fmt.Errorf("placement chose node %s, which is not in the list", c.ID)
+}
+
+// count records a sandbox just placed on node id until a heartbeat of the
+// node is newer, so that the next placements of this replica see it
+// before the node reports it (a burst of creates, a fork's clones, would
+// otherwise all go to the node that looked emptiest at its last
+// heartbeat).
+func (f *Nodes) count(id, template string, size scheduler.Resources) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.placed == nil {
+		f.placed = map[string][]placement{}
+	}
+	f.placed[id] = append(f.placed[id], placement{at: time.Now(), template: template, size: size})
 }
 
 // Catalog implements lifecycle.Nodes, on a node list up to staleFor old.

@@ -53,3 +53,38 @@ func TestPlacementRereadsBeforeRefusing(t *testing.T) {
 		t.Fatalf("fresh catalog: %+v, %v", cat.Nodes, err)
 	}
 }
+
+// TestPlacementCountsWhatItPlaced: a burst of placements between two
+// heartbeats spreads over the nodes, because each placement counts on the
+// replica's list what it put on a node; without that, every one of them
+// would go to the node that looked emptiest at the last heartbeat.
+func TestPlacementCountsWhatItPlaced(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	for _, id := range []string{"a", "b"} {
+		if err := st.Heartbeat(ctx, store.Node{ID: id, Region: "fsn1", Address: "http://127.0.0.1:9", Version: "test", APIVersion: 1,
+			Capacity: store.NodeCapacity{CPUs: 8, MemoryBytes: 16 << 30, DiskBytes: 100 << 30, Slots: 8},
+			// a starts a little emptier than b.
+			Allocated: map[string]store.NodeCapacity{"a": {}, "b": {CPUs: 0.5, MemoryBytes: 512 << 20, DiskBytes: 1 << 30, Slots: 1}}[id],
+			Templates: []string{"debian-12"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes := fleet.NewNodes(fleet.Options{Store: st, Config: config.Default()})
+	pl := lifecycle.Placement{Template: "debian-12", Size: "small"}
+	on := map[string]int{}
+	for range 6 {
+		id, _, err := nodes.Place(ctx, pl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		on[id]++
+	}
+	if on["a"] < 2 || on["b"] < 2 {
+		t.Fatalf("6 placements between heartbeats went %v, want them spread over a and b", on)
+	}
+}

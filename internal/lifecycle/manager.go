@@ -483,7 +483,7 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 			// With a snapshot store a clone may start on any node of the
 			// region (it fetches the snapshot); the source's node if
 			// placement finds none.
-			pl := Placement{Region: src.Region, Template: src.Template, Size: src.Size, Networked: src.Network != "" && src.Network != runtime.NetworkOff}
+			pl := Placement{Region: src.Region, Template: src.Template, Size: src.Size, Networked: src.Network != "" && src.Network != runtime.NetworkOff, Fresh: i == 0}
 			if id, _, err := m.nodes.Place(ctx, pl); err == nil {
 				clones[i].Node = id
 			}

@@ -30,6 +30,10 @@ type Placement struct {
 	Size      string
 	Networked bool
 	Exclude   []string // nodes that just failed this sandbox
+	// Fresh asks for the node list as it is now rather than one read up
+	// to a few seconds ago: for rare operations (a fork) that cost far
+	// more than the read, so that a node which just came back is used.
+	Fresh bool
 }
 
 // Catalog is what the nodes offer.
