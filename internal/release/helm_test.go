@@ -304,6 +304,29 @@ func TestHelmChart(t *testing.T) {
 			t.Errorf("config: %v", cfg)
 		}
 	})
+	t.Run("snapshots in S3: key and credentials from the Secret", func(t *testing.T) {
+		objs := rendered["fleet-s3-snapshots"]
+		var cfg object
+		if err := yaml.Unmarshal([]byte(dataKey(objs["ConfigMap/rel-orkestr-config"], "config.yaml")), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		if cfg.get("snapshots.store") != "s3" || cfg.get("snapshots.master_key_file") != "/etc/orkestr/secrets/snapshot-master-key" ||
+			cfg.get("snapshots.s3.bucket") != "orkestr-snapshots" {
+			t.Errorf("snapshots config: %v", cfg["snapshots"])
+		}
+		for _, w := range []string{"Deployment/rel-orkestr-control-plane", "DaemonSet/rel-orkestr-node"} {
+			env := envOf(objs[w].get("spec.template.spec.containers.0"))
+			for v, key := range map[string]string{"AWS_ACCESS_KEY_ID": "s3-access-key-id", "AWS_SECRET_ACCESS_KEY": "s3-secret-access-key"} {
+				if ref, _ := env[v].(object); ref.str("secretKeyRef.name") != "rel-orkestr-secrets" || ref.str("secretKeyRef.key") != key {
+					t.Errorf("%s: %s from %v", w, v, env[v])
+				}
+			}
+		}
+		// Without a store in S3 the pods get no S3 variables.
+		if env := envOf(rendered["default"]["DaemonSet/rel-orkestr-node"].get("spec.template.spec.containers.0")); env["AWS_ACCESS_KEY_ID"] != nil {
+			t.Errorf("default values: AWS_ACCESS_KEY_ID in the node's env")
+		}
+	})
 	t.Run("nodes on selected hosts, another node API port", func(t *testing.T) {
 		objs := rendered["nodes-selected"]
 		ds := objs["DaemonSet/rel-orkestr-node"]
@@ -330,6 +353,9 @@ func TestHelmChart(t *testing.T) {
 			{[]string{db, "config.database.url=postgres://o:pw@db/o"}, "config.database.url is a secret"},
 			{[]string{db, "config.fleet.node_token=0123456789abcdef0123456789abcdef"}, "config.fleet.node_token is set by the chart"},
 			{[]string{db, "config.fleet.node_token_env=X"}, "config.fleet.node_token_env is set by the chart"},
+			{[]string{db, "config.snapshots.store=s3"}, "needs secrets.snapshotMasterKey"},
+			{[]string{db, "config.snapshots.master_key=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}, "config.snapshots.master_key is set by the chart"},
+			{[]string{db, "config.snapshots.s3.secret_access_key=x"}, "config.snapshots.s3.secret_access_key is set by the chart"},
 			{[]string{db, "config.node.id=n1"}, "config.node.id is set per pod"},
 			{[]string{db, "config.node.listen=0.0.0.0:7070"}, "config.node.listen is set per pod"},
 			{[]string{db, "config.node.advertise=http://x:7070"}, "config.node.advertise is set per pod"},

@@ -56,6 +56,25 @@ for every pod, or readable by anyone who can read ConfigMaps. */}}
 {{- fail (printf "config.node.%s is set per pod by the chart (id: the Kubernetes node name; listen/advertise: the pod IP and node.apiPort): remove it from config" $k) -}}
 {{- end -}}
 {{- end -}}
+{{- $s := $c.snapshots | default dict -}}
+{{- range $k := list "master_key" "master_key_file" "master_key_env" -}}
+{{- if hasKey $s $k -}}
+{{- fail (printf "config.snapshots.%s is set by the chart: give the snapshot master key as secrets.snapshotMasterKey (or key snapshot-master-key of secrets.existingSecret)" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- $s3 := $s.s3 | default dict -}}
+{{- range $k := list "access_key_id" "secret_access_key" "secret_access_key_file" "secret_access_key_env" -}}
+{{- if hasKey $s3 $k -}}
+{{- fail (printf "config.snapshots.s3.%s is set by the chart: give S3 credentials as secrets.s3AccessKeyID and secrets.s3SecretAccessKey (or keys s3-access-key-id and s3-secret-access-key of secrets.existingSecret)" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq (toString ($s.store | default "")) "s3" -}}
+{{- if not (or $.Values.secrets.snapshotMasterKey $.Values.secrets.existingSecret) -}}
+{{- fail "config.snapshots.store is s3: snapshots in an object store are encrypted, so the chart needs secrets.snapshotMasterKey (openssl rand -base64 32) or key snapshot-master-key of secrets.existingSecret" -}}
+{{- end -}}
+{{- $_ := set $s "master_key_file" (printf "%s/snapshot-master-key" (include "orkestr.secretsDir" .)) -}}
+{{- $_ := set $c "snapshots" $s -}}
+{{- end -}}
 {{- $_ := set $f "enabled" true -}}
 {{- $_ := set $f "node_token_file" (printf "%s/node-token" (include "orkestr.secretsDir" .)) -}}
 {{- $_ := set $c "fleet" $f -}}
@@ -97,6 +116,24 @@ must see the same token. */ -}}
       key: database-url
 - name: ORKESTR_CONFIG
   value: /etc/orkestr/config.yaml
+{{- if eq (toString ((.Values.config.snapshots | default dict).store | default "")) "s3" }}
+{{- /* S3 credentials in the standard AWS variables, optional: without
+them the SDK's other sources (a web identity token, an instance role)
+apply. Both workloads use the store: nodes write and read snapshots, the
+control plane deletes them and collects orphans. */}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "orkestr.secretName" . }}
+      key: s3-access-key-id
+      optional: true
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "orkestr.secretName" . }}
+      key: s3-secret-access-key
+      optional: true
+{{- end }}
 {{- end -}}
 
 {{- define "orkestr.requireDatabase" -}}
