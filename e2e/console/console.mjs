@@ -157,7 +157,9 @@ try {
   check((await page.textContent(".facts")).includes(evil), "detail shows the metadata as text");
   check((await page.$$("img")).length === 0, "no <img> element on the detail page");
   await shot("06-sandbox-live");
-  // Polled no faster than the sample interval (1 s), allowing for timer jitter.
+  // Polled no faster than the sample interval (1 s), allowing for timer
+  // jitter: three polls at least (the sparkline may move after two).
+  await until("a third metrics poll", async () => metricsAt.length >= 3, 10000);
   const gaps = metricsAt.slice(1).map((t, i) => t - metricsAt[i]);
   check(gaps.length >= 2 && Math.min(...gaps) >= 900, "metrics polled at most once a second: gaps " + gaps.join(","));
   log("sparkline moves; metrics polled every " + gaps.join(",") + " ms");
