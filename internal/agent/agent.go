@@ -122,7 +122,8 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 		return false, err
 	}
 	defer conn.Close()
-	hello, _ := json.Marshal(wire.Hello{Version: wire.Version, Token: strings.TrimSpace(string(token)), PID: os.Getpid(), DataConns: true})
+	gen := wire.ReadRedial(a.Dir)
+	hello, _ := json.Marshal(wire.Hello{Version: wire.Version, Token: strings.TrimSpace(string(token)), PID: os.Getpid(), DataConns: true, Redials: true, Redial: gen})
 	if _, err := conn.Write(append(hello, '\n')); err != nil {
 		return false, err
 	}
@@ -154,13 +155,23 @@ func (a *Agent) serveOnce(ctx context.Context) (connected bool, err error) {
 	}
 	defer sess.Close()
 	go func() {
-		select {
-		case <-ctx.Done():
-			sess.Close()
-		case <-a.redial:
-			a.Log.Debug("redialing the host on its request")
-			sess.Close()
-		case <-sess.CloseChan():
+		for {
+			select {
+			case <-ctx.Done():
+				sess.Close()
+				return
+			case <-a.redial:
+				// A request this session already answers (the agent
+				// redialed on its own since) is not one to act on.
+				if wire.ReadRedial(a.Dir) <= gen {
+					continue
+				}
+				a.Log.Debug("redialing the host on its request")
+				sess.Close()
+				return
+			case <-sess.CloseChan():
+				return
+			}
 		}
 	}()
 	for {

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -53,8 +54,11 @@ type Channel struct {
 	// for and not yet arrived (dataconn.go).
 	dataConns bool
 	pending   map[string]chan *net.UnixConn
-	// sessions counts the sessions admitted so far (Sessions).
+	// sessions counts the sessions admitted so far (Sessions); redials
+	// and redial are the current session's Hello.Redials and Hello.Redial.
 	sessions uint64
+	redials  bool
+	redial   uint64
 }
 
 // idleStream is a stream whose last request both ends finished cleanly,
@@ -182,6 +186,7 @@ func (c *Channel) admit(conn *net.UnixConn) {
 	old := c.sess
 	c.sess = sess
 	c.sessions++
+	c.redials, c.redial = h.Redials, h.Redial
 	c.agentPI = h.PID
 	c.dataConns = h.DataConns
 	select {
@@ -203,24 +208,40 @@ func (c *Channel) admit(conn *net.UnixConn) {
 }
 
 // Sessions is how many agent sessions have been admitted so far: a
-// caller that made the agent redial waits for WaitSessionAfter of the
-// count it read before.
+// caller that made the agent redial passes the count it read before to
+// WaitRedialed (for an agent that does not number redials).
 func (c *Channel) Sessions() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.sessions
 }
 
-// WaitSessionAfter blocks until a session later than the n-th is up.
-func (c *Channel) WaitSessionAfter(ctx context.Context, n uint64) error {
+// RequestRedial numbers a request for the agent to dial again (the caller
+// then sends it wire's RedialSignal) and returns its number, for
+// WaitRedialed.
+func (c *Channel) RequestRedial() (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := max(wire.ReadRedial(c.dir), c.redial) + 1
+	tmp := filepath.Join(c.dir, wire.RedialName+".tmp")
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(n, 10)+"\n"), 0o644); err != nil {
+		return 0, err
+	}
+	return n, os.Rename(tmp, filepath.Join(c.dir, wire.RedialName))
+}
+
+// WaitRedialed blocks until a session dialed after redial request n is up
+// (an agent that does not read the request numbers: any session later
+// than the after-th).
+func (c *Channel) WaitRedialed(ctx context.Context, n, after uint64) error {
 	for {
 		if _, err := c.session(ctx); err != nil {
 			return err
 		}
 		c.mu.Lock()
-		later, s := c.sessions > n, c.sess
+		ok := c.sess != nil && !c.sess.IsClosed() && ((c.redials && c.redial >= n) || (!c.redials && c.sessions > after))
 		c.mu.Unlock()
-		if later && s != nil && !s.IsClosed() {
+		if ok {
 			return nil
 		}
 		select {

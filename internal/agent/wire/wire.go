@@ -14,6 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -25,6 +28,12 @@ const Version = 3
 const (
 	SocketName = "agent.sock"
 	TokenName  = "token"
+	// RedialName is the file in which the host numbers its requests for
+	// a fresh connection (RedialSignal): an agent drops its session on the
+	// signal only if the file's number is newer than the one it dialed with,
+	// so a signal that arrives after the agent already redialed on its own
+	// does not close the fresh session.
+	RedialName = "redial"
 	AgentDir   = "/run/agent"
 )
 
@@ -139,6 +148,21 @@ type Hello struct {
 	// DataConn is set, instead of a session starting, on a data
 	// connection the agent dialed for the request that named this ticket.
 	DataConn string `json:"data_conn,omitempty"`
+	// Redials: this agent reads RedialName; Redial is the number it read
+	// when it dialed.
+	Redials bool   `json:"redials,omitempty"`
+	Redial  uint64 `json:"redial,omitempty"`
+}
+
+// ReadRedial reads the number in a channel directory's RedialName file (0
+// when there is none).
+func ReadRedial(dir string) uint64 {
+	b, err := os.ReadFile(filepath.Join(dir, RedialName))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
 }
 
 // Request opens every stream.

@@ -144,11 +144,11 @@ func (sb *sandbox) waitReady(ctx context.Context) error {
 	}
 }
 
-// waitNewSession waits for an agent session later than the n-th, or
-// for the sandbox to stop.
-func (sb *sandbox) waitNewSession(ctx context.Context, n uint64) error {
+// waitRedialed waits for an agent session dialed after redial request gen
+// (Channel.WaitRedialed), or for the sandbox to stop.
+func (sb *sandbox) waitRedialed(ctx context.Context, gen, before uint64) error {
 	errc := make(chan error, 1)
-	go func() { errc <- sb.ch.WaitSessionAfter(ctx, n) }()
+	go func() { errc <- sb.ch.WaitRedialed(ctx, gen, before) }()
 	select {
 	case err := <-errc:
 		return err
@@ -746,18 +746,25 @@ func (sb *sandbox) CheckpointLive(ctx context.Context, dir string) (runtime.Snap
 	_, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--leave-running", "--image-path", image, m.ID)
 	// Whatever the outcome, the save may have broken the agent's
 	// connection without either end noticing: the agent (PID 1) is asked
-	// to drop it and dial again, and calls resume on the new session. (The
-	// host does not close its end first: the agent would redial at once
-	// and the signal then close the fresh session.)
+	// to drop it and dial again, and calls resume on the new session. The
+	// request is numbered (wire.RedialName): an agent that already
+	// redialed on its own since reads the number at its dial and ignores
+	// the signal, so the signal never closes the fresh session, and the
+	// host waits for a session dialed after the request. (The host does
+	// not close its end first: the agent would redial at once.)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sb.d.cfg.ReadyTimeout)
 	defer cancel()
 	var rerr error
-	if _, kerr := sb.d.rs.runNet(ctx, "", 0, m.Net != nil, m.CgroupV2, "kill", m.ID, "USR1"); kerr != nil {
-		sb.d.log.Warn("asking the agent to redial after a live checkpoint", "sandbox", m.ID, "err", kerr)
+	gen, gerr := sb.ch.RequestRedial()
+	if gerr == nil {
+		_, gerr = sb.d.rs.runNet(ctx, "", 0, m.Net != nil, m.CgroupV2, "kill", m.ID, "USR1")
+	}
+	if gerr != nil {
+		sb.d.log.Warn("asking the agent to redial after a live checkpoint", "sandbox", m.ID, "err", gerr)
 		sb.ch.Disconnect()
 		rerr = sb.waitReady(rctx)
 	} else {
-		rerr = sb.waitNewSession(rctx, before)
+		rerr = sb.waitRedialed(rctx, gen, before)
 	}
 	if err != nil {
 		if e := sb.stopped(); e != nil {
