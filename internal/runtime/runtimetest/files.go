@@ -140,8 +140,17 @@ func (s *suite) files(t *testing.T) {
 		if got := s.read(t, sb, "/workspace/atomic/f"); got != "old contents" {
 			t.Fatalf("after failed uploads: %q", short(got))
 		}
-		if names := s.names(t, sb, "/workspace/atomic"); !slices.Equal(names, []string{"f"}) {
-			t.Fatalf("failed uploads left %q", names)
+		// The target is never touched; the temporary file of a cancelled
+		// upload is removed by the agent once it sees the transfer cut,
+		// which may be just after the cancelled call has returned.
+		var names []string
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if names = s.names(t, sb, "/workspace/atomic"); slices.Equal(names, []string{"f"}) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if !slices.Equal(names, []string{"f"}) {
+			t.Fatalf("failed uploads left %q (5 s after)", names)
 		}
 		// A failed upload of a new file leaves nothing.
 		if _, err := sb.WriteFile(ctx, "/workspace/atomic/new", 0, io.MultiReader(strings.NewReader("partial"), errReader{})); err == nil {
