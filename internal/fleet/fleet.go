@@ -228,19 +228,26 @@ func (f *Nodes) Node(ctx context.Context, id string) (nodeapi.Node, error) {
 // refusal must not rest on an old view.
 func (f *Nodes) Place(ctx context.Context, p lifecycle.Placement) (string, nodeapi.Node, error) {
 	fresh := len(p.Exclude) > 0 || p.Fresh
-	id, n, err := f.place(ctx, p, fresh)
-	if err != nil && !fresh && (errors.Is(err, lifecycle.ErrNoCapacity) || errors.Is(err, lifecycle.ErrRegionUnavailable) || errors.Is(err, lifecycle.ErrUnknownRegion)) {
-		return f.place(ctx, p, true)
+	id, n, err := f.place(ctx, p, fresh, true)
+	if err != nil && (errors.Is(err, lifecycle.ErrNoCapacity) || errors.Is(err, lifecycle.ErrRegionUnavailable) || errors.Is(err, lifecycle.ErrUnknownRegion)) {
+		return f.place(ctx, p, true, false)
 	}
 	return id, n, err
 }
 
-func (f *Nodes) place(ctx context.Context, p lifecycle.Placement, fresh bool) (string, nodeapi.Node, error) {
+// place places p on the node list (read now if fresh), with what this
+// replica placed since the nodes' heartbeats counted if counted.
+func (f *Nodes) place(ctx context.Context, p lifecycle.Placement, fresh, counted bool) (string, nodeapi.Node, error) {
 	list, err := f.nodes(ctx, fresh)
 	if err != nil {
 		return "", nil, err
 	}
-	list = f.withPlaced(list)
+	if counted {
+		// A refusal rests on the nodes' own word only (Place reads the
+		// list afresh, uncounted, before it refuses): counted placements
+		// may include sandboxes that failed or have ended since.
+		list = f.withPlaced(list)
+	}
 	sz := f.sizes[p.Size]
 	req := scheduler.Request{
 		Region: p.Region, Template: p.Template, Networked: p.Networked,
