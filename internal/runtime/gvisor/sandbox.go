@@ -643,16 +643,17 @@ func readSnapshot(dir string) (snapshotMeta, error) {
 // agent) so that a long stream cannot hold a pause forever.
 const drainTimeout = 5 * time.Second
 
-func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot, error) {
+// drainForCheckpoint marks the sandbox as being checkpointed (what says
+// so in the ErrBusy of a second one), ends its long-running calls and
+// waits for the others in flight, cutting them off after drainTimeout.
+func (sb *sandbox) drainForCheckpoint(what string) (meta, error) {
 	sb.mu.Lock()
+	defer sb.mu.Unlock()
 	if sb.stopErr != nil {
-		err := sb.stopErr
-		sb.mu.Unlock()
-		return runtime.Snapshot{}, err
+		return meta{}, sb.stopErr
 	}
 	if sb.pausing {
-		sb.mu.Unlock()
-		return runtime.Snapshot{}, fmt.Errorf("%w: already being paused", runtime.ErrBusy)
+		return meta{}, fmt.Errorf("%w: already being %s", runtime.ErrBusy, what)
 	}
 	sb.pausing = true
 	sb.cancelLong()
@@ -661,14 +662,24 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		sb.idle.Wait()
 	}
 	deadline.Stop()
-	m := sb.m
+	return sb.m, nil
+}
+
+// endCheckpoint lets calls in again after a checkpoint that left the
+// sandbox running.
+func (sb *sandbox) endCheckpoint() {
+	sb.mu.Lock()
+	sb.pausing = false
+	sb.long, sb.cancelLong = context.WithCancel(context.Background())
 	sb.mu.Unlock()
-	undoPause := func() {
-		sb.mu.Lock()
-		sb.pausing = false
-		sb.long, sb.cancelLong = context.WithCancel(context.Background())
-		sb.mu.Unlock()
+}
+
+func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot, error) {
+	m, err := sb.drainForCheckpoint("paused")
+	if err != nil {
+		return runtime.Snapshot{}, err
 	}
+	undoPause := sb.endCheckpoint
 
 	image := filepath.Join(dir, "image")
 	if err := os.MkdirAll(image, 0o700); err != nil {
@@ -713,37 +724,17 @@ func writeSnapshotMeta(dir string, m meta) (snapshotMeta, error) {
 // save breaks the agent's connection, so the host drops it and waits for
 // the agent to dial again before it takes calls.
 func (sb *sandbox) CheckpointLive(ctx context.Context, dir string) (runtime.Snapshot, error) {
-	sb.mu.Lock()
-	if sb.stopErr != nil {
-		err := sb.stopErr
-		sb.mu.Unlock()
+	m, err := sb.drainForCheckpoint("forked")
+	if err != nil {
 		return runtime.Snapshot{}, err
 	}
-	if sb.pausing {
-		sb.mu.Unlock()
-		return runtime.Snapshot{}, fmt.Errorf("%w: already being paused or forked", runtime.ErrBusy)
-	}
-	sb.pausing = true
-	sb.cancelLong()
-	deadline := time.AfterFunc(drainTimeout, func() { sb.ch.Disconnect() })
-	for sb.inflight > 0 && sb.stopErr == nil {
-		sb.idle.Wait()
-	}
-	deadline.Stop()
-	m := sb.m
-	sb.mu.Unlock()
-	defer func() {
-		sb.mu.Lock()
-		sb.pausing = false
-		sb.long, sb.cancelLong = context.WithCancel(context.Background())
-		sb.mu.Unlock()
-	}()
+	defer sb.endCheckpoint()
 	image := filepath.Join(dir, "image")
 	if err := os.MkdirAll(image, 0o700); err != nil {
 		return runtime.Snapshot{}, err
 	}
 	before := sb.ch.Sessions()
-	_, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--leave-running", "--image-path", image, m.ID)
+	_, err = sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--leave-running", "--image-path", image, m.ID)
 	// Whatever the outcome, the save may have broken the agent's
 	// connection without either end noticing: the agent (PID 1) is asked
 	// to drop it and dial again, and calls resume on the new session. The

@@ -95,24 +95,10 @@ func (s *Store) count(ctx context.Context, tx *sql.Tx, query string, args ...any
 // becomes CreatedAt, a zero CreatedAt now). A duplicate id is
 // store.ErrConflict, an unknown account store.ErrNotFound.
 func (s *Store) CreateSandbox(ctx context.Context, sb store.Sandbox, maxActive int) error {
-	if sb.CreatedAt.IsZero() {
-		sb.CreatedAt = s.now()
-	}
-	if sb.UpdatedAt.IsZero() {
-		sb.UpdatedAt = sb.CreatedAt
-	}
-	envKeys, err := toJSON(sb.EnvKeys)
+	args, err := s.insertArgs(sb)
 	if err != nil {
 		return err
 	}
-	metadata, err := toJSON(sb.Metadata)
-	if err != nil {
-		return err
-	}
-	args := []any{sb.ID, sb.AccountID, string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network,
-		sb.Region, int64(sb.TimeoutSeconds), toNullMS(sb.ExpiresAt), sb.RemainingMS, envKeys, metadata, sb.Node,
-		sb.RuntimeID, sb.SnapshotDir, sb.SnapshotBytes, sb.ErrorMessage, toMS(sb.CreatedAt), toMS(sb.UpdatedAt),
-		toNullMS(sb.PausedAt), toNullMS(sb.TerminatedAt), sb.Version}
 	if s.d.dollar {
 		err = s.createSandboxPipelined(ctx, sb.AccountID, maxActive, args)
 	} else {
@@ -133,30 +119,16 @@ func (s *Store) CreateSandboxes(ctx context.Context, sbs []store.Sandbox, maxAct
 		return nil
 	}
 	account := sbs[0].AccountID
-	type row struct {
-		sb                store.Sandbox
-		envKeys, metadata any
-	}
-	rows := make([]row, len(sbs))
+	rows := make([][]any, len(sbs))
 	for i, sb := range sbs {
 		if sb.AccountID != account {
 			return fmt.Errorf("CreateSandboxes: sandboxes of two accounts (%q, %q)", account, sb.AccountID)
 		}
-		if sb.CreatedAt.IsZero() {
-			sb.CreatedAt = s.now()
-		}
-		if sb.UpdatedAt.IsZero() {
-			sb.UpdatedAt = sb.CreatedAt
-		}
-		envKeys, err := toJSON(sb.EnvKeys)
+		args, err := s.insertArgs(sb)
 		if err != nil {
 			return err
 		}
-		metadata, err := toJSON(sb.Metadata)
-		if err != nil {
-			return err
-		}
-		rows[i] = row{sb, envKeys, metadata}
+		rows[i] = args
 	}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		if err := s.lockAccount(ctx, tx, account); err != nil {
@@ -172,14 +144,9 @@ func (s *Store) CreateSandboxes(ctx context.Context, sbs []store.Sandbox, maxAct
 				return fmt.Errorf("account %q has %d active sandboxes (limit %d; %d more asked for): %w", account, n, maxActive, len(rows), store.ErrLimit)
 			}
 		}
-		for _, r := range rows {
-			sb := r.sb
+		for _, args := range rows {
 			if _, err := s.exec(ctx, tx, "INSERT INTO sandboxes ("+sandboxCols+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-				sb.ID, sb.AccountID, string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network,
-				sb.Region, int64(sb.TimeoutSeconds), toNullMS(sb.ExpiresAt), sb.RemainingMS, r.envKeys, r.metadata, sb.Node,
-				sb.RuntimeID, sb.SnapshotDir, sb.SnapshotBytes, sb.ErrorMessage, toMS(sb.CreatedAt), toMS(sb.UpdatedAt),
-				toNullMS(sb.PausedAt), toNullMS(sb.TerminatedAt), sb.Version); err != nil {
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...); err != nil {
 				return err
 			}
 		}
@@ -189,6 +156,29 @@ func (s *Store) CreateSandboxes(ctx context.Context, sbs []store.Sandbox, maxAct
 		return fmt.Errorf("sandbox %q: %w", sbs[0].ID, store.ErrConflict)
 	}
 	return err
+}
+
+// insertArgs are sb's values in sandboxCols' order (a zero CreatedAt is
+// now, a zero UpdatedAt CreatedAt).
+func (s *Store) insertArgs(sb store.Sandbox) ([]any, error) {
+	if sb.CreatedAt.IsZero() {
+		sb.CreatedAt = s.now()
+	}
+	if sb.UpdatedAt.IsZero() {
+		sb.UpdatedAt = sb.CreatedAt
+	}
+	envKeys, err := toJSON(sb.EnvKeys)
+	if err != nil {
+		return nil, err
+	}
+	metadata, err := toJSON(sb.Metadata)
+	if err != nil {
+		return nil, err
+	}
+	return []any{sb.ID, sb.AccountID, string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network,
+		sb.Region, int64(sb.TimeoutSeconds), toNullMS(sb.ExpiresAt), sb.RemainingMS, envKeys, metadata, sb.Node,
+		sb.RuntimeID, sb.SnapshotDir, sb.SnapshotBytes, sb.ErrorMessage, toMS(sb.CreatedAt), toMS(sb.UpdatedAt),
+		toNullMS(sb.PausedAt), toNullMS(sb.TerminatedAt), sb.Version}, nil
 }
 
 // createSandboxTx is CreateSandbox as a transaction of its own: lock the
