@@ -17,7 +17,8 @@ import (
 
 // outputGrace is how long output is still collected after the command's own
 // process exits, for children that inherited its pipes. Background processes
-// that keep the pipes open longer do not hold the exec open.
+// that keep the pipes open longer do not hold the exec open; a pipe nothing
+// holds any more is read to its end (see outputPipe.Read).
 const outputGrace = 50 * time.Millisecond
 
 // exec runs one command and says whether the stream can carry the next

@@ -4,8 +4,11 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,6 +29,9 @@ type outputPipe struct {
 	// drained counts what was read after the stop: at most pipeSize, so a
 	// background process that keeps writing cannot hold the exec open.
 	drained int
+	// lateWaits counts the waits for a pipe's end after the stop (see
+	// Read).
+	lateWaits int
 }
 
 // errOutputStopped is returned once the stop was given and the pipe holds
@@ -42,7 +48,6 @@ func newOutputPipe(f *os.File, stop *pipeStop) (*outputPipe, error) {
 	}
 	fd := -1
 	cerr := rc.Control(func(orig uintptr) {
-		_, _ = unix.FcntlInt(orig, unix.F_SETPIPE_SZ, pipeSize)
 		fd, err = unix.FcntlInt(orig, unix.F_DUPFD_CLOEXEC, 0)
 	})
 	if cerr != nil {
@@ -62,8 +67,11 @@ func newOutputPipe(f *os.File, stop *pipeStop) (*outputPipe, error) {
 // Read reads what the pipe holds, waiting for output until the writers
 // close it (io.EOF) or the stop is given (errOutputStopped once drained).
 func (p *outputPipe) Read(buf []byte) (int, error) {
+	want := buf
+	refused := 0
 	for {
-		n, err := unix.Read(p.fd, buf)
+		n, err := unix.Read(p.fd, want)
+		want = buf
 		switch {
 		case n > 0:
 			if p.stop.given() {
@@ -77,8 +85,29 @@ func (p *outputPipe) Read(buf []byte) (int, error) {
 		case err != unix.EAGAIN:
 			return 0, err
 		}
+		// gVisor may answer a read with EAGAIN while the pipe holds
+		// output (seen under load: a command's whole output then sat in
+		// the pipe when the stop was given). Whatever the pipe holds is
+		// read before the pump waits or gives up.
+		if q, qerr := unix.IoctlGetInt(p.fd, unix.TIOCINQ); qerr == nil && q > 0 && refused < maxRefusedReads {
+			refused++
+			want = buf[:min(q, len(buf), refusedReadRetry)]
+			continue
+		}
 		if p.stop.given() {
-			return 0, errOutputStopped
+			// Under load gVisor can deliver a command's last output (and
+			// the end of its pipe) well after it reported its exit. The
+			// grace is for children still holding the pipe; with none,
+			// the pipe's end is waited for, within bounds.
+			if p.lateWaits >= maxLateWaits || writerElsewhere(p.fd) {
+				return 0, errOutputStopped
+			}
+			p.lateWaits++
+			fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(fds, int(lateWait/time.Millisecond)); err != nil && err != unix.EINTR {
+				return 0, err
+			}
+			continue
 		}
 		fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}, {Fd: int32(p.stop.r), Events: unix.POLLIN}}
 		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
@@ -98,6 +127,74 @@ func (p *outputPipe) Close() error {
 	fd := p.fd
 	p.fd = -1
 	return unix.Close(fd)
+}
+
+// After a refused read, what the pipe holds is read in pieces of at most
+// refusedReadRetry, and at most maxRefusedReads times in a row before the
+// pump waits (or stops) as for an empty pipe.
+const (
+	refusedReadRetry = 64 << 10
+	maxRefusedReads  = 16
+)
+
+// After the stop, a pipe that no process can write to any more is waited
+// for lateWait at a time, maxLateWaits times at most.
+const (
+	lateWait     = 100 * time.Millisecond
+	maxLateWaits = 30
+)
+
+// writerElsewhere reports whether any process holds the pipe fd reads
+// from open for writing (or whether that is unknown). The agent holds only
+// read ends of its commands' pipes. It reads /proc, so it is only asked
+// once the stop was given.
+func writerElsewhere(fd int) bool {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return true
+	}
+	link := "pipe:[" + strconv.FormatUint(st.Ino, 10) + "]"
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return true
+	}
+	for _, pe := range procs {
+		pid := pe.Name()
+		if pid[0] < '0' || pid[0] > '9' {
+			continue
+		}
+		fds, _ := os.ReadDir("/proc/" + pid + "/fd")
+		for _, f := range fds {
+			if l, _ := os.Readlink("/proc/" + pid + "/fd/" + f.Name()); l != link {
+				continue
+			}
+			info, err := os.ReadFile("/proc/" + pid + "/fdinfo/" + f.Name())
+			if err != nil || openForWriting(info) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// openForWriting reads the access mode from a /proc/<pid>/fdinfo file.
+func openForWriting(fdinfo []byte) bool {
+	for _, line := range strings.Split(string(fdinfo), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+			return err != nil || flags&unix.O_ACCMODE != unix.O_RDONLY
+		}
+	}
+	return true
+}
+
+// growPipe asks for pipeSize on the pipe f is an end of, before anything
+// can write to it: gVisor refuses to shrink a pipe below what it holds,
+// and a command racing the resize could see its pipe change size under it.
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize) })
+	}
 }
 
 // pipeStop tells the pumps of one exec to stop waiting for output: closing

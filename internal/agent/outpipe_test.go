@@ -99,3 +99,33 @@ func TestOutputPipeStop(t *testing.T) {
 	}
 	out.Close() // the writer gets EPIPE and ends; the cleanup's Close is a no-op
 }
+
+func TestOpenForWriting(t *testing.T) {
+	for info, want := range map[string]bool{
+		"pos:\t0\nflags:\t02004000\nmnt_id:\t13\n": false, // O_RDONLY|O_NONBLOCK|O_CLOEXEC
+		"pos:\t0\nflags:\t01\nmnt_id:\t13\n":       true,  // O_WRONLY
+		"pos:\t0\nflags:\t02\n":                    true,  // O_RDWR
+		"pos:\t0\n":                                true,  // unknown: assume a writer
+		"flags:\tzz\n":                             true,
+	} {
+		if got := openForWriting([]byte(info)); got != want {
+			t.Errorf("%q: got %v, want %v", info, got, want)
+		}
+	}
+}
+
+func TestWriterElsewhere(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	fd := int(r.Fd())
+	if !writerElsewhere(fd) {
+		t.Fatal("the write end is open in this process")
+	}
+	w.Close()
+	if writerElsewhere(fd) {
+		t.Fatal("no process holds the write end")
+	}
+}

@@ -93,6 +93,8 @@ func (a *Agent) spawnAs(command, cwd string, env map[string]string, zygote bool,
 	if err != nil {
 		return fail(fmt.Errorf("stderr pipe: %w", err))
 	}
+	growPipe(outR)
+	growPipe(errR)
 	p := &proc{stdinW: stdinW, outR: outR, errR: errR, env: env}
 	files = []*os.File{stdinR, outW, errW}
 	closeAfter = []*os.File{stdinW, outR, errR}

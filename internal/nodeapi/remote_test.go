@@ -461,10 +461,10 @@ func TestRemoteSandbox(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				var o bytes.Buffer
-				res, err := sb.Exec(ctx, runtime.ExecRequest{Command: "cat; echo -n $N", Env: map[string]string{"N": fmt.Sprint(i)}, Stdin: strings.NewReader("in"), Stdout: &o})
+				var o, e bytes.Buffer
+				res, err := sb.Exec(ctx, runtime.ExecRequest{Command: "cat; echo -n $N", Env: map[string]string{"N": fmt.Sprint(i)}, Stdin: strings.NewReader("in"), Stdout: &o, Stderr: &e})
 				if err != nil || res.ExitCode != 0 || o.String() != fmt.Sprintf("in%d", i) {
-					errs <- fmt.Errorf("exec %d: %q %+v %v", i, o.String(), res, err)
+					errs <- fmt.Errorf("exec %d: %q %+v %v; stderr %q", i, o.String(), res, err, e.String())
 				}
 			}()
 		}

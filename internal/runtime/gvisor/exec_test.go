@@ -360,6 +360,35 @@ func TestExecConcurrent(t *testing.T) {
 	}
 }
 
+// A command that leaves a child holding its output pipes returns when the
+// command ends, with the output written until then, not when the child
+// does; the child goes on.
+func TestExecBackgroundChildHoldingPipes(t *testing.T) {
+	env := testenv.NewDriver(t)
+	sb := newSandbox(t, env)
+
+	for _, cmd := range []string{
+		"sleep 3001 & echo now",
+		"(sleep 3002; echo never) & echo now",
+		"sh -c 'sleep 3003' 2>&1 & echo now >&2; echo now",
+	} {
+		var o, e bytes.Buffer
+		start := time.Now()
+		res, err := sb.Exec(testCtx(t, time.Minute), runtime.ExecRequest{Command: cmd, Stdout: &o, Stderr: &e})
+		elapsed := time.Since(start)
+		if err != nil || res.ExitCode != 0 || o.String() != "now\n" {
+			t.Fatalf("%s: %+v %v, stdout %q", cmd, res, err, o.String())
+		}
+		// The children sleep for most of an hour; the lateWaits bound is 3 s.
+		if elapsed > 2500*time.Millisecond {
+			t.Errorf("%s: returned after %v: the child held the exec", cmd, elapsed)
+		}
+	}
+	if got := procsNamed(listProcs(t, sb), "sleep"); len(got) != 3 {
+		t.Errorf("the background children should still run: %v", got)
+	}
+}
+
 func TestExecSignals(t *testing.T) {
 	env := testenv.NewDriver(t)
 	sb := newSandbox(t, env)

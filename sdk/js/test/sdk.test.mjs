@@ -536,6 +536,10 @@ describe("orkestr SDK against a real orkestrd", { skip, timeout: 600_000 }, () =
           // nothing changes
         }
       })().catch((e) => e);
+      // The pause is to cut a live attach, not to race the first line.
+      for (const until = Date.now() + 10000; seen.length === 0 && Date.now() < until; ) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
       await sbx.pause();
       const [a, w] = await Promise.all([attached, watching]);
       assert.ok(a instanceof Detached && a.code === "detached", String(a));
