@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -167,7 +168,18 @@ func (wt *watcher) readInto(q chan<- wire.WatchEvent) {
 			wt.mu.Unlock()
 			return
 		}
-		events, rootGone := wt.parse(buf[:n])
+		moved := map[uint32]int{}
+		events, rootGone := wt.parse(buf[:n], nil, moved)
+		// The two halves of a move are queued one after the other and
+		// a read can fall between them: give the second a moment.
+		for len(moved) > 0 && !rootGone && wt.readableWithin(movePairWait) {
+			n, err := unix.Read(wt.fd, buf)
+			if err != nil || n <= 0 {
+				break
+			}
+			events, rootGone = wt.parse(buf[:n], events, moved)
+		}
+		wt.finishMoves(events, moved)
 		wt.mu.Unlock()
 		for _, ev := range events {
 			if ev.Type == "overflow" { // the kernel's own queue overflowed
@@ -229,8 +241,10 @@ func (wt *watcher) addTree(rel string, found func(wire.WatchEvent)) {
 // watched tree is one rename (its two halves share a cookie and arrive
 // together); a move out of it is a rename without a new path, a move in a
 // create.
-func (wt *watcher) parse(b []byte) (events []wire.WatchEvent, rootGone bool) {
-	moved := map[uint32]int{} // cookie → index of its rename event
+//
+// events and moved (cookie → index in events of a rename still waiting for
+// its second half) carry over from the previous buffer of the same batch.
+func (wt *watcher) parse(b []byte, events []wire.WatchEvent, moved map[uint32]int) (_ []wire.WatchEvent, rootGone bool) {
 	for len(b) >= unix.SizeofInotifyEvent {
 		raw := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
 		size := unix.SizeofInotifyEvent + int(raw.Len)
@@ -311,13 +325,27 @@ func (wt *watcher) parse(b []byte) (events []wire.WatchEvent, rootGone bool) {
 		}
 		events = append(events, ev)
 	}
-	// Directories moved out of the tree are no longer watched.
+	return events, false
+}
+
+// movePairWait is how long a move's first half waits for its second.
+const movePairWait = 10 * time.Millisecond
+
+// readableWithin reports whether the inotify fd has events within d.
+func (wt *watcher) readableWithin(d time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(wt.fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, int(d/time.Millisecond))
+	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+}
+
+// finishMoves ends a batch: moves whose second half never came went out of
+// the tree, and directories moved out are no longer watched.
+func (wt *watcher) finishMoves(events []wire.WatchEvent, moved map[uint32]int) {
 	for _, i := range moved {
 		if events[i].IsDir {
 			wt.forgetDirs(events[i].From)
 		}
 	}
-	return events, false
 }
 
 // renameDirs updates the watched directories at and below from, which
