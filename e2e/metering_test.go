@@ -119,25 +119,29 @@ func TestMeteringSurvivesKill9(t *testing.T) {
 	var text string
 	for {
 		text = scrape(t, metricsAddr)
-		if regexp.MustCompile(`orkestr_pool_ready\{network="off",size="small",template="debian-12"\} 1`).MatchString(text) {
+		if regexp.MustCompile(`orkestr_pool_ready\{network="off",size="small",template="debian-12"\} [1-9]`).MatchString(text) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the debian-12 pool never showed ready=1:\n%s", text)
+			t.Fatalf("the debian-12 pool never showed a ready sandbox:\n%s", text)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
 	for series, want := range map[string]float64{
-		`orkestr_sandboxes{status="running"}`:                                  2,
-		`orkestr_sandbox_create_seconds_count{outcome="ok"}`:                   1,
-		`orkestr_exec_seconds_count{mode="sync",outcome="ok"}`:                 1,
-		`orkestr_pool_target{network="off",size="small",template="debian-12"}`: 1,
-		`orkestr_sampler_sandboxes`:                                            2,
-		`orkestr_store_up`:                                                     1,
+		`orkestr_sandboxes{status="running"}`:                  2,
+		`orkestr_sandbox_create_seconds_count{outcome="ok"}`:   1,
+		`orkestr_exec_seconds_count{mode="sync",outcome="ok"}`: 1,
+		`orkestr_sampler_sandboxes`:                            2,
+		`orkestr_store_up`:                                     1,
 	} {
 		if got := metricValue(t, text, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
 		}
+	}
+	// The pool's base target is 1; a claim that found it empty (the
+	// create right after the restart may) doubles it with demand.
+	if got := metricValue(t, text, `orkestr_pool_target{network="off",size="small",template="debian-12"}`); got != 1 && got != 2 {
+		t.Errorf("pool target %v, want 1 (or 2 after a claim found the pool empty)", got)
 	}
 	if metricValue(t, text, "orkestr_sampler_lag_seconds_count") < 1 || metricValue(t, text, `orkestr_metering_flushes_total{result="ok"}`) < 1 {
 		t.Errorf("no sampling rounds or flushes counted:\n%s", text)
