@@ -14,7 +14,9 @@ import (
 // stateLoop keeps a value that exists only in the shell's memory (drawn
 // inside the sandbox) and a counter, written to /workspace/state ten
 // times a second.
-const stateLoop = `v=$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); i=0; while true; do i=$((i+1)); echo "$v $i" > /workspace/state.tmp; mv /workspace/state.tmp /workspace/state; sleep 0.1; done >/dev/null 2>&1 &`
+// stateLoop writes the first state before it returns (a read right after
+// the exec must find it) and then counts in the background.
+const stateLoop = `v=$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); i=0; echo "$v 0" > /workspace/state; while true; do i=$((i+1)); echo "$v $i" > /workspace/state.tmp; mv /workspace/state.tmp /workspace/state; sleep 0.1; done >/dev/null 2>&1 &`
 
 func readState(t *testing.T, h *harness, key, id string) (string, int) {
 	t.Helper()
