@@ -67,11 +67,8 @@ func newOutputPipe(f *os.File, stop *pipeStop) (*outputPipe, error) {
 // Read reads what the pipe holds, waiting for output until the writers
 // close it (io.EOF) or the stop is given (errOutputStopped once drained).
 func (p *outputPipe) Read(buf []byte) (int, error) {
-	want := buf
-	refused := 0
 	for {
-		n, err := unix.Read(p.fd, want)
-		want = buf
+		n, err := unix.Read(p.fd, buf)
 		switch {
 		case n > 0:
 			if p.stop.given() {
@@ -84,15 +81,6 @@ func (p *outputPipe) Read(buf []byte) (int, error) {
 			continue
 		case err != unix.EAGAIN:
 			return 0, err
-		}
-		// gVisor may answer a read with EAGAIN while the pipe holds
-		// output (seen under load: a command's whole output then sat in
-		// the pipe when the stop was given). Whatever the pipe holds is
-		// read before the pump waits or gives up.
-		if q, qerr := unix.IoctlGetInt(p.fd, unix.TIOCINQ); qerr == nil && q > 0 && refused < maxRefusedReads {
-			refused++
-			want = buf[:min(q, len(buf), refusedReadRetry)]
-			continue
 		}
 		if p.stop.given() {
 			// Under load gVisor can deliver a command's last output (and
@@ -128,14 +116,6 @@ func (p *outputPipe) Close() error {
 	p.fd = -1
 	return unix.Close(fd)
 }
-
-// After a refused read, what the pipe holds is read in pieces of at most
-// refusedReadRetry, and at most maxRefusedReads times in a row before the
-// pump waits (or stops) as for an empty pipe.
-const (
-	refusedReadRetry = 64 << 10
-	maxRefusedReads  = 16
-)
 
 // After the stop, a pipe that no process can write to any more is waited
 // for lateWait at a time, maxLateWaits times at most.

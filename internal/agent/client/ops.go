@@ -80,6 +80,12 @@ func (c *Channel) Exec(ctx context.Context, e wire.Exec, io_ ExecIO) (wire.ExitS
 				return wire.ExitStatus{}, err
 			}
 			exited = true
+			// The stream's end after a cancel is what kills the command,
+			// and its exit can still be read from the stream's buffer:
+			// the caller gave up, so it gets its context's error.
+			if err := ctx.Err(); err != nil {
+				return wire.ExitStatus{}, err
+			}
 			return es, nil
 		case wire.KindError:
 			refused = true
