@@ -31,15 +31,17 @@ func (s *Server) forkSandbox(w http.ResponseWriter, r *http.Request) error {
 	if count < 1 {
 		return invalid("count", "count must be an integer from 1 to %d.", limit)
 	}
-	if count > limit {
-		return apiErr(http.StatusPaymentRequired, "fork_limit", "Your %s plan makes at most %d clones per fork.", p.account.Plan, limit).
-			with("max_fork", limit)
-	}
+	// The sandbox is looked up before the plan's fork limit is applied: a
+	// malformed or foreign id is a 404 whatever the count.
 	row, unlock, err := s.loadLocked(r)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if count > limit {
+		return apiErr(http.StatusPaymentRequired, "fork_limit", "Your %s plan makes at most %d clones per fork.", p.account.Plan, limit).
+			with("max_fork", limit)
+	}
 	if row.Status != store.StatusRunning && row.Status != store.StatusPaused {
 		return apiErr(http.StatusConflict, "sandbox_not_ready", "The sandbox is %s; only a running or paused sandbox can be forked.", row.Status).with("status", string(row.Status))
 	}

@@ -193,6 +193,16 @@ func TestForkHostile(t *testing.T) {
 	if r := h.do("POST", "/v1/sandboxes/sbx_nope/fork", key, map[string]any{"count": 1}); r.status != 404 {
 		t.Fatalf("fork of a missing sandbox: %d %s", r.status, r.body)
 	}
+	// A malformed id is not found whatever the count (the plan's fork limit
+	// is not an answer about a sandbox that does not exist).
+	for _, path := range []string{"/v1/sandboxes/0/fork", "/v1/sandboxes/sbx_nope/fork", "/v1/sandboxes/" + id + "x/fork"} {
+		if r := h.do("POST", path, key, map[string]any{"count": 209}); r.status != 404 {
+			t.Fatalf("%s with count 209: %d %s", path, r.status, r.body)
+		}
+	}
+	if r := h.do("POST", "/v1/sandboxes/"+id+"/fork", other, map[string]any{"count": 209}); r.status != 404 {
+		t.Fatalf("fork of another account's sandbox with count 209: %d %s", r.status, r.body)
+	}
 	// A free plan's single slot is taken by the source: all or nothing.
 	_, free := h.account("free", "free")
 	fid := h.create(free)
