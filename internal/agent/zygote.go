@@ -81,23 +81,26 @@ func (a *Agent) spawnAs(command, cwd string, env map[string]string, zygote bool,
 		}
 		return nil, err
 	}
+	// Each pipe is recorded as soon as it exists, so a failure further on
+	// (EMFILE) closes the ones made before it.
 	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
 		return fail(fmt.Errorf("stdin pipe: %w", err))
 	}
+	files, closeAfter = append(files, stdinR), append(closeAfter, stdinW)
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return fail(fmt.Errorf("stdout pipe: %w", err))
 	}
+	files, closeAfter = append(files, outW), append(closeAfter, outR)
 	errR, errW, err := os.Pipe()
 	if err != nil {
 		return fail(fmt.Errorf("stderr pipe: %w", err))
 	}
+	files, closeAfter = append(files, errW), append(closeAfter, errR)
 	growPipe(outR)
 	growPipe(errR)
 	p := &proc{stdinW: stdinW, outR: outR, errR: errR, env: env}
-	files = []*os.File{stdinR, outW, errW}
-	closeAfter = []*os.File{stdinW, outR, errR}
 	argv := []string{"/bin/sh", "-c", command}
 	if zygote {
 		scriptR, scriptW, err := os.Pipe()
