@@ -57,7 +57,8 @@ func TestFleetSnapshots(t *testing.T) {
 		t.Helper()
 		r := a.do("POST", "/v1/sandboxes/"+id+"/exec", key, map[string]any{"command": cmd})
 		if r.status != 200 {
-			t.Fatalf("exec %q: %d %s", cmd, r.status, r.body)
+			row := a.do("GET", "/v1/sandboxes/"+id, key, nil)
+			t.Fatalf("exec %q on %s (node %s): %d %s; the sandbox: %s", cmd, id, f.nodeOf(id), r.status, r.body, row.body)
 		}
 		return r.json(t)["stdout"].(string)
 	}
@@ -216,13 +217,26 @@ func TestFleetSnapshots(t *testing.T) {
 	// The plan's snapshot cap counts paused sandboxes on every node: two
 	// sandboxes paused on the two nodes fill fleet3's cap of 2.
 	k3 := a.newKey("fleet3snap", "fleet3", "sandboxes:write")
-	var capped []string
-	for i := 0; i < 3; i++ {
-		capped = append(capped, a.create(k3, nil))
+	capped := []string{a.create(k3, nil)}
+	for try := 0; ; try++ {
 		// A heartbeat later placement sees the node's new sandbox and
-		// puts the next one on the other node.
+		// puts the next one on the other node; under load the heartbeat
+		// may come late, and a second sandbox on the same node is
+		// terminated and asked for again.
 		time.Sleep(1500 * time.Millisecond)
+		c := a.create(k3, nil)
+		if f.nodeOf(c) != f.nodeOf(capped[0]) {
+			capped = append(capped, c)
+			break
+		}
+		if try == 5 {
+			t.Fatalf("six creates after the first all landed on its node %s", f.nodeOf(c))
+		}
+		if r := a.do("DELETE", "/v1/sandboxes/"+c, k3, nil); r.status != 200 {
+			t.Fatalf("terminate: %d %s", r.status, r.body)
+		}
 	}
+	capped = append(capped, a.create(k3, nil))
 	for i, c := range capped {
 		r := f.replicas[i%2].do("POST", "/v1/sandboxes/"+c+"/pause", k3, nil)
 		switch {

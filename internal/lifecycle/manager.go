@@ -108,15 +108,37 @@ func (m *Manager) Runtime(ctx context.Context, row store.Sandbox) (runtime.Sandb
 	if err != nil {
 		return nil, err
 	}
-	rt, err := nd.Sandbox(ctx, row.RuntimeID)
+	rt, err := m.lookup(ctx, nd, row)
 	if err != nil {
-		if errors.Is(err, nodeapi.ErrUnreachable) {
-			return nil, err
-		}
-		return nil, notReady(store.StatusError)
+		return nil, err
 	}
 	m.running.Store(row.ID, live{account: row.AccountID, rt: rt})
 	return rt, nil
+}
+
+// lookup asks row's node for the sandbox's runtime. A node that does not
+// know it means the sandbox stopped (its node's watcher records how):
+// NotReadyError for error. Any other failure is asked again once, after a
+// moment, before it is taken for the same; every such answer is logged.
+func (m *Manager) lookup(ctx context.Context, nd nodeapi.Node, row store.Sandbox) (runtime.Sandbox, error) {
+	rt, err := nd.Sandbox(ctx, row.RuntimeID)
+	if err != nil && !errors.Is(err, runtime.ErrNotFound) && !errors.Is(err, nodeapi.ErrUnreachable) {
+		m.log.Warn("looking up a running sandbox on its node failed; asking again", "sandbox", row.ID, "node", row.Node, "runtime", row.RuntimeID, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		rt, err = nd.Sandbox(ctx, row.RuntimeID)
+	}
+	switch {
+	case err == nil:
+		return rt, nil
+	case errors.Is(err, nodeapi.ErrUnreachable):
+		return nil, err
+	}
+	m.log.Warn("a running sandbox's runtime is not on its node", "sandbox", row.ID, "node", row.Node, "runtime", row.RuntimeID, "err", err)
+	return nil, notReady(store.StatusError)
 }
 
 // placeAttempts bounds the nodes a create tries when the chosen one turns
@@ -202,12 +224,9 @@ func (m *Manager) Pause(ctx context.Context, row store.Sandbox, snapshotCap int)
 	if err != nil {
 		return row, err
 	}
-	rt, err := nd.Sandbox(ctx, row.RuntimeID)
+	rt, err := m.lookup(ctx, nd, row)
 	if err != nil {
-		if errors.Is(err, nodeapi.ErrUnreachable) {
-			return row, err
-		}
-		return row, notReady(store.StatusError)
+		return row, err
 	}
 	ctx = context.WithoutCancel(ctx)
 	now := m.now().UTC()
@@ -470,11 +489,8 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 		return nil, err
 	}
 	if src.Status == store.StatusRunning {
-		if _, err := nd.Sandbox(ctx, src.RuntimeID); err != nil {
-			if errors.Is(err, nodeapi.ErrUnreachable) {
-				return nil, err
-			}
-			return nil, notReady(store.StatusError)
+		if _, err := m.lookup(ctx, nd, src); err != nil {
+			return nil, err
 		}
 	}
 	for i := range clones {
