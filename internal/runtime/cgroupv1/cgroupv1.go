@@ -68,6 +68,12 @@ func (g Group) Apply(l Limits) error {
 	return errors.Join(errs...)
 }
 
+// SetCPUQuota sets the group's CFS quota to cpu vCPUs; 0 or less lifts
+// it (the group may use every core).
+func (g Group) SetCPUQuota(cpu float64) error {
+	return write(g.file("cpu", "cpu.cfs_quota_us"), strconv.FormatInt(QuotaMicros(cpu), 10))
+}
+
 // SetCPUShares sets the group's CPU weight (cpu.shares; 1024 is the
 // kernel's default).
 func (g Group) SetCPUShares(n uint64) error {

@@ -52,8 +52,11 @@ var pooledIdleBoot = 3 * time.Second
 //
 // netnsPath, when set, is the network namespace of a networked sandbox,
 // and resolvConf the file mounted read-only at /etc/resolv.conf.
+//
+// The CPU quota in the spec is platformCPU's: the caller applies the
+// size's quota once the agent answers (Driver.start).
 func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Resources, netnsPath, resolvConf string) *specs.Spec {
-	quota := cgroupv1.QuotaMicros(res.CPU)
+	quota := cgroupv1.QuotaMicros(platformCPU(res))
 	period := uint64(cgroupv1.CPUPeriodMicros)
 	host := cgroupLimits(res)
 	mem := host.MemoryBytes
@@ -105,6 +108,25 @@ func bundleSpec(rootfs, agentDir, channelDir, cgroupPath string, res runtime.Res
 		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: resolvConf, Options: []string{"bind", "ro"}})
 	}
 	return spec
+}
+
+// runscMinCPUs is the fewest CPUs runsc gives a sandbox whatever its quota
+// (--cpu-num-from-quota rounds the quota up, but never below 2).
+const runscMinCPUs = 2
+
+// platformCPU is the CPU quota a sandbox of res runs under while the
+// platform works on it: while runsc starts or restores it and until its
+// agent answers, and while runsc checkpoints it. The work runs inside the
+// sandbox's own cgroup, so at the size's quota it is throttled: a small
+// sandbox (0.5 vCPU) took 300 ms to start and to restore where 2 vCPUs
+// took 180 (docs/benchmarks.md, "Platform work at the boot quota"). Below
+// runscMinCPUs the quota does not change the CPU count the sandbox
+// sees, so a boot at this quota gives the sandbox what its size gives it.
+func platformCPU(res runtime.Resources) float64 {
+	if res.CPU <= 0 {
+		return 0 // no quota at all
+	}
+	return max(res.CPU, runscMinCPUs)
 }
 
 // tmpOptions mounts /tmp as a tmpfs (sandbox memory, fast) of at most half

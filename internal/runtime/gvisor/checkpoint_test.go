@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
 
@@ -369,6 +370,8 @@ func TestCheckpointLive(t *testing.T) {
 	if _, ok := env.Driver.Get(sb.ID()); !ok {
 		t.Fatal("the driver forgot the parent")
 	}
+	// The save ran at the platform's quota; the parent is back at its size's.
+	sizeQuota(t, sb)
 	pc := waitCountAbove(t, sb, before)
 	// A second live checkpoint of the same sandbox works too.
 	if _, err := lc.CheckpointLive(ctx, t.TempDir()); err != nil {
@@ -377,6 +380,9 @@ func TestCheckpointLive(t *testing.T) {
 	waitCountAbove(t, sb, pc)
 
 	clones := []runtime.Sandbox{restore(t, env, dir, nil), restore(t, env, dir, nil)}
+	for _, c := range clones {
+		sizeQuota(t, c) // restored at the platform's quota, then at its size's
+	}
 	for i, c := range clones {
 		if got := readString(t, c, "/workspace/ws.txt"); got != "parent" {
 			t.Fatalf("clone %d file: %q", i, got)
@@ -454,5 +460,17 @@ func TestRestoreClocks(t *testing.T) {
 	}
 	if m1-m0 < gap.Seconds() {
 		t.Fatalf("uptime moved %.2fs across a %v pause (docs/api.md says it jumps too)", m1-m0, gap)
+	}
+}
+
+// sizeQuota fails t unless sb's CPU quota is its size's.
+func sizeQuota(t *testing.T, sb runtime.Sandbox) {
+	t.Helper()
+	st, err := sb.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := cgroupv1.QuotaMicros(sb.Info().Resources.CPU); st.CPUQuotaMicros != want {
+		t.Errorf("sandbox %s: CPU quota %d µs, want its size's %d", sb.ID(), st.CPUQuotaMicros, want)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"slices"
 	"strings"
 	"syscall"
@@ -17,6 +19,7 @@ import (
 	"github.com/orkestr-eu/orkestr/internal/netpolicy"
 	"github.com/orkestr-eu/orkestr/internal/netpolicy/nettest"
 	"github.com/orkestr-eu/orkestr/internal/runtime"
+	"github.com/orkestr-eu/orkestr/internal/runtime/cgroupv1"
 	"github.com/orkestr-eu/orkestr/internal/runtime/gvisor"
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
@@ -126,6 +129,21 @@ func kill9ThenReconcile(t *testing.T, networked bool) {
 		t.Fatal("expected the sandboxes to outlive their owner")
 	}
 
+	var kept, dropped string
+	for id, k := range ids {
+		if k == "yes" {
+			kept = id
+		} else {
+			dropped = id
+		}
+	}
+	// As if the owner died while it started the kept sandbox: it was
+	// still at the platform's boot quota.
+	quotaFile := filepath.Join(cgroupv1.Root, "cpu", env.CgroupParent, kept, "cpu.cfs_quota_us")
+	if err := os.WriteFile(quotaFile, []byte(strconv.FormatInt(cgroupv1.QuotaMicros(2), 10)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	// A new process on the same state adopts the sandbox it wants and
 	// destroys everything else.
 	d2 := env.Reopen(t)
@@ -136,14 +154,6 @@ func kill9ThenReconcile(t *testing.T, networked bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var kept, dropped string
-	for id, k := range ids {
-		if k == "yes" {
-			kept = id
-		} else {
-			dropped = id
-		}
-	}
 	if !slices.Equal(rep.Adopted, []string{kept}) || !slices.Contains(rep.Destroyed, dropped) {
 		t.Fatalf("reconcile report %+v; want %s adopted and %s destroyed", rep, kept, dropped)
 	}
@@ -153,6 +163,9 @@ func kill9ThenReconcile(t *testing.T, networked bool) {
 	sb, ok := d2.Get(kept)
 	if !ok {
 		t.Fatal("adopted sandbox not known")
+	}
+	if st, err := sb.Stats(ctx); err != nil || st.CPUQuotaMicros != cgroupv1.QuotaMicros(testenv.Small.CPU) {
+		t.Errorf("the adopted sandbox's CPU quota is %d µs (err %v), want its size's %d", st.CPUQuotaMicros, err, cgroupv1.QuotaMicros(testenv.Small.CPU))
 	}
 	// The adopted sandbox answers, kept its env and its background process.
 	var out bytes.Buffer

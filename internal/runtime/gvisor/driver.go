@@ -434,6 +434,10 @@ func (d *Driver) start(ctx context.Context, m meta, image, mode string, allow []
 			return nil, fmt.Errorf("gvisor: installing the extra CA certificates: %w", err)
 		}
 	}
+	// From here on the sandbox's own commands run: at its size's quota.
+	if err := d.cgroup(m.ID).SetCPUQuota(m.Resources.CPU); err != nil {
+		return nil, fmt.Errorf("gvisor: applying the CPU quota of sandbox %s: %w", m.ID, err)
+	}
 	d.mu.Lock()
 	d.sandboxes[m.ID] = sb
 	d.mu.Unlock()
@@ -669,6 +673,12 @@ func (d *Driver) adopt(ctx context.Context, m meta, pid int) error {
 	if err := sb.waitReady(rctx); err != nil {
 		_ = ch.Close()
 		return err
+	}
+	// A process that stopped while it started this sandbox left it at
+	// platformCPU's quota.
+	if err := d.cgroup(m.ID).SetCPUQuota(m.Resources.CPU); err != nil {
+		_ = ch.Close()
+		return fmt.Errorf("applying the CPU quota: %w", err)
 	}
 	d.mu.Lock()
 	d.sandboxes[m.ID] = sb

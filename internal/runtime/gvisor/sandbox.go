@@ -277,7 +277,7 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 		}
 	}
 	if c.Resources != (runtime.Resources{}) {
-		if err := sb.SetResources(c.Resources); err != nil {
+		if err := sb.setResources(c.Resources); err != nil {
 			return err
 		}
 	}
@@ -533,6 +533,19 @@ func (sb *sandbox) Usage(ctx context.Context) (runtime.Usage, error) {
 }
 
 func (sb *sandbox) SetResources(r runtime.Resources) error {
+	if err := sb.setResources(r); err != nil {
+		return err
+	}
+	// An adopting process applies the CPU quota meta.json names.
+	sb.mu.Lock()
+	m := sb.m
+	sb.mu.Unlock()
+	return writeJSON(filepath.Join(sb.d.sandboxDir(m.ID), "meta.json"), m)
+}
+
+// setResources is SetResources without saving meta.json, for Configure,
+// which saves it once at its end.
+func (sb *sandbox) setResources(r runtime.Resources) error {
 	sb.mu.Lock()
 	disk := sb.m.Resources.DiskBytes
 	sb.mu.Unlock()
@@ -686,6 +699,16 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		undoPause()
 		return runtime.Snapshot{}, err
 	}
+	// The save is the platform's work and the sandbox's tasks are stopped
+	// while it runs: it need not be throttled to the size's quota.
+	g := sb.d.cgroup(m.ID)
+	_ = g.SetCPUQuota(platformCPU(m.Resources))
+	undoPause = func() {
+		if err := g.SetCPUQuota(m.Resources.CPU); err != nil {
+			sb.d.log.Warn("restoring the CPU quota after a failed checkpoint", "sandbox", m.ID, "err", err)
+		}
+		sb.endCheckpoint()
+	}
 	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--image-path", image, m.ID); err != nil {
 		undoPause()
 		if e := sb.stopped(); e != nil {
@@ -734,7 +757,12 @@ func (sb *sandbox) CheckpointLive(ctx context.Context, dir string) (runtime.Snap
 		return runtime.Snapshot{}, err
 	}
 	before := sb.ch.Sessions()
+	g := sb.d.cgroup(m.ID)
+	_ = g.SetCPUQuota(platformCPU(m.Resources)) // as in Checkpoint
 	_, err = sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--leave-running", "--image-path", image, m.ID)
+	if qerr := g.SetCPUQuota(m.Resources.CPU); qerr != nil && sb.stopped() == nil {
+		sb.d.log.Warn("restoring the CPU quota after a live checkpoint", "sandbox", m.ID, "err", qerr)
+	}
 	// Whatever the outcome, the save may have broken the agent's
 	// connection without either end noticing: the agent (PID 1) is asked
 	// to drop it and dial again, and calls resume on the new session. The
