@@ -121,13 +121,15 @@ func TestFleetSnapshots(t *testing.T) {
 	f.node(from).start()
 	f.waitAlive(2)
 	src := f.nodeOf(id)
-	r = a.do("POST", "/v1/sandboxes/"+id+"/fork", key, map[string]any{"count": 3})
+	r = a.do("POST", "/v1/sandboxes/"+id+"/fork", key, map[string]any{"count": 5})
 	if r.status != 201 {
 		t.Fatalf("fork: %d %s", r.status, r.body)
 	}
 	elsewhere := 0
+	var clones []string
 	for _, c := range r.json(t)["data"].([]any) {
 		cid := c.(map[string]any)["id"].(string)
+		clones = append(clones, cid)
 		if got := exec(cid, "cat /workspace/file.txt"); got != "kept\n" {
 			t.Fatalf("clone %s: %q", cid, got)
 		}
@@ -137,7 +139,20 @@ func TestFleetSnapshots(t *testing.T) {
 		if f.nodeOf(cid) != src {
 			elsewhere++
 		}
+		exec(cid, "echo "+cid+" > /workspace/file.txt")
+	}
+	if len(clones) != 5 {
+		t.Fatalf("fork of 5 made %d clones", len(clones))
+	}
+	// Then they diverge: each sees its own write, the source none.
+	for _, cid := range clones {
+		if got := exec(cid, "cat /workspace/file.txt"); got != cid+"\n" {
+			t.Fatalf("clone %s after the writes: %q", cid, got)
+		}
 		a.do("DELETE", "/v1/sandboxes/"+cid, key, nil)
+	}
+	if got := exec(id, "cat /workspace/file.txt"); got != "kept\n" {
+		t.Fatalf("the fork's source after its clones wrote: %q", got)
 	}
 	if elsewhere == 0 {
 		t.Fatalf("all clones on the source's node %s", src)
