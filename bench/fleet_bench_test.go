@@ -23,6 +23,7 @@ import (
 
 var (
 	fleetExecs = flag.Int("fleet.execs", 10, "BenchmarkFleet/exec: exec pairs (one per side) per iteration")
+	fleetSize  = flag.String("fleet.size", "small", "BenchmarkFleet/exec: the size of the sandboxes the execs run in (medium: 2 vCPU, no CFS throttling of the command in the way of the comparison)")
 	fleetPerf  = flag.String("fleet.perf", "", "BenchmarkFleet/exec: `perf record -g` the control plane, the node and the one-process server for 10 s of the loop into PREFIX-{cp,node,local}.perf")
 )
 
@@ -105,7 +106,7 @@ func BenchmarkFleet(b *testing.B) {
 	b.Run("exec", func(b *testing.B) {
 		sbs := make([]*orkestr.Sandbox, len(sides))
 		for i, sd := range sides {
-			sb, err := sd.s.client.CreateSandbox(ctx, orkestr.CreateParams{Template: templateName, Size: "small"})
+			sb, err := sd.s.client.CreateSandbox(ctx, orkestr.CreateParams{Template: templateName, Size: *fleetSize})
 			if err != nil {
 				b.Fatalf("%s: create: %v", sd.name, err)
 			}
@@ -132,7 +133,7 @@ func BenchmarkFleet(b *testing.B) {
 		// sandbox of its own on the node, so that each sandbox gets the
 		// same rate of execs (a small one has half a core: more execs,
 		// more CFS throttling).
-		third, err := f.cp.client.CreateSandbox(ctx, orkestr.CreateParams{Template: templateName, Size: "small"})
+		third, err := f.cp.client.CreateSandbox(ctx, orkestr.CreateParams{Template: templateName, Size: *fleetSize})
 		if err != nil {
 			b.Fatalf("fleet: create: %v", err)
 		}

@@ -1,4 +1,4 @@
-// The binary exec stream as Node reads it (node:http, not fetch) against a
+// The binary exec stream as Node reads it (its own HTTP/1.1 on node:net, not fetch) against a
 // local HTTP server standing in for a broken proxy or a hostile endpoint:
 // API errors, frames cut off, oversized frames, an endless error body, an
 // abort in mid-stream, and the same through a fetch passed in the options.
@@ -56,8 +56,8 @@ describe("binary exec stream edge cases (local stand-in server)", () => {
     return { got, err, st };
   };
 
-  for (const via of ["node:http", "a fetch passed in"]) {
-    const opts = () => ({ apiKey: "ork_test", baseUrl: base, ...(via === "node:http" ? {} : { fetch: (u, i) => fetch(u, i) }) });
+  for (const via of ["node:net", "a fetch passed in"]) {
+    const opts = () => ({ apiKey: "ork_test", baseUrl: base, ...(via === "node:net" ? {} : { fetch: (u, i) => fetch(u, i) }) });
 
     test(`${via}: every byte value in frames cut anywhere, then the exit`, async () => {
       const all = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
@@ -74,7 +74,7 @@ describe("binary exec stream edge cases (local stand-in server)", () => {
       assert.deepEqual(Buffer.from(got), Buffer.concat([all, Buffer.from("e")]));
       assert.equal((await st.wait()).exitCode, 5);
       assert.ok(accepts.at(-1).startsWith(FRAMES));
-      assert.equal(viaFetch.at(-1), via !== "node:http", "read through the wrong client");
+      assert.equal(viaFetch.at(-1), via !== "node:net", "read through the wrong client");
     });
 
     test(`${via}: an API error answer is its error class, with the request id`, async () => {
