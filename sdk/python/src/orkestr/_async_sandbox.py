@@ -269,7 +269,9 @@ class AsyncExecStream:
         return self
 
     async def __anext__(self) -> ExecChunk:
-        if self._state.done:
+        # The last read may complete several chunks and the exit at once:
+        # those chunks are still to be returned.
+        if self._state.done and not self._pending:
             raise StopAsyncIteration
         if self._lines is None and self._bytes is None:
             self._resp = await self._client.stream("POST", self._path, json_body=self._body,
@@ -324,6 +326,7 @@ class AsyncExecStream:
 
     async def aclose(self) -> None:
         self._state.done = True
+        self._pending.clear()
         if self._resp is not None:
             await self._resp.aclose()
 

@@ -10,6 +10,7 @@ from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Mapping, Optio
 import httpx
 
 from ._client import Client, _transport_error, default_client, sandbox_path
+from ._rawhttp import RawResponse
 from ._common import (
     DEFAULT_EXEC_TIMEOUT,
     EXEC_FRAMES,
@@ -293,7 +294,7 @@ class ExecStream:
         self._path = path
         self._body = body
         self._extra = extra_timeout
-        self._resp: Optional[httpx.Response] = None
+        self._resp: Union[httpx.Response, RawResponse, None] = None
         self._lines: Optional[Iterator[str]] = None
         self._bytes: Optional[Iterator[bytes]] = None  # the binary framing
         self._pending: List[ExecChunk] = []
@@ -308,11 +309,13 @@ class ExecStream:
         return self
 
     def __next__(self) -> ExecChunk:
-        if self._state.done:
+        # The last read may complete several chunks and the exit at once:
+        # those chunks are still to be returned.
+        if self._state.done and not self._pending:
             raise StopIteration
         if self._lines is None and self._bytes is None:
-            self._resp = self._client.stream("POST", self._path, json_body=self._body, extra_timeout=self._extra,
-                                             accept=EXEC_FRAMES)
+            self._resp = self._client.stream_output("POST", self._path, json_body=self._body,
+                                                    extra_timeout=self._extra, accept=EXEC_FRAMES)
             self._state.request_id = self._resp.headers.get("x-request-id")
             if is_framed(self._resp):
                 self._bytes = self._resp.iter_bytes()
@@ -365,6 +368,7 @@ class ExecStream:
         """Stop reading (the command itself runs on to its end or timeout)."""
         if not self._state.done:
             self._state.done = True
+        self._pending.clear()
         if self._resp is not None:
             self._resp.close()
 
