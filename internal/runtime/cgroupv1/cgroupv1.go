@@ -55,9 +55,7 @@ func QuotaMicros(cpu float64) int64 {
 func (g Group) Apply(l Limits) error {
 	var errs []error
 	if l.CPU > 0 {
-		errs = append(errs,
-			write(g.file("cpu", "cpu.cfs_period_us"), strconv.Itoa(CPUPeriodMicros)),
-			write(g.file("cpu", "cpu.cfs_quota_us"), strconv.FormatInt(QuotaMicros(l.CPU), 10)))
+		errs = append(errs, write(g.file("cpu", "cpu.cfs_period_us"), strconv.Itoa(CPUPeriodMicros)), g.SetCPUQuota(l.CPU))
 	}
 	if l.MemoryBytes > 0 {
 		errs = append(errs, write(g.file("memory", "memory.limit_in_bytes"), strconv.FormatInt(l.MemoryBytes, 10)))

@@ -119,7 +119,8 @@ const runscMinCPUs = 2
 // agent answers, and while runsc checkpoints it. The work runs inside the
 // sandbox's own cgroup, so at the size's quota it is throttled: a small
 // sandbox (0.5 vCPU) took 300 ms to start and to restore where 2 vCPUs
-// took 180 (docs/benchmarks.md, "Platform work at the boot quota"). Below
+// took 180 (docs/benchmarks.md, "Quiet host, and the platform's work out
+// of the size's CPU quota"). Below
 // runscMinCPUs the quota does not change the CPU count the sandbox
 // sees, so a boot at this quota gives the sandbox what its size gives it.
 func platformCPU(res runtime.Resources) float64 {

@@ -699,14 +699,9 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		undoPause()
 		return runtime.Snapshot{}, err
 	}
-	// The save is the platform's work and the sandbox's tasks are stopped
-	// while it runs: it need not be throttled to the size's quota.
-	g := sb.d.cgroup(m.ID)
-	_ = g.SetCPUQuota(platformCPU(m.Resources))
+	sizeQuota := sb.platformQuota(m)
 	undoPause = func() {
-		if err := g.SetCPUQuota(m.Resources.CPU); err != nil {
-			sb.d.log.Warn("restoring the CPU quota after a failed checkpoint", "sandbox", m.ID, "err", err)
-		}
+		sizeQuota()
 		sb.endCheckpoint()
 	}
 	if _, err := sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--image-path", image, m.ID); err != nil {
@@ -726,6 +721,21 @@ func (sb *sandbox) Checkpoint(ctx context.Context, dir string) (runtime.Snapshot
 		sb.d.log.Warn("cleanup after checkpoint failed", "sandbox", m.ID, "err", err)
 	}
 	return runtime.Snapshot{Dir: dir, Bytes: size, Template: m.Template, TemplateDigest: m.TemplateDigest, Resources: m.Resources, Labels: snap.Labels, CreatedAt: snap.CreatedAt}, nil
+}
+
+// platformQuota lifts sandbox m's CPU quota to platformCPU's for a
+// checkpoint (the save is the platform's work, and the sandbox's tasks are
+// stopped while it runs) and returns what puts the size's quota back.
+func (sb *sandbox) platformQuota(m meta) (sizeQuota func()) {
+	g := sb.d.cgroup(m.ID)
+	if err := g.SetCPUQuota(platformCPU(m.Resources)); err != nil {
+		sb.d.log.Warn("lifting the CPU quota for a checkpoint", "sandbox", m.ID, "err", err)
+	}
+	return func() {
+		if err := g.SetCPUQuota(m.Resources.CPU); err != nil && sb.stopped() == nil {
+			sb.d.log.Warn("putting the CPU quota back after a checkpoint", "sandbox", m.ID, "err", err)
+		}
+	}
 }
 
 // writeSnapshotMeta writes snapshot.json for sandbox m into dir.
@@ -757,12 +767,9 @@ func (sb *sandbox) CheckpointLive(ctx context.Context, dir string) (runtime.Snap
 		return runtime.Snapshot{}, err
 	}
 	before := sb.ch.Sessions()
-	g := sb.d.cgroup(m.ID)
-	_ = g.SetCPUQuota(platformCPU(m.Resources)) // as in Checkpoint
+	sizeQuota := sb.platformQuota(m)
 	_, err = sb.d.rs.runNet(ctx, filepath.Join(sb.d.sandboxDir(m.ID), "overlay"), m.Resources.DiskBytes, m.Net != nil, m.CgroupV2, "checkpoint", "--leave-running", "--image-path", image, m.ID)
-	if qerr := g.SetCPUQuota(m.Resources.CPU); qerr != nil && sb.stopped() == nil {
-		sb.d.log.Warn("restoring the CPU quota after a live checkpoint", "sandbox", m.ID, "err", qerr)
-	}
+	sizeQuota()
 	// Whatever the outcome, the save may have broken the agent's
 	// connection without either end noticing: the agent (PID 1) is asked
 	// to drop it and dial again, and calls resume on the new session. The

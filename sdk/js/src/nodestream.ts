@@ -3,12 +3,11 @@
 // fetch hands every piece the socket delivered through a WHATWG stream
 // (a promise, a Buffer, a transfer per piece), which cost 2.5-3.5 s of CPU
 // per GB of output against 1.2-1.3 s for node:http's own stream on the same
-// machine (docs/benchmarks.md). Over plain http: not even node:http: an
-// HTTP/1.1 exchange of our own on a node:net socket that reads into one
-// reused 1 MiB buffer (`onread`), copying out what each read brought, costs
-// 0.15 s of CPU per GB against node:http's 0.6-0.8 (its 64 KiB Buffer per
-// read and the parser's callbacks). Elsewhere (browsers, Deno, Bun, a fetch
-// passed in the options) fetch is used as before.
+// machine (docs/benchmarks.md). For an http:// API not even node:http: an
+// HTTP/1.1 exchange of our own on a node:net socket whose reads land in one
+// reused 1 MiB buffer (`onread`) took the SDK from 1.5-1.6 to 0.8-1.0 s/GB
+// (a bare reader: node:http 0.6-0.8, node:net 0.15). Elsewhere (browsers,
+// Deno, Bun, a fetch passed in the options) fetch is used as before.
 
 import { OrkestrError } from "./errors.js";
 import { readError, send, VERSION, type Connection, type Request } from "./http.js";
@@ -302,8 +301,12 @@ function copyOut(buf: Uint8Array, n: number): Uint8Array {
   return c;
 }
 
-/** What one socket read may bring; also the most a read is copied in. */
-const READ_BUFFER = 1 << 20;
+/**
+ * Where every stream's socket reads land. One for all: a read and its
+ * callback run together on the event loop, and the callback copies what the
+ * read brought out before it returns.
+ */
+let readBuffer: Uint8Array | undefined;
 /** The most an answer's status line and headers may take. */
 const MAX_HEAD = 64 << 10;
 
@@ -331,7 +334,7 @@ async function rawExchange(
   // closed once the body is read.
   head += `Content-Length: ${bodyBytes.length}\r\n\r\n`;
 
-  const buffer = new Uint8Array(READ_BUFFER);
+  const buffer = (readBuffer ??= new Uint8Array(1 << 20));
   let sock: NodeSocket | undefined;
   const q = pieceQueue(
     () => sock?.pause(),
@@ -483,7 +486,7 @@ class BodyParser {
           if (nl >= 0) {
             const line = this.#line.replace(/\r$/, "");
             this.#line = "";
-            this.#line_(line);
+            this.#endOfLine(line);
           }
           break;
         }
@@ -503,7 +506,8 @@ class BodyParser {
     this.#q.end();
   }
 
-  #line_(line: string): void {
+  /** A whole chunk-size, CRLF or trailer line has come. */
+  #endOfLine(line: string): void {
     if (this.#state === "data-crlf") {
       if (line !== "") throw new Error("a chunk not followed by CRLF");
       this.#state = "size";
@@ -531,9 +535,12 @@ class BodyParser {
       const v = l.slice(i + 1).trim();
       headers.set(k, headers.has(k) ? `${headers.get(k)}, ${v}` : v);
     }
+    const status = Number(m[1]);
     const te = (headers.get("transfer-encoding") ?? "").toLowerCase();
     const cl = headers.get("content-length");
-    if (te.includes("chunked")) {
+    if (status === 204 || status === 304) {
+      this.#state = "fixed"; // no body, whatever the headers say
+    } else if (te.includes("chunked")) {
       this.#state = "size";
     } else if (cl !== undefined) {
       if (!/^\d{1,15}$/.test(cl)) throw new Error(`a Content-Length of ${JSON.stringify(cl.slice(0, 20))}`);
@@ -543,7 +550,7 @@ class BodyParser {
       this.#state = "close";
       this.toClose = true;
     }
-    return { status: Number(m[1]), headers };
+    return { status, headers };
   }
 }
 

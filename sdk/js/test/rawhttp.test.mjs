@@ -127,6 +127,33 @@ describe("the exec stream's HTTP/1.1 client on node:net (raw stand-in server)", 
     });
   }
 
+  test("streams read at once share the read buffer, and each keeps its own bytes", async () => {
+    // Distinct payloads, large enough for many reads of each stream to
+    // interleave: a read copied out too late would show another's bytes.
+    let k = 0;
+    answer = () => {
+      const fill = Buffer.alloc(3 << 20, 97 + (k++ % 26));
+      const b = Buffer.concat([frame(1, fill), frame(3, '{"exit_code":0,"duration_ms":1}')]);
+      return Buffer.concat([Buffer.from(okHead(`Content-Length: ${b.length}\r\n`)), b]);
+    };
+    closeAfter = false;
+    bytewise = false;
+    const sbx = await Sandbox.get(ID, { apiKey: "ork_test", baseUrl: base });
+    const read = async () => {
+      const chunks = [];
+      for await (const c of sbx.execStream("x")) chunks.push(c.bytes);
+      return Buffer.concat(chunks);
+    };
+    const got = await Promise.all([read(), read(), read()]);
+    const letters = new Set();
+    for (const b of got) {
+      assert.equal(b.length, 3 << 20);
+      assert.ok(b.every((x) => x === b[0]), "a stream holds another's bytes");
+      letters.add(b[0]);
+    }
+    assert.equal(letters.size, 3);
+  });
+
   test("an error answer with Content-Length is its error class with the request id", async () => {
     const e = '{"error":{"code":"sandbox_not_running","message":"The sandbox is paused","details":{}}}';
     answer = () => Buffer.from(`HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nX-Request-Id: req_409\r\nContent-Length: ${e.length}\r\n\r\n${e}`);
@@ -144,6 +171,7 @@ describe("the exec stream's HTTP/1.1 client on node:net (raw stand-in server)", 
     ["a chunk not followed by CRLF", okHead("Transfer-Encoding: chunked\r\n") + "3\r\nabcXY", false],
     ["a Content-Length that is not a number", okHead("Content-Length: -1\r\n"), false],
     ["a connection closed inside the head", "HTTP/1.1 200 OK\r\nContent-", true],
+    ["a 204 without a body (the connection kept open)", "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", false],
     ["a connection closed inside a chunk", okHead("Transfer-Encoding: chunked\r\n") + "ff\r\nabc", true],
   ]) {
     test(`${name} is an OrkestrError, not a hang`, async () => {

@@ -63,8 +63,8 @@ class StandIn:
         self.answer: Callable[[], bytes] = lambda: b""
         self.close_after = False
         self.bytewise = True
+        self.cut_at: Optional[int] = None  # send the answer in two writes 50 ms apart, cut here
         self.requests: List[Tuple[str, bytes]] = []
-        self.seen: List[Tuple[str, bytes, str]] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self._conns: List[socket.socket] = []
@@ -103,7 +103,11 @@ class StandIn:
                         continue
                     self.requests.append((head.decode("latin-1"), rest[:n]))
                     wire = self.answer()
-                    if self.bytewise:
+                    if self.cut_at is not None:
+                        c.sendall(wire[:self.cut_at])
+                        time.sleep(0.05)
+                        c.sendall(wire[self.cut_at:])
+                    elif self.bytewise:
                         for i in range(len(wire)):
                             c.sendall(wire[i:i + 1])
                     else:
@@ -134,7 +138,6 @@ def collect(s: StandIn) -> Tuple[bytes, bytes, Optional[BaseException], Optional
         st = sbx.exec_stream("echo hi")
         try:
             for c in st:
-                s.seen.append((c.stream, bytes(c.raw[:8]), c.data[:4] if c.stream == "stderr" else ""))
                 if c.stream == "stdout":
                     out += c.raw
                 else:
@@ -156,7 +159,7 @@ def test_framings_one_byte_per_write(standin: StandIn, name: str, make: Callable
     standin.answer, standin.close_after, standin.bytewise = make, close, True
     out, err, e, code = collect(standin)
     assert e is None, f"{name}: {e}"
-    assert (out, err, code) == (EVERY, b"err", 7), standin.seen
+    assert (out, err, code) == (EVERY, b"err", 7)
     head, body = standin.requests[-1]
     assert head.startswith(f"POST /v1/sandboxes/{ID}/exec/stream HTTP/1.1\r\n")
     assert f"\r\nHost: 127.0.0.1:{standin.url.rsplit(':', 1)[1]}\r\n" in head
@@ -184,6 +187,7 @@ def test_api_error_is_its_class(standin: StandIn) -> None:
     ("a chunk not followed by CRLF", ok_head("Transfer-Encoding: chunked\r\n") + b"3\r\nabcXY\r\n", False),
     ("a Content-Length that is not a number", ok_head("Content-Length: -1\r\n"), False),
     ("closed inside the head", b"HTTP/1.1 200 OK\r\nContent-", True),
+    ("a 204 without a body (the connection kept open)", b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", False),
     ("closed inside a chunk", ok_head("Transfer-Encoding: chunked\r\n") + b"ff\r\nabc", True),
 ])
 def test_hostile_answers_are_errors_not_hangs(standin: StandIn, name: str, wire: bytes, close: bool) -> None:
@@ -232,3 +236,20 @@ async def test_async_chunks_that_come_with_the_exit_are_all_returned(standin: St
     finally:
         await c.aclose()
     assert got == [("stdout", EVERY), ("stderr", b"err")]
+
+
+def test_ndjson_lines_cut_inside_a_character(standin: StandIn) -> None:
+    """An older server's NDJSON stream through the raw client: a line whose
+    UTF-8 character is cut between two reads arrives whole."""
+    lines = ('{"type":"stdout","data":"h\u00e9 \u20ac"}\n'
+             '{"type":"exit","exit_code":0,"duration_ms":1}\n').encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: {len(lines)}\r\n\r\n"
+    standin.answer = lambda: head.encode() + lines
+    standin.close_after = False
+    standin.cut_at = len(head) + lines.index("\u00e9".encode()) + 1  # inside the é
+    client = orkestr.Client(api_key="ork_test", base_url=standin.url, timeout=5)
+    try:
+        got = [c.data for c in orkestr.Sandbox.get(ID, client=client).exec_stream("x")]
+    finally:
+        client.close()
+    assert "".join(got) == "h\u00e9 \u20ac"

@@ -198,6 +198,14 @@ def _encode_body(headers: Dict[str, str], json_body: Any, content: Body) -> Tupl
     return headers, content
 
 
+def _encode_request(cfg: _Config, json_body: Any, content: Body, accept: Optional[str]) -> Tuple[Dict[str, str], Body]:
+    """A call's headers and body; accept, when given, is preferred over JSON."""
+    headers, data = _encode_body(cfg.headers(), json_body, content)
+    if accept:
+        headers["Accept"] = accept + ", application/json;q=0.5"
+    return headers, data
+
+
 def _decode_json(resp: httpx.Response, method: str, path: str) -> Any:
     try:
         return resp.json()
@@ -345,9 +353,7 @@ class Client(_BaseClient):
         its own (see _rawhttp), which costs half the CPU per byte."""
         if not (self._owns_http and self._cfg.base_url.startswith("http://") and not urllib.request.getproxies()):
             return self.stream(method, path, json_body=json_body, extra_timeout=extra_timeout, accept=accept)
-        headers, data = _encode_body(self._cfg.headers(), json_body, None)
-        if accept:
-            headers["Accept"] = accept + ", application/json;q=0.5"
+        headers, data = _encode_request(self._cfg, json_body, None, accept)
         t = self._timeout(extra_timeout)
         try:
             resp = open_stream(self._url(path), method, headers, data if isinstance(data, bytes) else b"",
@@ -374,9 +380,7 @@ class Client(_BaseClient):
         stream: bool,
         accept: Optional[str] = None,
     ) -> httpx.Response:
-        headers, data = _encode_body(self._cfg.headers(), json_body, content)
-        if accept:
-            headers["Accept"] = accept + ", application/json;q=0.5"
+        headers, data = _encode_request(self._cfg, json_body, content, accept)
         policy = _RetryPolicy(self._cfg, method, data is None or isinstance(data, bytes))
         attempt = 0
         while True:
@@ -481,9 +485,7 @@ class AsyncClient(_BaseClient):
         stream: bool,
         accept: Optional[str] = None,
     ) -> httpx.Response:
-        headers, data = _encode_body(self._cfg.headers(), json_body, content)
-        if accept:
-            headers["Accept"] = accept + ", application/json;q=0.5"
+        headers, data = _encode_request(self._cfg, json_body, content, accept)
         policy = _RetryPolicy(self._cfg, method, data is None or isinstance(data, bytes))
         attempt = 0
         while True:

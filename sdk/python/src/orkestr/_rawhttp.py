@@ -53,19 +53,21 @@ class RawResponse:
         return b"".join(out)[:limit]
 
     def iter_lines(self) -> Iterator[str]:
-        rest = ""
+        # Split before decoding: a character may be cut between two reads.
+        rest = b""
         for b in self.iter_bytes():
-            rest += b.decode("utf-8", "replace")
-            *lines, rest = rest.split("\n")
+            *lines, rest = (rest + b).split(b"\n")
             for line in lines:
-                yield line.rstrip("\r")
+                yield line.rstrip(b"\r").decode("utf-8", "replace")
         if rest:
-            yield rest
+            yield rest.decode("utf-8", "replace")
 
     def iter_bytes(self) -> Iterator[bytes]:
         te = self.headers.get("transfer-encoding", "").lower()
         cl = self.headers.get("content-length")
-        if "chunked" in te:
+        if self.status_code in (204, 304):
+            pass  # no body, whatever the headers say
+        elif "chunked" in te:
             yield from self._chunked()
         elif cl is not None:
             if not cl.isdigit() or len(cl) > 15:
