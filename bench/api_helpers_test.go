@@ -77,10 +77,10 @@ func orkestrdBinary(b *testing.B) string {
 	return path
 }
 
-// baseRev names a git revision whose orkestrd the pool benchmarks measure
-// beside this checkout's, in the same invocation (sub-benchmarks
-// build=base and build=head; the agent is this checkout's in both).
-var baseRev = flag.String("api.base-rev", "", "BenchmarkAPITTIRow, BenchmarkAPIBurstTTI: also measure orkestrd built from this git revision (build=base) before this checkout's (build=head)")
+// baseRev names a git revision whose orkestrd, agent and CLI the pool and
+// data benchmarks measure beside this checkout's, in the same invocation
+// (sub-benchmarks build=base and build=head).
+var baseRev = flag.String("api.base-rev", "", "BenchmarkAPITTIRow, BenchmarkAPIBurstTTI, BenchmarkDataFiles, BenchmarkDataFilesSDKs: also measure orkestrd, the agent and the CLI built from this git revision (build=base) before this checkout's (build=head)")
 
 // serverBuild is "base" while a build=base sub-benchmark runs.
 var serverBuild string
@@ -106,8 +106,9 @@ var (
 	baseErr  error
 )
 
-// baseOrkestrd builds cmd/orkestrd from *baseRev (git archive into a
-// temporary directory, removed afterwards) once per test binary.
+// baseOrkestrd builds cmd/orkestrd, cmd/orkestr-agent and cmd/orkestr from
+// *baseRev (git archive into a temporary directory, removed afterwards)
+// once per test binary, and returns orkestrd's path.
 func baseOrkestrd(b *testing.B) string {
 	b.Helper()
 	baseOnce.Do(func() {
@@ -123,17 +124,33 @@ func baseOrkestrd(b *testing.B) string {
 			return
 		}
 		basePath = filepath.Join(binDir, "orkestrd-base")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", basePath, "./cmd/orkestrd")
-		cmd.Dir = src
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			baseErr = fmt.Errorf("build orkestrd at %s: %v: %s", *baseRev, err, out)
+		for _, t := range []struct{ out, pkg, ldflags string }{
+			{basePath, "./cmd/orkestrd", ""},
+			{filepath.Join(binDir, "orkestr-agent-base"), "./cmd/orkestr-agent", "-s -w"},
+			{filepath.Join(binDir, "orkestr-base"), "./cmd/orkestr", ""},
+		} {
+			cmd := exec.Command("go", "build", "-trimpath", "-ldflags="+t.ldflags, "-o", t.out, t.pkg)
+			cmd.Dir = src
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				baseErr = fmt.Errorf("build %s at %s: %v: %s", t.pkg, *baseRev, err, out)
+				return
+			}
 		}
 	})
 	if baseErr != nil {
-		b.Fatalf("base orkestrd: %v", baseErr)
+		b.Fatalf("base build: %v", baseErr)
 	}
 	return basePath
+}
+
+// agentBinary is the agent the server of the running build injects.
+func agentBinary(b *testing.B) string {
+	if serverBuild == "base" {
+		baseOrkestrd(b)
+		return filepath.Join(binDir, "orkestr-agent-base")
+	}
+	return testenv.AgentBinary(b)
 }
 
 // benchConfig gives the bootstrap account's plan (team) room for any burst
@@ -184,7 +201,7 @@ func startServerWith(b *testing.B, poolSize int, template, extraConfig string, e
 	b.Helper()
 	testenv.RequireRoot(b)
 	bin := orkestrdBinary(b)
-	agent := testenv.AgentBinary(b)
+	agent := agentBinary(b)
 	testenv.Rootfs(b, template)
 	templateDir := b.TempDir()
 	if out, err := exec.Command("cp", "-al", filepath.Join(testenv.TemplateDir(), template), templateDir).CombinedOutput(); err != nil {

@@ -54,6 +54,10 @@ var cliPath, cliErr = "", error(nil)
 // cliBinary builds cmd/orkestr once per test binary.
 func cliBinary(b *testing.B) string {
 	b.Helper()
+	if serverBuild == "base" {
+		baseOrkestrd(b)
+		return filepath.Join(binDir, "orkestr-base")
+	}
 	cliOnce.Do(func() {
 		cliPath = filepath.Join(binDir, "orkestr")
 		cmd := exec.Command("go", "build", "-trimpath", "-o", cliPath, "./cmd/orkestr")
@@ -149,6 +153,16 @@ func serverProfile(b *testing.B, s *apiServer, name string, d time.Duration) fun
 	return perfRecord(b, *dataPerfAgent+"-"+name+".perf", d, "-p", strconv.Itoa(s.pid()))
 }
 
+// sandboxesCPU is the CPU time all of s's sandboxes have used (gVisor's
+// sentry, gofer and stubs: the cgroup parent's cpuacct.usage).
+func sandboxesCPU(b *testing.B, s *apiServer) time.Duration {
+	u, err := s.cgroup.ReadUsage()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(u.CPUNanos)
+}
+
 // cliEnv is the CLI's environment for server s.
 func cliEnv(s *apiServer) []string {
 	return append(os.Environ(), "ORKESTR_API_KEY="+s.key, "ORKESTR_BASE_URL="+s.url)
@@ -171,7 +185,9 @@ func runCLI(b *testing.B, s *apiServer, stdout io.Writer, args ...string) (time.
 
 // BenchmarkDataFiles: upload and download of one file of -data.file-mib
 // through the Go SDK and the CLI, and dd in the sandbox as the baseline.
-func BenchmarkDataFiles(b *testing.B) {
+func BenchmarkDataFiles(b *testing.B) { forBuilds(b, benchDataFiles) }
+
+func benchDataFiles(b *testing.B) {
 	s := startServer(b, 0, templateName)
 	ctx := timeout(b, 30*time.Minute)
 	sb := s.create(ctx, "medium")
@@ -186,12 +202,12 @@ func BenchmarkDataFiles(b *testing.B) {
 	back := filepath.Join(b.TempDir(), "back.bin")
 	files := sb.Files()
 	var dd, up, down, cliUp, cliDown rates
-	var cliUpCPU, cliDownCPU, srvCPU samples
+	var cliUpCPU, cliDownCPU, srvCPU, sbxCPU samples
 	for i := 0; b.Loop(); i++ {
 		dd.add(ddRate(ctx, b, sb, fmt.Sprintf("if=/dev/zero of=/workspace/dd.bin bs=1M count=%d conv=fsync", *dataFileMiB), n))
 		inSandbox(ctx, b, sb, "rm -f /workspace/dd.bin /workspace/up.bin")
 
-		c0 := serverCPUTime(b, s)
+		c0, s0 := serverCPUTime(b, s), sandboxesCPU(b, s)
 		stop := func() {}
 		if i == 0 {
 			stop = serverProfile(b, s, "upload", 2*time.Second)
@@ -214,6 +230,7 @@ func BenchmarkDataFiles(b *testing.B) {
 		down.add(mbps(n, time.Since(t0)))
 		stop()
 		srvCPU.add((serverCPUTime(b, s) - c0).Seconds() / (2 * float64(n) / 1e9))
+		sbxCPU.add((sandboxesCPU(b, s) - s0).Seconds() / (2 * float64(n) / 1e9))
 
 		wall, cpu := runCLI(b, s, io.Discard, "files", "put", local, sb.ID+":/workspace/cli.bin")
 		cliUp.add(mbps(n, wall))
@@ -237,6 +254,7 @@ func BenchmarkDataFiles(b *testing.B) {
 	b.ReportMetric(cliUpCPU.median(), "cli-up-cpu-s/GB")
 	b.ReportMetric(cliDownCPU.median(), "cli-down-cpu-s/GB")
 	b.ReportMetric(srvCPU.median(), "server-cpu-s/GB")
+	b.ReportMetric(sbxCPU.median(), "sandbox-cpu-s/GB")
 	b.ReportMetric(serverPeakRSS(b, s), "server-peak-MiB")
 	b.ReportMetric(agentPeakRSS(ctx, b, sb), "agent-peak-MiB")
 }
@@ -360,7 +378,9 @@ func BenchmarkDataArchive(b *testing.B) {
 // the Python SDK (bench/sdkfiles.py, sdk/python/.venv), against dd in the
 // sandbox in the same iteration. Needs `cd sdk/js && npm ci && npm run
 // build` and the Python SDK's venv (make test-python makes both).
-func BenchmarkDataFilesSDKs(b *testing.B) {
+func BenchmarkDataFilesSDKs(b *testing.B) { forBuilds(b, benchDataFilesSDKs) }
+
+func benchDataFilesSDKs(b *testing.B) {
 	root := testenv.RepoRoot()
 	if _, err := os.Stat(filepath.Join(root, "sdk", "js", "dist", "esm", "index.js")); err != nil {
 		b.Skip("sdk/js is not built: cd sdk/js && npm ci && npm run build")

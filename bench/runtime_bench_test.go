@@ -259,6 +259,9 @@ func BenchmarkExecCPU(b *testing.B) {
 		{"true", templateName, "true"},
 		{"cat", templateName, "cat /etc/debian_version"},
 		{"node-v", "node-22", "node -v"},
+		// The baseline: 50 process starts inside one exec; its cpu-ms/exec
+		// divided by 50 is what one fork+exec costs the sandbox on this host.
+		{"true-x50", templateName, "i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done"},
 	} {
 		b.Run("cmd="+c.name, func(b *testing.B) {
 			env := newDriver(b)

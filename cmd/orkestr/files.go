@@ -72,14 +72,7 @@ func filesCommands() []*command {
 					}
 					read := func(w io.Writer) (int64, error) { return f.ReadTo(c.ctx, path, w) }
 					if *recursive {
-						read = func(w io.Writer) (int64, error) {
-							rc, err := f.OpenArchive(c.ctx, path, *compression)
-							if err != nil {
-								return 0, err
-							}
-							defer rc.Close()
-							return io.Copy(w, rc)
-						}
+						read = func(w io.Writer) (int64, error) { return f.ReadArchiveTo(c.ctx, path, *compression, w) }
 					}
 					if len(args) == 1 || args[1] == "-" {
 						_, err := read(c.stdout)

@@ -121,7 +121,7 @@ func (a *Agent) writeFileData(path string, mode uint32, ticket string, r *wire.R
 	if err := w.JSON(wire.KindJSON, struct{}{}); err != nil {
 		return
 	}
-	size, err := io.Copy(tmp, conn)
+	size, err := receiveFile(conn, tmp)
 	if err != nil {
 		sendErr(w, err)
 		conn.Close() // the host's writes fail at once
@@ -139,10 +139,58 @@ func (a *Agent) writeFileData(path string, mode uint32, ticket string, r *wire.R
 	committed = commitWrite(tmp, filepath.Clean(path), perm, size, w)
 }
 
+// receiveFile copies what arrives on conn into f until the host half-closes
+// it, in blocking reads of up to 1 MiB (the connection carries this one
+// transfer and is closed after it). io.Copy spliced it through a pipe with
+// a non-blocking socket, so every time the socket ran dry the agent went
+// through Go's netpoller and a trapped epoll_wait: 2.8-3.2 s of sandbox
+// CPU per GB uploaded.
+func receiveFile(conn *net.UnixConn, f *os.File) (int64, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	var rerr error
+	buf := make([]byte, 1<<20)
+	cerr := rc.Control(func(fd uintptr) {
+		if rerr = unix.SetNonblock(int(fd), false); rerr != nil {
+			return
+		}
+		for {
+			m, err := unix.Read(int(fd), buf)
+			switch {
+			case err == unix.EINTR || err == unix.EAGAIN:
+				continue
+			case err != nil:
+				rerr = err
+				return
+			case m == 0:
+				return
+			}
+			if _, err := f.Write(buf[:m]); err != nil {
+				rerr = err
+				return
+			}
+			n += int64(m)
+		}
+	})
+	if rerr == nil {
+		rerr = cerr
+	}
+	return n, rerr
+}
+
 // sendFile sends the next n bytes of f on conn (fewer if f ends first) with
 // sendfile(2), so the bytes go from the file to the socket inside the
 // sandbox's kernel: a few trapped syscalls per transfer instead of a read
-// and a write per chunk. Where sendfile is refused it copies.
+// and a write per chunk. The socket is put in blocking mode first (it
+// carries this one transfer and is closed after it): the Sentry then waits
+// for room on the host's socket itself, where a non-blocking send came
+// back to the agent with EAGAIN each time the host's buffer filled and
+// went through Go's netpoller and a trapped epoll_wait before the next
+// call (2.4 s of sandbox CPU per GB downloaded, most of it in context
+// switches). Where sendfile is refused it copies.
 func sendFile(conn *net.UnixConn, f *os.File, n int64) (int64, error) {
 	rc, err := conn.SyscallConn()
 	if err != nil {
@@ -152,36 +200,36 @@ func sendFile(conn *net.UnixConn, f *os.File, n int64) (int64, error) {
 	var sent int64
 	var serr error
 	unsupported := false
-	werr := rc.Write(func(dst uintptr) bool {
+	cerr := rc.Control(func(dst uintptr) {
+		if serr = unix.SetNonblock(int(dst), false); serr != nil {
+			return
+		}
 		for sent < n {
 			m, err := unix.Sendfile(int(dst), src, nil, int(min(n-sent, 1<<30)))
 			if m > 0 {
 				sent += int64(m)
 			}
 			switch {
-			case err == unix.EAGAIN:
-				return false // wait until the socket can take more
-			case err == unix.EINTR:
+			case err == unix.EINTR || err == unix.EAGAIN:
 				continue
 			case err == unix.ENOSYS || err == unix.EINVAL || err == unix.EOPNOTSUPP:
 				unsupported = sent == 0
 				serr = err
-				return true
+				return
 			case err != nil:
 				serr = err
-				return true
+				return
 			case m == 0:
-				return true // the file ended early
+				return // the file ended early
 			}
 		}
-		return true
 	})
 	if unsupported {
 		buf := make([]byte, wire.ChunkSize)
 		return io.CopyBuffer(conn, io.LimitReader(f, n), buf)
 	}
 	if serr == nil {
-		serr = werr
+		serr = cerr
 	}
 	return sent, serr
 }

@@ -124,6 +124,19 @@ func (g *guardedReader) Read(p []byte) (int, error) {
 	return g.r.Read(p)
 }
 
+// WriteTo hands the body to the transport in pieces of up to 1 MiB (the
+// transport's own copy would read it 32 KiB at a time), stopping as Read
+// does.
+func (g *guardedReader) WriteTo(w io.Writer) (int64, error) {
+	return copyBulk(w, readerOnly{g})
+}
+
+// readerOnly hides a reader's WriteTo, so that copying it does not call
+// itself.
+type readerOnly struct{ r io.Reader }
+
+func (r readerOnly) Read(p []byte) (int, error) { return r.r.Read(p) }
+
 func (g *guardedReader) Close() error {
 	g.stop()
 	return nil
@@ -153,7 +166,7 @@ func (f *Files) ReadTo(ctx context.Context, path string, w io.Writer) (int64, er
 		return 0, err
 	}
 	defer rc.Close()
-	n, err := io.Copy(w, rc)
+	n, err := copyBulk(w, rc)
 	if err != nil {
 		return n, fmt.Errorf("orkestr: reading %s: %w", path, err)
 	}
@@ -253,4 +266,19 @@ func (f *Files) OpenArchive(ctx context.Context, dir, compression string) (io.Re
 		return nil, err
 	}
 	return resp.Body, nil
+}
+
+// ReadArchiveTo streams the directory dir as a tar archive (see
+// OpenArchive) into w and returns the number of bytes copied.
+func (f *Files) ReadArchiveTo(ctx context.Context, dir, compression string, w io.Writer) (int64, error) {
+	rc, err := f.OpenArchive(ctx, dir, compression)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	n, err := copyBulk(w, rc)
+	if err != nil {
+		return n, fmt.Errorf("orkestr: reading the archive of %s: %w", dir, err)
+	}
+	return n, nil
 }
