@@ -44,8 +44,10 @@ func BenchmarkDataExecStreamClients(b *testing.B) {
 	speed := map[key]*rates{}
 	cpu := map[key]*samples{}
 	inside := map[string]*rates{}
+	piped := map[string]*rates{}
 	for _, c := range commands {
 		inside[c.name] = &rates{}
+		piped[c.name] = &rates{}
 		for _, cl := range clients {
 			speed[key{cl.name, c.name}] = &rates{}
 			cpu[key{cl.name, c.name}] = &samples{}
@@ -55,7 +57,12 @@ func BenchmarkDataExecStreamClients(b *testing.B) {
 		for _, c := range commands {
 			res := inSandbox(ctx, b, sb, c.cmd+" >/dev/null")
 			inside[c.name].add(mbps(n, time.Duration(max(res.DurationMS, 1))*time.Millisecond))
-			line := fmt.Sprintf("%s: inside %.0f MB/s", c.name, inside[c.name].samples[len(inside[c.name].samples)-1])
+			// The same bytes through a pipe to another process in the
+			// sandbox, as they go to the agent: what gVisor's pipe costs.
+			res = inSandbox(ctx, b, sb, c.cmd+" | cat >/dev/null")
+			piped[c.name].add(mbps(n, time.Duration(max(res.DurationMS, 1))*time.Millisecond))
+			line := fmt.Sprintf("%s: inside %.0f MB/s, piped %.0f MB/s", c.name, inside[c.name].samples[len(inside[c.name].samples)-1],
+				piped[c.name].samples[len(piped[c.name].samples)-1])
 			for _, cl := range clients {
 				got, wall, used := cl.stream(ctx, b, sb, c.cmd)
 				if got != n {
@@ -70,6 +77,7 @@ func BenchmarkDataExecStreamClients(b *testing.B) {
 	}
 	for _, c := range commands {
 		inside[c.name].report(b, c.name+"-inside-MB/s")
+		piped[c.name].report(b, c.name+"-piped-MB/s")
 		for _, cl := range clients {
 			speed[key{cl.name, c.name}].report(b, c.name+"-"+cl.name+"-MB/s")
 			b.ReportMetric(cpu[key{cl.name, c.name}].median(), c.name+"-"+cl.name+"-cpu-s/GB")
@@ -114,6 +122,14 @@ func streamClients(b *testing.B, s *apiServer) []streamClient {
 		writeScript(b, script, fmt.Sprintf(tsStreamScript, filepath.Join(root, "sdk/js/dist/esm/index.js")))
 		clients = append(clients, streamClient{"ts", scriptClient(s, node, script)})
 	}
+	if node, err := exec.LookPath("node"); err == nil {
+		script := filepath.Join(dir, "floor.mjs")
+		writeScript(b, script, nodeFloorScript)
+		clients = append(clients, streamClient{"node-floor", scriptClient(s, node, script)})
+	}
+	script := filepath.Join(dir, "floor.py")
+	writeScript(b, script, pyFloorScript)
+	clients = append(clients, streamClient{"python-floor", scriptClient(s, "python3", script)})
 	py := filepath.Join(root, "sdk/python/.venv/bin/python")
 	if _, err := os.Stat(py); err != nil {
 		b.Log("Python SDK venv missing (make test-python makes it): skipped")
@@ -136,7 +152,7 @@ func writeScript(b *testing.B, path, text string) {
 func scriptClient(s *apiServer, interp, script string) func(context.Context, *testing.B, *orkestr.Sandbox, string) (int64, time.Duration, time.Duration) {
 	return func(ctx context.Context, b *testing.B, sb *orkestr.Sandbox, cmd string) (int64, time.Duration, time.Duration) {
 		c := exec.CommandContext(ctx, interp, script, sb.ID, cmd)
-		c.Env = cliEnv(s)
+		c.Env = append(cliEnv(s), fmt.Sprintf("STREAM_BYTES=%d", int64(*dataStreamMB)*1e6))
 		var out, stderr bytes.Buffer
 		c.Stdout, c.Stderr = &out, &stderr
 		if err := c.Run(); err != nil {
@@ -171,6 +187,56 @@ st = sbx.exec_stream(sys.argv[2], timeout_seconds=600)
 for c in st:
     n += len(c.raw)
 assert st.result is not None and st.result.exit_code == 0
+wall = time.perf_counter() - t0; r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"bytes": n, "wall": wall, "cpu": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime}))
+`
+
+// The floors: the least a Node or Python process can spend to take the same
+// stream off its socket. Each sends the SDKs' request by hand, reads every
+// piece into one reused 1 MiB buffer and does nothing with it but look for
+// the end of the chunked body; the bytes counted are the payload's (n, from
+// the command), the framing is not checked.
+const nodeFloorScript = `import net from "node:net";
+const [id, cmd] = process.argv.slice(2);
+const u = new URL(process.env.ORKESTR_BASE_URL);
+const body = JSON.stringify({ command: cmd, timeout_seconds: 600 });
+const n = Number(process.env.STREAM_BYTES);
+const c0 = process.cpuUsage(); const t0 = performance.now();
+const buf = new Uint8Array(1 << 20);
+let tail = "";
+await new Promise((resolve, reject) => {
+  const s = net.connect({ host: u.hostname, port: Number(u.port), onread: { buffer: buf, callback: (k, b) => {
+    tail = (tail + Buffer.from(b.subarray(Math.max(0, k - 5), k)).toString("latin1")).slice(-5);
+    if (tail === "0\r\n\r\n") { s.destroy(); resolve(); }
+  } } });
+  s.on("error", reject);
+  s.write("POST /v1/sandboxes/" + id + "/exec/stream HTTP/1.1\r\nHost: " + u.host + "\r\nAuthorization: Bearer " + process.env.ORKESTR_API_KEY +
+    "\r\nAccept: application/vnd.orkestr.exec-frames\r\nContent-Type: application/json\r\nContent-Length: " + body.length + "\r\n\r\n" + body);
+});
+const wall = (performance.now() - t0) / 1000; const u2 = process.cpuUsage(c0);
+console.log(JSON.stringify({ bytes: n, wall, cpu: (u2.user + u2.system) / 1e6 }));
+`
+
+const pyFloorScript = `import json, os, resource, socket, sys, time
+from urllib.parse import urlsplit
+sid, cmd = sys.argv[1], sys.argv[2]
+u = urlsplit(os.environ["ORKESTR_BASE_URL"])
+body = json.dumps({"command": cmd, "timeout_seconds": 600}).encode()
+n = int(os.environ["STREAM_BYTES"])
+r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.perf_counter()
+s = socket.create_connection((u.hostname, u.port))
+s.sendall(("POST /v1/sandboxes/%s/exec/stream HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+    "Accept: application/vnd.orkestr.exec-frames\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    % (sid, u.netloc, os.environ["ORKESTR_API_KEY"], len(body))).encode() + body)
+buf = bytearray(1 << 20); view = memoryview(buf); tail = b""
+while True:
+    k = s.recv_into(view)
+    if k == 0:
+        break
+    tail = (tail + bytes(view[max(0, k - 5):k]))[-5:]
+    if tail == b"0\r\n\r\n":
+        break
+s.close()
 wall = time.perf_counter() - t0; r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"bytes": n, "wall": wall, "cpu": r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime}))
 `

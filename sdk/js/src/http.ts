@@ -123,13 +123,7 @@ function idempotent(r: Request): boolean {
  * are retried after 429, 503 and network failures.
  */
 export async function send(c: Connection, r: Request): Promise<Response> {
-  let url = c.baseUrl + "/v1" + r.path;
-  if (r.query) {
-    const q = new URLSearchParams();
-    for (const [k, v] of Object.entries(r.query)) if (v !== undefined) q.set(k, v);
-    const s = q.toString();
-    if (s) url += "?" + s;
-  }
+  const url = requestUrl(c, r);
   const headers: Record<string, string> = {
     Authorization: "Bearer " + c.apiKey(),
     Accept: r.accept ? `${r.accept}, application/json;q=0.5` : "application/json",
@@ -147,23 +141,44 @@ export async function send(c: Connection, r: Request): Promise<Response> {
     headers["Content-Type"] = r.stream.contentType;
     body = r.stream.body;
   }
+  return withRetries(c, r, async () => {
+    const init: RequestInit & { duplex?: "half" } = { method: r.method, headers };
+    if (body !== undefined) init.body = body;
+    // A streamed body needs half duplex (Node's fetch refuses it otherwise).
+    if (r.stream !== undefined) init.duplex = "half";
+    if (r.signal) init.signal = r.signal;
+    const resp = await c.fetch(url, init);
+    if (resp.ok) return resp;
+    throw await readError(resp);
+  });
+}
+
+/** The URL r is sent to, its query included. */
+export function requestUrl(c: Connection, r: Request): string {
+  let url = c.baseUrl + "/v1" + r.path;
+  if (r.query) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(r.query)) if (v !== undefined) q.set(k, v);
+    const s = q.toString();
+    if (s) url += "?" + s;
+  }
+  return url;
+}
+
+/**
+ * Runs one attempt of r and, for an idempotent call, runs it again after a
+ * 429, a 503 or a network failure (an error that is not an OrkestrError),
+ * with jittered exponential backoff and never sooner than Retry-After,
+ * within the connection's retries and retry budget.
+ */
+export async function withRetries<T>(c: Connection, r: Request, attempt: () => Promise<T>): Promise<T> {
   const retry = idempotent(r) && r.stream === undefined && c.maxRetries > 0;
   const deadline = Date.now() + c.retryBudgetMs;
-  for (let attempt = 0; ; attempt++) {
+  for (let n = 0; ; n++) {
     r.signal?.throwIfAborted();
     let failure: OrkestrError;
-    let wait = 0;
     try {
-      const init: RequestInit & { duplex?: "half" } = { method: r.method, headers };
-      if (body !== undefined) init.body = body;
-      // A streamed body needs half duplex (Node's fetch refuses it otherwise).
-      if (r.stream !== undefined) init.duplex = "half";
-      if (r.signal) init.signal = r.signal;
-      const resp = await c.fetch(url, init);
-      if (resp.ok) return resp;
-      failure = await readError(resp);
-      if (resp.status !== 429 && resp.status !== 503) throw failure;
-      wait = failure instanceof RateLimitError ? failure.retryAfterMs : retryAfterHeader(resp.headers);
+      return await attempt();
     } catch (e) {
       if (e instanceof OrkestrError) {
         if (e.status !== 429 && e.status !== 503) throw e;
@@ -178,10 +193,11 @@ export async function send(c: Connection, r: Request): Promise<Response> {
         });
       }
     }
-    if (!retry || attempt >= c.maxRetries) throw failure;
+    if (!retry || n >= c.maxRetries) throw failure;
     // Full jitter on the exponential step, but never less than Retry-After.
-    const step = BACKOFF_MS * 2 ** attempt;
-    wait = Math.max(wait, Math.floor(Math.random() * step) + 1);
+    const step = BACKOFF_MS * 2 ** n;
+    const after = failure instanceof RateLimitError ? failure.retryAfterMs : (retryAfter.get(failure) ?? 0);
+    const wait = Math.max(after, Math.floor(Math.random() * step) + 1);
     if (Date.now() + wait > deadline) throw failure;
     await sleep(wait, r.signal);
   }
@@ -222,6 +238,9 @@ export function retryAfterHeader(h: Headers): number {
   return Number.isNaN(t) ? 0 : Math.max(0, t - Date.now());
 }
 
+/** The Retry-After of the 429 and 503 answers readError turned into errors. */
+const retryAfter = new WeakMap<OrkestrError, number>();
+
 /** Turns a non-2xx answer into the matching error class. */
 export async function readError(resp: Response): Promise<OrkestrError> {
   const requestId = resp.headers.get("X-Request-Id") ?? undefined;
@@ -252,7 +271,7 @@ export async function readError(resp: Response): Promise<OrkestrError> {
     const excerpt = text.slice(0, 200).replace(/[\u0000-\u001f\u007f]+/g, " ").trim();
     message = `HTTP ${resp.status} ${resp.statusText}`.trim() + (excerpt ? `: ${excerpt}` : "");
   }
-  return classify({
+  const err = classify({
     code,
     status: resp.status,
     message: requestId ? `${message} (request ${requestId})` : message,
@@ -260,6 +279,8 @@ export async function readError(resp: Response): Promise<OrkestrError> {
     details,
     retryAfterMs: resp.status === 429 ? retryAfterHeader(resp.headers) : 0,
   });
+  if (resp.status === 429 || resp.status === 503) retryAfter.set(err, retryAfterHeader(resp.headers));
+  return err;
 }
 
 async function readLimited(resp: Response, limit: number): Promise<string> {

@@ -2,7 +2,7 @@
 // create, resume, list and describe sandboxes and plans.
 
 import { openTerminal, type Terminal, type TerminalOptions } from "./terminal.js";
-import { sendStream, type BodyReader, type StreamResponse } from "./nodestream.js";
+import { getBody, putStream, sendStream, type BodyReader, type StreamResponse } from "./nodestream.js";
 import {
   type BlockedConnection,
   type ExecResult,
@@ -913,7 +913,7 @@ export class Files extends FileCalls {
     const raw =
       archive instanceof Uint8Array
         ? await call(this.#conn, { ...r, bytes: archive, signal: options.signal })
-        : await call(this.#conn, { ...r, stream: { body: archive, contentType: "application/x-tar" }, signal: options.signal });
+        : await putStream(this.#conn, { ...r, stream: { body: archive, contentType: "application/x-tar" }, signal: options.signal });
     const o = isObject(raw) ? raw : {};
     return { path: String(o["path"] ?? dir), entries: Number(o["entries"] ?? 0), bytes: Number(o["bytes"] ?? 0) };
   }
@@ -927,9 +927,7 @@ export class Files extends FileCalls {
     options: CallOptions & { compression?: "gzip" | "zstd" } = {},
   ): Promise<ReadableStream<Uint8Array>> {
     const r = this.#req("GET", "/files/archive", dir);
-    const resp = await send(this.#conn, { ...r, query: { ...r.query, compression: options.compression }, signal: options.signal });
-    if (!resp.body) throw new OrkestrError({ code: "invalid_response", status: resp.status, message: "the archive has no body" });
-    return resp.body;
+    return getBody(this.#conn, { ...r, query: { ...r.query, compression: options.compression }, signal: options.signal });
   }
 
   /**
@@ -939,14 +937,12 @@ export class Files extends FileCalls {
    */
   async writeStream(path: string, data: ReadableStream<Uint8Array>, options: UserOptions = {}): Promise<void> {
     const r = this.#req("PUT", "/files", path, options.user);
-    await call(this.#conn, { ...r, stream: { body: data, contentType: "application/octet-stream" }, signal: options.signal });
+    await putStream(this.#conn, { ...r, stream: { body: data, contentType: "application/octet-stream" }, signal: options.signal });
   }
 
   /** The file at `path` as a stream of bytes, without holding it in memory. */
   async readStream(path: string, options: UserOptions = {}): Promise<ReadableStream<Uint8Array>> {
-    const resp = await send(this.#conn, { ...this.#req("GET", "/files", path, options.user), signal: options.signal });
-    if (!resp.body) throw new OrkestrError({ code: "invalid_response", status: resp.status, message: "the file has no body" });
-    return resp.body;
+    return getBody(this.#conn, { ...this.#req("GET", "/files", path, options.user), signal: options.signal });
   }
 
   /** Deletes a file, or a directory with everything in it. */
