@@ -100,6 +100,7 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 		defer pumps.Done()
 		defer out.Close()
 		buf := make([]byte, outputChunk)
+		last := time.Now()
 		for {
 			n, err := out.Read(buf)
 			if n > 0 {
@@ -110,11 +111,13 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 			if err != nil || out.full() {
 				return
 			}
+			now := time.Now()
 			if n >= lingerAfter && n < len(buf) && !stop.given() {
 				// A bulk writer: let its output gather in the pipe so
 				// the next read and frame carry more than one write.
-				time.Sleep(outputLinger)
+				time.Sleep(linger(n, now.Sub(last)))
 			}
+			last = now
 		}
 	}
 	pumps.Add(2)
@@ -228,15 +231,29 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 const outputChunk = 1 << 20
 
 // After a read of at least lingerAfter bytes (a command writing in bulk,
-// not a prompt or a line of a log), the pump waits outputLinger before its
-// next read. Each read costs the agent a trapped syscall and each frame a
-// few more and a wakeup of the host; a command writing 8 KiB at a time
-// would otherwise cost a frame per write. Output is delayed by at most
-// outputLinger, and only while it arrives in bulk.
+// not a prompt or a line of a log), the pump waits before its next read
+// for about lingerFor bytes to gather, at the pace the last read showed,
+// between minLinger and maxLinger. Each read costs the agent a trapped
+// syscall and each frame a few more, a wakeup of the host and one of
+// every client: a command writing 8 KiB at a time would otherwise cost a
+// frame per write, and at a sandbox's 50-100 MB/s a fixed 1 ms made
+// frames of 50-100 KiB, whose wakeups were most of a client's CPU.
+// Output is delayed by at most maxLinger, and only while it arrives in
+// bulk; lingerFor stays well under the pipe's size, so a fast writer is
+// not held up by a full pipe.
 const (
-	lingerAfter  = 4 << 10
-	outputLinger = time.Millisecond
+	lingerAfter = 4 << 10
+	lingerFor   = 256 << 10
+	minLinger   = time.Millisecond
+	maxLinger   = 8 * time.Millisecond
 )
+
+// linger is how long to wait after a read of n bytes that came since
+// elapsed.
+func linger(n int, elapsed time.Duration) time.Duration {
+	d := float64(elapsed) * lingerFor / float64(n) // in floats: no overflow after a long quiet spell
+	return time.Duration(min(max(d, float64(minLinger)), float64(maxLinger)))
+}
 
 // pipeSize is asked for on the command's stdout and stderr pipes (64 KiB
 // by default), so a fast writer blocks less often and the agent reads more

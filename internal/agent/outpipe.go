@@ -19,7 +19,7 @@ import (
 // Go registers every pipe it opens with its epoll instance, edge-triggered.
 // Inside gVisor each write the command makes into the pipe then re-arms the
 // edge and wakes the agent's netpoller thread, even while the pump is
-// sleeping to let bulk output gather (see outputLinger): for `head -c` that
+// sleeping to let bulk output gather (see linger): for `head -c` that
 // is one wakeup — several trapped syscalls — per 8 KiB written, which cost
 // the sandbox more CPU than the command itself. A pipe outside the netpoller
 // wakes the agent only when it waits for it.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"testing"
+	"time"
 )
 
 func newTestOutputPipe(t *testing.T) (*outputPipe, *os.File, *pipeStop) {
@@ -127,5 +128,24 @@ func TestWriterElsewhere(t *testing.T) {
 	w.Close()
 	if writerElsewhere(fd) {
 		t.Fatal("no process holds the write end")
+	}
+}
+
+func TestLingerFollowsThePace(t *testing.T) {
+	for _, c := range []struct {
+		n       int
+		elapsed time.Duration
+		want    time.Duration
+	}{
+		{64 << 10, time.Millisecond, 4 * time.Millisecond}, // 64 MB/s: 256 KiB gather in 4 ms
+		{256 << 10, time.Millisecond, time.Millisecond},    // 256 MB/s: the least wait
+		{900 << 10, time.Millisecond, time.Millisecond},    // faster still: never below minLinger
+		{8 << 10, time.Millisecond, 8 * time.Millisecond},  // a trickle: never above maxLinger
+		{8 << 10, 24 * time.Hour, 8 * time.Millisecond},    // after a long quiet spell
+		{1 << 20, time.Nanosecond, time.Millisecond},       // a full pipe at once
+	} {
+		if got := linger(c.n, c.elapsed); got != c.want {
+			t.Errorf("linger(%d, %v) = %v, want %v", c.n, c.elapsed, got, c.want)
+		}
 	}
 }

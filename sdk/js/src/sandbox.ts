@@ -605,21 +605,15 @@ export class ExecStream implements AsyncIterable<ExecChunk> {
         const stream = type === 1 ? "stdout" : "stderr";
         const cut = utf8Cut(payload);
         const prev = carry[stream];
-        let text = payload.subarray(0, cut);
-        if (prev.length > 0) {
-          text = new Uint8Array(prev.length + cut);
-          text.set(prev);
-          text.set(payload.subarray(0, cut), prev.length);
-        }
         carry[stream] = payload.slice(cut);
-        yield lazyChunk(stream, payload, text);
+        yield lazyChunk(stream, payload, prev, payload.subarray(0, cut));
         continue;
       }
       if (type !== 3 && type !== 4) continue; // unknown frames are skipped
       // A character the output ended inside of becomes U+FFFD (its bytes
       // came with the chunk before).
       for (const stream of ["stdout", "stderr"] as const) {
-        if (carry[stream].length > 0) yield lazyChunk(stream, new Uint8Array(0), carry[stream]);
+        if (carry[stream].length > 0) yield lazyChunk(stream, new Uint8Array(0), carry[stream], new Uint8Array(0));
       }
       let ev: Record<string, unknown>;
       try {
@@ -767,16 +761,22 @@ function utf8Cut(b: Uint8Array): number {
 }
 
 /**
- * A chunk whose text is decoded when `data` is first read. `bytes` is not
- * enumerable, so a chunk still compares, prints and serializes as
- * `{ stream, data }`.
+ * A chunk whose text, the bytes of head then body, is decoded when `data`
+ * is first read (head: the end of a character the chunk before began).
+ * Nothing is joined or copied until then: a reader of `bytes` alone paid
+ * for a copy of every chunk that followed a cut character, most of them
+ * for binary output. `bytes` is not enumerable, so a chunk still
+ * compares, prints and serializes as `{ stream, data }`.
  */
-function lazyChunk(stream: "stdout" | "stderr", bytes: Uint8Array, text: Uint8Array): ExecChunk {
+function lazyChunk(stream: "stdout" | "stderr", bytes: Uint8Array, head: Uint8Array, body: Uint8Array): ExecChunk {
   let data: string | undefined;
   const chunk = {
     stream,
     get data(): string {
-      if (data === undefined) data = new TextDecoder().decode(text);
+      if (data === undefined) {
+        const dec = new TextDecoder();
+        data = head.length === 0 ? dec.decode(body) : dec.decode(head, { stream: true }) + dec.decode(body);
+      }
       return data;
     },
   };

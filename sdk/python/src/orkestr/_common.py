@@ -119,8 +119,10 @@ def is_framed(resp: Any) -> bool:
 
 class FrameDecoder:
     """Splits a byte stream into (type, payload) frames. Received pieces are
-    kept as memoryviews and each payload is joined once, so a byte is copied
-    once however the frames and the pieces fall."""
+    kept as memoryviews and copied out once. The payload of an output frame
+    (types 1 and 2) comes out piece by piece as it arrives, never joined (a
+    frame of up to 1 MiB usually spans several reads); the JSON of the
+    closing events (3 and 4) is joined."""
 
     def __init__(self) -> None:
         self._parts: Deque[memoryview] = deque()
@@ -143,21 +145,46 @@ class FrameDecoder:
                 n = 0
         return out[0].tobytes() if len(out) == 1 else b"".join(out)
 
-    def feed(self, data: bytes) -> List[Tuple[int, bytes]]:
+    def feed(self, data: Union[bytes, memoryview]) -> List[Tuple[int, bytes]]:
+        """The frames (or output pieces) data completes. data may be a view
+        of a buffer its owner reuses once feed returns: what is kept of it
+        past the call is copied."""
         if data:
             self._parts.append(memoryview(data))
             self._have += len(data)
+        try:
+            return self._split()
+        finally:
+            if isinstance(data, memoryview) and self._parts:
+                self._parts = deque(memoryview(p.tobytes()) for p in self._parts)
+
+    def _split(self) -> List[Tuple[int, bytes]]:
         out: List[Tuple[int, bytes]] = []
-        while self._have >= self._need:
+        while True:
             if self._type < 0:
+                if self._have < 5:
+                    return out
                 h = self._take(5)
                 self._type, self._need = h[0], int.from_bytes(h[1:5], "big")
                 if self._need > MAX_FRAME:
                     raise OrkestrError(f"the exec stream sent a frame of {self._need} bytes", code="invalid_response")
+                if self._need == 0:
+                    if self._type not in (1, 2):
+                        out.append((self._type, b""))
+                    self._type, self._need = -1, 5
+            elif self._type in (1, 2):
+                if self._have == 0:
+                    return out
+                k = min(self._have, self._need)
+                out.append((self._type, self._take(k)))
+                self._need -= k
+                if self._need == 0:
+                    self._type, self._need = -1, 5
             else:
-                out.append((self._type, self._take(self._need) if self._need else b""))
+                if self._have < self._need:
+                    return out
+                out.append((self._type, self._take(self._need)))
                 self._type, self._need = -1, 5
-        return out
 
 
 def _utf8_cut(b: bytes) -> int:
@@ -213,7 +240,7 @@ class StreamState:
             return ExecChunk(stream=str(typ), data=text, raw=text.encode("utf-8", "surrogatepass"))
         return self._event(ev)
 
-    def feed_bytes(self, data: Optional[bytes]) -> List[ExecChunk]:
+    def feed_bytes(self, data: Union[bytes, memoryview, None]) -> List[ExecChunk]:
         """Take the next bytes of a framed stream (None at the end of the
         body); return the chunks of output they complete."""
         if data is None:
@@ -224,11 +251,9 @@ class StreamState:
         for typ, payload in self._frames.feed(data):
             if typ in (1, 2):
                 stream = "stdout" if typ == 1 else "stderr"
-                carry = self._carry[stream]
                 cut = _utf8_cut(payload)
-                text = payload if not carry and cut == len(payload) else carry + payload[:cut]
+                out.append(ExecChunk(stream, raw=payload, _head=self._carry[stream], _cut=cut))
                 self._carry[stream] = payload[cut:]
-                out.append(ExecChunk(stream, raw=payload, _text=text))
             elif typ in (3, 4):
                 # A character the output ended inside of becomes U+FFFD
                 # (its raw bytes came with the chunk before).

@@ -10,10 +10,17 @@ httpx's."""
 from __future__ import annotations
 
 import socket
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import httpx
+
+# What a read of a chunk's data may take beyond it: its CRLF and a size
+# line of up to 8 hex digits with its CRLF.
+CHUNK_SLACK = 12
+
+# A piece of a body: bytes, or a view of the read buffer (iter_views).
+Piece = Union[bytes, memoryview]
 
 READ_BUFFER = 1 << 20
 MAX_HEAD = 64 << 10
@@ -63,18 +70,31 @@ class RawResponse:
             yield rest.decode("utf-8", "replace")
 
     def iter_bytes(self) -> Iterator[bytes]:
+        for p in self._body(copy=True):
+            assert isinstance(p, bytes)
+            yield p
+
+    def iter_views(self) -> Iterator[Piece]:
+        """The body as iter_bytes gives it, except that what comes off the
+        socket comes as views of the read buffer, valid only until the next
+        piece is asked for: for a reader that copies what it keeps (the
+        frame decoder), which saves a copy of every byte into fresh memory
+        (page faults were most of a stream's client CPU)."""
+        return self._body(copy=False)
+
+    def _body(self, copy: bool) -> Iterator[Piece]:
         te = self.headers.get("transfer-encoding", "").lower()
         cl = self.headers.get("content-length")
         if self.status_code in (204, 304):
             pass  # no body, whatever the headers say
         elif "chunked" in te:
-            yield from self._chunked()
+            yield from self._chunked(copy)
         elif cl is not None:
             if not cl.isdigit() or len(cl) > 15:
                 raise httpx.RemoteProtocolError(f"a Content-Length of {cl[:20]!r}")
-            yield from self._exactly(int(cl))
+            yield from self._exactly(int(cl), copy)
         else:
-            yield from self._to_close()
+            yield from self._to_close(copy)
         self.close()
 
     def _recv_into(self, n: int) -> int:
@@ -87,21 +107,27 @@ class RawResponse:
         except OSError as e:
             raise httpx.ReadError(str(e)) from None
 
-    def _exactly(self, left: int) -> Iterator[bytes]:
-        """The next left bytes of the body, as they arrive."""
+    def _exactly(self, left: int, copy: bool, slack: int = 0) -> Iterator[Piece]:
+        """The next left bytes of the body, as they arrive. With slack, each
+        read may take up to that many bytes more, kept for what follows (in
+        a chunked body: the CRLF and the next chunk's size line, which
+        otherwise cost a read of their own per chunk)."""
         if self._pending:
             take = self._pending[:left]
             self._pending = self._pending[left:]
             left -= len(take)
             yield take
         while left > 0:
-            k = self._recv_into(min(left, READ_BUFFER))
+            k = self._recv_into(min(left + slack, READ_BUFFER))
             if k == 0:
                 raise httpx.RemoteProtocolError("the connection closed before the answer ended")
+            if k > left:
+                self._pending += self._view[left:k].tobytes()
+                k = left
             left -= k
-            yield self._view[:k].tobytes()
+            yield self._view[:k].tobytes() if copy else self._view[:k]
 
-    def _to_close(self) -> Iterator[bytes]:
+    def _to_close(self, copy: bool) -> Iterator[Piece]:
         if self._pending:
             b, self._pending = self._pending, b""
             yield b
@@ -109,7 +135,7 @@ class RawResponse:
             k = self._recv_into(READ_BUFFER)
             if k == 0:
                 return
-            yield self._view[:k].tobytes()
+            yield self._view[:k].tobytes() if copy else self._view[:k]
 
     def _line(self) -> bytes:
         while b"\n" not in self._pending:
@@ -122,7 +148,7 @@ class RawResponse:
         line, _, self._pending = self._pending.partition(b"\n")
         return line.rstrip(b"\r")
 
-    def _chunked(self) -> Iterator[bytes]:
+    def _chunked(self, copy: bool) -> Iterator[Piece]:
         while True:
             size = self._line().split(b";", 1)[0].strip()
             if not size or len(size) > 8 or any(c not in b"0123456789abcdefABCDEF" for c in size):
@@ -132,7 +158,7 @@ class RawResponse:
                 while self._line() != b"":  # trailers, up to the empty line
                     pass
                 return
-            yield from self._exactly(n)
+            yield from self._exactly(n, copy, CHUNK_SLACK)
             if self._line() != b"":
                 raise httpx.RemoteProtocolError("a chunk not followed by CRLF")
 

@@ -296,7 +296,7 @@ class ExecStream:
         self._extra = extra_timeout
         self._resp: Union[httpx.Response, RawResponse, None] = None
         self._lines: Optional[Iterator[str]] = None
-        self._bytes: Optional[Iterator[bytes]] = None  # the binary framing
+        self._bytes: Optional[Iterator[Union[bytes, memoryview]]] = None  # the binary framing
         self._pending: List[ExecChunk] = []
         self._state = StreamState()
 
@@ -318,7 +318,9 @@ class ExecStream:
                                                     extra_timeout=self._extra, accept=EXEC_FRAMES)
             self._state.request_id = self._resp.headers.get("x-request-id")
             if is_framed(self._resp):
-                self._bytes = self._resp.iter_bytes()
+                # The decoder copies what it keeps: the own client's pieces
+                # can stay in its read buffer.
+                self._bytes = self._resp.iter_views() if isinstance(self._resp, RawResponse) else self._resp.iter_bytes()
             else:
                 self._lines = self._resp.iter_lines()
         try:
@@ -329,7 +331,7 @@ class ExecStream:
                     self.close()
                     self._state.raise_if_failed()
                     raise StopIteration
-                data: Optional[bytes]
+                data: Union[bytes, memoryview, None]
                 try:
                     data = next(self._bytes)
                 except StopIteration:
