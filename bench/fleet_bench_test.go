@@ -24,6 +24,7 @@ import (
 var (
 	fleetExecs = flag.Int("fleet.execs", 10, "BenchmarkFleet/exec: exec pairs (one per side) per iteration")
 	fleetSize  = flag.String("fleet.size", "small", "BenchmarkFleet/exec: the size of the sandboxes the execs run in (medium: 2 vCPU, no CFS throttling of the command in the way of the comparison)")
+	fleetGap   = flag.Duration("fleet.gap", 0, "BenchmarkFleet/exec: an untimed pause before each exec, so that every exec finds its sandbox idle (spaced execs vary far less than back-to-back ones, whose sandbox is still busy with the last one's process)")
 	fleetPerf  = flag.String("fleet.perf", "", "BenchmarkFleet/exec: `perf record -g` the control plane, the node and the one-process server for 10 s of the loop into PREFIX-{cp,node,local}.perf")
 )
 
@@ -179,6 +180,11 @@ func BenchmarkFleet(b *testing.B) {
 		for b.Loop() {
 			for range *fleetExecs {
 				for k := range 3 {
+					if *fleetGap > 0 {
+						b.StopTimer()
+						time.Sleep(*fleetGap)
+						b.StartTimer()
+					}
 					switch i := (n + k) % 3; i {
 					case 2:
 						ds[2].add(runDirect())
