@@ -5,6 +5,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -107,7 +108,7 @@ func BenchmarkFleet(b *testing.B) {
 	b.Run("exec", func(b *testing.B) {
 		sbs := make([]*orkestr.Sandbox, len(sides))
 		for i, sd := range sides {
-			sb, err := sd.s.client.CreateSandbox(ctx, orkestr.CreateParams{Template: templateName, Size: *fleetSize})
+			sb, err := createWhenRoom(ctx, sd.s.client, orkestr.CreateParams{Template: templateName, Size: *fleetSize})
 			if err != nil {
 				b.Fatalf("%s: create: %v", sd.name, err)
 			}
@@ -134,7 +135,7 @@ func BenchmarkFleet(b *testing.B) {
 		// sandbox of its own on the node, so that each sandbox gets the
 		// same rate of execs (a small one has half a core: more execs,
 		// more CFS throttling).
-		third, err := f.cp.client.CreateSandbox(ctx, orkestr.CreateParams{Template: templateName, Size: *fleetSize})
+		third, err := createWhenRoom(ctx, f.cp.client, orkestr.CreateParams{Template: templateName, Size: *fleetSize})
 		if err != nil {
 			b.Fatalf("fleet: create: %v", err)
 		}
@@ -254,6 +255,12 @@ func BenchmarkFleet(b *testing.B) {
 			deletes[i].add(t3.Sub(t2))
 		}
 		b.StopTimer()
+		// The exec part's sandboxes may still hold the node's room.
+		if sb, err := createWhenRoom(ctx, sides[1].s.client, orkestr.CreateParams{Template: templateName, Size: "small"}); err != nil {
+			b.Fatalf("fleet: create: %v", err)
+		} else if err := sb.Terminate(ctx); err != nil {
+			b.Fatalf("fleet: delete: %v", err)
+		}
 		waitPools()
 		once(0) // warm-up: connections, page cache
 		once(1)
@@ -338,4 +345,20 @@ func newRequest(method, url, key string) (*http.Request, error) {
 	}
 	req.Header.Set("Authorization", "Bearer "+key)
 	return req, nil
+}
+
+// createWhenRoom creates a sandbox, waiting up to 30 s while the answer is
+// no_capacity: the sandboxes of the count before are gone, but the node's
+// room comes back only with its next heartbeat (medium sandboxes take a
+// 2-core node's cores).
+func createWhenRoom(ctx context.Context, c *orkestr.Client, p orkestr.CreateParams) (*orkestr.Sandbox, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		sb, err := c.CreateSandbox(ctx, p)
+		var e *orkestr.Error
+		if err == nil || !errors.As(err, &e) || e.Code != "no_capacity" || time.Now().After(deadline) {
+			return sb, err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
