@@ -156,6 +156,9 @@ func NewDriverWith(t testing.TB, change func(*gvisor.Config)) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Registered first, so it runs last: also when the driver fails to
+	// start below (a runsc that refuses its flags left the directory).
+	t.Cleanup(func() { _ = os.RemoveAll(state) })
 	cfg := gvisor.Config{
 		Runsc:        runsc,
 		AgentBinary:  agent,
