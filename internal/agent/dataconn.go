@@ -140,72 +140,68 @@ func (a *Agent) writeFileData(path string, mode uint32, ticket string, r *wire.R
 }
 
 // receiveFile copies what arrives on conn into f until the host half-closes
-// it, in blocking reads of up to 1 MiB (the connection carries this one
-// transfer and is closed after it). io.Copy spliced it through a pipe with
-// a non-blocking socket, so every time the socket ran dry the agent went
-// through Go's netpoller and a trapped epoll_wait: 2.8-3.2 s of sandbox
-// CPU per GB uploaded.
+// it, in blocking reads of up to 1 MiB (see onBlocking). io.Copy spliced it
+// through a pipe with a non-blocking socket, so every time the socket ran
+// dry the agent went through Go's netpoller and a trapped epoll_wait:
+// 2.8-3.2 s of sandbox CPU per GB uploaded.
 func receiveFile(conn *net.UnixConn, f *os.File) (int64, error) {
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
 	var n int64
-	var rerr error
 	buf := make([]byte, 1<<20)
-	cerr := rc.Control(func(fd uintptr) {
-		if rerr = unix.SetNonblock(int(fd), false); rerr != nil {
-			return
-		}
+	err := onBlocking(conn, func(fd int) error {
 		for {
-			m, err := unix.Read(int(fd), buf)
+			m, err := unix.Read(fd, buf)
 			switch {
 			case err == unix.EINTR || err == unix.EAGAIN:
 				continue
 			case err != nil:
-				rerr = err
-				return
+				return err
 			case m == 0:
-				return
+				return nil
 			}
 			if _, err := f.Write(buf[:m]); err != nil {
-				rerr = err
-				return
+				return err
 			}
 			n += int64(m)
 		}
 	})
-	if rerr == nil {
-		rerr = cerr
+	return n, err
+}
+
+// onBlocking runs f on conn's descriptor in blocking mode. A data
+// connection carries one transfer and is closed after it, so nothing else
+// waits on it in Go's netpoller: a blocking call waits inside the Sentry,
+// where a non-blocking one came back with EAGAIN each time the host's
+// socket was full or empty and went through the netpoller and a trapped
+// epoll_wait before the next call.
+func onBlocking(conn *net.UnixConn, f func(fd int) error) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
 	}
-	return n, rerr
+	var ferr error
+	if err := rc.Control(func(fd uintptr) {
+		if ferr = unix.SetNonblock(int(fd), false); ferr == nil {
+			ferr = f(int(fd))
+		}
+	}); err != nil {
+		return err
+	}
+	return ferr
 }
 
 // sendFile sends the next n bytes of f on conn (fewer if f ends first) with
 // sendfile(2), so the bytes go from the file to the socket inside the
 // sandbox's kernel: a few trapped syscalls per transfer instead of a read
-// and a write per chunk. The socket is put in blocking mode first (it
-// carries this one transfer and is closed after it): the Sentry then waits
-// for room on the host's socket itself, where a non-blocking send came
-// back to the agent with EAGAIN each time the host's buffer filled and
-// went through Go's netpoller and a trapped epoll_wait before the next
-// call (2.4 s of sandbox CPU per GB downloaded, most of it in context
-// switches). Where sendfile is refused it copies.
+// and a write per chunk, in blocking mode (see onBlocking: 2.4 s of
+// sandbox CPU per GB downloaded before, most of it in context switches).
+// Where sendfile is refused it copies.
 func sendFile(conn *net.UnixConn, f *os.File, n int64) (int64, error) {
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
 	src := int(f.Fd())
 	var sent int64
-	var serr error
 	unsupported := false
-	cerr := rc.Control(func(dst uintptr) {
-		if serr = unix.SetNonblock(int(dst), false); serr != nil {
-			return
-		}
+	err := onBlocking(conn, func(dst int) error {
 		for sent < n {
-			m, err := unix.Sendfile(int(dst), src, nil, int(min(n-sent, 1<<30)))
+			m, err := unix.Sendfile(dst, src, nil, int(min(n-sent, 1<<30)))
 			if m > 0 {
 				sent += int64(m)
 			}
@@ -214,22 +210,18 @@ func sendFile(conn *net.UnixConn, f *os.File, n int64) (int64, error) {
 				continue
 			case err == unix.ENOSYS || err == unix.EINVAL || err == unix.EOPNOTSUPP:
 				unsupported = sent == 0
-				serr = err
-				return
+				return err
 			case err != nil:
-				serr = err
-				return
+				return err
 			case m == 0:
-				return // the file ended early
+				return nil // the file ended early
 			}
 		}
+		return nil
 	})
 	if unsupported {
 		buf := make([]byte, wire.ChunkSize)
 		return io.CopyBuffer(conn, io.LimitReader(f, n), buf)
 	}
-	if serr == nil {
-		serr = cerr
-	}
-	return sent, serr
+	return sent, err
 }

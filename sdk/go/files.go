@@ -126,16 +126,10 @@ func (g *guardedReader) Read(p []byte) (int, error) {
 
 // WriteTo hands the body to the transport in pieces of up to 1 MiB (the
 // transport's own copy would read it 32 KiB at a time), stopping as Read
-// does.
+// does. copyBulk hides this method from its own copy.
 func (g *guardedReader) WriteTo(w io.Writer) (int64, error) {
-	return copyBulk(w, readerOnly{g})
+	return copyBulk(w, g)
 }
-
-// readerOnly hides a reader's WriteTo, so that copying it does not call
-// itself.
-type readerOnly struct{ r io.Reader }
-
-func (r readerOnly) Read(p []byte) (int, error) { return r.r.Read(p) }
 
 func (g *guardedReader) Close() error {
 	g.stop()
@@ -162,13 +156,19 @@ func (f *Files) Open(ctx context.Context, path string) (io.ReadCloser, error) {
 // returns the number of bytes copied.
 func (f *Files) ReadTo(ctx context.Context, path string, w io.Writer) (int64, error) {
 	rc, err := f.Open(ctx, path)
+	return drainTo(w, rc, err, path)
+}
+
+// drainTo copies the body rc (opened with err) into w and closes it; what
+// names it in an error.
+func drainTo(w io.Writer, rc io.ReadCloser, err error, what string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
 	defer rc.Close()
 	n, err := copyBulk(w, rc)
 	if err != nil {
-		return n, fmt.Errorf("orkestr: reading %s: %w", path, err)
+		return n, fmt.Errorf("orkestr: reading %s: %w", what, err)
 	}
 	return n, nil
 }
@@ -272,13 +272,5 @@ func (f *Files) OpenArchive(ctx context.Context, dir, compression string) (io.Re
 // OpenArchive) into w and returns the number of bytes copied.
 func (f *Files) ReadArchiveTo(ctx context.Context, dir, compression string, w io.Writer) (int64, error) {
 	rc, err := f.OpenArchive(ctx, dir, compression)
-	if err != nil {
-		return 0, err
-	}
-	defer rc.Close()
-	n, err := copyBulk(w, rc)
-	if err != nil {
-		return n, fmt.Errorf("orkestr: reading the archive of %s: %w", dir, err)
-	}
-	return n, nil
+	return drainTo(w, rc, err, "the archive of "+dir)
 }

@@ -305,15 +305,19 @@ async function readLimited(resp: Response, limit: number): Promise<string> {
 /** Sends r and decodes a JSON answer (204 and empty bodies are undefined). */
 export async function call(c: Connection, r: Request): Promise<unknown> {
   const resp = await send(c, r);
-  const text = await resp.text();
+  return decodeAnswer(r, resp.status, resp.headers.get("X-Request-Id") ?? undefined, await resp.text());
+}
+
+/** The JSON of a 2xx answer to r (undefined when empty). */
+export function decodeAnswer(r: Request, status: number, requestId: string | undefined, text: string): unknown {
   if (text === "") return undefined;
   try {
     return JSON.parse(text);
   } catch (e) {
     throw new OrkestrError({
       code: "invalid_response",
-      status: resp.status,
-      requestId: resp.headers.get("X-Request-Id") ?? undefined,
+      status,
+      requestId,
       message: `${r.method} /v1${r.path}: the API's answer is not JSON: ${describe(e)}`,
       cause: e,
     });

@@ -10,7 +10,7 @@
 // Deno, Bun, a fetch passed in the options) fetch is used as before.
 
 import { OrkestrError } from "./errors.js";
-import { call, readError, requestUrl, send, VERSION, withRetries, type Connection, type Request } from "./http.js";
+import { call, decodeAnswer, readError, requestUrl, send, VERSION, withRetries, type Connection, type Request } from "./http.js";
 
 /** Reads a body piece by piece; a WHATWG stream reader is one. */
 export interface BodyReader {
@@ -102,11 +102,7 @@ export async function sendStream(c: Connection, r: Request): Promise<StreamRespo
   }
   r.signal?.throwIfAborted();
   const url = requestUrl(c, r);
-  const headers: Record<string, string> = {
-    Authorization: "Bearer " + c.apiKey(),
-    Accept: r.accept ? `${r.accept}, application/json;q=0.5` : "application/json",
-    "User-Agent": `orkestr-js/${VERSION}`,
-  };
+  const headers = nodeHeaders(c, r.accept);
   let body: string | undefined;
   if (r.json !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -172,8 +168,7 @@ export async function sendStream(c: Connection, r: Request): Promise<StreamRespo
  * held a 256 MiB download to 260-465 MB/s.
  */
 export async function getBody(c: Connection, r: Request): Promise<ReadableStream<Uint8Array>> {
-  const raw = c.fetch === globalThis.fetch && c.baseUrl.startsWith("http:") && onNode();
-  const node = raw ? await loadNode() : null;
+  const node = await ownClient(c);
   if (node === null) {
     const resp = await send(c, r);
     if (!resp.body) {
@@ -181,11 +176,7 @@ export async function getBody(c: Connection, r: Request): Promise<ReadableStream
     }
     return resp.body;
   }
-  const headers: Record<string, string> = {
-    Authorization: "Bearer " + c.apiKey(),
-    Accept: "application/octet-stream, application/json;q=0.5",
-    "User-Agent": `orkestr-js/${VERSION}`,
-  };
+  const headers = nodeHeaders(c, "application/octet-stream");
   const resp = await withRetries(c, r, () => rawExchange(node.net, c, r, requestUrl(c, r), headers, undefined));
   const reader = resp.reader;
   return new ReadableStream<Uint8Array>(
@@ -208,15 +199,9 @@ export async function getBody(c: Connection, r: Request): Promise<ReadableStream
  * (fetch's streamed upload held a 256 MiB file to 350-380 MB/s).
  */
 export async function putStream(c: Connection, r: Request & { stream: { body: ReadableStream<Uint8Array>; contentType: string } }): Promise<unknown> {
-  const raw = c.fetch === globalThis.fetch && c.baseUrl.startsWith("http:") && onNode();
-  const node = raw ? await loadNode() : null;
+  const node = await ownClient(c);
   if (node === null) return call(c, r);
-  const headers: Record<string, string> = {
-    Authorization: "Bearer " + c.apiKey(),
-    Accept: "application/json",
-    "User-Agent": `orkestr-js/${VERSION}`,
-    "Content-Type": r.stream.contentType,
-  };
+  const headers = { ...nodeHeaders(c, undefined), "Content-Type": r.stream.contentType };
   const resp = await rawExchange(node.net, c, r, requestUrl(c, r), headers, r.stream.body);
   const parts: Uint8Array[] = [];
   let n = 0;
@@ -224,19 +209,21 @@ export async function putStream(c: Connection, r: Request & { stream: { body: Re
     parts.push(p.value);
     n += p.value.length;
   }
-  const text = new TextDecoder().decode(concat(parts, n));
-  if (text === "") return undefined;
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new OrkestrError({
-      code: "invalid_response",
-      status: resp.status,
-      requestId: resp.headers.get("X-Request-Id") ?? undefined,
-      message: `${r.method} /v1${r.path}: the API's answer is not JSON`,
-      cause: e,
-    });
-  }
+  return decodeAnswer(r, resp.status, resp.headers.get("X-Request-Id") ?? undefined, new TextDecoder().decode(concat(parts, n)));
+}
+
+/** Node's modules, when r may go through the SDK's own HTTP/1.1 client: Node, its own fetch, an http:// API. */
+async function ownClient(c: Connection): Promise<NodeModules | null> {
+  return c.fetch === globalThis.fetch && c.baseUrl.startsWith("http:") && onNode() ? loadNode() : null;
+}
+
+/** The headers of a request sent on Node's modules; accept is preferred over JSON. */
+function nodeHeaders(c: Connection, accept: string | undefined): Record<string, string> {
+  return {
+    Authorization: "Bearer " + c.apiKey(),
+    Accept: accept ? `${accept}, application/json;q=0.5` : "application/json",
+    "User-Agent": `orkestr-js/${VERSION}`,
+  };
 }
 
 /**

@@ -43,6 +43,11 @@ describe("file downloads on the SDK's HTTP/1.1 client (stand-in server)", () => 
       };
       if (req.method === "PUT") {
         if (u.searchParams.get("path") === "/refused") return error(403, "permission_denied");
+        if (u.searchParams.get("path") === "/notjson") {
+          req.resume();
+          req.on("end", () => res.end("not json"));
+          return;
+        }
         const parts = [];
         req.on("data", (d) => parts.push(d));
         req.on("end", () => {
@@ -188,6 +193,15 @@ describe("file downloads on the SDK's HTTP/1.1 client (stand-in server)", () => 
       assert.ok(e instanceof OrkestrError);
       assert.equal(e.code, "permission_denied");
       assert.equal(e.status, 403);
+      return true;
+    });
+  });
+
+  test("an upload's answer that is not JSON is invalid_response", async () => {
+    const s = await sbx();
+    await assert.rejects(s.files.writeStream("/notjson", source(big.subarray(0, 1000))), (e) => {
+      assert.ok(e instanceof OrkestrError);
+      assert.equal(e.code, "invalid_response");
       return true;
     });
   });

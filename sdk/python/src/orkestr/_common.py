@@ -257,7 +257,7 @@ class StreamState:
             elif typ in (3, 4):
                 # A character the output ended inside of becomes U+FFFD
                 # (its raw bytes came with the chunk before).
-                out.extend(ExecChunk(k, raw=b"", _text=v) for k, v in self._carry.items() if v)
+                out.extend(ExecChunk(k, raw=b"", _head=v) for k, v in self._carry.items() if v)
                 try:
                     ev = json.loads(payload)
                 except ValueError:

@@ -101,27 +101,24 @@ class ExecChunk:
     first read, so a caller that wants only bytes pays for no decoding.
     Chunks compare equal by stream and text."""
 
-    __slots__ = ("stream", "raw", "_data", "_text", "_head", "_cut")
+    __slots__ = ("stream", "raw", "_data", "_head", "_cut")
 
-    def __init__(self, stream: str, data: Optional[str] = None, raw: bytes = b"", _text: Optional[bytes] = None,
-                 _head: bytes = b"", _cut: Optional[int] = None) -> None:
+    def __init__(self, stream: str, data: Optional[str] = None, raw: bytes = b"", _head: bytes = b"",
+                 _cut: Optional[int] = None) -> None:
         self.stream = stream
         self.raw = raw
         self._data = data
-        self._text = _text
-        # Without _text, the text is _head (the end of a character the
-        # chunk before began) then raw up to _cut, joined only when data is
-        # first read: a caller of raw alone copies nothing for it.
+        # Without data, the text is _head (the end of a character the chunk
+        # before began) then raw up to _cut, joined only when data is first
+        # read: a caller of raw alone copies nothing for it.
         self._head = _head
         self._cut = _cut
 
     @property
     def data(self) -> str:
         if self._data is None:
-            text = self._text
-            if text is None:
-                cut = len(self.raw) if self._cut is None else self._cut
-                text = self._head + self.raw[:cut] if self._head or cut < len(self.raw) else self.raw
+            cut = len(self.raw) if self._cut is None else self._cut
+            text = self._head + self.raw[:cut] if self._head or cut < len(self.raw) else self.raw
             self._data = text.decode("utf-8", "replace")
         return self._data
 
