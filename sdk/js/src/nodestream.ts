@@ -4,9 +4,9 @@
 // (a promise, a Buffer, a transfer per piece), which cost 2.5-3.5 s of CPU
 // per GB of output against 1.2-1.3 s for node:http's own stream on the same
 // machine (docs/benchmarks.md). For an http:// API not even node:http: an
-// HTTP/1.1 exchange of our own on a node:net socket whose reads land in one
-// reused 1 MiB buffer (`onread`) took the SDK from 1.5-1.6 to 0.8-1.0 s/GB
-// (a bare reader: node:http 0.6-0.8, node:net 0.15). Elsewhere (browsers,
+// HTTP/1.1 exchange of our own on a node:net socket whose reads land in
+// memory we hand it (`onread`, see slabReads) took the SDK from 1.5-1.6 to
+// 0.8-1.0 s/GB (a bare reader: node:http 0.6-0.8, node:net 0.15). Elsewhere (browsers,
 // Deno, Bun, a fetch passed in the options) fetch is used as before.
 
 import { OrkestrError } from "./errors.js";
@@ -51,7 +51,10 @@ interface NodeSocket {
   on(ev: "error", f: (e: Error) => void): void;
   off(ev: "close" | "drain", f: () => void): void;
   write(b: Uint8Array): boolean;
+  cork(): void;
+  uncork(): void;
   readonly destroyed: boolean;
+  readonly writableLength: number;
   setNoDelay(on: boolean): void;
   pause(): void;
   resume(): void;
@@ -61,7 +64,7 @@ interface NodeNet {
   connect(opts: {
     host: string;
     port: number;
-    onread: { buffer: Uint8Array; callback: (n: number, buf: Uint8Array) => boolean | void };
+    onread: { buffer: Uint8Array | (() => Uint8Array); callback: (n: number, buf: Uint8Array) => boolean | void };
   }): NodeSocket;
 }
 
@@ -352,31 +355,46 @@ function pieceQueue(
 
 type NodeBufferClass = { allocUnsafeSlow(n: number): Uint8Array };
 
-/**
- * The first n bytes of buf in memory of their own: on Node a Buffer that is
- * not zeroed first (slice zeroes, then copies; 0.5 s/GB against 0.4).
- */
-function copyOut(buf: Uint8Array, n: number): Uint8Array {
-  const B = (globalThis as { Buffer?: NodeBufferClass }).Buffer;
-  if (B === undefined) return buf.slice(0, n);
-  const c = B.allocUnsafeSlow(n);
-  c.set(buf.subarray(0, n));
-  return c;
-}
+/** The memory a stream's socket reads land in, a slab at a time. */
+const SLAB = 1 << 20;
+/** A slab with less room than this left is put down for a fresh one. */
+const MIN_READ = 64 << 10;
 
 /**
- * Where every stream's socket reads land. One for all: a read and its
- * callback run together on the event loop, and the callback copies what the
- * read brought out before it returns.
+ * Where one socket's reads land: each read fills the free end of the
+ * current slab and is handed on as a view of it, never copied; a slab
+ * whose free end is under MIN_READ is left to the views of it (the reader
+ * may keep them) and a fresh one taken. Reading into one reused buffer and
+ * copying every read out into memory of its own cost 0.1-0.2 s more per GB
+ * (docs/benchmarks.md): the copy, and a Buffer per read. The fresh pages
+ * are the floor either way: V8 frees a chunk only at a collection, so its
+ * memory never comes back warm.
  */
-let readBuffer: Uint8Array | undefined;
+function slabReads(): { next: () => Uint8Array; took: (n: number) => void } {
+  const B = (globalThis as { Buffer?: NodeBufferClass }).Buffer;
+  let slab: Uint8Array = new Uint8Array(0);
+  let used = 0;
+  return {
+    next: () => {
+      if (slab.length - used < MIN_READ) {
+        slab = B === undefined ? new Uint8Array(SLAB) : B.allocUnsafeSlow(SLAB);
+        used = 0;
+      }
+      return slab.subarray(used);
+    },
+    took: (n) => {
+      used += n;
+    },
+  };
+}
+
 /** The most an answer's status line and headers may take. */
 const MAX_HEAD = 64 << 10;
 
 /**
  * One HTTP/1.1 exchange on a socket of its own, closed after it, whose
- * reads land in one reused buffer; each read's bytes are copied out once
- * (the reader may keep them) and the body is taken apart here: chunked,
+ * reads land in slabs (slabReads) the reader may keep views of, and whose
+ * body is taken apart here without a copy: chunked,
  * Content-Length or to the connection's end.
  */
 async function rawExchange(
@@ -398,7 +416,7 @@ async function rawExchange(
   // closed once the body is read.
   head += streamed ? "Transfer-Encoding: chunked\r\n\r\n" : `Content-Length: ${bodyBytes.length}\r\n\r\n`;
 
-  const buffer = (readBuffer ??= new Uint8Array(1 << 20));
+  const reads = slabReads();
   let sock: NodeSocket | undefined;
   const q = pieceQueue(
     () => sock?.pause(),
@@ -431,10 +449,12 @@ async function rawExchange(
     host: u.hostname.replace(/^\[(.*)\]$/, "$1"),
     port: u.port === "" ? 80 : Number(u.port),
     onread: {
-      buffer,
-      callback: (n) => {
+      // Called for the first read and again after each callback.
+      buffer: reads.next,
+      callback: (n, buf) => {
+        reads.took(n);
         try {
-          const h = parser.feed(copyOut(buffer, n));
+          const h = parser.feed(buf.subarray(0, n));
           if (h !== undefined) {
             gotHead = true;
             answered?.(h);
@@ -489,11 +509,17 @@ async function rawExchange(
   return { status: res.status, headers: { get }, reader: { read: q.read, cancel: async () => release() } };
 }
 
+/** Body bytes a chunked upload lets wait in the socket before it waits. */
+const SEND_AHEAD = 4 << 20;
+
 /**
  * Writes body to sock as a chunked request body, a chunk per piece the
- * stream yields, waiting for the socket to drain after each; stops (and
- * cancels body) once the server has answered (an early error) or the
- * socket is gone.
+ * stream yields (its size line, the piece and its CRLF corked into one
+ * write), reading the next piece while up to SEND_AHEAD bytes still wait
+ * to be sent: waiting for the socket to drain after every piece left the
+ * source idle while the socket sent and the socket idle while the source
+ * read. Stops (and cancels body) once the server has answered (an early
+ * error) or the socket is gone.
  */
 async function sendChunked(sock: NodeSocket, body: ReadableStream<Uint8Array>, answered: () => boolean): Promise<void> {
   const reader = body.getReader();
@@ -511,9 +537,12 @@ async function sendChunked(sock: NodeSocket, body: ReadableStream<Uint8Array>, a
         return;
       }
       if (p.value.length === 0) continue;
+      sock.cork();
       sock.write(enc.encode(p.value.length.toString(16) + "\r\n"));
       sock.write(p.value);
-      if (!sock.write(crlf) && !sock.destroyed) {
+      sock.write(crlf);
+      sock.uncork();
+      if (sock.writableLength > SEND_AHEAD && !sock.destroyed) {
         await new Promise<void>((resolve) => {
           const done = () => {
             sock.off("drain", done);
