@@ -92,11 +92,15 @@ func (p *Pool) SetDemand(d Demand) {
 const startMemory = 128 << 20
 
 // HostStarts is how many sandboxes this host starts at once by default:
-// two per CPU (a small sandbox boots under its 0.5-vCPU quota, so one
-// start does not fill a core), at least 1, and no more than the available
-// memory holds at startMemory each.
+// one per CPU, at least 1, and no more than the available memory holds at
+// startMemory each. Not two per CPU, as before: runsc and a sandbox's boot
+// take a core while they run, and four refills on two cores slowed the
+// first command of the sandboxes claimed beside them (20 creates in a
+// row: p95/p50 1.7-2.2 against 1.5-1.6, docs/benchmarks.md). A burst of
+// claims is not bounded by it: a claim the pool cannot serve starts its
+// own sandbox.
 func HostStarts() int {
-	n := 2 * goruntime.NumCPU()
+	n := goruntime.NumCPU()
 	if avail := memAvailable(); avail > 0 {
 		n = min(n, int(avail/startMemory))
 	}
@@ -132,6 +136,15 @@ type bucket struct {
 	lastClaim time.Time
 	ready     []runtime.Sandbox
 	filling   int // starts in progress
+	// settled is closed (and replaced) whenever one of b's starts ends,
+	// waking claims that wait for a refill under way.
+	settled chan struct{}
+	waiting int // claims waiting for one of the starts in progress
+	// startTook is how long b's starts take (a moving average of those
+	// that succeeded; 0 before the first): how long a claim that finds
+	// the pool empty waits for a refill under way before it starts a
+	// sandbox itself.
+	startTook time.Duration
 	kick      chan struct{}
 	stop      chan struct{}
 	fails     int
@@ -153,7 +166,7 @@ func (p *Pool) SetTarget(key Key, spec runtime.Spec, n int) {
 	}
 	b, ok := p.pools[key]
 	if !ok {
-		b = &bucket{key: key, kick: make(chan struct{}, 1), stop: make(chan struct{})}
+		b = &bucket{key: key, kick: make(chan struct{}, 1), stop: make(chan struct{}), settled: make(chan struct{})}
 		p.pools[key] = b
 		p.wg.Add(1)
 		go p.fill(b)
@@ -239,11 +252,16 @@ func (p *Pool) fill(b *bucket) {
 func (p *Pool) start(b *bucket, spec runtime.Spec) {
 	defer p.wg.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t0 := time.Now()
 	sb, err := p.driver.Create(ctx, spec)
+	took := time.Since(t0)
 	cancel()
 	p.mu.Lock()
 	b.filling--
 	p.starting--
+	// Claims waiting for this start wake once p.mu is free again, and by
+	// then the sandbox is on the ready list (or b does not want it).
+	b.settle()
 	// A start slot is free: any pool may be waiting for one.
 	for _, o := range p.pools {
 		o.poke()
@@ -257,6 +275,11 @@ func (p *Pool) start(b *bucket, spec runtime.Spec) {
 		return
 	}
 	b.fails = 0
+	if b.startTook == 0 {
+		b.startTook = took
+	} else {
+		b.startTook = (3*b.startTook + took) / 4
+	}
 	if p.closed || len(b.ready) >= b.target {
 		p.mu.Unlock()
 		destroyAll([]runtime.Sandbox{sb})
@@ -265,6 +288,12 @@ func (p *Pool) start(b *bucket, spec runtime.Spec) {
 	b.ready = append(b.ready, sb)
 	p.mu.Unlock()
 	go p.evictOnStop(b, sb)
+}
+
+// settle wakes the claims waiting for one of b's starts (p.mu held).
+func (b *bucket) settle() {
+	close(b.settled)
+	b.settled = make(chan struct{})
 }
 
 // evictOnStop drops a pooled sandbox that dies while waiting.
@@ -281,19 +310,49 @@ func (p *Pool) evictOnStop(b *bucket, sb runtime.Sandbox) {
 	p.mu.Unlock()
 }
 
-// take removes one ready sandbox from key's pool, if any.
-func (p *Pool) take(key Key) runtime.Sandbox {
+// take removes one ready sandbox from key's pool, if any. If there is none
+// but a refill of the pool is under way that no other claim waits for
+// yet, the claim may wait for it: take counts it as waiting and returns a
+// channel closed when one of the pool's starts ends and how long to wait
+// at most (nil and 0 when there is nothing to wait for). waiting says
+// whether this claim is counted as waiting already; take stops counting
+// it when it returns a sandbox or nothing to wait for, and stopWaiting
+// when the claim gives up.
+func (p *Pool) take(key Key, waiting bool) (runtime.Sandbox, <-chan struct{}, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b, ok := p.pools[key]
 	if !ok {
-		return nil
+		return nil, nil, 0
+	}
+	if len(b.ready) == 0 {
+		if !waiting {
+			b.lastClaim = time.Now()
+			p.growLocked(b)
+		}
+		// Refills under way, or one due: the filler starts it as soon as
+		// it runs, if a start slot is free.
+		refills := b.filling
+		if refills == 0 && b.target > 0 && p.starting < p.starts && !time.Now().Before(b.retryAt) {
+			refills = 1
+		}
+		// Each refill is waited for by one claim at most: a burst of
+		// claims starts the rest itself at once, as before.
+		if waiting {
+			b.waiting--
+		}
+		if b.waiting < refills && b.startTook > 0 && !p.closed {
+			b.waiting++
+			// Half as long again as a start takes: the refill may have
+			// begun just now, and a start's time varies.
+			return nil, b.settled, b.startTook * 3 / 2
+		}
+		return nil, nil, 0
+	}
+	if waiting {
+		b.waiting--
 	}
 	b.lastClaim = time.Now()
-	if len(b.ready) == 0 {
-		p.growLocked(b)
-		return nil
-	}
 	// Oldest first: its start is the longest settled.
 	sb := b.ready[0]
 	b.ready = b.ready[1:]
@@ -303,7 +362,16 @@ func (p *Pool) take(key Key) runtime.Sandbox {
 		p.growLocked(b)
 	}
 	b.poke()
-	return sb
+	return sb, nil, 0
+}
+
+// stopWaiting stops counting a claim take counted as waiting.
+func (p *Pool) stopWaiting(key Key) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b, ok := p.pools[key]; ok && b.waiting > 0 {
+		b.waiting--
+	}
 }
 
 // growLocked doubles b's target after a claim found it empty or left it
@@ -353,6 +421,13 @@ var ErrClosed = errors.New("pool closed")
 // Claim returns a running sandbox configured with claim: a warm one from
 // key's pool when there is one, otherwise a cold start of spec. warm says
 // which it was.
+//
+// A claim that finds the pool empty while a refill of it is under way,
+// one no other claim waits for yet, waits for that refill, for up to one
+// and a half times as long as the pool's starts take, before it starts
+// one cold: the refill is already part way through its start, and a
+// cold start next to it would take the CPU both need (a row of creates on
+// a busy host lost its pool to that, each miss a full cold start).
 func (p *Pool) Claim(ctx context.Context, key Key, spec runtime.Spec, claim runtime.Claim) (sb runtime.Sandbox, warm bool, err error) {
 	p.mu.Lock()
 	closed := p.closed
@@ -360,9 +435,29 @@ func (p *Pool) Claim(ctx context.Context, key Key, spec runtime.Spec, claim runt
 	if closed {
 		return nil, false, ErrClosed
 	}
+	var waitUntil <-chan time.Time
+	waiting := false
 	for {
-		sb = p.take(key)
+		sb, settled, wait := p.take(key, waiting)
+		waiting = settled != nil
 		if sb == nil {
+			if settled == nil {
+				break
+			}
+			if waitUntil == nil {
+				t := time.NewTimer(wait)
+				defer t.Stop()
+				waitUntil = t.C
+			}
+			select {
+			case <-settled:
+				continue
+			case <-waitUntil:
+			case <-ctx.Done():
+				p.stopWaiting(key)
+				return nil, false, ctx.Err()
+			}
+			p.stopWaiting(key)
 			break
 		}
 		if err := sb.Configure(ctx, claim); err != nil {

@@ -337,3 +337,90 @@ func TestFakePoolFollowsDemand(t *testing.T) {
 	waitFor(t, "the idle pool to shrink to its base", func() bool { r, tg := target(); return tg == 1 && r == 1 })
 	waitFor(t, "extra sandboxes to be destroyed", func() bool { return len(e.host.Running()) == 1 })
 }
+
+// TestFakeClaimWaitsForARefillUnderWay: a claim that finds the pool empty
+// while a refill of it is under way takes that refill when it is ready,
+// instead of a cold start beside it; claims beyond the refills under way
+// start their own at once; a refill that takes far longer than the pool's
+// starts do is waited for only that long, then the claim starts its own
+// sandbox.
+func TestFakeClaimWaitsForARefillUnderWay(t *testing.T) {
+	e := fakeSetup(t, 0)
+	const startTakes = 150 * time.Millisecond
+	var cold atomic.Int64
+	held := make(chan struct{})
+	var hold atomic.Bool
+	e.host.SetFaults(fake.Faults{Create: func(s runtime.Spec) error {
+		if s.Labels["pool"] == "" {
+			cold.Add(1)
+			return nil
+		}
+		if hold.Load() {
+			<-held
+		}
+		time.Sleep(startTakes)
+		return nil
+	}})
+	e.p.SetTarget(e.key, e.spec, 1)
+	e.waitFull(t) // the pool learns how long its starts take
+
+	if _, warm := e.claim(t, runtime.Claim{}); !warm {
+		t.Fatal("the claim of a full pool was cold")
+	}
+	// The refill behind that claim is under way: the next claim waits for it.
+	t0 := time.Now()
+	_, warm := e.claim(t, runtime.Claim{})
+	if !warm || cold.Load() != 0 {
+		t.Fatalf("a claim during a refill: warm %v, %d cold starts; want the refill", warm, cold.Load())
+	}
+	if took := time.Since(t0); took > 2*startTakes {
+		t.Fatalf("the claim took %v waiting for a refill of %v", took, startTakes)
+	}
+
+	// Each refill under way is waited for by one claim: of three claims at
+	// once, one waits for it and two start their own at once.
+	e.waitFull(t)
+	if _, warm := e.claim(t, runtime.Claim{}); !warm {
+		t.Fatal("the claim of a full pool was cold")
+	}
+	coldBefore := cold.Load()
+	var warmN atomic.Int64
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sb, warm, err := e.p.Claim(context.Background(), e.key, e.spec, runtime.Claim{})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if warm {
+				warmN.Add(1)
+			}
+			_ = sb.Destroy(context.Background())
+		}()
+	}
+	wg.Wait()
+	if w, c := warmN.Load(), cold.Load()-coldBefore; w != 1 || c != 2 {
+		t.Fatalf("three claims during one refill: %d took it, %d started cold; want 1 and 2", w, c)
+	}
+	cold.Store(0)
+
+	// A refill stuck far past the usual start time is not waited for.
+	e.waitFull(t)
+	hold.Store(true)
+	defer close(held)
+	if _, warm := e.claim(t, runtime.Claim{}); !warm {
+		t.Fatal("the claim of a full pool was cold")
+	}
+	t0 = time.Now()
+	_, warm = e.claim(t, runtime.Claim{})
+	took := time.Since(t0)
+	if warm || cold.Load() != 1 {
+		t.Fatalf("a claim during a stuck refill: warm %v, %d cold starts; want one cold start", warm, cold.Load())
+	}
+	if took < startTakes/2 || took > 10*startTakes {
+		t.Fatalf("the claim gave up on the stuck refill after %v; want about the pool's start time (%v)", took, startTakes)
+	}
+}

@@ -131,10 +131,10 @@ func TestRefillsRunConcurrently(t *testing.T) {
 }
 
 // TestHostStarts: the default bound on starts at once is at least one and
-// at most two per CPU.
+// at most one per CPU.
 func TestHostStarts(t *testing.T) {
 	n := pool.HostStarts()
-	if n < 1 || n > 2*goruntime.NumCPU() {
+	if n < 1 || n > goruntime.NumCPU() {
 		t.Fatalf("HostStarts() = %d", n)
 	}
 }

@@ -551,6 +551,13 @@ func TestPooledSandboxWaitsIdle(t *testing.T) {
 		if idle, shares := cpuFile(sb, "cpu.idle"), cpuFile(sb, "cpu.shares"); idle != "0" || shares != "1024" {
 			t.Errorf("slow=%v: claimed sandbox cpu.idle %s, cpu.shares %s; want 0, 1024", slow, idle, shares)
 		}
+		// The quota comes with a burst of one period's quota, where the
+		// kernel has cfs_burst_us.
+		if _, err := os.Stat(filepath.Join(cgroupv1.Root, "cpu", "cpu.cfs_burst_us")); err == nil {
+			if got, want := cpuFile(sb, "cpu.cfs_burst_us"), strconv.FormatInt(cgroupv1.QuotaMicros(testenv.Small.CPU), 10); got != want {
+				t.Errorf("slow=%v: claimed sandbox cpu.cfs_burst_us %s, want its quota %s", slow, got, want)
+			}
+		}
 		if out := sh(t, sb, "echo ok"); out != "ok\n" {
 			t.Fatalf("claimed sandbox: %q", out)
 		}
