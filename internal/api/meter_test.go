@@ -62,14 +62,15 @@ func TestLiveMetricsAndMetering(t *testing.T) {
 	// a host busy with other work a second may give it less than its
 	// quota, so this waits for a reading taken while the host had room;
 	// no reading may ever exceed the quota by more than the lumpiness of
-	// CFS periods.
+	// CFS periods and the burst of one period's quota saved before.
 	var m map[string]any
 	waitFor(t, 30*time.Second, "a reading of the busy loop at ≈100 %", func() bool {
 		m = h.do("GET", "/v1/sandboxes/"+id+"/metrics", key, nil).json(t)
 		for _, s := range m["samples"].([]any) {
 			// CFS periods make a 1 s reading lumpy by up to one period
-			// (50 ms of 500): 110 %; samples cover ≥ 0.5 s, 120 %.
-			if p := s.(map[string]any)["cpu_percent"].(float64); p > 125 {
+			// (50 ms of 500) and the burst may add one period's quota
+			// once: 120 %; samples cover ≥ 0.5 s, 140 %.
+			if p := s.(map[string]any)["cpu_percent"].(float64); p > 145 {
 				t.Fatalf("a 0.5-vCPU sandbox read %.1f %% of its allocation: %v", p, m)
 			}
 		}

@@ -185,12 +185,14 @@ func TestSamplerAccruesAcrossTheMonth(t *testing.T) {
 	if total.MemMBSeconds != 512*total.RunningSeconds {
 		t.Fatalf("mem_mb_seconds %d for %d s of a 512 MB sandbox", total.MemMBSeconds, total.RunningSeconds)
 	}
-	// The quota caps the loop at 0.5 cores; contention may give it less.
-	if ms := float64(total.CPUMS); ms > 0.5*float64(elapsed.Milliseconds())+50 || ms < 0.2*float64(elapsed.Milliseconds()) {
+	// The quota caps the loop at 0.5 cores, plus the burst of one
+	// period's quota (50 ms) saved before it and the lumpiness of CFS
+	// periods (50 ms); contention may give it less.
+	if ms := float64(total.CPUMS); ms > 0.5*float64(elapsed.Milliseconds())+100 || ms < 0.2*float64(elapsed.Milliseconds()) {
 		t.Fatalf("%d CPU ms over %v for a busy loop at 0.5 vCPU", total.CPUMS, elapsed)
 	}
 	for _, sm := range samples {
-		if sm.CPUPercent < 20 || sm.CPUPercent > 110 {
+		if sm.CPUPercent < 20 || sm.CPUPercent > 125 {
 			t.Errorf("sample %+v: a busy loop at 0.5 vCPU should read ≈100 %%", sm)
 		}
 	}
