@@ -438,7 +438,9 @@ func (p *Pool) Claim(ctx context.Context, key Key, spec runtime.Spec, claim runt
 	var waitUntil <-chan time.Time
 	waiting := false
 	for {
-		sb, settled, wait := p.take(key, waiting)
+		var settled <-chan struct{}
+		var wait time.Duration
+		sb, settled, wait = p.take(key, waiting)
 		waiting = settled != nil
 		if sb == nil {
 			if settled == nil {
