@@ -365,10 +365,10 @@ const MIN_READ = 64 << 10;
  * current slab and is handed on as a view of it, never copied; a slab
  * whose free end is under MIN_READ is left to the views of it (the reader
  * may keep them) and a fresh one taken. Reading into one reused buffer and
- * copying every read out into memory of its own cost 0.1-0.2 s more per GB
- * (docs/benchmarks.md): the copy, and a Buffer per read. The fresh pages
- * are the floor either way: V8 frees a chunk only at a collection, so its
- * memory never comes back warm.
+ * copying every read out into memory of its own cost ≈ 0.1 s more per GB
+ * (docs/benchmarks.md): the copy, and a Buffer per read. V8 frees slabs
+ * only at a collection, so a process's first large stream grows it by
+ * ≈ 100 MB of fresh pages; later streams reuse that memory.
  */
 function slabReads(): { next: () => Uint8Array; took: (n: number) => void } {
   const B = (globalThis as { Buffer?: NodeBufferClass }).Buffer;
