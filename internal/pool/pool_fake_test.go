@@ -68,6 +68,36 @@ func (e *fakeEnv) waitFull(t *testing.T) {
 	}
 }
 
+// claimResult is how one of claimAtOnce's claims went.
+type claimResult struct {
+	warm bool
+	took time.Duration
+}
+
+// claimAtOnce makes n claims at once, destroys what they got and says how
+// each went.
+func (e *fakeEnv) claimAtOnce(t *testing.T, n int) []claimResult {
+	t.Helper()
+	out := make([]claimResult, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			sb, warm, err := e.p.Claim(context.Background(), e.key, e.spec, runtime.Claim{})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			out[i] = claimResult{warm: warm, took: time.Since(t0)}
+			_ = sb.Destroy(context.Background())
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
 func (e *fakeEnv) claim(t *testing.T, c runtime.Claim) (runtime.Sandbox, bool) {
 	t.Helper()
 	sb, warm, err := e.p.Claim(context.Background(), e.key, e.spec, c)
@@ -311,20 +341,7 @@ func TestFakePoolFollowsDemand(t *testing.T) {
 		}
 		return nil
 	}})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sb, _, err := e.p.Claim(context.Background(), e.key, e.spec, runtime.Claim{})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			_ = sb.Destroy(context.Background())
-		}()
-	}
-	wg.Wait()
+	e.claimAtOnce(t, 4)
 	if _, tg := target(); tg != 6 {
 		t.Fatalf("target after three claims found the pool empty: %d, want 6 (the budget; max 8)", tg)
 	}
@@ -384,26 +401,17 @@ func TestFakeClaimWaitsForARefillUnderWay(t *testing.T) {
 		t.Fatal("the claim of a full pool was cold")
 	}
 	coldBefore := cold.Load()
-	var warmN atomic.Int64
-	var wg sync.WaitGroup
-	for range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sb, warm, err := e.p.Claim(context.Background(), e.key, e.spec, runtime.Claim{})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			if warm {
-				warmN.Add(1)
-			}
-			_ = sb.Destroy(context.Background())
-		}()
+	claims := e.claimAtOnce(t, 3)
+	warmN := 0
+	for _, c := range claims {
+		if c.warm {
+			warmN++
+		} else if c.took >= startTakes {
+			t.Errorf("a claim beyond the refill under way started cold only after %v: it waited", c.took)
+		}
 	}
-	wg.Wait()
-	if w, c := warmN.Load(), cold.Load()-coldBefore; w != 1 || c != 2 {
-		t.Fatalf("three claims during one refill: %d took it, %d started cold; want 1 and 2", w, c)
+	if c := cold.Load() - coldBefore; warmN != 1 || c != 2 {
+		t.Fatalf("three claims during one refill: %d took it, %d started cold; want 1 and 2", warmN, c)
 	}
 	cold.Store(0)
 

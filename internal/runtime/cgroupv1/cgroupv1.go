@@ -384,10 +384,16 @@ func (g Group) Children() []Group {
 // writeIfPresent is write for a file older kernels do not have: there it
 // does nothing.
 func writeIfPresent(path, v string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+	if err := write(path, v); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
+	return nil
+}
+
+// write writes v into the cgroup file at path. It never creates one: a
+// file the kernel does not have is fs.ErrNotExist.
+func write(path, v string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
 	if err == nil {
 		_, err = f.WriteString(v)
 		if cerr := f.Close(); err == nil {
@@ -395,13 +401,6 @@ func writeIfPresent(path, v string) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("cgroup write %s=%s: %w", path, v, err)
-	}
-	return nil
-}
-
-func write(path, v string) error {
-	if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
 		return fmt.Errorf("cgroup write %s=%s: %w", path, v, err)
 	}
 	return nil
