@@ -99,26 +99,7 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 	pump := func(out *outputPipe, k wire.Kind) {
 		defer pumps.Done()
 		defer out.Close()
-		buf := make([]byte, outputChunk)
-		last := time.Now()
-		for {
-			n, err := out.Read(buf)
-			if n > 0 {
-				if send(k, buf[:n]) != nil {
-					return
-				}
-			}
-			if err != nil || out.full() {
-				return
-			}
-			now := time.Now()
-			if n >= lingerAfter && n < len(buf) && !stop.given() {
-				// A bulk writer: let its output gather in the pipe so
-				// the next read and frame carry more than one write.
-				time.Sleep(linger(n, now.Sub(last)))
-			}
-			last = now
-		}
+		pumpOutput(out, func(b []byte) error { return send(k, b) })
 	}
 	pumps.Add(2)
 	go pump(outR, wire.KindStdout)
@@ -230,29 +211,41 @@ func (a *Agent) exec(e *wire.Exec, r *wire.Reader, w *wire.Writer) (reusable boo
 // each read and each frame is a trapped syscall in the sandbox.
 const outputChunk = 1 << 20
 
-// After a read of at least lingerAfter bytes (a command writing in bulk,
-// not a prompt or a line of a log), the pump waits before its next read
-// for about lingerFor bytes to gather, at the pace the last read showed,
-// between minLinger and maxLinger. Each read costs the agent a trapped
-// syscall and each frame a few more, a wakeup of the host and one of
-// every client: a command writing 8 KiB at a time would otherwise cost a
-// frame per write, and at a sandbox's 50-100 MB/s a fixed 1 ms made
-// frames of 50-100 KiB, whose wakeups were most of a client's CPU.
-// Output is delayed by at most maxLinger, and only while it arrives in
-// bulk; lingerFor stays well under the pipe's size, so a fast writer is
-// not held up by a full pipe.
+// A bulk writer's output is gathered into frames of about gatherFor
+// bytes (see outputPipe.gather). Each read costs the agent a trapped syscall and
+// each frame a few more, a wakeup of the host and one of every client: a
+// command writing 8 KiB at a time would otherwise cost a frame per write.
+// A read of at least bulkRead bytes starts a gather: the pump looks again
+// after gatherPoll, and sends once gatherFor bytes are in or gatherMax
+// passed since the gather began. A look that finds nothing doubles the
+// wait before the next, so a writer that paused costs a few wakeups, not
+// one per gatherPoll. Output is thus delayed by at most gatherMax, and
+// only while it arrives in bulk; a gatherPoll of a fast writer's output
+// stays well under the pipe's size, so the writer is never held up by a
+// full pipe (a pump that slept for a pace guessed from its last read,
+// which the time it spent sending skewed, often was).
 const (
-	lingerAfter = 4 << 10
-	lingerFor   = 256 << 10
-	minLinger   = time.Millisecond
-	maxLinger   = 8 * time.Millisecond
+	bulkRead   = 4 << 10
+	gatherFor  = 256 << 10
+	gatherPoll = time.Millisecond
+	gatherMax  = 8 * time.Millisecond
 )
 
-// linger is how long to wait after a read of n bytes that came since
-// elapsed.
-func linger(n int, elapsed time.Duration) time.Duration {
-	d := float64(elapsed) * lingerFor / float64(n) // in floats: no overflow after a long quiet spell
-	return time.Duration(min(max(d, float64(minLinger)), float64(maxLinger)))
+// pumpOutput sends what out carries until it ends, was stopped and
+// drained, or a send fails. (Gathering the next frame while one is sent,
+// into a second buffer, was measured and made no difference: the sandbox's
+// CPU is the limit, not the wait for the host.)
+func pumpOutput(out *outputPipe, send func([]byte) error) {
+	buf := make([]byte, outputChunk)
+	for {
+		chunk, err := out.gather(buf)
+		if len(chunk) > 0 && send(chunk) != nil {
+			return
+		}
+		if err != nil || out.full() {
+			return
+		}
+	}
 }
 
 // pipeSize is asked for on the command's stdout and stderr pipes (64 KiB

@@ -104,6 +104,56 @@ func (p *outputPipe) Read(buf []byte) (int, error) {
 	}
 }
 
+// gather waits for output and returns the next frame's worth, read into
+// buf, with the error that ended the pipe, if any (see bulkRead).
+func (p *outputPipe) gather(buf []byte) ([]byte, error) {
+	n, err := p.Read(buf)
+	if err != nil || n < bulkRead {
+		return buf[:n], err
+	}
+	deadline := time.Now().Add(gatherMax)
+	for wait := gatherPoll; n < gatherFor && !p.stop.given(); {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		time.Sleep(min(wait, left))
+		m, err := p.readReady(buf[n:])
+		n += m
+		if err != nil {
+			return buf[:n], err
+		}
+		if m == 0 {
+			wait *= 2
+		} else {
+			wait = gatherPoll
+		}
+	}
+	return buf[:n], nil
+}
+
+// readReady reads what the pipe holds now, without waiting: 0 and no error
+// when it holds nothing, io.EOF when its writers closed it.
+func (p *outputPipe) readReady(buf []byte) (int, error) {
+	for {
+		n, err := unix.Read(p.fd, buf)
+		switch {
+		case n > 0:
+			if p.stop.given() {
+				p.drained += n
+			}
+			return n, nil
+		case err == nil:
+			return 0, io.EOF
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, nil
+		}
+		return 0, err
+	}
+}
+
 // full reports whether a pipe's worth was taken after the stop.
 func (p *outputPipe) full() bool { return p.drained >= pipeSize }
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"os"
@@ -131,21 +132,63 @@ func TestWriterElsewhere(t *testing.T) {
 	}
 }
 
-func TestLingerFollowsThePace(t *testing.T) {
-	for _, c := range []struct {
-		n       int
-		elapsed time.Duration
-		want    time.Duration
-	}{
-		{64 << 10, time.Millisecond, 4 * time.Millisecond}, // 64 MB/s: 256 KiB gather in 4 ms
-		{256 << 10, time.Millisecond, time.Millisecond},    // 256 MB/s: the least wait
-		{900 << 10, time.Millisecond, time.Millisecond},    // faster still: never below minLinger
-		{8 << 10, time.Millisecond, 8 * time.Millisecond},  // a trickle: never above maxLinger
-		{8 << 10, 24 * time.Hour, 8 * time.Millisecond},    // after a long quiet spell
-		{1 << 20, time.Nanosecond, time.Millisecond},       // a full pipe at once
-	} {
-		if got := linger(c.n, c.elapsed); got != c.want {
-			t.Errorf("linger(%d, %v) = %v, want %v", c.n, c.elapsed, got, c.want)
+// A bulk writer's 8 KiB writes, paced as a sandbox's are (a pipe on the
+// host alone fills faster than any reader), reach the host in frames of
+// many writes each, byte-exact and in order; the gather ends at the
+// pipe's end.
+func TestGatherFramesABulkWriter(t *testing.T) {
+	out, w, _ := newTestOutputPipe(t)
+	growPipe(w)
+	const total, write = 2 << 20, 8 << 10
+	want := make([]byte, total)
+	for i := range want {
+		want[i] = byte(i*7 + i>>13)
+	}
+	go func() {
+		for off := 0; off < total; off += write {
+			if _, err := w.Write(want[off : off+write]); err != nil {
+				return
+			}
+			time.Sleep(50 * time.Microsecond)
 		}
+		w.Close()
+	}()
+	var got []byte
+	frames := 0
+	for {
+		chunk, err := out.gather(make([]byte, outputChunk))
+		got = append(got, chunk...)
+		if len(chunk) > 0 {
+			frames++
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, not the %d written, or not in order", len(got), len(want))
+	}
+	if writes := total / write; frames > writes/8 {
+		t.Fatalf("%d writes came in %d frames; a bulk writer's output should be gathered", writes, frames)
+	}
+}
+
+// A write under bulkRead (a prompt, a line of a log) is handed on at
+// once, without a gather, even while the writer keeps the pipe open.
+func TestGatherHandsOnASmallWriteAtOnce(t *testing.T) {
+	out, w, _ := newTestOutputPipe(t)
+	if _, err := w.WriteString("prompt> "); err != nil {
+		t.Fatal(err)
+	}
+	chunk, err := out.gather(make([]byte, outputChunk))
+	if err != nil || string(chunk) != "prompt> " {
+		t.Fatalf("next = %q, %v", chunk, err)
+	}
+	// Nothing more is read before the writer writes again.
+	if n, err := out.readReady(make([]byte, 16)); n != 0 || err != nil {
+		t.Fatalf("readReady on an empty pipe = %d, %v", n, err)
 	}
 }
