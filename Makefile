@@ -19,7 +19,10 @@ GO           ?= go
 BIN          := $(CURDIR)/bin
 # gVisor is built from the Go module proxy at this pinned version; nothing is
 # downloaded from anywhere else. It must be a static (CGO_ENABLED=0) build.
+# tools/runsc builds it (with orkestr's GC target) and requires the same
+# version. RUNSC_BUILD names the build: a change of tools/runsc rebuilds.
 RUNSC_VERSION := v0.0.0-20260905035102-160fafc42237
+RUNSC_BUILD   = $(shell RUNSC_VERSION=$(RUNSC_VERSION) scripts/runsc-build-id)
 TEMPLATE_DIR ?= $(or $(ORKESTR_TEMPLATE_DIR),/var/lib/orkestr/templates)
 OFFLINE_TEMPLATES := debian-12 python-3.11 node-22 e2b-base
 # What the server needs (make setup, make run), and what only the tests need
@@ -74,13 +77,13 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/orkestr-agent ./cmd/orkestr-agent
 
 runsc:
-	@if [ -x $(BIN)/runsc ] && [ "$$(cat $(BIN)/.runsc-version 2>/dev/null)" = "$(RUNSC_VERSION)" ]; then \
-		echo "runsc $(RUNSC_VERSION) already built"; \
+	@if [ -x $(BIN)/runsc ] && [ "$$(cat $(BIN)/.runsc-version 2>/dev/null)" = "$(RUNSC_BUILD)" ]; then \
+		echo "runsc $(RUNSC_BUILD) already built"; \
 	else \
-		echo "building runsc $(RUNSC_VERSION) from the Go module proxy (about 2 minutes)"; \
+		echo "building runsc $(RUNSC_BUILD) (tools/runsc) from the Go module proxy (about 2 minutes)"; \
 		mkdir -p $(BIN) && \
-		CGO_ENABLED=0 GOFLAGS=-mod=mod GOBIN=$(BIN) $(GO) install -ldflags='-s -w' gvisor.dev/gvisor/runsc@$(RUNSC_VERSION) && \
-		echo "$(RUNSC_VERSION)" > $(BIN)/.runsc-version; \
+		(cd tools/runsc && CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/runsc .) && \
+		echo "$(RUNSC_BUILD)" > $(BIN)/.runsc-version; \
 	fi
 
 templates: build

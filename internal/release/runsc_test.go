@@ -1,0 +1,27 @@
+package release
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"testing"
+
+	"github.com/orkestr-eu/orkestr/internal/testenv"
+)
+
+// tools/runsc builds the runsc that make and make dist ship: it must
+// require the gVisor version the Makefile pins (and orkestrd is stamped
+// with), or the binary would not be the version it claims.
+func TestRunscModuleRequiresThePinnedVersion(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "tools/runsc/go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^require gvisor\.dev/gvisor (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("tools/runsc/go.mod does not require gvisor.dev/gvisor on a line of its own")
+	}
+	if got, want := string(m[1]), runscPinned(t); got != want {
+		t.Fatalf("tools/runsc/go.mod requires gvisor.dev/gvisor %s, the Makefile pins RUNSC_VERSION %s: make them agree", got, want)
+	}
+}
