@@ -171,6 +171,40 @@ for i in range(200):
 	}
 }
 
+// TestAttachFromNowSeesWhatFollows: an attach without replay answers once
+// it has its place in the output, so stdin sent the moment its headers
+// arrive has its echo in the stream, every time (before the agent
+// acknowledged an attach, the echo could come before the attach took hold
+// inside the sandbox, and was missed).
+func TestAttachFromNowSeesWhatFollows(t *testing.T) {
+	s := startAPI(t, serverOpts{})
+	id := s.create(s.key, nil)
+	defer s.do("DELETE", "/v1/sandboxes/"+id, s.key, nil)
+	base := "/v1/sandboxes/" + id + "/processes"
+	pid := pidOf(t, s.do("POST", base, s.key, map[string]any{"command": "cat"}))
+	for i := range 20 {
+		att := s.attach(id, pid, false)
+		line := fmt.Sprintf("line %d\n", i)
+		if r := s.do("POST", fmt.Sprintf("%s/%d/stdin", base, pid), s.key, map[string]any{"data": line}); r.status != 204 {
+			att.cancel()
+			t.Fatalf("stdin: %d %s", r.status, r.body)
+		}
+		ok := false
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if out, _ := att.output(); out == line {
+				ok = true
+				break
+			}
+		}
+		out, _ := att.output()
+		att.cancel()
+		<-att.done
+		if !ok {
+			t.Fatalf("attach %d from now: the stream has %q, not the echo %q of what was sent after its headers", i, out, line)
+		}
+	}
+}
+
 // TestBackgroundStdinAndPauseResume: stdin reaches a background cat; a
 // process survives pause/resume with its pid, an attached stream ends as
 // "detached" at the pause, and stdin still reaches it after the resume.
@@ -206,10 +240,9 @@ func TestBackgroundStdinAndPauseResume(t *testing.T) {
 	if out, _ := s.execOut(id, map[string]any{"command": fmt.Sprintf("cat /proc/%d/comm", pid)}); out != "cat\n" {
 		t.Fatalf("pid %d after resume is %q", pid, out)
 	}
-	// With replay: an attach "from now" takes hold inside the sandbox a
-	// moment after its answer's headers, and the echo may come before
-	// (docs/api.md); the buffer kept across the pause replays it all.
-	att = s.attach(id, pid, true)
+	// From now: the answer's headers come once the attach has its place
+	// in the output, so the echo of what is sent next is in the stream.
+	att = s.attach(id, pid, false)
 	defer att.cancel()
 	if r := s.do("POST", fmt.Sprintf("%s/%d/stdin", base, pid), s.key, map[string]any{"data_base64": "YWZ0ZXIgcmVzdW1lCg==", "eof": true}); r.status != 204 {
 		t.Fatalf("stdin after resume: %d %s", r.status, r.body)
@@ -217,8 +250,8 @@ func TestBackgroundStdinAndPauseResume(t *testing.T) {
 	if last := att.last(t); last["type"] != "exit" || last["exit_code"] != 0.0 {
 		t.Fatalf("cat ended with %v", last)
 	}
-	if out, _ := att.output(); out != "before pause\nafter resume\n" {
-		t.Fatalf("after resume cat's output is %q, want what it echoed before the pause and after the resume", out)
+	if out, _ := att.output(); out != "after resume\n" {
+		t.Fatalf("after resume cat echoed %q", out)
 	}
 	if r := s.do("POST", fmt.Sprintf("%s/%d/stdin", base, pid), s.key, map[string]any{"data": "x"}); r.status != 409 || r.errCode() != "process_stdin_closed" {
 		t.Fatalf("stdin after the end: %d %s", r.status, r.body)

@@ -94,6 +94,20 @@ try {
     assert.equal(r.stdout, 'hello stdin\n')
   })
 
+  await check('commands: connect, then stdin: the echo reaches the connected handler', async () => {
+    const h = await sbx.commands.run('cat', { background: true, stdin: true, timeoutMs: 0 })
+    await h.disconnect()
+    for (let i = 0; i < 5; i++) {
+      const seen = []
+      const h2 = await sbx.commands.connect(h.pid, { onStdout: (d) => seen.push(d), timeoutMs: 0 })
+      await sbx.commands.sendStdin(h.pid, `line ${i}\n`)
+      for (let j = 0; j < 50 && !seen.join('').includes(`line ${i}\n`); j++) await sleep(100)
+      assert.equal(seen.join(''), `line ${i}\n`, `connect ${i} sees the echo of what was sent after it returned`)
+      await h2.disconnect()
+    }
+    assert.equal(await sbx.commands.kill(h.pid), true)
+  })
+
   await check('commands: background, list, connect, kill', async () => {
     const h = await sbx.commands.run('for i in $(seq 1 300); do echo tick $i; sleep 0.2; done', { background: true, timeoutMs: 0 })
     assert.ok(h.pid > 0)

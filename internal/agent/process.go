@@ -363,6 +363,9 @@ func (a *Agent) procAttach(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		cursor = 0
 	}
 	p.mu.Unlock()
+	if !req.Proc.NoOutput && w.JSON(wire.KindJSON, wire.ProcDropped{Attached: true}) != nil {
+		return
+	}
 	for {
 		p.mu.Lock()
 		var chunks []outChunk

@@ -159,6 +159,22 @@ type ndjson struct {
 	w   http.ResponseWriter
 	rc  *http.ResponseController
 	enc *json.Encoder
+	// started is set once the status line went out (by start, or by the
+	// first line, which sends 200 implicitly).
+	started bool
+}
+
+// start sends the 200 and the headers set so far, unless a line (or an
+// earlier start) already did.
+func (n *ndjson) start() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.started {
+		return nil
+	}
+	n.started = true
+	n.w.WriteHeader(http.StatusOK)
+	return n.rc.Flush()
 }
 
 // eventSink takes the stream's closing event (exit or error).
@@ -169,6 +185,7 @@ func (n *ndjson) event(v map[string]any) error { return n.send(v) }
 func (n *ndjson) send(v any) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.started = true
 	if err := n.enc.Encode(v); err != nil {
 		return err
 	}

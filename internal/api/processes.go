@@ -319,6 +319,10 @@ func (s *Server) waitProcess(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// attachAckWait bounds how long an attach's answer waits for the sandbox
+// to acknowledge the attach before its headers go out anyway.
+const attachAckWait = 2 * time.Second
+
 // processOutput streams a process's output as NDJSON: stdout and stderr
 // lines as for exec/stream, "dropped" when the reader fell behind the
 // process's buffer, and last "exit" (the process ended) or "detached" (the
@@ -343,15 +347,25 @@ func (s *Server) processOutput(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	out := &ndjson{w: w, rc: http.NewResponseController(w), enc: enc}
-	_ = out.rc.Flush()
+	// The answer's headers go out once the attach has its place in the
+	// output, so a client that writes to the process's stdin as soon as
+	// they arrive sees the echo (from now means from the headers). A
+	// sandbox that cannot acknowledge (an agent or node from before the
+	// acknowledgment) gets them after attachAckWait, or with the first
+	// line.
+	ack := time.AfterFunc(attachAckWait, func() { _ = out.start() })
+	defer ack.Stop()
+	attached := func() {
+		ack.Stop()
+		_ = out.start()
+	}
 	stdout := &chunkWriter{out: out, stream: "stdout"}
 	stderr := &chunkWriter{out: out, stream: "stderr"}
 	dropped := func(n int64) { _ = out.send(map[string]any{"type": "dropped", "bytes": n}) }
-	p, err := ps.AttachProcess(r.Context(), pid, replay, runtime.ProcessOutput{Stdout: stdout, Stderr: stderr, Dropped: dropped})
+	p, err := ps.AttachProcess(r.Context(), pid, replay, runtime.ProcessOutput{Stdout: stdout, Stderr: stderr, Dropped: dropped, Attached: attached})
 	stdout.flush()
 	stderr.flush()
 	switch {

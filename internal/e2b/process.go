@@ -166,11 +166,11 @@ func (p *processService) Connect(ctx context.Context, req *connect.Request[pb.Co
 
 // follow streams a process's events: start, its output, its end. When the
 // request's deadline (the SDK's command timeout) passes first, the process
-// is killed, as envd does.
+// is killed, as envd does. The start event goes out once the output is
+// attached (the answer's headers say so): an SDK returns from connect on
+// it, and what the process writes after that (an echo of the stdin sent
+// next) must reach it.
 func (p *processService) follow(ctx context.Context, e *envdCtx, pid uint32, replay bool, h http.Header, send func(*pb.ProcessEvent) error) error {
-	if err := send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Start{Start: &pb.ProcessEvent_StartEvent{Pid: pid}}}); err != nil {
-		return err
-	}
 	q := url.Values{}
 	if replay {
 		q.Set("replay", "true")
@@ -183,6 +183,9 @@ func (p *processService) follow(ctx context.Context, e *envdCtx, pid uint32, rep
 	defer resp.Body.Close()
 	if err := errorOf(resp); err != nil {
 		return rpcErr("attach to the process", err)
+	}
+	if err := send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Start{Start: &pb.ProcessEvent_StartEvent{Pid: pid}}}); err != nil {
+		return err
 	}
 	// The reader closes lines at the end of the stream, after every line,
 	// and leaves its error in readErr.

@@ -46,7 +46,7 @@ const (
 	frameStdout  = 'o' // bytes: stdout, file or archive content, terminal output
 	frameStderr  = 'e' // bytes: stderr
 	frameCredit  = 'k' // 4 bytes big endian: more input the client may send
-	frameStarted = 'S' // JSON: the call runs (terminal: startedMsg; watch: startedMsg)
+	frameStarted = 'S' // JSON: the call runs (terminal: startedMsg; watch: startedMsg; attach: {}, when asked for)
 	frameEvent   = 'w' // JSON runtime.WatchEvent
 	frameDropped = 'd' // 8 bytes big endian: output bytes an attach missed
 	frameResult  = 'R' // JSON: the call's result; last frame

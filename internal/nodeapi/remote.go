@@ -403,9 +403,14 @@ func (r *remoteSandbox) Tar(ctx context.Context, dir, compression string, w io.W
 }
 
 func (r *remoteSandbox) AttachProcess(ctx context.Context, pid int, replay bool, out runtime.ProcessOutput) (runtime.ProcessInfo, error) {
-	p := attachParams{PID: pid, Replay: replay, Stdout: out.Stdout != nil, Stderr: out.Stderr != nil, Dropped: out.Dropped != nil}
+	p := attachParams{PID: pid, Replay: replay, Stdout: out.Stdout != nil, Stderr: out.Stderr != nil, Dropped: out.Dropped != nil,
+		Attached: out.Attached != nil}
 	w := writers(out.Stdout, out.Stderr)
 	handle := func(typ byte, b []byte) error {
+		if typ == frameStarted && out.Attached != nil {
+			out.Attached()
+			return nil
+		}
 		if typ == frameDropped {
 			if len(b) != 8 {
 				return fmt.Errorf("%w: dropped frame of %d bytes", ErrProtocol, len(b))

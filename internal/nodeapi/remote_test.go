@@ -336,7 +336,7 @@ func TestRemoteSandbox(t *testing.T) {
 	t.Run("processes", func(t *testing.T) {
 		ctx := ctxT(t, time.Minute)
 		ps := sb.(runtime.Processes)
-		p, err := ps.StartProcess(ctx, runtime.ProcessRequest{Command: `echo started; read line; echo "got $line"; echo err >&2; exec sleep 600`})
+		p, err := ps.StartProcess(ctx, runtime.ProcessRequest{Command: `echo started; read line; echo "got $line"; echo err >&2; read line; echo "then $line"; exec sleep 600`})
 		if err != nil || p.PID == 0 || !p.Running {
 			t.Fatalf("start: %+v %v", p, err)
 		}
@@ -358,6 +358,29 @@ func TestRemoteSandbox(t *testing.T) {
 		}
 		out.waitFor(t, "got hello\n", 30*time.Second)
 		errOut.waitFor(t, "err\n", 30*time.Second)
+		// An attach from now acknowledges its place through the node API:
+		// what the process writes after that is in its stream, and
+		// nothing from before.
+		now := &waitWriter{}
+		placed := make(chan struct{})
+		nctx, detach := context.WithCancel(ctx)
+		defer detach()
+		go func() {
+			_, _ = ps.AttachProcess(nctx, p.PID, false, runtime.ProcessOutput{Stdout: now, Attached: func() { close(placed) }})
+		}()
+		select {
+		case <-placed:
+		case <-time.After(30 * time.Second):
+			t.Fatal("an attach from now was not acknowledged")
+		}
+		if err := ps.ProcessInput(ctx, p.PID, []byte("again\n"), false); err != nil {
+			t.Fatal(err)
+		}
+		now.waitFor(t, "then again\n", 30*time.Second)
+		if got := now.String(); got != "then again\n" {
+			t.Fatalf("an attach from now got %q", got)
+		}
+		detach()
 		if err := ps.SignalProcess(ctx, p.PID, int(syscall.SIGKILL)); err != nil {
 			t.Fatal(err)
 		}

@@ -53,6 +53,10 @@ type (
 		PID                     int
 		Replay                  bool
 		Stdout, Stderr, Dropped bool
+		// Attached asks for a frameStarted once the attach has its place
+		// in the output (runtime.ProcessOutput.Attached). A node before it
+		// ignores the field and sends none.
+		Attached bool
 	}
 )
 
@@ -478,6 +482,9 @@ func opAttach(ctx context.Context, s *serverStream, sb runtime.Sandbox, params [
 			binary.BigEndian.PutUint64(b[:], uint64(n))
 			_ = s.fw.frame(frameDropped, b[:])
 		}
+	}
+	if p.Attached {
+		out.Attached = func() { _ = s.fw.json(frameStarted, struct{}{}) }
 	}
 	return ps.AttachProcess(ctx, p.PID, p.Replay, out)
 }

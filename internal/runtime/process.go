@@ -42,6 +42,11 @@ type ProcessOutput struct {
 	Stdout  io.Writer
 	Stderr  io.Writer
 	Dropped func(n int64)
+	// Attached, if set, is called once the attach has taken its place in
+	// the output, before any of it: what the process writes from then on
+	// reaches Stdout and Stderr. A sandbox that cannot say (an agent or
+	// node from before it) never calls it.
+	Attached func()
 }
 
 // Processes is implemented by sandboxes that run background processes:

@@ -39,11 +39,15 @@ func (c *Channel) SignalProcess(ctx context.Context, pid, sig int) error {
 
 // AttachIO receives a process's output as it is produced. Dropped, if set,
 // is told how many bytes a slow reader missed (overwritten in the
-// process's buffer before they were read).
+// process's buffer before they were read). Attached, if set, is called
+// once the agent has taken the attach's place in the output, before any of
+// it: everything the process writes from then on reaches Stdout and
+// Stderr. An agent older than the acknowledgment never calls it.
 type AttachIO struct {
-	Stdout  io.Writer
-	Stderr  io.Writer
-	Dropped func(n int64)
+	Stdout   io.Writer
+	Stderr   io.Writer
+	Dropped  func(n int64)
+	Attached func()
 }
 
 // AttachProcess streams a process's output (from the oldest byte still
@@ -75,7 +79,13 @@ func (c *Channel) AttachProcess(ctx context.Context, pid int, replay bool, aio A
 			}
 		case wire.KindJSON:
 			var d wire.ProcDropped
-			if json.Unmarshal(b, &d) == nil && aio.Dropped != nil && d.Dropped > 0 {
+			if json.Unmarshal(b, &d) != nil {
+				break
+			}
+			if d.Attached && aio.Attached != nil {
+				aio.Attached()
+			}
+			if aio.Dropped != nil && d.Dropped > 0 {
 				aio.Dropped(d.Dropped)
 			}
 		case wire.KindExit:

@@ -60,6 +60,11 @@ type ProcList struct {
 
 // ProcDropped tells an attached reader that it fell behind by more than
 // the process's output buffer: Bytes of output were overwritten unread.
+// The first KindJSON frame of an attach with output is instead one with
+// Attached set, sent once the attach's place in the output is taken: what
+// the process writes after it reaches the reader. (An agent before it
+// sends none; a host before it reads it as a drop of nothing.)
 type ProcDropped struct {
-	Dropped int64 `json:"dropped"`
+	Dropped  int64 `json:"dropped,omitempty"`
+	Attached bool  `json:"attached,omitempty"`
 }

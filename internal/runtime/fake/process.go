@@ -298,6 +298,9 @@ func (sb *Sandbox) AttachProcess(ctx context.Context, pid int, replay bool, out 
 		}
 	}
 	p.mu.Unlock()
+	if out.Attached != nil {
+		out.Attached()
+	}
 	for {
 		p.mu.Lock()
 		var pending []chunk

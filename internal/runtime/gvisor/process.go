@@ -80,7 +80,7 @@ func (sb *sandbox) AttachProcess(ctx context.Context, pid int, replay bool, out 
 	defer cancel(nil)
 	stop := context.AfterFunc(long, func() { cancel(runtime.ErrDetached) })
 	defer stop()
-	p, err := sb.ch.AttachProcess(ctx, pid, replay, client.AttachIO{Stdout: out.Stdout, Stderr: out.Stderr, Dropped: out.Dropped})
+	p, err := sb.ch.AttachProcess(ctx, pid, replay, client.AttachIO{Stdout: out.Stdout, Stderr: out.Stderr, Dropped: out.Dropped, Attached: out.Attached})
 	if err != nil {
 		if errors.Is(context.Cause(ctx), runtime.ErrDetached) {
 			return runtime.ProcessInfo{}, runtime.ErrDetached
