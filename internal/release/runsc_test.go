@@ -2,12 +2,26 @@ package release
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/orkestr-eu/orkestr/internal/testenv"
 )
+
+// runscBuild is the name scripts/runsc-build-id gives tools/runsc's build.
+func runscBuild(t *testing.T) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(testenv.RepoRoot(), "scripts/runsc-build-id"))
+	cmd.Env = append(os.Environ(), "RUNSC_VERSION="+runscPinned(t))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("scripts/runsc-build-id: %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
 
 // tools/runsc builds the runsc that make and make dist ship: it must
 // require the gVisor version the Makefile pins (and orkestrd is stamped
