@@ -363,7 +363,7 @@ func (a *Agent) procAttach(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		cursor = 0
 	}
 	p.mu.Unlock()
-	if !req.Proc.NoOutput && w.JSON(wire.KindJSON, wire.ProcDropped{Attached: true}) != nil {
+	if !req.Proc.NoOutput && w.JSON(wire.KindJSON, wire.ProcNotice{Attached: true}) != nil {
 		return
 	}
 	for {
@@ -376,7 +376,7 @@ func (a *Agent) procAttach(req *wire.Request, r *wire.Reader, w *wire.Writer) {
 		done, changed, info := p.done, p.changed, p.info
 		p.mu.Unlock()
 		if dropped > 0 && !req.Proc.Replay {
-			if w.JSON(wire.KindJSON, wire.ProcDropped{Dropped: dropped}) != nil {
+			if w.JSON(wire.KindJSON, wire.ProcNotice{Dropped: dropped}) != nil {
 				return
 			}
 		}

@@ -78,7 +78,7 @@ func (c *Channel) AttachProcess(ctx context.Context, pid int, replay bool, aio A
 				}
 			}
 		case wire.KindJSON:
-			var d wire.ProcDropped
+			var d wire.ProcNotice
 			if json.Unmarshal(b, &d) != nil {
 				break
 			}

@@ -10,7 +10,7 @@ const (
 	// OpProcStart (running ones and the most recent ended ones).
 	OpProcList = "proc_list"
 	// OpProcAttach streams a process's output (KindStdout, KindStderr;
-	// KindJSON frames are ProcDropped notices) from now or, with
+	// KindJSON frames are ProcNotices) from now or, with
 	// Proc.Replay, from the oldest byte still buffered, and ends with a
 	// KindExit frame holding its final ProcInfo. With Proc.NoOutput only
 	// the KindExit frame is sent (a wait). The host ends an attach early by
@@ -58,13 +58,14 @@ type ProcList struct {
 	Processes []ProcInfo `json:"processes"`
 }
 
-// ProcDropped tells an attached reader that it fell behind by more than
-// the process's output buffer: Bytes of output were overwritten unread.
-// The first KindJSON frame of an attach with output is instead one with
-// Attached set, sent once the attach's place in the output is taken: what
-// the process writes after it reaches the reader. (An agent before it
-// sends none; a host before it reads it as a drop of nothing.)
-type ProcDropped struct {
+// ProcNotice is a KindJSON frame of an attach. The first of an attach
+// with output has Attached set: the attach has its place in the output,
+// and what the process writes after it reaches the reader. (An agent
+// before it sends none; a host before it reads a notice without Dropped
+// as nothing.) Later ones have Dropped: the reader fell behind by more
+// than the process's output buffer, and that many bytes were overwritten
+// unread.
+type ProcNotice struct {
 	Dropped  int64 `json:"dropped,omitempty"`
 	Attached bool  `json:"attached,omitempty"`
 }
