@@ -68,19 +68,8 @@ func newOutputPipe(f *os.File, stop *pipeStop) (*outputPipe, error) {
 // close it (io.EOF) or the stop is given (errOutputStopped once drained).
 func (p *outputPipe) Read(buf []byte) (int, error) {
 	for {
-		n, err := unix.Read(p.fd, buf)
-		switch {
-		case n > 0:
-			if p.stop.given() {
-				p.drained += n
-			}
-			return n, nil
-		case err == nil:
-			return 0, io.EOF
-		case err == unix.EINTR:
-			continue
-		case err != unix.EAGAIN:
-			return 0, err
+		if n, err := p.readReady(buf); n > 0 || err != nil {
+			return n, err
 		}
 		if p.stop.given() {
 			// Under load gVisor can deliver a command's last output (and
