@@ -18,8 +18,8 @@ import (
 )
 
 // BenchmarkDataExecStreamClients streams -data.stream-mb of output through
-// POST …/exec/stream to every client — the CLI (`orkestr sandbox exec`),
-// the Go SDK, the TypeScript SDK (sdk/js/dist, built by `make test-js-run`)
+// POST …/exec/stream to every client — the CLI (`orkestr sandbox exec`,
+// its stdout a pipe to this process, and again a file), the Go SDK, the TypeScript SDK (sdk/js/dist, built by `make test-js-run`)
 // and the Python SDK (sdk/python/.venv, made by `make test-python`) — for
 // two commands: zeros (`head -c N /dev/zero`, 8 KiB writes) and random
 // bytes (a file of N random bytes made once, then `cat` of it), each against
@@ -123,6 +123,22 @@ func streamClients(b *testing.B, s *apiServer) []streamClient {
 			cw := &countingWriter{}
 			wall, used := runCLI(b, s, cw, "sandbox", "exec", "--timeout", "600", sb.ID, "--", cmd)
 			return streamRun{bytes: cw.n, wall: wall, cpu: used}
+		}},
+		// The CLI's output into a file, as with "> out.log": no pipe to
+		// this process, whose reader shares the two cores with the stream.
+		{"cli-file", func(_ context.Context, b *testing.B, sb *orkestr.Sandbox, cmd string) streamRun {
+			out, err := os.CreateTemp(b.TempDir(), "stream-*.out")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer os.Remove(out.Name())
+			defer out.Close()
+			wall, used := runCLI(b, s, out, "sandbox", "exec", "--timeout", "600", sb.ID, "--", cmd)
+			st, err := out.Stat()
+			if err != nil {
+				b.Fatal(err)
+			}
+			return streamRun{bytes: st.Size(), wall: wall, cpu: used}
 		}},
 		{"go", func(ctx context.Context, b *testing.B, sb *orkestr.Sandbox, cmd string) streamRun {
 			cw := &countingWriter{}

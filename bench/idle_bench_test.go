@@ -19,6 +19,7 @@ import (
 var (
 	idleCount      = flag.Int("idle.sandboxes", 50, "BenchmarkIdleCPU: idle small sandboxes")
 	idleWindow     = flag.Duration("idle.window", 20*time.Second, "BenchmarkIdleCPU: measured idle time per iteration")
+	idleSettle     = flag.Duration("idle.settle", 25*time.Second, "BenchmarkIdleCPU: wait after the last sandbox started, before anything is measured (runsc hands its heaps back once a process has been quiet for 15 s)")
 	idleMemReserve = flag.Int("idle.reserve-mib", 2048, "BenchmarkIdleCPU: stop starting sandboxes (and measure those running) once the host's MemAvailable falls below this")
 )
 
@@ -65,7 +66,9 @@ func BenchmarkIdleCPU(b *testing.B) {
 		sbs = append(sbs, sb)
 	}
 	n = len(sbs)
-	time.Sleep(3 * time.Second) // let start-up work settle
+	// Let start-up work settle: what is measured is a sandbox that has
+	// been idle for a while, not one that has just started.
+	time.Sleep(*idleSettle)
 	// What the host gave each one: MemAvailable's drop counts what PSS
 	// does not (page tables, the kernel's socket and pipe buffers, the
 	// memory file's pages the sandbox's processes have not touched).
