@@ -19,10 +19,12 @@ import (
 
 // BenchmarkDataExecStreamClients streams -data.stream-mb of output through
 // POST …/exec/stream to every client — the CLI (`orkestr sandbox exec`,
-// its stdout a pipe to this process, and again a file), the Go SDK, the TypeScript SDK (sdk/js/dist, built by `make test-js-run`)
-// and the Python SDK (sdk/python/.venv, made by `make test-python`) — for
-// two commands: zeros (`head -c N /dev/zero`, 8 KiB writes) and random
-// bytes (a file of N random bytes made once, then `cat` of it), each against
+// its stdout a pipe to this process, and again a file), the Go SDK, the
+// TypeScript SDK (sdk/js/dist, built by `make test-js-run`) and the Python
+// SDK (sdk/python/.venv, made by `make test-python`) — for three commands:
+// zeros (`head -c N /dev/zero`, 8 KiB writes), the same zeros in 1 MB
+// writes (`dd`) and random bytes (a file of N random bytes made once, then
+// `cat` of it, 128 KiB writes), each against
 // the same command to /dev/null inside the sandbox in the same iteration.
 // Reported per client and command: MB/s (median) and the client's CPU per
 // GB (the CLI process's rusage; for the SDKs the CPU the process spent over
@@ -42,6 +44,10 @@ func BenchmarkDataExecStreamClients(b *testing.B) {
 	inSandbox(ctx, b, sb, fmt.Sprintf("head -c %d /dev/urandom > /tmp/random.bin", n))
 	commands := []struct{ name, cmd string }{
 		{"zeros", fmt.Sprintf("head -c %d /dev/zero", n)},
+		// The same zeros in writes of 1 MB instead of head's 8 KiB: what
+		// the path from the agent to the client carries when the command's
+		// write syscalls do not set the pace.
+		{"zeros-1mb", fmt.Sprintf("dd if=/dev/zero bs=1000000 count=%d status=none", *dataStreamMB)},
 		{"random", "cat /tmp/random.bin"},
 	}
 	clients := streamClients(b, s)
