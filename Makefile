@@ -149,6 +149,7 @@ test: setup test-deps lint licenses-check release-tools postgres console-e2e-dep
 	ORKESTR_TEMPLATE_DIR=$(TEMPLATE_DIR) ORKESTR_RUNSC=$(BIN)/runsc ORKESTR_TEST_DATABASE_URL='$(TEST_DATABASE_URL)' \
 		ORKESTR_RELEASE_TOOLS=$(TOOLS_BIN) \
 		$(GO) test $(TEST_FLAGS) ./...
+	cd tools/runsc && $(GO) test -count=1 .
 	@$(MAKE) --no-print-directory test-js-run
 	@$(MAKE) --no-print-directory test-python
 	@$(MAKE) --no-print-directory test-contract

@@ -27,7 +27,7 @@ const gcPercent = 50
 
 // A process that allocated less than quietAllocs in each of quietPeriods
 // periods of quietPeriod in a row has gone quiet. An idle sandbox's Sentry
-// and gofer allocate next to nothing (a few hundred bytes a minute); one
+// and gofer allocate next to nothing (0-160 bytes per 5 s here); one
 // that runs a command allocates far more. A sandbox that works more often
 // than every 15 s is never released: the release would cost it more CPU
 // than the memory is worth.
@@ -54,9 +54,9 @@ func main() {
 // Go's background scavenger keeps what the heap grew to while the sandbox
 // started (and while it last worked) for as long as the heap goal allows,
 // a few MiB per process that an idle sandbox never uses again
-// (docs/benchmarks.md, "runsc's heaps handed back"). A quiet process gets
-// one collection and scavenge (a few milliseconds of CPU), then nothing
-// until it has worked and gone quiet again.
+// (docs/benchmarks.md, "runsc's heaps handed back once quiet"). A quiet
+// process gets one collection and scavenge (a few milliseconds of CPU),
+// then nothing until it has worked and gone quiet again.
 func releaseWhenQuiet() {
 	allocs := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
 	read := func() uint64 {
@@ -66,25 +66,47 @@ func releaseWhenQuiet() {
 		}
 		return allocs[0].Value.Uint64()
 	}
-	last, quiet, released := read(), 0, false
+	w := quietWatch{last: read()}
 	for {
-		// Once released, a look a minute is enough to notice the work
-		// that ends the spell; every wakeup costs an idle sandbox CPU.
-		if released {
-			time.Sleep(releasedLook)
-		} else {
-			time.Sleep(quietPeriod)
-		}
-		now := read()
-		if now-last >= quietAllocs {
-			quiet, released = 0, false
-		} else {
-			quiet++
-		}
-		last = now
-		if quiet >= quietPeriods && !released {
+		time.Sleep(w.next())
+		if w.look(read()) {
 			debug.FreeOSMemory()
-			released, last = true, read()
+			w.released(read())
 		}
 	}
+}
+
+// quietWatch decides, one look at the process's allocation counter at a
+// time, when the process has gone quiet and its heap should be released.
+type quietWatch struct {
+	last       uint64 // the counter at the last look
+	quiet      int    // quiet periods in a row
+	isReleased bool   // released since the last work
+}
+
+// next is how long to wait before the next look. Once released, a look a
+// minute is enough to notice the work that ends the spell; every wakeup
+// costs an idle sandbox CPU.
+func (w *quietWatch) next() time.Duration {
+	if w.isReleased {
+		return releasedLook
+	}
+	return quietPeriod
+}
+
+// look takes the counter now and reports whether to release the heap.
+func (w *quietWatch) look(allocs uint64) bool {
+	if allocs-w.last >= quietAllocs {
+		w.quiet, w.isReleased = 0, false
+	} else {
+		w.quiet++
+	}
+	w.last = allocs
+	return w.quiet >= quietPeriods && !w.isReleased
+}
+
+// released records a release; allocs is the counter after it, so that
+// what the release itself allocated does not count as work.
+func (w *quietWatch) released(allocs uint64) {
+	w.isReleased, w.last = true, allocs
 }
