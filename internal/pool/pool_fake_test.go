@@ -432,3 +432,62 @@ func TestFakeClaimWaitsForARefillUnderWay(t *testing.T) {
 		t.Fatalf("the claim gave up on the stuck refill after %v; want about the pool's start time (%v)", took, startTakes)
 	}
 }
+
+// A claim that leaves sandboxes in its pool holds its refill back for
+// refillDefer (the claimed sandbox's first command runs without a start
+// beside it); a claim that empties the pool starts the refill at once.
+func TestFakeRefillWaitsUnlessThePoolIsEmpty(t *testing.T) {
+	const deferFor = 2 * time.Second
+	t.Cleanup(pool.SetRefillDefer(deferFor))
+	e := fakeSetup(t, 0)
+	var mu sync.Mutex
+	var starts []time.Time
+	e.host.SetFaults(fake.Faults{Create: func(s runtime.Spec) error {
+		if s.Labels["pool"] != "" {
+			mu.Lock()
+			starts = append(starts, time.Now())
+			mu.Unlock()
+		}
+		return nil
+	}})
+	startsSince := func(t0 time.Time) []time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []time.Duration
+		for _, s := range starts {
+			if s.After(t0) {
+				out = append(out, s.Sub(t0))
+			}
+		}
+		return out
+	}
+	e.p.SetTarget(e.key, e.spec, 2)
+	e.waitFull(t)
+
+	t0 := time.Now()
+	if _, warm := e.claim(t, runtime.Claim{}); !warm {
+		t.Fatal("the claim of a full pool was cold")
+	}
+	time.Sleep(deferFor / 2)
+	if got := startsSince(t0); len(got) != 0 {
+		t.Fatalf("a claim that left a sandbox ready: refill started %v after it, want none before %v", got, deferFor)
+	}
+	e.waitFull(t)
+	if got := startsSince(t0); len(got) != 1 || got[0] < deferFor {
+		t.Fatalf("a claim that left a sandbox ready: refills started %v after it, want one after %v", got, deferFor)
+	}
+
+	// Two claims: the second empties the pool, and its refills start at
+	// once, the first's deferral notwithstanding.
+	t1 := time.Now()
+	for range 2 {
+		if _, warm := e.claim(t, runtime.Claim{}); !warm {
+			t.Fatal("the claim of a full pool was cold")
+		}
+	}
+	e.waitFull(t)
+	got := startsSince(t1)
+	if len(got) < 2 || got[0] >= deferFor/2 {
+		t.Fatalf("claims that emptied the pool: refills started %v after them, want two at once", got)
+	}
+}
