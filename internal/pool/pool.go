@@ -157,8 +157,8 @@ type bucket struct {
 
 // refillDefer is how long a claim that leaves sandboxes in its pool holds
 // back the refill it causes. A refill's start is the heaviest thing a host
-// does (runsc's processes, the Sentry's boot, the agent and its shell), and
-// started at the claim it ran beside the claimed sandbox's configuration
+// does (runsc's processes, the Sentry's boot, the agent and its shell).
+// Started at the claim, it ran beside the claimed sandbox's configuration
 // and first command, which are what the user waits for. The pool still has
 // a sandbox for the next claim meanwhile. A claim that empties its pool
 // does not wait: its demand outpaces the refills.
@@ -381,8 +381,8 @@ func (p *Pool) take(key Key, waiting bool) (runtime.Sandbox, <-chan struct{}, ti
 		// claim has to miss.
 		p.growLocked(b)
 	} else if !b.refillAt.After(b.lastClaim) {
-		// Claims held back already wait for the deferral under way,
-		// not one pushed later by every claim.
+		// The refills of later claims wait for the deferral under
+		// way, not for one that every claim pushes later.
 		b.refillAt = b.lastClaim.Add(refillDefer)
 	}
 	b.poke()
