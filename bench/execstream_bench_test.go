@@ -24,8 +24,8 @@ import (
 // SDK (sdk/python/.venv, made by `make test-python`) — for three commands:
 // zeros (`head -c N /dev/zero`, 8 KiB writes), the same zeros in 1 MB
 // writes (`dd`) and random bytes (a file of N random bytes made once, then
-// `cat` of it, 128 KiB writes), each against
-// the same command to /dev/null inside the sandbox in the same iteration.
+// `cat` of it, 128 KiB writes), each against the same command to
+// /dev/null inside the sandbox in the same iteration.
 // Reported per client and command: MB/s (median) and the client's CPU per
 // GB (the CLI process's rusage; for the SDKs the CPU the process spent over
 // the stream alone, without its start-up). The SDK scripts stream the

@@ -491,3 +491,45 @@ func TestFakeRefillWaitsUnlessThePoolIsEmpty(t *testing.T) {
 		t.Fatalf("claims that emptied the pool: refills started %v after them, want two at once", got)
 	}
 }
+
+// The refills of claims made while a deferral runs wait for that deferral,
+// not for one each claim pushes later: under a steady trickle of claims
+// the pool still refills.
+func TestFakeRefillDeferralIsNotPushedBack(t *testing.T) {
+	const deferFor = 2 * time.Second
+	t.Cleanup(pool.SetRefillDefer(deferFor))
+	e := fakeSetup(t, 0)
+	var mu sync.Mutex
+	var first time.Time
+	e.host.SetFaults(fake.Faults{Create: func(s runtime.Spec) error {
+		mu.Lock()
+		if s.Labels["pool"] != "" && first.IsZero() {
+			first = time.Now()
+		}
+		mu.Unlock()
+		return nil
+	}})
+	e.p.SetTarget(e.key, e.spec, 3)
+	e.waitFull(t)
+	mu.Lock()
+	first = time.Time{}
+	mu.Unlock()
+
+	t0 := time.Now()
+	if _, warm := e.claim(t, runtime.Claim{}); !warm {
+		t.Fatal("the claim of a full pool was cold")
+	}
+	time.Sleep(deferFor * 3 / 4)
+	if _, warm := e.claim(t, runtime.Claim{}); !warm {
+		t.Fatal("the second claim, with a sandbox left, was cold")
+	}
+	e.waitFull(t)
+	mu.Lock()
+	got := first.Sub(t0)
+	mu.Unlock()
+	// Pushed back by the second claim, the first refill would start
+	// 3.5 s in; held by the first claim's deferral, 2 s in.
+	if got < deferFor || got >= deferFor*3/4+deferFor {
+		t.Fatalf("the first refill started %v after the first claim; want from %v, before the second claim's deferral would end", got, deferFor)
+	}
+}
