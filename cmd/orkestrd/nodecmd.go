@@ -98,8 +98,8 @@ func nodeCmd(args []string) error {
 	}
 	// Settle what a previous run left against the store, before anyone
 	// can reach the node: adopt what the store says runs here, destroy the
-	// rest.
-	if err := lifecycle.Reconcile(ctx, st, n, func(row store.Sandbox) bool { return row.Node == cfg.Node.ID }, time.Now, log); err != nil {
+	// rest. Starts placed here lately are a control plane's to settle.
+	if err := lifecycle.Reconcile(ctx, st, n, func(row store.Sandbox) bool { return row.Node == cfg.Node.ID }, fleet.InFlight, time.Now, log); err != nil {
 		ln.Close()
 		_ = n.Close(context.Background(), false)
 		return err
@@ -108,7 +108,7 @@ func nodeCmd(args []string) error {
 	go n.RunMetering(mctx)
 	bctx, bstop := context.WithCancel(context.Background())
 	go fleet.Heartbeat(bctx, st, n, cfg.Node.HeartbeatEvery(), log)
-	go fleet.Sweep(bctx, st, n, 10*time.Second, fleet.SweepGrace, log)
+	go fleet.Sweep(bctx, st, n, 10*time.Second, fleet.SweepGrace, fleet.AdoptAfter, log)
 
 	srv := &http.Server{
 		Handler:           nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: cfg.Fleet.NodeToken, Log: log}),

@@ -179,3 +179,43 @@ func TestRestartAdoptsOnFakeNode(t *testing.T) {
 		}
 	}
 }
+
+// TestCreateAtTheLimitLeavesNothing: a create's row is admitted under the
+// plan's limit while its sandbox starts; a create the limit refuses
+// leaves no sandbox behind, and once refused an account's creates are
+// admitted before anything starts, so a client retrying at its limit
+// cannot make the node start (and drain its pool of) sandboxes for
+// nothing.
+func TestCreateAtTheLimitLeavesNothing(t *testing.T) {
+	host := fake.NewHost(fake.Options{})
+	st := openStore(t)
+	h, _ := newFakeHarness(t, host, t.TempDir(), fakeTemplates(t), st)
+	_, key := h.account("limited", "free") // one sandbox at a time
+
+	id := h.create(key)
+	before := host.Counts().Creates
+	refuse := func(i int) {
+		t.Helper()
+		r := h.do("POST", "/v1/sandboxes", key, map[string]any{"template": "debian-12"})
+		if r.status != 402 || r.code() != "concurrency_limit" {
+			t.Fatalf("create %d over the limit: %d %s", i, r.status, r.body)
+		}
+	}
+	refuse(1)
+	// The first refusal may have started a sandbox beside its insert: it
+	// is gone by the time the refusal is answered.
+	if got := host.Running(); len(got) != 1 {
+		t.Fatalf("sandboxes running after a refused create: %v, want only %s's", got, id)
+	}
+	started := host.Counts().Creates
+	for i := 2; i <= 20; i++ {
+		refuse(i)
+	}
+	if n := host.Counts().Creates - started; n != 0 {
+		t.Fatalf("19 creates refused after the first started %d sandboxes (want 0; the first started %d)", n, started-before)
+	}
+	if r := h.do("DELETE", "/v1/sandboxes/"+id, key, nil); r.status != 200 {
+		t.Fatalf("delete: %d %s", r.status, r.body)
+	}
+	h.create(key) // room again
+}

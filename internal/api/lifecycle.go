@@ -13,5 +13,5 @@ func (s *Server) reconcile(ctx context.Context) error {
 	if s.local == nil {
 		return nil
 	}
-	return lifecycle.Reconcile(ctx, s.store, s.local, func(store.Sandbox) bool { return true }, s.now, s.log)
+	return lifecycle.Reconcile(ctx, s.store, s.local, func(store.Sandbox) bool { return true }, nil, s.now, s.log)
 }

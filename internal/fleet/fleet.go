@@ -40,16 +40,18 @@ type Nodes struct {
 	listAt  time.Time
 	// refreshing: a read of the list runs in the background.
 	refreshing bool
-	// placed: what this replica put on each node that the node's last
-	// heartbeat may not count yet (see count).
+	// placed: what this replica put on each node, or freed there, that
+	// the node's last heartbeat may not count yet (see count, Released).
 	placed map[string][]placement
 }
 
-// placement is a sandbox put on a node at a time.
+// placement is a sandbox put on a node at a time, or (freed) one whose
+// room there was freed.
 type placement struct {
 	at       time.Time
 	template string
 	size     scheduler.Resources
+	freed    bool
 }
 
 // Options configure Nodes.
@@ -79,7 +81,10 @@ func NewNodes(o Options) *Nodes {
 	}
 }
 
-var _ lifecycle.Nodes = (*Nodes)(nil)
+var (
+	_ lifecycle.Nodes    = (*Nodes)(nil)
+	_ lifecycle.Releaser = (*Nodes)(nil)
+)
 
 // staleFor is how old a list may still serve a placement while a fresh
 // one is read in the background: a create then never waits for the
@@ -166,9 +171,16 @@ func (f *Nodes) withPlaced(list []store.Node) []store.Node {
 	return list
 }
 
-// addPlaced counts one placed sandbox on n.
+// addPlaced counts one placed sandbox on n, or takes one freed off.
 func addPlaced(n *store.Node, p placement) {
 	a := &n.Allocated
+	if p.freed {
+		a.Slots = max(a.Slots-1, 0)
+		a.CPUs = max(a.CPUs-p.size.CPUs, 0)
+		a.MemoryBytes = max(a.MemoryBytes-p.size.MemoryBytes, 0)
+		a.DiskBytes = max(a.DiskBytes-p.size.DiskBytes, 0)
+		return
+	}
 	a.Slots++
 	a.CPUs += p.size.CPUs
 	a.MemoryBytes += p.size.MemoryBytes
@@ -248,11 +260,7 @@ func (f *Nodes) place(ctx context.Context, p lifecycle.Placement, fresh, counted
 		// may include sandboxes that failed or have ended since.
 		list = f.withPlaced(list)
 	}
-	sz := f.sizes[p.Size]
-	req := scheduler.Request{
-		Region: p.Region, Template: p.Template, Networked: p.Networked,
-		Size: scheduler.Resources{CPUs: sz.CPU, MemoryBytes: int64(sz.MemoryMB) << 20, DiskBytes: int64(sz.DiskMBOrDefault()) << 20},
-	}
+	req := scheduler.Request{Region: p.Region, Template: p.Template, Networked: p.Networked, Size: f.resources(p.Size)}
 	if len(p.Exclude) > 0 {
 		req.Exclude = map[string]bool{}
 		for _, id := range p.Exclude {
@@ -287,6 +295,27 @@ func (f *Nodes) place(ctx context.Context, p lifecycle.Placement, fresh, counted
 		}
 	}
 	return "", nil, fmt.Errorf("placement chose node %s, which is not in the list", c.ID)
+}
+
+// resources is what a sandbox of size takes on its node.
+func (f *Nodes) resources(size string) scheduler.Resources {
+	sz := f.sizes[size]
+	return scheduler.Resources{CPUs: sz.CPU, MemoryBytes: int64(sz.MemoryMB) << 20, DiskBytes: int64(sz.DiskMBOrDefault()) << 20}
+}
+
+// Released implements lifecycle.Releaser: the room of a sandbox of size
+// on node id is free again, which the node's next heartbeat will show.
+// Until then this replica's placements see it free: a create after a
+// delete would otherwise count both, and once the node looked full
+// every placement would read the node list afresh (a PostgreSQL round
+// trip) to refuse on the nodes' own word, and then find room.
+func (f *Nodes) Released(id, size string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.placed == nil {
+		f.placed = map[string][]placement{}
+	}
+	f.placed[id] = append(f.placed[id], placement{at: time.Now(), size: f.resources(size), freed: true})
 }
 
 // count records a sandbox just placed on node id until a heartbeat of the

@@ -53,8 +53,14 @@ func templates(t *testing.T) string {
 
 func startNode(t *testing.T, st store.Store, cfg config.Config, id, region string, slots int) *fakeNode {
 	t.Helper()
+	return startNodeAt(t, st, cfg, id, region, slots, t.TempDir())
+}
+
+// startNodeAt is startNode on a data directory of the caller's (a node
+// started again where it ran before).
+func startNodeAt(t *testing.T, st store.Store, cfg config.Config, id, region string, slots int, dataDir string) *fakeNode {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	dataDir := t.TempDir()
 	fn := &fakeNode{}
 	fn.srv = httptest.NewUnstartedServer(nil)
 	var once sync.Once
@@ -67,7 +73,7 @@ func startNode(t *testing.T, st store.Store, cfg config.Config, id, region strin
 		t.Fatal(err)
 	}
 	fn.n = n
-	if err := lifecycle.Reconcile(context.Background(), st, n, func(r store.Sandbox) bool { return r.Node == id }, time.Now, log); err != nil {
+	if err := lifecycle.Reconcile(context.Background(), st, n, func(r store.Sandbox) bool { return r.Node == id }, fleet.InFlight, time.Now, log); err != nil {
 		t.Fatal(err)
 	}
 	fn.srv.Config.Handler = nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: token, Log: log})
@@ -333,7 +339,7 @@ func TestSweepDropsWhatTheStoreNoLongerGives(t *testing.T) {
 	}
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go fleet.Sweep(sctx, st, fn.n, 50*time.Millisecond, 0, slog.Default())
+	go fleet.Sweep(sctx, st, fn.n, 50*time.Millisecond, 0, 0, slog.Default())
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		running := map[string]bool{}
@@ -350,5 +356,263 @@ func TestSweepDropsWhatTheStoreNoLongerGives(t *testing.T) {
 			t.Fatal("the sweep left the lost sandbox running")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sweepFixture is a node of the fake driver registered in a fresh store,
+// an account, and the control plane's lifecycle over them (on st, which
+// may wrap the store).
+func sweepFixture(t *testing.T, wrap func(store.Store) store.Store) (context.Context, store.Store, *fakeNode, *lifecycle.Manager, store.Account) {
+	t.Helper()
+	ctx := context.Background()
+	base, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { base.Close() })
+	var st store.Store = base
+	if wrap != nil {
+		st = wrap(base)
+	}
+	cfg := config.Default()
+	cfg.PoolSize = 0
+	cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token}
+	fn := startNode(t, base, cfg, "a", "fsn1", 4)
+	acct := store.Account{ID: "acc_" + ulid.Make().String(), Name: "sweep", Plan: "team", CreatedAt: time.Now().UTC()}
+	if err := base.CreateAccount(ctx, acct); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if list, _ := base.ListNodes(ctx); len(list) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node never registered")
+		}
+	}
+	nodes := fleet.NewNodes(fleet.Options{Store: st, Config: cfg})
+	return ctx, st, fn, lifecycle.NewManager(st, nodes, time.Now, slog.Default()), acct
+}
+
+func newRow(acct store.Account) store.Sandbox {
+	return store.Sandbox{ID: "sbx_" + ulid.Make().String(), AccountID: acct.ID, Template: "debian-12", Size: "small", Network: "off",
+		Region: "fsn1", TimeoutSeconds: 600, CreatedAt: time.Now().UTC()}
+}
+
+// TestSweepAdoptsARowLeftStarting: a create records its sandbox running
+// without waiting for the database's disk; when a crash of the database
+// loses that record, the row is back at starting with no runtime, and
+// the node's sweep records it running on the sandbox it runs for it
+// (rather than destroying the sandbox as nobody's).
+func TestSweepAdoptsARowLeftStarting(t *testing.T) {
+	ctx, st, fn, life, acct := sweepFixture(t, nil)
+	row, err := life.Create(ctx, newRow(acct), nil, 0, lifecycle.Placement{Template: "debian-12", Size: "small"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rtID := row.RuntimeID
+	// The lost record: the row as the create inserted it.
+	row.Status, row.RuntimeID, row.ExpiresAt = store.StatusStarting, "", nil
+	if row, err = st.UpdateSandbox(ctx, row, 0); err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go fleet.Sweep(sctx, st, fn.n, 20*time.Millisecond, 0, 200*time.Millisecond, slog.Default())
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cur, err := st.GetSandbox(ctx, acct.ID, row.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur.Status == store.StatusRunning {
+			if cur.RuntimeID != rtID || cur.ExpiresAt == nil || cur.ExpiresAt.Before(time.Now().Add(590*time.Second)) {
+				t.Fatalf("adopted row: runtime %q (want %q), expires %v", cur.RuntimeID, rtID, cur.ExpiresAt)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sweep left the row %s", cur.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := fn.n.Running(); len(got) != 1 || got[0].RuntimeID != rtID {
+		t.Fatalf("the node runs %+v after the adoption, want %s only", got, rtID)
+	}
+}
+
+// lateStore is a store whose first unflushed write (a create's record of
+// its sandbox running) waits until the node's sweep has adopted the row:
+// a database that was away for longer than the node waits.
+type lateStore struct {
+	store.Store
+	once  sync.Once
+	ready chan struct{} // closed once the row is adopted
+}
+
+func (l *lateStore) UpdateSandbox(ctx context.Context, sb store.Sandbox, limit int) (store.Sandbox, error) {
+	if store.IsUnflushed(ctx) {
+		l.once.Do(func() {
+			select {
+			case <-l.ready:
+			case <-time.After(10 * time.Second): // the test fails on its own
+			}
+		})
+	}
+	return l.Store.UpdateSandbox(ctx, sb, limit)
+}
+
+// TestCreateKeepsARowItsNodeAdopted: a create whose record of its sandbox
+// running comes after the node's sweep adopted the row finds it running
+// on its sandbox and answers with it, rather than destroying the sandbox
+// as a failed create.
+func TestCreateKeepsARowItsNodeAdopted(t *testing.T) {
+	late := &lateStore{ready: make(chan struct{})}
+	ctx, st, fn, life, acct := sweepFixture(t, func(s store.Store) store.Store { late.Store = s; return late })
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go fleet.Sweep(sctx, late.Store, fn.n, 20*time.Millisecond, time.Hour, 0, slog.Default())
+	want := newRow(acct)
+	go func() {
+		for {
+			if cur, err := late.Store.GetSandbox(ctx, acct.ID, want.ID); err == nil && cur.Status == store.StatusRunning {
+				close(late.ready)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	row, err := life.Create(ctx, want, nil, 0, lifecycle.Placement{Template: "debian-12", Size: "small"})
+	if err != nil {
+		t.Fatalf("create whose row the node adopted first: %v", err)
+	}
+	running := fn.n.Running()
+	if row.Status != store.StatusRunning || len(running) != 1 || running[0].RuntimeID != row.RuntimeID {
+		t.Fatalf("create answered %s on %q; the node runs %+v", row.Status, row.RuntimeID, running)
+	}
+	if cur, err := st.GetSandbox(ctx, acct.ID, row.ID); err != nil || cur.Version != row.Version {
+		t.Fatalf("stored row %+v, %v; the create answered version %d", cur, err, row.Version)
+	}
+}
+
+// TestRestartLeavesStartsInFlight: a node restarted within its heartbeat
+// timeout still looks alive, so creates and resumes may be placed on it
+// while it starts. Its reconciliation leaves those (recent) starts to the
+// control planes that placed them, the snapshot of a resume included,
+// and settles only older ones; its sweep settles starts abandoned for
+// longer than fleet.InFlightFor.
+func TestRestartLeavesStartsInFlight(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cfg := config.Default()
+	cfg.PoolSize = 0
+	cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token}
+	dataDir := t.TempDir()
+	fn := startNodeAt(t, st, cfg, "a", "fsn1", 8, dataDir)
+	acct := store.Account{ID: "acc_" + ulid.Make().String(), Name: "restart", Plan: "team", CreatedAt: time.Now().UTC()}
+	if err := st.CreateAccount(ctx, acct); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if list, _ := st.ListNodes(ctx); len(list) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node never registered")
+		}
+	}
+	life := lifecycle.NewManager(st, fleet.NewNodes(fleet.Options{Store: st, Config: cfg}), time.Now, slog.Default())
+	pl := lifecycle.Placement{Template: "debian-12", Size: "small"}
+
+	// A paused sandbox whose resume is under way (its row starting).
+	resumed, err := life.Create(ctx, newRow(acct), nil, 0, pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resumed, err = life.Pause(ctx, resumed, 0); err != nil {
+		t.Fatal(err)
+	}
+	resumed.Status = store.StatusStarting
+	if resumed, err = st.UpdateSandbox(ctx, resumed, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A create under way, and one cut off long ago.
+	inserted := func(age time.Duration, snapshot string) store.Sandbox {
+		row := newRow(acct)
+		row.Status, row.Node, row.SnapshotDir = store.StatusStarting, "a", snapshot
+		row.CreatedAt = time.Now().UTC().Add(-age)
+		row.UpdatedAt = row.CreatedAt
+		if err := st.CreateSandbox(ctx, row, 0); err != nil {
+			t.Fatal(err)
+		}
+		return row
+	}
+	creating, cutOff := inserted(0, ""), inserted(10*time.Minute, "")
+
+	fn.stop()
+	fn = startNodeAt(t, st, cfg, "a", "fsn1", 8, dataDir)
+	// (It listens on another port now: a replica that reads the node list
+	// once the node's heartbeat has it.)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if list, _ := st.ListNodes(ctx); len(list) == 1 && list[0].Address == fn.srv.URL {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the restarted node never wrote its new address")
+		}
+	}
+	life = lifecycle.NewManager(st, fleet.NewNodes(fleet.Options{Store: st, Config: cfg}), time.Now, slog.Default())
+	status := func(row store.Sandbox) store.Sandbox {
+		t.Helper()
+		cur, err := st.GetSandbox(ctx, acct.ID, row.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cur
+	}
+	if got := status(creating); got.Status != store.StatusStarting {
+		t.Fatalf("a create under way during the restart: %s (%s)", got.Status, got.ErrorMessage)
+	}
+	if got := status(cutOff); got.Status != store.StatusError || got.ErrorMessage != store.EndCutOff {
+		t.Fatalf("a create cut off 10 minutes before the restart: %s (%s)", got.Status, got.ErrorMessage)
+	}
+	// The resume's snapshot survived the restart: its control plane's
+	// restore finds it.
+	cur := status(resumed)
+	if cur.Status != store.StatusStarting {
+		t.Fatalf("a resume under way during the restart: %s", cur.Status)
+	}
+	cur.Status = store.StatusPaused
+	if cur, err = st.UpdateSandbox(ctx, cur, 0); err != nil {
+		t.Fatal(err)
+	}
+	if cur, err = life.Resume(ctx, cur, 0); err != nil || cur.Status != store.StatusRunning {
+		t.Fatalf("resume after the node restarted: %s, %v", cur.Status, err)
+	}
+
+	// Starts abandoned for longer than InFlightFor: the sweep settles them.
+	lostCreate := inserted(fleet.InFlightFor+time.Minute, "")
+	lostResume := inserted(fleet.InFlightFor+time.Minute, "sbx_gone-snapshot")
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go fleet.Sweep(sctx, st, fn.n, 20*time.Millisecond, time.Hour, time.Hour, slog.Default())
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, r := status(lostCreate), status(lostResume)
+		if c.Status == store.StatusError && r.Status == store.StatusPaused {
+			if c.ErrorMessage != store.EndCutOff || r.SnapshotDir != "sbx_gone-snapshot" {
+				t.Fatalf("abandoned starts settled as %+v and %+v", c, r)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("abandoned starts left as %s and %s", c.Status, r.Status)
+		}
+	}
+	if got := status(creating); got.Status != store.StatusStarting {
+		t.Fatalf("the sweep settled a create under way: %s", got.Status)
 	}
 }

@@ -88,3 +88,41 @@ func TestPlacementCountsWhatItPlaced(t *testing.T) {
 		t.Fatalf("6 placements between heartbeats went %v, want them spread over a and b", on)
 	}
 }
+
+// TestPlacementCountsWhatItFreed: creates and deletes between two
+// heartbeats leave a node's room as it was on the replica's list, so the
+// placements never find the node full and never read the node list again
+// (here: the store is closed after the first read, and a read fails).
+func TestPlacementCountsWhatItFreed(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Heartbeat(ctx, store.Node{ID: "a", Region: "fsn1", Address: "http://127.0.0.1:9", Version: "test", APIVersion: 1,
+		Capacity:  store.NodeCapacity{CPUs: 4, MemoryBytes: 8 << 30, DiskBytes: 100 << 30, Slots: 2},
+		Templates: []string{"debian-12"}}); err != nil {
+		t.Fatal(err)
+	}
+	nodes := fleet.NewNodes(fleet.Options{Store: st, Config: config.Default()})
+	pl := lifecycle.Placement{Template: "debian-12", Size: "small"}
+	if _, _, err := nodes.Place(ctx, pl); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	for i := range 10 {
+		id, _, err := nodes.Place(ctx, pl)
+		if err != nil || id != "a" {
+			t.Fatalf("placement %d after as many deletes: %q, %v", i+2, id, err)
+		}
+		nodes.Released("a", "small")
+	}
+	// Without the deletes the node is full on the list: the placement
+	// reads the list again before it refuses, which fails here.
+	if _, _, err := nodes.Place(ctx, pl); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := nodes.Place(ctx, pl); err == nil {
+		t.Fatal("a third sandbox placed on a node of 2 slots without reading the node list")
+	}
+}

@@ -39,8 +39,12 @@ func Finish(ctx context.Context, st store.Store, now func() time.Time, log *slog
 // restart: running sandboxes whose runtime survived are adopted, creates
 // and pauses that were cut off are settled, and every runtime leftover and
 // snapshot nobody owns is destroyed. mine selects the store's rows that
-// belong to this node.
-func Reconcile(ctx context.Context, st store.Store, n nodeapi.Node, mine func(store.Sandbox) bool, now func() time.Time, log *slog.Logger) error {
+// belong to this node; of those, inFlight (nil: none) selects starts that
+// a control plane still running may settle itself (a fleet's node that
+// restarted within its heartbeat timeout may have had creates and resumes
+// placed on it meanwhile): their snapshots are kept and their rows left
+// as they are.
+func Reconcile(ctx context.Context, st store.Store, n nodeapi.Node, mine, inFlight func(store.Sandbox) bool, now func() time.Time, log *slog.Logger) error {
 	all, err := st.SandboxesByStatus(ctx, store.StatusStarting, store.StatusRunning, store.StatusPaused)
 	if err != nil {
 		return err
@@ -49,6 +53,12 @@ func Reconcile(ctx context.Context, st store.Store, n nodeapi.Node, mine func(st
 	keep := nodeapi.Keep{Sandboxes: map[string]string{}}
 	for _, row := range all {
 		if !mine(row) {
+			continue
+		}
+		if inFlight != nil && inFlight(row) {
+			if row.SnapshotDir != "" {
+				keep.Snapshots = append(keep.Snapshots, row.SnapshotDir)
+			}
 			continue
 		}
 		rows = append(rows, row)
@@ -87,7 +97,7 @@ func Reconcile(ctx context.Context, st store.Store, n nodeapi.Node, mine func(st
 				log.Error("putting an interrupted resume back to paused", "sandbox", row.ID, "err", err)
 			}
 		case row.Status == store.StatusStarting:
-			Finish(ctx, st, now, log, row.ID, row.AccountID, store.StatusError, "the server restarted while this sandbox was being created or resumed")
+			Finish(ctx, st, now, log, row.ID, row.AccountID, store.StatusError, store.EndCutOff)
 		case row.Status == store.StatusRunning && live:
 		case row.Status == store.StatusRunning:
 			Finish(ctx, st, now, log, row.ID, row.AccountID, store.StatusError, "the sandbox was lost while the server was down")

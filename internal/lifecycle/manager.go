@@ -40,6 +40,10 @@ type Manager struct {
 	// object is deleted there, and a paused sandbox may resume on any node
 	// of its region.
 	objects snapshot.Store
+	// alongside: the accounts with a create whose row is being admitted
+	// beside its start; refused: when an account's create last met its
+	// plan's limit (see admitAlongside).
+	alongside, refused sync.Map
 }
 
 // SetSnapshotStore names the store the nodes keep snapshots in; set it
@@ -151,14 +155,31 @@ const placeAttempts = 3
 // (store.ErrLimit), starts the sandbox there (another node if that one
 // turned out full or gone) and records it running. It finishes even if ctx
 // ends, so a sandbox is either fully there or recorded failed.
+//
+// The insert and the node's start run side by side (see admitAlongside):
+// the row is committed, under the limit, before it is recorded running,
+// and a sandbox started for an insert that was refused is destroyed.
 func (m *Manager) Create(ctx context.Context, row store.Sandbox, env map[string]string, maxConcurrent int, pl Placement) (store.Sandbox, error) {
 	nodeID, nd, err := m.nodes.Place(ctx, pl)
 	if err != nil {
 		return row, err
 	}
 	row.Status, row.Node = store.StatusStarting, nodeID
-	if err := m.store.CreateSandbox(ctx, row, maxConcurrent); err != nil {
-		return row, err
+	inserted := make(chan error, 1)
+	if done, ok := m.admitAlongside(row.AccountID); ok {
+		// Not ctx: a cancelled insert may still have committed, and a
+		// sandbox started meanwhile is then neither recorded nor removed.
+		go func(row store.Sandbox) {
+			defer done()
+			inserted <- m.store.CreateSandbox(context.WithoutCancel(ctx), row, maxConcurrent)
+		}(row)
+	} else {
+		if err := m.store.CreateSandbox(ctx, row, maxConcurrent); err != nil {
+			m.released(row.Node, row.Size)
+			m.noteRefused(row.AccountID, err)
+			return row, err
+		}
+		inserted <- nil
 	}
 	unlock := m.Lock(row.ID)
 	defer unlock()
@@ -174,6 +195,7 @@ func (m *Manager) Create(ctx context.Context, row store.Sandbox, env map[string]
 		}
 		// The node filled up (or went away) since its last heartbeat:
 		// another one may take it.
+		m.released(row.Node, row.Size)
 		pl.Exclude = append(pl.Exclude, row.Node)
 		next, nnd, perr := m.nodes.Place(ctx, pl)
 		if perr != nil {
@@ -189,7 +211,19 @@ func (m *Manager) Create(ctx context.Context, row store.Sandbox, env map[string]
 		m.log.Info("a node could not take a sandbox; placing it again", "sandbox", row.ID, "node", row.Node, "next", next, "err", err)
 		row.Node, nd = next, nnd
 	}
+	if ierr := <-inserted; ierr != nil {
+		// Refused (the plan's limit): nobody is told of this sandbox,
+		// which is gone before the refusal is answered.
+		m.noteRefused(row.AccountID, ierr)
+		if err == nil {
+			m.destroy(row, rt.ID())
+		} else {
+			m.released(row.Node, row.Size)
+		}
+		return row, ierr
+	}
 	if err != nil {
+		m.released(row.Node, row.Size)
 		row.Status, row.ErrorMessage = store.StatusError, "start failed"
 		if _, uerr := m.store.UpdateSandbox(ctx, row, 0); uerr != nil {
 			m.log.Error("recording a failed create", "sandbox", row.ID, "err", uerr)
@@ -202,12 +236,60 @@ func (m *Manager) Create(ctx context.Context, row store.Sandbox, env map[string]
 	exp := m.now().UTC().Add(time.Duration(row.TimeoutSeconds) * time.Second)
 	row.Status, row.RuntimeID, row.ExpiresAt = store.StatusRunning, rt.ID(), &exp
 	made := row
-	if row, err = m.store.UpdateSandbox(ctx, row, 0); err != nil {
-		m.destroy(made.Node, rt.ID())
+	// Unflushed: the row is committed starting already, and a crash of
+	// the store that loses this record leaves it to the node, which
+	// adopts a started sandbox whose row is still starting (fleet.Sweep).
+	if row, err = m.store.UpdateSandbox(store.Unflushed(ctx), row, 0); err != nil {
+		if cur, ok := m.adopted(ctx, made, rt); ok {
+			return cur, nil
+		}
+		m.destroy(made, rt.ID())
 		return made, err
 	}
 	m.running.Store(row.ID, live{account: row.AccountID, rt: rt})
 	return row, nil
+}
+
+// adopted returns the row of a create whose record of its sandbox running
+// came too late: its node recorded it so meanwhile (fleet.Sweep).
+func (m *Manager) adopted(ctx context.Context, made store.Sandbox, rt runtime.Sandbox) (store.Sandbox, bool) {
+	cur, err := m.store.GetSandbox(ctx, made.AccountID, made.ID)
+	if err != nil || cur.Status != store.StatusRunning || cur.RuntimeID != rt.ID() {
+		return made, false
+	}
+	m.running.Store(cur.ID, live{account: cur.AccountID, rt: rt})
+	return cur, true
+}
+
+// refusedFor is how long an account whose create was refused by its
+// plan's limit has its creates admitted before their sandboxes start.
+const refusedFor = 30 * time.Second
+
+// admitAlongside says whether a create of account may start its sandbox
+// while its row is being admitted (inserted under the plan's limit), and
+// if so returns the func that ends that create's turn. Side by side, the
+// insert's round trip to the store hides behind the node's start; but a
+// create refused by the limit has then started a sandbox for nothing,
+// which a tenant at its limit could repeat to drain the warm pools. So
+// an account has at most one such create at a time on this replica, and
+// none for refusedFor after a refusal: a burst, or a client retrying at
+// its limit, is admitted first, as one round trip to the store.
+func (m *Manager) admitAlongside(account string) (done func(), ok bool) {
+	if at, refused := m.refused.Load(account); refused && time.Since(at.(time.Time)) < refusedFor {
+		return nil, false
+	}
+	if _, busy := m.alongside.LoadOrStore(account, struct{}{}); busy {
+		return nil, false
+	}
+	return func() { m.alongside.Delete(account) }, true
+}
+
+// noteRefused remembers a create of account that the plan's limit
+// refused (see admitAlongside).
+func (m *Manager) noteRefused(account string, err error) {
+	if errors.Is(err, store.ErrLimit) {
+		m.refused.Store(account, time.Now())
+	}
 }
 
 // Pause checkpoints a running sandbox (the caller holds its Lock) under
@@ -258,6 +340,7 @@ func (m *Manager) Pause(ctx context.Context, row store.Sandbox, snapshotCap int)
 		}
 		return running, err
 	}
+	m.released(row.Node, row.Size)
 	row.RuntimeID, row.SnapshotDir, row.SnapshotBytes = "", snap.ID, snap.Bytes
 	return m.store.UpdateSandbox(ctx, row, 0)
 }
@@ -338,7 +421,7 @@ func (m *Manager) Resume(ctx context.Context, row store.Sandbox, maxConcurrent i
 	row.Status, row.RuntimeID, row.ExpiresAt, row.PausedAt, row.SnapshotDir, row.RemainingMS = store.StatusRunning, rt.ID(), &exp, nil, "", 0
 	restored := row
 	if row, err = m.store.UpdateSandbox(ctx, row, 0); err != nil {
-		m.destroy(restored.Node, rt.ID())
+		m.destroy(restored, rt.ID())
 		return restored, err
 	}
 	m.removeSnapshot(row.Node, row.AccountID, snap)
@@ -386,7 +469,7 @@ func (m *Manager) Terminate(ctx context.Context, row store.Sandbox, reason strin
 			return cur, err
 		}
 		if rtID != "" {
-			m.destroy(cur.Node, rtID)
+			m.destroy(cur, rtID)
 		}
 		if snap != "" {
 			m.removeSnapshot(cur.Node, cur.AccountID, snap)
@@ -430,16 +513,30 @@ func (m *Manager) RunDeadlines(ctx context.Context, leader func() bool) {
 	}
 }
 
-// destroy stops a sandbox's runtime on its node.
-func (m *Manager) destroy(nodeID, runtimeID string) {
+// destroy stops the runtime of a sandbox (row names its node and size)
+// on its node.
+func (m *Manager) destroy(row store.Sandbox, runtimeID string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	nodeID := row.Node
 	nd, err := m.nodes.Node(ctx, nodeID)
 	if err == nil {
 		err = nd.Destroy(ctx, runtimeID)
 	}
+	if err == nil {
+		m.released(nodeID, row.Size)
+	}
 	if err != nil {
 		m.log.Warn("destroying a sandbox's runtime failed; its node cleans it up at its next start", "node", nodeID, "runtime", runtimeID, "err", err)
+	}
+}
+
+// released tells Nodes that keep their own count of what they placed
+// (a fleet's, between the nodes' heartbeats) that a sandbox of size no
+// longer takes room on node id.
+func (m *Manager) released(id, size string) {
+	if r, ok := m.nodes.(Releaser); ok {
+		r.Released(id, size)
 	}
 }
 
@@ -574,7 +671,7 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 	if err := errors.Join(errs...); err != nil {
 		for i, rt := range rts {
 			if rt != nil {
-				m.destroy(clones[i].Node, rt.ID())
+				m.destroy(clones[i], rt.ID())
 			}
 		}
 		m.log.Error("fork: a clone could not be started", "sandbox", src.ID, "node", src.Node, "err", err)
@@ -587,7 +684,7 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 		row, err := m.store.UpdateSandbox(ctx, c, 0)
 		if err != nil {
 			// Terminated meanwhile (a DELETE of the new id): it goes.
-			m.destroy(c.Node, rts[i].ID())
+			m.destroy(c, rts[i].ID())
 			out[i] = c
 			continue
 		}

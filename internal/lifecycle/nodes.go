@@ -23,6 +23,15 @@ type Nodes interface {
 	Catalog(ctx context.Context) (Catalog, error)
 }
 
+// Releaser is a Nodes that counts what it placed on each node until the
+// node reports it (fleet.Nodes): it is told when a placement's room is
+// free again (a sandbox destroyed or paused, a start that failed), so
+// that a burst of creates and deletes between two heartbeats does not
+// look like a full node.
+type Releaser interface {
+	Released(nodeID, size string)
+}
+
 // Placement is what a new running sandbox needs from its node.
 type Placement struct {
 	Region    string // "" for the operator's default region

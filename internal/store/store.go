@@ -69,6 +69,7 @@ const (
 	EndOutOfMemory = "the sandbox was killed because it exceeded its memory limit"
 	EndStopped     = "the sandbox stopped unexpectedly"
 	EndNodeLost    = "node_lost: the node running the sandbox stopped answering"
+	EndCutOff      = "the server restarted while this sandbox was being created or resumed"
 )
 
 // Sandbox is the durable record of one sandbox. Env values are never
@@ -107,6 +108,26 @@ type ListFilter struct {
 	Status Status // empty: any
 	Limit  int    // 1..200
 	Cursor string // opaque, from a previous page; empty for the first
+}
+
+type unflushedKey struct{}
+
+// Unflushed marks the writes made with the returned context as ones a
+// crash of the database may lose because what they record is healed
+// without them (a create's record of its sandbox running: the sandbox's
+// node adopts the row it finds still starting, see fleet.Sweep).
+// PostgreSQL commits them without waiting for its disk, which is most of
+// a write's time there; SQLite's commits (synchronous=NORMAL, in WAL
+// mode) never wait for one. UpdateSandbox with a limit, a transaction of
+// several statements, ignores the mark.
+func Unflushed(ctx context.Context) context.Context {
+	return context.WithValue(ctx, unflushedKey{}, true)
+}
+
+// IsUnflushed reports whether ctx marks its writes as Unflushed.
+func IsUnflushed(ctx context.Context) bool {
+	v, _ := ctx.Value(unflushedKey{}).(bool)
+	return v
 }
 
 // Store is the persistence seam.

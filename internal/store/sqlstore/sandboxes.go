@@ -225,25 +225,21 @@ const pgCreateInsert = `INSERT INTO sandboxes (` + sandboxCols + `)
 		AND ($25::bigint <= 0 OR (SELECT COUNT(*) FROM sandboxes WHERE account_id = $2 AND status IN ($26, $27)) < $25::bigint)
 	RETURNING id`
 
-// pgCreateAsync lets the create's transaction commit without waiting for
-// its WAL to reach the disk (for this transaction only). A create's row
-// is recorded starting and then, once its node started it, running; the
-// API answers only after that second, durable commit, whose flush covers
-// the first. A crash in between loses at most a starting row nobody was
-// told of (its node's sandbox, if any, is swept as no row's), and the
-// row is visible to other transactions at commit either way, so the
-// plan's limit holds as before. What it saves is a wait for the disk: at
-// load 40 on this host a round trip took 0.3–0.7 ms and a durable insert
-// 2.4–3.7 ms (pgbench, docs/benchmarks.md).
-const pgCreateAsync = `SELECT set_config('synchronous_commit', 'off', true)`
+// pgUnflushed lets the rest of a pipelined batch's transaction commit
+// without waiting for its WAL to reach the disk (for that transaction
+// only; see store.Unflushed). The row is visible to other transactions
+// at commit either way. What it saves is a wait for the disk: at load 40
+// on this host a round trip took 0.3–0.7 ms and a durable write 2.4–3.7
+// ms (pgbench, docs/benchmarks.md).
+const pgUnflushed = `SELECT set_config('synchronous_commit', 'off', true)`
 
 // createSandboxPipelined is CreateSandbox on PostgreSQL in one round trip:
 // the lock and the conditional insert go out together as one pipelined
 // batch, which PostgreSQL runs as one implicit transaction (a failed
-// statement rolls back both), committed without waiting for the disk
-// (pgCreateAsync). As separate statements of a transaction it took five
-// round trips (BEGIN, lock, count, insert, COMMIT), each a wake-up of a
-// PostgreSQL backend, and a flush of the WAL.
+// statement rolls back both; with store.Unflushed, committed without
+// waiting for the disk). As separate statements of a transaction it took
+// five round trips (BEGIN, lock, count, insert, COMMIT), each a wake-up
+// of a PostgreSQL backend.
 func (s *Store) createSandboxPipelined(ctx context.Context, accountID string, maxActive int, args []any) error {
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
@@ -254,14 +250,19 @@ func (s *Store) createSandboxPipelined(ctx context.Context, accountID string, ma
 	return conn.Raw(func(dc any) error {
 		pc := dc.(*stdlib.Conn).Conn()
 		var b pgx.Batch
-		b.Queue(pgCreateAsync)
+		unflushed := store.IsUnflushed(ctx)
+		if unflushed {
+			b.Queue(pgUnflushed)
+		}
 		b.Queue(pgCreateLock, accountID, starting, running)
 		b.Queue(pgCreateInsert, append(args, int64(maxActive), starting, running)...)
 		br := pc.SendBatch(ctx, &b)
-		var async string
-		if err := br.QueryRow().Scan(&async); err != nil {
-			_ = br.Close()
-			return err
+		if unflushed {
+			var off string
+			if err := br.QueryRow().Scan(&off); err != nil {
+				_ = br.Close()
+				return err
+			}
 		}
 		var active int64
 		lockErr := br.QueryRow().Scan(&active)
@@ -393,19 +394,21 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb store.Sandbox, limit int) 
 			class = []any{string(store.StatusStarting), string(store.StatusRunning)}
 		}
 	}
+	update := func(q querier, args []any, created *int64) error {
+		return s.queryRow(ctx, q, updateSandboxSQL, args...).Scan(created)
+	}
+	if class == nil && s.d.dollar && store.IsUnflushed(ctx) {
+		update = func(_ querier, args []any, created *int64) error {
+			return s.updateUnflushed(ctx, args, created)
+		}
+	}
 	write := func(q querier) error {
 		now := toMS(s.now())
 		var created int64
-		err := s.queryRow(ctx, q, `UPDATE sandboxes SET status = ?, template = ?, size = ?, cpu = ?, memory_mb = ?,
-			network = ?, region = ?, timeout_seconds = ?, expires_at = ?, remaining_ms = ?, env_keys = ?, metadata = ?,
-			node = ?, runtime_id = ?, snapshot_dir = ?, snapshot_bytes = ?, error_message = ?, updated_at = ?,
-			paused_at = ?, terminated_at = ?, version = version + 1
-			WHERE id = ? AND account_id = ? AND version = ?
-			RETURNING created_at`,
-			string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network, sb.Region,
+		err := update(q, []any{string(sb.Status), sb.Template, sb.Size, sb.CPU, int64(sb.MemoryMB), sb.Network, sb.Region,
 			int64(sb.TimeoutSeconds), toNullMS(sb.ExpiresAt), sb.RemainingMS, envKeys, metadata, sb.Node, sb.RuntimeID,
 			sb.SnapshotDir, sb.SnapshotBytes, sb.ErrorMessage, now, toNullMS(sb.PausedAt), toNullMS(sb.TerminatedAt),
-			sb.ID, sb.AccountID, sb.Version).Scan(&created)
+			sb.ID, sb.AccountID, sb.Version}, &created)
 		if err == nil {
 			// The caller gets exactly the stored row.
 			out.CreatedAt, out.UpdatedAt, out.Version = fromMS(created), fromMS(now), sb.Version+1
@@ -453,6 +456,45 @@ func (s *Store) UpdateSandbox(ctx context.Context, sb store.Sandbox, limit int) 
 		return store.Sandbox{}, err
 	}
 	return normalize(out), nil
+}
+
+const updateSandboxSQL = `UPDATE sandboxes SET status = ?, template = ?, size = ?, cpu = ?, memory_mb = ?,
+	network = ?, region = ?, timeout_seconds = ?, expires_at = ?, remaining_ms = ?, env_keys = ?, metadata = ?,
+	node = ?, runtime_id = ?, snapshot_dir = ?, snapshot_bytes = ?, error_message = ?, updated_at = ?,
+	paused_at = ?, terminated_at = ?, version = version + 1
+	WHERE id = ? AND account_id = ? AND version = ?
+	RETURNING created_at`
+
+// updateUnflushed runs updateSandboxSQL on PostgreSQL in one round trip,
+// committed without waiting for its WAL to reach the disk (see
+// store.Unflushed): the setting and the update go out as one pipelined
+// batch, which PostgreSQL runs as one implicit transaction.
+func (s *Store) updateUnflushed(ctx context.Context, args []any, created *int64) error {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		pc := dc.(*stdlib.Conn).Conn()
+		var b pgx.Batch
+		b.Queue(pgUnflushed)
+		b.Queue(s.d.q(updateSandboxSQL), args...)
+		br := pc.SendBatch(ctx, &b)
+		var off string
+		if err := br.QueryRow().Scan(&off); err != nil {
+			_ = br.Close()
+			return err
+		}
+		upErr := br.QueryRow().Scan(created)
+		if err := br.Close(); err != nil {
+			return err
+		}
+		if errors.Is(upErr, pgx.ErrNoRows) {
+			return sql.ErrNoRows
+		}
+		return upErr
+	})
 }
 
 // SandboxesByStatus returns every sandbox, of all accounts, in one of the

@@ -325,79 +325,85 @@ func TestKeys(t *testing.T) {
 }
 
 func TestSandboxCRUD(t *testing.T) {
-	eachDB(t, func(t *testing.T, d testDB) {
-		s := d.open(t)
-		a := mkAccount(t, s, "a")
-		created := msNow().Add(-time.Minute)
-		sb := newSandbox(a.ID, created)
-		sb.Status = store.StatusStarting
-		sb.ExpiresAt = nil
-		ok(t, "CreateSandbox", s.CreateSandbox(bg, sb, 5))
-		isErr(t, "CreateSandbox duplicate id", s.CreateSandbox(bg, sb, 0), store.ErrConflict)
-		bad := newSandbox("acc_missing", created)
-		isErr(t, "CreateSandbox unknown account", s.CreateSandbox(bg, bad, 0), store.ErrNotFound)
+	// Writes marked unflushed (PostgreSQL: committed without waiting for
+	// the disk) behave as flushed ones in every other way.
+	for name, ctx := range map[string]context.Context{"flushed": bg, "unflushed": store.Unflushed(bg)} {
+		t.Run(name, func(t *testing.T) {
+			eachDB(t, func(t *testing.T, d testDB) {
+				s := d.open(t)
+				a := mkAccount(t, s, "a")
+				created := msNow().Add(-time.Minute)
+				sb := newSandbox(a.ID, created)
+				sb.Status = store.StatusStarting
+				sb.ExpiresAt = nil
+				ok(t, "CreateSandbox", s.CreateSandbox(ctx, sb, 5))
+				isErr(t, "CreateSandbox duplicate id", s.CreateSandbox(ctx, sb, 0), store.ErrConflict)
+				bad := newSandbox("acc_missing", created)
+				isErr(t, "CreateSandbox unknown account", s.CreateSandbox(ctx, bad, 0), store.ErrNotFound)
 
-		got, err := s.GetSandbox(bg, a.ID, sb.ID)
-		ok(t, "GetSandbox", err)
-		assertSame(t, "GetSandbox after create", got, sb)
-		_, err = s.GetSandbox(bg, a.ID, "sbx_missing")
-		isErr(t, "GetSandbox missing", err, store.ErrNotFound)
+				got, err := s.GetSandbox(ctx, a.ID, sb.ID)
+				ok(t, "GetSandbox", err)
+				assertSame(t, "GetSandbox after create", got, sb)
+				_, err = s.GetSandbox(ctx, a.ID, "sbx_missing")
+				isErr(t, "GetSandbox missing", err, store.ErrNotFound)
 
-		// Start it: every mutable field changes.
-		exp := msNow().Add(10 * time.Minute)
-		got.Status, got.RuntimeID, got.ExpiresAt = store.StatusRunning, "rt-2", &exp
-		got.Template, got.Size, got.CPU, got.MemoryMB, got.Network, got.Region = "node-22", "medium", 2, 4096, "on", "hel1"
-		got.TimeoutSeconds, got.RemainingMS, got.EnvKeys = 1200, 1234, []string{"A", "B"}
-		got.Metadata = map[string]string{"x": "y"}
-		got.Node, got.SnapshotDir, got.SnapshotBytes, got.ErrorMessage = "node-2", "/snap", 99, "oops"
-		before := time.Now().Add(-time.Second)
-		up, err := s.UpdateSandbox(bg, got, 0)
-		ok(t, "UpdateSandbox", err)
-		if up.Version != got.Version+1 {
-			t.Fatalf("Version = %d, want %d", up.Version, got.Version+1)
-		}
-		if up.UpdatedAt.Before(before) || up.UpdatedAt.After(time.Now().Add(time.Second)) {
-			t.Fatalf("UpdatedAt = %v, want about now", up.UpdatedAt)
-		}
-		want := got
-		want.Version, want.UpdatedAt = up.Version, up.UpdatedAt
-		assertSame(t, "UpdateSandbox result", up, want)
-		again, err := s.GetSandbox(bg, a.ID, sb.ID)
-		ok(t, "GetSandbox after update", err)
-		assertSame(t, "GetSandbox after update", again, up)
+				// Start it: every mutable field changes.
+				exp := msNow().Add(10 * time.Minute)
+				got.Status, got.RuntimeID, got.ExpiresAt = store.StatusRunning, "rt-2", &exp
+				got.Template, got.Size, got.CPU, got.MemoryMB, got.Network, got.Region = "node-22", "medium", 2, 4096, "on", "hel1"
+				got.TimeoutSeconds, got.RemainingMS, got.EnvKeys = 1200, 1234, []string{"A", "B"}
+				got.Metadata = map[string]string{"x": "y"}
+				got.Node, got.SnapshotDir, got.SnapshotBytes, got.ErrorMessage = "node-2", "/snap", 99, "oops"
+				before := time.Now().Add(-time.Second)
+				up, err := s.UpdateSandbox(ctx, got, 0)
+				ok(t, "UpdateSandbox", err)
+				if up.Version != got.Version+1 {
+					t.Fatalf("Version = %d, want %d", up.Version, got.Version+1)
+				}
+				if up.UpdatedAt.Before(before) || up.UpdatedAt.After(time.Now().Add(time.Second)) {
+					t.Fatalf("UpdatedAt = %v, want about now", up.UpdatedAt)
+				}
+				want := got
+				want.Version, want.UpdatedAt = up.Version, up.UpdatedAt
+				assertSame(t, "UpdateSandbox result", up, want)
+				again, err := s.GetSandbox(ctx, a.ID, sb.ID)
+				ok(t, "GetSandbox after update", err)
+				assertSame(t, "GetSandbox after update", again, up)
 
-		// Terminate it: optional times set, others cleared.
-		term := msNow()
-		up.Status, up.TerminatedAt, up.ExpiresAt, up.PausedAt = store.StatusTerminated, &term, nil, ptr(term.Add(-time.Second))
-		up2, err := s.UpdateSandbox(bg, up, 0)
-		ok(t, "UpdateSandbox terminate", err)
-		again, _ = s.GetSandbox(bg, a.ID, sb.ID)
-		assertSame(t, "GetSandbox after terminate", again, up2)
-		if again.Version != 2 {
-			t.Fatalf("Version = %d after two updates, want 2", again.Version)
-		}
+				// Terminate it: optional times set, others cleared.
+				term := msNow()
+				up.Status, up.TerminatedAt, up.ExpiresAt, up.PausedAt = store.StatusTerminated, &term, nil, ptr(term.Add(-time.Second))
+				up2, err := s.UpdateSandbox(ctx, up, 0)
+				ok(t, "UpdateSandbox terminate", err)
+				again, _ = s.GetSandbox(ctx, a.ID, sb.ID)
+				assertSame(t, "GetSandbox after terminate", again, up2)
+				if again.Version != 2 {
+					t.Fatalf("Version = %d after two updates, want 2", again.Version)
+				}
 
-		// Updating a stale copy, or a missing sandbox.
-		_, err = s.UpdateSandbox(bg, up, 0)
-		isErr(t, "UpdateSandbox stale", err, store.ErrStale)
-		missing := up2
-		missing.ID = "sbx_missing"
-		_, err = s.UpdateSandbox(bg, missing, 0)
-		isErr(t, "UpdateSandbox missing", err, store.ErrNotFound)
+				// Updating a stale copy, or a missing sandbox.
+				_, err = s.UpdateSandbox(ctx, up, 0)
+				isErr(t, "UpdateSandbox stale", err, store.ErrStale)
+				missing := up2
+				missing.ID = "sbx_missing"
+				_, err = s.UpdateSandbox(ctx, missing, 0)
+				isErr(t, "UpdateSandbox missing", err, store.ErrNotFound)
 
-		// nil and empty lists/maps round-trip as given.
-		for _, c := range []struct {
-			env []string
-			md  map[string]string
-		}{{nil, nil}, {[]string{}, map[string]string{}}} {
-			x := newSandbox(a.ID, msNow())
-			x.EnvKeys, x.Metadata = c.env, c.md
-			mkSandbox(t, s, x)
-			g, err := s.GetSandbox(bg, a.ID, x.ID)
-			ok(t, "GetSandbox", err)
-			assertSame(t, "nil/empty round trip", g, x)
-		}
-	})
+				// nil and empty lists/maps round-trip as given.
+				for _, c := range []struct {
+					env []string
+					md  map[string]string
+				}{{nil, nil}, {[]string{}, map[string]string{}}} {
+					x := newSandbox(a.ID, msNow())
+					x.EnvKeys, x.Metadata = c.env, c.md
+					mkSandbox(t, s, x)
+					g, err := s.GetSandbox(ctx, a.ID, x.ID)
+					ok(t, "GetSandbox", err)
+					assertSame(t, "nil/empty round trip", g, x)
+				}
+			})
+		})
+	}
 }
 
 func TestTenancy(t *testing.T) {
@@ -629,58 +635,63 @@ func TestListBadCursor(t *testing.T) {
 }
 
 func TestConcurrentCreateLimit(t *testing.T) {
-	eachDB(t, func(t *testing.T, d testDB) {
-		// Two stores on one database act like two server processes.
-		s1, s2 := d.open(t), d.open(t)
-		a := mkAccount(t, s1, "a")
-		b := mkAccount(t, s1, "b")
-		// Paused, terminated and errored sandboxes do not count.
-		for _, st := range []store.Status{store.StatusPaused, store.StatusTerminated, store.StatusError} {
-			sb := newSandbox(a.ID, msNow())
-			sb.Status = st
-			mkSandbox(t, s1, sb)
-		}
-		const n, maxActive = 50, 3
-		var okB atomic.Int64
-		won, limited := race(t, s1, s2, n, store.ErrLimit, func(i int, s *sqlstore.Store) error {
-			// Another account is not limited by a's sandboxes.
-			if i < 5 {
-				if err := s.CreateSandbox(bg, newSandbox(b.ID, msNow()), 5); err != nil {
-					t.Errorf("CreateSandbox for b: %v", err)
-				} else {
-					okB.Add(1)
+	// Unflushed creates hold the limit as flushed ones do.
+	for name, ctx := range map[string]context.Context{"flushed": bg, "unflushed": store.Unflushed(bg)} {
+		t.Run(name, func(t *testing.T) {
+			eachDB(t, func(t *testing.T, d testDB) {
+				// Two stores on one database act like two server processes.
+				s1, s2 := d.open(t), d.open(t)
+				a := mkAccount(t, s1, "a")
+				b := mkAccount(t, s1, "b")
+				// Paused, terminated and errored sandboxes do not count.
+				for _, st := range []store.Status{store.StatusPaused, store.StatusTerminated, store.StatusError} {
+					sb := newSandbox(a.ID, msNow())
+					sb.Status = st
+					mkSandbox(t, s1, sb)
 				}
-			}
-			sb := newSandbox(a.ID, msNow())
-			if i%3 == 0 {
-				sb.Status = store.StatusStarting
-			}
-			return s.CreateSandbox(bg, sb, maxActive)
+				const n, maxActive = 50, 3
+				var okB atomic.Int64
+				won, limited := race(t, s1, s2, n, store.ErrLimit, func(i int, s *sqlstore.Store) error {
+					// Another account is not limited by a's sandboxes.
+					if i < 5 {
+						if err := s.CreateSandbox(ctx, newSandbox(b.ID, msNow()), 5); err != nil {
+							t.Errorf("CreateSandbox for b: %v", err)
+						} else {
+							okB.Add(1)
+						}
+					}
+					sb := newSandbox(a.ID, msNow())
+					if i%3 == 0 {
+						sb.Status = store.StatusStarting
+					}
+					return s.CreateSandbox(ctx, sb, maxActive)
+				})
+				if len(won) != maxActive || limited != n-maxActive {
+					t.Fatalf("%d creates succeeded and %d hit the limit, want %d and %d", len(won), limited, maxActive, n-maxActive)
+				}
+				if okB.Load() != 5 {
+					t.Fatalf("account b: %d creates succeeded, want 5", okB.Load())
+				}
+				active, _, err := s1.ListSandboxes(ctx, a.ID, store.ListFilter{Status: store.StatusRunning, Limit: 200})
+				ok(t, "list running", err)
+				starting, _, err := s1.ListSandboxes(ctx, a.ID, store.ListFilter{Status: store.StatusStarting, Limit: 200})
+				ok(t, "list starting", err)
+				if len(active)+len(starting) != maxActive {
+					t.Fatalf("%d active sandboxes stored, want %d", len(active)+len(starting), maxActive)
+				}
+				// maxActive <= 0 is no limit.
+				ok(t, "CreateSandbox unlimited", s1.CreateSandbox(ctx, newSandbox(a.ID, msNow()), 0))
+				// Once one stops, a create fits again.
+				stopped := append(active, starting...)[0]
+				stopped.Status = store.StatusTerminated
+				_, err = s1.UpdateSandbox(ctx, stopped, 0)
+				ok(t, "terminate", err)
+				// 3 + 1 unlimited - 1 terminated = 3 active.
+				isErr(t, "create at the limit", s1.CreateSandbox(ctx, newSandbox(a.ID, msNow()), maxActive), store.ErrLimit)
+				ok(t, "create under the limit", s1.CreateSandbox(ctx, newSandbox(a.ID, msNow()), maxActive+1))
+			})
 		})
-		if len(won) != maxActive || limited != n-maxActive {
-			t.Fatalf("%d creates succeeded and %d hit the limit, want %d and %d", len(won), limited, maxActive, n-maxActive)
-		}
-		if okB.Load() != 5 {
-			t.Fatalf("account b: %d creates succeeded, want 5", okB.Load())
-		}
-		active, _, err := s1.ListSandboxes(bg, a.ID, store.ListFilter{Status: store.StatusRunning, Limit: 200})
-		ok(t, "list running", err)
-		starting, _, err := s1.ListSandboxes(bg, a.ID, store.ListFilter{Status: store.StatusStarting, Limit: 200})
-		ok(t, "list starting", err)
-		if len(active)+len(starting) != maxActive {
-			t.Fatalf("%d active sandboxes stored, want %d", len(active)+len(starting), maxActive)
-		}
-		// maxActive <= 0 is no limit.
-		ok(t, "CreateSandbox unlimited", s1.CreateSandbox(bg, newSandbox(a.ID, msNow()), 0))
-		// Once one stops, a create fits again.
-		stopped := append(active, starting...)[0]
-		stopped.Status = store.StatusTerminated
-		_, err = s1.UpdateSandbox(bg, stopped, 0)
-		ok(t, "terminate", err)
-		// 3 + 1 unlimited - 1 terminated = 3 active.
-		isErr(t, "create at the limit", s1.CreateSandbox(bg, newSandbox(a.ID, msNow()), maxActive), store.ErrLimit)
-		ok(t, "create under the limit", s1.CreateSandbox(bg, newSandbox(a.ID, msNow()), maxActive+1))
-	})
+	}
 }
 
 // TestCreateSandboxesAllOrNothing: a batch (a fork's clones) is inserted
