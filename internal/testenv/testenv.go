@@ -125,6 +125,17 @@ type Env struct {
 	Config       gvisor.Config
 }
 
+// driverLogLevel is the level of the test driver's log on stderr: warn,
+// or ORKESTR_TEST_LOG_LEVEL (debug, info, warn, error) to see more of what
+// a failing test's driver did.
+func driverLogLevel() slog.Level {
+	var l slog.Level = slog.LevelWarn
+	if v := os.Getenv("ORKESTR_TEST_LOG_LEVEL"); v != "" {
+		_ = l.UnmarshalText([]byte(v))
+	}
+	return l
+}
+
 // NewDriver returns a reconciled gVisor driver that is closed (destroying
 // its sandboxes) and checked for leaks when the test ends.
 func NewDriver(t testing.TB) *Env {
@@ -164,7 +175,7 @@ func NewDriverWith(t testing.TB, change func(*gvisor.Config)) *Env {
 		AgentBinary:  agent,
 		StateDir:     state,
 		CgroupParent: "/orkestr-test-" + hex.EncodeToString(b),
-		Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: driverLogLevel()})),
 	}
 	if change != nil {
 		change(&cfg)

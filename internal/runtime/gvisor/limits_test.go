@@ -71,21 +71,35 @@ func bystander(t *testing.T, sb runtime.Sandbox, stop <-chan struct{}) (wait fun
 func backgroundTicker(t *testing.T, sb runtime.Sandbox) (alive func() bool) {
 	t.Helper()
 	sh(t, sb, `nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /workspace/tick; sleep 0.1; done' >/dev/null 2>&1 &`)
+	// The loop's `echo $i > tick` truncates the file before it writes: a
+	// read in between finds it empty (on a loaded host, one in a few
+	// dozen checks did), and is made again.
 	read := func() int {
-		var out strings.Builder
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if _, err := sb.Exec(ctx, runtime.ExecRequest{Command: "cat /workspace/tick", Stdout: &out}); err != nil {
-			return -1
+		for range 10 {
+			var out strings.Builder
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, err := sb.Exec(ctx, runtime.ExecRequest{Command: "cat /workspace/tick", Stdout: &out})
+			cancel()
+			if err != nil {
+				t.Logf("reading the ticker's count: %v", err)
+				return -1
+			}
+			if n, err := strconv.Atoi(strings.TrimSpace(out.String())); err == nil {
+				return n
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		n, _ := strconv.Atoi(strings.TrimSpace(out.String()))
-		return n
+		return -1
 	}
 	return func() bool {
 		a := read()
 		time.Sleep(600 * time.Millisecond)
 		b := read()
-		return a > 0 && b > a
+		if a <= 0 || b <= a {
+			t.Logf("the ticker counted %d, then %d 0.6 s later", a, b)
+			return false
+		}
+		return true
 	}
 }
 

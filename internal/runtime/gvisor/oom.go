@@ -65,29 +65,17 @@ func (sb *sandbox) unwatchMemory() {
 	}
 }
 
-// relieveMemory runs while the sandbox's usage is at or above its size. The
-// usage also counts the page cache of the sandbox's disk, which the kernel
-// reclaims by itself, so a process is killed only when anonymous memory
-// (programs and tmpfs) reaches the size, and another one only if it still
-// grows after that and after a grace period (or deep into the headroom): a
-// killed process's memory takes gVisor a few hundred milliseconds to give
-// back.
+// relieveMemory runs while the sandbox's usage is at or above its size,
+// killing processes as oomDecision says.
 func (sb *sandbox) relieveMemory(limit uint64) {
 	g := sb.d.cgroup(sb.m.ID)
-	// After a kill, a grace period lets the victim's memory go before the
-	// next one dies for it; only a sandbox already halfway into its
-	// headroom loses another process sooner.
-	const grace = 500 * time.Millisecond
-	urgent := limit + uint64(HostMemory(int64(limit))-int64(limit))/2
-	var last uint64
-	var killedAt time.Time
+	decide := newOOMDecision(limit, uint64(HostMemory(int64(limit))))
 	for sb.stopped() == nil {
 		usage, anon, err := g.MemoryAnon()
 		if err != nil || usage < limit {
 			return
 		}
-		inGrace := !killedAt.IsZero() && time.Since(killedAt) < grace
-		if anon >= limit && (killedAt.IsZero() || anon > last) && (!inGrace || anon >= urgent) {
+		if decide.kill(anon, time.Now()) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			v, err := sb.ch.OOMKill(ctx)
 			cancel()
@@ -101,15 +89,58 @@ func (sb *sandbox) relieveMemory(limit uint64) {
 				sb.d.oomKills.Add(1)
 				sb.d.log.Info("killed a sandbox process at the memory limit", "sandbox", sb.m.ID, "pid", v.PID, "comm", v.Comm, "rss_bytes", v.RSSBytes, "limit_bytes", limit)
 			}
-			killedAt = time.Now()
 		}
-		last = anon
 		wait := memoryPollFar
 		if anon >= limit*9/10 {
 			wait = memoryPollNear
 		}
 		time.Sleep(wait)
 	}
+}
+
+// oomDecision decides, from the sandbox's anonymous memory (programs and
+// tmpfs) read every poll, when a process dies for it. The usage the
+// threshold watches also counts the page cache of the sandbox's disk,
+// which the kernel reclaims by itself, so a process is killed only when
+// anonymous memory reaches the size. A killed process's memory takes
+// gVisor from a few hundred milliseconds to seconds on a loaded host to
+// give back, and meanwhile the sandbox's other processes add a little (a
+// shell forking its next command): another process dies only once
+// anonymous memory has grown by regrowth past its lowest since the last
+// kill — something still allocates — and after a grace period, unless
+// the sandbox is already halfway into its headroom.
+type oomDecision struct {
+	limit, urgent, regrowth uint64
+	grace                   time.Duration
+	killedAt                time.Time
+	low                     uint64 // the lowest anonymous memory since killedAt
+}
+
+func newOOMDecision(limit, hostLimit uint64) *oomDecision {
+	d := &oomDecision{limit: limit, urgent: limit, regrowth: limit / 32, grace: 500 * time.Millisecond}
+	if hostLimit > limit {
+		d.urgent = limit + (hostLimit-limit)/2
+	}
+	return d
+}
+
+// kill reports whether a process is to be killed now, anon being the
+// sandbox's anonymous memory at now; a true answer counts as the kill.
+func (d *oomDecision) kill(anon uint64, now time.Time) bool {
+	if !d.killedAt.IsZero() {
+		d.low = min(d.low, anon)
+	}
+	switch {
+	case anon < d.limit:
+		return false
+	case d.killedAt.IsZero():
+	case anon <= d.low+d.regrowth:
+		return false
+	case now.Sub(d.killedAt) < d.grace && anon < d.urgent:
+		return false
+	}
+	d.killedAt, d.low = now, anon
+	return true
 }
 
 // OOMKills is how many sandbox processes the driver killed at their
