@@ -289,35 +289,11 @@ func mustJSON(v any) string {
 // be declared lost keeps running its sandbox; once the store says the
 // sandbox ended, the node's sweep destroys it (and spares the live one).
 func TestSweepDropsWhatTheStoreNoLongerGives(t *testing.T) {
-	ctx := context.Background()
-	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cfg := config.Default()
-	cfg.PoolSize = 0
-	cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token}
-	fn := startNode(t, st, cfg, "a", "fsn1", 4)
-	acct := store.Account{ID: "acc_" + ulid.Make().String(), Name: "sweep", Plan: "team", CreatedAt: time.Now().UTC()}
-	if err := st.CreateAccount(ctx, acct); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if list, _ := st.ListNodes(ctx); len(list) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the node never registered")
-		}
-	}
-	nodes := fleet.NewNodes(fleet.Options{Store: st, Config: cfg})
-	life := lifecycle.NewManager(st, nodes, time.Now, slog.Default())
+	f := newFixture(t, nil)
+	ctx, st := f.ctx, f.base
 	made := map[string]store.Sandbox{}
 	for _, name := range []string{"lost", "kept"} {
-		row := store.Sandbox{ID: "sbx_" + ulid.Make().String(), AccountID: acct.ID, Template: "debian-12", Size: "small", Network: "off",
-			Region: "fsn1", TimeoutSeconds: 600, CreatedAt: time.Now().UTC()}
-		row, err := life.Create(ctx, row, nil, 0, lifecycle.Placement{Template: "debian-12", Size: "small"})
+		row, err := f.life.Create(ctx, newRow(f.acct), nil, 0, lifecycle.Placement{Template: "debian-12", Size: "small"})
 		if err != nil {
 			t.Fatalf("create %s: %v", name, err)
 		}
@@ -329,21 +305,17 @@ func TestSweepDropsWhatTheStoreNoLongerGives(t *testing.T) {
 	kept := made["kept"]
 	kept.Status, kept.ErrorMessage = store.StatusRunning, ""
 	// Only "lost" stays ended: "kept" is given back to the node.
-	cur, err := st.GetSandbox(ctx, acct.ID, kept.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kept.Version, kept.TerminatedAt = cur.Version, nil
+	kept.Version, kept.TerminatedAt = f.row(t, kept.ID).Version, nil
 	if _, err := st.UpdateSandbox(ctx, kept, 0); err != nil {
 		t.Fatal(err)
 	}
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go fleet.Sweep(sctx, st, fn.n, 50*time.Millisecond, 0, 0, slog.Default())
+	go fleet.Sweep(sctx, st, f.fn.n, 50*time.Millisecond, 0, 0, slog.Default())
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		running := map[string]bool{}
-		for _, r := range fn.n.Running() {
+		for _, r := range f.fn.n.Running() {
 			running[r.SandboxID] = true
 		}
 		if !running[made["lost"].ID] {
@@ -359,39 +331,76 @@ func TestSweepDropsWhatTheStoreNoLongerGives(t *testing.T) {
 	}
 }
 
-// sweepFixture is a node of the fake driver registered in a fresh store,
+// fixture is a node "a" of the fake driver registered in a fresh store,
 // an account, and the control plane's lifecycle over them (on st, which
-// may wrap the store).
-func sweepFixture(t *testing.T, wrap func(store.Store) store.Store) (context.Context, store.Store, *fakeNode, *lifecycle.Manager, store.Account) {
+// may wrap the store: base is the store itself).
+type fixture struct {
+	ctx     context.Context
+	base    *sqlstore.Store
+	st      store.Store
+	cfg     config.Config
+	dataDir string
+	fn      *fakeNode
+	life    *lifecycle.Manager
+	acct    store.Account
+}
+
+func newFixture(t *testing.T, wrap func(store.Store) store.Store) *fixture {
 	t.Helper()
-	ctx := context.Background()
-	base, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
+	f := &fixture{ctx: context.Background(), cfg: config.Default(), dataDir: t.TempDir()}
+	base, err := sqlstore.OpenSQLite(f.ctx, filepath.Join(t.TempDir(), "orkestr.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { base.Close() })
-	var st store.Store = base
+	f.base, f.st = base, base
 	if wrap != nil {
-		st = wrap(base)
+		f.st = wrap(base)
 	}
-	cfg := config.Default()
-	cfg.PoolSize = 0
-	cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token}
-	fn := startNode(t, base, cfg, "a", "fsn1", 4)
-	acct := store.Account{ID: "acc_" + ulid.Make().String(), Name: "sweep", Plan: "team", CreatedAt: time.Now().UTC()}
-	if err := base.CreateAccount(ctx, acct); err != nil {
+	f.cfg.PoolSize = 0
+	f.cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token}
+	f.fn = startNodeAt(t, base, f.cfg, "a", "fsn1", 4, f.dataDir)
+	f.acct = store.Account{ID: "acc_" + ulid.Make().String(), Name: "fixture", Plan: "team", CreatedAt: time.Now().UTC()}
+	if err := base.CreateAccount(f.ctx, f.acct); err != nil {
 		t.Fatal(err)
 	}
+	f.waitNode(t)
+	f.life = lifecycle.NewManager(f.st, fleet.NewNodes(fleet.Options{Store: f.st, Config: f.cfg}), time.Now, slog.Default())
+	return f
+}
+
+// waitNode waits until the node's heartbeat has its current address.
+func (f *fixture) waitNode(t *testing.T) {
+	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if list, _ := base.ListNodes(ctx); len(list) == 1 {
-			break
+		if list, _ := f.base.ListNodes(f.ctx); len(list) == 1 && list[0].Address == f.fn.srv.URL {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the node never registered")
+			t.Fatal("the node never registered its address")
 		}
 	}
-	nodes := fleet.NewNodes(fleet.Options{Store: st, Config: cfg})
-	return ctx, st, fn, lifecycle.NewManager(st, nodes, time.Now, slog.Default()), acct
+}
+
+// restart stops the node and starts it again on its data directory (on
+// another port: the lifecycle is a new replica's, which reads the node
+// list once the node's heartbeat has it).
+func (f *fixture) restart(t *testing.T) {
+	t.Helper()
+	f.fn.stop()
+	f.fn = startNodeAt(t, f.base, f.cfg, "a", "fsn1", 4, f.dataDir)
+	f.waitNode(t)
+	f.life = lifecycle.NewManager(f.st, fleet.NewNodes(fleet.Options{Store: f.st, Config: f.cfg}), time.Now, slog.Default())
+}
+
+// row returns the account's sandbox as stored.
+func (f *fixture) row(t *testing.T, id string) store.Sandbox {
+	t.Helper()
+	cur, err := f.base.GetSandbox(f.ctx, f.acct.ID, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cur
 }
 
 func newRow(acct store.Account) store.Sandbox {
@@ -405,26 +414,23 @@ func newRow(acct store.Account) store.Sandbox {
 // the node's sweep records it running on the sandbox it runs for it
 // (rather than destroying the sandbox as nobody's).
 func TestSweepAdoptsARowLeftStarting(t *testing.T) {
-	ctx, st, fn, life, acct := sweepFixture(t, nil)
-	row, err := life.Create(ctx, newRow(acct), nil, 0, lifecycle.Placement{Template: "debian-12", Size: "small"})
+	f := newFixture(t, nil)
+	row, err := f.life.Create(f.ctx, newRow(f.acct), nil, 0, lifecycle.Placement{Template: "debian-12", Size: "small"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rtID := row.RuntimeID
 	// The lost record: the row as the create inserted it.
 	row.Status, row.RuntimeID, row.ExpiresAt = store.StatusStarting, "", nil
-	if row, err = st.UpdateSandbox(ctx, row, 0); err != nil {
+	if row, err = f.base.UpdateSandbox(f.ctx, row, 0); err != nil {
 		t.Fatal(err)
 	}
-	sctx, stop := context.WithCancel(ctx)
+	sctx, stop := context.WithCancel(f.ctx)
 	defer stop()
-	go fleet.Sweep(sctx, st, fn.n, 20*time.Millisecond, 0, 200*time.Millisecond, slog.Default())
+	go fleet.Sweep(sctx, f.base, f.fn.n, 20*time.Millisecond, 0, 200*time.Millisecond, slog.Default())
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		cur, err := st.GetSandbox(ctx, acct.ID, row.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cur := f.row(t, row.ID)
 		if cur.Status == store.StatusRunning {
 			if cur.RuntimeID != rtID || cur.ExpiresAt == nil || cur.ExpiresAt.Before(time.Now().Add(590*time.Second)) {
 				t.Fatalf("adopted row: runtime %q (want %q), expires %v", cur.RuntimeID, rtID, cur.ExpiresAt)
@@ -436,7 +442,7 @@ func TestSweepAdoptsARowLeftStarting(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if got := fn.n.Running(); len(got) != 1 || got[0].RuntimeID != rtID {
+	if got := f.fn.n.Running(); len(got) != 1 || got[0].RuntimeID != rtID {
 		t.Fatalf("the node runs %+v after the adoption, want %s only", got, rtID)
 	}
 }
@@ -468,30 +474,30 @@ func (l *lateStore) UpdateSandbox(ctx context.Context, sb store.Sandbox, limit i
 // as a failed create.
 func TestCreateKeepsARowItsNodeAdopted(t *testing.T) {
 	late := &lateStore{ready: make(chan struct{})}
-	ctx, st, fn, life, acct := sweepFixture(t, func(s store.Store) store.Store { late.Store = s; return late })
-	sctx, stop := context.WithCancel(ctx)
+	f := newFixture(t, func(s store.Store) store.Store { late.Store = s; return late })
+	sctx, stop := context.WithCancel(f.ctx)
 	defer stop()
-	go fleet.Sweep(sctx, late.Store, fn.n, 20*time.Millisecond, time.Hour, 0, slog.Default())
-	want := newRow(acct)
+	go fleet.Sweep(sctx, f.base, f.fn.n, 20*time.Millisecond, time.Hour, 0, slog.Default())
+	want := newRow(f.acct)
 	go func() {
 		for {
-			if cur, err := late.Store.GetSandbox(ctx, acct.ID, want.ID); err == nil && cur.Status == store.StatusRunning {
+			if cur, err := f.base.GetSandbox(f.ctx, f.acct.ID, want.ID); err == nil && cur.Status == store.StatusRunning {
 				close(late.ready)
 				return
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
-	row, err := life.Create(ctx, want, nil, 0, lifecycle.Placement{Template: "debian-12", Size: "small"})
+	row, err := f.life.Create(f.ctx, want, nil, 0, lifecycle.Placement{Template: "debian-12", Size: "small"})
 	if err != nil {
 		t.Fatalf("create whose row the node adopted first: %v", err)
 	}
-	running := fn.n.Running()
+	running := f.fn.n.Running()
 	if row.Status != store.StatusRunning || len(running) != 1 || running[0].RuntimeID != row.RuntimeID {
 		t.Fatalf("create answered %s on %q; the node runs %+v", row.Status, row.RuntimeID, running)
 	}
-	if cur, err := st.GetSandbox(ctx, acct.ID, row.ID); err != nil || cur.Version != row.Version {
-		t.Fatalf("stored row %+v, %v; the create answered version %d", cur, err, row.Version)
+	if cur := f.row(t, row.ID); cur.Version != row.Version {
+		t.Fatalf("stored row %+v; the create answered version %d", cur, row.Version)
 	}
 }
 
@@ -502,38 +508,16 @@ func TestCreateKeepsARowItsNodeAdopted(t *testing.T) {
 // and settles only older ones; its sweep settles starts abandoned for
 // longer than fleet.InFlightFor.
 func TestRestartLeavesStartsInFlight(t *testing.T) {
-	ctx := context.Background()
-	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "orkestr.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	cfg := config.Default()
-	cfg.PoolSize = 0
-	cfg.Fleet = config.Fleet{Enabled: true, NodeToken: token}
-	dataDir := t.TempDir()
-	fn := startNodeAt(t, st, cfg, "a", "fsn1", 8, dataDir)
-	acct := store.Account{ID: "acc_" + ulid.Make().String(), Name: "restart", Plan: "team", CreatedAt: time.Now().UTC()}
-	if err := st.CreateAccount(ctx, acct); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if list, _ := st.ListNodes(ctx); len(list) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the node never registered")
-		}
-	}
-	life := lifecycle.NewManager(st, fleet.NewNodes(fleet.Options{Store: st, Config: cfg}), time.Now, slog.Default())
+	f := newFixture(t, nil)
+	ctx, st := f.ctx, f.base
 	pl := lifecycle.Placement{Template: "debian-12", Size: "small"}
 
 	// A paused sandbox whose resume is under way (its row starting).
-	resumed, err := life.Create(ctx, newRow(acct), nil, 0, pl)
+	resumed, err := f.life.Create(ctx, newRow(f.acct), nil, 0, pl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resumed, err = life.Pause(ctx, resumed, 0); err != nil {
+	if resumed, err = f.life.Pause(ctx, resumed, 0); err != nil {
 		t.Fatal(err)
 	}
 	resumed.Status = store.StatusStarting
@@ -542,7 +526,7 @@ func TestRestartLeavesStartsInFlight(t *testing.T) {
 	}
 	// A create under way, and one cut off long ago.
 	inserted := func(age time.Duration, snapshot string) store.Sandbox {
-		row := newRow(acct)
+		row := newRow(f.acct)
 		row.Status, row.Node, row.SnapshotDir = store.StatusStarting, "a", snapshot
 		row.CreatedAt = time.Now().UTC().Add(-age)
 		row.UpdatedAt = row.CreatedAt
@@ -553,36 +537,16 @@ func TestRestartLeavesStartsInFlight(t *testing.T) {
 	}
 	creating, cutOff := inserted(0, ""), inserted(10*time.Minute, "")
 
-	fn.stop()
-	fn = startNodeAt(t, st, cfg, "a", "fsn1", 8, dataDir)
-	// (It listens on another port now: a replica that reads the node list
-	// once the node's heartbeat has it.)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if list, _ := st.ListNodes(ctx); len(list) == 1 && list[0].Address == fn.srv.URL {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the restarted node never wrote its new address")
-		}
-	}
-	life = lifecycle.NewManager(st, fleet.NewNodes(fleet.Options{Store: st, Config: cfg}), time.Now, slog.Default())
-	status := func(row store.Sandbox) store.Sandbox {
-		t.Helper()
-		cur, err := st.GetSandbox(ctx, acct.ID, row.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cur
-	}
-	if got := status(creating); got.Status != store.StatusStarting {
+	f.restart(t)
+	if got := f.row(t, creating.ID); got.Status != store.StatusStarting {
 		t.Fatalf("a create under way during the restart: %s (%s)", got.Status, got.ErrorMessage)
 	}
-	if got := status(cutOff); got.Status != store.StatusError || got.ErrorMessage != store.EndCutOff {
+	if got := f.row(t, cutOff.ID); got.Status != store.StatusError || got.ErrorMessage != store.EndCutOff {
 		t.Fatalf("a create cut off 10 minutes before the restart: %s (%s)", got.Status, got.ErrorMessage)
 	}
 	// The resume's snapshot survived the restart: its control plane's
 	// restore finds it.
-	cur := status(resumed)
+	cur := f.row(t, resumed.ID)
 	if cur.Status != store.StatusStarting {
 		t.Fatalf("a resume under way during the restart: %s", cur.Status)
 	}
@@ -590,7 +554,7 @@ func TestRestartLeavesStartsInFlight(t *testing.T) {
 	if cur, err = st.UpdateSandbox(ctx, cur, 0); err != nil {
 		t.Fatal(err)
 	}
-	if cur, err = life.Resume(ctx, cur, 0); err != nil || cur.Status != store.StatusRunning {
+	if cur, err = f.life.Resume(ctx, cur, 0); err != nil || cur.Status != store.StatusRunning {
 		t.Fatalf("resume after the node restarted: %s, %v", cur.Status, err)
 	}
 
@@ -599,9 +563,9 @@ func TestRestartLeavesStartsInFlight(t *testing.T) {
 	lostResume := inserted(fleet.InFlightFor+time.Minute, "sbx_gone-snapshot")
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	go fleet.Sweep(sctx, st, fn.n, 20*time.Millisecond, time.Hour, time.Hour, slog.Default())
+	go fleet.Sweep(sctx, st, f.fn.n, 20*time.Millisecond, time.Hour, time.Hour, slog.Default())
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		c, r := status(lostCreate), status(lostResume)
+		c, r := f.row(t, lostCreate.ID), f.row(t, lostResume.ID)
 		if c.Status == store.StatusError && r.Status == store.StatusPaused {
 			if c.ErrorMessage != store.EndCutOff || r.SnapshotDir != "sbx_gone-snapshot" {
 				t.Fatalf("abandoned starts settled as %+v and %+v", c, r)
@@ -612,7 +576,7 @@ func TestRestartLeavesStartsInFlight(t *testing.T) {
 			t.Fatalf("abandoned starts left as %s and %s", c.Status, r.Status)
 		}
 	}
-	if got := status(creating); got.Status != store.StatusStarting {
+	if got := f.row(t, creating.ID); got.Status != store.StatusStarting {
 		t.Fatalf("the sweep settled a create under way: %s", got.Status)
 	}
 }
