@@ -275,8 +275,11 @@ const refusedFor = 30 * time.Second
 // none for refusedFor after a refusal: a burst, or a client retrying at
 // its limit, is admitted first, as one round trip to the store.
 func (m *Manager) admitAlongside(account string) (done func(), ok bool) {
-	if at, refused := m.refused.Load(account); refused && time.Since(at.(time.Time)) < refusedFor {
-		return nil, false
+	if at, refused := m.refused.Load(account); refused {
+		if time.Since(at.(time.Time)) < refusedFor {
+			return nil, false
+		}
+		m.refused.CompareAndDelete(account, at)
 	}
 	if _, busy := m.alongside.LoadOrStore(account, struct{}{}); busy {
 		return nil, false
@@ -683,6 +686,12 @@ func (m *Manager) Fork(ctx context.Context, src store.Sandbox, clones []store.Sa
 		c.Status, c.RuntimeID, c.ExpiresAt = store.StatusRunning, rts[i].ID(), &exp
 		row, err := m.store.UpdateSandbox(ctx, c, 0)
 		if err != nil {
+			if cur, ok := m.adopted(ctx, c, rts[i]); ok {
+				// Its node recorded it running while other clones
+				// were still starting (fleet.AdoptAfter).
+				out[i] = cur
+				continue
+			}
 			// Terminated meanwhile (a DELETE of the new id): it goes.
 			m.destroy(c, rts[i].ID())
 			out[i] = c
