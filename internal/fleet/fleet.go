@@ -315,7 +315,15 @@ func (f *Nodes) Released(id, size string) {
 	if f.placed == nil {
 		f.placed = map[string][]placement{}
 	}
-	f.placed[id] = append(f.placed[id], placement{at: time.Now(), size: f.resources(size), freed: true})
+	// What a minute has passed over no heartbeat still lacks (as in
+	// withPlaced): a replica that deletes but places nothing, so never
+	// runs withPlaced, keeps no more than a minute of them.
+	now := time.Now()
+	kept := f.placed[id]
+	for len(kept) > 0 && now.Sub(kept[0].at) >= time.Minute {
+		kept = kept[1:]
+	}
+	f.placed[id] = append(kept, placement{at: now, size: f.resources(size), freed: true})
 }
 
 // count records a sandbox just placed on node id until a heartbeat of the

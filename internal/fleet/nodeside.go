@@ -61,7 +61,9 @@ const InFlightFor = 3 * time.Minute
 // be settling. A node that restarts settles only the other starting rows
 // (lifecycle.Reconcile): one placed on it while it restarted (its last
 // heartbeat, seconds old, still counted it alive) is answered once its
-// API is up. Its sweep settles those abandoned for longer.
+// API is up. Its sweep settles those abandoned for longer. (UpdatedAt is
+// by the control plane's clock: hosts whose clocks disagree by minutes
+// would settle starts too early or too late.)
 func InFlight(row store.Sandbox) bool {
 	return row.Status == store.StatusStarting && time.Since(row.UpdatedAt) < InFlightFor
 }

@@ -241,22 +241,49 @@ const pgUnflushed = `SELECT set_config('synchronous_commit', 'off', true)`
 // five round trips (BEGIN, lock, count, insert, COMMIT), each a wake-up
 // of a PostgreSQL backend.
 func (s *Store) createSandboxPipelined(ctx context.Context, accountID string, maxActive int, args []any) error {
+	starting, running := string(store.StatusStarting), string(store.StatusRunning)
+	var active int64
+	var lockErr, insErr error
+	err := s.pipeline(ctx, func(b *pgx.Batch) {
+		b.Queue(pgCreateLock, accountID, starting, running)
+		b.Queue(pgCreateInsert, append(args, int64(maxActive), starting, running)...)
+	}, func(br pgx.BatchResults) {
+		lockErr = br.QueryRow().Scan(&active)
+		var id string
+		insErr = br.QueryRow().Scan(&id)
+	})
+	if err != nil {
+		return err
+	}
+	switch {
+	case errors.Is(lockErr, pgx.ErrNoRows):
+		return fmt.Errorf("account %q: %w", accountID, store.ErrNotFound)
+	case lockErr != nil:
+		return lockErr
+	case errors.Is(insErr, pgx.ErrNoRows):
+		return fmt.Errorf("account %q has %d active sandboxes (limit %d): %w", accountID, active, maxActive, store.ErrLimit)
+	}
+	return insErr
+}
+
+// pipeline sends what queue puts in a batch to PostgreSQL in one round
+// trip, as one implicit transaction (a failed statement rolls back all),
+// committed without waiting for the disk when ctx is store.Unflushed,
+// and gives read the statements' results in order.
+func (s *Store) pipeline(ctx context.Context, queue func(*pgx.Batch), read func(pgx.BatchResults)) error {
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	starting, running := string(store.StatusStarting), string(store.StatusRunning)
 	return conn.Raw(func(dc any) error {
-		pc := dc.(*stdlib.Conn).Conn()
 		var b pgx.Batch
 		unflushed := store.IsUnflushed(ctx)
 		if unflushed {
 			b.Queue(pgUnflushed)
 		}
-		b.Queue(pgCreateLock, accountID, starting, running)
-		b.Queue(pgCreateInsert, append(args, int64(maxActive), starting, running)...)
-		br := pc.SendBatch(ctx, &b)
+		queue(&b)
+		br := dc.(*stdlib.Conn).Conn().SendBatch(ctx, &b)
 		if unflushed {
 			var off string
 			if err := br.QueryRow().Scan(&off); err != nil {
@@ -264,22 +291,8 @@ func (s *Store) createSandboxPipelined(ctx context.Context, accountID string, ma
 				return err
 			}
 		}
-		var active int64
-		lockErr := br.QueryRow().Scan(&active)
-		var id string
-		insErr := br.QueryRow().Scan(&id)
-		if err := br.Close(); err != nil {
-			return err
-		}
-		switch {
-		case errors.Is(lockErr, pgx.ErrNoRows):
-			return fmt.Errorf("account %q: %w", accountID, store.ErrNotFound)
-		case lockErr != nil:
-			return lockErr
-		case errors.Is(insErr, pgx.ErrNoRows):
-			return fmt.Errorf("account %q has %d active sandboxes (limit %d): %w", accountID, active, maxActive, store.ErrLimit)
-		}
-		return insErr
+		read(br)
+		return br.Close()
 	})
 }
 
@@ -465,36 +478,23 @@ const updateSandboxSQL = `UPDATE sandboxes SET status = ?, template = ?, size = 
 	WHERE id = ? AND account_id = ? AND version = ?
 	RETURNING created_at`
 
-// updateUnflushed runs updateSandboxSQL on PostgreSQL in one round trip,
-// committed without waiting for its WAL to reach the disk (see
-// store.Unflushed): the setting and the update go out as one pipelined
-// batch, which PostgreSQL runs as one implicit transaction.
+// updateUnflushed runs updateSandboxSQL on PostgreSQL in one round trip
+// with ctx store.Unflushed: the setting and the update go out as one
+// pipelined batch.
 func (s *Store) updateUnflushed(ctx context.Context, args []any, created *int64) error {
-	conn, err := s.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return conn.Raw(func(dc any) error {
-		pc := dc.(*stdlib.Conn).Conn()
-		var b pgx.Batch
-		b.Queue(pgUnflushed)
+	var upErr error
+	err := s.pipeline(ctx, func(b *pgx.Batch) {
 		b.Queue(s.d.q(updateSandboxSQL), args...)
-		br := pc.SendBatch(ctx, &b)
-		var off string
-		if err := br.QueryRow().Scan(&off); err != nil {
-			_ = br.Close()
-			return err
-		}
-		upErr := br.QueryRow().Scan(created)
-		if err := br.Close(); err != nil {
-			return err
-		}
-		if errors.Is(upErr, pgx.ErrNoRows) {
-			return sql.ErrNoRows
-		}
-		return upErr
+	}, func(br pgx.BatchResults) {
+		upErr = br.QueryRow().Scan(created)
 	})
+	switch {
+	case err != nil:
+		return err
+	case errors.Is(upErr, pgx.ErrNoRows):
+		return sql.ErrNoRows
+	}
+	return upErr
 }
 
 // SandboxesByStatus returns every sandbox, of all accounts, in one of the
