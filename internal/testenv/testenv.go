@@ -279,13 +279,32 @@ func trim(s string, n int) string {
 	return s
 }
 
-// FreePort returns a loopback address with a port free at the moment.
+// handedOut holds the addresses FreePort gave this process.
+var handedOut = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
+
+// FreePort returns a loopback address with a port free at the moment,
+// never one it returned before in this process: the kernel may give a
+// port just closed again to the next listener, and two calls in a row
+// (etcd's client and peer ports) then got the same one.
 func FreePort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if !handedOut.addrs[addr] {
+			handedOut.addrs[addr] = true
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("FreePort: the kernel gave only ports already handed out, 100 times")
+	return ""
 }
