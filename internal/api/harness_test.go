@@ -56,7 +56,7 @@ func newHarnessWith(t *testing.T, cfg config.Config, runtime bool, so snapshotOp
 	}
 	t.Cleanup(func() { st.Close() })
 	h := &harness{t: t, store: st, clock: &testenv.Clock{}}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: testenv.LogLevel()}))
 	var n *node.Node
 	dataDir := t.TempDir()
 	if runtime {

@@ -125,10 +125,10 @@ type Env struct {
 	Config       gvisor.Config
 }
 
-// driverLogLevel is the level of the test driver's log on stderr: warn,
-// or ORKESTR_TEST_LOG_LEVEL (debug, info, warn, error) to see more of what
-// a failing test's driver did.
-func driverLogLevel() slog.Level {
+// LogLevel is the level of a test's server and driver log on stderr:
+// warn, or ORKESTR_TEST_LOG_LEVEL (debug, info, warn, error) to see more
+// of what a failing test's server did.
+func LogLevel() slog.Level {
 	var l slog.Level = slog.LevelWarn
 	if v := os.Getenv("ORKESTR_TEST_LOG_LEVEL"); v != "" {
 		_ = l.UnmarshalText([]byte(v))
@@ -175,7 +175,7 @@ func NewDriverWith(t testing.TB, change func(*gvisor.Config)) *Env {
 		AgentBinary:  agent,
 		StateDir:     state,
 		CgroupParent: "/orkestr-test-" + hex.EncodeToString(b),
-		Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: driverLogLevel()})),
+		Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: LogLevel()})),
 	}
 	if change != nil {
 		change(&cfg)

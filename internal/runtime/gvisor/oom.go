@@ -38,18 +38,19 @@ func (sb *sandbox) watchMemory() {
 	sb.mu.Lock()
 	sb.memEvents = f
 	sb.mu.Unlock()
+	// One goroutine both waits and relieves: the eventfd counts crossings
+	// made while it relieves, so the next Read returns at once and usage is
+	// looked at again. (Relieving on a goroutine of its own, skipping events
+	// while one ran, lost the crossing up that came just before it gave up
+	// on a crossing down, and left a sandbox over its size unwatched until
+	// the host limit ended it.)
 	go func() {
 		buf := make([]byte, 8)
 		for {
 			if _, err := f.Read(buf); err != nil {
 				return // closed: the sandbox stopped
 			}
-			if sb.relieving.CompareAndSwap(false, true) {
-				go func() {
-					defer sb.relieving.Store(false)
-					sb.relieveMemory(uint64(limit))
-				}()
-			}
+			sb.relieveMemory(uint64(limit))
 		}
 	}()
 }
@@ -68,14 +69,17 @@ func (sb *sandbox) unwatchMemory() {
 // relieveMemory runs while the sandbox's usage is at or above its size,
 // killing processes as oomDecision says.
 func (sb *sandbox) relieveMemory(limit uint64) {
+	crossed := time.Now()
 	g := sb.d.cgroup(sb.m.ID)
 	decide := newOOMDecision(limit, uint64(HostMemory(int64(limit))))
 	for sb.stopped() == nil {
 		usage, anon, err := g.MemoryAnon()
 		if err != nil || usage < limit {
+			sb.d.log.Debug("sandbox memory back under its size", "sandbox", sb.m.ID, "usage_bytes", usage, "anon_bytes", anon, "err", err)
 			return
 		}
 		if decide.kill(anon, time.Now()) {
+			asked := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			v, err := sb.ch.OOMKill(ctx)
 			cancel()
@@ -87,7 +91,8 @@ func (sb *sandbox) relieveMemory(limit uint64) {
 			default:
 				sb.oomKills.Add(1)
 				sb.d.oomKills.Add(1)
-				sb.d.log.Info("killed a sandbox process at the memory limit", "sandbox", sb.m.ID, "pid", v.PID, "comm", v.Comm, "rss_bytes", v.RSSBytes, "limit_bytes", limit)
+				sb.d.log.Info("killed a sandbox process at the memory limit", "sandbox", sb.m.ID, "pid", v.PID, "comm", v.Comm, "rss_bytes", v.RSSBytes, "limit_bytes", limit,
+					"anon_bytes", anon, "since_crossing", asked.Sub(crossed), "kill_took", time.Since(asked))
 			}
 		}
 		wait := memoryPollFar

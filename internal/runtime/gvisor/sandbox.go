@@ -40,8 +40,7 @@ type sandbox struct {
 	// filestore is the /proc path of the copy-on-write layer's backing
 	// file, found on first use (see Disk).
 	filestore string
-	memEvents *os.File    // the memory threshold eventfd (oom.go)
-	relieving atomic.Bool // relieveMemory runs
+	memEvents *os.File // the memory threshold eventfd (oom.go)
 	oomKills  atomic.Uint64
 	meterMu   sync.Mutex
 	meter     cgroupv1.MeterCache // Usage's, between metering rounds
