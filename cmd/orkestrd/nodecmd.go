@@ -110,8 +110,9 @@ func nodeCmd(args []string) error {
 	go fleet.Heartbeat(bctx, st, n, cfg.Node.HeartbeatEvery(), log)
 	go fleet.Sweep(bctx, st, n, 10*time.Second, fleet.SweepGrace, fleet.AdoptAfter, log)
 
+	api := nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: cfg.Fleet.NodeToken, Log: log})
 	srv := &http.Server{
-		Handler:           nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: cfg.Fleet.NodeToken, Log: log}),
+		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
@@ -134,9 +135,14 @@ func nodeCmd(args []string) error {
 	log.Info("shutting down: waiting for calls in flight", "grace", grace.String())
 	sctx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
+	// The call channels (upgraded connections) are not the server's to
+	// close: the handler closes them as their calls answer.
+	chDone := make(chan error, 1)
+	go func() { chDone <- api.Shutdown(sctx) }()
 	if serr := srv.Shutdown(sctx); serr != nil {
 		_ = srv.Close()
 	}
+	<-chDone
 	// The heartbeat went on while calls drained (the node was not lost);
 	// new calls found the listener closed and went elsewhere.
 	bstop()

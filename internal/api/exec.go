@@ -134,7 +134,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	stdout, stderr := &cappedBuffer{max: maxExecOutput}, &cappedBuffer{max: maxExecOutput}
-	er.Stdout, er.Stderr = stdout, stderr
+	er.Stdout, er.Stderr, er.Buffered = stdout, stderr, true
 	ctx, cancel := context.WithTimeout(r.Context(), er.Timeout+30*time.Second)
 	defer cancel()
 	res, err := rt.Exec(ctx, er)

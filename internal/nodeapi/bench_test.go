@@ -2,9 +2,12 @@ package nodeapi_test
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -124,39 +127,72 @@ func (*instantNode) Sandbox(context.Context, string) (runtime.Sandbox, error) {
 }
 
 // BenchmarkNodeAPITransport: the node API's own cost per call over
-// loopback, against a sandbox that answers at once.
+// loopback, against a sandbox that answers at once: on a call channel and
+// as HTTP requests (to a node that refuses channels, as one from before
+// them), alternating in each iteration, back to back and after 5 ms of
+// untimed idle (both ends asleep, as between a create and its first exec).
 func BenchmarkNodeAPITransport(b *testing.B) {
-	srv := httptest.NewServer(nodeapi.NewHandler(&instantNode{}, nodeapi.HandlerOptions{Token: testToken}))
-	defer srv.Close()
-	c, err := nodeapi.Dial(srv.URL, testToken, nil)
-	if err != nil {
-		b.Fatal(err)
+	sandbox := func(refuse bool) runtime.Sandbox {
+		h := nodeapi.NewHandler(&instantNode{}, nodeapi.HandlerOptions{Token: testToken})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if refuse && strings.HasSuffix(r.URL.Path, "/channel") {
+				http.NotFound(w, r)
+				return
+			}
+			h.ServeHTTP(w, r)
+		}))
+		b.Cleanup(srv.Close)
+		c, err := nodeapi.Dial(srv.URL, testToken, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(c.Close)
+		sb, err := c.Sandbox(context.Background(), "instant")
+		if err != nil {
+			b.Fatal(err)
+		}
+		return sb
 	}
-	defer c.Close()
+	sbs := [2]runtime.Sandbox{sandbox(false), sandbox(true)}
 	ctx := context.Background()
-	sb, err := c.Sandbox(ctx, "instant")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for name, op := range map[string]func() error{
-		"exec": func() error { _, err := sb.Exec(ctx, runtime.ExecRequest{Command: "true"}); return err },
-		"stat": func() error { _, err := sb.Stat(ctx, "/x"); return err },
-		// With a signal channel exec needs input: an upgraded connection.
-		"exec-upgraded": func() error {
+	ops := map[string]func(sb runtime.Sandbox) error{
+		"exec": func(sb runtime.Sandbox) error {
+			_, err := sb.Exec(ctx, runtime.ExecRequest{Command: "true", Buffered: true})
+			return err
+		},
+		"stat": func(sb runtime.Sandbox) error { _, err := sb.Stat(ctx, "/x"); return err },
+		// With a signal channel exec needs input: an upgraded connection
+		// of its own, either way.
+		"exec-upgraded": func(sb runtime.Sandbox) error {
 			_, err := sb.Exec(ctx, runtime.ExecRequest{Command: "true", Signals: make(chan syscall.Signal)})
 			return err
 		},
-	} {
-		b.Run(name, func(b *testing.B) {
-			var ds []time.Duration
-			for b.Loop() {
-				t0 := time.Now()
-				if err := op(); err != nil {
-					b.Fatal(err)
+	}
+	for _, gap := range []time.Duration{0, 5 * time.Millisecond} {
+		for name, op := range ops {
+			b.Run(fmt.Sprintf("%s/gap=%v", name, gap), func(b *testing.B) {
+				var ds [2][]time.Duration
+				n := 0
+				for b.Loop() {
+					for k := range 2 {
+						i := (n + k) % 2
+						if gap > 0 {
+							b.StopTimer()
+							time.Sleep(gap)
+							b.StartTimer()
+						}
+						t0 := time.Now()
+						if err := op(sbs[i]); err != nil {
+							b.Fatal(err)
+						}
+						ds[i] = append(ds[i], time.Since(t0))
+					}
+					n++
 				}
-				ds = append(ds, time.Since(t0))
-			}
-			b.ReportMetric(float64(median(ds))/1e3, "p50-µs")
-		})
+				b.ReportMetric(float64(median(ds[0]))/1e3, "channel-p50-µs")
+				b.ReportMetric(float64(median(ds[1]))/1e3, "http-p50-µs")
+				b.ReportMetric(float64(median(ds[0]))/float64(median(ds[1])), "ratio-p50")
+			})
+		}
 	}
 }

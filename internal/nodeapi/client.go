@@ -36,6 +36,11 @@ type Client struct {
 	// version is the API version requests speak: APIVersion until a node
 	// answers that it speaks only an older one.
 	version atomic.Int64
+
+	chMu            sync.Mutex
+	idle            []*clientChannel // call channels (channel.go), the last used last
+	chClosed        bool
+	noChannelsUntil time.Time // the node refused a channel: HTTP requests until then
 }
 
 var _ Node = (*Client)(nil)
@@ -86,7 +91,13 @@ func Dial(baseURL, token string, tlsCfg *tls.Config) (*Client, error) {
 }
 
 // Close lets go of the client's idle connections.
-func (c *Client) Close() { c.hc.CloseIdleConnections() }
+func (c *Client) Close() {
+	c.chMu.Lock()
+	c.chClosed = true
+	c.chMu.Unlock()
+	c.closeChannels()
+	c.hc.CloseIdleConnections()
+}
 
 // Address is the node's base URL.
 func (c *Client) Address() string { return c.base }
@@ -153,7 +164,7 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 		if !strings.HasSuffix(path, "/processes/start") && !strings.HasSuffix(path, "/processes/input") {
 			req.Header.Set("Idempotency-Key", path)
 		}
-		resp, err := c.hc.Do(req)
+		resp, err := c.do(req, body)
 		if err != nil {
 			return c.callErr(ctx, err)
 		}
@@ -267,7 +278,7 @@ func (c *Client) postStream(ctx context.Context, runtimeID, op string, params an
 			// calls are; an exec or a write is never sent twice.
 			req.Header.Set("Idempotency-Key", op)
 		}
-		resp, err := c.hc.Do(req)
+		resp, err := c.do(req, body)
 		if err != nil {
 			return nil, c.callErr(ctx, err)
 		}

@@ -35,13 +35,15 @@ type HandlerOptions struct {
 	MaxBodyBytes int64
 }
 
-type handler struct {
+type Handler struct {
 	n       Node
 	log     *slog.Logger
 	token   [sha256.Size]byte
 	noToken bool
 	maxBody int64
 	mux     *http.ServeMux
+	// channels are the open call channels, which Shutdown closes.
+	channels serverChannels
 }
 
 // NewHandler serves n's node API under /node/v1/: unary calls as JSON over
@@ -50,8 +52,8 @@ type handler struct {
 // frame.go and docs/architecture.md "The node API"). Serve it with a
 // ReadHeaderTimeout and no WriteTimeout (streams last as long as their
 // command), over TLS when the network is not loopback.
-func NewHandler(n Node, o HandlerOptions) http.Handler {
-	h := &handler{n: n, log: o.Log, token: sha256.Sum256([]byte(o.Token)), noToken: o.Token == "", maxBody: o.MaxBodyBytes, mux: http.NewServeMux()}
+func NewHandler(n Node, o HandlerOptions) *Handler {
+	h := &Handler{n: n, log: o.Log, token: sha256.Sum256([]byte(o.Token)), noToken: o.Token == "", maxBody: o.MaxBodyBytes, mux: http.NewServeMux()}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -62,7 +64,7 @@ func NewHandler(n Node, o HandlerOptions) http.Handler {
 	return h
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.authorized(r) {
 		// Nothing about the node to a caller without its credential.
 		w.Header().Set("Content-Type", "application/json")
@@ -91,7 +93,7 @@ func trimHeader(s string) string {
 
 // authorized compares the bearer token in constant time (of hashes, so
 // neither the content nor the length of the node's token shows in timing).
-func (h *handler) authorized(r *http.Request) bool {
+func (h *Handler) authorized(r *http.Request) bool {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	got := sha256.Sum256([]byte(tok))
 	match := subtle.ConstantTimeCompare(got[:], h.token[:]) == 1
@@ -104,7 +106,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	we, status := encodeError(err)
 	if status >= 500 && status != http.StatusNotImplemented {
 		h.log.Warn("node API call failed", "path", r.URL.Path, "code", we.Code, "err", err)
@@ -115,7 +117,7 @@ func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 // decodeBody reads a unary call's JSON body into v; an empty body is {}.
 // Unknown fields are ignored, so a newer control plane may send fields an
 // older node does not know (additive changes within a version).
-func (h *handler) decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+func (h *Handler) decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	body := http.MaxBytesReader(w, r.Body, h.maxBody)
 	b, err := io.ReadAll(body)
 	if err != nil {
@@ -135,7 +137,7 @@ func (h *handler) decodeBody(w http.ResponseWriter, r *http.Request, v any) erro
 }
 
 // unary serves a call taking Req and answering Resp as JSON.
-func unary[Req, Resp any](h *handler, f func(ctx context.Context, r *http.Request, req Req) (Resp, error)) http.HandlerFunc {
+func unary[Req, Resp any](h *Handler, f func(ctx context.Context, r *http.Request, req Req) (Resp, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req Req
 		if err := h.decodeBody(w, r, &req); err != nil {
@@ -153,7 +155,7 @@ func unary[Req, Resp any](h *handler, f func(ctx context.Context, r *http.Reques
 
 // sandboxOf finds the running sandbox a path names as the optional
 // interface T.
-func sandboxOf[T any](ctx context.Context, h *handler, r *http.Request) (T, error) {
+func sandboxOf[T any](ctx context.Context, h *Handler, r *http.Request) (T, error) {
 	var zero T
 	sb, err := h.n.Sandbox(ctx, r.PathValue("id"))
 	if err != nil {
@@ -167,7 +169,7 @@ func sandboxOf[T any](ctx context.Context, h *handler, r *http.Request) (T, erro
 }
 
 // sbCall serves a unary call on a sandbox's interface T.
-func sbCall[T, Req, Resp any](h *handler, f func(ctx context.Context, sb T, req Req) (Resp, error)) http.HandlerFunc {
+func sbCall[T, Req, Resp any](h *Handler, f func(ctx context.Context, sb T, req Req) (Resp, error)) http.HandlerFunc {
 	return unary(h, func(ctx context.Context, r *http.Request, req Req) (Resp, error) {
 		sb, err := sandboxOf[T](ctx, h, r)
 		if err != nil {
@@ -198,10 +200,13 @@ type (
 	countMsg struct{ N int64 }
 )
 
-func (h *handler) routes() {
+func (h *Handler) routes() {
 	m := h.mux
 	p := func(s string) string { return "POST " + pathPrefix + s }
 	n := h.n
+
+	// Call channels (channel.go).
+	m.HandleFunc(p("channel"), h.channel)
 
 	// The node.
 	m.HandleFunc(p("info"), unary(h, func(ctx context.Context, _ *http.Request, _ empty) (Info, error) { return n.Info(ctx) }))

@@ -286,7 +286,8 @@ func writers(stdout, stderr io.Writer) func(byte, []byte) error {
 
 func (r *remoteSandbox) Exec(ctx context.Context, req runtime.ExecRequest) (runtime.ExecResult, error) {
 	p := execParams{Command: req.Command, Env: req.Env, Cwd: req.Cwd, Timeout: req.Timeout, User: req.User,
-		Stdin: req.Stdin != nil, Stdout: req.Stdout != nil, Stderr: req.Stderr != nil, Signals: req.Signals != nil}
+		Stdin: req.Stdin != nil, Stdout: req.Stdout != nil, Stderr: req.Stderr != nil, Signals: req.Signals != nil,
+		Buffered: req.Buffered}
 	if l, ok := req.Stdin.(interface{ Len() int }); ok && l.Len() <= maxInlineStdin && req.Signals == nil {
 		// Small stdin known up front (api's exec): with the parameters.
 		b, err := io.ReadAll(req.Stdin)

@@ -34,6 +34,9 @@ type (
 		// StdinData is the whole stdin, sent with the parameters when it
 		// is small and known up front (then no input frames follow).
 		StdinData []byte `json:",omitempty"`
+		// Buffered is runtime.ExecRequest.Buffered: output frames are not
+		// pushed out one by one. A node before it flushes each frame.
+		Buffered bool `json:",omitempty"`
 	}
 	fileParams struct {
 		User string
@@ -113,7 +116,7 @@ func hasToken(h http.Header, name, token string) bool {
 	return false
 }
 
-func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request) {
 	// A refused upgrade closes the connection: a client may have sent its
 	// first frame behind the request already.
 	refuse := func(err error) {
@@ -203,7 +206,7 @@ var errStreamOver = errors.New("the stream call ended")
 // responseStream serves a stream call without input as a plain POST: the
 // body is the parameters, the answer the node's frames. The client going
 // ends the request's context, which cancels the call.
-func (h *handler) responseStream(w http.ResponseWriter, r *http.Request, op streamOp) {
+func (h *Handler) responseStream(w http.ResponseWriter, r *http.Request, op streamOp) {
 	params, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxFrame))
 	if err != nil {
 		h.writeError(w, r, fmt.Errorf("%w: the parameters are over %d bytes or unreadable", ErrProtocol, MaxFrame))
@@ -374,7 +377,14 @@ func opExec(ctx context.Context, s *serverStream, sb runtime.Sandbox, params []b
 	if err := decodeJSON(params, &p); err != nil {
 		return nil, err
 	}
-	req := runtime.ExecRequest{Command: p.Command, Env: p.Env, Cwd: p.Cwd, Timeout: p.Timeout, User: p.User}
+	req := runtime.ExecRequest{Command: p.Command, Env: p.Env, Cwd: p.Cwd, Timeout: p.Timeout, User: p.User, Buffered: p.Buffered}
+	if p.Buffered {
+		// The frames wait in the response's buffer (a chunk goes out
+		// when it fills) for the result's write at the end.
+		s.fw.mu.Lock()
+		s.fw.flush = nil
+		s.fw.mu.Unlock()
+	}
 	if p.Signals {
 		req.Signals = s.signals
 	}

@@ -419,3 +419,82 @@ func TestNewerClientStepsDown(t *testing.T) {
 		c.Close()
 	}
 }
+
+// chattySandbox's Exec writes a line, waits for the caller to say it saw it
+// (seen) or for a moment to pass, then writes a large stderr and exits 3,
+// reporting in exit's Signal whether the caller saw the line while the
+// command ran (1) or not (0).
+type chattySandbox struct {
+	instantSandbox
+	seen chan struct{}
+	wait time.Duration
+}
+
+func (s chattySandbox) Exec(ctx context.Context, req runtime.ExecRequest) (runtime.ExecResult, error) {
+	if _, err := io.WriteString(req.Stdout, "first\n"); err != nil {
+		return runtime.ExecResult{}, err
+	}
+	res := runtime.ExecResult{ExitCode: 3}
+	select {
+	case <-s.seen:
+		res.Signal = 1
+	case <-time.After(s.wait):
+	}
+	if _, err := req.Stderr.Write(bytes.Repeat([]byte("e"), 100<<10)); err != nil {
+		return runtime.ExecResult{}, err
+	}
+	return res, nil
+}
+
+type chattyNode struct {
+	failingNode
+	sb chattySandbox
+}
+
+func (n *chattyNode) Sandbox(context.Context, string) (runtime.Sandbox, error) { return n.sb, nil }
+
+// signalWriter closes seen at its first write.
+type signalWriter struct {
+	bytes.Buffer
+	once sync.Once
+	seen chan struct{}
+}
+
+func (w *signalWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() { close(w.seen) })
+	return w.Buffer.Write(p)
+}
+
+// An exec's output reaches its caller as the command writes it, unless the
+// caller reads it only at the end (Buffered): then the node holds it for
+// the result's write. Either way all of it arrives.
+func TestExecOutputStreamedOrBuffered(t *testing.T) {
+	for _, buffered := range []bool{false, true} {
+		seen := make(chan struct{})
+		wait := 10 * time.Second // the streamed line must get through
+		if buffered {
+			wait = 300 * time.Millisecond // long enough for a flushed line to arrive
+		}
+		n := &chattyNode{sb: chattySandbox{seen: seen, wait: wait}}
+		srv := httptest.NewServer(nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: testToken, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+		c, _ := nodeapi.Dial(srv.URL, testToken, nil)
+		sb, err := c.Sandbox(context.Background(), "chatty")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout := &signalWriter{seen: seen}
+		var stderr bytes.Buffer
+		res, err := sb.Exec(context.Background(), runtime.ExecRequest{Command: "x", Stdout: stdout, Stderr: &stderr, Buffered: buffered})
+		c.Close()
+		srv.Close()
+		if err != nil || res.ExitCode != 3 {
+			t.Fatalf("buffered %v: exec: %+v %v", buffered, res, err)
+		}
+		if stdout.String() != "first\n" || stderr.Len() != 100<<10 {
+			t.Errorf("buffered %v: stdout %q, %d bytes of stderr", buffered, stdout.String(), stderr.Len())
+		}
+		if sawWhileRunning := res.Signal == 1; sawWhileRunning == buffered {
+			t.Errorf("buffered %v: the caller saw the first line while the command ran: %v", buffered, sawWhileRunning)
+		}
+	}
+}

@@ -94,6 +94,11 @@ type ExecRequest struct {
 	Stderr  io.Writer
 	Signals <-chan syscall.Signal
 	User    string // "root" (default) or "user"; see process.go
+	// Buffered: Stdout and Stderr are only read once the command ends
+	// (the API's /exec), so output may be held back until then: a remote
+	// node sends it with the result, in one write, instead of each piece
+	// as it comes.
+	Buffered bool
 }
 
 // ExecResult is how a command ended.
