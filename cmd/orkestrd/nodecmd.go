@@ -142,7 +142,9 @@ func nodeCmd(args []string) error {
 	if serr := srv.Shutdown(sctx); serr != nil {
 		_ = srv.Close()
 	}
-	<-chDone
+	if <-chDone != nil {
+		api.Close()
+	}
 	// The heartbeat went on while calls drained (the node was not lost);
 	// new calls found the listener closed and went elsewhere.
 	bstop()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,6 +32,8 @@ type cuttingProxy struct {
 	seen   map[string]int // request lines ("POST /node/v1/create") forwarded
 	conns  []net.Conn
 }
+
+var callPath = regexp.MustCompile(`"Path":"(/node/v1/[^"?]*)`)
 
 func newCuttingProxy(t *testing.T, target string) *cuttingProxy {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -90,6 +93,12 @@ func (p *cuttingProxy) serve() {
 							p.mu.Unlock()
 						}
 					}
+					// Calls on a call channel: their head frames name the path.
+					for _, m := range callPath.FindAllSubmatch(buf[:k], -1) {
+						p.mu.Lock()
+						p.seen[string(m[1])]++
+						p.mu.Unlock()
+					}
 					if _, werr := n.Write(buf[:k]); werr != nil {
 						return
 					}
@@ -144,7 +153,8 @@ func TestStartRepeatedAfterALostAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	// net/http replays a call only on a connection it reused: open one.
+	// A call is replayed only on a connection (a call channel) reused from
+	// an earlier call: open one.
 	if _, err := c.Info(ctx); err != nil {
 		t.Fatal(err)
 	}

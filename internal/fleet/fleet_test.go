@@ -92,6 +92,8 @@ func (f *fakeNode) stop() {
 	f.cancel()
 	f.srv.CloseClientConnections()
 	f.srv.Close()
+	// Its call channels, which the server does not see.
+	f.srv.Config.Handler.(*nodeapi.Handler).Close()
 	_ = f.n.Close(context.Background(), false) // its sandboxes outlive it, as a crashed daemon's
 }
 

@@ -349,6 +349,18 @@ func (h *Handler) Shutdown(ctx context.Context) error {
 	}
 }
 
+// Close closes every call channel at once, calls in flight too (their
+// callers see the connection break), and refuses new ones: what a node
+// process's end does to them, for http.Server.Close's caller.
+func (h *Handler) Close() {
+	h.channels.mu.Lock()
+	h.channels.closed = true
+	for ch := range h.channels.open {
+		_ = ch.conn.Close()
+	}
+	h.channels.mu.Unlock()
+}
+
 // clientChannel is a client's end of a call channel.
 type clientChannel struct {
 	conn  net.Conn
