@@ -3,6 +3,7 @@ package nodeapi_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -31,10 +32,14 @@ type countingServer struct {
 }
 
 func serveCounting(t *testing.T, n nodeapi.Node, refuseChannels bool) (*countingServer, *nodeapi.Client) {
+	return serveCountingTLS(t, n, refuseChannels, false)
+}
+
+func serveCountingTLS(t *testing.T, n nodeapi.Node, refuseChannels, overTLS bool) (*countingServer, *nodeapi.Client) {
 	t.Helper()
 	s := &countingServer{}
 	s.h.Store(nodeapi.NewHandler(n, nodeapi.HandlerOptions{Token: testToken, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.requests.Add(1)
 		if refuseChannels && strings.HasSuffix(r.URL.Path, "/channel") {
 			http.NotFound(w, r)
@@ -42,8 +47,15 @@ func serveCounting(t *testing.T, n nodeapi.Node, refuseChannels bool) (*counting
 		}
 		s.h.Load().ServeHTTP(w, r)
 	}))
+	var cfg *tls.Config
+	if overTLS {
+		s.StartTLS()
+		cfg = &tls.Config{RootCAs: s.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}
+	} else {
+		s.Start()
+	}
 	t.Cleanup(s.Close)
-	c, err := nodeapi.Dial(s.URL, testToken, nil)
+	c, err := nodeapi.Dial(s.URL, testToken, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,8 +67,9 @@ func serveCounting(t *testing.T, n nodeapi.Node, refuseChannels bool) (*counting
 // upgrade) for all of them. A node without channels gets each call as an
 // HTTP request, and answers it the same.
 func TestCallChannel(t *testing.T) {
-	for _, refuse := range []bool{false, true} {
-		s, c := serveCounting(t, &instantNode{}, refuse)
+	for _, tc := range []struct{ refuse, tls bool }{{false, false}, {true, false}, {false, true}} {
+		refuse := tc.refuse
+		s, c := serveCountingTLS(t, &instantNode{}, refuse, tc.tls)
 		ctx := context.Background()
 		sb, err := c.Sandbox(ctx, "instant")
 		if err != nil {
