@@ -257,15 +257,27 @@ func TestTerminalPeerThatNeverReads(t *testing.T) {
 		return n
 	}
 	// Nobody reads the output: the program must block on its terminal, not
-	// pile its output up in the agent (or on this side).
+	// pile its output up in the agent (or on this side). Until the
+	// output's stream window is full the agent holds some (under CI's load
+	// that took more than the second this test used to wait): wait until
+	// its RSS settles, then it must not grow.
 	time.Sleep(time.Second)
-	before := rss()
+	var before int
+	if !eventually(20*time.Second, func() bool {
+		a := rss()
+		time.Sleep(500 * time.Millisecond)
+		before = rss()
+		return before <= a+512
+	}) {
+		t.Fatalf("the agent's RSS never settled (last %d KiB) while nobody read", before)
+	}
 	var hostBefore goruntime.MemStats
 	goruntime.ReadMemStats(&hostBefore)
 	time.Sleep(3 * time.Second)
 	after := rss()
 	var hostAfter goruntime.MemStats
 	goruntime.ReadMemStats(&hostAfter)
+	t.Logf("agent RSS %d KiB, then %d KiB 3 s later", before, after)
 	if after > before+8<<10 {
 		t.Errorf("agent RSS grew from %d KiB to %d KiB while nobody read", before, after)
 	}
