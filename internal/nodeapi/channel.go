@@ -183,7 +183,7 @@ func (ch *serverChannel) readCall(fr *frameReader, b []byte) (*http.Request, boo
 // the handler is shutting down).
 func (ch *serverChannel) call(req *http.Request, done chan struct{}) {
 	defer close(done)
-	w := &channelWriter{bw: ch.bw, header: http.Header{}}
+	w := newChannelWriter(ch.bw)
 	if !ch.serveCall(w, req) {
 		_ = ch.conn.Close()
 		return
@@ -224,36 +224,39 @@ func (ch *serverChannel) closeIfIdle() {
 	}
 }
 
-// channelWriter is the http.ResponseWriter of a call on a channel.
+// channelWriter is the http.ResponseWriter of a call on a channel. Its
+// frames wait in the channel's buffer until a flush or the answer's end.
 type channelWriter struct {
 	bw     *bufio.Writer
+	fw     frameWriter // writes to bw
 	header http.Header
 	wrote  bool // the head frame
 	err    error
 }
 
+func newChannelWriter(bw *bufio.Writer) *channelWriter {
+	return &channelWriter{bw: bw, fw: frameWriter{w: bw}, header: http.Header{}}
+}
+
 func (w *channelWriter) Header() http.Header { return w.header }
 
 func (w *channelWriter) WriteHeader(status int) {
-	if w.wrote || status < 200 {
+	if w.wrote || status < 200 || w.err != nil {
 		return
 	}
 	w.wrote = true
 	b, _ := json.Marshal(answerHead{Status: status, Header: w.header.Clone()})
-	w.frame(frameHead, b)
+	w.err = w.fw.frame(frameHead, b)
 }
 
 func (w *channelWriter) Write(p []byte) (int, error) {
 	w.WriteHeader(http.StatusOK)
-	for rest := p; len(rest) > 0 && w.err == nil; {
-		n := min(len(rest), MaxFrame)
-		w.frame(frameData, rest[:n])
-		rest = rest[n:]
-	}
 	if w.err != nil {
 		return 0, w.err
 	}
-	return len(p), nil
+	n, err := w.fw.data(frameData, p)
+	w.err = err
+	return n, err
 }
 
 // FlushError pushes out what was written (http.ResponseController.Flush).
@@ -270,20 +273,10 @@ func (w *channelWriter) Flush() { _ = w.FlushError() }
 // end completes the answer: its end frame goes out with what is left of it.
 func (w *channelWriter) end() {
 	w.WriteHeader(http.StatusOK)
-	w.frame(frameEnd, nil)
+	if w.err == nil {
+		w.err = w.fw.frame(frameEnd, nil)
+	}
 	_ = w.FlushError()
-}
-
-func (w *channelWriter) frame(typ byte, p []byte) {
-	if w.err != nil {
-		return
-	}
-	var hdr [5]byte
-	hdr[0] = typ
-	hdr[1], hdr[2], hdr[3], hdr[4] = byte(len(p)>>24), byte(len(p)>>16), byte(len(p)>>8), byte(len(p))
-	if _, w.err = w.bw.Write(hdr[:]); w.err == nil {
-		_, w.err = w.bw.Write(p)
-	}
 }
 
 // serverChannels are a handler's open channels, which a shutdown closes.
@@ -406,12 +399,10 @@ func (c *Client) callOn(ch *clientChannel, req *http.Request, body []byte) (*htt
 	}
 	var out bytes.Buffer
 	fw := frameWriter{w: &out}
-	_ = fw.frame(frameCall, head)
-	for rest := body; len(rest) > 0; {
-		n := min(len(rest), MaxFrame)
-		_ = fw.frame(frameBody, rest[:n])
-		rest = rest[n:]
+	if err := fw.frame(frameCall, head); err != nil {
+		return nil, false, err
 	}
+	_, _ = fw.data(frameBody, body)
 	ctx := req.Context()
 	stop := context.AfterFunc(ctx, func() { _ = ch.conn.SetDeadline(time.Unix(1, 0)) })
 	if _, err := ch.conn.Write(out.Bytes()); err != nil {
@@ -553,33 +544,17 @@ func (c *Client) closeChannels() {
 }
 
 // openChannel dials the node and upgrades the connection to a call
-// channel. A node that does not know channels (it answers anything but 101)
-// is not asked again for a minute: calls go as HTTP requests meanwhile.
+// channel; its errors are the transport's (do's caller wraps them). A
+// node that does not know channels (it answers anything but 101) is not
+// asked again for a minute: calls go as HTTP requests meanwhile.
 func (c *Client) openChannel(ctx context.Context) (*clientChannel, error) {
-	conn, err := c.dialer.DialContext(ctx, "tcp", c.host)
+	conn, br, resp, stop, err := c.upgrade(ctx, "channel", channelUpgrade, nil)
 	if err != nil {
-		return nil, c.callErr(ctx, err)
+		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	if c.tls != nil {
-		tc := tls.Client(conn, c.tls)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			conn.Close()
-			return nil, c.callErr(ctx, err)
-		}
-		conn = tc
-	}
-	if _, err := fmt.Fprintf(conn, "POST %schannel HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: %s\r\nContent-Length: 0\r\n\r\n",
-		pathPrefix, c.host, c.token, HeaderVersion, c.version.Load(), channelUpgrade); err != nil {
+	if !stop() {
 		conn.Close()
-		return nil, c.callErr(ctx, err)
-	}
-	br := bufio.NewReaderSize(conn, 64<<10)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		conn.Close()
-		return nil, c.callErr(ctx, err)
+		return nil, ctx.Err()
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols || !strings.EqualFold(resp.Header.Get("Upgrade"), channelUpgrade) {
 		// An older node, a refused token or version: HTTP requests say
@@ -589,10 +564,6 @@ func (c *Client) openChannel(ctx context.Context) (*clientChannel, error) {
 		c.noChannelsUntil = time.Now().Add(time.Minute)
 		c.chMu.Unlock()
 		return nil, errNoChannels
-	}
-	if !stop() {
-		conn.Close()
-		return nil, c.callErr(ctx, ctx.Err())
 	}
 	return &clientChannel{conn: conn, fr: frameReader{r: br}}, nil
 }

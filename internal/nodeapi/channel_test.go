@@ -188,20 +188,9 @@ func TestCallChannelAfterShutdown(t *testing.T) {
 }
 
 // rawChannel upgrades a connection to a call channel by hand.
-func rawChannel(t *testing.T, s *countingServer, token string) (net.Conn, *bufio.Reader) {
+func rawChannel(t *testing.T, s *countingServer) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	conn, err := net.Dial("tcp", s.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "POST /node/v1/channel HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: orkestr-node-channel\r\n\r\n",
-		token, nodeapi.HeaderVersion, nodeapi.APIVersion)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, br, resp := rawUpgrade(t, s.Listener.Addr().String(), "/node/v1/channel", "orkestr-node-channel", testToken)
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("upgrade: %d %s", resp.StatusCode, b)
@@ -228,7 +217,7 @@ func TestCallChannelHostile(t *testing.T) {
 	n := &instantNode{}
 	s, c := serveCounting(t, n, false)
 
-	conn, br := rawChannel(t, s, testToken)
+	conn, br := rawChannel(t, s)
 	head, _ := json.Marshal(map[string]any{"Method": "POST", "Path": "/node/v1/info", "Header": map[string][]string{nodeapi.HeaderVersion: {fmt.Sprint(nodeapi.APIVersion)}}})
 	sendFrame(conn, 'Q', head)
 	typ, b, err := readFrame(br)
@@ -239,11 +228,8 @@ func TestCallChannelHostile(t *testing.T) {
 		t.Errorf("the node was called %d times by calls without the token", calls)
 	}
 
-	bad, _ := net.Dial("tcp", s.Listener.Addr().String())
-	defer bad.Close()
-	fmt.Fprintf(bad, "POST /node/v1/channel HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: orkestr-node-channel\r\n\r\n", nodeapi.HeaderVersion, nodeapi.APIVersion)
-	if resp, err := http.ReadResponse(bufio.NewReader(bad), nil); err != nil || resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("a channel with a wrong token: %v %v", resp, err)
+	if _, _, resp := rawUpgrade(t, s.Listener.Addr().String(), "/node/v1/channel", "orkestr-node-channel", "wrong"); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a channel with a wrong token: %d", resp.StatusCode)
 	}
 
 	for name, send := range map[string]func(net.Conn){
@@ -261,7 +247,7 @@ func TestCallChannelHostile(t *testing.T) {
 		},
 		"a frame too large": func(c net.Conn) { c.Write([]byte{'Q', 0xff, 0xff, 0xff, 0xff}) },
 	} {
-		conn, br := rawChannel(t, s, testToken)
+		conn, br := rawChannel(t, s)
 		send(conn)
 		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if typ, b, err := readFrame(br); !errors.Is(err, io.EOF) {

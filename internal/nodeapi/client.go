@@ -313,39 +313,13 @@ func (c *Client) openStream(ctx context.Context, runtimeID, op string, params an
 }
 
 func (c *Client) tryStream(ctx context.Context, runtimeID, op string, params []byte) (*clientStream, bool, error) {
-	conn, err := c.dialer.DialContext(ctx, "tcp", c.host)
+	var first bytes.Buffer
+	if err := (&frameWriter{w: &first}).frame(frameParams, params); err != nil {
+		return nil, false, err
+	}
+	conn, br, resp, stop, err := c.upgrade(ctx, sandboxPath(runtimeID, "stream/"+op), streamUpgrade, first.Bytes())
 	if err != nil {
 		return nil, false, c.callErr(ctx, err)
-	}
-	if c.tls != nil {
-		tc := tls.Client(conn, c.tls)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			conn.Close()
-			return nil, false, c.callErr(ctx, err)
-		}
-		conn = tc
-	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	fail := func(err error) (*clientStream, bool, error) {
-		stop()
-		conn.Close()
-		return nil, false, c.callErr(ctx, err)
-	}
-	// The request and the parameters go out together: one round trip.
-	var req bytes.Buffer
-	fmt.Fprintf(&req, "POST %s%s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: %s\r\nContent-Length: 0\r\n\r\n",
-		pathPrefix, sandboxPath(runtimeID, "stream/"+op), c.host, c.token, HeaderVersion, c.version.Load(), streamUpgrade)
-	fw := &frameWriter{w: conn}
-	if _, err := conn.Write(req.Bytes()); err != nil {
-		return fail(err)
-	}
-	if err := fw.frame(frameParams, params); err != nil {
-		return fail(err)
-	}
-	br := bufio.NewReaderSize(conn, 64<<10)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		return fail(err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		err, retry := c.failed(resp.StatusCode, resp.Body)
@@ -357,7 +331,45 @@ func (c *Client) tryStream(ctx context.Context, runtimeID, op string, params []b
 		return nil, retry, err
 	}
 	if !strings.EqualFold(resp.Header.Get("Upgrade"), streamUpgrade) {
-		return fail(fmt.Errorf("the node upgraded to %q, not %s", resp.Header.Get("Upgrade"), streamUpgrade))
+		stop()
+		conn.Close()
+		return nil, false, c.callErr(ctx, fmt.Errorf("the node upgraded to %q, not %s", resp.Header.Get("Upgrade"), streamUpgrade))
 	}
-	return newClientStream(c, ctx, conn, br, fw, stop), false, nil
+	return newClientStream(c, ctx, conn, br, &frameWriter{w: conn}, stop), false, nil
+}
+
+// upgrade dials the node and asks it to upgrade the connection to protocol
+// for the call at path (under pathPrefix), with first (frames) right behind
+// the request, in one write: one round trip. It returns the node's answer,
+// whose status is the caller's to check; until stop is called, ending ctx
+// closes the connection. On an error (the transport's, for callErr) the
+// connection is closed.
+func (c *Client) upgrade(ctx context.Context, path, protocol string, first []byte) (conn net.Conn, br *bufio.Reader, resp *http.Response, stop func() bool, err error) {
+	conn, err = c.dialer.DialContext(ctx, "tcp", c.host)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	if c.tls != nil {
+		tc := tls.Client(conn, c.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, nil, nil, nil, err
+		}
+		conn = tc
+	}
+	stop = context.AfterFunc(ctx, func() { conn.Close() })
+	var req bytes.Buffer
+	fmt.Fprintf(&req, "POST %s%s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: %s\r\nContent-Length: 0\r\n\r\n",
+		pathPrefix, path, c.host, c.token, HeaderVersion, c.version.Load(), protocol)
+	req.Write(first)
+	if _, err = conn.Write(req.Bytes()); err == nil {
+		br = bufio.NewReaderSize(conn, 64<<10)
+		resp, err = http.ReadResponse(br, nil)
+	}
+	if err != nil {
+		stop()
+		conn.Close()
+		return nil, nil, nil, nil, err
+	}
+	return conn, br, resp, stop, nil
 }

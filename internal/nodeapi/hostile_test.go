@@ -28,14 +28,22 @@ import (
 // the node's answer to the upgrade.
 func rawStream(t *testing.T, srv *httptest.Server, sandbox, op string) (net.Conn, *bufio.Reader, *http.Response) {
 	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	return rawUpgrade(t, srv.Listener.Addr().String(), "/node/v1/sandboxes/"+sandbox+"/stream/"+op, "orkestr-node-stream", testToken)
+}
+
+// rawUpgrade asks the node at addr by hand to upgrade a connection to
+// protocol for path, with token, and returns the connection after the
+// node's answer.
+func rawUpgrade(t *testing.T, addr, path, protocol, token string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	_ = conn.SetDeadline(time.Now().Add(time.Minute))
-	fmt.Fprintf(conn, "POST /node/v1/sandboxes/%s/stream/%s HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer %s\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: orkestr-node-stream\r\n\r\n",
-		sandbox, op, testToken, nodeapi.HeaderVersion, nodeapi.APIVersion)
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer %s\r\n%s: %d\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n",
+		path, token, nodeapi.HeaderVersion, nodeapi.APIVersion, protocol)
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
