@@ -346,9 +346,4 @@ func environ(m map[string]string) []string {
 	return out
 }
 
-func validEnvKey(k string) error {
-	if k == "" || strings.ContainsAny(k, "=\x00") {
-		return errors.New("environment variable names must be non-empty and contain neither '=' nor NUL")
-	}
-	return nil
-}
+func validEnvKey(k string) error { return wire.CheckEnvName(k) }

@@ -580,16 +580,40 @@ func (n *Node) track(sandboxID, account string, rt runtime.Sandbox, res runtime.
 			reason = store.EndOutOfMemory
 		}
 		if n.cfg.Recorder != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if _, err := n.cfg.Recorder.EndSandbox(ctx, sandboxID, rt.ID(), store.StatusError, reason); err != nil {
-				n.cfg.Log.Error("recording the end of a sandbox", "sandbox", sandboxID, "err", err)
-			}
-			cancel()
+			n.recordEnd(sandboxID, rt.ID(), reason)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := rt.Destroy(ctx); err != nil {
 			n.cfg.Log.Warn("destroying a stopped sandbox failed; it is cleaned up at the next start", "runtime", rt.ID(), "err", err)
+		}
+	}()
+}
+
+// recordEnd records that a sandbox stopped on its own. One that stops
+// moments after its create was answered (a claim applied behind it that
+// failed) can stop before the control plane has recorded it running:
+// its row names no runtime yet and is not ended, so the record is tried
+// again in the background for a few seconds.
+func (n *Node) recordEnd(sandboxID, runtimeID, reason string) {
+	end := func() (done bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		ended, err := n.cfg.Recorder.EndSandbox(ctx, sandboxID, runtimeID, store.StatusError, reason)
+		if err != nil {
+			n.cfg.Log.Error("recording the end of a sandbox", "sandbox", sandboxID, "err", err)
+		}
+		return ended || err != nil
+	}
+	if end() {
+		return
+	}
+	go func() {
+		for range 5 {
+			time.Sleep(time.Second)
+			if end() {
+				return
+			}
 		}
 	}()
 }

@@ -486,12 +486,15 @@ func (p *Pool) Claim(ctx context.Context, key Key, spec runtime.Spec, claim runt
 			p.stopWaiting(key)
 			break
 		}
-		if err := sb.Configure(ctx, claim); err != nil {
+		if err := configure(ctx, sb, claim); err != nil {
 			// A pooled sandbox that cannot be configured is never reused.
 			p.log.Warn("pooled sandbox failed its claim; destroying it", "sandbox", sb.ID(), "err", err)
 			go destroyAll([]runtime.Sandbox{sb})
 			if ctx.Err() != nil {
 				return nil, false, ctx.Err()
+			}
+			if errors.Is(err, runtime.ErrInvalidRequest) {
+				return nil, false, err // the claim is at fault: any sandbox would refuse it
 			}
 			continue
 		}
@@ -508,6 +511,18 @@ func (p *Pool) Claim(ctx context.Context, key Key, spec runtime.Spec, claim runt
 		return nil, false, err
 	}
 	return sb, false, nil
+}
+
+// configure applies a claim to a warm sandbox, behind the caller when the
+// sandbox can (runtime.BackgroundConfigurer): the claim's answer then goes
+// out while the sandbox's cgroups and agent are still being configured,
+// and its first operation waits for them instead. A cold start is
+// configured before it is answered; it has no such wait to hide.
+func configure(ctx context.Context, sb runtime.Sandbox, claim runtime.Claim) error {
+	if bc, ok := sb.(runtime.BackgroundConfigurer); ok {
+		return bc.ConfigureBehind(claim)
+	}
+	return sb.Configure(ctx, claim)
 }
 
 // Ready reports how many sandboxes wait in key's pool.

@@ -105,8 +105,13 @@ func TestRefillsRunConcurrently(t *testing.T) {
 		if !warm {
 			t.Fatalf("claim %d of 4 from a full pool of 4 was cold", i)
 		}
+		// The claim is applied behind it; its first operation waits
+		// for it.
+		if _, err := sb.Stat(ctx, "/"); err != nil {
+			t.Fatal(err)
+		}
 		if got := shares(sb.ID()); got != "1024 idle 0" {
-			t.Errorf("claimed sandbox cpu.shares %s, want 1024 idle 0", got)
+			t.Errorf("claimed sandbox cpu.shares %s after its first operation, want 1024 idle 0", got)
 		}
 	}
 	var target int

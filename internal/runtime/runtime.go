@@ -232,6 +232,20 @@ type Sandbox interface {
 	Err() error
 }
 
+// BackgroundConfigurer is implemented by sandboxes that can take a claim
+// at once and apply it behind the caller: ConfigureBehind refuses what
+// Configure would refuse for the claim itself (ErrInvalidRequest) or for
+// the sandbox's state, and otherwise returns at once with the claim taken
+// (Info shows it); every operation on the sandbox begun after it waits
+// until the claim is applied. A claim that then cannot be applied (the
+// host or the agent failed) stops the sandbox, and Err says why. A warm
+// claim answers so while its environment, limits and cgroups are still
+// being applied, which a caller in another process (the control plane,
+// its client) would otherwise wait out on top of its own round trips.
+type BackgroundConfigurer interface {
+	ConfigureBehind(c Claim) error
+}
+
 // LiveCheckpointer is implemented by sandboxes that can write a
 // checkpoint and keep running (the source of a fork): the checkpoint
 // restores into independent clones while the sandbox goes on.

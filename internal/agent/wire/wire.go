@@ -226,6 +226,34 @@ type Configure struct {
 	Hostname string            `json:"hostname,omitempty"`
 }
 
+// CheckEnvName enforces the rule for environment variable names. Both
+// ends check it: the host before a claim it applies in the background
+// (whose failure would stop the sandbox), the agent on every request.
+func CheckEnvName(k string) error {
+	if k == "" || strings.ContainsAny(k, "=\x00") {
+		return errors.New("environment variable names must be non-empty and contain neither '=' nor NUL")
+	}
+	return nil
+}
+
+// Check says whether the agent would refuse c: a bad variable name, or a
+// request over MaxFrame.
+func (c Configure) Check() error {
+	for k := range c.Env {
+		if err := CheckEnvName(k); err != nil {
+			return err
+		}
+	}
+	b, err := json.Marshal(Request{Op: OpConfigure, Configure: &c})
+	if err != nil {
+		return err
+	}
+	if len(b) > MaxFrame {
+		return fmt.Errorf("%w: the environment and hostname take %d bytes encoded, over %d", ErrFrameTooLarge, len(b), MaxFrame)
+	}
+	return nil
+}
+
 // Exec describes one command.
 type Exec struct {
 	Command   string            `json:"command"`

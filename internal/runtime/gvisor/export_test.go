@@ -31,3 +31,6 @@ func SetPooledIdleBootForTest(d time.Duration) time.Duration {
 	pooledIdleBoot = d
 	return old
 }
+
+// PIDForTest is the host pid of the sandbox's runsc sandbox process.
+func PIDForTest(sb any) int { return sb.(*sandbox).pid }

@@ -33,10 +33,16 @@ type sandbox struct {
 	inflight int
 	idle     *sync.Cond // signalled when inflight drops
 	pausing  bool
-	stopErr  error // set once the sandbox stopped
-	done     chan struct{}
-	unwatch  func()
-	destroyO sync.Once
+	// applying is closed when the claim ConfigureBehind took is applied;
+	// nil when none is being applied. Operations wait for it in begin.
+	applying chan struct{}
+	// applyingNet is the network mode of the claim being applied, which
+	// Info reports already.
+	applyingNet string
+	stopErr     error // set once the sandbox stopped
+	done        chan struct{}
+	unwatch     func()
+	destroyO    sync.Once
 	// filestore is the /proc path of the copy-on-write layer's backing
 	// file, found on first use (see Disk).
 	filestore string
@@ -52,9 +58,10 @@ type sandbox struct {
 }
 
 var (
-	_ runtime.Sandbox          = (*sandbox)(nil)
-	_ runtime.DiskReader       = (*sandbox)(nil)
-	_ runtime.LiveCheckpointer = (*sandbox)(nil)
+	_ runtime.Sandbox              = (*sandbox)(nil)
+	_ runtime.DiskReader           = (*sandbox)(nil)
+	_ runtime.LiveCheckpointer     = (*sandbox)(nil)
+	_ runtime.BackgroundConfigurer = (*sandbox)(nil)
 )
 
 func newSandbox(d *Driver, m meta, ch *client.Channel, pid int) *sandbox {
@@ -125,7 +132,11 @@ func (sb *sandbox) Info() runtime.Info {
 	if sb.stopErr != nil {
 		st = runtime.StateStopped
 	}
-	return metaInfo(sb.m, st)
+	i := metaInfo(sb.m, st)
+	if sb.applyingNet != "" {
+		i.Network = sb.applyingNet
+	}
+	return i
 }
 
 func (sb *sandbox) Done() <-chan struct{} { return sb.done }
@@ -162,10 +173,17 @@ func (sb *sandbox) stopped() error {
 	return sb.stopErr
 }
 
-// begin admits an operation unless the sandbox is stopped or being paused.
+// begin admits an operation unless the sandbox is stopped or being
+// paused, once a claim being applied behind (ConfigureBehind) is applied.
 func (sb *sandbox) begin() error {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
+	for sb.applying != nil {
+		applied := sb.applying
+		sb.mu.Unlock()
+		<-applied
+		sb.mu.Lock()
+	}
 	if sb.stopErr != nil {
 		return sb.stopErr
 	}
@@ -268,9 +286,99 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 	sb.mu.Lock()
 	pooled := sb.m.Pooled
 	sb.mu.Unlock()
+	return sb.apply(ctx, c, pooled)
+}
+
+// claimTimeout bounds a claim applied behind its caller: cgroup writes, a
+// network policy and one agent call.
+const claimTimeout = 30 * time.Second
+
+// ConfigureBehind implements runtime.BackgroundConfigurer.
+func (sb *sandbox) ConfigureBehind(c runtime.Claim) error {
+	sb.mu.Lock()
+	m := sb.m
+	sb.mu.Unlock()
+	if err := checkClaim(m, c); err != nil {
+		return err
+	}
+	if err := sb.begin(); err != nil {
+		return err
+	}
+	applied := make(chan struct{})
+	sb.mu.Lock()
+	pooled := sb.m.Pooled
+	sb.applying = applied
+	if m.Net != nil {
+		sb.applyingNet = c.Network
+	}
+	sb.claimed(c)
+	sb.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
+		err := sb.apply(ctx, c, pooled)
+		cancel()
+		if err != nil && sb.stopped() == nil { // not destroyed meanwhile
+			sb.d.log.Warn("a claimed sandbox could not be configured; stopping it", "sandbox", m.ID, "err", err)
+			sb.stop(fmt.Errorf("%w: its claim could not be applied: %v", runtime.ErrStopped, err))
+		}
+		sb.mu.Lock()
+		sb.applying, sb.applyingNet = nil, ""
+		sb.mu.Unlock()
+		close(applied)
+		sb.end()
+	}()
+	return nil
+}
+
+// checkClaim is what Configure refuses for the claim itself, checked
+// before anything is applied.
+func checkClaim(m meta, c runtime.Claim) error {
+	if err := (wire.Configure{Env: c.Env, Hostname: c.Hostname}).Check(); err != nil {
+		return fmt.Errorf("%w: %v", runtime.ErrInvalidRequest, err)
+	}
+	if err := diskFixed(m.Resources.DiskBytes, c.Resources.DiskBytes); err != nil {
+		return err
+	}
+	mode := c.Network
+	if mode == "" {
+		mode = runtime.NetworkOff
+	}
+	switch {
+	case m.Net == nil && mode != runtime.NetworkOff:
+		return fmt.Errorf("%w: sandbox %s was started without a network and cannot be given network %q", runtime.ErrInvalidRequest, m.ID, mode)
+	case m.Net != nil && mode == runtime.NetworkOff:
+		return fmt.Errorf("%w: sandbox %s has a network interface; network \"off\" needs a sandbox started without one", runtime.ErrInvalidRequest, m.ID)
+	case m.Net != nil && mode != runtime.NetworkRestricted && mode != runtime.NetworkOpen:
+		return fmt.Errorf("%w: unknown network mode %q", runtime.ErrInvalidRequest, mode)
+	}
+	return nil
+}
+
+// claimed records claim c in the sandbox's record (sb.mu held): it is no
+// longer pooled, and carries the claim's labels.
+func (sb *sandbox) claimed(c runtime.Claim) {
+	sb.m.Pooled = false
+	if sb.m.Labels == nil {
+		sb.m.Labels = map[string]string{}
+	}
+	delete(sb.m.Labels, "pool")
+	for k, v := range c.Labels {
+		sb.m.Labels[k] = v
+	}
+}
+
+// apply applies claim c, as an operation in flight; pooled says whether
+// the sandbox was still pooled when the claim was taken.
+func (sb *sandbox) apply(ctx context.Context, c runtime.Claim, pooled bool) error {
+	sb.mu.Lock()
+	m := sb.m
+	sb.mu.Unlock()
+	if err := checkClaim(m, c); err != nil {
+		return err
+	}
 	if pooled {
 		// First: what follows already runs in the sandbox, for its user.
-		g := sb.d.cgroup(sb.m.ID)
+		g := sb.d.cgroup(m.ID)
 		if err := errors.Join(g.SetCPUIdle(false), g.SetCPUShares(defaultCPUShares)); err != nil {
 			return err
 		}
@@ -287,40 +395,22 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 		return sb.mapErr(err)
 	}
 	sb.mu.Lock()
-	sb.m.Pooled = false
-	if sb.m.Labels == nil {
-		sb.m.Labels = map[string]string{}
-	}
-	delete(sb.m.Labels, "pool")
-	for k, v := range c.Labels {
-		sb.m.Labels[k] = v
-	}
-	m := sb.m
+	sb.claimed(c)
+	m = sb.m
 	sb.mu.Unlock()
 	return writeJSON(filepath.Join(sb.d.sandboxDir(m.ID), "meta.json"), m)
 }
 
-// configureNetwork applies a claim's network mode. A sandbox started
-// without a network cannot be given one, and a networked one cannot be
-// turned off (it would keep its interface): the caller picks the right
-// kind of sandbox.
+// configureNetwork applies a claim's network mode to a networked
+// sandbox; checkClaim refused a mode the sandbox cannot take.
 func (sb *sandbox) configureNetwork(ctx context.Context, c runtime.Claim) error {
 	sb.mu.Lock()
 	att := sb.m.Net
 	sb.mu.Unlock()
-	mode := c.Network
-	if mode == "" {
-		mode = runtime.NetworkOff
-	}
-	switch {
-	case att == nil && mode == runtime.NetworkOff:
+	if att == nil {
 		return nil
-	case att == nil:
-		return fmt.Errorf("%w: sandbox %s was started without a network and cannot be given network %q", runtime.ErrInvalidRequest, sb.m.ID, mode)
-	case mode == runtime.NetworkOff:
-		return fmt.Errorf("%w: sandbox %s has a network interface; network \"off\" needs a sandbox started without one", runtime.ErrInvalidRequest, sb.m.ID)
 	}
-	a, err := sb.d.net.SetPolicy(ctx, sb.m.ID, netpolicy.Mode(mode), c.NetworkAllow)
+	a, err := sb.d.net.SetPolicy(ctx, sb.m.ID, netpolicy.Mode(c.Network), c.NetworkAllow)
 	if err != nil {
 		return err
 	}
@@ -532,6 +622,13 @@ func (sb *sandbox) Usage(ctx context.Context) (runtime.Usage, error) {
 }
 
 func (sb *sandbox) SetResources(r runtime.Resources) error {
+	// After the claim's own limits, not under them.
+	sb.mu.Lock()
+	applied := sb.applying
+	sb.mu.Unlock()
+	if applied != nil {
+		<-applied
+	}
 	if err := sb.setResources(r); err != nil {
 		return err
 	}
@@ -548,9 +645,8 @@ func (sb *sandbox) setResources(r runtime.Resources) error {
 	sb.mu.Lock()
 	disk := sb.m.Resources.DiskBytes
 	sb.mu.Unlock()
-	if r.DiskBytes != 0 && r.DiskBytes != disk {
-		// runsc sizes the copy-on-write layer when the sandbox starts.
-		return fmt.Errorf("%w: the disk quota of a running sandbox is fixed (%d MiB); start one with %d MiB instead", runtime.ErrInvalidRequest, disk>>20, r.DiskBytes>>20)
+	if err := diskFixed(disk, r.DiskBytes); err != nil {
+		return err
 	}
 	r.DiskBytes = disk
 	if err := sb.d.cgroup(sb.m.ID).Apply(cgroupLimits(r)); err != nil {
@@ -563,6 +659,15 @@ func (sb *sandbox) setResources(r runtime.Resources) error {
 	if memChanged && sb.stopped() == nil {
 		sb.unwatchMemory()
 		sb.watchMemory()
+	}
+	return nil
+}
+
+// diskFixed refuses a disk quota other than the one the sandbox started
+// with (want 0 keeps it): runsc sizes the copy-on-write layer at start.
+func diskFixed(disk, want int64) error {
+	if want != 0 && want != disk {
+		return fmt.Errorf("%w: the disk quota of a running sandbox is fixed (%d MiB); start one with %d MiB instead", runtime.ErrInvalidRequest, disk>>20, want>>20)
 	}
 	return nil
 }

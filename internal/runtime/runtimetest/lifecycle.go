@@ -3,6 +3,7 @@ package runtimetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"path/filepath"
 	"strings"
@@ -121,6 +122,61 @@ func (s *suite) lifecycle(t *testing.T) {
 		if !s.h.Caps.Network {
 			wantErr(t, "configure network on a sandbox without one", sb.Configure(s.ctx(t), runtime.Claim{Network: runtime.NetworkOpen}), runtime.ErrInvalidRequest)
 		}
+	})
+
+	t.Run("ConfiguredBehind", func(t *testing.T) {
+		d := s.driver(t)
+		sb := s.create(t, d, map[string]string{"pool": "tmpl/small"})
+		bc, ok := sb.(runtime.BackgroundConfigurer)
+		if !ok {
+			t.Skip("the driver's sandboxes apply claims only in Configure")
+		}
+		// Refused at once, the sandbox untouched: what any sandbox would
+		// refuse for the claim itself.
+		wantErr(t, "a bad env name", bc.ConfigureBehind(runtime.Claim{Env: map[string]string{"A=B": "x"}}), runtime.ErrInvalidRequest)
+		wantErr(t, "a 2 MiB env", bc.ConfigureBehind(runtime.Claim{Env: map[string]string{"BIG": strings.Repeat("x", 2<<20)}}), runtime.ErrInvalidRequest)
+		if !s.h.Caps.Network {
+			wantErr(t, "a network on a sandbox without one", bc.ConfigureBehind(runtime.Claim{Network: runtime.NetworkOpen}), runtime.ErrInvalidRequest)
+		}
+		if i := sb.Info(); !i.Pooled {
+			t.Fatalf("a refused claim was taken: %+v", i)
+		}
+		err := bc.ConfigureBehind(runtime.Claim{
+			Env:    map[string]string{"CLAIM_A": "behind", "CLAIM_B": "two\nlines"},
+			Labels: map[string]string{"owner": "acct-3"}, Hostname: "behind", Resources: s.h.Spec.Resources,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Taken at once; the first command, sent at once, runs with it.
+		if i := sb.Info(); i.Pooled || i.Labels["pool"] != "" || i.Labels["owner"] != "acct-3" {
+			t.Fatalf("info right after the claim: %+v", i)
+		}
+		if got := s.sh(t, sb, `printf '%s|%s|' "$CLAIM_A" "$CLAIM_B"; cat /etc/hostname`); got != "behind|two\nlines|behind\n" {
+			t.Fatalf("the first command after a claim taken behind saw %q", got)
+		}
+		// Claims in a row apply in order.
+		for i := range 5 {
+			if err := bc.ConfigureBehind(runtime.Claim{Env: map[string]string{"N": fmt.Sprint(i)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := s.sh(t, sb, `printf '%s' "$N"`); got != "4" {
+			t.Fatalf("after 5 claims in a row: N=%q, want 4", got)
+		}
+
+		// Destroyed while its claim is applied: the destroy wins, nothing
+		// waits for ever.
+		other := s.create(t, d, map[string]string{"pool": "tmpl/small"})
+		if err := other.(runtime.BackgroundConfigurer).ConfigureBehind(runtime.Claim{Env: map[string]string{"X": "1"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Destroy(s.ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+		waitDone(t, other, 10*time.Second)
+		_, err = other.Exec(s.ctx(t), runtime.ExecRequest{Command: "true"})
+		wantErr(t, "exec after a destroy during the claim", err, runtime.ErrStopped)
 	})
 
 	t.Run("DestroyIsIdempotentAndFinal", func(t *testing.T) {
@@ -281,6 +337,26 @@ func (s *suite) network(t *testing.T) {
 	}
 	if got := s.sh(t, sb, "echo networked"); got != "networked\n" {
 		t.Fatalf("exec in a networked sandbox: %q", got)
+	}
+	// The same claim taken behind: its mode shows at once, an impossible
+	// one is refused at once, and the first command runs under it.
+	sp.Labels = map[string]string{"pool": "tmpl/small/net"}
+	behind := s.createSpec(t, d, sp)
+	if bc, ok := behind.(runtime.BackgroundConfigurer); ok {
+		wantErr(t, "network off on a networked sandbox, behind", bc.ConfigureBehind(runtime.Claim{Network: runtime.NetworkOff}), runtime.ErrInvalidRequest)
+		wantErr(t, "an unknown network mode, behind", bc.ConfigureBehind(runtime.Claim{Network: "wide-open"}), runtime.ErrInvalidRequest)
+		if err := bc.ConfigureBehind(runtime.Claim{Network: runtime.NetworkRestricted}); err != nil {
+			t.Fatal(err)
+		}
+		if n := behind.Info().Network; n != runtime.NetworkRestricted {
+			t.Errorf("network right after a restricted claim taken behind: %q", n)
+		}
+		if got := s.sh(t, behind, "echo networked"); got != "networked\n" {
+			t.Fatalf("exec in a networked sandbox claimed behind: %q", got)
+		}
+		if n := behind.Info().Network; n != runtime.NetworkRestricted {
+			t.Errorf("network once the claim taken behind is applied: %q", n)
+		}
 	}
 	if !s.h.Caps.Checkpoint {
 		return
