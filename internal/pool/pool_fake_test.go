@@ -318,6 +318,25 @@ func TestFakeClaimThatFailsConfigure(t *testing.T) {
 	}
 }
 
+// TestFakeClaimRefusedForWhatItAsks: a claim any sandbox would refuse (a
+// bad variable name) is answered with ErrInvalidRequest at once. It costs
+// the one warm sandbox it took, not the whole pool and a cold start.
+func TestFakeClaimRefusedForWhatItAsks(t *testing.T) {
+	e := fakeSetup(t, 3)
+	before := e.host.Counts()
+	_, _, err := e.p.Claim(context.Background(), e.key, e.spec, runtime.Claim{Env: map[string]string{"A=B": "x"}})
+	if !errors.Is(err, runtime.ErrInvalidRequest) {
+		t.Fatalf("a claim with a bad variable name: %v, want ErrInvalidRequest", err)
+	}
+	if c := e.host.Counts(); c.Creates != before.Creates {
+		t.Errorf("the refused claim started %d sandboxes", c.Creates-before.Creates)
+	}
+	if n := e.p.Ready(e.key); n != 2 {
+		t.Errorf("%d warm sandboxes left after a refused claim, want 2 of 3", n)
+	}
+	waitFor(t, "the taken sandbox to be destroyed", func() bool { return e.host.Counts().Destroys == before.Destroys+1 })
+}
+
 // TestFakePoolFollowsDemand: claims that find the pool empty double its
 // target up to Max, within Budget; idle, it halves back to its base.
 func TestFakePoolFollowsDemand(t *testing.T) {

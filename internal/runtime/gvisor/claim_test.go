@@ -2,6 +2,7 @@ package gvisor_test
 
 import (
 	"errors"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -39,7 +40,7 @@ func TestClaimBehindSandboxKilled(t *testing.T) {
 		}()
 		select {
 		case err := <-done:
-			if !errors.Is(err, runtime.ErrStopped) && !errors.Is(err, runtime.ErrAgent) {
+			if !errors.Is(err, runtime.ErrStopped) {
 				t.Errorf("exec on a sandbox killed during its claim: %v, want ErrStopped", err)
 			}
 		case <-time.After(30 * time.Second):
@@ -56,5 +57,35 @@ func TestClaimBehindSandboxKilled(t *testing.T) {
 		if err := sb.Destroy(ctx); err != nil {
 			t.Errorf("destroy: %v", err)
 		}
+	}
+}
+
+// TestClaimBehindNotApplied: a claim taken behind that the host then
+// refuses (a CPU quota over the kernel's bound: its cgroup write fails)
+// stops the sandbox. The first command fails saying so instead of running
+// without the claim, and the sandbox is stopped for good.
+func TestClaimBehindNotApplied(t *testing.T) {
+	env := testenv.NewDriver(t)
+	ctx := testCtx(t, time.Minute)
+	sb := newSandboxRes(t, env, testenv.Small)
+	r := testenv.Small
+	r.CPU = 1e9
+	if err := sb.(runtime.BackgroundConfigurer).ConfigureBehind(runtime.Claim{Env: map[string]string{"K": "v"}, Resources: r}); err != nil {
+		t.Fatalf("the claim was refused at once (%v); the host's refusal should come behind it", err)
+	}
+	_, err := sb.Exec(ctx, runtime.ExecRequest{Command: "true"})
+	if !errors.Is(err, runtime.ErrStopped) || !strings.Contains(err.Error(), "its claim could not be applied") {
+		t.Fatalf("the first command after a claim the host refused: %v, want ErrStopped saying the claim could not be applied", err)
+	}
+	select {
+	case <-sb.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Done not closed after the claim failed")
+	}
+	if err := sb.Err(); !errors.Is(err, runtime.ErrStopped) {
+		t.Errorf("Err: %v, want ErrStopped", err)
+	}
+	if _, err := sb.Stat(ctx, "/"); !errors.Is(err, runtime.ErrStopped) {
+		t.Errorf("a later call: %v, want ErrStopped", err)
 	}
 }

@@ -178,12 +178,12 @@ func (sb *sandbox) stopped() error {
 func (sb *sandbox) begin() error {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	for sb.applying != nil {
-		applied := sb.applying
-		sb.mu.Unlock()
-		<-applied
-		sb.mu.Lock()
-	}
+	return sb.beginLocked()
+}
+
+// beginLocked is begin with sb.mu held.
+func (sb *sandbox) beginLocked() error {
+	sb.waitClaimLocked()
 	if sb.stopErr != nil {
 		return sb.stopErr
 	}
@@ -194,13 +194,28 @@ func (sb *sandbox) begin() error {
 	return nil
 }
 
+// waitClaimLocked returns once no claim is being applied behind its
+// caller (ConfigureBehind); sb.mu is held, and let go while it waits.
+func (sb *sandbox) waitClaimLocked() {
+	for sb.applying != nil {
+		applied := sb.applying
+		sb.mu.Unlock()
+		<-applied
+		sb.mu.Lock()
+	}
+}
+
 func (sb *sandbox) end() {
 	sb.mu.Lock()
+	sb.endLocked()
+	sb.mu.Unlock()
+}
+
+func (sb *sandbox) endLocked() {
 	sb.inflight--
 	if sb.inflight == 0 {
 		sb.idle.Broadcast()
 	}
-	sb.mu.Unlock()
 }
 
 // checkPath applies the files API's path rules on the host, so a bad path is
@@ -284,50 +299,57 @@ func (sb *sandbox) Configure(ctx context.Context, c runtime.Claim) error {
 	}
 	defer sb.end()
 	sb.mu.Lock()
-	pooled := sb.m.Pooled
+	m := sb.m
 	sb.mu.Unlock()
-	return sb.apply(ctx, c, pooled)
+	if err := checkClaim(m, c); err != nil {
+		return err
+	}
+	return sb.apply(ctx, c, m.Pooled)
 }
 
 // claimTimeout bounds a claim applied behind its caller: cgroup writes, a
 // network policy and one agent call.
 const claimTimeout = 30 * time.Second
 
-// ConfigureBehind implements runtime.BackgroundConfigurer.
+// ConfigureBehind implements runtime.BackgroundConfigurer. The claim is
+// admitted, checked and marked as being applied in one hold of sb.mu, so
+// no operation slips in before it.
 func (sb *sandbox) ConfigureBehind(c runtime.Claim) error {
 	sb.mu.Lock()
-	m := sb.m
-	sb.mu.Unlock()
-	if err := checkClaim(m, c); err != nil {
+	defer sb.mu.Unlock()
+	if err := sb.beginLocked(); err != nil {
 		return err
 	}
-	if err := sb.begin(); err != nil {
+	if err := checkClaim(sb.m, c); err != nil {
+		sb.endLocked()
 		return err
 	}
 	applied := make(chan struct{})
-	sb.mu.Lock()
-	pooled := sb.m.Pooled
 	sb.applying = applied
-	if m.Net != nil {
+	if sb.m.Net != nil {
 		sb.applyingNet = c.Network
 	}
-	sb.claimed(c)
-	sb.mu.Unlock()
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
-		err := sb.apply(ctx, c, pooled)
-		cancel()
-		if err != nil && sb.stopped() == nil { // not destroyed meanwhile
-			sb.d.log.Warn("a claimed sandbox could not be configured; stopping it", "sandbox", m.ID, "err", err)
-			sb.stop(fmt.Errorf("%w: its claim could not be applied: %v", runtime.ErrStopped, err))
-		}
-		sb.mu.Lock()
-		sb.applying, sb.applyingNet = nil, ""
-		sb.mu.Unlock()
-		close(applied)
-		sb.end()
-	}()
+	pooled := sb.m.Pooled
+	sb.claimed(c) // for Info at once; apply records it again, with meta.json
+	go sb.applyBehind(c, pooled, applied)
 	return nil
+}
+
+// applyBehind applies a claim ConfigureBehind took, stops the sandbox if
+// that fails, and then lets the operations waiting for it in.
+func (sb *sandbox) applyBehind(c runtime.Claim, pooled bool, applied chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
+	err := sb.apply(ctx, c, pooled)
+	cancel()
+	if err != nil && sb.stopped() == nil { // not destroyed meanwhile
+		sb.d.log.Warn("a claimed sandbox could not be configured; stopping it", "sandbox", sb.m.ID, "err", err)
+		sb.stop(fmt.Errorf("%w: its claim could not be applied: %v", runtime.ErrStopped, err))
+	}
+	sb.mu.Lock()
+	sb.applying, sb.applyingNet = nil, ""
+	sb.endLocked()
+	sb.mu.Unlock()
+	close(applied)
 }
 
 // checkClaim is what Configure refuses for the claim itself, checked
@@ -367,18 +389,13 @@ func (sb *sandbox) claimed(c runtime.Claim) {
 	}
 }
 
-// apply applies claim c, as an operation in flight; pooled says whether
-// the sandbox was still pooled when the claim was taken.
+// apply applies claim c, checked (checkClaim), as an operation in
+// flight; pooled says whether the sandbox was still pooled when the claim
+// was taken.
 func (sb *sandbox) apply(ctx context.Context, c runtime.Claim, pooled bool) error {
-	sb.mu.Lock()
-	m := sb.m
-	sb.mu.Unlock()
-	if err := checkClaim(m, c); err != nil {
-		return err
-	}
 	if pooled {
 		// First: what follows already runs in the sandbox, for its user.
-		g := sb.d.cgroup(m.ID)
+		g := sb.d.cgroup(sb.m.ID)
 		if err := errors.Join(g.SetCPUIdle(false), g.SetCPUShares(defaultCPUShares)); err != nil {
 			return err
 		}
@@ -396,7 +413,7 @@ func (sb *sandbox) apply(ctx context.Context, c runtime.Claim, pooled bool) erro
 	}
 	sb.mu.Lock()
 	sb.claimed(c)
-	m = sb.m
+	m := sb.m
 	sb.mu.Unlock()
 	return writeJSON(filepath.Join(sb.d.sandboxDir(m.ID), "meta.json"), m)
 }
@@ -624,11 +641,8 @@ func (sb *sandbox) Usage(ctx context.Context) (runtime.Usage, error) {
 func (sb *sandbox) SetResources(r runtime.Resources) error {
 	// After the claim's own limits, not under them.
 	sb.mu.Lock()
-	applied := sb.applying
+	sb.waitClaimLocked()
 	sb.mu.Unlock()
-	if applied != nil {
-		<-applied
-	}
 	if err := sb.setResources(r); err != nil {
 		return err
 	}
